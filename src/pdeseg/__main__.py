@@ -1,0 +1,5 @@
+import sys
+
+from pdeseg.cli import main
+
+sys.exit(main())

@@ -1,0 +1,174 @@
+"""Command line: ``pdeseg {demo,phantom,train,evaluate,predict,models}``.
+
+A thin layer over the Python API; every command logs progress to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("pdeseg")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from pdeseg.registry import MODELS, build_model, count_parameters
+
+    print(f"{'model':<12} {'parameters':>12}  description (4 modalities in, 4 classes out)")
+    for name, entry in MODELS.items():
+        n = count_parameters(build_model(name, spatial_dims=2, in_channels=4, out_channels=4))
+        print(f"{name:<12} {n:>12,}  {entry.description}")
+    return 0
+
+
+def cmd_phantom(args: argparse.Namespace) -> int:
+    from pdeseg.data.phantom import write_phantom_dataset
+
+    paths = write_phantom_dataset(args.out, n_cases=args.cases, seed=args.seed, shape=tuple(args.shape))
+    print(f"wrote {len(paths)} synthetic BraTS-like cases to {Path(args.out).resolve()}")
+    return 0
+
+
+def _load_cfg(args: argparse.Namespace):
+    from pdeseg.config import load_config
+
+    overrides = list(args.set or [])
+    if getattr(args, "data", None):
+        overrides.append(f"data.root={args.data}")
+    if getattr(args, "out", None):
+        overrides.append(f"output_dir={args.out}")
+    return load_config(args.config, overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pdeseg.training.runtime import is_main_process
+    from pdeseg.training.trainer import train_model
+
+    cfg = _load_cfg(args)
+    models = [m for m in cfg.models if args.model is None or m.name == args.model]
+    if not models:
+        raise SystemExit(f"--model {args.model}: not in the config's models ({', '.join(m.name for m in cfg.models)})")
+    for m in models:
+        run_dir = Path(cfg.output_dir) / cfg.name / m.name
+        result = train_model(cfg, m, run_dir, resume=args.resume, progress=not args.no_progress)
+        if is_main_process():
+            print(f"{m.name}: best {cfg.train.monitor} {result.best_score:.4f} at epoch {result.best_epoch}; checkpoint {run_dir / 'best.pt'}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pdeseg.inference.evaluate import evaluate_checkpoint, summary_markdown
+
+    out = args.out or str(Path(args.checkpoint).parent / f"eval_{args.split}_{args.scope}")
+    summary = evaluate_checkpoint(
+        args.checkpoint, out, args.data, args.split, args.scope, args.hd95, args.device, args.precision,
+        args.save_predictions, progress=not args.no_progress,
+    )
+    print(summary_markdown(summary))
+    print(f"per-case metrics: {Path(out) / 'per_case.csv'}\nsummary: {Path(out) / 'summary.json'}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pdeseg.inference.predict import predict_folder
+
+    paths = predict_folder(args.checkpoint, args.input, args.output, args.device, args.precision, args.label_convention,
+                           args.batch_size, progress=not args.no_progress)
+    print(f"wrote {len(paths)} segmentation(s) to {Path(args.output).resolve()}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pdeseg.experiments.demo import run_demo
+
+    report = run_demo(args.out, epochs=args.epochs, cases=args.cases, seed=args.seed)
+    print(f"\nDemo finished. Results table: {report['table']}\nFigures: {', '.join(str(p) for p in report['figures'])}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pdeseg", description="PDE-informed segmentation (PDE-UNet and friends) for BraTS-style MRI.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("demo", help="synthetic data -> train UNet and PDE-UNet -> evaluate -> table and figures")
+    s.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
+    s.add_argument("--epochs", type=int, default=8)
+    s.add_argument("--cases", type=int, default=16)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("phantom", help="write a synthetic BraTS-like data set as NIfTI files")
+    s.add_argument("--out", required=True)
+    s.add_argument("--cases", type=int, default=12)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--shape", type=int, nargs=3, default=[128, 128, 48], metavar=("X", "Y", "Z"))
+    s.set_defaults(func=cmd_phantom)
+
+    s = sub.add_parser("train", help="train the config's models (one run folder each)")
+    s.add_argument("--config", required=True, help="YAML experiment config (see configs/)")
+    s.add_argument("--data", help="BraTS folder (overrides data.root)")
+    s.add_argument("--out", help="output folder (overrides output_dir)")
+    s.add_argument("--model", help="train only this model of the config")
+    s.add_argument("--resume", action="store_true", help="continue each run from its last.pt")
+    s.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=2")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("evaluate", help="score a checkpoint on a split or folder")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--data", help="BraTS folder (default: the one the model was trained on)")
+    s.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
+    s.add_argument("--scope", default="volume", choices=["volume", "slices"],
+                   help="volume: whole volumes in 3D; slices: the config's slice selection")
+    s.add_argument("--hd95", action="store_true", help="also compute HD95 (mm) per region (slower)")
+    s.add_argument("--out", help="output folder (default: next to the checkpoint)")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--precision", default="bf16-mixed", choices=["32", "bf16-mixed"])
+    s.add_argument("--save-predictions", action="store_true", help="also write <case>_seg.nii.gz")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("predict", help="segment whole volumes into <case>_seg.nii.gz")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--input", required=True, help="a case folder or a folder of case folders")
+    s.add_argument("--output", required=True)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--precision", default="bf16-mixed", choices=["32", "bf16-mixed"])
+    s.add_argument("--label-convention", choices=["brats2020", "brats2023"],
+                   help="labels to write (default: the input's: ET=4, or ET=3 for BraTS-GLI 2023 data)")
+    s.add_argument("--batch-size", type=int, default=16)
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("models", help="list registered models and parameter counts")
+    s.set_defaults(func=cmd_models)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    from pdeseg.config import ConfigError
+    from pdeseg.data.brats import BratsDataError
+    from pdeseg.training.checkpoint import CheckpointError
+
+    try:
+        return args.func(args)
+    except (BratsDataError, ConfigError, CheckpointError, FileNotFoundError) as exc:
+        log.error("%s", exc)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""BraTS reader and validator.
+
+Accepted layouts (a root folder of case folders, or one case folder):
+
+* BraTS 2018-2021: ``<case>/<case>_{flair,t1,t1ce,t2,seg}.nii[.gz]``, labels 0/1/2/4;
+* the Kaggle BraTS 2020 copy, whose case 355 label file is ``W39_1998.09.19_Segm.nii``
+  (any single ``*Segm.nii[.gz]`` is taken as the label when no ``*_seg`` file exists);
+* BraTS 2023: ``BraTS-GLI-xxxxx-yyy/BraTS-GLI-xxxxx-yyy{_,-}{flair,t1,t1ce,t2,seg}`` or the
+  official ``-{t2f,t1n,t1c,t2w,seg}`` suffixes, labels 0/1/2/3.
+
+Internally labels are contiguous classes 0 background, 1 NCR/NET, 2 ED, 3 ET; the
+case's own convention is remembered so that predictions are written back in it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+MODALITIES = ("flair", "t1", "t1ce", "t2")
+_ALIASES = {"t2f": "flair", "t1n": "t1", "t1c": "t1ce", "t2w": "t2"}
+_SUFFIX = re.compile(r"[_-](flair|t1ce|t1|t2|seg|t2f|t1n|t1c|t2w)\.nii(\.gz)?$", re.IGNORECASE)
+_KAGGLE_LABEL = re.compile(r"segm\.nii(\.gz)?$", re.IGNORECASE)
+_NIFTI = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
+
+# convention -> raw label value of each contiguous class 0..3
+CONVENTIONS = {"brats2020": (0, 1, 2, 4), "brats2023": (0, 1, 2, 3)}
+CLASS_NAMES = ("background", "NCR", "ED", "ET")
+
+
+class BratsDataError(ValueError):
+    """A BraTS file or folder is missing, unreadable or inconsistent; the message names it."""
+
+
+@dataclass
+class BratsCase:
+    """Paths of one case. ``label`` is None for unlabelled (inference-only) cases."""
+
+    case_id: str
+    folder: Path
+    images: dict[str, Path]
+    label: Path | None = None
+
+    @property
+    def naming_convention(self) -> str:
+        """Label convention implied by the file naming (2023 uses ``BraTS-XXX-`` ids)."""
+        return "brats2023" if re.match(r"BraTS-[A-Z]+-", self.case_id) else "brats2020"
+
+
+@dataclass
+class LoadedCase:
+    """Arrays of one case.
+
+    Attributes:
+        image: ``(C, X, Y, Z)`` float32 raw intensities, modalities in the requested order.
+        label: ``(X, Y, Z)`` uint8 contiguous classes 0..3, or None.
+        affine, header: geometry of the first modality, reused when writing predictions.
+        convention: ``brats2020`` (ET = 4) or ``brats2023`` (ET = 3).
+    """
+
+    case: BratsCase
+    image: np.ndarray
+    label: np.ndarray | None
+    affine: np.ndarray
+    header: nib.Nifti1Header
+    convention: str
+    modalities: tuple[str, ...] = field(default=MODALITIES)
+
+    @property
+    def spacing(self) -> tuple[float, ...]:
+        return tuple(float(z) for z in self.header.get_zooms()[:3])
+
+
+def _case_files(folder: Path) -> tuple[dict[str, list[Path]], list[Path]]:
+    found: dict[str, list[Path]] = {}
+    kaggle_labels = []
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or not _NIFTI.search(path.name):
+            continue
+        m = _SUFFIX.search(path.name)
+        if m:
+            key = m.group(1).lower()
+            found.setdefault(_ALIASES.get(key, key), []).append(path)
+        elif _KAGGLE_LABEL.search(path.name):
+            kaggle_labels.append(path)
+    return found, kaggle_labels
+
+
+def _case_from_folder(folder: Path, modalities: tuple[str, ...], require_label: bool) -> BratsCase:
+    found, kaggle_labels = _case_files(folder)
+    images = {}
+    for mod in modalities:
+        paths = found.get(mod, [])
+        if not paths:
+            present = ", ".join(sorted(found)) or "no NIfTI files"
+            raise BratsDataError(
+                f"{folder}: missing modality {mod!r} (expected a file ending in _{mod}.nii or _{mod}.nii.gz; "
+                f"found: {present})"
+            )
+        if len(paths) > 1:
+            raise BratsDataError(f"{folder}: several files for modality {mod!r}: {', '.join(p.name for p in paths)}")
+        images[mod] = paths[0]
+    labels = found.get("seg", []) or kaggle_labels
+    if len(labels) > 1:
+        raise BratsDataError(f"{folder}: several label files: {', '.join(p.name for p in labels)}")
+    if require_label and not labels:
+        raise BratsDataError(f"{folder}: no label file (expected <case>_seg.nii[.gz])")
+    return BratsCase(folder.name, folder, images, labels[0] if labels else None)
+
+
+def find_cases(
+    root: str | Path,
+    modalities: tuple[str, ...] | list[str] = MODALITIES,
+    require_label: bool = True,
+) -> list[BratsCase]:
+    """List the cases under ``root`` (a folder of case folders, or a single case folder).
+
+    Raises:
+        BratsDataError: the folder is missing or empty, or a case lacks a modality/label.
+    """
+    root = Path(root).expanduser()
+    modalities = tuple(modalities)
+    unknown = [m for m in modalities if m not in MODALITIES]
+    if unknown:
+        raise BratsDataError(f"unknown modality {unknown}; BraTS modalities are {', '.join(MODALITIES)}")
+    if not root.is_dir():
+        raise BratsDataError(f"data folder not found: {root}")
+    own, _ = _case_files(root)
+    if own:  # root itself is a case folder
+        return [_case_from_folder(root, modalities, require_label)]
+    folders = [p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    cases = [_case_from_folder(f, modalities, require_label) for f in folders if any(_NIFTI.search(c.name) for c in f.iterdir())]
+    if not cases:
+        raise BratsDataError(f"{root}: no BraTS cases found (expected case folders holding <case>_<modality>.nii[.gz] files)")
+    return cases
+
+
+def _read(path: Path, dtype=np.float32) -> nib.Nifti1Image:
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj, dtype=dtype)
+    except Exception as exc:  # nibabel raises many types for corrupt/truncated files
+        raise BratsDataError(f"{path}: cannot read NIfTI file ({type(exc).__name__}: {exc})") from exc
+    if data.ndim == 4 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise BratsDataError(f"{path}: expected a 3D volume, got shape {data.shape}")
+    return img, data
+
+
+def detect_convention(raw_label: np.ndarray, case: BratsCase, path: Path) -> str:
+    """Label convention from the values present (4 -> 2020, 3 -> 2023), else from the naming."""
+    values = set(np.unique(raw_label).tolist())
+    if not values <= {0, 1, 2, 3, 4}:
+        bad = sorted(values - {0, 1, 2, 3, 4})
+        raise BratsDataError(f"{path}: unexpected label values {bad[:10]} (BraTS labels are 0, 1, 2 and 4, or 3 from 2023)")
+    if 3 in values and 4 in values:
+        raise BratsDataError(f"{path}: label holds both 3 and 4; BraTS uses 4 (<= 2021) or 3 (2023) for enhancing tumour")
+    if 4 in values:
+        return "brats2020"
+    if 3 in values:
+        return "brats2023"
+    return case.naming_convention
+
+
+def labels_to_classes(raw: np.ndarray, convention: str) -> np.ndarray:
+    """Map raw BraTS labels to contiguous classes 0..3 (uint8)."""
+    lut = np.zeros(max(CONVENTIONS[convention]) + 1, dtype=np.uint8)
+    for cls, value in enumerate(CONVENTIONS[convention]):
+        lut[value] = cls
+    return lut[raw.astype(np.int64)]
+
+
+def classes_to_labels(classes: np.ndarray, convention: str) -> np.ndarray:
+    """Map contiguous classes 0..3 back to the raw labels of ``convention`` (uint8)."""
+    if convention not in CONVENTIONS:
+        raise ValueError(f"unknown label convention {convention!r}; use one of {', '.join(CONVENTIONS)}")
+    return np.asarray(CONVENTIONS[convention], dtype=np.uint8)[classes]
+
+
+def load_case(case: BratsCase, modalities: tuple[str, ...] | list[str] = MODALITIES) -> LoadedCase:
+    """Read and validate one case.
+
+    Raises:
+        BratsDataError: unreadable file, shape or affine mismatch between files, NaN/inf
+        voxels, non-integer or unexpected label values.
+    """
+    modalities = tuple(modalities)
+    volumes, ref_img, ref_path = [], None, None
+    for mod in modalities:
+        path = case.images[mod]
+        img, data = _read(path)
+        if not np.isfinite(data).all():
+            bad = int((~np.isfinite(data)).sum())
+            raise BratsDataError(f"{path}: {bad} NaN/inf voxels; fix or remove this case")
+        if ref_img is None:
+            ref_img, ref_path = img, path
+        else:
+            _check_geometry(ref_img, ref_path, img, path, data.shape)
+        volumes.append(data)
+    image = np.stack(volumes)
+    label, convention = None, case.naming_convention
+    if case.label is not None:
+        img, raw = _read(case.label)
+        _check_geometry(ref_img, ref_path, img, case.label, raw.shape)
+        if not np.isfinite(raw).all() or not np.array_equal(raw, np.round(raw)):
+            raise BratsDataError(f"{case.label}: label file holds non-integer or NaN values")
+        convention = detect_convention(raw, case, case.label)
+        label = labels_to_classes(raw, convention)
+    return LoadedCase(case, image, label, ref_img.affine.copy(), ref_img.header.copy(), convention, modalities)
+
+
+def _check_geometry(ref_img, ref_path: Path, img, path: Path, shape: tuple[int, ...]) -> None:
+    ref_shape = tuple(ref_img.shape[:3])
+    if tuple(shape) != ref_shape:
+        raise BratsDataError(f"{path}: shape {tuple(shape)} differs from {ref_path.name} {ref_shape}")
+    if not np.allclose(img.affine, ref_img.affine, atol=1e-3):
+        raise BratsDataError(
+            f"{path}: affine differs from {ref_path.name} (the modalities must be co-registered on one grid)\n"
+            f"{img.affine}\nvs\n{ref_img.affine}"
+        )

@@ -1,0 +1,89 @@
+"""Deterministic patient-level splits (a patient's slices never land on two sides)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+SPLITS = ("train", "val", "test")
+
+
+def _scaled_counts(counts: list[int], n: int) -> list[int]:
+    """Scale counts proportionally to ``n`` cases (largest remainder, each non-zero part >= 1)."""
+    total = sum(counts)
+    raw = [c * n / total for c in counts]
+    out = [int(np.floor(r)) for r in raw]
+    for i in sorted(range(3), key=lambda i: raw[i] - out[i], reverse=True)[: n - sum(out)]:
+        out[i] += 1
+    for i in (1, 2):  # keep val/test non-empty when asked for and possible
+        if counts[i] > 0 and out[i] == 0 and out[0] > 1:
+            out[i], out[0] = 1, out[0] - 1
+    return out
+
+
+def split_cases(
+    case_ids: list[str],
+    fractions: list[float] | None = None,
+    counts: list[int] | None = None,
+    seed: int = 0,
+    scale_counts: bool = True,
+) -> dict[str, list[str]]:
+    """Split case ids into train/val/test deterministically (sorted ids, seeded permutation).
+
+    Args:
+        case_ids: unique patient/case ids.
+        fractions: three fractions summing to 1 (val and test are rounded, at least one
+            case each when the fraction is > 0 and there are >= 3 cases).
+        counts: three counts; scaled proportionally if they do not sum to ``len(case_ids)``
+            and ``scale_counts`` is true.
+        seed: permutation seed.
+
+    Returns:
+        ``{"train": [...], "val": [...], "test": [...]}``, each sorted.
+
+    Raises:
+        ValueError: duplicate ids, too few cases, or counts that do not fit.
+    """
+    ids = sorted(case_ids)
+    n = len(ids)
+    if len(set(ids)) != n:
+        raise ValueError("split_cases: duplicate case ids")
+    if (fractions is None) == (counts is None):
+        raise ValueError("split_cases: give exactly one of fractions or counts")
+    if counts is not None:
+        if sum(counts) != n:
+            if not scale_counts:
+                raise ValueError(f"split counts {counts} sum to {sum(counts)} but there are {n} cases")
+            counts = _scaled_counts(list(counts), n)
+        n_train, n_val, n_test = counts
+    else:
+        n_val = int(round(n * fractions[1]))
+        n_test = int(round(n * fractions[2]))
+        if n >= 3:
+            n_val = max(n_val, 1 if fractions[1] > 0 else 0)
+            n_test = max(n_test, 1 if fractions[2] > 0 else 0)
+        n_train = n - n_val - n_test
+    if n_train < 1:
+        raise ValueError(f"split leaves no training case ({n} cases, val {n_val}, test {n_test})")
+    order = np.random.default_rng(seed).permutation(n)
+    shuffled = [ids[i] for i in order]
+    parts = {
+        "train": shuffled[:n_train],
+        "val": shuffled[n_train : n_train + n_val],
+        "test": shuffled[n_train + n_val : n_train + n_val + n_test],
+    }
+    return {k: sorted(v) for k, v in parts.items()}
+
+
+def save_split(split: dict[str, list[str]], path: str | Path) -> None:
+    Path(path).write_text(json.dumps(split, indent=1))
+
+
+def load_split(path: str | Path) -> dict[str, list[str]]:
+    data = json.loads(Path(path).read_text())
+    missing = [k for k in SPLITS if k not in data]
+    if missing:
+        raise ValueError(f"{path}: split file lacks {missing}")
+    return data

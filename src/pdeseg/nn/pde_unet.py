@@ -1,0 +1,47 @@
+"""PDE-UNet (paper 000): the cable-equation block in front of the paper's UNet."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from pdeseg.nn.pde.cable import CableBlock
+from pdeseg.nn.unet import UNet
+
+
+class PDEUNet(nn.Module):
+    """``UNet(CableBlock(x))``: trainable cable-equation preprocessing of every modality.
+
+    Args:
+        spatial_dims: must be 2 (the cable block is the paper's 2D stencil).
+        in_channels, out_channels, features: as for :class:`~pdeseg.nn.unet.UNet`.
+        pde_steps: explicit steps of the cable block.
+        init_phi, init_psi, init_tau: initial cable coefficients (see :class:`CableBlock`).
+
+    Shapes:
+        ``(B, in_channels, H, W) -> (B, out_channels, H, W)`` logits, ``H, W`` divisible by 16.
+    """
+
+    divisor = UNet.divisor
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 4,
+        out_channels: int = 4,
+        features: Sequence[int] = (32, 64, 128, 256, 512),
+        pde_steps: int = 1,
+        init_phi: float = 3.0,
+        init_psi: float = 3.0,
+        init_tau: float = 0.1,
+    ):
+        super().__init__()
+        if spatial_dims != 2:
+            raise ValueError(f"PDEUNet's cable block is 2D; got spatial_dims={spatial_dims}")
+        self.pde = CableBlock(in_channels, pde_steps, init_phi, init_psi, init_tau)
+        self.unet = UNet(spatial_dims, in_channels, out_channels, features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.unet(self.pde(x))

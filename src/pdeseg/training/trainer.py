@@ -1,0 +1,303 @@
+"""Training: Adam(W) + one-cycle, CE + Dice, mixed precision, best/last checkpoints, resume, DDP.
+
+The run folder of one model holds ``config.yaml`` (resolved), ``split.json``,
+``metrics.csv`` (one row per epoch), ``tb/`` (TensorBoard), ``best.pt`` (best validation
+score) and ``last.pt`` (everything needed to resume). Under ``torchrun`` each process
+trains on its shard of the training slices (DistributedDataParallel); rank 0 validates,
+logs and writes files.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from tqdm.auto import tqdm
+
+from pdeseg.config import ExperimentConfig, ModelConfig, save_config
+from pdeseg.data.setup import PreparedData, prepare_data
+from pdeseg.data.slices import SliceDataset
+from pdeseg.data.splits import save_split
+from pdeseg.data.transforms import build_train_transform
+from pdeseg.losses.segmentation import CEDiceLoss
+from pdeseg.registry import MODELS, build_model, count_parameters
+from pdeseg.training.checkpoint import load_checkpoint, plain_state_dict, save_checkpoint
+from pdeseg.training.runtime import (
+    autocast,
+    barrier,
+    init_distributed,
+    is_main_process,
+    resolve_device,
+    seed_everything,
+)
+from pdeseg.training.validate import evaluate_loader
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_score: float
+    best_epoch: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def model_kwargs(cfg: ExperimentConfig, model_cfg: ModelConfig) -> dict[str, Any]:
+    """Constructor kwargs: the data fixes channels in/out, the config adds the rest."""
+    return {"spatial_dims": 2, "in_channels": len(cfg.data.modalities), "out_channels": cfg.num_classes, **model_cfg.kwargs}
+
+
+def preprocessing_info(cfg: ExperimentConfig, model_name: str) -> dict[str, Any]:
+    d = cfg.data
+    return {
+        "modalities": list(d.modalities),
+        "normalization": d.normalization,
+        "spatial_size": list(d.spatial_size) if d.spatial_size else None,
+        "resize": d.resize,
+        "divisor": MODELS[model_name].divisor,
+        "num_classes": cfg.num_classes,
+    }
+
+
+def _make_optimizer(cfg: ExperimentConfig, params) -> torch.optim.Optimizer:
+    t = cfg.train
+    if t.optimizer == "adam":
+        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay)
+
+
+def _make_scheduler(cfg: ExperimentConfig, optimizer, steps_per_epoch: int):
+    t = cfg.train
+    total = t.epochs * steps_per_epoch
+    if t.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=t.lr, total_steps=total)
+    if t.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    return None
+
+
+def parameter_digest(model: nn.Module) -> str:
+    """SHA-256 of all parameters (bitwise), to show DDP replicas hold identical weights."""
+    h = hashlib.sha256()
+    for name, p in sorted(getattr(model, "module", model).named_parameters()):
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _check_replicas(model: nn.Module, run_dir: Path, rank: int, world: int) -> None:
+    digests: list[str | None] = [None] * world
+    dist.all_gather_object(digests, parameter_digest(model))
+    if rank == 0:
+        same = len(set(digests)) == 1
+        (run_dir / "replicas.json").write_text(json.dumps({"world_size": world, "digests": digests, "identical": same}, indent=1))
+        (log.info if same else log.error)("DDP replicas hold %s weights after training", "identical" if same else "DIFFERENT")
+
+
+def train_model(
+    cfg: ExperimentConfig,
+    model_cfg: ModelConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    data: PreparedData | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train one model of ``cfg`` into ``run_dir``.
+
+    Args:
+        cfg: resolved experiment config.
+        model_cfg: which registered model to train.
+        run_dir: this model's run folder (created).
+        resume: continue from ``run_dir/last.pt`` (its split and epoch counter).
+        data: prepared data to reuse (else prepared from ``cfg``, reusing ``split.json``).
+        progress: show progress bars.
+
+    Returns:
+        :class:`TrainResult` with the best validation score and the per-epoch history.
+
+    Raises:
+        FileNotFoundError: ``resume`` without ``last.pt`` in ``run_dir``.
+    """
+    run_dir = Path(run_dir)
+    t = cfg.train
+    device = resolve_device(t.device)
+    rank, world = init_distributed(device)
+    main = rank == 0
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    split_file = run_dir / "split.json"
+    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    state = None
+    if resume:
+        if not last_path.is_file():
+            raise FileNotFoundError(f"--resume: no {last_path} to resume from (was this run started?)")
+        state = load_checkpoint(last_path)
+        log.info("resuming %s from epoch %d", run_dir, state["training"]["epoch"])
+
+    if data is None:
+        if main:
+            data = prepare_data(cfg, split_file, progress=progress)
+        barrier()
+        if not main:
+            data = prepare_data(cfg, split_file, progress=False)
+    if main:
+        save_split(data.split, split_file)
+        save_config(cfg, run_dir / "config.yaml")
+
+    d = cfg.data
+    spatial = d.spatial_size
+    train_ds = SliceDataset(data.cases("train"), d.slices, d.slice_range, spatial, d.resize, divisor=MODELS[model_cfg.name].divisor)
+    if spatial is None:
+        spatial = list(train_ds[0]["image"].shape[-2:])
+    train_ds.transform = build_train_transform(d.augment, tuple(spatial))
+    val_ds = (
+        SliceDataset(data.cases("val"), d.slices, d.slice_range, d.spatial_size, d.resize, divisor=MODELS[model_cfg.name].divisor)
+        if data.split["val"]
+        else None
+    )
+    log.info("training %s on %d slices, validating on %d", model_cfg.name, len(train_ds), len(val_ds) if val_ds else 0)
+
+    seed_everything(t.seed)
+    kwargs = model_kwargs(cfg, model_cfg)
+    model = build_model(model_cfg.name, **kwargs).to(device)
+    if t.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    loss_fn = CEDiceLoss(cfg.loss.ce_weight, cfg.loss.dice_weight, cfg.loss.dice_eps, cfg.loss.dice_include_background).to(device)
+    optimizer = _make_optimizer(cfg, model.parameters())
+    per_rank = math.ceil(len(train_ds) / world)
+    steps_per_epoch = max(1, math.ceil(per_rank / t.batch_size))
+    scheduler = _make_scheduler(cfg, optimizer, steps_per_epoch)
+    scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "16-mixed")
+
+    start_epoch, global_step, best_score, best_epoch, history = 0, 0, -math.inf, -1, []
+    if state is not None:
+        getattr(model, "module", model).load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
+        tr = state["training"]
+        start_epoch, global_step, best_score, best_epoch, history = tr["epoch"], tr["global_step"], tr["best_score"], tr["best_epoch"], tr["history"]
+    train_model_ = DistributedDataParallel(model) if world > 1 else model
+
+    meta = {
+        "model": {"name": model_cfg.name, "kwargs": kwargs},
+        "preprocessing": preprocessing_info(cfg, model_cfg.name),
+        "config": cfg.to_dict(),
+        "parameters": count_parameters(model),
+    }
+    writer = _tensorboard(run_dir) if main else None
+    for epoch in range(start_epoch, t.epochs):
+        generator = torch.Generator().manual_seed(t.seed * 100_003 + epoch)
+        if world > 1:
+            sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=t.seed)
+            sampler.set_epoch(epoch)
+        else:
+            sampler = RandomSampler(train_ds, generator=generator)
+        if train_ds.transform is not None:
+            train_ds.transform.set_random_state(seed=(t.seed * 1_000_003 + epoch * 7919 + rank) % 2**32)
+        loader = DataLoader(train_ds, batch_size=t.batch_size, sampler=sampler, num_workers=d.num_workers, drop_last=False)
+        train_model_.train()
+        t0 = time.perf_counter()
+        running, seen = 0.0, 0
+        bar = tqdm(loader, desc=f"{model_cfg.name} epoch {epoch + 1}/{t.epochs}", unit="batch", disable=not (progress and main), leave=False)
+        for batch in bar:
+            x = batch["image"].to(device, non_blocking=True)
+            y = batch["label"].to(device, non_blocking=True)
+            if t.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            optimizer.zero_grad(set_to_none=True)
+            with autocast(device, t.precision):
+                logits = train_model_(x)
+            loss = loss_fn(logits.float(), y)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{model_cfg.name}: non-finite training loss at epoch {epoch + 1}, step {global_step}; lower train.lr or use precision: 32")
+            scaler.scale(loss).backward()
+            if t.grad_clip:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            if scheduler is not None:
+                scheduler.step()
+            global_step += 1
+            running += float(loss) * x.shape[0]
+            seen += x.shape[0]
+            bar.set_postfix(loss=f"{running / seen:.4f}")
+        train_time = time.perf_counter() - t0
+        row: dict[str, Any] = {"epoch": epoch + 1, "step": global_step, "lr": optimizer.param_groups[0]["lr"],
+                               "train_loss": running / max(seen, 1), "train_time_s": train_time}
+        if main:
+            if val_ds is not None:
+                val_loader = DataLoader(val_ds, batch_size=t.val_batch_size, shuffle=False, num_workers=d.num_workers)
+                val_loss, acc = evaluate_loader(model, val_loader, device, t.precision, loss_fn, cfg.num_classes, t.channels_last)
+                summary = acc.summary()
+                row["val_loss"] = val_loss
+                for key in ("dice_mean", "iou_mean", "accuracy", "dice_WT", "dice_TC", "dice_ET"):
+                    row[f"val_{key}"] = summary[key]["mean"]
+                if t.monitor not in summary:
+                    raise KeyError(f"train.monitor {t.monitor!r} is not a validation metric; choose from {', '.join(sorted(summary))}")
+                score = summary[t.monitor]["mean"]
+            else:
+                score = -row["train_loss"]  # no validation cases: keep the lowest training loss
+            row["score"] = score
+            history.append(row)
+            is_best = score > best_score
+            if is_best:
+                best_score, best_epoch = score, epoch + 1
+            training = {"epoch": epoch + 1, "global_step": global_step, "best_score": best_score, "best_epoch": best_epoch, "history": history}
+            weights = plain_state_dict(model)
+            if is_best:
+                save_checkpoint({**meta, "state_dict": weights, "training": training}, best_path)
+            save_checkpoint(
+                {**meta, "state_dict": weights, "training": training, "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict() if scheduler is not None else None},
+                last_path,
+            )
+            _write_metrics_csv(run_dir / "metrics.csv", history)
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and v is not None and k != "epoch":
+                    writer.add_scalar(k, v, epoch + 1)
+            writer.flush()
+            log.info(
+                "%s epoch %d/%d: train loss %.4f, val %s %.4f%s (%.1f s)",
+                model_cfg.name, epoch + 1, t.epochs, row["train_loss"], t.monitor, score, "  *best*" if is_best else "", train_time,
+            )
+        barrier()
+    if world > 1:
+        _check_replicas(model, run_dir, rank, world)
+    if writer is not None:
+        writer.close()
+    return TrainResult(run_dir, best_score, best_epoch, history)
+
+
+def _tensorboard(run_dir: Path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(run_dir / "tb"))
+
+
+def _write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
+    keys: list[str] = []
+    for row in history:
+        keys += [k for k in row if k not in keys]
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys)
+        w.writeheader()
+        w.writerows(history)
+    tmp.replace(path)
