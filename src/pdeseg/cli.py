@@ -60,7 +60,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise SystemExit(f"--model {args.model}: not in the config's models ({', '.join(m.name for m in cfg.models)})")
     for m in models:
         run_dir = Path(cfg.output_dir) / cfg.name / m.name
-        result = train_model(cfg, m, run_dir, resume=args.resume, progress=not args.no_progress)
+        result = train_model(cfg, m, run_dir, resume=args.resume, progress=not args.no_progress, stop_after=args.stop_after)
         if is_main_process():
             print(f"{m.name}: best {cfg.train.monitor} {result.best_score:.4f} at epoch {result.best_epoch}; checkpoint {run_dir / 'best.pt'}")
     return 0
@@ -103,8 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", help="synthetic data -> train UNet and PDE-UNet -> evaluate -> table and figures")
     s.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
-    s.add_argument("--epochs", type=int, default=8)
-    s.add_argument("--cases", type=int, default=16)
+    s.add_argument("--epochs", type=int, default=6)
+    s.add_argument("--cases", type=int, default=12)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_demo)
 
@@ -122,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", help="train only this model of the config")
     s.add_argument("--resume", action="store_true", help="continue each run from its last.pt")
     s.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=2")
+    s.add_argument("--stop-after", type=int, metavar="N", help="stop after N epochs in this call (continue later with --resume)")
     s.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     s.set_defaults(func=cmd_train)
 
@@ -134,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--hd95", action="store_true", help="also compute HD95 (mm) per region (slower)")
     s.add_argument("--out", help="output folder (default: next to the checkpoint)")
     s.add_argument("--device", default="auto")
-    s.add_argument("--precision", default="bf16-mixed", choices=["32", "bf16-mixed"])
+    s.add_argument("--precision", default="auto", choices=["auto", "32", "bf16-mixed"])
     s.add_argument("--save-predictions", action="store_true", help="also write <case>_seg.nii.gz")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_evaluate)
@@ -144,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input", required=True, help="a case folder or a folder of case folders")
     s.add_argument("--output", required=True)
     s.add_argument("--device", default="auto")
-    s.add_argument("--precision", default="bf16-mixed", choices=["32", "bf16-mixed"])
+    s.add_argument("--precision", default="auto", choices=["auto", "32", "bf16-mixed"])
     s.add_argument("--label-convention", choices=["brats2020", "brats2023"],
                    help="labels to write (default: the input's: ET=4, or ET=3 for BraTS-GLI 2023 data)")
     s.add_argument("--batch-size", type=int, default=16)

@@ -17,7 +17,7 @@ import yaml
 
 SLICE_SELECTIONS = ("middle", "range", "brain", "tumour", "all")
 NORMALIZATIONS = ("zscore", "minmax")
-PRECISIONS = ("32", "bf16-mixed", "16-mixed")
+PRECISIONS = ("auto", "32", "bf16-mixed", "16-mixed")
 SCHEDULERS = ("onecycle", "cosine", "none")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
@@ -97,7 +97,7 @@ class TrainConfig:
     lr: float = 1e-3  # peak learning rate of the one-cycle schedule
     weight_decay: float = 0.0
     scheduler: str = "onecycle"
-    precision: str = "bf16-mixed"
+    precision: str = "auto"  # auto: bf16 autocast on GPUs and bf16-capable CPUs, else fp32
     channels_last: bool = True
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0

@@ -212,6 +212,7 @@ def load_case(case: BratsCase, modalities: tuple[str, ...] | list[str] = MODALIT
         _check_geometry(ref_img, ref_path, img, case.label, raw.shape)
         if not np.isfinite(raw).all() or not np.array_equal(raw, np.round(raw)):
             raise BratsDataError(f"{case.label}: label file holds non-integer or NaN values")
+        raw = raw.astype(np.int32)
         convention = detect_convention(raw, case, case.label)
         label = labels_to_classes(raw, convention)
     return LoadedCase(case, image, label, ref_img.affine.copy(), ref_img.header.copy(), convention, modalities)

@@ -43,7 +43,7 @@ def demo_config(data_root: Path, out: Path, epochs: int, seed: int) -> dict[str,
     }
 
 
-def run_demo(out: str | Path = "demo_out", epochs: int = 8, cases: int = 16, seed: int = 0) -> dict[str, Any]:
+def run_demo(out: str | Path = "demo_out", epochs: int = 6, cases: int = 12, seed: int = 0) -> dict[str, Any]:
     """Run the demo end to end; returns paths of the table and figures."""
     out = Path(out)
     data_root = out / "data"

@@ -50,7 +50,7 @@ def evaluate_checkpoint(
     scope: str = "volume",
     with_hd95: bool = False,
     device: str = "auto",
-    precision: str = "bf16-mixed",
+    precision: str = "auto",
     save_predictions: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:

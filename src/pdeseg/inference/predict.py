@@ -30,12 +30,12 @@ class Predictor:
     Args:
         checkpoint: path to a pdeseg checkpoint (``best.pt``).
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
-        precision: ``32`` or ``bf16-mixed`` (the fast CPU path; argmax agrees with fp32 on
-            all but a handful of boundary voxels).
+        precision: ``auto`` (bf16 autocast on GPUs and bf16-capable CPUs, else fp32),
+            ``32`` or ``bf16-mixed``.
         batch_size: slices per forward pass.
     """
 
-    def __init__(self, checkpoint: str | Path, device: str = "auto", precision: str = "bf16-mixed", batch_size: int = 16):
+    def __init__(self, checkpoint: str | Path, device: str = "auto", precision: str = "auto", batch_size: int = 16):
         self.path = Path(checkpoint)
         ckpt = load_checkpoint(self.path)
         self.device = resolve_device(device)
@@ -114,7 +114,7 @@ def predict_folder(
     input_dir: str | Path,
     output_dir: str | Path,
     device: str = "auto",
-    precision: str = "bf16-mixed",
+    precision: str = "auto",
     convention: str | None = None,
     batch_size: int = 16,
     progress: bool = True,

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,8 +27,34 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU has bf16 matrix instructions (AMX or AVX512-BF16).
+
+    Without them (e.g. AVX2-only CPUs) bf16 autocast is about 10x *slower* than fp32.
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> the fastest numerically safe setting for ``device``.
+
+    CUDA: ``bf16-mixed`` where supported, else ``16-mixed``; CPU: ``bf16-mixed`` only on
+    CPUs with bf16 instructions, else ``32``. Other values pass through.
+    """
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "bf16-mixed" if cpu_has_fast_bf16() else "32"
+
+
 def autocast(device: torch.device, precision: str):
-    """Autocast context for ``bf16-mixed`` / ``16-mixed``; a no-op for ``32``."""
+    """Autocast context for ``bf16-mixed`` / ``16-mixed`` (``auto`` resolved first); a no-op for ``32``."""
+    precision = resolve_precision(precision, device)
     if precision == "32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float16

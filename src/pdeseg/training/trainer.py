@@ -38,8 +38,8 @@ from pdeseg.training.runtime import (
     autocast,
     barrier,
     init_distributed,
-    is_main_process,
     resolve_device,
+    resolve_precision,
     seed_everything,
 )
 from pdeseg.training.validate import evaluate_loader
@@ -116,6 +116,7 @@ def train_model(
     resume: bool = False,
     data: PreparedData | None = None,
     progress: bool = True,
+    stop_after: int | None = None,
 ) -> TrainResult:
     """Train one model of ``cfg`` into ``run_dir``.
 
@@ -126,6 +127,8 @@ def train_model(
         resume: continue from ``run_dir/last.pt`` (its split and epoch counter).
         data: prepared data to reuse (else prepared from ``cfg``, reusing ``split.json``).
         progress: show progress bars.
+        stop_after: train at most this many epochs in this call, then return (for jobs
+            with a wall-clock limit; ``resume=True`` continues with the same schedule).
 
     Returns:
         :class:`TrainResult` with the best validation score and the per-epoch history.
@@ -136,6 +139,7 @@ def train_model(
     run_dir = Path(run_dir)
     t = cfg.train
     device = resolve_device(t.device)
+    precision = resolve_precision(t.precision, device)
     rank, world = init_distributed(device)
     main = rank == 0
     if main:
@@ -170,7 +174,8 @@ def train_model(
         if data.split["val"]
         else None
     )
-    log.info("training %s on %d slices, validating on %d", model_cfg.name, len(train_ds), len(val_ds) if val_ds else 0)
+    log.info("training %s on %d slices, validating on %d (%s, precision %s)", model_cfg.name, len(train_ds),
+             len(val_ds) if val_ds else 0, device, precision)
 
     seed_everything(t.seed)
     kwargs = model_kwargs(cfg, model_cfg)
@@ -182,7 +187,7 @@ def train_model(
     per_rank = math.ceil(len(train_ds) / world)
     steps_per_epoch = max(1, math.ceil(per_rank / t.batch_size))
     scheduler = _make_scheduler(cfg, optimizer, steps_per_epoch)
-    scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "16-mixed")
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
 
     start_epoch, global_step, best_score, best_epoch, history = 0, 0, -math.inf, -1, []
     if state is not None:
@@ -201,7 +206,8 @@ def train_model(
         "parameters": count_parameters(model),
     }
     writer = _tensorboard(run_dir) if main else None
-    for epoch in range(start_epoch, t.epochs):
+    end_epoch = t.epochs if stop_after is None else min(t.epochs, start_epoch + stop_after)
+    for epoch in range(start_epoch, end_epoch):
         generator = torch.Generator().manual_seed(t.seed * 100_003 + epoch)
         if world > 1:
             sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=t.seed)
@@ -221,7 +227,7 @@ def train_model(
             if t.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             optimizer.zero_grad(set_to_none=True)
-            with autocast(device, t.precision):
+            with autocast(device, precision):
                 logits = train_model_(x)
             loss = loss_fn(logits.float(), y)
             if not torch.isfinite(loss):
@@ -235,7 +241,7 @@ def train_model(
             if scheduler is not None:
                 scheduler.step()
             global_step += 1
-            running += float(loss) * x.shape[0]
+            running += loss.item() * x.shape[0]
             seen += x.shape[0]
             bar.set_postfix(loss=f"{running / seen:.4f}")
         train_time = time.perf_counter() - t0
@@ -244,7 +250,7 @@ def train_model(
         if main:
             if val_ds is not None:
                 val_loader = DataLoader(val_ds, batch_size=t.val_batch_size, shuffle=False, num_workers=d.num_workers)
-                val_loss, acc = evaluate_loader(model, val_loader, device, t.precision, loss_fn, cfg.num_classes, t.channels_last)
+                val_loss, acc = evaluate_loader(model, val_loader, device, precision, loss_fn, cfg.num_classes, t.channels_last)
                 summary = acc.summary()
                 row["val_loss"] = val_loss
                 for key in ("dice_mean", "iou_mean", "accuracy", "dice_WT", "dice_TC", "dice_ET"):

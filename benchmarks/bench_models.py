@@ -1,0 +1,323 @@
+#!/usr/bin/env python
+"""Throughput and peak memory of UNet, PDE-UNet and MONAI's UNet, measured in one run.
+
+For each registry model (``unet``, ``pde_unet``, ``monai_unet``; 4 in / 4 out channels,
+2D) at ``--size`` x ``--size`` with batch ``--batch``:
+
+* inference: ``no_grad`` forward in eval mode, images/s;
+* train step: forward + :class:`~pdeseg.losses.segmentation.CEDiceLoss` + backward +
+  Adam step (as in :mod:`pdeseg.training.trainer`), images/s;
+* peak memory: on CUDA ``torch.cuda.max_memory_allocated`` (reset before each phase);
+  on CPU the increase of the process's peak RSS (``resource.getrusage().ru_maxrss``)
+  over the RSS just before the model is built. ``ru_maxrss`` never goes down within a
+  process, so every model runs in a fresh ``spawn`` subprocess; inference runs before
+  training, so the inference peak is not hidden by the training one.
+
+Each figure is the median over ``--repeats`` timed repeats after ``--warmup`` untimed
+ones, on random inputs. The cable block (PDE-UNet's only addition) is also timed alone,
+and the ratios against ``unet`` (the baseline, measured in the same run) are printed:
+a time ratio is ``median time of model / median time of unet`` (> 1 means slower).
+
+Usage::
+
+    python benchmarks/bench_models.py                  # defaults: auto device/precision
+    python benchmarks/bench_models.py --device cuda --json results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+
+BASELINE = "unet"
+MODELS = ("unet", "pde_unet", "monai_unet")
+LABELS = {"unet": "UNet", "pde_unet": "PDE-UNet", "monai_unet": "MONAI UNet"}
+TARGET_RATIO = 1.03
+
+
+# ----------------------------------------------------------------------------- child side
+
+
+def _rss_now_mib() -> float:
+    """Current resident set size (VmRSS) in MiB; falls back to the peak where /proc is absent."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return _maxrss_mib()
+
+
+def _maxrss_mib() -> float:
+    """Peak RSS of this process in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
+
+
+def _timed(fn, device, warmup: int, repeats: int) -> list[float]:
+    """Seconds per call of ``fn`` for ``repeats`` calls after ``warmup`` untimed ones."""
+    import torch
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def measure_model(name: str, opts: dict) -> dict:
+    """Run in a fresh process: build ``name`` and time inference, then a train step."""
+    import torch
+
+    from pdeseg.losses.segmentation import CEDiceLoss
+    from pdeseg.registry import build_model, count_parameters
+    from pdeseg.training.runtime import autocast
+
+    if opts["threads"]:
+        torch.set_num_threads(opts["threads"])
+    device = torch.device(opts["device"])
+    precision, cl = opts["precision"], opts["channels_last"]
+    b, s, warmup, repeats = opts["batch"], opts["size"], opts["warmup"], opts["repeats"]
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    cuda = device.type == "cuda"
+
+    torch.manual_seed(0)
+    x = torch.randn(b, 4, s, s, device=device).contiguous(memory_format=fmt)
+    y = torch.randint(0, 4, (b, s, s), device=device)
+    if name == "monai_unet":  # import MONAI before the baseline RSS is taken
+        import monai.networks.nets  # noqa: F401
+    if cuda:
+        torch.cuda.synchronize(device)
+    rss0 = _rss_now_mib()
+
+    model = build_model(name, in_channels=4, out_channels=4).to(device).to(memory_format=fmt)
+    out = {"model": name, "params": count_parameters(model), "threads": torch.get_num_threads()}
+
+    # --- inference (first, so that its peak memory is not hidden by training's)
+    model.eval()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def infer():
+        with torch.no_grad(), autocast(device, precision):
+            model(x)
+
+    out["infer_s"] = _timed(infer, device, warmup, repeats)
+    out["infer_peak_mib"] = (
+        torch.cuda.max_memory_allocated(device) / 2**20 if cuda else _maxrss_mib() - rss0
+    )
+
+    # --- train step: forward + CE/Dice loss + backward + Adam step
+    model.train()
+    loss_fn = CEDiceLoss().to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def train_step():
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, precision):
+            logits = model(x)
+        loss = loss_fn(logits.float(), y)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    out["train_s"] = _timed(train_step, device, warmup, repeats)
+    out["train_peak_mib"] = (
+        torch.cuda.max_memory_allocated(device) / 2**20 if cuda else _maxrss_mib() - rss0
+    )
+
+    # --- the cable block alone (PDE-UNet's only addition), same input, same precision
+    if name == "pde_unet":
+        block = model.pde
+
+        def block_infer():
+            with torch.no_grad(), autocast(device, precision):
+                block(x)
+
+        def block_train():  # forward + backward to the block's 12 parameters
+            block.zero_grad(set_to_none=True)
+            with autocast(device, precision):
+                u = block(x)
+            u.float().mean().backward()
+
+        out["block_infer_s"] = _timed(block_infer, device, warmup, repeats)
+        out["block_train_s"] = _timed(block_train, device, warmup, repeats)
+    return out
+
+
+# ----------------------------------------------------------------------------- parent side
+
+
+def _run_isolated(name: str, opts: dict) -> dict:
+    """``measure_model`` in a fresh spawned process (per-model peak RSS, no cross-talk)."""
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        return pool.apply(measure_model, (name, opts))
+
+
+def _ratio_line(label: str, num: float, den: float, target: float | None = None) -> str:
+    r = num / den
+    line = f"- {label}: {r:.3f}"
+    if target is not None:
+        line += f"  (target <= {target:.2f}: {'OK' if r <= target else 'ABOVE TARGET'})"
+    return line
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", default="auto", choices=["auto", "32", "bf16-mixed", "16-mixed"],
+                   help="auto: bf16 autocast on GPUs and bf16-capable CPUs, fp32 otherwise")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's default)")
+    p.add_argument("--size", type=int, default=240, help="square input size (divisible by 16)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats (the median is reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed repeats first")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS),
+                   help=f"models to run; ratios need {BASELINE!r}")
+    p.add_argument("--json", metavar="PATH", help="also save the results as JSON")
+    args = p.parse_args(argv)
+    if args.size % 16:
+        p.error(f"--size must be divisible by 16 (UNet's divisor), got {args.size}")
+    if args.repeats < 1 or args.warmup < 0 or args.batch < 1:
+        p.error("need --repeats >= 1, --warmup >= 0, --batch >= 1")
+
+    import torch
+
+    from pdeseg.training.runtime import resolve_device, resolve_precision
+
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    if precision == "16-mixed" and device.type != "cuda":
+        p.error("--precision 16-mixed needs CUDA")
+    opts = {
+        "device": str(device), "precision": precision, "channels_last": args.channels_last,
+        "threads": args.threads, "size": args.size, "batch": args.batch,
+        "repeats": args.repeats, "warmup": args.warmup,
+    }
+    if device.type == "cuda":
+        dev_name = torch.cuda.get_device_name(device)
+        mem_measure = "torch.cuda.max_memory_allocated (reset before each phase; includes weights)"
+    else:
+        dev_name = platform.processor() or platform.machine()
+        try:
+            with open("/proc/cpuinfo") as f:
+                dev_name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+        except (OSError, StopIteration):
+            pass
+        mem_measure = ("peak RSS increase (ru_maxrss) over the RSS before building the model, "
+                       "one fresh spawned process per model")
+    print(f"device: {device} ({dev_name}); torch {torch.__version__}; precision {precision} "
+          f"(requested {args.precision}); channels_last {args.channels_last}; "
+          f"threads {args.threads or torch.get_num_threads()} (cpu count {os.cpu_count()})")
+    print(f"input: batch {args.batch} x 4 x {args.size} x {args.size}, 4 classes; "
+          f"median of {args.repeats} timed repeats after {args.warmup} warm-up")
+    print(f"memory measure: {mem_measure}\n", flush=True)
+
+    t_start = time.perf_counter()
+    load0 = os.getloadavg()[0]
+    results = {}
+    for name in args.models:
+        t0 = time.perf_counter()
+        results[name] = r = _run_isolated(name, opts)
+        r["train_median_s"] = statistics.median(r["train_s"])
+        r["infer_median_s"] = statistics.median(r["infer_s"])
+        r["train_img_s"] = args.batch / r["train_median_s"]
+        r["infer_img_s"] = args.batch / r["infer_median_s"]
+        for k in ("block_infer_s", "block_train_s"):
+            if k in r:
+                r[k.replace("_s", "_median_s")] = statistics.median(r[k])
+        print(f"  {name}: done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+
+    mem = "CUDA max allocated" if device.type == "cuda" else "peak RSS increase"
+    print(f"| model | params | train img/s | infer img/s | train peak mem (MiB, {mem}) | infer peak mem (MiB, {mem}) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, r in results.items():
+        print(f"| {LABELS[name]} (`{name}`) | {r['params']:,} | {r['train_img_s']:.2f} | {r['infer_img_s']:.2f} "
+              f"| {r['train_peak_mib']:.0f} | {r['infer_peak_mib']:.0f} |")
+
+    if "pde_unet" in results:
+        r = results["pde_unet"]
+        print(f"\ncable block alone (batch {args.batch}, 4 channels, {args.size}x{args.size}): "
+              f"forward {1e3 * r['block_infer_median_s']:.1f} ms, forward+backward {1e3 * r['block_train_median_s']:.1f} ms")
+
+    ratios = {}
+    if BASELINE in results:
+        base = results[BASELINE]
+        print(f"\nratios vs `{BASELINE}` measured in this run (time ratio = median time / UNet's median time; > 1 is slower):")
+        for name in args.models:
+            if name == BASELINE:
+                continue
+            r = results[name]
+            target = TARGET_RATIO if name == "pde_unet" else None
+            ratios[name] = {
+                "train_time_ratio": r["train_median_s"] / base["train_median_s"],
+                "infer_time_ratio": r["infer_median_s"] / base["infer_median_s"],
+            }
+            print(_ratio_line(f"{LABELS[name]}/UNet train-step time", r["train_median_s"], base["train_median_s"], target))
+            print(_ratio_line(f"{LABELS[name]}/UNet inference time", r["infer_median_s"], base["infer_median_s"], target))
+            if name == "pde_unet":
+                # Less noisy estimate: UNet time plus the block's own time (both medians, same run).
+                bt = (base["train_median_s"] + r["block_train_median_s"]) / base["train_median_s"]
+                bi = (base["infer_median_s"] + r["block_infer_median_s"]) / base["infer_median_s"]
+                ratios[name]["block_implied_train_ratio"] = bt
+                ratios[name]["block_implied_infer_ratio"] = bi
+                print(f"  - from the block's own time: train (UNet + block)/UNet {bt:.3f}, "
+                      f"inference {bi:.3f} (block = {100 * (bt - 1):.1f}% / {100 * (bi - 1):.1f}% of UNet)")
+        spread = max(
+            (max(r[k]) - min(r[k])) / statistics.median(r[k])
+            for r in results.values() for k in ("train_s", "infer_s")
+        )
+        print(f"  (largest (max - min)/median spread of any timed series: {100 * spread:.0f}%; "
+              "ratios closer to 1 than that are within noise)")
+    elif len(results) > 1:
+        print(f"\n(no ratios: the baseline {BASELINE!r} was not run)")
+    load = os.getloadavg()
+    print(f"\ntotal wall time {time.perf_counter() - t_start:.0f} s; load average {load0:.1f} at start, "
+          f"{load[0]:.1f} at end (1 min), {load[1]:.1f} (5 min)")
+    threads = args.threads or torch.get_num_threads()
+    if device.type == "cpu" and max(load0, load[1]) > (os.cpu_count() or 1) - 0.5:
+        print(f"WARNING: other processes were using the CPUs (load average above {(os.cpu_count() or 1) - 0.5:.1f} "
+              f"on {os.cpu_count()} CPUs); throughput is lower and noisier than on an idle machine"
+              + (f", and with {threads} threads per process oversubscription can slow small ops a lot "
+                 "(try --threads 1 or rerun when idle)" if threads > 1 else "") + ".")
+
+    if args.json:
+        payload = {
+            "device": str(device), "device_name": dev_name, "torch": torch.__version__,
+            "precision": precision, "requested_precision": args.precision,
+            "channels_last": args.channels_last, "threads": args.threads or torch.get_num_threads(),
+            "batch": args.batch, "size": args.size, "repeats": args.repeats, "warmup": args.warmup,
+            "memory_measure": mem_measure, "load_average_start": load0, "load_average_end": list(load),
+            "results": results, "ratios_vs_unet": ratios,
+        }
+        with open(args.json, "w") as f:
+            json.dump(payload, f, indent=2)
+        print(f"saved {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

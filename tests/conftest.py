@@ -1,0 +1,49 @@
+"""Shared fixtures: a tiny phantom BraTS set on disk and a tiny, fast experiment config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pdeseg.config import config_from_dict
+from pdeseg.data.phantom import write_phantom_dataset
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+TINY_FEATURES = [8, 16, 32, 64, 128]
+
+
+def shared_data(sub: str) -> Path:
+    """Path of a folder in ../shared/data, or skip the test with the reason."""
+    path = SHARED_DATA / sub
+    if not path.is_dir():
+        pytest.skip(f"real sample data not present at {path} (only on the project's machines)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def phantom_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("phantom")
+    write_phantom_dataset(root, n_cases=6, seed=3, shape=(32, 32, 16))
+    return root
+
+
+def tiny_config_dict(root: Path, out: Path, **train) -> dict:
+    return {
+        "name": "tiny",
+        "output_dir": str(out),
+        "data": {
+            "root": str(root),
+            "cache_dir": str(out / "cache"),
+            "slices": "tumour",
+            "split": {"fractions": [0.5, 0.25, 0.25], "seed": 0},
+        },
+        "models": [{"name": "unet", "kwargs": {"features": TINY_FEATURES}},
+                   {"name": "pde_unet", "kwargs": {"features": TINY_FEATURES}}],
+        "train": {"epochs": 2, "batch_size": 4, "lr": 3e-3, "precision": "32", "seed": 0, **train},
+    }
+
+
+@pytest.fixture
+def tiny_config(phantom_root, tmp_path):
+    return config_from_dict(tiny_config_dict(phantom_root, tmp_path))

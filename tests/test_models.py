@@ -1,0 +1,56 @@
+import pytest
+import torch
+
+from pdeseg.registry import MODELS, build_model, count_parameters
+
+TINY = [8, 16, 32, 64, 128]
+
+
+def test_paper_unet_has_exactly_the_papers_parameter_count():
+    assert count_parameters(build_model("unet")) == 7_766_372
+
+
+def test_pde_unet_adds_three_parameters_per_modality():
+    assert count_parameters(build_model("pde_unet")) - count_parameters(build_model("unet")) == 3 * 4
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("size", [(32, 48), (80, 16)])
+def test_2d_shapes_at_non_square_sizes(name, size):
+    model = build_model(name, in_channels=3, out_channels=5, features=TINY)
+    out = model(torch.randn(2, 3, *size))
+    assert out.shape == (2, 5, *size)
+
+
+def test_unet_3d_shapes():
+    model = build_model("unet", spatial_dims=3, in_channels=2, out_channels=3, features=TINY)
+    assert model(torch.randn(1, 2, 16, 32, 48)).shape == (1, 3, 16, 32, 48)
+
+
+def test_unet_rejects_sizes_not_divisible_by_16():
+    with pytest.raises(ValueError, match="divisible by 16"):
+        build_model("unet", features=TINY)(torch.randn(1, 4, 30, 32))
+
+
+def test_pde_unet_is_2d_only():
+    with pytest.raises(ValueError, match="2D"):
+        build_model("pde_unet", spatial_dims=3)
+
+
+def test_unknown_model_lists_registered_names():
+    with pytest.raises(KeyError, match="pde_unet"):
+        build_model("vnet9000")
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_parameter_gets_a_finite_gradient(name):
+    torch.manual_seed(0)
+    model = build_model(name, features=TINY)
+    x = torch.randn(2, 4, 32, 32)
+    y = torch.randint(0, 4, (2, 32, 32))
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, f"{pname} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{pname} has a non-finite gradient"
+        assert p.grad.abs().sum() > 0, f"{pname} has an all-zero gradient"

@@ -1,0 +1,61 @@
+import pytest
+
+from pdeseg.config import ConfigError, load_config
+from pdeseg.data.splits import split_cases
+
+IDS = [f"case_{i:03d}" for i in range(20)]
+
+
+def test_split_is_deterministic_and_patient_disjoint():
+    a = split_cases(IDS, fractions=[0.8, 0.1, 0.1], seed=7)
+    b = split_cases(list(reversed(IDS)), fractions=[0.8, 0.1, 0.1], seed=7)
+    assert a == b
+    assert [len(a[k]) for k in ("train", "val", "test")] == [16, 2, 2]
+    parts = [set(a[k]) for k in ("train", "val", "test")]
+    assert not (parts[0] & parts[1]) and not (parts[0] & parts[2]) and not (parts[1] & parts[2])
+    assert set().union(*parts) == set(IDS)
+    assert split_cases(IDS, fractions=[0.8, 0.1, 0.1], seed=8) != a
+
+
+def test_small_sets_keep_one_val_and_one_test_case():
+    s = split_cases(IDS[:5], fractions=[0.8, 0.1, 0.1])
+    assert [len(s[k]) for k in ("train", "val", "test")] == [3, 1, 1]
+
+
+def test_counts_exact_and_scaled():
+    s = split_cases(IDS, counts=[14, 4, 2])
+    assert [len(s[k]) for k in ("train", "val", "test")] == [14, 4, 2]
+    scaled = split_cases(IDS[:16], counts=[250, 74, 45])  # paper 003's split on 16 cases
+    assert [len(scaled[k]) for k in ("train", "val", "test")] == [11, 3, 2]
+    with pytest.raises(ValueError, match="sum to"):
+        split_cases(IDS, counts=[250, 74, 45], scale_counts=False)
+
+
+def test_duplicate_ids_rejected():
+    with pytest.raises(ValueError, match="duplicate"):
+        split_cases(["a", "a", "b"], fractions=[0.8, 0.1, 0.1])
+
+
+def test_config_overrides_and_validation(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\ntrain:\n  epochs: 3\ndata:\n  slices: middle\n")
+    cfg = load_config(path, ["train.batch_size=2", "data.spatial_size=[128, 128]"])
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.data.slices, cfg.data.spatial_size) == (3, 2, "middle", [128, 128])
+    with pytest.raises(ConfigError, match="unknown key.*epoch"):
+        load_config(path, ["train.epoch=3"])
+    with pytest.raises(ConfigError, match="data.slices must be one of"):
+        load_config(path, ["data.slices=some"])
+    with pytest.raises(ConfigError, match="train.epochs must be int"):
+        load_config(path, ["train.epochs=many"])
+    with pytest.raises(ConfigError, match="unknown model"):
+        load_config(path, ["models=[{name: nope}]"])
+    with pytest.raises(FileNotFoundError):
+        load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("name", ["pde_unet_brats2020.yaml", "pde_unet_brats_realistic.yaml"])
+def test_shipped_configs_load(name):
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / name)
+    assert {m.name for m in cfg.models} == {"unet", "pde_unet"}
