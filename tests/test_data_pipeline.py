@@ -48,7 +48,8 @@ def test_cache_layout_reuse_and_invalidation(phantom_root, tmp_path, cached):
 def test_slice_selections(cached):
     c = cached[0]
     tumour = c.slices("tumour")
-    assert select_slices(c, "middle") == [tumour[len(tumour) // 2]]
+    assert select_slices(c, "middle") == [8]
+    assert select_slices(c, "tumour_middle") == [tumour[len(tumour) // 2]]
     assert select_slices(c, "range", [5, 150]) == list(range(5, 16))
     assert select_slices(c, "all") == list(range(16))
     with pytest.raises(ValueError, match="slice_range"):

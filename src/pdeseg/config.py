@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-SLICE_SELECTIONS = ("middle", "range", "brain", "tumour", "all")
+SLICE_SELECTIONS = ("middle", "tumour_middle", "range", "brain", "tumour", "all")
 NORMALIZATIONS = ("zscore", "minmax")
 PRECISIONS = ("auto", "32", "bf16-mixed", "16-mixed")
 SCHEDULERS = ("onecycle", "cosine", "none")

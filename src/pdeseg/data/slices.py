@@ -18,13 +18,16 @@ log = logging.getLogger(__name__)
 def select_slices(case: CachedCase, selection: str, slice_range: Sequence[int] | None = None) -> list[int]:
     """Slice indices (along the last, axial, axis) of one case.
 
-    ``middle``: the centre slice of the tumour's axial extent (the volume centre when the
-    case has no tumour), as the paper's one middle slice per case; ``range``: the inclusive
+    ``middle``: the volume's middle axial slice, one per case (paper 000's protocol);
+    ``tumour_middle``: the centre of the tumour's axial extent (the volume's middle when
+    the case has no tumour); ``range``: the inclusive
     ``[first, last]``, clipped to the volume; ``brain``: slices with brain voxels;
     ``tumour``: slices with any tumour label; ``all``: every slice.
     """
     n = case.num_slices
     if selection == "middle":
+        return [n // 2]
+    if selection == "tumour_middle":
         tumour = case.slices("tumour")
         return [tumour[len(tumour) // 2] if tumour else n // 2]
     if selection == "range":
