@@ -29,6 +29,8 @@ def test_train_resume_equals_uninterrupted_and_predict(phantom_root, tmp_path):
     assert len(straight.history) == 3 and (tmp_path / "straight" / "metrics.csv").is_file()
     assert (tmp_path / "straight" / "tb").is_dir() and (tmp_path / "straight" / "config.yaml").is_file()
 
+    with pytest.raises(FileExistsError, match="--resume"):
+        train_model(cfg, model, tmp_path / "straight", progress=False)
     part = train_model(cfg, model, tmp_path / "resumed", progress=False, stop_after=2)
     assert len(part.history) == 2
     with pytest.raises(FileNotFoundError, match="no .*last.pt"):

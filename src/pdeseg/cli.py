@@ -60,7 +60,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise SystemExit(f"--model {args.model}: not in the config's models ({', '.join(m.name for m in cfg.models)})")
     for m in models:
         run_dir = Path(cfg.output_dir) / cfg.name / m.name
-        result = train_model(cfg, m, run_dir, resume=args.resume, progress=not args.no_progress, stop_after=args.stop_after)
+        result = train_model(cfg, m, run_dir, resume=args.resume, progress=not args.no_progress, stop_after=args.stop_after,
+                             overwrite=args.overwrite)
         if is_main_process():
             print(f"{m.name}: best {cfg.train.monitor} {result.best_score:.4f} at epoch {result.best_epoch}; checkpoint {run_dir / 'best.pt'}")
     return 0
@@ -122,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", help="train only this model of the config")
     s.add_argument("--resume", action="store_true", help="continue each run from its last.pt")
     s.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=2")
+    s.add_argument("--overwrite", action="store_true", help="start afresh in run folders that already hold a run")
     s.add_argument("--stop-after", type=int, metavar="N", help="stop after N epochs in this call (continue later with --resume)")
     s.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     s.set_defaults(func=cmd_train)
@@ -166,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (BratsDataError, ConfigError, CheckpointError, FileNotFoundError) as exc:
+    except (BratsDataError, ConfigError, CheckpointError, FileNotFoundError, FileExistsError) as exc:
         log.error("%s", exc)
         return 2
 

@@ -117,6 +117,7 @@ def train_model(
     data: PreparedData | None = None,
     progress: bool = True,
     stop_after: int | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train one model of ``cfg`` into ``run_dir``.
 
@@ -129,12 +130,15 @@ def train_model(
         progress: show progress bars.
         stop_after: train at most this many epochs in this call, then return (for jobs
             with a wall-clock limit; ``resume=True`` continues with the same schedule).
+        overwrite: start afresh even if ``run_dir`` already holds a run.
 
     Returns:
         :class:`TrainResult` with the best validation score and the per-epoch history.
 
     Raises:
         FileNotFoundError: ``resume`` without ``last.pt`` in ``run_dir``.
+        FileExistsError: ``run_dir`` already holds a run and neither ``resume`` nor
+            ``overwrite`` is set (so finished work is never silently replaced).
     """
     run_dir = Path(run_dir)
     t = cfg.train
@@ -147,6 +151,11 @@ def train_model(
     split_file = run_dir / "split.json"
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     state = None
+    if last_path.is_file() and not (resume or overwrite):
+        raise FileExistsError(f"{run_dir} already holds a run (last.pt); continue it with --resume, "
+                              "start afresh with --overwrite, or choose another --out")
+    if overwrite and not resume and main:
+        split_file.unlink(missing_ok=True)  # draw the split from the config again
     if resume:
         if not last_path.is_file():
             raise FileNotFoundError(f"--resume: no {last_path} to resume from (was this run started?)")
