@@ -41,8 +41,5 @@ def evaluate_loader(
         if loss_fn is not None:
             total += float(loss_fn(logits.float(), y)) * x.shape[0]
             count += x.shape[0]
-        pred = logits.argmax(dim=1).cpu().numpy()
-        truth = y.cpu().numpy()
-        for i, case in enumerate(batch["case"]):
-            acc.update(pred[i], truth[i], case)
+        acc.update(logits.argmax(dim=1), y, list(batch["case"]))  # counted on the model's device
     return (total / count if count else None), acc
