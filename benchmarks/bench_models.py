@@ -63,117 +63,161 @@ def _maxrss_mib() -> float:
     return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
 
 
-def _timed(fn, device, warmup: int, repeats: int) -> list[float]:
-    """Seconds per call of ``fn`` for ``repeats`` calls after ``warmup`` untimed ones."""
-    import torch
+class _Worker:
+    """Holds one model in its own process and times single calls on request."""
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+    def __init__(self, name: str, opts: dict):
+        import torch
 
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return times
+        from pdeseg.losses.segmentation import CEDiceLoss
+        from pdeseg.registry import build_model, count_parameters
+        from pdeseg.training.runtime import autocast
 
+        if opts["threads"]:
+            torch.set_num_threads(opts["threads"])
+        self.torch, self.device = torch, torch.device(opts["device"])
+        self.cuda = self.device.type == "cuda"
+        device, precision = self.device, opts["precision"]
+        b, s = opts["batch"], opts["size"]
+        fmt = torch.channels_last if opts["channels_last"] else torch.contiguous_format
 
-def measure_model(name: str, opts: dict) -> dict:
-    """Run in a fresh process: build ``name`` and time inference, then a train step."""
-    import torch
+        torch.manual_seed(0)
+        x = torch.randn(b, 4, s, s, device=device).contiguous(memory_format=fmt)
+        y = torch.randint(0, 4, (b, s, s), device=device)
+        if name == "monai_unet":  # import MONAI before the baseline RSS is taken
+            import monai.networks.nets  # noqa: F401
+        self._sync()
+        self.rss0 = _rss_now_mib()
 
-    from pdeseg.losses.segmentation import CEDiceLoss
-    from pdeseg.registry import build_model, count_parameters
-    from pdeseg.training.runtime import autocast
+        model = build_model(name, in_channels=4, out_channels=4).to(device).to(memory_format=fmt)
+        self.model = model
+        self.info = {"model": name, "params": count_parameters(model), "threads": torch.get_num_threads()}
+        loss_fn = CEDiceLoss().to(device)
+        state = {}
 
-    if opts["threads"]:
-        torch.set_num_threads(opts["threads"])
-    device = torch.device(opts["device"])
-    precision, cl = opts["precision"], opts["channels_last"]
-    b, s, warmup, repeats = opts["batch"], opts["size"], opts["warmup"], opts["repeats"]
-    fmt = torch.channels_last if cl else torch.contiguous_format
-    cuda = device.type == "cuda"
-
-    torch.manual_seed(0)
-    x = torch.randn(b, 4, s, s, device=device).contiguous(memory_format=fmt)
-    y = torch.randint(0, 4, (b, s, s), device=device)
-    if name == "monai_unet":  # import MONAI before the baseline RSS is taken
-        import monai.networks.nets  # noqa: F401
-    if cuda:
-        torch.cuda.synchronize(device)
-    rss0 = _rss_now_mib()
-
-    model = build_model(name, in_channels=4, out_channels=4).to(device).to(memory_format=fmt)
-    out = {"model": name, "params": count_parameters(model), "threads": torch.get_num_threads()}
-
-    # --- inference (first, so that its peak memory is not hidden by training's)
-    model.eval()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(device)
-
-    def infer():
-        with torch.no_grad(), autocast(device, precision):
-            model(x)
-
-    out["infer_s"] = _timed(infer, device, warmup, repeats)
-    out["infer_peak_mib"] = (
-        torch.cuda.max_memory_allocated(device) / 2**20 if cuda else _maxrss_mib() - rss0
-    )
-
-    # --- train step: forward + CE/Dice loss + backward + Adam step
-    model.train()
-    loss_fn = CEDiceLoss().to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(device)
-
-    def train_step():
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(device, precision):
-            logits = model(x)
-        loss = loss_fn(logits.float(), y)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-
-    out["train_s"] = _timed(train_step, device, warmup, repeats)
-    out["train_peak_mib"] = (
-        torch.cuda.max_memory_allocated(device) / 2**20 if cuda else _maxrss_mib() - rss0
-    )
-
-    # --- the cable block alone (PDE-UNet's only addition), same input, same precision
-    if name == "pde_unet":
-        block = model.pde
-
-        def block_infer():
+        def infer():
             with torch.no_grad(), autocast(device, precision):
-                block(x)
+                model(x)
 
-        def block_train():  # forward + backward to the block's 12 parameters
-            block.zero_grad(set_to_none=True)
+        def train_step():
+            if not state:  # Adam and scaler on first use, so their memory counts in training only
+                state["opt"] = torch.optim.Adam(model.parameters(), lr=1e-4)
+                state["scaler"] = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
+            opt, scaler = state["opt"], state["scaler"]
+            opt.zero_grad(set_to_none=True)
             with autocast(device, precision):
-                u = block(x)
-            u.float().mean().backward()
+                logits = model(x)
+            loss = loss_fn(logits.float(), y)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
 
-        out["block_infer_s"] = _timed(block_infer, device, warmup, repeats)
-        out["block_train_s"] = _timed(block_train, device, warmup, repeats)
+        self.fns = {"infer": infer, "train": train_step}
+        if name == "pde_unet":  # the cable block alone, same input, same precision
+            block = model.pde
+
+            def block_infer():
+                with torch.no_grad(), autocast(device, precision):
+                    block(x)
+
+            def block_train():  # forward + backward to the block's 12 parameters
+                block.zero_grad(set_to_none=True)
+                with autocast(device, precision):
+                    u = block(x)
+                u.float().mean().backward()
+
+            self.fns.update(block_infer=block_infer, block_train=block_train)
+
+    def _sync(self):
+        if self.cuda:
+            self.torch.cuda.synchronize(self.device)
+
+    def mode(self, train: bool) -> None:
+        self.model.train(train)
+        if self.cuda:
+            self.torch.cuda.reset_peak_memory_stats(self.device)
+
+    def time(self, key: str) -> float:
+        self._sync()
+        t0 = time.perf_counter()
+        self.fns[key]()
+        self._sync()
+        return time.perf_counter() - t0
+
+    def peak_mib(self) -> float:
+        if self.cuda:
+            return self.torch.cuda.max_memory_allocated(self.device) / 2**20
+        return _maxrss_mib() - self.rss0
+
+
+def _worker_main(name: str, opts: dict, conn) -> None:
+    """Process entry point: build the model, then serve (method, *args) requests until None."""
+    try:
+        w = _Worker(name, opts)
+        conn.send(("ok", w.info))
+        while (req := conn.recv()) is not None:
+            conn.send(("ok", getattr(w, req[0])(*req[1:])))
+    except BaseException as exc:  # report to the parent instead of dying silently
+        import traceback
+
+        conn.send(("error", f"{name}: {type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+    finally:
+        conn.close()
+
+
+class _Remote:
+    """Parent-side handle of a worker process (spawned, so its peak RSS is its own)."""
+
+    def __init__(self, name: str, opts: dict):
+        ctx = mp.get_context("spawn")
+        self.name = name
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker_main, args=(name, opts, child), daemon=True)
+        self.proc.start()
+        child.close()
+        self.info = self._reply()
+
+    def _reply(self):
+        status, value = self.conn.recv()
+        if status != "ok":
+            raise RuntimeError(value)
+        return value
+
+    def call(self, method: str, *args):
+        self.conn.send((method, *args))
+        return self._reply()
+
+    def close(self) -> None:
+        try:
+            self.conn.send(None)
+        except (BrokenPipeError, OSError):
+            pass
+        self.proc.join(timeout=30)
+        if self.proc.is_alive():
+            self.proc.terminate()
+
+
+def _measure(workers: list[_Remote], warmup: int, repeats: int) -> dict[str, dict]:
+    """Inference then training, repeats interleaved round-robin across ``workers`` (the order
+    rotating every repeat), so slow drifts in machine load hit every model alike."""
+    out = {w.name: dict(w.info) for w in workers}
+    for phase, train in (("infer", False), ("train", True)):
+        for w in workers:
+            w.call("mode", train)
+        for rep in range(warmup + repeats):
+            k = rep % len(workers)
+            for w in workers[k:] + workers[:k]:
+                dt = w.call("time", phase)
+                if rep >= warmup:
+                    out[w.name].setdefault(f"{phase}_s", []).append(dt)
+        for w in workers:
+            out[w.name][f"{phase}_peak_mib"] = w.call("peak_mib")
+    for w in workers:
+        if w.name == "pde_unet":
+            for key in ("block_infer", "block_train"):
+                times = [w.call("time", key) for _ in range(warmup + repeats)]
+                out[w.name][f"{key}_s"] = times[warmup:]
     return out
-
-
-# ----------------------------------------------------------------------------- parent side
-
-
-def _run_isolated(name: str, opts: dict) -> dict:
-    """``measure_model`` in a fresh spawned process (per-model peak RSS, no cross-talk)."""
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(1) as pool:
-        return pool.apply(measure_model, (name, opts))
 
 
 def _ratio_line(label: str, num: float, den: float, target: float | None = None) -> str:

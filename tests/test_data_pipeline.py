@@ -56,6 +56,12 @@ def test_slice_selections(cached):
         select_slices(c, "range")
 
 
+def test_augmented_items_are_plain_tensors(cached):
+    ds = SliceDataset(cached, "tumour", transform=build_train_transform(AugmentConfig(), (32, 32)))
+    item = ds[0]
+    assert type(item["image"]) is torch.Tensor and type(item["label"]) is torch.Tensor  # not MONAI MetaTensor
+
+
 def test_slice_dataset_items(cached):
     ds = SliceDataset(cached, "middle", spatial_size=[48, 40])
     assert len(ds) == len(cached)

@@ -112,6 +112,11 @@ def fit_slice(
     return image, label
 
 
+def _plain(x) -> torch.Tensor:
+    """A plain ``torch.Tensor`` (MONAI transforms return ``MetaTensor``)."""
+    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
+
+
 class SliceDataset(Dataset):
     """Axial slices of cached cases.
 
@@ -153,6 +158,7 @@ class SliceDataset(Dataset):
         image, label = fit_slice(image, label, self.spatial_size, self.resize, self.divisor)
         if self.transform is not None:
             out = self.transform({"image": image, "label": label[None]})
-            image = torch.as_tensor(out["image"]).float()
-            label = torch.as_tensor(out["label"])[0].round().long()
+            # plain tensors: MONAI's MetaTensor would add Python overhead to every op of the model
+            image = _plain(out["image"]).float()
+            label = _plain(out["label"])[0].round().long()
         return {"image": image.contiguous(), "label": label.contiguous(), "case": case.case_id, "z": z}

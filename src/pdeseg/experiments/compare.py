@@ -1,0 +1,330 @@
+"""``pdeseg compare``: every model of a config on one patient split and several seeds.
+
+Each (model, seed) run picks its checkpoint by the validation score (``best.pt``; the
+test cases never reach the trainer), is scored on the validation and test cases, and
+the results are aggregated over seeds (mean, sd, t 95% CI) and compared with the
+baseline model on the same test cases and seeds (bootstrap CI, permutation p-value).
+
+Output folder::
+
+    config.yaml, split.json, environment.json     what was run, on what
+    runs/<model>/seed<k>/                          one training run each (resumable)
+    per_case.csv                                   model, seed, split, case, metrics
+    runs.csv                                       model, seed, best epoch, times, parameters
+    table.md, table.csv, comparison.md             Table-1-style table and the paired verdicts
+    figures/*.png, report.html                     curves, panels, cable block, one page
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import logging
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from pdeseg import __version__
+from pdeseg.config import ExperimentConfig, save_config
+from pdeseg.data.cache import CachedCase
+from pdeseg.data.setup import PreparedData, prepare_data
+from pdeseg.data.slices import SliceDataset
+from pdeseg.data.splits import save_split
+from pdeseg.experiments.stats import PairedResult, mean_ci, paired_comparison
+from pdeseg.inference.predict import Predictor
+from pdeseg.metrics.segmentation import case_metrics
+from pdeseg.training.checkpoint import load_checkpoint
+from pdeseg.training.trainer import train_model
+from pdeseg.training.validate import evaluate_loader
+
+log = logging.getLogger(__name__)
+
+PRIMARY = ("dice_mean", "iou_mean")
+REGIONS = ("dice_WT", "dice_TC", "dice_ET")
+
+
+@dataclass
+class CompareResult:
+    out_dir: Path
+    rows: list[dict[str, Any]] = field(default_factory=list)  # per (model, seed, split, case)
+    runs: list[dict[str, Any]] = field(default_factory=list)  # per (model, seed)
+    paired: list[PairedResult] = field(default_factory=list)
+    table: list[dict[str, Any]] = field(default_factory=list)
+
+
+def environment() -> dict[str, Any]:
+    """Versions and device, saved with every comparison."""
+    import monai
+
+    return {
+        "pdeseg": __version__, "python": platform.python_version(), "torch": torch.__version__,
+        "monai": monai.__version__, "numpy": np.__version__, "platform": platform.platform(),
+        "processor": platform.processor(), "cpu_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def score_cases(
+    checkpoint: Path, cases: list[CachedCase], cfg: ExperimentConfig, scope: str, device: str = "auto"
+) -> tuple[list[dict[str, Any]], float]:
+    """Per-case metrics of a checkpoint on cached cases, and inference seconds per slice.
+
+    ``scope="slices"``: the config's slice selection (e.g. the paper's middle slice);
+    ``scope="volume"``: every slice of each volume, scored in 3D.
+    """
+    predictor = Predictor(checkpoint, device, cfg.train.precision)
+    d = cfg.data
+    t0 = time.perf_counter()
+    if scope == "slices":
+        ds = SliceDataset(cases, d.slices, d.slice_range, d.spatial_size, d.resize, divisor=predictor.prep["divisor"])
+        _, acc = evaluate_loader(predictor.model, DataLoader(ds, batch_size=cfg.train.val_batch_size), predictor.device,
+                                 cfg.train.precision, None, cfg.num_classes, True)
+        rows, n_slices = acc.per_case(), len(ds)
+    elif scope == "volume":
+        rows, n_slices = [], 0
+        for case in cases:
+            image = np.asarray(case.image, dtype=np.float32).transpose(1, 2, 3, 0)
+            classes, _ = predictor.predict_volume(image)
+            label = np.asarray(case.label).transpose(1, 2, 0)
+            rows.append({"case": case.case_id, **case_metrics(classes, label, cfg.num_classes, case.meta["spacing"])})
+            n_slices += image.shape[-1]
+    else:
+        raise ValueError(f"unknown scope {scope!r}; use slices or volume")
+    return rows, (time.perf_counter() - t0) / max(n_slices, 1)
+
+
+def _run_finished(run_dir: Path, epochs: int) -> bool:
+    last = run_dir / "last.pt"
+    return last.is_file() and load_checkpoint(last)["training"]["epoch"] >= epochs
+
+
+def run_compare(
+    cfg: ExperimentConfig,
+    out_dir: str | Path,
+    seeds: list[int],
+    scope: str = "slices",
+    baseline: str | None = None,
+    progress: bool = True,
+) -> CompareResult:
+    """Train and score every model of ``cfg`` for each seed; aggregate and compare.
+
+    Interrupted comparisons continue where they stopped: finished runs are reused,
+    unfinished ones resumed from ``last.pt``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = [m.name for m in cfg.models]
+    baseline = baseline or names[0]
+    if baseline not in names:
+        raise ValueError(f"baseline {baseline!r} is not among the config's models {names}")
+    save_config(cfg, out / "config.yaml")
+    (out / "environment.json").write_text(json.dumps(environment(), indent=1))
+    data = prepare_data(cfg, out / "split.json", progress=progress)
+    save_split(data.split, out / "split.json")
+    result = CompareResult(out)
+    for seed in seeds:
+        for m in cfg.models:
+            run_cfg = copy.deepcopy(cfg)
+            run_cfg.train.seed = seed
+            run_dir = out / "runs" / m.name / f"seed{seed}"
+            if not _run_finished(run_dir, cfg.train.epochs):
+                train_model(run_cfg, m, run_dir, resume=(run_dir / "last.pt").is_file(), data=data, progress=progress)
+            last = load_checkpoint(run_dir / "last.pt")
+            history = last["training"]["history"]
+            run = {"model": m.name, "seed": seed, "best_epoch": last["training"]["best_epoch"],
+                   "parameters": last["parameters"], "train_time_s": sum(r["train_time_s"] for r in history)}
+            for split in ("val", "test"):
+                if not data.split[split]:
+                    continue
+                rows, sec = score_cases(run_dir / "best.pt", data.cases(split), run_cfg, scope)
+                run[f"{split}_ms_per_slice"] = 1000 * sec
+                result.rows += [{"model": m.name, "seed": seed, "split": split, **r} for r in rows]
+            result.runs.append(run)
+            log.info("%s seed %d: best epoch %d", m.name, seed, run["best_epoch"])
+    result.table = summary_table(result.rows, result.runs, names)
+    result.paired = [
+        paired_comparison(*_grids(result.rows, name, baseline, "dice_mean"), model=name, baseline=baseline, metric="Dice")
+        for name in names if name != baseline and data.split["test"]
+    ]
+    write_outputs(result, scope)
+    write_report(result, make_figures(result, data, cfg, scope), cfg, scope, seeds)
+    return result
+
+
+def _per_seed(rows, model: str, split: str, key: str) -> list[float]:
+    """Mean over cases of ``key`` for each seed of ``model``."""
+    seeds = sorted({r["seed"] for r in rows if r["model"] == model})
+    return [float(np.mean([r[key] for r in rows if r["model"] == model and r["seed"] == s and r["split"] == split]))
+            for s in seeds]
+
+
+def _grids(rows, model: str, baseline: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(n_seeds, n_cases)`` test scores of ``model`` and ``baseline`` on matching cases and seeds."""
+    test = [r for r in rows if r["split"] == "test"]
+    seeds = sorted({r["seed"] for r in test if r["model"] == model} & {r["seed"] for r in test if r["model"] == baseline})
+    cases = sorted({r["case"] for r in test})
+    look = {(r["model"], r["seed"], r["case"]): r[key] for r in test}
+    grid = lambda name: np.array([[look[(name, s, c)] for c in cases] for s in seeds])  # noqa: E731
+    return grid(model), grid(baseline)
+
+
+def summary_table(rows, runs, names: list[str]) -> list[dict[str, Any]]:
+    """One row per model: metrics as mean/sd/CI over seeds, parameters and times."""
+    table = []
+    for name in names:
+        row: dict[str, Any] = {"model": name}
+        for split in ("val", "test"):
+            keys = PRIMARY + (REGIONS if split == "test" else ())
+            for key in keys:
+                vals = _per_seed(rows, name, split, key)
+                if vals and not np.isnan(vals).any():
+                    row[f"{split}_{key}"] = mean_ci(vals)
+        mine = [r for r in runs if r["model"] == name]
+        row["parameters"] = mine[0]["parameters"]
+        row["seeds"] = len(mine)
+        row["train_time_s"] = float(np.mean([r["train_time_s"] for r in mine]))
+        row["test_ms_per_slice"] = float(np.mean([r.get("test_ms_per_slice", np.nan) for r in mine]))
+        row["best_epochs"] = [r["best_epoch"] for r in mine]
+        table.append(row)
+    return table
+
+
+def _fmt(ci: dict[str, float] | None) -> str:
+    if not ci:
+        return "-"
+    return f"{ci['mean']:.3f} ± {ci['sd']:.3f} [{ci['lo']:.3f}, {ci['hi']:.3f}]"
+
+
+TABLE_COLUMNS = [("val Dice", "val_dice_mean"), ("val IoU", "val_iou_mean"), ("test Dice", "test_dice_mean"),
+                 ("test IoU", "test_iou_mean"), ("test WT", "test_dice_WT"), ("test TC", "test_dice_TC"),
+                 ("test ET", "test_dice_ET")]
+
+
+def table_markdown(table: list[dict[str, Any]], scope: str) -> str:
+    head = "| model | " + " | ".join(c for c, _ in TABLE_COLUMNS) + " | parameters | train time (s) | inference (ms/slice) | best epochs |"
+    lines = [
+        f"Mean ± sd over seeds [95% t-interval]; each seed's value is the mean over cases. Scope: **{scope}**. "
+        "Dice/IoU average the tumour classes NCR, ED, ET; WT/TC/ET are BraTS regions (Dice).",
+        "",
+        head,
+        "|" + "---|" * (len(TABLE_COLUMNS) + 5),
+    ]
+    for r in table:
+        cells = " | ".join(_fmt(r.get(k)) for _, k in TABLE_COLUMNS)
+        lines.append(f"| {r['model']} | {cells} | {r['parameters']:,} | {r['train_time_s']:.0f} | "
+                     f"{r['test_ms_per_slice']:.1f} | {', '.join(map(str, r['best_epochs']))} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(result: CompareResult, scope: str) -> None:
+    out = result.out_dir
+    _write_csv(out / "per_case.csv", result.rows)
+    _write_csv(out / "runs.csv", result.runs)
+    flat = []
+    for r in result.table:
+        f = {k: v for k, v in r.items() if not isinstance(v, (dict, list))}
+        for k, v in r.items():
+            if isinstance(v, dict):
+                f.update({f"{k}_{s}": v[s] for s in ("mean", "sd", "lo", "hi")})
+        flat.append(f)
+    _write_csv(out / "table.csv", flat)
+    (out / "table.md").write_text(table_markdown(result.table, scope))
+    (out / "comparison.md").write_text("\n".join(p.sentence() for p in result.paired) + "\n")
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _display_slice(case: CachedCase, cfg: ExperimentConfig, scope: str) -> int:
+    """The slice shown for a case: the selected one (slices scope, first of the selection) or the largest tumour."""
+    from pdeseg.data.slices import select_slices
+
+    if scope == "slices" and cfg.data.slices in ("middle", "tumour_middle"):
+        return select_slices(case, cfg.data.slices)[0]
+    return int(np.argmax((np.asarray(case.label) > 0).sum(axis=(1, 2))))
+
+
+def make_figures(result: CompareResult, data: PreparedData, cfg: ExperimentConfig, scope: str) -> list[tuple[str, str]]:
+    """Loss curves, segmentation panel, cable-block effect and coefficients; returns (relative path, caption)."""
+    from pdeseg.viz.figures import plot_loss_curves, plot_segmentation_panel
+    from pdeseg.viz.pde_effect import plot_cable_coefficients, plot_cable_effect
+
+    out = result.out_dir
+    fig_dir = out / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    names = [m.name for m in cfg.models]
+    seed0 = min(r["seed"] for r in result.runs)
+    run = lambda name, seed=seed0: out / "runs" / name / f"seed{seed}"  # noqa: E731
+    figures = []
+    histories = {n: load_checkpoint(run(n) / "last.pt")["training"]["history"] for n in names}
+    plot_loss_curves(histories, fig_dir / "loss_curves.png")
+    figures.append(("figures/loss_curves.png", f"Training and validation loss per epoch (seed {seed0}); cf. paper 000 Fig. 4."))
+
+    shown = data.cases("test")[:4] or data.cases("val")[:4]
+    predictors = {n: Predictor(run(n) / "best.pt", precision=cfg.train.precision) for n in names}
+    rows = []
+    for case in shown:
+        z = _display_slice(case, cfg, scope)
+        image = np.asarray(case.image[z], dtype=np.float32)  # (C, X, Y)
+        preds = {n: p.predict_volume(image[..., None])[0][..., 0] for n, p in predictors.items()}
+        rows.append({"case": f"{case.case_id} z={z}", "flair": image[0], "truth": np.asarray(case.label[z]), "predictions": preds})
+    if rows:
+        plot_segmentation_panel(rows, fig_dir / "segmentations.png")
+        figures.append(("figures/segmentations.png", f"Test cases: FLAIR, ground truth and each model's prediction (seed {seed0}); cf. Fig. 5."))
+
+    pde_models = [n for n, p in predictors.items() if hasattr(p.model, "pde")]
+    if pde_models and rows:
+        name = pde_models[0]
+        case = shown[0]
+        z = _display_slice(case, cfg, scope)
+        plot_cable_effect(predictors[name].model.pde.cpu(), np.asarray(case.image[z], dtype=np.float32),
+                          list(cfg.data.modalities), fig_dir / "cable_effect.png")
+        figures.append(("figures/cable_effect.png", f"The trained cable block of {name} on {case.case_id}, slice {z}: input, output and difference per modality; cf. Fig. 6."))
+        coeffs = {}
+        for r in result.runs:
+            if r["model"] == name:
+                coeffs[r["seed"]] = Predictor(run(name, r["seed"]) / "best.pt", "cpu").model.pde.physical()
+        plot_cable_coefficients(coeffs, list(cfg.data.modalities), fig_dir / "cable_coefficients.png")
+        figures.append(("figures/cable_coefficients.png", f"Learned Phi, Psi and tau of {name} per modality, one marker per seed."))
+        (out / "cable_coefficients.json").write_text(json.dumps({str(k): v for k, v in coeffs.items()}, indent=1))
+    return figures
+
+
+def write_report(result: CompareResult, figures: list[tuple[str, str]], cfg: ExperimentConfig, scope: str, seeds: list[int]) -> Path:
+    from pdeseg.viz.report import render_report
+
+    cols = [("model", "model")] + [(h, k) for h, k in TABLE_COLUMNS] + [
+        ("parameters", "parameters"), ("train time (s)", "train_time_s"), ("inference (ms/slice)", "test_ms_per_slice"), ("best epochs", "best_epochs")]
+    cells = []
+    for r in result.table:
+        c = {"model": r["model"], "parameters": f"{r['parameters']:,}", "train_time_s": f"{r['train_time_s']:.0f}",
+             "test_ms_per_slice": f"{r['test_ms_per_slice']:.1f}", "best_epochs": ", ".join(map(str, r["best_epochs"]))}
+        c.update({k: _fmt(r.get(k)) for _, k in TABLE_COLUMNS})
+        cells.append(c)
+    split = json.loads((result.out_dir / "split.json").read_text())
+    intro = (
+        f"{', '.join(m.name for m in cfg.models)} trained on the same patient split "
+        f"({len(split['train'])} train / {len(split['val'])} validation / {len(split['test'])} test cases of {cfg.data.root}) "
+        f"with seeds {seeds}; slices: {cfg.data.slices}; {cfg.train.epochs} epochs, batch {cfg.train.batch_size}. "
+        "Each run's checkpoint is the epoch with the best validation score; the test cases are used only for the "
+        f"numbers below. Scope of scoring: {scope}. Values: mean ± sd over seeds [95% t-interval]; "
+        "Dice/IoU average the tumour classes NCR, ED, ET."
+    )
+    env = json.loads((result.out_dir / "environment.json").read_text())
+    verdicts = [p.sentence() for p in result.paired] or ["Only one model: nothing to compare."]
+    return render_report(result.out_dir / "report.html", f"pdeseg compare: {cfg.name}", intro, cells, cols, verdicts,
+                         figures, {**env, "config": "config.yaml", "per-case metrics": "per_case.csv"})
