@@ -1,4 +1,4 @@
-"""Command line: ``pdeseg {demo,phantom,train,evaluate,predict,models}``.
+"""Command line: ``pdeseg {demo,compare,phantom,train,evaluate,predict,models}``.
 
 A thin layer over the Python API; every command logs progress to stderr.
 """
@@ -89,6 +89,27 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from pdeseg.experiments.compare import run_compare
+
+    cfg = _load_cfg(argparse.Namespace(config=args.config, set=args.set, data=args.data, out=None))
+    if args.models:
+        wanted = args.models.split(",")
+        unknown = [w for w in wanted if w not in {m.name for m in cfg.models}]
+        if unknown:
+            from pdeseg.config import ModelConfig
+
+            cfg.models += [ModelConfig(name=w) for w in unknown]
+        cfg.models = [m for m in cfg.models if m.name in wanted]
+        cfg.validate()
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    result = run_compare(cfg, args.out, seeds, args.scope, args.baseline, progress=not args.no_progress)
+    print((result.out_dir / "table.md").read_text())
+    print((result.out_dir / "comparison.md").read_text())
+    print(f"report: {(result.out_dir / 'report.html').resolve()}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from pdeseg.experiments.demo import run_demo
 
@@ -108,6 +129,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cases", type=int, default=12)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("compare", help="train every model of a config over several seeds; table, statistics, report")
+    s.add_argument("--config", required=True)
+    s.add_argument("--out", required=True, help="comparison folder (rerun the same command to continue it)")
+    s.add_argument("--data", help="BraTS folder (overrides data.root)")
+    s.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
+    s.add_argument("--first-seed", type=int, default=0)
+    s.add_argument("--models", help="comma-separated registered models (default: the config's)")
+    s.add_argument("--baseline", help="model the others are compared with (default: the first)")
+    s.add_argument("--scope", default="slices", choices=["slices", "volume"],
+                   help="score the config's slice selection (default) or whole volumes in 3D")
+    s.add_argument("--set", nargs="*", metavar="KEY=VALUE")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_compare)
 
     s = sub.add_parser("phantom", help="write a synthetic BraTS-like data set as NIfTI files")
     s.add_argument("--out", required=True)

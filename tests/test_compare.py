@@ -1,0 +1,52 @@
+"""pdeseg compare on phantom data: selection by validation, aggregation, report."""
+
+import csv
+
+import pytest
+
+from conftest import tiny_config_dict
+from pdeseg.config import config_from_dict
+from pdeseg.data.setup import PreparedData, prepare_data
+from pdeseg.experiments.compare import run_compare
+from pdeseg.training.checkpoint import load_checkpoint
+from pdeseg.training.trainer import train_model
+from pdeseg.viz.report import referenced_files
+
+
+def test_compare_two_seeds_writes_table_stats_and_report(phantom_root, tmp_path):
+    cfg = config_from_dict(tiny_config_dict(phantom_root, tmp_path / "runs", epochs=2))
+    out = tmp_path / "cmp"
+    result = run_compare(cfg, out, seeds=[0, 1], scope="slices", progress=False)
+    assert [r["model"] for r in result.table] == ["unet", "pde_unet"]
+    row = result.table[1]
+    assert row["seeds"] == 2 and row["test_dice_mean"]["n"] == 2
+    assert row["test_dice_mean"]["lo"] <= row["test_dice_mean"]["mean"] <= row["test_dice_mean"]["hi"]
+    (paired,) = result.paired
+    assert paired.model == "pde_unet" and paired.baseline == "unet" and paired.n_seeds == 2 and paired.n_cases == 2
+    assert "pde_unet vs unet:" in (out / "comparison.md").read_text()
+    with (out / "per_case.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 * 2 * 2 * 2  # models x seeds x splits (val, test) x 2 cases each
+    for name in ("config.yaml", "split.json", "environment.json", "table.md", "table.csv", "runs.csv", "report.html"):
+        assert (out / name).is_file(), name
+    refs = referenced_files(out / "report.html")
+    assert len(refs) >= 4 and all(p.is_file() for p in refs)
+
+    # each run's best.pt is the epoch with the best validation score
+    for r in result.runs:
+        hist = load_checkpoint(out / "runs" / r["model"] / f"seed{r['seed']}" / "last.pt")["training"]["history"]
+        best = max(hist, key=lambda h: h["score"])
+        assert r["best_epoch"] == best["epoch"]
+
+    # rerunning continues: nothing is retrained, the numbers are identical
+    again = run_compare(cfg, out, seeds=[0, 1], scope="slices", progress=False)
+    assert again.table[1]["test_dice_mean"] == row["test_dice_mean"]
+
+
+def test_trainer_never_touches_test_cases(phantom_root, tmp_path):
+    cfg = config_from_dict(tiny_config_dict(phantom_root, tmp_path, epochs=1))
+    data = prepare_data(cfg, progress=False)
+    hidden = PreparedData({**data.split, "test": ["not-a-cached-case"]}, data.cached)
+    with pytest.raises(KeyError):
+        hidden.cases("test")  # the guard works: reading the test split would fail ...
+    train_model(cfg, cfg.models[0], tmp_path / "run", data=hidden, progress=False)  # ... and training never does
