@@ -13,8 +13,8 @@ selected slices (``--selection``, default ``tumour`` as in training), iterated t
 (b) NIfTI, read once per volume per epoch: the best a loader without a cache can do.
     Every case is read (``pdeseg.data.brats.load_case``) and normalised
     (``brain_mask`` + ``normalize``) once per epoch, then its selected slices go through
-    the same per-slice code as ``SliceDataset`` (fit, optional augmentation); slices
-    are shuffled within a volume only. Measured end to end;
+    ``SliceDataset``'s own per-slice code (fit, optional augmentation), over the volume
+    held in memory; slices are shuffled within a volume only. Measured end to end;
 (c) NIfTI, re-read per batch: what a shuffled loader without a cache pays if it reads
     a volume for every batch (a shuffled batch usually spans several volumes, so one
     read per batch is still a lower bound on its cost). Derived, not run:
@@ -76,10 +76,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from pdeseg.config import AugmentConfig
     from pdeseg.data.brats import find_cases, load_case
-    from pdeseg.data.cache import cache_cases
+    from pdeseg.data.cache import CachedCase, cache_cases
     from pdeseg.data.phantom import MODALITIES, write_phantom_dataset
     from pdeseg.data.preprocess import brain_mask, normalize
-    from pdeseg.data.slices import SliceDataset, fit_slice, select_slices
+    from pdeseg.data.slices import SliceDataset, select_slices
     from pdeseg.data.transforms import build_train_transform
 
     if args.threads:
@@ -146,28 +146,38 @@ def main(argv: list[str] | None = None) -> int:
         # --- (b) NIfTI: read + normalise every volume once per epoch, same per-slice code
         volume_times: list[float] = []
 
+        class InMemoryCase(CachedCase):
+            """A cached case's metadata with in-memory arrays, so that the NIfTI path runs
+            exactly ``SliceDataset``'s per-slice code (fit, augmentation, conversions)."""
+
+            def __init__(self, cc: CachedCase, image: np.ndarray, label: np.ndarray):
+                super().__init__(cc.case_id, cc.path, cc.meta)
+                self._arrays = (image, label)
+
+            @property
+            def image(self) -> np.ndarray:
+                return self._arrays[0]
+
+            @property
+            def label(self) -> np.ndarray:
+                return self._arrays[1]
+
         class NiftiSlices(IterableDataset):
             def __init__(self, transform, epoch: int):
                 self.transform, self.rng = transform, np.random.default_rng(args.seed + epoch)
 
             def __iter__(self):
-                for case, cc, zs in zip(cases, cached, selected):
+                for case, cc in zip(cases, cached):
                     t0 = time.perf_counter()
                     loaded = load_case(case, modalities)
                     image = normalize(loaded.image, brain_mask(loaded.image), "zscore")
                     image = np.ascontiguousarray(image.transpose(3, 0, 1, 2))  # (Z, C, X, Y), as the cache
                     label = np.ascontiguousarray(loaded.label.transpose(2, 0, 1))
                     volume_times.append(time.perf_counter() - t0)
-                    for z in self.rng.permutation(zs):  # shuffled within the volume only
-                        z = int(z)
-                        img = torch.from_numpy(image[z])
-                        lab = torch.from_numpy(label[z].astype(np.int64))
-                        img, lab = fit_slice(img, lab, spatial, False, 16)
-                        if self.transform is not None:  # as SliceDataset.__getitem__
-                            out = self.transform({"image": img, "label": lab[None]})
-                            img = torch.as_tensor(out["image"]).float()
-                            lab = torch.as_tensor(out["label"])[0].round().long()
-                        yield {"image": img.contiguous(), "label": lab.contiguous(), "case": cc.case_id, "z": z}
+                    ds = SliceDataset([InMemoryCase(cc, image, label)], selection=args.selection,
+                                      spatial_size=spatial, transform=self.transform)
+                    for i in self.rng.permutation(len(ds)):  # shuffled within the volume only
+                        yield ds[int(i)]
 
         def nifti_pipeline(augment: bool) -> list[float]:
             transform = make_transform(augment)

@@ -10,11 +10,14 @@ For each registry model (``unet``, ``pde_unet``, ``monai_unet``; 4 in / 4 out ch
 * peak memory: on CUDA ``torch.cuda.max_memory_allocated`` (reset before each phase);
   on CPU the increase of the process's peak RSS (``resource.getrusage().ru_maxrss``)
   over the RSS just before the model is built. ``ru_maxrss`` never goes down within a
-  process, so every model runs in a fresh ``spawn`` subprocess; inference runs before
+  process, so every model lives in its own ``spawn`` subprocess; inference runs before
   training, so the inference peak is not hidden by the training one.
 
 Each figure is the median over ``--repeats`` timed repeats after ``--warmup`` untimed
-ones, on random inputs. The cable block (PDE-UNet's only addition) is also timed alone,
+ones, on random inputs. The repeats are interleaved round-robin across the models (each
+held by its own process, the order rotating every repeat), so a change in machine load
+during the run hits every model alike; ``--sequential`` runs one model after another
+instead (one model in memory at a time). The cable block (PDE-UNet's only addition) is also timed alone,
 and the ratios against ``unet`` (the baseline, measured in the same run) are printed:
 a time ratio is ``median time of model / median time of unet`` (> 1 means slower).
 
@@ -165,6 +168,9 @@ def _worker_main(name: str, opts: dict, conn) -> None:
         conn.close()
 
 
+# ----------------------------------------------------------------------------- parent side
+
+
 class _Remote:
     """Parent-side handle of a worker process (spawned, so its peak RSS is its own)."""
 
@@ -241,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2, help="untimed repeats first")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS),
                    help=f"models to run; ratios need {BASELINE!r}")
+    p.add_argument("--sequential", action="store_true",
+                   help="run the models one after another instead of interleaving their repeats "
+                        "(only one model in memory at a time, but more sensitive to load drift)")
     p.add_argument("--json", metavar="PATH", help="also save the results as JSON")
     args = p.parse_args(argv)
     if args.size % 16:
@@ -252,7 +261,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from pdeseg.training.runtime import resolve_device, resolve_precision
 
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except RuntimeError as exc:
+        p.error(str(exc))
     precision = resolve_precision(args.precision, device)
     if precision == "16-mixed" and device.type != "cuda":
         p.error("--precision 16-mixed needs CUDA")
@@ -272,28 +284,37 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, StopIteration):
             pass
         mem_measure = ("peak RSS increase (ru_maxrss) over the RSS before building the model, "
-                       "one fresh spawned process per model")
+                       "one fresh spawned process per model; inference measured before training")
     print(f"device: {device} ({dev_name}); torch {torch.__version__}; precision {precision} "
           f"(requested {args.precision}); channels_last {args.channels_last}; "
           f"threads {args.threads or torch.get_num_threads()} (cpu count {os.cpu_count()})")
     print(f"input: batch {args.batch} x 4 x {args.size} x {args.size}, 4 classes; "
-          f"median of {args.repeats} timed repeats after {args.warmup} warm-up")
+          f"median of {args.repeats} timed repeats after {args.warmup} warm-up, "
+          + ("models one after another" if args.sequential else
+             "repeats interleaved across the models (one process per model)"))
     print(f"memory measure: {mem_measure}\n", flush=True)
 
     t_start = time.perf_counter()
     load0 = os.getloadavg()[0]
+    groups = [list(args.models)] if not args.sequential else [[n] for n in args.models]
     results = {}
-    for name in args.models:
+    for group in groups:
         t0 = time.perf_counter()
-        results[name] = r = _run_isolated(name, opts)
-        r["train_median_s"] = statistics.median(r["train_s"])
-        r["infer_median_s"] = statistics.median(r["infer_s"])
+        workers = []
+        try:
+            for name in group:
+                workers.append(_Remote(name, opts))
+            results.update(_measure(workers, args.warmup, args.repeats))
+        finally:
+            for w in workers:
+                w.close()
+        print(f"  {', '.join(group)}: measured in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    for r in results.values():
+        for k in ("train_s", "infer_s", "block_infer_s", "block_train_s"):
+            if k in r:
+                r[k[:-2] + "_median_s"] = statistics.median(r[k])
         r["train_img_s"] = args.batch / r["train_median_s"]
         r["infer_img_s"] = args.batch / r["infer_median_s"]
-        for k in ("block_infer_s", "block_train_s"):
-            if k in r:
-                r[k.replace("_s", "_median_s")] = statistics.median(r[k])
-        print(f"  {name}: done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
 
     mem = "CUDA max allocated" if device.type == "cuda" else "peak RSS increase"
     print(f"| model | params | train img/s | infer img/s | train peak mem (MiB, {mem}) | infer peak mem (MiB, {mem}) |")
@@ -334,8 +355,11 @@ def main(argv: list[str] | None = None) -> int:
             (max(r[k]) - min(r[k])) / statistics.median(r[k])
             for r in results.values() for k in ("train_s", "infer_s")
         )
-        print(f"  (largest (max - min)/median spread of any timed series: {100 * spread:.0f}%; "
-              "ratios closer to 1 than that are within noise)")
+        if args.repeats > 1:
+            print(f"  (largest (max - min)/median spread of any timed series: {100 * spread:.0f}%; "
+                  "ratios closer to 1 than that are within noise)")
+        else:
+            print("  (one repeat only: no estimate of the noise)")
     elif len(results) > 1:
         print(f"\n(no ratios: the baseline {BASELINE!r} was not run)")
     load = os.getloadavg()
@@ -354,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
             "precision": precision, "requested_precision": args.precision,
             "channels_last": args.channels_last, "threads": args.threads or torch.get_num_threads(),
             "batch": args.batch, "size": args.size, "repeats": args.repeats, "warmup": args.warmup,
-            "memory_measure": mem_measure, "load_average_start": load0, "load_average_end": list(load),
+            "sequential": args.sequential, "memory_measure": mem_measure, "load_average_start": load0, "load_average_end": list(load),
             "results": results, "ratios_vs_unet": ratios,
         }
         with open(args.json, "w") as f:
