@@ -50,3 +50,29 @@ def test_trainer_never_touches_test_cases(phantom_root, tmp_path):
     with pytest.raises(KeyError):
         hidden.cases("test")  # the guard works: reading the test split would fail ...
     train_model(cfg, cfg.models[0], tmp_path / "run", data=hidden, progress=False)  # ... and training never does
+
+
+def test_report_renders_in_headless_chromium(tmp_path):
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from pdeseg.viz.report import render_report
+
+    if not shutil.which("chromium"):
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    import matplotlib.pyplot as plt
+
+    (tmp_path / "figures").mkdir()
+    fig = plt.figure(figsize=(2, 2))
+    plt.plot([0, 1], [1, 0])
+    fig.savefig(tmp_path / "figures" / "f.png")
+    plt.close(fig)
+    render_report(tmp_path / "report.html", "t", "intro", [{"model": "unet", "d": "0.5"}], [("model", "model"), ("Dice", "d")],
+                  ["A vs B: +0.000 Dice"], [("figures/f.png", "a figure")], {"torch": "x"})
+    script = Path(__file__).resolve().parents[1] / "scripts" / "screenshot_report.sh"
+    png = tmp_path / "shot.png"
+    subprocess.run([str(script), str(tmp_path / "report.html"), str(png)], check=True, timeout=120)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        render_report(tmp_path / "r2.html", "t", "", [], [], [], [("figures/missing.png", "x")], {})

@@ -32,7 +32,8 @@ from pdeseg.training.validate import evaluate_loader
 
 log = logging.getLogger(__name__)
 
-def _case_ids(checkpoint: Path, split: str, data_root: str | None) -> list[str] | None:
+
+def _case_ids(checkpoint: Path, split: str) -> list[str] | None:
     """Ids of the requested split (from the run's split.json), or None for every case."""
     if split == "all":
         return None
@@ -63,7 +64,7 @@ def evaluate_checkpoint(
     predictor = Predictor(checkpoint, device, precision)
     cfg = config_from_dict(predictor.config)
     root = data_root or cfg.data.root
-    ids = _case_ids(checkpoint, split, root)
+    ids = _case_ids(checkpoint, split)
     if scope == "volume":
         cases = find_cases(root, predictor.modalities, require_label=True)
         if ids is not None:

@@ -230,7 +230,7 @@ def train_model(
         t0 = time.perf_counter()
         running, seen = 0.0, 0
         bar = tqdm(loader, desc=f"{model_cfg.name} epoch {epoch + 1}/{t.epochs}", unit="batch", disable=not (progress and main), leave=False)
-        for batch in bar:
+        for step, batch in enumerate(bar, 1):
             x = batch["image"].to(device, non_blocking=True)
             y = batch["label"].to(device, non_blocking=True)
             if t.channels_last:
@@ -253,6 +253,9 @@ def train_model(
             running += loss.item() * x.shape[0]
             seen += x.shape[0]
             bar.set_postfix(loss=f"{running / seen:.4f}")
+            if not progress and main and step % max(1, len(loader) // 5) == 0:  # logs stand in for the bar
+                log.info("%s epoch %d: step %d/%d, loss %.4f, %.1f slices/s", model_cfg.name, epoch + 1, step,
+                         len(loader), running / seen, seen / (time.perf_counter() - t0))
         train_time = time.perf_counter() - t0
         row: dict[str, Any] = {"epoch": epoch + 1, "step": global_step, "lr": optimizer.param_groups[0]["lr"],
                                "train_loss": running / max(seen, 1), "train_time_s": train_time}
