@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,8 @@ import pytest
 from pdeseg.config import config_from_dict
 from pdeseg.data.phantom import write_phantom_dataset
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# the real samples live beside the checkout (../shared/data); PDESEG_SHARED_DATA points elsewhere
+SHARED_DATA = Path(os.environ.get("PDESEG_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 TINY_FEATURES = [8, 16, 32, 64, 128]
 
 
@@ -17,7 +19,7 @@ def shared_data(sub: str) -> Path:
     """Path of a folder in ../shared/data, or skip the test with the reason."""
     path = SHARED_DATA / sub
     if not path.is_dir():
-        pytest.skip(f"real sample data not present at {path} (only on the project's machines)")
+        pytest.skip(f"real sample data not present at {path} (only on the project's machines; set PDESEG_SHARED_DATA)")
     return path
 
 

@@ -8,10 +8,10 @@ from pdeseg.nn.pde.cable import CableBlock, second_differences
 
 def test_one_step_matches_hand_computed_stencil():
     block = CableBlock(1, steps=1, init_phi=2.0, init_psi=4.0, init_tau=0.3)
-    a, b, tau = (float(t) for t in block.coefficients())
+    a, b, tau = (float(t.detach()) for t in block.coefficients())
     assert a == pytest.approx(1 / 4, rel=1e-5) and b == pytest.approx(1 / 16, rel=1e-5) and tau == pytest.approx(0.3, rel=1e-5)
     u = torch.tensor([[1.0, 2.0, 4.0], [0.0, 5.0, 1.0], [3.0, 1.0, 2.0]])[None, None]
-    out = block(u)[0, 0]
+    out = block(u)[0, 0].detach()
     # centre (1, 1): horizontal neighbours 0 and 1, vertical neighbours 2 and 1
     centre = (1 - 0.3) * 5 + (1 / 4) * (0 - 10 + 1) + (1 / 16) * (2 - 10 + 1)
     assert float(out[1, 1]) == pytest.approx(centre, rel=1e-5)
@@ -46,7 +46,7 @@ def test_no_growth_over_many_steps_at_the_parameter_bounds(r_tau, r_s, r_m):
         block.r_tau.fill_(r_tau)
         block.r_s.fill_(r_s)
         block.r_m.fill_(r_m)
-    a, b, tau = (float(t) for t in block.coefficients())
+    a, b, tau = (float(t.detach()) for t in block.coefficients())
     assert tau >= 0 and 4 * a + 4 * b + tau <= 2 + 1e-6
     torch.manual_seed(0)
     u = torch.randn(1, 1, 24, 24, dtype=torch.float64)

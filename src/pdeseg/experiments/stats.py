@@ -51,15 +51,19 @@ class PairedResult:
 
     @property
     def significant(self) -> bool:
+        """p below 1 - confidence. With n test cases the sign-flip test cannot go below
+        2 / 2^n, so fewer than 6 cases can never be significant at 0.05."""
         return self.p_value < 1 - self.confidence
 
     def sentence(self) -> str:
         """One plain sentence, e.g. ``PDE-UNet vs UNet: +0.012 Dice, 95% CI [-0.010, 0.034], not significant``."""
         verdict = f"significant (p = {self.p_value:.3g})" if self.significant else f"not significant (p = {self.p_value:.3g})"
         pct = int(round(self.confidence * 100))
+        seeds = f"{self.n_seeds} seed{'s' if self.n_seeds != 1 else ''}"
+        caveat = " Too few test cases for a reliable interval or test." if self.n_cases < 6 else ""
         return (
             f"{self.model} vs {self.baseline}: {self.diff:+.3f} {self.metric}, {pct}% CI [{self.lo:+.3f}, {self.hi:+.3f}], "
-            f"{verdict}; {self.n_cases} test cases x {self.n_seeds} seeds."
+            f"{verdict}; {self.n_cases} test cases x {seeds}.{caveat}"
         )
 
 
