@@ -70,6 +70,10 @@ def test_slice_dataset_items(cached):
     assert item["label"].dtype == torch.int64
     with pytest.raises(ValueError, match="no cases"):
         SliceDataset([], "middle")
+    odd = type(cached[0])(cached[0].case_id + "_big", cached[0].path, {**cached[0].meta, "shape": [48, 32, 16]})
+    with pytest.raises(ValueError, match="different slice sizes"):
+        SliceDataset([cached[0], odd], "middle")
+    assert len(SliceDataset([cached[0], odd], "middle", spatial_size=[32, 32])) == 2
 
 
 @pytest.mark.parametrize("shape", [(37, 53), (182, 218), (16, 16)])

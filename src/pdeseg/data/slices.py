@@ -141,6 +141,12 @@ class SliceDataset(Dataset):
     ):
         if not cases:
             raise ValueError("SliceDataset: no cases given (empty split?)")
+        sizes = {tuple(c.meta["shape"][:2]) for c in cases}
+        if spatial_size is None and len(sizes) > 1:
+            raise ValueError(
+                f"cases have different slice sizes {sorted(sizes)} (e.g. BraTS 2020 and 2023 grids mixed); "
+                "set data.spatial_size: [H, W] so that slices can be batched"
+            )
         self.cases = cases
         self.spatial_size, self.resize, self.transform, self.divisor = spatial_size, resize, transform, divisor
         self.items = [(i, z) for i, c in enumerate(cases) for z in select_slices(c, selection, slice_range)]
