@@ -54,3 +54,14 @@ def test_every_parameter_gets_a_finite_gradient(name):
         assert p.grad is not None, f"{pname} got no gradient"
         assert torch.isfinite(p.grad).all(), f"{pname} has a non-finite gradient"
         assert p.grad.abs().sum() > 0, f"{pname} has an all-zero gradient"
+
+
+def test_pde_block_gets_its_own_learning_rate_group():
+    from pdeseg.training.trainer import param_groups
+
+    model = build_model("pde_unet", features=TINY)
+    groups = param_groups(model, 1e-3, 100.0)
+    assert [g["lr"] for g in groups] == [1e-3, pytest.approx(0.1)]
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.pde.parameters()}
+    assert len(groups[0]["params"]) + len(groups[1]["params"]) == len(list(model.parameters()))
+    assert len(param_groups(build_model("unet", features=TINY), 1e-3, 100.0)) == 1

@@ -95,6 +95,7 @@ class TrainConfig:
     batch_size: int = 8
     optimizer: str = "adam"
     lr: float = 1e-3  # peak learning rate of the one-cycle schedule
+    pde_lr_mult: float = 1.0  # the PDE block's learning rate is lr * pde_lr_mult (1 = paper)
     weight_decay: float = 0.0
     scheduler: str = "onecycle"
     precision: str = "auto"  # auto: bf16 autocast on GPUs and bf16-capable CPUs, else fp32
@@ -137,6 +138,8 @@ class ExperimentConfig:
             raise ConfigError(f"data.split.fractions must be three numbers >= 0 summing to 1, got {s.fractions}")
         if s.counts is not None and (len(s.counts) != 3 or min(s.counts) < 0):
             raise ConfigError(f"data.split.counts must be three counts >= 0, got {s.counts}")
+        if t.pde_lr_mult <= 0:
+            raise ConfigError(f"train.pde_lr_mult must be > 0, got {t.pde_lr_mult}")
         if t.epochs < 1 or t.batch_size < 1 or t.lr <= 0:
             raise ConfigError(f"train.epochs, train.batch_size must be >= 1 and train.lr > 0 (got {t.epochs}, {t.batch_size}, {t.lr})")
         if not self.models:

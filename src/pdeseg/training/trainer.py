@@ -72,20 +72,33 @@ def preprocessing_info(cfg: ExperimentConfig, model_name: str) -> dict[str, Any]
     }
 
 
-def _make_optimizer(cfg: ExperimentConfig, params) -> torch.optim.Optimizer:
+def param_groups(model: nn.Module, lr: float, pde_lr_mult: float = 1.0) -> list[dict[str, Any]]:
+    """Optimizer groups: the PDE block's parameters (a module named ``pde``) at ``lr * pde_lr_mult``,
+    everything else at ``lr``. Its few coefficients barely move at the network's rate."""
+    pde = [p for n, p in model.named_parameters() if n.split(".")[0] == "pde"]
+    ids = {id(p) for p in pde}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    groups = [{"params": rest, "lr": lr}]
+    if pde:
+        groups.append({"params": pde, "lr": lr * pde_lr_mult})
+    return groups
+
+
+def _make_optimizer(cfg: ExperimentConfig, model: nn.Module) -> torch.optim.Optimizer:
     t = cfg.train
+    groups = param_groups(model, t.lr, t.pde_lr_mult)
     if t.optimizer == "adam":
-        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+        return torch.optim.Adam(groups, weight_decay=t.weight_decay)
     if t.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
-    return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay)
+        return torch.optim.AdamW(groups, weight_decay=t.weight_decay)
+    return torch.optim.SGD(groups, momentum=0.9, weight_decay=t.weight_decay)
 
 
 def _make_scheduler(cfg: ExperimentConfig, optimizer, steps_per_epoch: int):
     t = cfg.train
     total = t.epochs * steps_per_epoch
     if t.scheduler == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=t.lr, total_steps=total)
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total)
     if t.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     return None
@@ -192,7 +205,7 @@ def train_model(
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     loss_fn = CEDiceLoss(cfg.loss.ce_weight, cfg.loss.dice_weight, cfg.loss.dice_eps, cfg.loss.dice_include_background).to(device)
-    optimizer = _make_optimizer(cfg, model.parameters())
+    optimizer = _make_optimizer(cfg, model)
     per_rank = math.ceil(len(train_ds) / world)
     steps_per_epoch = max(1, math.ceil(per_rank / t.batch_size))
     scheduler = _make_scheduler(cfg, optimizer, steps_per_epoch)
