@@ -32,7 +32,6 @@ _NIFTI = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
 
 # convention -> raw label value of each contiguous class 0..3
 CONVENTIONS = {"brats2020": (0, 1, 2, 4), "brats2023": (0, 1, 2, 3)}
-CLASS_NAMES = ("background", "NCR", "ED", "ET")
 
 
 class BratsDataError(ValueError):

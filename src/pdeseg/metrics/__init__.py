@@ -1,45 +1,6 @@
 """Segmentation metrics: Dice, IoU, accuracy, BraTS regions, HD95, per-case accumulation."""
 
-from pdeseg.metrics.segmentation import (
-    BRATS_REGIONS,
-    CLASS_NAMES,
-    HD95_EMPTY_MM,
-    MetricAccumulator,
-    case_metrics,
-    confusion_counts,
-    confusion_matrix,
-    counts_from_confusion,
-    dice,
-    dice_from_counts,
-    hd95,
-    iou,
-    iou_from_counts,
-    metrics_from_confusion,
-    pixel_accuracy,
-    region_counts_from_confusion,
-    region_dice,
-    region_masks,
-    summarize,
-)
+from pdeseg.metrics import segmentation
+from pdeseg.metrics.segmentation import *  # noqa: F403  (the public names listed in segmentation.__all__)
 
-__all__ = [
-    "BRATS_REGIONS",
-    "CLASS_NAMES",
-    "HD95_EMPTY_MM",
-    "MetricAccumulator",
-    "case_metrics",
-    "confusion_counts",
-    "confusion_matrix",
-    "counts_from_confusion",
-    "dice",
-    "dice_from_counts",
-    "hd95",
-    "iou",
-    "iou_from_counts",
-    "metrics_from_confusion",
-    "pixel_accuracy",
-    "region_counts_from_confusion",
-    "region_dice",
-    "region_masks",
-    "summarize",
-]
+__all__ = list(segmentation.__all__)
