@@ -24,6 +24,8 @@ def test_bad_data_folder_exits_with_clear_message(tmp_path, caplog):
     cfg.write_text(yaml.safe_dump({"name": "x"}))
     assert main(["train", "--config", str(cfg), "--data", str(tmp_path / "nowhere"), "--no-progress"]) == 2
     assert "data folder not found" in caplog.text
+    assert main(["train", "--config", str(cfg), "--no-progress"]) == 2
+    assert "data.root is not set" in caplog.text
 
 
 def test_cli_train_evaluate_predict_round_trip(phantom_root, tmp_path):

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from pdeseg.config import ExperimentConfig
+from pdeseg.config import ConfigError, ExperimentConfig
 from pdeseg.data.brats import find_cases
 from pdeseg.data.cache import CachedCase, cache_cases
 from pdeseg.data.splits import load_split, split_cases
@@ -32,12 +32,13 @@ def prepare_data(cfg: ExperimentConfig, split_file: str | Path | None = None, pr
     the split is drawn from ``cfg.data.split``.
 
     Raises:
+        ConfigError: ``data.root`` is not set.
         BratsDataError: bad or missing data (see :mod:`pdeseg.data.brats`).
         ValueError: a reused split names cases that are not in the folder.
     """
     d = cfg.data
     if not d.root:
-        raise ValueError("data.root is not set: point it at a BraTS folder (--data DIR or --set data.root=DIR)")
+        raise ConfigError("data.root is not set: point it at a BraTS folder (--data DIR or --set data.root=DIR)")
     cases = find_cases(d.root, d.modalities)
     if d.max_cases:
         cases = cases[: d.max_cases]
