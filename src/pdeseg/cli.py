@@ -206,10 +206,14 @@ def main(argv: list[str] | None = None) -> int:
     from pdeseg.data.brats import BratsDataError
     from pdeseg.training.checkpoint import CheckpointError
 
+    # bad input (data, config, checkpoint, arguments) is reported in one line, not a traceback
+
     try:
         return args.func(args)
-    except (BratsDataError, ConfigError, CheckpointError, FileNotFoundError, FileExistsError) as exc:
-        log.error("%s", exc)
+    except (BratsDataError, ConfigError, CheckpointError, FileNotFoundError, FileExistsError, ValueError, KeyError) as exc:
+        if args.verbose:
+            raise
+        log.error("%s (run with -v for the traceback)", exc)
         return 2
 
 
