@@ -45,7 +45,7 @@ def _load_cfg(args: argparse.Namespace):
     overrides = list(args.set or [])
     if getattr(args, "data", None):
         overrides.append(f"data.root={args.data}")
-    if getattr(args, "out", None):
+    if getattr(args, "out", None) and args.command == "train":
         overrides.append(f"output_dir={args.out}")
     return load_config(args.config, overrides)
 
@@ -92,7 +92,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from pdeseg.experiments.compare import run_compare
 
-    cfg = _load_cfg(argparse.Namespace(config=args.config, set=args.set, data=args.data, out=None))
+    cfg = _load_cfg(args)
     if args.models:
         wanted = args.models.split(",")
         unknown = [w for w in wanted if w not in {m.name for m in cfg.models}]

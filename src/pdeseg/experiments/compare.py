@@ -57,6 +57,7 @@ class CompareResult:
     runs: list[dict[str, Any]] = field(default_factory=list)  # per (model, seed)
     paired: list[PairedResult] = field(default_factory=list)
     table: list[dict[str, Any]] = field(default_factory=list)
+    data: PreparedData | None = None  # the cached cases and split the comparison used
 
 
 def environment() -> dict[str, Any]:
@@ -100,11 +101,6 @@ def score_cases(
     return rows, (time.perf_counter() - t0) / max(n_slices, 1)
 
 
-def _run_finished(run_dir: Path, epochs: int) -> bool:
-    last = run_dir / "last.pt"
-    return last.is_file() and load_checkpoint(last)["training"]["epoch"] >= epochs
-
-
 def run_compare(
     cfg: ExperimentConfig,
     out_dir: str | Path,
@@ -128,15 +124,17 @@ def run_compare(
     (out / "environment.json").write_text(json.dumps(environment(), indent=1))
     data = prepare_data(cfg, out / "split.json", progress=progress)
     save_split(data.split, out / "split.json")
-    result = CompareResult(out)
+    result = CompareResult(out, data=data)
     for seed in seeds:
         for m in cfg.models:
             run_cfg = copy.deepcopy(cfg)
             run_cfg.train.seed = seed
             run_dir = out / "runs" / m.name / f"seed{seed}"
-            if not _run_finished(run_dir, cfg.train.epochs):
-                train_model(run_cfg, m, run_dir, resume=(run_dir / "last.pt").is_file(), data=data, progress=progress)
-            last = load_checkpoint(run_dir / "last.pt")
+            started = (run_dir / "last.pt").is_file()
+            last = load_checkpoint(run_dir / "last.pt") if started else None
+            if last is None or last["training"]["epoch"] < cfg.train.epochs:  # new or interrupted run
+                train_model(run_cfg, m, run_dir, resume=started, data=data, progress=progress)
+                last = load_checkpoint(run_dir / "last.pt")
             history = last["training"]["history"]
             run = {"model": m.name, "seed": seed, "best_epoch": last["training"]["best_epoch"],
                    "parameters": last["parameters"], "train_time_s": sum(r["train_time_s"] for r in history)}
@@ -154,7 +152,7 @@ def run_compare(
         for name in names if name != baseline and data.split["test"]
     ]
     write_outputs(result, scope)
-    write_report(result, make_figures(result, data, cfg, scope), cfg, scope, seeds)
+    write_report(result, make_figures(result, cfg, scope), cfg, scope, seeds)
     return result
 
 
@@ -258,7 +256,7 @@ def _display_slice(case: CachedCase, cfg: ExperimentConfig, scope: str) -> int:
     return int(np.argmax((np.asarray(case.label) > 0).sum(axis=(1, 2))))
 
 
-def make_figures(result: CompareResult, data: PreparedData, cfg: ExperimentConfig, scope: str) -> list[tuple[str, str]]:
+def make_figures(result: CompareResult, cfg: ExperimentConfig, scope: str) -> list[tuple[str, str]]:
     """Loss curves, segmentation panel, cable-block effect and coefficients; returns (relative path, caption)."""
     from pdeseg.viz.figures import plot_loss_curves, plot_segmentation_panel
     from pdeseg.viz.pde_effect import plot_cable_coefficients, plot_cable_effect
@@ -274,7 +272,7 @@ def make_figures(result: CompareResult, data: PreparedData, cfg: ExperimentConfi
     plot_loss_curves(histories, fig_dir / "loss_curves.png")
     figures.append(("figures/loss_curves.png", f"Training and validation loss per epoch (seed {seed0}); cf. paper 000 Fig. 4."))
 
-    shown = data.cases("test")[:4] or data.cases("val")[:4]
+    shown = result.data.cases("test")[:4] or result.data.cases("val")[:4]
     predictors = {n: Predictor(run(n) / "best.pt", precision=cfg.train.precision) for n in names}
     rows = []
     for case in shown:

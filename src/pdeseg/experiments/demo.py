@@ -15,7 +15,6 @@ from typing import Any
 
 from pdeseg.config import config_from_dict
 from pdeseg.data.phantom import write_phantom_dataset
-from pdeseg.data.setup import prepare_data
 from pdeseg.experiments.compare import run_compare, score_cases
 from pdeseg.registry import build_model
 from pdeseg.training.checkpoint import plain_state_dict, save_checkpoint
@@ -53,7 +52,7 @@ def run_demo(
         write_phantom_dataset(data_root, n_cases=cases, seed=seed, shape=shape)
     cfg = config_from_dict(demo_config(data_root, out, epochs, seed))
     result = run_compare(cfg, out / "compare", seeds=[seed], scope="volume")
-    floor = _untrained_floor(cfg, out / "untrained.pt")
+    floor = _untrained_floor(cfg, result.data.cases("test"), out / "untrained.pt")
     (out / "untrained.md").write_text(
         "A freshly initialised UNet scored on the same test cases (whole volumes): "
         f"Dice {floor['dice_mean']:.3f}, WT {floor['dice_WT']:.3f}: the floor a trained model must beat.\n"
@@ -62,7 +61,7 @@ def run_demo(
             "comparison": result.out_dir / "comparison.md", "untrained": floor, "result": result}
 
 
-def _untrained_floor(cfg, path: Path) -> dict[str, float]:
+def _untrained_floor(cfg, test_cases: list, path: Path) -> dict[str, float]:
     """Test scores of a freshly initialised UNet (saved as a checkpoint, scored like the others)."""
     m = cfg.models[0]
     seed_everything(cfg.train.seed)
@@ -72,6 +71,5 @@ def _untrained_floor(cfg, path: Path) -> dict[str, float]:
          "config": cfg.to_dict(), "state_dict": plain_state_dict(build_model(m.name, **kwargs)), "training": {"epoch": 0}},
         path,
     )
-    data = prepare_data(cfg, path.parent / "compare" / "split.json", progress=False)
-    rows, _ = score_cases(path, data.cases("test"), cfg, "volume")
+    rows, _ = score_cases(path, test_cases, cfg, "volume")
     return {k: sum(r[k] for r in rows) / len(rows) for k in ("dice_mean", "dice_WT")}

@@ -457,6 +457,24 @@ def pixel_accuracy(pred: Any, target: Any) -> float:
     return float(np.count_nonzero(p == t) / p.size)
 
 
+def _largest_class_id(regs: Mapping[str, tuple[int, ...]], *arrays: tuple[np.ndarray, str]) -> int:
+    """Largest class id among the regions and the (named) label arrays.
+
+    Raises:
+        ValueError: a negative label, or values too large to be class ids.
+    """
+    top = max(max(cls) for cls in regs.values())
+    for x, name in arrays:
+        if x.size:
+            lo, hi = _label_range(x)
+            if lo < 0:
+                raise ValueError(f"{name} must hold non-negative class ids, got a minimum of {lo}")
+            top = max(top, hi)
+    if top > 65535:
+        raise ValueError(f"label values up to {top} are not class ids; map them to contiguous classes first")
+    return top
+
+
 def region_masks(labels: Any, regions: Mapping[str, Sequence[int]] = BRATS_REGIONS) -> dict[str, np.ndarray]:
     """Boolean masks of the regions (unions of classes) in a label map.
 
@@ -475,14 +493,7 @@ def region_masks(labels: Any, regions: Mapping[str, Sequence[int]] = BRATS_REGIO
     regs = _check_regions(regions, None)
     if not regs:
         return {}
-    top = max(max(cls) for cls in regs.values())
-    if lab.size:
-        lo, hi = _label_range(lab)
-        if lo < 0:
-            raise ValueError(f"labels must be non-negative class ids, got a minimum of {lo}")
-        top = max(top, hi)
-    if top > 65535:
-        raise ValueError(f"label values up to {top} are not class ids; map them to contiguous classes first")
+    top = _largest_class_id(regs, (lab, "labels"))
     idx = lab.astype(np.intp, copy=False) if lab.dtype != np.bool_ else lab.view(np.uint8)
     out: dict[str, np.ndarray] = {}
     for name, cls in regs.items():
@@ -518,15 +529,7 @@ def region_dice(
     regs = _check_regions(regions, None)
     if not regs:
         return {}
-    top = max(max(cls) for cls in regs.values())
-    for x, name in ((p, "pred"), (t, "target")):
-        if x.size:
-            lo, hi = _label_range(x)
-            if lo < 0:
-                raise ValueError(f"{name} must hold non-negative class ids, got a minimum of {lo}")
-            top = max(top, hi)
-    if top > 65535:
-        raise ValueError(f"label values up to {top} are not class ids; map them to contiguous classes first")
+    top = _largest_class_id(regs, (p, "pred"), (t, "target"))
     # one bincount over the labels present, then exact region counts from the matrix
     cm = confusion_matrix(p, t, top + 1)
     rc = region_counts_from_confusion(cm, regs)
