@@ -34,3 +34,31 @@ def max_pool(spatial_dims: int) -> type:
 def batch_norm(spatial_dims: int) -> type:
     """``nn.BatchNorm2d`` or ``nn.BatchNorm3d``."""
     return _lookup(_BATCH_NORM, spatial_dims, "batch_norm")
+
+
+ACTIVATIONS = ("relu", "prelu", "leakyrelu")
+NORMS = ("batch", "instance", "none")
+
+
+def activation(name: str, channels: int) -> nn.Module:
+    """``relu``, ``prelu`` (one learned slope per channel, initialised at 0.25) or
+    ``leakyrelu`` (slope 0.01)."""
+    if name == "relu":
+        return nn.ReLU(inplace=True)
+    if name == "prelu":
+        return nn.PReLU(num_parameters=channels)
+    if name == "leakyrelu":
+        return nn.LeakyReLU(0.01, inplace=True)
+    raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
+
+
+def norm(name: str, spatial_dims: int, channels: int) -> nn.Module:
+    """``batch`` (BatchNorm), ``instance`` (InstanceNorm with affine weights) or ``none``
+    (identity)."""
+    if name == "batch":
+        return batch_norm(spatial_dims)(channels)
+    if name == "instance":
+        return _lookup({2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}, spatial_dims, "norm")(channels, affine=True)
+    if name == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown normalisation {name!r}; choose one of {', '.join(NORMS)}")

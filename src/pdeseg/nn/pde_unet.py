@@ -19,6 +19,8 @@ class PDEUNet(nn.Module):
         in_channels, out_channels, features: as for :class:`~pdeseg.nn.unet.UNet`.
         pde_steps: explicit steps of the cable block.
         init_phi, init_psi, init_tau: initial cable coefficients (see :class:`CableBlock`).
+        unet_options: the UNet's variant options (``activation``, ``norm``, ``dropout``,
+            ``dropout_blocks``).
 
     Shapes:
         ``(B, in_channels, H, W) -> (B, out_channels, H, W)`` logits, ``H, W`` divisible by 16.
@@ -36,12 +38,13 @@ class PDEUNet(nn.Module):
         init_phi: float = 3.0,
         init_psi: float = 3.0,
         init_tau: float = 0.1,
+        **unet_options,
     ):
         super().__init__()
         if spatial_dims != 2:
             raise ValueError(f"PDEUNet's cable block is 2D; got spatial_dims={spatial_dims}")
         self.pde = CableBlock(in_channels, pde_steps, init_phi, init_psi, init_tau)
-        self.unet = UNet(spatial_dims, in_channels, out_channels, features)
+        self.unet = UNet(spatial_dims, in_channels, out_channels, features, **unet_options)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.unet(self.pde(x))

@@ -3,10 +3,15 @@
 Encoder: four double-conv blocks (32, 64, 128, 256 features) each followed by 2x max
 pooling; a 512-feature bottleneck; decoder: transposed-conv 2x upsampling, concatenation
 with the named skip of the same level, double-conv; a 1x1 convolution head. Each
-double conv is ``(conv3x3 with bias -> BatchNorm -> ReLU) x 2``.
+double conv is ``(conv3x3 with bias -> norm -> activation) x 2``, optionally followed by
+dropout.
 
-With 4 input modalities, 4 classes and the default features this network has exactly
-7,766,372 parameters, the count the paper's Table 1 gives.
+With 4 input modalities, 4 classes and the defaults (BatchNorm, ReLU, no dropout) this
+network has exactly 7,766,372 parameters, the count the paper's Table 1 gives.
+
+Paper 003's variants are constructor options: ``activation`` (relu, prelu, leakyrelu),
+``norm`` (batch, instance, none) and ``dropout`` (rate) in the blocks named by
+``dropout_blocks`` (:data:`BLOCKS`; the number of dropout layers is their count).
 """
 
 from __future__ import annotations
@@ -16,31 +21,48 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from pdeseg.nn.layers import batch_norm, conv, conv_transpose, max_pool
+from pdeseg.nn.layers import activation as make_activation
+from pdeseg.nn.layers import conv, conv_transpose, max_pool
+from pdeseg.nn.layers import norm as make_norm
+
+#: Block names, encoder to decoder; ``dropout_blocks`` picks among them.
+BLOCKS = ("enc1", "enc2", "enc3", "enc4", "bottleneck", "up4", "up3", "up2", "up1")
+#: Where dropout goes when ``dropout > 0`` and ``dropout_blocks`` is not given.
+DEFAULT_DROPOUT_BLOCKS = ("enc4", "bottleneck")
 
 
 class DoubleConv(nn.Sequential):
-    """``(conv k3 + bias -> BatchNorm -> ReLU) x 2``; keeps the spatial size."""
+    """``(conv k3 + bias -> norm -> activation) x 2`` then ``Dropout(dropout)`` if
+    ``dropout > 0``; keeps the spatial size. ``norm='none'`` leaves no module in the tree."""
 
-    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int):
-        conv_t, bn_t = conv(spatial_dims), batch_norm(spatial_dims)
-        super().__init__(
-            conv_t(in_channels, out_channels, kernel_size=3, padding=1, bias=True),
-            bn_t(out_channels),
-            nn.ReLU(inplace=True),
-            conv_t(out_channels, out_channels, kernel_size=3, padding=1, bias=True),
-            bn_t(out_channels),
-            nn.ReLU(inplace=True),
-        )
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        activation: str = "relu",
+        norm: str = "batch",
+        dropout: float = 0.0,
+    ):
+        conv_t = conv(spatial_dims)
+        layers: list[nn.Module] = []
+        for cin in (in_channels, out_channels):
+            layers.append(conv_t(cin, out_channels, kernel_size=3, padding=1, bias=True))
+            if norm != "none":
+                layers.append(make_norm(norm, spatial_dims, out_channels))
+            layers.append(make_activation(activation, out_channels))
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        super().__init__(*layers)
 
 
 class UpBlock(nn.Module):
     """Transposed-conv 2x upsampling, concatenation with the skip, double conv."""
 
-    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int):
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, **block):
         super().__init__()
         self.up = conv_transpose(spatial_dims)(in_channels, out_channels, kernel_size=2, stride=2)
-        self.conv = DoubleConv(spatial_dims, 2 * out_channels, out_channels)
+        self.conv = DoubleConv(spatial_dims, 2 * out_channels, out_channels, **block)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return self.conv(torch.cat([skip, self.up(x)], dim=1))
@@ -54,13 +76,20 @@ class UNet(nn.Module):
         in_channels: number of input channels (modalities).
         out_channels: number of classes (logits out, no activation).
         features: five feature widths, encoder levels 1-4 then the bottleneck.
+        activation: ``relu``, ``prelu`` or ``leakyrelu``.
+        norm: ``batch``, ``instance`` or ``none``.
+        dropout: dropout rate (0 for none), applied at the end of each block in
+            ``dropout_blocks``.
+        dropout_blocks: names from :data:`BLOCKS` (default :data:`DEFAULT_DROPOUT_BLOCKS`
+            when ``dropout > 0``).
 
     Shapes:
         input ``(B, in_channels, *spatial)`` with every spatial size divisible by 16;
         output ``(B, out_channels, *spatial)``.
 
     Raises:
-        ValueError: for a wrong ``features`` length or spatial sizes not divisible by 16.
+        ValueError: for a wrong ``features`` length, an unknown option or block name, a
+            dropout rate outside ``[0, 1)``, or spatial sizes not divisible by 16.
     """
 
     divisor = 16
@@ -71,22 +100,37 @@ class UNet(nn.Module):
         in_channels: int = 4,
         out_channels: int = 4,
         features: Sequence[int] = (32, 64, 128, 256, 512),
+        activation: str = "relu",
+        norm: str = "batch",
+        dropout: float = 0.0,
+        dropout_blocks: Sequence[str] | None = None,
     ):
         super().__init__()
         if len(features) != 5:
             raise ValueError(f"UNet needs 5 feature widths (4 levels + bottleneck), got {list(features)}")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"dropout must be a rate in [0, 1), got {dropout!r}")
+        chosen = tuple(dropout_blocks) if dropout_blocks is not None else (DEFAULT_DROPOUT_BLOCKS if dropout > 0 else ())
+        unknown = [b for b in chosen if b not in BLOCKS]
+        if unknown:
+            raise ValueError(f"unknown dropout_blocks {unknown}; blocks are {', '.join(BLOCKS)}")
+        make_activation(activation, 1), make_norm(norm, spatial_dims, 1)  # fail early on unknown names
+
+        def block(name: str) -> dict:
+            return {"activation": activation, "norm": norm, "dropout": float(dropout) if name in chosen else 0.0}
+
         f1, f2, f3, f4, f5 = (int(f) for f in features)
         self.spatial_dims = spatial_dims
-        self.enc1 = DoubleConv(spatial_dims, in_channels, f1)
-        self.enc2 = DoubleConv(spatial_dims, f1, f2)
-        self.enc3 = DoubleConv(spatial_dims, f2, f3)
-        self.enc4 = DoubleConv(spatial_dims, f3, f4)
+        self.enc1 = DoubleConv(spatial_dims, in_channels, f1, **block("enc1"))
+        self.enc2 = DoubleConv(spatial_dims, f1, f2, **block("enc2"))
+        self.enc3 = DoubleConv(spatial_dims, f2, f3, **block("enc3"))
+        self.enc4 = DoubleConv(spatial_dims, f3, f4, **block("enc4"))
         self.pool = max_pool(spatial_dims)(kernel_size=2)
-        self.bottleneck = DoubleConv(spatial_dims, f4, f5)
-        self.up4 = UpBlock(spatial_dims, f5, f4)
-        self.up3 = UpBlock(spatial_dims, f4, f3)
-        self.up2 = UpBlock(spatial_dims, f3, f2)
-        self.up1 = UpBlock(spatial_dims, f2, f1)
+        self.bottleneck = DoubleConv(spatial_dims, f4, f5, **block("bottleneck"))
+        self.up4 = UpBlock(spatial_dims, f5, f4, **block("up4"))
+        self.up3 = UpBlock(spatial_dims, f4, f3, **block("up3"))
+        self.up2 = UpBlock(spatial_dims, f3, f2, **block("up2"))
+        self.up1 = UpBlock(spatial_dims, f2, f1, **block("up1"))
         self.head = conv(spatial_dims)(f1, out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
