@@ -176,8 +176,10 @@ def test_case_metrics_binary_task_and_hd95():
         case_metrics(pred, target, num_classes=2)
     m = case_metrics(pred, target, num_classes=2, regions=None)
     assert set(m) == {
-        "dice_class0", "dice_class1", "iou_class0", "iou_class1", "dice_mean", "iou_mean", "accuracy",
+        "dice_class0", "dice_class1", "iou_class0", "iou_class1", "dice_mean", "iou_mean", "iou_mean_all", "accuracy",
     }
+    # Keras-style mean IoU includes the background: class 0 has 79 hits of 81 pixels, class 1 none
+    assert m["iou_mean_all"] == pytest.approx((79 / 81 + 0.0) / 2)
     m = case_metrics(pred, target, num_classes=2, regions={"FG": (1,)}, with_hd95=True, spacing=(2.0, 0.5))
     assert m["hd95_FG"] == pytest.approx(math.hypot(2.0, 0.5), rel=1e-6)
     with pytest.raises(ValueError, match="spacing is required"):

@@ -16,7 +16,8 @@ from typing import Any
 import yaml
 
 SLICE_SELECTIONS = ("middle", "tumour_middle", "range", "brain", "tumour", "all")
-NORMALIZATIONS = ("zscore", "minmax")
+NORMALIZATIONS = ("zscore", "minmax", "scale255")
+OUTPUTS = ("softmax", "sigmoid")
 PRECISIONS = ("auto", "32", "bf16-mixed", "16-mixed")
 SCHEDULERS = ("onecycle", "cosine", "none")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -60,6 +61,7 @@ class DataConfig:
     """Where the cases are and how slices are drawn from them."""
 
     root: str = ""
+    format: str = "brats"  # brats | lgg (pdeseg.data.formats)
     cache_dir: str = "~/.cache/pdeseg"
     modalities: list[str] = field(default_factory=lambda: ["flair", "t1", "t1ce", "t2"])
     normalization: str = "zscore"
@@ -112,6 +114,7 @@ class ExperimentConfig:
     name: str = "experiment"
     output_dir: str = "runs"
     num_classes: int = 4
+    output: str = "softmax"  # softmax over num_classes, or sigmoid (one channel) for 2 classes
     data: DataConfig = field(default_factory=DataConfig)
     models: list[ModelConfig] = field(default_factory=lambda: [ModelConfig()])
     loss: LossConfig = field(default_factory=LossConfig)
@@ -121,6 +124,19 @@ class ExperimentConfig:
         """Check value ranges and choices; returns self. Raises :class:`ConfigError`."""
         d, t = self.data, self.train
         _choice("data.normalization", d.normalization, NORMALIZATIONS)
+        _choice("output", self.output, OUTPUTS)
+        from pdeseg.data.formats import FORMATS
+
+        _choice("data.format", d.format, tuple(FORMATS))
+        fmt = FORMATS[d.format]
+        if self.num_classes != fmt.num_classes:
+            raise ConfigError(f"num_classes is {self.num_classes} but data.format {d.format} has {fmt.num_classes} classes "
+                              f"({', '.join(fmt.class_names)})")
+        if self.output == "sigmoid" and self.num_classes != 2:
+            raise ConfigError(f"output: sigmoid is for binary tasks (num_classes: 2), got num_classes {self.num_classes}")
+        odd = [m for m in d.modalities if m not in fmt.modalities]
+        if odd:
+            raise ConfigError(f"data.modalities {odd} are not {d.format} channels; choose from {', '.join(fmt.modalities)}")
         _choice("data.slices", d.slices, SLICE_SELECTIONS)
         _choice("train.precision", t.precision, PRECISIONS)
         _choice("train.scheduler", t.scheduler, SCHEDULERS)

@@ -18,6 +18,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -52,19 +53,26 @@ class BratsCase:
         """Label convention implied by the file naming (2023 uses ``BraTS-XXX-`` ids)."""
         return "brats2023" if re.match(r"BraTS-[A-Z]+-", self.case_id) else "brats2020"
 
+    def source_files(self, modalities: tuple[str, ...] | list[str] = MODALITIES) -> list[Path]:
+        """The files a cache entry of these modalities depends on."""
+        return [self.images[m] for m in modalities] + ([self.label] if self.label else [])
+
+    def load(self, modalities: tuple[str, ...] | list[str] = MODALITIES) -> LoadedCase:
+        return load_case(self, modalities)
+
 
 @dataclass
 class LoadedCase:
-    """Arrays of one case.
+    """Arrays of one case (BraTS, or another reader producing the same layout).
 
     Attributes:
         image: ``(C, X, Y, Z)`` float32 raw intensities, modalities in the requested order.
         label: ``(X, Y, Z)`` uint8 contiguous classes 0..3, or None.
         affine, header: geometry of the first modality, reused when writing predictions.
-        convention: ``brats2020`` (ET = 4) or ``brats2023`` (ET = 3).
+        convention: ``brats2020`` (ET = 4), ``brats2023`` (ET = 3), or ``binary``.
     """
 
-    case: BratsCase
+    case: Any  # BratsCase, LggCase
     image: np.ndarray
     label: np.ndarray | None
     affine: np.ndarray

@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from pdeseg.data.brats import BratsCase, load_case
 from pdeseg.data.preprocess import brain_mask, normalize
 
 log = logging.getLogger(__name__)
@@ -71,10 +70,9 @@ class CachedCase:
         self.__dict__.update(state)
 
 
-def _key(case: BratsCase, modalities: tuple[str, ...], normalization: str) -> str:
+def _key(case, modalities: tuple[str, ...], normalization: str) -> str:
     h = hashlib.sha256()
-    files = [case.images[m] for m in modalities] + ([case.label] if case.label else [])
-    for f in files:
+    for f in case.source_files(modalities):
         st = f.stat()
         h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
     h.update(f"{modalities}|{normalization}|v{CACHE_VERSION}".encode())
@@ -82,12 +80,13 @@ def _key(case: BratsCase, modalities: tuple[str, ...], normalization: str) -> st
 
 
 def cache_case(
-    case: BratsCase,
+    case,
     cache_dir: str | Path,
     modalities: tuple[str, ...] | list[str],
     normalization: str = "zscore",
 ) -> CachedCase:
-    """Return the cache entry of ``case``, building it (validating the files) if needed."""
+    """Return the cache entry of ``case`` (a case of any :mod:`~pdeseg.data.formats` reader),
+    building it (reading and validating the files) if needed."""
     modalities = tuple(modalities)
     cache_dir = Path(cache_dir).expanduser()
     target = cache_dir / f"{case.case_id}-{_key(case, modalities, normalization)}"
@@ -95,7 +94,7 @@ def cache_case(
     if meta_path.is_file():
         return CachedCase(case.case_id, target, json.loads(meta_path.read_text()))
     cache_dir.mkdir(parents=True, exist_ok=True)
-    loaded = load_case(case, modalities)
+    loaded = case.load(modalities)
     mask = brain_mask(loaded.image)
     image = normalize(loaded.image, mask, normalization)
     tmp = Path(tempfile.mkdtemp(prefix=f".{case.case_id}-", dir=cache_dir))
@@ -105,8 +104,6 @@ def cache_case(
         meta = {
             "case_id": case.case_id,
             "folder": str(case.folder),
-            "images": {m: str(case.images[m]) for m in modalities},
-            "label_file": str(case.label) if case.label else None,
             "modalities": list(modalities),
             "normalization": normalization,
             "shape": list(loaded.image.shape[1:]),
@@ -134,7 +131,7 @@ def cache_case(
 
 
 def cache_cases(
-    cases: list[BratsCase],
+    cases: list,
     cache_dir: str | Path,
     modalities: tuple[str, ...] | list[str],
     normalization: str = "zscore",

@@ -22,6 +22,8 @@ def normalize(image: np.ndarray, mask: np.ndarray, method: str = "zscore") -> np
 
     ``zscore``: ``(x - mean) / std``; ``minmax``: clip to the 0.5 / 99.5 percentiles and
     scale to ``[0, 1]``. A modality that is constant in the mask becomes 0.
+    ``scale255``: ``x / 255`` everywhere (8-bit images such as the LGG TIFFs to ``[0, 1]``;
+    the mask is not used).
 
     Args:
         image: ``(C, *spatial)`` raw intensities.
@@ -31,8 +33,10 @@ def normalize(image: np.ndarray, mask: np.ndarray, method: str = "zscore") -> np
     Returns:
         float32 ``(C, *spatial)``.
     """
+    if method == "scale255":
+        return (image / 255.0).astype(np.float32)
     if method not in ("zscore", "minmax"):
-        raise ValueError(f"unknown normalisation {method!r}; use zscore or minmax")
+        raise ValueError(f"unknown normalisation {method!r}; use zscore, minmax or scale255")
     out = np.zeros(image.shape, dtype=np.float32)
     if not mask.any():
         return out

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pdeseg.config import ConfigError, ExperimentConfig
-from pdeseg.data.brats import find_cases
+from pdeseg.data.formats import get_format
 from pdeseg.data.cache import CachedCase, cache_cases
 from pdeseg.data.splits import load_split, split_cases
 
@@ -33,13 +33,13 @@ def prepare_data(cfg: ExperimentConfig, split_file: str | Path | None = None, pr
 
     Raises:
         ConfigError: ``data.root`` is not set.
-        BratsDataError: bad or missing data (see :mod:`pdeseg.data.brats`).
+        BratsDataError, LggDataError: bad or missing data (see the readers).
         ValueError: a reused split names cases that are not in the folder.
     """
     d = cfg.data
     if not d.root:
-        raise ConfigError("data.root is not set: point it at a BraTS folder (--data DIR or --set data.root=DIR)")
-    cases = find_cases(d.root, d.modalities)
+        raise ConfigError("data.root is not set: point it at a data folder (--data DIR or --set data.root=DIR)")
+    cases = get_format(d.format).find_cases(d.root, d.modalities)
     if d.max_cases:
         cases = cases[: d.max_cases]
     ids = [c.case_id for c in cases]

@@ -34,14 +34,14 @@ from torch.utils.data import DataLoader
 from pdeseg import __version__
 from pdeseg.config import ExperimentConfig, save_config
 from pdeseg.data.cache import CachedCase
+from pdeseg.data.formats import get_format
 from pdeseg.data.setup import PreparedData, prepare_data
 from pdeseg.data.slices import SliceDataset
 from pdeseg.data.splits import save_split
 from pdeseg.experiments.stats import PairedResult, mean_ci, paired_comparison
 from pdeseg.inference.predict import Predictor
-from pdeseg.metrics.segmentation import case_metrics
 from pdeseg.training.checkpoint import load_checkpoint
-from pdeseg.training.trainer import train_model
+from pdeseg.training.trainer import train_or_resume
 from pdeseg.training.validate import evaluate_loader
 
 log = logging.getLogger(__name__)
@@ -82,11 +82,12 @@ def score_cases(
     """
     predictor = Predictor(checkpoint, device, cfg.train.precision)
     d = cfg.data
+    fmt = get_format(d.format)
     t0 = time.perf_counter()
     if scope == "slices":
         ds = SliceDataset(cases, d.slices, d.slice_range, d.spatial_size, d.resize, divisor=predictor.prep["divisor"])
         _, acc = evaluate_loader(predictor.model, DataLoader(ds, batch_size=cfg.train.val_batch_size), predictor.device,
-                                 cfg.train.precision, None, cfg.num_classes, True)
+                                 cfg.train.precision, None, fmt.accumulator(), True)
         rows, n_slices = acc.per_case(), len(ds)
     elif scope == "volume":
         rows, n_slices = [], 0
@@ -94,7 +95,7 @@ def score_cases(
             image = np.asarray(case.image, dtype=np.float32).transpose(1, 2, 3, 0)
             classes, _ = predictor.predict_volume(image)
             label = np.asarray(case.label).transpose(1, 2, 0)
-            rows.append({"case": case.case_id, **case_metrics(classes, label, cfg.num_classes, case.meta["spacing"])})
+            rows.append({"case": case.case_id, **fmt.case_metrics(classes, label, case.meta["spacing"])})
             n_slices += image.shape[-1]
     else:
         raise ValueError(f"unknown scope {scope!r}; use slices or volume")
@@ -130,11 +131,7 @@ def run_compare(
             run_cfg = copy.deepcopy(cfg)
             run_cfg.train.seed = seed
             run_dir = out / "runs" / m.name / f"seed{seed}"
-            started = (run_dir / "last.pt").is_file()
-            last = load_checkpoint(run_dir / "last.pt") if started else None
-            if last is None or last["training"]["epoch"] < cfg.train.epochs:  # new or interrupted run
-                train_model(run_cfg, m, run_dir, resume=started, data=data, progress=progress)
-                last = load_checkpoint(run_dir / "last.pt")
+            last = train_or_resume(run_cfg, m, run_dir, data, progress)
             history = last["training"]["history"]
             run = {"model": m.name, "seed": seed, "best_epoch": last["training"]["best_epoch"],
                    "parameters": last["parameters"], "train_time_s": sum(r["train_time_s"] for r in history)}
@@ -159,7 +156,7 @@ def run_compare(
 def _per_seed(rows, model: str, split: str, key: str) -> list[float]:
     """Mean over cases of ``key`` for each seed of ``model``."""
     seeds = sorted({r["seed"] for r in rows if r["model"] == model})
-    return [float(np.mean([r[key] for r in rows if r["model"] == model and r["seed"] == s and r["split"] == split]))
+    return [float(np.mean([r.get(key, np.nan) for r in rows if r["model"] == model and r["seed"] == s and r["split"] == split]))
             for s in seeds]
 
 

@@ -6,8 +6,10 @@ Two scopes:
 * ``slices``: only the slices the training config selects (e.g. the paper's middle slice),
   scored per case over those slices.
 
-``dice_mean`` and ``iou_mean`` average the foreground classes NCR, ED and ET (background
-excluded); BraTS regions WT/TC/ET follow the BraTS empty-region rule (both empty -> 1).
+``dice_mean`` and ``iou_mean`` average the foreground classes (BraTS: NCR, ED and ET;
+binary: the one foreground class), background excluded; ``iou_mean_all`` includes it.
+BraTS regions WT/TC/ET follow the BraTS empty-region rule (both empty -> 1). Volume scope
+on a slice data set (LGG) is the per-patient ("per volume") Dice its authors report.
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from pdeseg.config import config_from_dict
-from pdeseg.data.brats import find_cases
 from pdeseg.data.setup import prepare_data
 from pdeseg.data.slices import SliceDataset
 from pdeseg.data.splits import load_split
 from pdeseg.inference.predict import Predictor, write_segmentation
-from pdeseg.metrics.segmentation import case_metrics, summarize
+from pdeseg.data.formats import write_slice_masks
+from pdeseg.metrics.segmentation import summarize
 from pdeseg.training.validate import evaluate_loader
 
 log = logging.getLogger(__name__)
@@ -64,9 +66,10 @@ def evaluate_checkpoint(
     predictor = Predictor(checkpoint, device, precision)
     cfg = config_from_dict(predictor.config)
     root = data_root or cfg.data.root
+    fmt = predictor.format
     ids = _case_ids(checkpoint, split)
     if scope == "volume":
-        cases = find_cases(root, predictor.modalities, require_label=True)
+        cases = fmt.find_cases(root, predictor.modalities, require_label=True)
         if ids is not None:
             by_id = {c.case_id: c for c in cases}
             missing = [i for i in ids if i not in by_id]
@@ -76,17 +79,19 @@ def evaluate_checkpoint(
         rows = []
         for case in tqdm(cases, desc=f"evaluating {split}", unit="case", disable=not progress):
             loaded, classes = predictor.predict_case(case)
-            row = {"case": case.case_id, **case_metrics(classes, loaded.label, 4, loaded.spacing, with_hd95=with_hd95)}
+            row = {"case": case.case_id, **fmt.case_metrics(classes, loaded.label, loaded.spacing, with_hd95)}
             rows.append(row)
-            if save_predictions:
+            if save_predictions and fmt.volumetric:
                 write_segmentation(classes, loaded, out_dir / "predictions" / f"{case.case_id}_seg.nii.gz")
+            elif save_predictions:
+                write_slice_masks(classes, case.case_id, out_dir / "predictions", getattr(case, "numbers", None), "png", fmt.num_classes)
     elif scope == "slices":
         cfg.data.root = root
         data = prepare_data(cfg, checkpoint.parent / "split.json", progress=progress)
         chosen = data.cases(split) if ids is not None else list(data.cached.values())
         d = cfg.data
         ds = SliceDataset(chosen, d.slices, d.slice_range, d.spatial_size, d.resize, divisor=predictor.prep["divisor"])
-        _, acc = evaluate_loader(predictor.model, DataLoader(ds, batch_size=16), predictor.device, precision, None, 4, True, progress)
+        _, acc = evaluate_loader(predictor.model, DataLoader(ds, batch_size=16), predictor.device, precision, None, fmt.accumulator(), True, progress)
         rows = acc.per_case()
     else:
         raise ValueError(f"unknown scope {scope!r}; use volume or slices")
@@ -114,7 +119,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         f"# Evaluation of `{summary['checkpoint']}`",
         "",
         f"Split **{summary['split']}**, {summary['cases']} cases, scope **{summary['scope']}**. "
-        "Mean Dice/IoU average the tumour classes NCR, ED and ET (background excluded); "
+        "Mean Dice/IoU average the foreground classes (background excluded; `iou_mean_all` includes it); "
         "regions follow the BraTS rule (both empty -> 1).",
         "",
         "| metric | mean | sd | median |",

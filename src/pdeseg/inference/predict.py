@@ -1,4 +1,5 @@
-"""Whole-volume prediction, slice by slice, and NIfTI writing in the input's geometry.
+"""Whole-volume prediction, slice by slice; NIfTI written in the input's geometry, or one
+mask image per slice for 2D data sets (LGG TIFF slices).
 
 Needs only the checkpoint (model name, kwargs, weights, preprocessing), the reader and
 the preprocessing; no training code.
@@ -15,9 +16,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from pdeseg.data.brats import BratsCase, LoadedCase, classes_to_labels, find_cases, load_case
+from pdeseg.data.brats import LoadedCase, classes_to_labels
+from pdeseg.data.formats import get_format, write_slice_masks
 from pdeseg.data.preprocess import brain_mask, normalize
 from pdeseg.data.slices import pad_to_multiple, unpad
+from pdeseg.nn.output import class_probabilities
 from pdeseg.training.checkpoint import load_checkpoint, model_from_checkpoint
 from pdeseg.training.runtime import autocast, resolve_device
 
@@ -44,6 +47,7 @@ class Predictor:
         self.model_name = ckpt["model"]["name"]
         self.config = ckpt["config"]
         self.precision, self.batch_size = precision, batch_size
+        self.format = get_format(self.prep.get("format", "brats"))
 
     @property
     def modalities(self) -> list[str]:
@@ -80,12 +84,13 @@ class Predictor:
             logits = unpad(logits.float(), pads)
             if resize and size:
                 logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-            probs[..., z0:z1] = logits.softmax(dim=1).permute(1, 2, 3, 0).cpu().numpy().astype(np.float16)
+            probs[..., z0:z1] = class_probabilities(logits).permute(1, 2, 3, 0).cpu().numpy().astype(np.float16)
         return probs.argmax(axis=0).astype(np.uint8), probs
 
-    def predict_case(self, case: BratsCase, progress: bool = False) -> tuple[LoadedCase, np.ndarray]:
-        """Read, preprocess and segment one case; returns ``(loaded case, classes (X, Y, Z))``."""
-        loaded = load_case(case, self.modalities)
+    def predict_case(self, case, progress: bool = False) -> tuple[LoadedCase, np.ndarray]:
+        """Read, preprocess and segment one case (of the checkpoint's data format);
+        returns ``(loaded case, classes (X, Y, Z))``."""
+        loaded = case.load(self.modalities)
         classes, _ = self.predict_volume(self.preprocess(loaded), progress)
         return loaded, classes
 
@@ -118,14 +123,25 @@ def predict_folder(
     convention: str | None = None,
     batch_size: int = 16,
     progress: bool = True,
+    mask_format: str = "png",
 ) -> list[Path]:
-    """Segment one case folder or a folder of case folders into ``<output>/<case>_seg.nii.gz``."""
+    """Segment one case folder or a folder of case folders.
+
+    Volumetric formats (BraTS) write ``<output>/<case>_seg.nii.gz``; slice formats (LGG)
+    write ``<output>/<case>/<case>_<n>_mask.<mask_format>`` (png or tif, 0/255 for binary).
+    Returns the written NIfTI files or case folders.
+    """
     predictor = Predictor(checkpoint, device, precision, batch_size)
-    cases = find_cases(input_dir, predictor.modalities, require_label=False)
+    fmt = predictor.format
+    cases = fmt.find_cases(input_dir, predictor.modalities, require_label=False)
     out = []
     for case in tqdm(cases, desc="predicting", unit="case", disable=not progress):
         loaded, classes = predictor.predict_case(case)
-        path = write_segmentation(classes, loaded, Path(output_dir) / f"{case.case_id}_seg.nii.gz", convention)
-        log.info("%s -> %s (%s)", case.case_id, path, ", ".join(f"class {k}: {v}" for k, v in enumerate(np.bincount(classes.ravel(), minlength=4))))
+        if fmt.volumetric:
+            path = write_segmentation(classes, loaded, Path(output_dir) / f"{case.case_id}_seg.nii.gz", convention)
+        else:
+            path = write_slice_masks(classes, case.case_id, output_dir, getattr(case, "numbers", None), mask_format, fmt.num_classes)[0].parent
+        counts = np.bincount(classes.ravel(), minlength=fmt.num_classes)
+        log.info("%s -> %s (%s)", case.case_id, path, ", ".join(f"{n}: {v}" for n, v in zip(fmt.class_names, counts)))
         out.append(path)
     return out

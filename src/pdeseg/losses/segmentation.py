@@ -3,6 +3,10 @@
 ``L = w_ce * CE + w_dice * (1 - (2 sum y p + eps) / (sum y^2 + sum p^2 + eps))``
 where ``p = softmax(logits)``, ``y`` the one-hot target, and the sums run over every
 pixel and class (eq. 4, squared denominators as in the V-Net / paper formulation).
+
+A one-channel (sigmoid) head is a binary task: the CE term is the binary cross-entropy
+on ``sigmoid(z)`` and the Dice term uses ``p = [1 - sigmoid(z), sigmoid(z)]``
+(:mod:`pdeseg.nn.output`).
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from pdeseg.nn.output import class_probabilities
 
 
 def soft_dice_loss(
@@ -21,7 +27,7 @@ def soft_dice_loss(
     """Soft Dice loss with squared denominators, pooled over pixels, classes and batch.
 
     Args:
-        logits: ``(B, C, *spatial)``.
+        logits: ``(B, K, *spatial)``, ``K = C`` (softmax) or 1 (sigmoid, ``C = 2``).
         target: ``(B, *spatial)`` integer class indices in ``[0, C)``.
         eps: smoothing constant of eq. 4.
         include_background: sum over class 0 as well (the paper's eq. 4 does).
@@ -29,7 +35,7 @@ def soft_dice_loss(
     Returns:
         scalar loss in ``[0, 1]``.
     """
-    probs = logits.float().softmax(dim=1)
+    probs = class_probabilities(logits)
     onehot = F.one_hot(target.long(), probs.shape[1]).movedim(-1, 1).to(probs.dtype)
     if not include_background:
         probs, onehot = probs[:, 1:], onehot[:, 1:]
@@ -45,7 +51,8 @@ class CEDiceLoss(nn.Module):
         ce_weight, dice_weight: weights of the two terms (either may be 0).
         dice_eps: smoothing of the Dice term.
         dice_include_background: whether the Dice term includes class 0.
-        class_weights: optional per-class weights for the cross-entropy.
+        class_weights: optional per-class weights for the cross-entropy (for a sigmoid
+            head: ``[w_background, w_foreground]``, applied per pixel).
 
     Shapes:
         ``logits (B, C, *spatial)``, ``target (B, *spatial)`` -> scalar.
@@ -71,9 +78,15 @@ class CEDiceLoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         loss = logits.new_zeros((), dtype=torch.float32)
         if self.ce_weight:
-            loss = loss + self.ce_weight * F.cross_entropy(logits.float(), target.long(), weight=self.class_weights)
+            loss = loss + self.ce_weight * self._cross_entropy(logits.float(), target.long())
         if self.dice_weight:
             loss = loss + self.dice_weight * soft_dice_loss(
                 logits, target, self.dice_eps, self.dice_include_background
             )
         return loss
+
+    def _cross_entropy(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if logits.shape[1] > 1:
+            return F.cross_entropy(logits, target, weight=self.class_weights)
+        weight = self.class_weights[target] if self.class_weights is not None else None
+        return F.binary_cross_entropy_with_logits(logits[:, 0], target.float(), weight=weight)

@@ -639,7 +639,7 @@ def metrics_from_confusion(
 
     Returns:
         ``{key: value}``: ``dice_<name>``, ``iou_<name>`` per class, ``dice_mean``,
-        ``iou_mean`` (foreground classes only), ``accuracy``, ``dice_<region>``,
+        ``iou_mean`` (foreground classes only), ``iou_mean_all`` (all classes), ``accuracy``, ``dice_<region>``,
         ``iou_<region>``.
 
     Raises:
@@ -669,6 +669,7 @@ def metrics_from_confusion(
         out[f"iou_{n}"] = float(j[i])
     out["dice_mean"] = float(d[1:].mean())
     out["iou_mean"] = float(j[1:].mean())
+    out["iou_mean_all"] = float(j.mean())
     out["accuracy"] = float(np.trace(cm) / total)
     if regs:
         rc = region_counts_from_confusion(cm, regs)
@@ -696,6 +697,8 @@ def case_metrics(
       (class names from ``class_names``; default :data:`CLASS_NAMES` for 4 classes).
     * ``dice_mean``, ``iou_mean``: mean over the **foreground classes 1..C-1 only**
       (background excluded), each absent-from-both class counting as 1.
+    * ``iou_mean_all``: mean IoU over **all** classes, background included (Keras'
+      ``MeanIoU``, the "mean IoU" of paper 003).
     * ``accuracy``: voxel accuracy, background included.
     * ``dice_<region>``, ``iou_<region>`` for every region (BraTS: WT, TC, ET). With the
       default names ``dice_ET`` is both the class-3 and the ET-region Dice: they are the

@@ -27,11 +27,13 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm.auto import tqdm
 
 from pdeseg.config import ExperimentConfig, ModelConfig, save_config
+from pdeseg.data.formats import get_format
 from pdeseg.data.setup import PreparedData, prepare_data
 from pdeseg.data.slices import SliceDataset
 from pdeseg.data.splits import save_split
 from pdeseg.data.transforms import build_train_transform
 from pdeseg.losses.segmentation import CEDiceLoss
+from pdeseg.nn.output import output_channels, predicted_classes
 from pdeseg.registry import MODELS, build_model, count_parameters
 from pdeseg.training.checkpoint import load_checkpoint, plain_state_dict, save_checkpoint
 from pdeseg.training.runtime import (
@@ -56,13 +58,15 @@ class TrainResult:
 
 
 def model_kwargs(cfg: ExperimentConfig, model_cfg: ModelConfig) -> dict[str, Any]:
-    """Constructor kwargs: the data fixes channels in/out, the config adds the rest."""
-    return {"spatial_dims": 2, "in_channels": len(cfg.data.modalities), "out_channels": cfg.num_classes, **model_cfg.kwargs}
+    """Constructor kwargs: the data and the output head fix channels in/out, the config adds the rest."""
+    out = output_channels(cfg.num_classes, cfg.output)
+    return {"spatial_dims": 2, "in_channels": len(cfg.data.modalities), "out_channels": out, **model_cfg.kwargs}
 
 
 def preprocessing_info(cfg: ExperimentConfig, model_name: str) -> dict[str, Any]:
     d = cfg.data
     return {
+        "format": d.format,
         "modalities": list(d.modalities),
         "normalization": d.normalization,
         "spatial_size": list(d.spatial_size) if d.spatial_size else None,
@@ -211,6 +215,7 @@ def train_model(
     scheduler = _make_scheduler(cfg, optimizer, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
 
+    fmt = get_format(d.format)
     start_epoch, global_step, best_score, best_epoch, history = 0, 0, -math.inf, -1, []
     if state is not None:
         getattr(model, "module", model).load_state_dict(state["state_dict"])
@@ -242,6 +247,7 @@ def train_model(
         train_model_.train()
         t0 = time.perf_counter()
         running, seen = 0.0, 0
+        train_acc = fmt.accumulator()  # per-epoch training metrics, on the augmented batches as trained
         bar = tqdm(loader, desc=f"{model_cfg.name} epoch {epoch + 1}/{t.epochs}", unit="batch", disable=not (progress and main), leave=False)
         for step, batch in enumerate(bar, 1):
             x = batch["image"].to(device, non_blocking=True)
@@ -263,6 +269,7 @@ def train_model(
             if scheduler is not None:
                 scheduler.step()
             global_step += 1
+            train_acc.update(predicted_classes(logits.detach()), y, list(batch["case"]))
             running += loss.item() * x.shape[0]
             seen += x.shape[0]
             bar.set_postfix(loss=f"{running / seen:.4f}")
@@ -272,14 +279,14 @@ def train_model(
         train_time = time.perf_counter() - t0
         row: dict[str, Any] = {"epoch": epoch + 1, "step": global_step, "lr": optimizer.param_groups[0]["lr"],
                                "train_loss": running / max(seen, 1), "train_time_s": train_time}
+        row.update({f"train_{k}": v for k, v in _epoch_metrics(train_acc.summary(), fmt).items()})
         if main:
             if val_ds is not None:
                 val_loader = DataLoader(val_ds, batch_size=t.val_batch_size, shuffle=False, num_workers=d.num_workers)
-                val_loss, acc = evaluate_loader(model, val_loader, device, precision, loss_fn, cfg.num_classes, t.channels_last)
+                val_loss, acc = evaluate_loader(model, val_loader, device, precision, loss_fn, fmt.accumulator(), t.channels_last)
                 summary = acc.summary()
                 row["val_loss"] = val_loss
-                for key in ("dice_mean", "iou_mean", "accuracy", "dice_WT", "dice_TC", "dice_ET"):
-                    row[f"val_{key}"] = summary[key]["mean"]
+                row.update({f"val_{k}": v for k, v in _epoch_metrics(summary, fmt).items()})
                 if t.monitor not in summary:
                     raise KeyError(f"train.monitor {t.monitor!r} is not a validation metric; choose from {', '.join(sorted(summary))}")
                 score = summary[t.monitor]["mean"]
@@ -314,6 +321,28 @@ def train_model(
     if writer is not None:
         writer.close()
     return TrainResult(run_dir, best_score, best_epoch, history)
+
+
+#: Metrics logged per epoch for training and validation (paper 003: accuracy, mean IoU, Dice).
+EPOCH_METRICS = ("accuracy", "iou_mean_all", "iou_mean", "dice_mean")
+
+
+def _epoch_metrics(summary: dict[str, dict[str, float]], fmt) -> dict[str, float]:
+    """Case-mean of the per-epoch metrics and of each region's Dice."""
+    keys = list(EPOCH_METRICS) + [f"dice_{r}" for r in fmt.regions]
+    return {k: summary[k]["mean"] for k in keys if k in summary}
+
+
+def train_or_resume(cfg: ExperimentConfig, model_cfg: ModelConfig, run_dir: Path, data: PreparedData, progress: bool = True) -> dict:
+    """Train ``run_dir`` to ``cfg.train.epochs``: a new run, a resumed interrupted one, or
+    nothing for a finished one (how ``compare`` and ``ablate`` continue). Returns ``last.pt``."""
+    last_path = Path(run_dir) / "last.pt"
+    started = last_path.is_file()
+    last = load_checkpoint(last_path) if started else None
+    if last is None or last["training"]["epoch"] < cfg.train.epochs:
+        train_model(cfg, model_cfg, run_dir, resume=started, data=data, progress=progress)
+        last = load_checkpoint(last_path)
+    return last
 
 
 def _tensorboard(run_dir: Path):
