@@ -1,4 +1,4 @@
-"""Command line: ``pdeseg {demo,compare,phantom,train,evaluate,predict,models}``.
+"""Command line: ``pdeseg {demo,compare,ablate,phantom,train,evaluate,predict,models}``.
 
 A thin layer over the Python API; every command logs progress to stderr.
 """
@@ -32,8 +32,12 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_phantom(args: argparse.Namespace) -> int:
-    from pdeseg.data.phantom import write_phantom_dataset
+    from pdeseg.data.phantom import write_lgg_phantom_dataset, write_phantom_dataset
 
+    if args.format == "lgg":
+        paths = write_lgg_phantom_dataset(args.out, n_cases=args.cases, seed=args.seed, shape=tuple(args.shape))
+        print(f"wrote {len(paths)} synthetic LGG patients (kaggle_3m TIFF layout) to {(Path(args.out) / 'kaggle_3m').resolve()}")
+        return 0
     paths = write_phantom_dataset(args.out, n_cases=args.cases, seed=args.seed, shape=tuple(args.shape))
     print(f"wrote {len(paths)} synthetic BraTS-like cases to {Path(args.out).resolve()}")
     return 0
@@ -73,10 +77,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out = args.out or str(Path(args.checkpoint).parent / f"eval_{args.split}_{args.scope}")
     summary = evaluate_checkpoint(
         args.checkpoint, out, args.data, args.split, args.scope, args.hd95, args.device, args.precision,
-        args.save_predictions, progress=not args.no_progress,
+        args.save_predictions, progress=not args.no_progress, figures=args.figures,
     )
     print(summary_markdown(summary))
     print(f"per-case metrics: {Path(out) / 'per_case.csv'}\nsummary: {Path(out) / 'summary.json'}")
+    if args.figures:
+        print(f"figures: {Path(out) / 'figures'}")
     return 0
 
 
@@ -84,7 +90,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from pdeseg.inference.predict import predict_folder
 
     paths = predict_folder(args.checkpoint, args.input, args.output, args.device, args.precision, args.label_convention,
-                           args.batch_size, progress=not args.no_progress)
+                           args.batch_size, progress=not args.no_progress, mask_format=args.mask_format)
     print(f"wrote {len(paths)} segmentation(s) to {Path(args.output).resolve()}")
     return 0
 
@@ -107,6 +113,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print((result.out_dir / "table.md").read_text())
     print((result.out_dir / "comparison.md").read_text())
     print(f"report: {(result.out_dir / 'report.html').resolve()}")
+    return 0
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from pdeseg.experiments.ablate import run_ablation
+
+    cfg = _load_cfg(args)
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    result = run_ablation(cfg, args.out, args.grid, seeds, args.model, progress=not args.no_progress)
+    print((result.out_dir / "results.md").read_text())
+    print((result.out_dir / "noise.md").read_text())
+    print(f"best by validation: {result.best}\nreport: {(result.out_dir / 'report.html').resolve()}")
     return 0
 
 
@@ -149,11 +167,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_compare)
 
+    s = sub.add_parser("ablate", help="train a grid of model variants (e.g. paper 003's); table, curves, report")
+    s.add_argument("--config", required=True)
+    s.add_argument("--grid", nargs="+", required=True, metavar="KEY=V1,V2",
+                   help="model keywords (activation=relu,prelu dropout=0,0.3 norm=batch,none) or dotted config keys")
+    s.add_argument("--out", required=True, help="ablation folder (rerun the same command to continue it)")
+    s.add_argument("--data", help="data folder (overrides data.root)")
+    s.add_argument("--model", help="model to vary (default: the config's first)")
+    s.add_argument("--seeds", type=int, default=1, help="seeds per variant (>= 2 to measure seed noise)")
+    s.add_argument("--first-seed", type=int, default=0)
+    s.add_argument("--set", nargs="*", metavar="KEY=VALUE")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_ablate)
+
     s = sub.add_parser("phantom", help="write a synthetic BraTS-like data set as NIfTI files")
     s.add_argument("--out", required=True)
     s.add_argument("--cases", type=int, default=12)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--shape", type=int, nargs=3, default=[128, 128, 48], metavar=("X", "Y", "Z"))
+    s.add_argument("--format", default="brats", choices=["brats", "lgg"], help="BraTS NIfTI folders or LGG kaggle_3m TIFF slices")
     s.set_defaults(func=cmd_phantom)
 
     s = sub.add_parser("train", help="train the config's models (one run folder each)")
@@ -178,11 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="output folder (default: next to the checkpoint)")
     s.add_argument("--device", default="auto")
     s.add_argument("--precision", default="auto", choices=["auto", "32", "bf16-mixed"])
-    s.add_argument("--save-predictions", action="store_true", help="also write <case>_seg.nii.gz")
+    s.add_argument("--save-predictions", action="store_true", help="also write <case>_seg.nii.gz (or per-slice masks)")
+    s.add_argument("--figures", type=int, default=0, metavar="N",
+                   help="overlays (truth red, prediction green) and class-mask figure for the first N cases")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("predict", help="segment whole volumes into <case>_seg.nii.gz")
+    s = sub.add_parser("predict", help="segment volumes into <case>_seg.nii.gz, or slices into mask images")
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--input", required=True, help="a case folder or a folder of case folders")
     s.add_argument("--output", required=True)
@@ -191,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--label-convention", choices=["brats2020", "brats2023"],
                    help="labels to write (default: the input's: ET=4, or ET=3 for BraTS-GLI 2023 data)")
     s.add_argument("--batch-size", type=int, default=16)
+    s.add_argument("--mask-format", default="png", choices=["png", "tif"],
+                   help="per-slice masks for 2D data sets such as LGG (0/255 for binary tasks)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_predict)
 

@@ -29,6 +29,7 @@ class DataFormat:
         regions: evaluation regions as unions of classes (BraTS WT/TC/ET), or empty.
         find_cases: ``(root, modalities, require_label) -> cases``.
         volumetric: predictions are NIfTI volumes (else per-slice mask images).
+        display_rotate: figures show ``rot90`` of a slice (NIfTI x-major storage).
     """
 
     name: str
@@ -38,6 +39,7 @@ class DataFormat:
     find_cases: Callable[..., list] = None  # type: ignore[assignment]
     volumetric: bool = True
     description: str = ""
+    display_rotate: bool = True  # figures show rot90 of (X, Y) slices (NIfTI); TIFF slices are already (row, col)
 
     @property
     def num_classes(self) -> int:
@@ -70,7 +72,7 @@ FORMATS: dict[str, DataFormat] = {
     ),
     "lgg": DataFormat(
         "lgg", ("pre", "flair", "post"), ("background", "tumour"), {}, _find_lgg, False,
-        "Kaggle LGG kaggle_3m: RGB TIFF slices and 0/255 masks per patient; binary",
+        "Kaggle LGG kaggle_3m: RGB TIFF slices and 0/255 masks per patient; binary", False,
     ),
 }
 

@@ -393,3 +393,44 @@ def write_phantom_dataset(
         )
         paths.append(case_dir)
     return sorted(paths)
+
+
+def write_lgg_phantom_dataset(
+    out_dir: str | os.PathLike,
+    n_cases: int = 8,
+    seed: int = 0,
+    shape: tuple[int, int, int] = (64, 64, 24),
+) -> list[pathlib.Path]:
+    """Write synthetic patients in the Kaggle LGG ``kaggle_3m`` layout (for tests and demos).
+
+    Patient ``i`` goes to ``out_dir/kaggle_3m/TCGA_PH_<iiii>_20260101/`` as one RGB TIFF per
+    axial slice (``..._<n>.tif``: pre-contrast from T1, FLAIR, post-contrast from T1ce, each
+    scaled to 0..255 by its 99.5th percentile) and a 0/255 mask TIFF (``..._<n>_mask.tif``,
+    255 = any tumour label), ``n = 1..Z``. Slices are the phantom's ``(X, Y)`` planes.
+
+    Returns:
+        The patient folders, sorted.
+    """
+    import tifffile
+
+    dims = _check_shape(shape)
+    root = pathlib.Path(out_dir) / "kaggle_3m"
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(1, int(n_cases) + 1):
+        name = f"TCGA_PH_{i:04d}_20260101"
+        folder = root / name
+        folder.mkdir(exist_ok=True)
+        images, label = make_phantom_case(dims, seed=_case_seed(seed, i))
+        rgb = []
+        for m in ("t1", "flair", "t1ce"):
+            v = images[m]
+            top = float(np.percentile(v[v > 0], 99.5)) if (v > 0).any() else 1.0
+            rgb.append(np.clip(np.rint(v / top * 255), 0, 255).astype(np.uint8))
+        volume = np.stack(rgb, axis=-2)  # (X, Y, 3, Z)
+        for z in range(dims[2]):
+            tifffile.imwrite(folder / f"{name}_{z + 1}.tif", np.ascontiguousarray(volume[..., z]), photometric="rgb")
+            tifffile.imwrite(folder / f"{name}_{z + 1}_mask.tif", ((label[..., z] > 0) * 255).astype(np.uint8))
+        paths.append(folder)
+    logger.info("wrote %d synthetic LGG patients to %s", n_cases, root)
+    return sorted(paths)

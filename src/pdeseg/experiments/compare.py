@@ -220,8 +220,8 @@ def table_markdown(table: list[dict[str, Any]], scope: str) -> str:
 
 def write_outputs(result: CompareResult, scope: str) -> None:
     out = result.out_dir
-    _write_csv(out / "per_case.csv", result.rows)
-    _write_csv(out / "runs.csv", result.runs)
+    write_csv(out / "per_case.csv", result.rows)
+    write_csv(out / "runs.csv", result.runs)
     flat = []
     for r in result.table:
         f = {k: v for k, v in r.items() if not isinstance(v, (dict, list))}
@@ -229,12 +229,12 @@ def write_outputs(result: CompareResult, scope: str) -> None:
             if isinstance(v, dict):
                 f.update({f"{k}_{s}": v[s] for s in ("mean", "sd", "lo", "hi")})
         flat.append(f)
-    _write_csv(out / "table.csv", flat)
+    write_csv(out / "table.csv", flat)
     (out / "table.md").write_text(table_markdown(result.table, scope))
     (out / "comparison.md").write_text("\n".join(p.sentence() for p in result.paired) + "\n")
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     keys: list[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys]

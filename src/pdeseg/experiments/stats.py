@@ -127,3 +127,57 @@ def sign_flip_p_value(d, max_exact: int = 16, rng: np.random.Generator | None = 
         signs = rng.choice((1.0, -1.0), size=(n_perm, d.size))
     stats = np.abs((signs * d).mean(axis=1))
     return float(np.mean(stats >= observed - 1e-12))
+
+
+@dataclass
+class SeedNoiseResult:
+    """Difference of two variants' seed means against the seed-to-seed spread (Welch)."""
+
+    model: str
+    baseline: str
+    metric: str
+    diff: float
+    lo: float
+    hi: float
+    n_model: int
+    n_baseline: int
+    confidence: float = 0.95
+
+    @property
+    def beyond_noise(self) -> bool:
+        """The interval excludes 0: the difference is larger than seed noise explains."""
+        return self.lo > 0 or self.hi < 0
+
+    def sentence(self) -> str:
+        pct = int(round(self.confidence * 100))
+        verdict = "larger than seed noise" if self.beyond_noise else "within seed noise"
+        return (f"{self.model} vs {self.baseline}: {self.diff:+.3f} {self.metric}, {pct}% CI [{self.lo:+.3f}, {self.hi:+.3f}] "
+                f"over seeds ({self.n_model} vs {self.n_baseline}), {verdict}.")
+
+
+def seed_noise_comparison(
+    model_seeds, baseline_seeds, model: str = "model", baseline: str = "baseline", metric: str = "Dice", confidence: float = 0.95
+) -> SeedNoiseResult:
+    """Is the gap between two variants larger than their seed-to-seed variation?
+
+    Each input holds one score per seed (e.g. test Dice averaged over the test cases). The
+    difference of means gets a Welch t-interval,
+    ``diff +- t_{df, (1+c)/2} sqrt(s_a^2/n_a + s_b^2/n_b)``, with Welch-Satterthwaite ``df``.
+
+    Raises:
+        ValueError: fewer than 2 seeds on either side (no spread to compare with).
+    """
+    a = np.asarray(model_seeds, dtype=np.float64).ravel()
+    b = np.asarray(baseline_seeds, dtype=np.float64).ravel()
+    if a.size < 2 or b.size < 2:
+        raise ValueError(f"seed_noise_comparison needs >= 2 seeds per side, got {a.size} and {b.size}")
+    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+    diff = float(a.mean() - b.mean())
+    se = float(np.sqrt(va + vb))
+    if se == 0:
+        lo = hi = diff
+    else:
+        df = (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1)) if va + vb > 0 else a.size + b.size - 2
+        half = float(sps.t.ppf((1 + confidence) / 2, df)) * se
+        lo, hi = diff - half, diff + half
+    return SeedNoiseResult(model, baseline, metric, diff, lo, hi, a.size, b.size, confidence)

@@ -20,6 +20,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -56,8 +57,14 @@ def evaluate_checkpoint(
     precision: str = "auto",
     save_predictions: bool = False,
     progress: bool = True,
+    figures: int = 0,
 ) -> dict[str, Any]:
     """Score ``checkpoint`` and write ``per_case.csv``, ``summary.json``, ``summary.md`` to ``out_dir``.
+
+    ``figures=N`` (volume scope) also writes, for the first N cases, the slice with the most
+    true foreground: ``figures/overlays/<case>_z<z>.png`` (truth red, prediction green; paper
+    002) and ``figures/class_masks.png`` (image, manual mask, each predicted class and the
+    composite; paper 003 Fig. 3).
 
     Returns:
         the summary: ``{metric: {mean, std, median, n}}`` plus ``cases`` and ``scope``.
@@ -76,15 +83,19 @@ def evaluate_checkpoint(
             if missing:
                 raise ValueError(f"{root}: cases of split {split!r} not found: {missing[:5]}")
             cases = [by_id[i] for i in ids]
-        rows = []
+        rows, panels = [], []
         for case in tqdm(cases, desc=f"evaluating {split}", unit="case", disable=not progress):
             loaded, classes = predictor.predict_case(case)
+            if len(panels) < figures:
+                panels.append(_panel(loaded, classes))
             row = {"case": case.case_id, **fmt.case_metrics(classes, loaded.label, loaded.spacing, with_hd95)}
             rows.append(row)
             if save_predictions and fmt.volumetric:
                 write_segmentation(classes, loaded, out_dir / "predictions" / f"{case.case_id}_seg.nii.gz")
             elif save_predictions:
                 write_slice_masks(classes, case.case_id, out_dir / "predictions", getattr(case, "numbers", None), "png", fmt.num_classes)
+        if panels:
+            write_case_figures(panels, fmt, out_dir / "figures")
     elif scope == "slices":
         cfg.data.root = root
         data = prepare_data(cfg, checkpoint.parent / "split.json", progress=progress)
@@ -100,6 +111,31 @@ def evaluate_checkpoint(
     summary = {"scope": scope, "split": split, "checkpoint": str(checkpoint), "cases": len(rows), "metrics": summarize(rows)}
     write_results(rows, summary, out_dir)
     return summary
+
+
+def _panel(loaded, classes) -> dict[str, Any]:
+    """The slice of a case with the most true foreground: display image, truth, prediction."""
+    z = int(np.argmax((loaded.label > 0).sum(axis=(0, 1))))
+    mods = list(loaded.modalities)
+    if len(mods) == 3 and loaded.convention == "binary":  # LGG: the RGB slice as the set shows it
+        image = np.clip(loaded.image[..., z], 0, 255).transpose(1, 2, 0)
+    else:
+        image = loaded.image[mods.index("flair") if "flair" in mods else 0, ..., z]
+    return {"case": f"{loaded.case.case_id} z={z}", "id": f"{loaded.case.case_id}_z{z}", "image": image,
+            "truth": loaded.label[..., z], "prediction": classes[..., z]}
+
+
+def write_case_figures(panels: list[dict[str, Any]], fmt, out_dir: Path) -> list[Path]:
+    """Overlay PNGs (truth red, prediction green) and the class-by-class mask figure."""
+    from pdeseg.viz.figures import plot_class_masks
+    from pdeseg.viz.overlays import write_overlay
+
+    paths = [write_overlay(p["image"], p["truth"], p["prediction"], out_dir / "overlays" / f"{p['id']}.png",
+                           rotate=fmt.display_rotate) for p in panels]
+    gray = [{**p, "image": p["image"].mean(axis=-1) if p["image"].ndim == 3 else p["image"]} for p in panels]
+    paths.append(plot_class_masks(gray, fmt.class_names, out_dir / "class_masks.png", fmt.display_rotate))
+    log.info("figures: %s", out_dir)
+    return paths
 
 
 def write_results(rows: list[dict[str, Any]], summary: dict[str, Any], out_dir: Path) -> None:

@@ -69,3 +69,94 @@ def plot_segmentation_panel(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+#: Per-epoch panels of :func:`plot_epoch_metrics`: (history key suffix, axis label).
+EPOCH_PANELS = (("loss", "loss"), ("accuracy", "pixel accuracy"), ("iou_mean_all", "mean IoU (all classes)"), ("dice_mean", "Dice"))
+
+
+def plot_epoch_metrics(history: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """Loss, pixel accuracy, mean IoU and Dice per epoch, train and validation (paper 003, Fig. 2).
+
+    Args:
+        history: the per-epoch rows of a run (``train_<metric>``, ``val_<metric>``).
+    """
+    fig, axes = plt.subplots(1, len(EPOCH_PANELS), figsize=(4.2 * len(EPOCH_PANELS), 3.4), squeeze=False)
+    epochs = [r["epoch"] for r in history]
+    for ax, (key, label) in zip(axes[0], EPOCH_PANELS):
+        for split, marker in (("train", "o-"), ("val", "s-")):
+            values = [r.get(f"{split}_{key}") for r in history]
+            if any(v is not None for v in values):
+                ax.plot(epochs, [np.nan if v is None else v for v in values], marker, label="train" if split == "train" else "validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_variant_curves(histories: dict[str, list[list[dict[str, Any]]]], path: str | Path, key: str = "val_dice_mean") -> Path:
+    """``key`` per epoch for every variant, averaged over its seeds (a band shows min..max)."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for name, runs in histories.items():
+        n = min(len(h) for h in runs)
+        values = np.array([[r.get(key, np.nan) for r in h[:n]] for h in runs], dtype=float)
+        epochs = np.arange(1, n + 1)
+        line, = ax.plot(epochs, values.mean(axis=0), "o-", label=name, markersize=3)
+        if len(runs) > 1:
+            ax.fill_between(epochs, values.min(axis=0), values.max(axis=0), color=line.get_color(), alpha=0.12)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(key.replace("_", " "))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_class_masks(
+    rows: list[dict[str, Any]], class_names: tuple[str, ...] | list[str], path: str | Path, rotate: bool = True
+) -> Path:
+    """Per case: the image, the manual mask, one binary mask per predicted class, and the
+    predicted composite (paper 003, Fig. 3).
+
+    Args:
+        rows: dicts with ``case``, ``image`` ``(H, W)``, ``truth`` and ``prediction`` ``(H, W)`` classes.
+        class_names: names of classes ``0..C-1``.
+        rotate: show ``rot90`` of the arrays (BraTS slices are stored x-major).
+    """
+    fg = list(range(1, len(class_names)))
+    ncol = 3 + len(fg)
+    vmax = max(len(class_names) - 1, 1)
+    cmap = CLASS_COLOURS if len(class_names) <= 4 else "tab10"
+    fig, axes = plt.subplots(len(rows), ncol, figsize=(2.5 * ncol, 2.6 * len(rows)), squeeze=False)
+    for r, row in enumerate(rows):
+        panels = [("image", row["image"], "image"), ("manual mask", row["truth"], "classes")]
+        panels += [(f"predicted {class_names[c]}", row["prediction"] == c, "binary") for c in fg]
+        panels += [("predicted composite", row["prediction"], "classes")]
+        for c, (title, img, kind) in enumerate(panels):
+            ax = axes[r][c]
+            shown = np.rot90(img) if rotate else np.asarray(img)
+            if kind == "classes":
+                ax.imshow(np.zeros(shown.shape), cmap="gray", vmin=0, vmax=1)
+                ax.imshow(shown, cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
+            elif kind == "binary":
+                ax.imshow(shown.astype(float), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            else:
+                ax.imshow(shown, cmap="gray")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(title, fontsize=9)
+        axes[r][0].set_ylabel(row["case"], fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,381 @@
+"""``pdeseg ablate``: train a grid of model variants on one split, tabulate and plot them.
+
+Paper 003 varies its U-Net (ReLU or PReLU, dropout layers and rate, with or without
+normalisation) and reports loss, pixel accuracy, mean IoU and Dice on train, validation
+and test. This runner does that for any grid of options::
+
+    pdeseg ablate --config configs/unet_casestudy_brats2020.yaml \\
+        --grid activation=relu,prelu dropout=0,0.1,0.3 norm=batch,none --seeds 2 --out DIR
+
+A grid key without a dot is a keyword of the ablated model (``activation``, ``norm``,
+``dropout``, ``dropout_blocks``, ``features``, ...); a dotted key is a config path
+(``train.lr``, ``loss.dice_weight``). Every variant and seed trains on the same patient
+split; each run's checkpoint is its best validation epoch; the best variant is the one
+with the highest mean validation score (``train.monitor``), so the test set never
+chooses. Differences are set against seed noise (:func:`~pdeseg.experiments.stats.seed_noise_comparison`).
+
+``DIR`` holds ``results.md`` / ``results.csv`` (one row per variant), ``runs.csv`` (one
+row per run and split), ``noise.md``, ``figures/`` and ``report.html``; rerunning the same
+command continues an interrupted grid.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from torch.utils.data import DataLoader
+
+from pdeseg.config import ConfigError, ExperimentConfig, ModelConfig, apply_overrides, config_from_dict, save_config
+from pdeseg.data.formats import get_format
+from pdeseg.data.setup import PreparedData, prepare_data
+from pdeseg.data.slices import SliceDataset
+from pdeseg.data.splits import save_split
+from pdeseg.experiments.compare import environment, write_csv
+from pdeseg.experiments.stats import SeedNoiseResult, mean_ci, seed_noise_comparison
+from pdeseg.inference.predict import Predictor
+from pdeseg.losses.segmentation import CEDiceLoss
+from pdeseg.registry import build_model
+from pdeseg.training.trainer import EPOCH_METRICS, model_kwargs, train_or_resume
+from pdeseg.training.validate import evaluate_loader
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+#: Table columns per split: loss plus paper 003's metrics.
+SCORES = ("loss",) + EPOCH_METRICS
+
+
+# --------------------------------------------------------------------------------------
+# the grid
+# --------------------------------------------------------------------------------------
+
+
+def _split_values(raw: str) -> list[str]:
+    """Split ``a,b,[c,d]`` on top-level commas (brackets keep list values whole)."""
+    parts, depth, cur = [], 0, ""
+    for ch in raw:
+        depth += ch in "[{"
+        depth -= ch in "]}"
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return parts + [cur]
+
+
+def parse_grid(tokens: list[str]) -> list[tuple[str, list[Any]]]:
+    """``["activation=relu,prelu", "dropout=0,0.1"]`` -> ``[("activation", ["relu", "prelu"]), ("dropout", [0, 0.1])]``.
+
+    Values are parsed as YAML (numbers, booleans, ``[enc4,bottleneck]`` lists).
+
+    Raises:
+        ConfigError: a token without ``=``, an empty value, or a key given twice.
+    """
+    axes: list[tuple[str, list[Any]]] = []
+    for token in tokens:
+        if "=" not in token:
+            raise ConfigError(f"grid entry {token!r} must look like key=value1,value2")
+        key, raw = (s.strip() for s in token.split("=", 1))
+        values = [yaml.safe_load(v.strip()) for v in _split_values(raw)]
+        if not key or any(v is None for v in values):
+            raise ConfigError(f"grid entry {token!r} has an empty key or value")
+        if key in [k for k, _ in axes]:
+            raise ConfigError(f"grid key {key!r} given twice")
+        axes.append((key, values))
+    if not axes:
+        raise ConfigError("the grid is empty: give at least one key=value1,value2")
+    return axes
+
+
+@dataclass
+class Variant:
+    """One point of the grid."""
+
+    settings: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return " ".join(f"{k}={_show(v)}" for k, v in self.settings.items())
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^A-Za-z0-9_.=-]+", "_", "_".join(f"{k}={_show(v)}" for k, v in self.settings.items()))
+
+
+def _show(v: Any) -> str:
+    return "[" + ",".join(map(str, v)) + "]" if isinstance(v, list) else str(v)
+
+
+def grid_variants(axes: list[tuple[str, list[Any]]]) -> list[Variant]:
+    """The Cartesian product of the axes, first axis slowest; the first variant is the baseline."""
+    keys = [k for k, _ in axes]
+    return [Variant(dict(zip(keys, combo))) for combo in itertools.product(*(v for _, v in axes))]
+
+
+def variant_config(cfg: ExperimentConfig, model_name: str, variant: Variant) -> tuple[ExperimentConfig, ModelConfig]:
+    """The config and model entry of one variant (model keywords and dotted config paths).
+
+    Raises:
+        ConfigError: an invalid config value, or a keyword the model does not take.
+    """
+    data = cfg.to_dict()
+    overrides = [f"{k}={json.dumps(v)}" for k, v in variant.settings.items() if "." in k]
+    out = config_from_dict(apply_overrides(data, overrides))
+    base = next(m for m in out.models if m.name == model_name)
+    model_cfg = ModelConfig(model_name, {**base.kwargs, **{k: v for k, v in variant.settings.items() if "." not in k}})
+    out.models = [model_cfg]
+    try:
+        build_model(model_name, **model_kwargs(out, model_cfg))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"variant {variant.name}: model {model_name!r} rejects these options ({exc})") from exc
+    return out, model_cfg
+
+
+# --------------------------------------------------------------------------------------
+# running
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class AblationResult:
+    out_dir: Path
+    variants: list[Variant]
+    runs: list[dict[str, Any]] = field(default_factory=list)  # one row per (variant, seed, split)
+    table: list[dict[str, Any]] = field(default_factory=list)  # one row per variant
+    best: str = ""
+    noise: list[SeedNoiseResult] = field(default_factory=list)
+
+
+def score_split(checkpoint: Path, cfg: ExperimentConfig, data: PreparedData, split: str) -> dict[str, float]:
+    """Loss (the config's loss, over slices) and case-mean metrics of ``checkpoint`` on ``split``."""
+    predictor = Predictor(checkpoint, precision=cfg.train.precision)
+    d = cfg.data
+    ds = SliceDataset(data.cases(split), d.slices, d.slice_range, d.spatial_size, d.resize, divisor=predictor.prep["divisor"])
+    loss_fn = CEDiceLoss(cfg.loss.ce_weight, cfg.loss.dice_weight, cfg.loss.dice_eps, cfg.loss.dice_include_background).to(predictor.device)
+    loader = DataLoader(ds, batch_size=cfg.train.val_batch_size)
+    loss, acc = evaluate_loader(predictor.model, loader, predictor.device, cfg.train.precision, loss_fn,
+                                get_format(d.format).accumulator(), True)
+    summary = acc.summary()
+    return {"loss": loss, **{k: v["mean"] for k, v in summary.items()}, "cases": len(acc)}
+
+
+def run_ablation(
+    cfg: ExperimentConfig,
+    out_dir: str | Path,
+    grid: list[str],
+    seeds: list[int],
+    model: str | None = None,
+    progress: bool = True,
+) -> AblationResult:
+    """Train and score every variant of ``grid`` for each seed, then tabulate, plot and report.
+
+    Args:
+        cfg: base config (its data, loss and training settings apply to every variant).
+        grid: ``key=v1,v2`` tokens (see :func:`parse_grid`).
+        seeds: training seeds.
+        model: registered model to vary (default: the config's first).
+    """
+    out = Path(out_dir)
+    model = model or cfg.models[0].name
+    if model not in [m.name for m in cfg.models]:
+        cfg = copy.deepcopy(cfg)
+        cfg.models.append(ModelConfig(model))
+    variants = grid_variants(parse_grid(grid))
+    configs = [variant_config(cfg, model, v) for v in variants]  # fail on a bad variant before any training
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    (out / "grid.json").write_text(json.dumps({"model": model, "grid": grid, "seeds": seeds,
+                                               "variants": [v.settings for v in variants]}, indent=1))
+    (out / "environment.json").write_text(json.dumps(environment(), indent=1))
+    data = prepare_data(cfg, out / "split.json", progress=progress)
+    save_split(data.split, out / "split.json")
+    result = AblationResult(out, variants)
+    for i, (variant, (vcfg, model_cfg)) in enumerate(zip(variants, configs)):
+        for seed in seeds:
+            run_cfg = copy.deepcopy(vcfg)
+            run_cfg.train.seed = seed
+            run_dir = out / "runs" / variant.slug / f"seed{seed}"
+            log.info("variant %d/%d (%s), seed %d", i + 1, len(variants), variant.name, seed)
+            last = train_or_resume(run_cfg, model_cfg, run_dir, data, progress)
+            scores_path = run_dir / "scores.json"
+            if scores_path.is_file():
+                scores = json.loads(scores_path.read_text())
+            else:
+                scores = {s: score_split(run_dir / "best.pt", run_cfg, data, s) for s in SPLITS if data.split[s]}
+                scores_path.write_text(json.dumps(scores, indent=1))
+            for split, s in scores.items():
+                result.runs.append({"variant": variant.name, "seed": seed, "split": split,
+                                    "best_epoch": last["training"]["best_epoch"], "parameters": last["parameters"], **s})
+    summarise(result, cfg.train.monitor)
+    write_outputs(result, cfg, data)
+    return result
+
+
+def _per_seed(result: AblationResult, variant: str, split: str, key: str) -> list[float]:
+    return [r[key] for r in result.runs if r["variant"] == variant and r["split"] == split and r.get(key) is not None]
+
+
+def summarise(result: AblationResult, monitor: str = "dice_mean") -> None:
+    """Fill ``table`` (mean/sd/CI over seeds), ``best`` (by validation) and ``noise`` (vs the first variant)."""
+    result.table = []
+    for v in result.variants:
+        row: dict[str, Any] = {"variant": v.name, **{k: _show(x) for k, x in v.settings.items()}}
+        for split in SPLITS:
+            for key in SCORES:
+                vals = _per_seed(result, v.name, split, key)
+                if vals:
+                    row[f"{split}_{key}"] = mean_ci(vals)
+        mine = [r for r in result.runs if r["variant"] == v.name and r["split"] == "train"]
+        row["parameters"] = mine[0]["parameters"] if mine else None
+        row["best_epochs"] = [r["best_epoch"] for r in mine]
+        result.table.append(row)
+    key = f"val_{monitor}" if any(f"val_{monitor}" in r for r in result.table) else f"train_{monitor}"
+    scored = [r for r in result.table if key in r]
+    result.best = max(scored, key=lambda r: r[key]["mean"])["variant"] if scored else ""
+    for r in result.table:
+        r["best"] = r["variant"] == result.best
+    base = result.variants[0].name
+    result.noise = []
+    for v in result.variants[1:]:
+        a, b = _per_seed(result, v.name, "test", "dice_mean"), _per_seed(result, base, "test", "dice_mean")
+        if len(a) >= 2 and len(b) >= 2:
+            result.noise.append(seed_noise_comparison(a, b, v.name, base, "test Dice"))
+
+
+# --------------------------------------------------------------------------------------
+# outputs
+# --------------------------------------------------------------------------------------
+
+
+def _cell(ci: dict[str, float] | None, digits: int = 3) -> str:
+    return "-" if not ci else f"{ci['mean']:.{digits}f} ± {ci['sd']:.{digits}f}"
+
+
+COLUMNS = [(f"{split} {name}", f"{split}_{key}") for split in SPLITS
+           for name, key in (("loss", "loss"), ("acc", "accuracy"), ("mIoU", "iou_mean_all"), ("Dice", "dice_mean"))]
+
+
+def results_markdown(result: AblationResult, cfg: ExperimentConfig) -> str:
+    seeds = sorted({r["seed"] for r in result.runs})
+    lines = [
+        f"Variants of `{cfg.models[0].name}`, seeds {seeds}: mean ± sd over seeds; each seed's value is the mean over "
+        "cases (loss: over slices). acc = pixel accuracy; mIoU = mean IoU over all classes incl. background "
+        "(paper 003's mean IoU); Dice = mean over the foreground classes. "
+        f"**Best** = highest validation {cfg.train.monitor} (the test set does not choose).",
+        "",
+        "| variant | " + " | ".join(h for h, _ in COLUMNS) + " | best epochs |",
+        "|---|" + "---|" * (len(COLUMNS) + 1),
+    ]
+    for r in result.table:
+        name = f"**{r['variant']}** (best)" if r["best"] else r["variant"]
+        cells = " | ".join(_cell(r.get(k), 4 if k.endswith("accuracy") else 3) for _, k in COLUMNS)
+        lines.append(f"| {name} | {cells} | {', '.join(map(str, r['best_epochs']))} |")
+    return "\n".join(lines) + "\n"
+
+
+def noise_markdown(result: AblationResult) -> str:
+    if not result.noise:
+        return ("Seed noise: run at least 2 seeds per variant (--seeds 2) to set the differences against the "
+                "seed-to-seed spread.\n")
+    lines = [f"Each variant against the baseline `{result.variants[0].name}` on test Dice (Welch interval over seeds):", ""]
+    lines += [f"- {n.sentence()}" for n in result.noise]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(result: AblationResult, cfg: ExperimentConfig, data: PreparedData) -> None:
+    out = result.out_dir
+    write_csv(out / "runs.csv", result.runs)
+    flat = []
+    for r in result.table:
+        f = {k: v for k, v in r.items() if not isinstance(v, (dict, list))}
+        for k, v in r.items():
+            if isinstance(v, dict):
+                f.update({f"{k}_mean": v["mean"], f"{k}_sd": v["sd"]})
+        flat.append(f)
+    write_csv(out / "results.csv", flat)
+    (out / "results.md").write_text(results_markdown(result, cfg))
+    (out / "noise.md").write_text(noise_markdown(result))
+    figures = make_figures(result, cfg, data)
+    write_report(result, cfg, figures)
+
+
+def _histories(result: AblationResult) -> dict[str, list[list[dict[str, Any]]]]:
+    from pdeseg.training.checkpoint import load_checkpoint
+
+    out = {}
+    for v in result.variants:
+        seeds = sorted({r["seed"] for r in result.runs if r["variant"] == v.name})
+        out[v.name] = [load_checkpoint(result.out_dir / "runs" / v.slug / f"seed{s}" / "last.pt")["training"]["history"] for s in seeds]
+    return out
+
+
+def make_figures(result: AblationResult, cfg: ExperimentConfig, data: PreparedData) -> list[tuple[str, str]]:
+    """Per-epoch curves of the best variant (paper 003 Fig. 2), validation Dice of every
+    variant, and class-by-class masks of the best variant on test cases (Fig. 3)."""
+    from pdeseg.viz.figures import plot_class_masks, plot_epoch_metrics, plot_variant_curves
+
+    fig_dir = result.out_dir / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    hist = _histories(result)
+    figures = []
+    best = next(v for v in result.variants if v.name == result.best)
+    plot_epoch_metrics(hist[best.name][0], fig_dir / "best_curves.png", title=best.name)
+    figures.append(("figures/best_curves.png", f"Best variant ({best.name}), first seed: loss, pixel accuracy, mean IoU and "
+                                               "Dice per epoch on train and validation; cf. paper 003 Fig. 2."))
+    plot_variant_curves(hist, fig_dir / "variants_val_dice.png")
+    figures.append(("figures/variants_val_dice.png", "Validation Dice per epoch of every variant (mean over seeds)."))
+    fmt = get_format(cfg.data.format)
+    cases = data.cases("test") or data.cases("val")
+    seed0 = min(r["seed"] for r in result.runs)
+    predictor = Predictor(result.out_dir / "runs" / best.slug / f"seed{seed0}" / "best.pt", precision=cfg.train.precision)
+    rows = [_case_panel(predictor, case, cfg) for case in cases[:3]]
+    plot_class_masks(rows, fmt.class_names, fig_dir / "class_masks.png", fmt.display_rotate)
+    figures.append(("figures/class_masks.png", f"Best variant on test cases: {cfg.data.modalities[0]}, manual mask, each predicted "
+                                               "class, and the composite; cf. paper 003 Fig. 3."))
+    return figures
+
+
+def _case_panel(predictor: Predictor, case, cfg: ExperimentConfig) -> dict[str, Any]:
+    """The selected slice of ``case`` with the most tumour, fitted as in training, with its prediction."""
+    d = cfg.data
+    ds = SliceDataset([case], d.slices, d.slice_range, d.spatial_size, d.resize, divisor=predictor.prep["divisor"])
+    label = np.asarray(case.label)
+    z = max((z for _, z in ds.items), key=lambda z: int((label[z] > 0).sum()))
+    item = ds[[z for _, z in ds.items].index(z)]
+    image = item["image"].numpy()
+    classes = predictor.predict_volume(image[..., None])[0][..., 0]
+    return {"case": f"{case.case_id} z={z}", "image": image[0], "truth": item["label"].numpy(), "prediction": classes}
+
+
+def write_report(result: AblationResult, cfg: ExperimentConfig, figures: list[tuple[str, str]]) -> Path:
+    from pdeseg.viz.report import render_report
+
+    cols = [("variant", "variant")] + COLUMNS + [("best epochs", "best_epochs")]
+    cells = []
+    for r in result.table:
+        c = {"variant": ("★ " if r["best"] else "") + r["variant"], "best_epochs": ", ".join(map(str, r["best_epochs"]))}
+        c.update({k: _cell(r.get(k), 4 if k.endswith("accuracy") else 3) for _, k in COLUMNS})
+        cells.append(c)
+    split = json.loads((result.out_dir / "split.json").read_text())
+    seeds = sorted({r["seed"] for r in result.runs})
+    intro = (
+        f"{len(result.variants)} variants of {cfg.models[0].name} x seeds {seeds} on one patient split "
+        f"({len(split['train'])} train / {len(split['val'])} validation / {len(split['test'])} test cases of {cfg.data.root}); "
+        f"modalities {', '.join(cfg.data.modalities)}, slices {cfg.data.slices} {cfg.data.slice_range or ''}, "
+        f"size {cfg.data.spatial_size}, {cfg.train.epochs} epochs. Values: mean ± sd over seeds. "
+        f"★ = best validation {cfg.train.monitor}."
+    )
+    verdicts = [f"Best by validation: {result.best}."] + [n.sentence() for n in result.noise]
+    env = json.loads((result.out_dir / "environment.json").read_text())
+    return render_report(result.out_dir / "report.html", f"pdeseg ablate: {cfg.name}", intro, cells, cols, verdicts,
+                         figures, {**env, "config": "config.yaml", "results": "results.csv", "runs": "runs.csv"})
