@@ -113,9 +113,12 @@ def _read_tiff(path: Path) -> np.ndarray:
     import tifffile
 
     try:
-        return np.asarray(tifffile.imread(path))
+        data = np.asarray(tifffile.imread(path))
     except Exception as exc:  # tifffile raises several types for corrupt/truncated files
         raise LggDataError(f"{path}: cannot read TIFF file ({type(exc).__name__}: {exc})") from exc
+    if data.size == 0:  # tifffile only warns about some broken headers
+        raise LggDataError(f"{path}: cannot read TIFF file (no image data: truncated or corrupt)")
+    return data
 
 
 def _read_slice(path: Path) -> np.ndarray:

@@ -73,6 +73,17 @@ def _split_values(raw: str) -> list[str]:
     return parts + [cur]
 
 
+def _value(raw: str) -> Any:
+    """YAML value, with ``1e-3`` read as a number (YAML 1.1 reads it as a string)."""
+    v = yaml.safe_load(raw.strip())
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return v
+
+
 def parse_grid(tokens: list[str]) -> list[tuple[str, list[Any]]]:
     """``["activation=relu,prelu", "dropout=0,0.1"]`` -> ``[("activation", ["relu", "prelu"]), ("dropout", [0, 0.1])]``.
 
@@ -86,7 +97,7 @@ def parse_grid(tokens: list[str]) -> list[tuple[str, list[Any]]]:
         if "=" not in token:
             raise ConfigError(f"grid entry {token!r} must look like key=value1,value2")
         key, raw = (s.strip() for s in token.split("=", 1))
-        values = [yaml.safe_load(v.strip()) for v in _split_values(raw)]
+        values = [_value(v) for v in _split_values(raw)]
         if not key or any(v is None for v in values):
             raise ConfigError(f"grid entry {token!r} has an empty key or value")
         if key in [k for k, _ in axes]:
@@ -131,7 +142,7 @@ def variant_config(cfg: ExperimentConfig, model_name: str, variant: Variant) -> 
     data = cfg.to_dict()
     overrides = [f"{k}={json.dumps(v)}" for k, v in variant.settings.items() if "." in k]
     out = config_from_dict(apply_overrides(data, overrides))
-    base = next(m for m in out.models if m.name == model_name)
+    base = next((m for m in out.models if m.name == model_name), ModelConfig(model_name))
     model_cfg = ModelConfig(model_name, {**base.kwargs, **{k: v for k, v in variant.settings.items() if "." not in k}})
     out.models = [model_cfg]
     try:
