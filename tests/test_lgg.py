@@ -164,6 +164,7 @@ def test_binary_mode_trains_evaluates_and_writes_masks(tmp_path, output):
     for key in ("train_accuracy", "train_iou_mean_all", "train_dice_mean", "val_loss", "val_accuracy", "val_iou_mean_all", "val_dice_mean"):
         assert 0 <= row[key] < 10, key
     assert "val_dice_WT" not in row  # no BraTS regions in a binary task
+    assert (run / "curves.png").stat().st_size > 10_000
     summary = evaluate_checkpoint(run / "best.pt", tmp_path / "eval", split="test", progress=False, figures=1)
     assert summary["cases"] == 1 and set(summary["metrics"]) >= {"dice_tumour", "dice_mean", "iou_mean_all"}
     assert len(list((tmp_path / "eval" / "figures" / "overlays").glob("*.png"))) == 1

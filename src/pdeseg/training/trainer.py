@@ -1,7 +1,8 @@
 """Training: Adam(W) + one-cycle, CE + Dice, mixed precision, best/last checkpoints, resume, DDP.
 
 The run folder of one model holds ``config.yaml`` (resolved), ``split.json``,
-``metrics.csv`` (one row per epoch), ``tb/`` (TensorBoard), ``best.pt`` (best validation
+``metrics.csv`` (one row per epoch: loss, pixel accuracy, mean IoU, Dice on train and
+validation), ``curves.png`` (those curves), ``tb/`` (TensorBoard), ``best.pt`` (best validation
 score) and ``last.pt`` (everything needed to resume). Under ``torchrun`` each process
 trains on its shard of the training slices (DistributedDataParallel); rank 0 validates,
 logs and writes files.
@@ -320,6 +321,10 @@ def train_model(
         _check_replicas(model, run_dir, rank, world)
     if writer is not None:
         writer.close()
+    if main and history:
+        from pdeseg.viz.figures import plot_epoch_metrics
+
+        plot_epoch_metrics(history, run_dir / "curves.png", title=f"{cfg.name}: {model_cfg.name}")
     return TrainResult(run_dir, best_score, best_epoch, history)
 
 

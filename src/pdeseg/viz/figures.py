@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 # background transparent, NCR red, ED green, ET yellow (the usual BraTS overlay colours)
 CLASS_COLOURS = ListedColormap([(0, 0, 0, 0), (0.9, 0.1, 0.1, 0.8), (0.1, 0.8, 0.2, 0.6), (1.0, 0.9, 0.1, 0.9)])
@@ -97,6 +98,7 @@ def plot_epoch_metrics(history: list[dict[str, Any]], path: str | Path, title: s
                 ax.plot(epochs, [np.nan if v is None else v for v in values], marker, label="train" if split == "train" else "validation")
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
     if title:
@@ -116,6 +118,7 @@ def plot_variant_curves(histories: dict[str, list[list[dict[str, Any]]]], path: 
         if len(runs) > 1:
             ax.fill_between(epochs, values.min(axis=0), values.max(axis=0), color=line.get_color(), alpha=0.12)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(key.replace("_", " "))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
