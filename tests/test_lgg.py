@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import tifffile
@@ -168,6 +170,11 @@ def test_binary_mode_trains_evaluates_and_writes_masks(tmp_path, output):
     summary = evaluate_checkpoint(run / "best.pt", tmp_path / "eval", split="test", progress=False, figures=1)
     assert summary["cases"] == 1 and set(summary["metrics"]) >= {"dice_tumour", "dice_mean", "iou_mean_all"}
     assert len(list((tmp_path / "eval" / "figures" / "overlays").glob("*.png"))) == 1
+    chosen = json.loads((run / "split.json").read_text())["train"][0]
+    evaluate_checkpoint(run / "best.pt", tmp_path / "eval2", split="train", progress=False, figure_cases=[chosen])
+    assert [p.name.split("_z")[0] for p in (tmp_path / "eval2" / "figures" / "overlays").glob("*.png")] == [chosen]
+    with pytest.raises(ValueError, match="not among the cases"):
+        evaluate_checkpoint(run / "best.pt", tmp_path / "eval3", split="test", progress=False, figure_cases=["TCGA_XX"])
     folders = predict_folder(run / "best.pt", tmp_path / "data" / "kaggle_3m", tmp_path / "pred", progress=False)
     assert len(folders) == 4
     masks = sorted(folders[0].glob("*_mask.png"))

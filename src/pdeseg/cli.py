@@ -78,10 +78,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     summary = evaluate_checkpoint(
         args.checkpoint, out, args.data, args.split, args.scope, args.hd95, args.device, args.precision,
         args.save_predictions, progress=not args.no_progress, figures=args.figures,
+        figure_cases=args.figure_cases.split(",") if args.figure_cases else None,
     )
     print(summary_markdown(summary))
     print(f"per-case metrics: {Path(out) / 'per_case.csv'}\nsummary: {Path(out) / 'summary.json'}")
-    if args.figures:
+    if args.figures or args.figure_cases:
         print(f"figures: {Path(out) / 'figures'}")
     return 0
 
@@ -213,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--save-predictions", action="store_true", help="also write <case>_seg.nii.gz (or per-slice masks)")
     s.add_argument("--figures", type=int, default=0, metavar="N",
                    help="overlays (truth red, prediction green) and class-mask figure for the first N cases")
+    s.add_argument("--figure-cases", metavar="ID,ID", help="the same figures for these cases (comma-separated ids)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_evaluate)
 

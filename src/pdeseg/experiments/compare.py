@@ -278,7 +278,8 @@ def make_figures(result: CompareResult, cfg: ExperimentConfig, scope: str) -> li
         preds = {n: p.predict_volume(image[..., None])[0][..., 0] for n, p in predictors.items()}
         rows.append({"case": f"{case.case_id} z={z}", "flair": image[0], "truth": np.asarray(case.label[z]), "predictions": preds})
     if rows:
-        plot_segmentation_panel(rows, fig_dir / "segmentations.png")
+        fmt = get_format(cfg.data.format)
+        plot_segmentation_panel(rows, fig_dir / "segmentations.png", fmt.class_names, fmt.display_rotate)
         figures.append(("figures/segmentations.png", f"Test cases: FLAIR, ground truth and each model's prediction (seed {seed0}); cf. Fig. 5."))
 
     pde_models = [n for n, p in predictors.items() if hasattr(p.model, "pde")]

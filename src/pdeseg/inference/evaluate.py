@@ -58,13 +58,14 @@ def evaluate_checkpoint(
     save_predictions: bool = False,
     progress: bool = True,
     figures: int = 0,
+    figure_cases: list[str] | None = None,
 ) -> dict[str, Any]:
     """Score ``checkpoint`` and write ``per_case.csv``, ``summary.json``, ``summary.md`` to ``out_dir``.
 
     ``figures=N`` (volume scope) also writes, for the first N cases, the slice with the most
     true foreground: ``figures/overlays/<case>_z<z>.png`` (truth red, prediction green; paper
     002) and ``figures/class_masks.png`` (image, manual mask, each predicted class and the
-    composite; paper 003 Fig. 3).
+    composite; paper 003 Fig. 3). ``figure_cases`` names the cases to draw instead.
 
     Returns:
         the summary: ``{metric: {mean, std, median, n}}`` plus ``cases`` and ``scope``.
@@ -83,10 +84,13 @@ def evaluate_checkpoint(
             if missing:
                 raise ValueError(f"{root}: cases of split {split!r} not found: {missing[:5]}")
             cases = [by_id[i] for i in ids]
+        unknown = sorted(set(figure_cases or []) - {c.case_id for c in cases})
+        if unknown:
+            raise ValueError(f"figure cases {unknown} are not among the cases of split {split!r}")
         rows, panels = [], []
         for case in tqdm(cases, desc=f"evaluating {split}", unit="case", disable=not progress):
             loaded, classes = predictor.predict_case(case)
-            if len(panels) < figures:
+            if (case.case_id in figure_cases) if figure_cases else len(panels) < figures:
                 panels.append(_panel(loaded, classes))
             row = {"case": case.case_id, **fmt.case_metrics(classes, loaded.label, loaded.spacing, with_hd95)}
             rows.append(row)
@@ -97,6 +101,8 @@ def evaluate_checkpoint(
         if panels:
             write_case_figures(panels, fmt, out_dir / "figures")
     elif scope == "slices":
+        if figures or figure_cases:
+            raise ValueError("figures are drawn from whole volumes: use scope 'volume'")
         cfg.data.root = root
         data = prepare_data(cfg, checkpoint.parent / "split.json", progress=progress)
         chosen = data.cases(split) if ids is not None else list(data.cached.values())
@@ -108,6 +114,7 @@ def evaluate_checkpoint(
         raise ValueError(f"unknown scope {scope!r}; use volume or slices")
     if not rows:
         raise ValueError(f"no cases to evaluate in split {split!r}")
+
     summary = {"scope": scope, "split": split, "checkpoint": str(checkpoint), "cases": len(rows), "metrics": summarize(rows)}
     write_results(rows, summary, out_dir)
     return summary

@@ -38,33 +38,42 @@ def plot_loss_curves(histories: dict[str, list[dict[str, Any]]], path: str | Pat
     return path
 
 
+COLOUR_NAMES = ("", "red", "green", "yellow")
+
+
 def plot_segmentation_panel(
     rows: list[dict[str, Any]],
     path: str | Path,
+    class_names: tuple[str, ...] | list[str] = ("background", "necrotic core (NCR)", "oedema (ED)", "enhancing tumour (ET)"),
+    rotate: bool = True,
 ) -> Path:
     """One row per case: FLAIR, the truth and each model's prediction overlaid (Fig. 5).
 
     Args:
         rows: dicts with ``case`` (str), ``flair`` ``(H, W)`` image, ``truth`` ``(H, W)``
             classes and ``predictions`` ``{model name: (H, W) classes}``.
+        class_names: up to 4 class names for the colour legend.
+        rotate: show ``rot90`` of the arrays (BraTS slices are stored x-major).
     """
     models = list(rows[0]["predictions"])
     ncol = 2 + len(models)
     fig, axes = plt.subplots(len(rows), ncol, figsize=(2.6 * ncol, 2.6 * len(rows)), squeeze=False)
     for r, row in enumerate(rows):
-        img = np.rot90(row["flair"])
+        turn = np.rot90 if rotate else np.asarray
+        img = turn(row["flair"])
         panels = [("FLAIR", None), ("truth", row["truth"])] + [(m, row["predictions"][m]) for m in models]
         for c, (title, seg) in enumerate(panels):
             ax = axes[r][c]
             ax.imshow(img, cmap="gray")
             if seg is not None:
-                ax.imshow(np.rot90(seg), cmap=CLASS_COLOURS, vmin=0, vmax=3, interpolation="nearest")
+                ax.imshow(turn(seg), cmap=CLASS_COLOURS, vmin=0, vmax=3, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(title)
         axes[r][0].set_ylabel(row["case"], fontsize=8)
-    fig.text(0.5, 0.005, "red: necrotic core (NCR)   green: oedema (ED)   yellow: enhancing tumour (ET)", ha="center", fontsize=8)
+    legend = "   ".join(f"{COLOUR_NAMES[i]}: {n}" for i, n in enumerate(class_names[:4]) if i)
+    fig.text(0.5, 0.005, legend, ha="center", fontsize=8)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     path = Path(path)
     fig.savefig(path, dpi=110)
