@@ -39,7 +39,7 @@ from pdeseg.data.formats import get_format
 from pdeseg.data.setup import PreparedData, prepare_data
 from pdeseg.data.slices import SliceDataset
 from pdeseg.data.splits import save_split
-from pdeseg.experiments.compare import environment, write_csv
+from pdeseg.experiments.compare import environment, flat_rows, write_csv
 from pdeseg.experiments.stats import SeedNoiseResult, mean_ci, seed_noise_comparison
 from pdeseg.inference.predict import Predictor
 from pdeseg.losses.segmentation import CEDiceLoss
@@ -306,14 +306,7 @@ def noise_markdown(result: AblationResult) -> str:
 def write_outputs(result: AblationResult, cfg: ExperimentConfig, data: PreparedData) -> None:
     out = result.out_dir
     write_csv(out / "runs.csv", result.runs)
-    flat = []
-    for r in result.table:
-        f = {k: v for k, v in r.items() if not isinstance(v, (dict, list))}
-        for k, v in r.items():
-            if isinstance(v, dict):
-                f.update({f"{k}_mean": v["mean"], f"{k}_sd": v["sd"]})
-        flat.append(f)
-    write_csv(out / "results.csv", flat)
+    write_csv(out / "results.csv", flat_rows(result.table, ("mean", "sd")))
     (out / "results.md").write_text(results_markdown(result, cfg))
     (out / "noise.md").write_text(noise_markdown(result))
     figures = make_figures(result, cfg, data)

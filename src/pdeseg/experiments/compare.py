@@ -222,16 +222,22 @@ def write_outputs(result: CompareResult, scope: str) -> None:
     out = result.out_dir
     write_csv(out / "per_case.csv", result.rows)
     write_csv(out / "runs.csv", result.runs)
+    write_csv(out / "table.csv", flat_rows(result.table, ("mean", "sd", "lo", "hi")))
+    (out / "table.md").write_text(table_markdown(result.table, scope))
+    (out / "comparison.md").write_text("\n".join(p.sentence() for p in result.paired) + "\n")
+
+
+def flat_rows(table: list[dict[str, Any]], parts: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Table rows for a CSV: ``{key: {mean, sd, ...}}`` cells become ``key_mean``, ``key_sd``, ...;
+    list cells are dropped."""
     flat = []
-    for r in result.table:
+    for r in table:
         f = {k: v for k, v in r.items() if not isinstance(v, (dict, list))}
         for k, v in r.items():
             if isinstance(v, dict):
-                f.update({f"{k}_{s}": v[s] for s in ("mean", "sd", "lo", "hi")})
+                f.update({f"{k}_{s}": v[s] for s in parts})
         flat.append(f)
-    write_csv(out / "table.csv", flat)
-    (out / "table.md").write_text(table_markdown(result.table, scope))
-    (out / "comparison.md").write_text("\n".join(p.sentence() for p in result.paired) + "\n")
+    return flat
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
