@@ -75,7 +75,8 @@ def test_tiny_ablation_end_to_end_chooses_by_validation_and_resumes(phantom_root
     for split in ("train", "val", "test"):
         for key in ("loss", "accuracy", "iou_mean_all", "dice_mean"):
             assert f"{split}_{key}_mean" in rows[0]
-    assert len(result.noise) == 3 and "seed noise" in (out / "noise.md").read_text()
+    assert [n.metric for n in result.noise] == ["val Dice"] * 3 + ["test Dice"] * 3
+    assert "seed noise" in (out / "noise.md").read_text()
     refs = referenced_files(out / "report.html")
     assert len(refs) == 3 and all(p.is_file() for p in refs)
     history = json.loads((out / "runs" / result.variants[0].slug / "seed0" / "scores.json").read_text())

@@ -237,7 +237,8 @@ def _per_seed(result: AblationResult, variant: str, split: str, key: str) -> lis
 
 
 def summarise(result: AblationResult, monitor: str = "dice_mean") -> None:
-    """Fill ``table`` (mean/sd/CI over seeds), ``best`` (by validation) and ``noise`` (vs the first variant)."""
+    """Fill ``table`` (mean/sd/CI over seeds), ``best`` (by validation) and ``noise`` (each
+    variant vs the first, on validation and test Dice)."""
     result.table = []
     for v in result.variants:
         row: dict[str, Any] = {"variant": v.name, **{k: _show(x) for k, x in v.settings.items()}}
@@ -257,10 +258,11 @@ def summarise(result: AblationResult, monitor: str = "dice_mean") -> None:
         r["best"] = r["variant"] == result.best
     base = result.variants[0].name
     result.noise = []
-    for v in result.variants[1:]:
-        a, b = _per_seed(result, v.name, "test", "dice_mean"), _per_seed(result, base, "test", "dice_mean")
-        if len(a) >= 2 and len(b) >= 2:
-            result.noise.append(seed_noise_comparison(a, b, v.name, base, "test Dice"))
+    for split in ("val", "test"):
+        for v in result.variants[1:]:
+            a, b = _per_seed(result, v.name, split, "dice_mean"), _per_seed(result, base, split, "dice_mean")
+            if len(a) >= 2 and len(b) >= 2:
+                result.noise.append(seed_noise_comparison(a, b, v.name, base, f"{split} Dice"))
 
 
 # --------------------------------------------------------------------------------------
@@ -298,7 +300,8 @@ def noise_markdown(result: AblationResult) -> str:
     if not result.noise:
         return ("Seed noise: run at least 2 seeds per variant (--seeds 2) to set the differences against the "
                 "seed-to-seed spread.\n")
-    lines = [f"Each variant against the baseline `{result.variants[0].name}` on test Dice (Welch interval over seeds):", ""]
+    lines = [f"Each variant against the baseline `{result.variants[0].name}` on validation and test Dice "
+             "(difference of seed means, Welch interval over seeds):", ""]
     lines += [f"- {n.sentence()}" for n in result.noise]
     return "\n".join(lines) + "\n"
 
