@@ -211,8 +211,9 @@ def run_ablation(
     data = prepare_data(cfg, out / "split.json", progress=progress)
     save_split(data.split, out / "split.json")
     result = AblationResult(out, variants)
-    for i, (variant, (vcfg, model_cfg)) in enumerate(zip(variants, configs)):
-        for seed in seeds:
+    # seed-major: an interrupted grid still has every variant at the same number of seeds
+    for seed in seeds:
+        for i, (variant, (vcfg, model_cfg)) in enumerate(zip(variants, configs)):
             run_cfg = copy.deepcopy(vcfg)
             run_cfg.train.seed = seed
             run_dir = out / "runs" / variant.slug / f"seed{seed}"
