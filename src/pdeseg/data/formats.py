@@ -35,11 +35,11 @@ class DataFormat:
     name: str
     modalities: tuple[str, ...]
     class_names: tuple[str, ...]
+    find_cases: Callable[..., list]
     regions: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    find_cases: Callable[..., list] = None  # type: ignore[assignment]
     volumetric: bool = True
+    display_rotate: bool = True
     description: str = ""
-    display_rotate: bool = True  # figures show rot90 of (X, Y) slices (NIfTI); TIFF slices are already (row, col)
 
     @property
     def num_classes(self) -> int:
@@ -67,12 +67,13 @@ def _find_lgg(root, modalities, require_label=True):
 
 FORMATS: dict[str, DataFormat] = {
     "brats": DataFormat(
-        "brats", ("flair", "t1", "t1ce", "t2"), CLASS_NAMES, dict(BRATS_REGIONS), _find_brats, True,
-        "BraTS 2018-2023 NIfTI case folders; classes NCR, ED, ET; regions WT, TC, ET",
+        name="brats", modalities=("flair", "t1", "t1ce", "t2"), class_names=CLASS_NAMES, find_cases=_find_brats,
+        regions=dict(BRATS_REGIONS), description="BraTS 2018-2023 NIfTI case folders; classes NCR, ED, ET; regions WT, TC, ET",
     ),
     "lgg": DataFormat(
-        "lgg", ("pre", "flair", "post"), ("background", "tumour"), {}, _find_lgg, False,
-        "Kaggle LGG kaggle_3m: RGB TIFF slices and 0/255 masks per patient; binary", False,
+        name="lgg", modalities=("pre", "flair", "post"), class_names=("background", "tumour"), find_cases=_find_lgg,
+        volumetric=False, display_rotate=False,
+        description="Kaggle LGG kaggle_3m: RGB TIFF slices and 0/255 masks per patient; binary",
     ),
 }
 
@@ -100,20 +101,22 @@ def write_slice_masks(
     """
     if ext not in ("png", "tif"):
         raise ValueError(f"mask format must be png or tif, got {ext!r}")
+    import tifffile
+    from PIL import Image
+
+    numbers = list(numbers) if numbers else list(range(1, classes.shape[-1] + 1))
+    if len(numbers) != classes.shape[-1]:
+        raise ValueError(f"{case_id}: {len(numbers)} slice numbers for {classes.shape[-1]} slices")
     folder = Path(out_dir) / case_id
     folder.mkdir(parents=True, exist_ok=True)
-    numbers = list(numbers) if numbers else list(range(1, classes.shape[-1] + 1))
     values = slice_mask_values(classes, num_classes)
     paths = []
     for z, n in enumerate(numbers):
         path = folder / f"{case_id}_{n}_mask.{ext}"
+        mask = np.ascontiguousarray(values[..., z])
         if ext == "png":
-            from PIL import Image
-
-            Image.fromarray(np.ascontiguousarray(values[..., z])).save(path)
+            Image.fromarray(mask).save(path)
         else:
-            import tifffile
-
-            tifffile.imwrite(path, np.ascontiguousarray(values[..., z]))
+            tifffile.imwrite(path, mask)
         paths.append(path)
     return paths
