@@ -77,6 +77,9 @@ def test_tiny_ablation_end_to_end_chooses_by_validation_and_resumes(phantom_root
             assert f"{split}_{key}_mean" in rows[0]
     assert [n.metric for n in result.noise] == ["val Dice"] * 3 + ["test Dice"] * 3
     assert "seed noise" in (out / "noise.md").read_text()
+    # main effects pool the other key: 4 runs (2 variants x 2 seeds) per side
+    assert [(n.model, n.baseline, n.n_model, n.n_baseline) for n in result.main_effects] == [
+        ("norm=none", "norm=batch", 4, 4), ("dropout=0.2", "dropout=0", 4, 4)]
     refs = referenced_files(out / "report.html")
     assert len(refs) == 3 and all(p.is_file() for p in refs)
     history = json.loads((out / "runs" / result.variants[0].slug / "seed0" / "scores.json").read_text())

@@ -165,6 +165,7 @@ class AblationResult:
     table: list[dict[str, Any]] = field(default_factory=list)  # one row per variant
     best: str = ""
     noise: list[SeedNoiseResult] = field(default_factory=list)
+    main_effects: list[SeedNoiseResult] = field(default_factory=list)
 
 
 def score_split(checkpoint: Path, cfg: ExperimentConfig, data: PreparedData, split: str) -> dict[str, float]:
@@ -264,6 +265,24 @@ def summarise(result: AblationResult, monitor: str = "dice_mean") -> None:
             a, b = _per_seed(result, v.name, split, "dice_mean"), _per_seed(result, base, split, "dice_mean")
             if len(a) >= 2 and len(b) >= 2:
                 result.noise.append(seed_noise_comparison(a, b, v.name, base, f"{split} Dice"))
+    result.main_effects = main_effects(result)
+
+
+def main_effects(result: AblationResult, split: str = "test", key: str = "dice_mean") -> list[SeedNoiseResult]:
+    """Each grid value against the key's first value, pooling every run of the other keys
+    (a factorial main effect: more runs per side than one variant pair, with the other
+    keys' influence counted as noise)."""
+    out = []
+    for k in result.variants[0].settings:
+        values = list(dict.fromkeys(_show(v.settings[k]) for v in result.variants))
+        runs = {val: [r[key] for r in result.runs if r["split"] == split and r.get(key) is not None
+                      and _show(next(v for v in result.variants if v.name == r["variant"]).settings[k]) == val]
+                for val in values}
+        for val in values[1:]:
+            if len(runs[val]) >= 2 and len(runs[values[0]]) >= 2:
+                out.append(seed_noise_comparison(runs[val], runs[values[0]], f"{k}={val}", f"{k}={values[0]}",
+                                                 f"{split} Dice (all runs)"))
+    return out
 
 
 # --------------------------------------------------------------------------------------
@@ -304,6 +323,10 @@ def noise_markdown(result: AblationResult) -> str:
     lines = [f"Each variant against the baseline `{result.variants[0].name}` on validation and test Dice "
              "(difference of seed means, Welch interval over seeds):", ""]
     lines += [f"- {n.sentence()}" for n in result.noise]
+    if result.main_effects:
+        lines += ["", "Main effects: every run with a value against every run with the key's first value, "
+                  "pooled over the other keys (Welch interval over runs):", ""]
+        lines += [f"- {n.sentence()}" for n in result.main_effects]
     return "\n".join(lines) + "\n"
 
 
@@ -383,7 +406,7 @@ def write_report(result: AblationResult, cfg: ExperimentConfig, figures: list[tu
         f"size {cfg.data.spatial_size}, {cfg.train.epochs} epochs. Values: mean ± sd over seeds. "
         f"★ = best validation {cfg.train.monitor}."
     )
-    verdicts = [f"Best by validation: {result.best}."] + [n.sentence() for n in result.noise]
+    verdicts = [f"Best by validation: {result.best}."] + [n.sentence() for n in result.main_effects + result.noise]
     env = json.loads((result.out_dir / "environment.json").read_text())
     return render_report(result.out_dir / "report.html", f"pdeseg ablate: {cfg.name}", intro, cells, cols, verdicts,
                          figures, {**env, "config": "config.yaml", "results": "results.csv", "runs": "runs.csv"})
