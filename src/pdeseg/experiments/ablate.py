@@ -168,9 +168,8 @@ class AblationResult:
     main_effects: list[SeedNoiseResult] = field(default_factory=list)
 
 
-def score_split(checkpoint: Path, cfg: ExperimentConfig, data: PreparedData, split: str) -> dict[str, float]:
-    """Loss (the config's loss, over slices) and case-mean metrics of ``checkpoint`` on ``split``."""
-    predictor = Predictor(checkpoint, precision=cfg.train.precision)
+def score_split(predictor: Predictor, cfg: ExperimentConfig, data: PreparedData, split: str) -> dict[str, float]:
+    """Loss (the config's loss, over slices) and case-mean metrics of a checkpoint on ``split``."""
     d = cfg.data
     ds = SliceDataset(data.cases(split), d.slices, d.slice_range, d.spatial_size, d.resize, divisor=predictor.prep["divisor"])
     loss_fn = CEDiceLoss(cfg.loss.ce_weight, cfg.loss.dice_weight, cfg.loss.dice_eps, cfg.loss.dice_include_background).to(predictor.device)
@@ -224,7 +223,8 @@ def run_ablation(
             if scores_path.is_file():
                 scores = json.loads(scores_path.read_text())
             else:
-                scores = {s: score_split(run_dir / "best.pt", run_cfg, data, s) for s in SPLITS if data.split[s]}
+                predictor = Predictor(run_dir / "best.pt", precision=run_cfg.train.precision)
+                scores = {s: score_split(predictor, run_cfg, data, s) for s in SPLITS if data.split[s]}
                 scores_path.write_text(json.dumps(scores, indent=1))
             for split, s in scores.items():
                 result.runs.append({"variant": variant.name, "seed": seed, "split": split,
@@ -273,11 +273,11 @@ def main_effects(result: AblationResult, split: str = "test", key: str = "dice_m
     (a factorial main effect: more runs per side than one variant pair, with the other
     keys' influence counted as noise)."""
     out = []
+    settings = {v.name: v.settings for v in result.variants}
+    rows = [r for r in result.runs if r["split"] == split and r.get(key) is not None]
     for k in result.variants[0].settings:
         values = list(dict.fromkeys(_show(v.settings[k]) for v in result.variants))
-        runs = {val: [r[key] for r in result.runs if r["split"] == split and r.get(key) is not None
-                      and _show(next(v for v in result.variants if v.name == r["variant"]).settings[k]) == val]
-                for val in values}
+        runs = {val: [r[key] for r in rows if _show(settings[r["variant"]][k]) == val] for val in values}
         for val in values[1:]:
             if len(runs[val]) >= 2 and len(runs[values[0]]) >= 2:
                 out.append(seed_noise_comparison(runs[val], runs[values[0]], f"{k}={val}", f"{k}={values[0]}",
