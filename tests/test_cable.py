@@ -69,3 +69,12 @@ def test_physical_values_round_trip():
     assert phys["psi"] == pytest.approx([5.0] * 3, rel=1e-4)
     assert phys["tau"] == pytest.approx([0.2] * 3, rel=1e-4)
     assert not math.isnan(sum(phys["phi"]))
+
+
+def test_cable_block_declares_its_parameters_as_pde_coefficients():
+    from pdeseg.nn.params import parameter_groups
+
+    block = CableBlock(2)
+    assert CableBlock.pde_coefficients is True
+    groups = parameter_groups(block, lr=1e-3, weight_decay=0.1, pde_lr_mult=10.0)
+    assert [(g["name"], len(g["params"]), g["weight_decay"]) for g in groups] == [("pde", 3, 0.0)]

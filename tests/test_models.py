@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from pdeseg.nn.params import parameter_groups
 from pdeseg.registry import MODELS, build_model, count_parameters
 
 TINY = [8, 16, 32, 64, 128]
@@ -27,9 +28,9 @@ def test_unet_3d_shapes():
     assert model(torch.randn(1, 2, 16, 32, 48)).shape == (1, 3, 16, 32, 48)
 
 
-def test_unet_rejects_sizes_not_divisible_by_16():
-    with pytest.raises(ValueError, match="divisible by 16"):
-        build_model("unet", features=TINY)(torch.randn(1, 4, 30, 32))
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_models_accept_sizes_not_divisible_by_16(name):
+    assert build_model(name, features=TINY)(torch.randn(1, 4, 30, 37)).shape == (1, 4, 30, 37)
 
 
 def test_pde_unet_is_2d_only():
@@ -57,11 +58,11 @@ def test_every_parameter_gets_a_finite_gradient(name):
 
 
 def test_pde_block_gets_its_own_learning_rate_group():
-    from pdeseg.training.trainer import param_groups
-
     model = build_model("pde_unet", features=TINY)
-    groups = param_groups(model, 1e-3, 100.0)
-    assert [g["lr"] for g in groups] == [1e-3, pytest.approx(0.1)]
-    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.pde.parameters()}
-    assert len(groups[0]["params"]) + len(groups[1]["params"]) == len(list(model.parameters()))
-    assert len(param_groups(build_model("unet", features=TINY), 1e-3, 100.0)) == 1
+    groups = parameter_groups(model, 1e-3, weight_decay=0.01, pde_lr_mult=100.0)
+    assert [g["name"] for g in groups] == ["decay", "no_decay", "pde"]
+    assert [g["lr"] for g in groups] == [1e-3, 1e-3, pytest.approx(0.1)]
+    assert [g["weight_decay"] for g in groups] == [0.01, 0.0, 0.0]
+    assert {id(p) for p in groups[2]["params"]} == {id(p) for p in model.pde.parameters()}
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    assert [g["name"] for g in parameter_groups(build_model("unet", features=TINY), 1e-3, 0.01, 100.0)] == ["decay", "no_decay"]

@@ -1,4 +1,8 @@
-"""PDE-UNet (paper 000): the cable-equation block in front of the paper's UNet."""
+"""PDE-UNet (paper 000): the cable-equation block in front of the paper's UNet.
+
+The cable block sees the input at its own size, so its replicate (zero-flux) boundary is
+the image's real edge; the UNet then pads to its size multiple and crops its logits back.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from pdeseg.nn.padding import check_input
 from pdeseg.nn.pde.cable import CableBlock
 from pdeseg.nn.unet import UNet
 
@@ -23,10 +28,12 @@ class PDEUNet(nn.Module):
             ``dropout_blocks``).
 
     Shapes:
-        ``(B, in_channels, H, W) -> (B, out_channels, H, W)`` logits, ``H, W`` divisible by 16.
-    """
+        ``(B, in_channels, H, W) -> (B, out_channels, H, W)`` logits, any ``H, W``.
 
-    divisor = UNet.divisor
+    Raises:
+        ValueError: for ``spatial_dims != 2`` or bad cable/UNet options; in ``forward``,
+            for an input that is not ``(B, in_channels, H, W)``.
+    """
 
     def __init__(
         self,
@@ -43,8 +50,16 @@ class PDEUNet(nn.Module):
         super().__init__()
         if spatial_dims != 2:
             raise ValueError(f"PDEUNet's cable block is 2D; got spatial_dims={spatial_dims}")
+        self.in_channels = in_channels
         self.pde = CableBlock(in_channels, pde_steps, init_phi, init_psi, init_tau)
         self.unet = UNet(spatial_dims, in_channels, out_channels, features, **unet_options)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, in_channels, H, W)`` -> ``(B, out_channels, H, W)`` logits; the cable block
+        runs on the unpadded input, the UNet pads and crops.
+
+        Raises:
+            ValueError: for an input that is not ``(B, in_channels, H, W)``.
+        """
+        check_input(x, 2, self.in_channels, "PDEUNet")
         return self.unet(self.pde(x))

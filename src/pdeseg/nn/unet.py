@@ -9,6 +9,10 @@ dropout.
 With 4 input modalities, 4 classes and the defaults (BatchNorm, ReLU, no dropout) this
 network has exactly 7,766,372 parameters, the count the paper's Table 1 gives.
 
+The network accepts any spatial size: :meth:`UNet.forward` zero-pads the input to a
+multiple of :data:`SIZE_MULTIPLE` (four 2x poolings) and crops the logits back (see
+:mod:`pdeseg.nn.padding`); sizes that are already multiples run unchanged.
+
 Paper 003's variants are constructor options: ``activation`` (relu, prelu, leakyrelu),
 ``norm`` (batch, instance, none) and ``dropout`` (rate) in the blocks named by
 ``dropout_blocks`` (:data:`BLOCKS`; the number of dropout layers is their count).
@@ -24,11 +28,14 @@ from torch import nn
 from pdeseg.nn.layers import activation as make_activation
 from pdeseg.nn.layers import conv, conv_transpose, max_pool
 from pdeseg.nn.layers import norm as make_norm
+from pdeseg.nn.padding import check_input, crop_to, pad_to_multiple
 
 #: Block names, encoder to decoder; ``dropout_blocks`` picks among them.
 BLOCKS = ("enc1", "enc2", "enc3", "enc4", "bottleneck", "up4", "up3", "up2", "up1")
 #: Where dropout goes when ``dropout > 0`` and ``dropout_blocks`` is not given.
 DEFAULT_DROPOUT_BLOCKS = ("enc4", "bottleneck")
+#: Four 2x poolings: the network body needs spatial sizes divisible by 2**4.
+SIZE_MULTIPLE = 2**4
 
 
 class DoubleConv(nn.Sequential):
@@ -84,15 +91,14 @@ class UNet(nn.Module):
             when ``dropout > 0``).
 
     Shapes:
-        input ``(B, in_channels, *spatial)`` with every spatial size divisible by 16;
+        input ``(B, in_channels, *spatial)`` with ``spatial_dims`` spatial dims of any size;
         output ``(B, out_channels, *spatial)``.
 
     Raises:
         ValueError: for a wrong ``features`` length, an unknown option or block name, a
-            dropout rate outside ``[0, 1)``, or spatial sizes not divisible by 16.
+            dropout rate outside ``[0, 1)``, or (in ``forward``) an input with the wrong
+            number of dims or channels.
     """
-
-    divisor = 16
 
     def __init__(
         self,
@@ -120,7 +126,7 @@ class UNet(nn.Module):
             return {"activation": activation, "norm": norm, "dropout": float(dropout) if name in chosen else 0.0}
 
         f1, f2, f3, f4, f5 = (int(f) for f in features)
-        self.spatial_dims = spatial_dims
+        self.spatial_dims, self.in_channels = spatial_dims, in_channels
         self.enc1 = DoubleConv(spatial_dims, in_channels, f1, **block("enc1"))
         self.enc2 = DoubleConv(spatial_dims, f1, f2, **block("enc2"))
         self.enc3 = DoubleConv(spatial_dims, f2, f3, **block("enc3"))
@@ -134,12 +140,44 @@ class UNet(nn.Module):
         self.head = conv(spatial_dims)(f1, out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bad = [s for s in x.shape[2:] if s % self.divisor]
-        if x.dim() != self.spatial_dims + 2 or bad:
+        """Logits for an input of any spatial size.
+
+        Pads ``x`` with zeros to multiples of :data:`SIZE_MULTIPLE`, runs
+        :meth:`forward_divisible` and crops the logits back; no padding or copy happens
+        when the sizes are already multiples.
+
+        Args:
+            x: ``(B, in_channels, *spatial)``.
+
+        Returns:
+            ``(B, out_channels, *spatial)`` logits.
+
+        Raises:
+            ValueError: if ``x`` does not have ``spatial_dims`` spatial dims and
+                ``in_channels`` channels.
+        """
+        check_input(x, self.spatial_dims, self.in_channels, "UNet")
+        padded, pads = pad_to_multiple(x, SIZE_MULTIPLE)
+        return crop_to(self.forward_divisible(padded), pads)
+
+    def forward_divisible(self, x: torch.Tensor) -> torch.Tensor:
+        """The network body, without the padding path.
+
+        Args:
+            x: ``(B, in_channels, *spatial)`` with every spatial size a multiple of
+                :data:`SIZE_MULTIPLE`.
+
+        Returns:
+            ``(B, out_channels, *spatial)`` logits.
+
+        Raises:
+            ValueError: for a spatial size that is not a multiple of :data:`SIZE_MULTIPLE`
+                (call :meth:`forward` instead, which pads).
+        """
+        if any(s % SIZE_MULTIPLE for s in x.shape[2:]):
             raise ValueError(
-                f"UNet expects (B, C, *spatial) with {self.spatial_dims} spatial dims divisible by "
-                f"{self.divisor}; got shape {tuple(x.shape)} (pad the input, e.g. with "
-                "pdeseg.inference.pad_to_multiple)"
+                f"UNet.forward_divisible needs spatial sizes divisible by {SIZE_MULTIPLE}, got shape "
+                f"{tuple(x.shape)}; UNet.forward accepts any size"
             )
         s1 = self.enc1(x)
         s2 = self.enc2(self.pool(s1))

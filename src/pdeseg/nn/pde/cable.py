@@ -76,6 +76,10 @@ class CableBlock(nn.Module):
         ValueError: for initial values outside the stable region or a bad ``steps``/``margin``.
     """
 
+    #: Marker read by :func:`pdeseg.nn.params.parameter_groups`: these parameters are PDE
+    #: coefficients (own learning-rate multiplier, no weight decay).
+    pde_coefficients = True
+
     def __init__(
         self,
         channels: int,
