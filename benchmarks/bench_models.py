@@ -5,7 +5,7 @@ For each registry model (``unet``, ``pde_unet``, ``monai_unet``; 4 in / 4 out ch
 2D) at ``--size`` x ``--size`` with batch ``--batch``:
 
 * inference: ``no_grad`` forward in eval mode, images/s;
-* train step: forward + :class:`~pdeseg.losses.segmentation.CEDiceLoss` + backward +
+* train step: forward + CE + soft Dice (the default ``loss.terms``) + backward +
   Adam step (as in :mod:`pdeseg.training.trainer`), images/s;
 * peak memory: on CUDA ``torch.cuda.max_memory_allocated`` (reset before each phase);
   on CPU the increase of the process's peak RSS (``resource.getrusage().ru_maxrss``)
@@ -72,9 +72,10 @@ class _Worker:
     def __init__(self, name: str, opts: dict):
         import torch
 
-        from pdeseg.losses.segmentation import CEDiceLoss
+        from pdeseg.build import build_loss
+        from pdeseg.config import LossConfig
         from pdeseg.registry import build_model, count_parameters
-        from pdeseg.training.runtime import autocast
+        from pdeseg.runtime import autocast
 
         if opts["threads"]:
             torch.set_num_threads(opts["threads"])
@@ -95,7 +96,7 @@ class _Worker:
         model = build_model(name, in_channels=4, out_channels=4).to(device).to(memory_format=fmt)
         self.model = model
         self.info = {"model": name, "params": count_parameters(model), "threads": torch.get_num_threads()}
-        loss_fn = CEDiceLoss().to(device)
+        loss_fn = build_loss(LossConfig()).to(device)
         state = {}
 
         def infer():
@@ -259,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from pdeseg.training.runtime import resolve_device, resolve_precision
+    from pdeseg.runtime import resolve_device, resolve_precision
 
     try:
         device = resolve_device(args.device)

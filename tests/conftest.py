@@ -30,6 +30,13 @@ def phantom_root(tmp_path_factory) -> Path:
     return root
 
 
+def ce_dice(ce: float = 1.0, dice: float = 1.0):
+    """CE + soft Dice with these weights, composed from the loss registry as a config would."""
+    from pdeseg.build import build_loss
+
+    return build_loss(config_from_dict({"loss": {"terms": [{"name": "ce", "weight": ce}, {"name": "dice", "weight": dice}]}}).loss)
+
+
 def tiny_config_dict(root: Path, out: Path, **train) -> dict:
     return {
         "name": "tiny",

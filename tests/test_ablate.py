@@ -34,14 +34,14 @@ def test_grid_is_the_full_product_with_the_first_values_as_baseline():
 
 def test_variant_config_sets_model_keywords_and_config_paths(phantom_root, tmp_path):
     cfg = config_from_dict(tiny_config_dict(phantom_root, tmp_path))
-    v = grid_variants(parse_grid(["norm=none", "loss.dice_weight=0"]))[0]
-    vcfg, model_cfg = variant_config(cfg, "unet", v)
+    v = grid_variants(parse_grid(["norm=none", "train.lr=0.01"]))[0]
+    vexp, model_cfg = variant_config(cfg, "unet", v)
     assert model_cfg.kwargs["norm"] == "none" and model_cfg.kwargs["features"] == [8, 16, 32, 64, 128]
-    assert vcfg.loss.dice_weight == 0 and [m.name for m in vcfg.models] == ["unet"]
-    assert cfg.loss.dice_weight == 1.0  # the base config is untouched
+    assert vexp.cfg.train.lr == 0.01 and [m.name for m in vexp.cfg.models] == ["unet"]
+    assert cfg.train.lr == 3e-3  # the base config is untouched
     with pytest.raises(ConfigError, match="rejects"):
         variant_config(cfg, "unet", grid_variants(parse_grid(["activation=swish"]))[0])
-    with pytest.raises(ConfigError, match="rejects"):
+    with pytest.raises(ConfigError, match="variant activation=prelu.*monai_unet"):
         variant_config(cfg, "monai_unet", grid_variants(parse_grid(["activation=prelu"]))[0])
 
 
@@ -63,7 +63,7 @@ def test_seed_noise_interval_on_hand_made_numbers():
 def test_tiny_ablation_end_to_end_chooses_by_validation_and_resumes(phantom_root, tmp_path):
     d = tiny_config_dict(phantom_root, tmp_path, epochs=1)
     d["models"] = d["models"][:1]
-    d["loss"] = {"ce_weight": 1.0, "dice_weight": 0.0}
+    d["loss"] = {"terms": [{"name": "ce", "weight": 1.0}]}
     cfg = config_from_dict(d)
     out = tmp_path / "abl"
     result = run_ablation(cfg, out, ["norm=batch,none", "dropout=0,0.2"], seeds=[0, 1], progress=False)

@@ -8,8 +8,9 @@ from conftest import tiny_config_dict
 from pdeseg.config import config_from_dict
 from pdeseg.data.setup import PreparedData, prepare_data
 from pdeseg.experiments.compare import run_compare
-from pdeseg.training.checkpoint import load_checkpoint
-from pdeseg.training.trainer import train_model
+from pdeseg.checkpoint import load_checkpoint
+from pdeseg.build import resolve
+from pdeseg.training.run import train_model
 from pdeseg.viz.report import referenced_files
 
 
@@ -45,7 +46,8 @@ def test_compare_two_seeds_writes_table_stats_and_report(phantom_root, tmp_path)
 
 def test_trainer_never_touches_test_cases(phantom_root, tmp_path):
     cfg = config_from_dict(tiny_config_dict(phantom_root, tmp_path, epochs=1))
-    data = prepare_data(cfg, progress=False)
+    exp = resolve(cfg)
+    data = prepare_data(exp.cfg.data, exp.spec, progress=False)
     hidden = PreparedData({**data.split, "test": ["not-a-cached-case"]}, data.cached)
     with pytest.raises(KeyError):
         hidden.cases("test")  # the guard works: reading the test split would fail ...

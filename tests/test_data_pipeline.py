@@ -7,8 +7,8 @@ import torch
 from pdeseg.config import AugmentConfig
 from pdeseg.data.brats import find_cases
 from pdeseg.data.cache import cache_case, cache_cases
-from pdeseg.data.preprocess import brain_mask, normalize
-from pdeseg.data.slices import SliceDataset, fit_slice, pad_to_multiple, select_slices, unpad
+from pdeseg.data.preprocess import nonzero_mask, normalize
+from pdeseg.data.sampling import PatchDataset, SliceDataset, VolumeDataset, fit_spatial, select_slices
 from pdeseg.data.transforms import build_train_transform
 
 
@@ -21,12 +21,23 @@ def test_zscore_inside_brain_mask_and_zero_outside():
     rng = np.random.default_rng(0)
     image = np.zeros((2, 10, 10, 4), np.float32)
     image[:, 2:8, 2:8] = rng.normal(100, 20, (2, 6, 6, 4))
-    mask = brain_mask(image)
-    out = normalize(image, mask, "zscore")
+    mask = nonzero_mask(image)
+    out = normalize(image, "zscore")
     assert np.allclose(out[:, mask].mean(axis=1), 0, atol=1e-5) and np.allclose(out[:, mask].std(axis=1), 1, atol=1e-4)
     assert (out[:, ~mask] == 0).all()
-    mm = normalize(image, mask, "minmax")
+    mm = normalize(image, "minmax")
     assert mm.min() == 0 and mm.max() == pytest.approx(1)
+    full = normalize(image, "zscore_all")  # every voxel counts: the zero background too
+    assert abs(full.mean()) < 1e-5 and (full[:, ~mask] != 0).all()
+
+
+def test_ct_window_clips_then_standardises_inside_the_window():
+    ct = np.array([[[-1000.0, -50.0, 0.0, 50.0, 100.0, 2000.0]]])  # air, soft tissue, bone
+    out = normalize(ct, "ct", [-100, 200])
+    inside = np.array([-50.0, 0.0, 50.0, 100.0])
+    assert out[0, 0, 1:5] == pytest.approx((inside - inside.mean()) / inside.std(), rel=1e-5)
+    assert out[0, 0, 0] == pytest.approx((-100 - inside.mean()) / inside.std(), rel=1e-5)  # clipped to the window
+    assert out[0, 0, 5] == pytest.approx((200 - inside.mean()) / inside.std(), rel=1e-5)
 
 
 def test_cache_layout_reuse_and_invalidation(phantom_root, tmp_path, cached):
@@ -66,9 +77,9 @@ def test_slice_dataset_items(cached):
     ds = SliceDataset(cached, "middle", spatial_size=[48, 40])
     assert len(ds) == len(cached)
     item = ds[0]
-    assert item["image"].shape == (4, 48, 48) and item["label"].shape == (48, 48)  # 40 padded to 48 (divisor 16)
+    assert item["image"].shape == (4, 48, 40) and item["label"].shape == (48, 40)  # no padding to a multiple: models pad
     assert item["label"].dtype == torch.int64
-    with pytest.raises(ValueError, match="no cases"):
+    with pytest.raises(ValueError, match="no cases"):  # DataError is a ValueError
         SliceDataset([], "middle")
     odd = type(cached[0])(cached[0].case_id + "_big", cached[0].path, {**cached[0].meta, "shape": [48, 32, 16]})
     with pytest.raises(ValueError, match="different slice sizes"):
@@ -76,18 +87,30 @@ def test_slice_dataset_items(cached):
     assert len(SliceDataset([cached[0], odd], "middle", spatial_size=[32, 32])) == 2
 
 
-@pytest.mark.parametrize("shape", [(37, 53), (182, 218), (16, 16)])
-def test_pad_to_multiple_round_trip(shape):
-    x = torch.randn(2, 3, *shape)
-    padded, pads = pad_to_multiple(x, 16)
-    assert padded.shape[-2] % 16 == 0 and padded.shape[-1] % 16 == 0
-    assert torch.equal(unpad(padded, pads), x)
-
-
-def test_fit_slice_resize_keeps_labels_integral():
+def test_fit_spatial_resize_keeps_labels_integral_and_crops_in_3d():
     image, label = torch.randn(2, 50, 70), torch.randint(0, 4, (50, 70))
-    im, lab = fit_slice(image, label, [32, 32], resize=True)
+    im, lab = fit_spatial(image, label, [32, 32], resize=True)
     assert im.shape == (2, 32, 32) and set(lab.unique().tolist()) <= {0, 1, 2, 3}
+    vol, vlab = torch.arange(5 * 7 * 9.0).reshape(1, 5, 7, 9), torch.ones(5, 7, 9, dtype=torch.long)
+    out, olab = fit_spatial(vol, vlab, [3, 9, 9])
+    assert out.shape == (1, 3, 9, 9) and olab.shape == (3, 9, 9)
+    assert torch.equal(out[0, :, 1:8], vol[0, 1:4])  # centre crop along x, zero pad along y
+    assert out[0, :, 0].abs().sum() == 0 and olab[:, 0].sum() == 0
+
+
+def test_patches_and_volumes_are_3d_and_deterministic(cached):
+    ds = PatchDataset(cached, [16, 16, 8], samples_per_case=3, foreground_prob=1.0, seed=5)
+    assert len(ds) == 3 * len(cached)
+    item = ds[4]
+    assert item["image"].shape == (4, 16, 16, 8) and item["label"].shape == (16, 16, 8)
+    assert item["label"].sum() > 0  # centred on a labelled voxel
+    assert torch.equal(ds[4]["image"], item["image"])  # a function of (seed, epoch, index)
+    ds.set_epoch(1)
+    assert not torch.equal(ds[4]["image"], item["image"])
+    big = PatchDataset(cached[:1], [40, 40, 20], samples_per_case=1)  # larger than the 32x32x16 case: padded
+    assert big[0]["image"].shape == (4, 40, 40, 20)
+    whole = VolumeDataset(cached)[0]
+    assert whole["image"].shape == (4, 32, 32, 16) and whole["label"].shape == (32, 32, 16)
 
 
 def test_augmentation_moves_image_and_label_together():

@@ -1,7 +1,12 @@
 import pytest
 import torch
 
-from pdeseg.losses.segmentation import CEDiceLoss, soft_dice_loss
+from pdeseg.build import build_loss
+from pdeseg.config import LossConfig
+from pdeseg.losses.composite import CompositeLoss, deep_supervision_weights
+from pdeseg.losses.segmentation import CrossEntropyLoss, SoftDiceLoss, soft_dice_loss
+
+from conftest import ce_dice as CEDiceLoss  # noqa: N812
 
 
 def test_soft_dice_matches_hand_computation():
@@ -24,5 +29,31 @@ def test_weights_combine_terms():
     ce = torch.nn.functional.cross_entropy(logits, target)
     dice = soft_dice_loss(logits, target)
     assert float(CEDiceLoss(2.0, 0.5)(logits, target)) == pytest.approx(float(2 * ce + 0.5 * dice), rel=1e-5)
-    with pytest.raises(ValueError):
+    from pdeseg.config import ConfigError
+
+    with pytest.raises(ConfigError, match="weight 0"):
         CEDiceLoss(0.0, 0.0)
+    with pytest.raises(ConfigError, match="unknown option.*epsilon"):
+        build_loss(LossConfig(terms=[{"name": "dice", "epsilon": 1.0}]))  # options are checked when built
+    with pytest.raises(ConfigError, match="not a registered loss"):
+        build_loss(LossConfig(terms=[{"name": "dicee"}]))
+
+
+def test_deep_supervision_weights_and_downsampled_targets():
+    assert deep_supervision_weights(1) == [1.0]
+    assert deep_supervision_weights(3) == pytest.approx([2 / 3, 1 / 3, 0.0])
+    torch.manual_seed(0)
+    target = torch.randint(0, 3, (2, 16, 16))
+    full, half = torch.randn(2, 3, 16, 16), torch.randn(2, 3, 8, 8)
+    loss = CompositeLoss([("ce", 1.0, CrossEntropyLoss())])
+    half_target = target[:, ::2, ::2]  # nearest downsampling by 2 takes every other pixel
+    expected = 2 / 3 * torch.nn.functional.cross_entropy(full, target) + 1 / 3 * torch.nn.functional.cross_entropy(half, half_target)
+    lowest = torch.randn(2, 3, 4, 4)
+    assert float(loss([full, half, lowest], target)) == pytest.approx(float(expected), rel=1e-5)
+    assert float(loss({"logits": full}, target)) == pytest.approx(float(torch.nn.functional.cross_entropy(full, target)), rel=1e-6)
+
+
+def test_dice_term_module_matches_function():
+    torch.manual_seed(1)
+    logits, target = torch.randn(2, 4, 8, 8), torch.randint(0, 4, (2, 8, 8))
+    assert float(SoftDiceLoss(0.5, False)(logits, target)) == pytest.approx(float(soft_dice_loss(logits, target, 0.5, False)))

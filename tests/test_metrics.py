@@ -10,11 +10,11 @@ import torch
 from scipy import ndimage
 from scipy.spatial.distance import cdist
 
+from pdeseg.data.brats import CLASS_NAMES, HD95_ONE_EMPTY_MM
+from pdeseg.data.brats import REGIONS as BRATS_REGIONS
 from pdeseg.metrics import (
-    BRATS_REGIONS,
-    CLASS_NAMES,
-    HD95_EMPTY_MM,
     MetricAccumulator,
+    ScoringRules,
     case_metrics,
     confusion_counts,
     confusion_matrix,
@@ -29,6 +29,8 @@ from pdeseg.metrics import (
     region_masks,
     summarize,
 )
+
+BRATS = ScoringRules(CLASS_NAMES, BRATS_REGIONS, 1.0, HD95_ONE_EMPTY_MM)
 
 
 def _random_case(shape, seed):
@@ -92,9 +94,9 @@ def test_both_empty_is_one_and_one_empty_is_zero():
     assert dice(some, zeros, 2)[1] == 0.0
     assert dice(zeros, some, 2)[1] == 0.0
     assert iou(zeros, some, 2)[1] == 0.0
-    assert region_dice(zeros, zeros) == {"WT": 1.0, "TC": 1.0, "ET": 1.0}
-    assert region_dice(some, zeros) == {"WT": 0.0, "TC": 0.0, "ET": 1.0}  # class 1 is in WT and TC
-    assert region_dice(2 * some, zeros) == {"WT": 0.0, "TC": 1.0, "ET": 1.0}  # class 2 only in WT
+    assert region_dice(zeros, zeros, BRATS_REGIONS) == {"WT": 1.0, "TC": 1.0, "ET": 1.0}
+    assert region_dice(some, zeros, BRATS_REGIONS) == {"WT": 0.0, "TC": 0.0, "ET": 1.0}  # class 1 is in WT and TC
+    assert region_dice(2 * some, zeros, BRATS_REGIONS) == {"WT": 0.0, "TC": 1.0, "ET": 1.0}  # class 2 only in WT
 
 
 def test_torch_and_bool_inputs_match_numpy():
@@ -111,7 +113,7 @@ def test_torch_and_bool_inputs_match_numpy():
 
 def test_region_mapping():
     labels = np.array([0, 1, 2, 3])
-    masks = region_masks(labels)
+    masks = region_masks(labels, BRATS_REGIONS)
     assert list(masks) == ["WT", "TC", "ET"]
     np.testing.assert_array_equal(masks["WT"], [False, True, True, True])
     np.testing.assert_array_equal(masks["TC"], [False, True, False, True])
@@ -127,11 +129,11 @@ def test_region_dice_closed_form():
     # WT: truth {0,1,2}, pred {0,2,3} -> tp 2, fp 1, fn 1 -> 2/3
     # TC: truth {0,1}, pred {0}       -> tp 1, fp 0, fn 1 -> 2/3
     # ET: truth {0,1}, pred {}        -> 0
-    out = region_dice(pred, target)
+    out = region_dice(pred, target, BRATS_REGIONS)
     assert out["WT"] == pytest.approx(2 / 3)
     assert out["TC"] == pytest.approx(2 / 3)
     assert out["ET"] == 0.0
-    rc = region_counts_from_confusion(confusion_matrix(pred, target, 4))
+    rc = region_counts_from_confusion(confusion_matrix(pred, target, 4), BRATS_REGIONS)
     np.testing.assert_array_equal(rc["WT"], [2, 1, 1])
     np.testing.assert_array_equal(rc["TC"], [1, 0, 1])
     np.testing.assert_array_equal(rc["ET"], [0, 0, 2])
@@ -139,7 +141,7 @@ def test_region_dice_closed_form():
 
 def test_region_dice_matches_masks_on_random_volume():
     pred, target = _random_case((6, 7, 8), seed=2)
-    out = region_dice(pred, target)
+    out = region_dice(pred, target, BRATS_REGIONS)
     for name, classes in BRATS_REGIONS.items():
         a, b = np.isin(pred, classes), np.isin(target, classes)
         ref = 2 * np.count_nonzero(a & b) / (a.sum() + b.sum())
@@ -151,7 +153,7 @@ def test_region_dice_matches_masks_on_random_volume():
 
 def test_case_metrics_keys_and_values():
     pred, target = _random_case((4, 9, 10), seed=3)
-    m = case_metrics(pred, target)
+    m = BRATS.case_metrics(pred, target)
     for n in CLASS_NAMES:
         assert f"dice_{n}" in m and f"iou_{n}" in m
     for r in BRATS_REGIONS:
@@ -161,7 +163,7 @@ def test_case_metrics_keys_and_values():
     assert m["dice_mean"] == pytest.approx(d[1:].mean())  # foreground classes only
     assert m["iou_mean"] == pytest.approx(iou(pred, target, 4)[1:].mean())
     assert m["accuracy"] == pytest.approx(pixel_accuracy(pred, target))
-    assert m["dice_WT"] == pytest.approx(region_dice(pred, target)["WT"])
+    assert m["dice_WT"] == pytest.approx(region_dice(pred, target, BRATS_REGIONS)["WT"])
     # the ET region is exactly class 3
     assert m["dice_ET"] == pytest.approx(d[3])
     assert all(isinstance(v, float) for v in m.values())
@@ -172,8 +174,6 @@ def test_case_metrics_binary_task_and_hd95():
     pred = np.zeros((9, 9), dtype=np.int64)
     target[4, 4] = 1
     pred[5, 5] = 1
-    with pytest.raises(ValueError, match="regions=None"):
-        case_metrics(pred, target, num_classes=2)
     m = case_metrics(pred, target, num_classes=2, regions=None)
     assert set(m) == {
         "dice_class0", "dice_class1", "iou_class0", "iou_class1", "dice_mean", "iou_mean", "iou_mean_all", "accuracy",
@@ -206,8 +206,9 @@ def test_hd95_empty_rules():
     b = a.copy()
     b[1, 1, 1] = True
     assert hd95(a, a, 1.0) == 0.0
-    assert hd95(a, b, 1.0) == HD95_EMPTY_MM == 373.13
-    assert hd95(b, a, 1.0) == 373.13
+    assert hd95(a, b, 1.0) == math.inf  # no data-set default
+    assert hd95(a, b, 1.0, one_empty=HD95_ONE_EMPTY_MM) == 373.13
+    assert hd95(b, a, 1.0, one_empty=HD95_ONE_EMPTY_MM) == 373.13
     assert hd95(b, b, 1.0) == 0.0
 
 
@@ -264,9 +265,9 @@ def test_errors_on_bad_labels():
     with pytest.raises(ValueError, match="same shape"):
         pixel_accuracy(a, a[:2])
     with pytest.raises(ValueError, match="same shape"):
-        region_dice(a, a[:2])
+        region_dice(a, a[:2], BRATS_REGIONS)
     with pytest.raises(ValueError, match="outside"):
-        MetricAccumulator(num_classes=3)  # BraTS regions need class 3
+        MetricAccumulator(num_classes=3, regions=BRATS_REGIONS)  # BraTS regions need class 3
 
 
 # ----------------------------------------------------------------------------- summarize / accumulator
@@ -287,7 +288,7 @@ def test_summarize_known_numbers():
 def test_accumulator_slices_equal_stacked_volume():
     pa, ta = _random_case((3, 8, 9), seed=4)
     pb, tb = _random_case((2, 8, 9), seed=5)
-    acc = MetricAccumulator(num_classes=4)
+    acc = BRATS.accumulator()
     for k in range(3):
         acc.update(pa[k], ta[k], "A")
     acc.update(torch.from_numpy(pb[0]), torch.from_numpy(tb[0]), "B")
@@ -295,7 +296,7 @@ def test_accumulator_slices_equal_stacked_volume():
     rows = acc.per_case()
     assert [r["case"] for r in rows] == ["A", "B"]
     for row, (p, t) in zip(rows, [(pa, ta), (pb, tb)]):
-        ref = case_metrics(p, t)
+        ref = BRATS.case_metrics(p, t)
         assert set(row) == set(ref) | {"case"}
         for k, v in ref.items():
             assert row[k] == pytest.approx(v), k
@@ -308,9 +309,9 @@ def test_accumulator_slices_equal_stacked_volume():
 def test_accumulator_batch_with_mixed_case_ids():
     pa, ta = _random_case((4, 6, 6), seed=6)
     ids = ["A", "B", "A", "B"]
-    acc = MetricAccumulator()
+    acc = BRATS.accumulator()
     acc.update(pa, ta, ids)
-    ref = MetricAccumulator()
+    ref = BRATS.accumulator()
     for i, cid in enumerate(ids):
         ref.update(pa[i], ta[i], cid)
     np.testing.assert_array_equal(acc.confusion("A"), ref.confusion("A"))
@@ -320,3 +321,12 @@ def test_accumulator_batch_with_mixed_case_ids():
         acc.update(pa, ta, ["A", "B"])
     acc.reset()
     assert acc.per_case() == []
+
+
+def test_metrics_carry_no_data_set_defaults():
+    """A 4-class task is not BraTS unless its format says so: generic names, no regions."""
+    pred = np.array([[0, 1], [2, 3]])
+    m = case_metrics(pred, pred, 4)
+    assert "dice_class3" in m and "dice_ET" not in m and "dice_WT" not in m
+    assert MetricAccumulator(4).regions == {}
+    assert case_metrics(np.zeros((2, 2), int), np.zeros((2, 2), int), 2, empty=0.0)["dice_class1"] == 0.0

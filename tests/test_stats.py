@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pdeseg.experiments.stats import mean_ci, paired_comparison, sign_flip_p_value
+from pdeseg.experiments.stats import format_mean_ci, mean_ci, paired_comparison, sign_flip_p_value
 
 
 def test_mean_ci_known_values():
@@ -9,7 +9,10 @@ def test_mean_ci_known_values():
     # t(0.975, 2) = 4.302653, sd = 1, half width = 4.302653 / sqrt(3)
     assert r["mean"] == 2.0 and r["sd"] == pytest.approx(1.0)
     assert r["hi"] - 2.0 == pytest.approx(4.302653 / np.sqrt(3), rel=1e-5)
-    assert mean_ci([0.7]) == {"mean": 0.7, "sd": 0.0, "lo": 0.7, "hi": 0.7, "n": 1}
+    one = mean_ci([0.7])
+    assert one["mean"] == 0.7 and one["n"] == 1 and all(np.isnan(one[k]) for k in ("sd", "lo", "hi"))
+    assert format_mean_ci(one) == "0.700 (n/a: 1 seed)"  # never a degenerate interval like 0.700 ± 0.000 [0.700, 0.700]
+    assert format_mean_ci(r) == "2.000 ± 1.000 [-0.484, 4.484]"
 
 
 def test_identical_models_give_no_difference():

@@ -22,12 +22,18 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from pdeseg.registry import MODELS, build_model, count_parameters
+    from pdeseg.registry import FORMATS, LOSSES, MODELS, build_model, count_parameters
 
-    print(f"{'model':<12} {'parameters':>12}  description (4 modalities in, 4 classes out)")
+    print(f"{'model':<12} {'dims':<6} {'parameters':>12}  description (2D, 4 modalities in, 4 classes out)")
     for name, entry in MODELS.items():
         n = count_parameters(build_model(name, spatial_dims=2, in_channels=4, out_channels=4))
-        print(f"{name:<12} {n:>12,}  {entry.description}")
+        print(f"{name:<12} {','.join(map(str, entry.dims)):<6} {n:>12,}  {entry.description}")
+    print("\nloss terms (loss.terms: [{name, weight, ...options}]):")
+    for name, entry in LOSSES.items():
+        print(f"  {name:<10} {entry.description}")
+    print("\ndata formats (data.format):")
+    for name, fmt in FORMATS.items():
+        print(f"  {name:<10} {fmt.description}")
     return 0
 
 
@@ -55,19 +61,26 @@ def _load_cfg(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pdeseg.training.runtime import is_main_process
-    from pdeseg.training.trainer import train_model
+    from pdeseg.build import resolve
+    from pdeseg.config import ConfigError
+    from pdeseg.runtime import is_main_process
+    from pdeseg.training.run import train_model
+    from pdeseg.viz.figures import plot_epoch_metrics
 
-    cfg = _load_cfg(args)
+    exp = resolve(_load_cfg(args))
+    cfg = exp.cfg
     models = [m for m in cfg.models if args.model is None or m.name == args.model]
     if not models:
-        raise SystemExit(f"--model {args.model}: not in the config's models ({', '.join(m.name for m in cfg.models)})")
+        raise ConfigError(f"--model {args.model}: not in the config's models ({', '.join(m.name for m in cfg.models)})")
     for m in models:
         run_dir = Path(cfg.output_dir) / cfg.name / m.name
         result = train_model(cfg, m, run_dir, resume=args.resume, progress=not args.no_progress, stop_after=args.stop_after,
-                             overwrite=args.overwrite)
+                             overwrite=args.overwrite, exp=exp)
         if is_main_process():
-            print(f"{m.name}: best {cfg.train.monitor} {result.best_score:.4f} at epoch {result.best_epoch}; checkpoint {run_dir / 'best.pt'}")
+            if result.history:
+                plot_epoch_metrics(result.history, run_dir / "curves.png", title=f"{cfg.name}: {m.name}")
+            shown = f"train loss {-result.best_score:.4f}" if cfg.train.monitor == "train_loss" else f"{cfg.train.monitor} {result.best_score:.4f}"
+            print(f"{m.name}: best {shown} at epoch {result.best_epoch}; checkpoint {run_dir / 'best.pt'}")
     return 0
 
 
@@ -90,8 +103,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from pdeseg.inference.predict import predict_folder
 
-    paths = predict_folder(args.checkpoint, args.input, args.output, args.device, args.precision, args.label_convention,
-                           args.batch_size, progress=not args.no_progress, mask_format=args.mask_format)
+    paths = predict_folder(args.checkpoint, args.input, args.output, args.device, args.precision, args.batch_size,
+                           progress=not args.no_progress, convention=args.label_convention, mask_format=args.mask_format)
     print(f"wrote {len(paths)} segmentation(s) to {Path(args.output).resolve()}")
     return 0
 
@@ -106,9 +119,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if unknown:
             from pdeseg.config import ModelConfig
 
-            cfg.models += [ModelConfig(name=w) for w in unknown]
+            cfg.models = cfg.models + [ModelConfig(name=w) for w in unknown]
         cfg.models = [m for m in cfg.models if m.name in wanted]
-        cfg.validate()
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     result = run_compare(cfg, args.out, seeds, args.scope, args.baseline, progress=not args.no_progress)
     print((result.out_dir / "table.md").read_text())
@@ -142,8 +154,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pdeseg", description="PDE-informed segmentation (PDE-UNet and friends) for BraTS-style MRI.")
+    from pdeseg.registry import FORMATS
+
+    p = argparse.ArgumentParser(prog="pdeseg", description="PDE-informed segmentation networks and losses, 2D and 3D.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -186,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cases", type=int, default=12)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--shape", type=int, nargs=3, default=[128, 128, 48], metavar=("X", "Y", "Z"))
-    s.add_argument("--format", default="brats", choices=["brats", "lgg"], help="BraTS NIfTI folders or LGG kaggle_3m TIFF slices")
+    s.add_argument("--format", default="brats", choices=["brats", "lgg"], help="the phantom's layout: BraTS NIfTI folders or LGG kaggle_3m TIFF slices")
     s.set_defaults(func=cmd_phantom)
 
     s = sub.add_parser("train", help="train the config's models (one run folder each)")
@@ -224,11 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", required=True)
     s.add_argument("--device", default="auto")
     s.add_argument("--precision", default="auto", choices=["auto", "32", "bf16-mixed"])
-    s.add_argument("--label-convention", choices=["brats2020", "brats2023"],
-                   help="labels to write (default: the input's: ET=4, or ET=3 for BraTS-GLI 2023 data)")
-    s.add_argument("--batch-size", type=int, default=16)
-    s.add_argument("--mask-format", default="png", choices=["png", "tif"],
-                   help="per-slice masks for 2D data sets such as LGG (0/255 for binary tasks)")
+    s.add_argument("--label-convention", choices=FORMATS["brats"].write_options["convention"],
+                   help="BraTS labels to write (default: the input's: ET=4, or ET=3 for BraTS-GLI 2023 data)")
+    s.add_argument("--batch-size", type=_positive_int, default=16, help="slices or windows per forward pass (>= 1)")
+    s.add_argument("--mask-format", choices=FORMATS["lgg"].write_options["mask_format"],
+                   help="per-slice masks for slice data sets such as LGG (default png; 0/255 for binary tasks)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_predict)
 
@@ -240,15 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
-    from pdeseg.config import ConfigError
-    from pdeseg.data.brats import BratsDataError
-    from pdeseg.training.checkpoint import CheckpointError
+    from pdeseg.errors import PdesegError
 
-    # bad input (data, config, checkpoint, arguments) is reported in one line, not a traceback
-
+    # a user's mistake (config, data, checkpoint, device, folders) is reported in one line;
+    # anything else is a bug in pdeseg and shows its traceback
     try:
         return args.func(args)
-    except (BratsDataError, ConfigError, CheckpointError, FileNotFoundError, FileExistsError, ValueError, KeyError) as exc:
+    except PdesegError as exc:
         if args.verbose:
             raise
         log.error("%s (run with -v for the traceback)", exc)

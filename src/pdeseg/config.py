@@ -1,229 +1,342 @@
-"""Typed experiment configuration: YAML in, validated dataclasses, resolved YAML saved with each run.
+"""Typed experiment configuration: YAML in, a validated schema out, resolved YAML saved with each run.
+
+This module is the package's leaf: it imports nothing from ``pdeseg``. It checks what can
+be checked from the config alone (types, ranges, choices, list lengths, unknown keys);
+the cross-checks against the registries and the data set (the model exists and supports
+the data's dimensions, the classes match the data set, the modalities exist) run in one
+resolve step, :func:`pdeseg.build.resolve`, once the data format is known.
 
 Override any field from the command line with dotted keys, e.g.
-``--set train.epochs=2 data.root=/data/BraTS2020``; values are parsed as YAML scalars/lists.
+``--set train.epochs=2 train.lr=1e-3 data.root=/data/BraTS2020``; values are parsed as YAML
+(and ``1e-3``, which YAML reads as a string, is accepted wherever a number is expected).
+
+Every bad value raises :class:`ConfigError` with one line naming the key, the value and
+what is allowed.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+
+class PdesegError(Exception):
+    """Base class of every error caused by a user's input (config, data, checkpoint, device,
+    files). The command line reports these in one line with exit code 2; anything else is a
+    bug and shows its traceback. Defined here because this module is the package's leaf;
+    :mod:`pdeseg.errors` holds the whole family."""
+
+
+class ConfigError(PdesegError, ValueError):
+    """A configuration key or value is invalid; the message names it and what is allowed."""
+
+
+SAMPLING_MODES = ("slices", "patches", "whole")
+NORMALIZATIONS = ("zscore", "zscore_all", "minmax", "scale255", "ct")
 SLICE_SELECTIONS = ("middle", "tumour_middle", "range", "brain", "tumour", "all")
-NORMALIZATIONS = ("zscore", "minmax", "scale255")
 OUTPUTS = ("softmax", "sigmoid")
 PRECISIONS = ("auto", "32", "bf16-mixed", "16-mixed")
 SCHEDULERS = ("onecycle", "cosine", "none")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+Probability = Annotated[float, Field(ge=0, le=1)]
 
-class ConfigError(ValueError):
-    """A configuration value or key is invalid; the message names it."""
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-@dataclass
-class SplitConfig:
+class SplitConfig(Section):
     """Patient-level split. Give ``fractions`` (train/val/test summing to 1) or ``counts``.
 
     ``counts`` like paper 003's 250/74/45 are scaled proportionally when the data set has
     a different number of cases (set ``scale_counts: false`` to require an exact match).
     """
 
-    fractions: list[float] | None = field(default_factory=lambda: [0.8, 0.1, 0.1])
-    counts: list[int] | None = None
+    fractions: Annotated[list[NonNegativeFloat], Field(min_length=3, max_length=3)] | None = [0.8, 0.1, 0.1]
+    counts: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=3, max_length=3)] | None = None
     scale_counts: bool = True
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _one_of(self) -> SplitConfig:
+        if (self.fractions is None) == (self.counts is None):
+            raise ValueError("give exactly one of fractions or counts (set the other to null)")
+        if self.fractions is not None and abs(sum(self.fractions) - 1) > 1e-6:
+            raise ValueError(f"fractions must sum to 1, got {self.fractions} (sum {sum(self.fractions):g})")
+        return self
+
+    @property
+    def has_validation(self) -> bool:
+        """Whether the config asks for any validation cases."""
+        return bool(self.fractions[1] > 0 if self.fractions is not None else self.counts[1] > 0)
 
 
-@dataclass
-class AugmentConfig:
+class AugmentConfig(Section):
     """Random augmentation applied identically to image and label (MONAI transforms)."""
 
     enabled: bool = True
-    flip_prob: float = 0.5  # per axis, horizontal and vertical
-    rotate_deg: float = 15.0
-    shift_frac: float = 0.05  # affine shift, fraction of the size
-    scale_range: float = 0.1  # affine zoom in [1 - r, 1 + r]
-    affine_prob: float = 0.5
-    brightness: float = 0.1  # additive, in units of the normalised intensity
-    contrast: float = 0.1  # multiplicative, 1 +- contrast
-    intensity_prob: float = 0.5
+    flip_prob: Probability = 0.5  # per spatial axis
+    rotate_deg: Annotated[float, Field(ge=0, le=180)] = 15.0
+    shift_frac: Annotated[float, Field(ge=0, le=0.5)] = 0.05  # affine shift, fraction of the size
+    scale_range: Annotated[float, Field(ge=0, lt=1)] = 0.1  # affine zoom in [1 - r, 1 + r]
+    affine_prob: Probability = 0.5
+    brightness: NonNegativeFloat = 0.1  # additive, in units of the normalised intensity
+    contrast: NonNegativeFloat = 0.1  # multiplicative, 1 +- contrast
+    intensity_prob: Probability = 0.5
 
 
-@dataclass
-class DataConfig:
-    """Where the cases are and how slices are drawn from them."""
+class DataConfig(Section):
+    """Where the cases are, how they are normalised and how training samples are drawn.
+
+    ``mode``: ``slices`` (2D models on axial slices), ``patches`` (random patches of
+    ``spatial_size`` from each case, sliding-window inference) or ``whole`` (whole images or
+    volumes, optionally cropped/padded to ``spatial_size``).
+    """
 
     root: str = ""
-    format: str = "brats"  # brats | lgg (pdeseg.data.formats)
+    format: str = "brats"  # a registered data format (pdeseg.data.formats.FORMATS)
     cache_dir: str = "~/.cache/pdeseg"
-    modalities: list[str] = field(default_factory=lambda: ["flair", "t1", "t1ce", "t2"])
-    normalization: str = "zscore"
-    slices: str = "tumour"
-    slice_range: list[int] | None = None  # inclusive [first, last] for slices: range
-    spatial_size: list[int] | None = None  # [H, W]; None keeps the full slice
-    resize: bool = False  # resize to spatial_size instead of centre crop/pad
-    max_cases: int | None = None  # use only the first N cases (sorted), for quick runs
-    num_workers: int = 0
-    split: SplitConfig = field(default_factory=SplitConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    modalities: Annotated[list[str], Field(min_length=1)] | None = None  # None: every channel of the format
+    mode: Literal["slices", "patches", "whole"] = "slices"
+    spatial_dims: Literal[2, 3] | None = None  # None: 2 for slices, the data's own otherwise
+    normalization: Literal["zscore", "zscore_all", "minmax", "scale255", "ct"] = "zscore"
+    ct_window: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None  # [lo, hi] HU for ct
+    slices: Literal["middle", "tumour_middle", "range", "brain", "tumour", "all"] = "tumour"
+    slice_range: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=2, max_length=2)] | None = None
+    spatial_size: Annotated[list[Annotated[int, Field(ge=8)]], Field(min_length=2, max_length=3)] | None = None
+    resize: bool = False  # resize to spatial_size instead of centre crop/pad (slices mode)
+    samples_per_case: PositiveInt = 4  # patches mode: patches drawn from each training case per epoch
+    foreground_prob: Probability = 0.33  # patches mode: share of patches centred on a labelled voxel
+    train_cases: Annotated[float, Field(gt=0)] | None = None  # count (>= 1) or fraction (< 1) of the training side
+    num_workers: Annotated[int, Field(ge=0)] = 0
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "max_cases" in data:
+            raise ValueError("max_cases was removed (it changed the test set): use data.train_cases, a count or "
+                             "fraction of the training cases taken after the patient split")
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DataConfig:
+        if self.slices == "range" and self.slice_range is None:
+            raise ValueError("slices: range needs slice_range: [first, last]")
+        if self.slice_range is not None and self.slice_range[0] > self.slice_range[1]:
+            raise ValueError(f"slice_range must be [first, last] with first <= last, got {self.slice_range}")
+        if self.normalization == "ct" and self.ct_window is None:
+            raise ValueError("normalization: ct needs ct_window: [lo, hi] (Hounsfield units, e.g. [-100, 240] for the liver)")
+        if self.ct_window is not None and self.ct_window[0] >= self.ct_window[1]:
+            raise ValueError(f"ct_window must be [lo, hi] with lo < hi, got {self.ct_window}")
+        if self.mode == "patches" and self.spatial_size is None:
+            raise ValueError("mode: patches needs spatial_size (the patch size)")
+        if self.train_cases is not None and self.train_cases >= 1 and self.train_cases != int(self.train_cases):
+            raise ValueError(f"train_cases must be a whole count (>= 1) or a fraction in (0, 1), got {self.train_cases}")
+        return self
 
 
-@dataclass
-class ModelConfig:
+class ModelConfig(Section):
     """A registered model name and its keyword arguments (``pdeseg models`` lists names)."""
 
     name: str = "unet"
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    def __init__(self, name: str = "unet", kwargs: dict[str, Any] | None = None, **data: Any):
+        super().__init__(name=name, kwargs=kwargs or {}, **data)
 
 
-@dataclass
-class LossConfig:
-    ce_weight: float = 1.0
-    dice_weight: float = 1.0
-    dice_eps: float = 1.0
-    dice_include_background: bool = True
+class LossTerm(BaseModel):
+    """One weighted term of the loss: a registered loss name (``pdeseg.registry.LOSSES``), its
+    weight, and its own options (checked against the loss's constructor when resolved)."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    name: str
+    weight: NonNegativeFloat = 1.0
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The term's own keyword arguments (everything but name and weight)."""
+        return dict(self.model_extra or {})
 
 
-@dataclass
-class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 8
-    optimizer: str = "adam"
-    lr: float = 1e-3  # peak learning rate of the one-cycle schedule
-    pde_lr_mult: float = 1.0  # the PDE block's learning rate is lr * pde_lr_mult (1 = paper)
-    weight_decay: float = 0.0
-    scheduler: str = "onecycle"
-    precision: str = "auto"  # auto: bf16 autocast on GPUs and bf16-capable CPUs, else fp32
-    channels_last: bool = True
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    seed: int = 0
-    grad_clip: float | None = None
-    monitor: str = "dice_mean"  # validation metric that picks the best checkpoint (higher is better)
-    val_batch_size: int = 16
+def _default_terms() -> list[LossTerm]:
+    return [LossTerm(name="ce", weight=1.0), LossTerm(name="dice", weight=1.0)]
 
 
-@dataclass
-class ExperimentConfig:
-    name: str = "experiment"
-    output_dir: str = "runs"
-    num_classes: int = 4
-    output: str = "softmax"  # softmax over num_classes, or sigmoid (one channel) for 2 classes
-    data: DataConfig = field(default_factory=DataConfig)
-    models: list[ModelConfig] = field(default_factory=lambda: [ModelConfig()])
-    loss: LossConfig = field(default_factory=LossConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+class LossConfig(Section):
+    """The training loss: a weighted sum of registered terms (default CE + soft Dice, paper 000)."""
 
-    def validate(self) -> ExperimentConfig:
-        """Check value ranges and choices; returns self. Raises :class:`ConfigError`."""
-        d, t = self.data, self.train
-        _choice("data.normalization", d.normalization, NORMALIZATIONS)
-        _choice("output", self.output, OUTPUTS)
-        from pdeseg.data.formats import FORMATS
+    terms: Annotated[list[LossTerm], Field(min_length=1)] = Field(default_factory=_default_terms)
 
-        _choice("data.format", d.format, tuple(FORMATS))
-        fmt = FORMATS[d.format]
-        if self.num_classes != fmt.num_classes:
-            raise ConfigError(f"num_classes is {self.num_classes} but data.format {d.format} has {fmt.num_classes} classes "
-                              f"({', '.join(fmt.class_names)})")
-        if self.output == "sigmoid" and self.num_classes != 2:
-            raise ConfigError(f"output: sigmoid is for binary tasks (num_classes: 2), got num_classes {self.num_classes}")
-        odd = [m for m in d.modalities if m not in fmt.modalities]
-        if odd:
-            raise ConfigError(f"data.modalities {odd} are not {d.format} channels; choose from {', '.join(fmt.modalities)}")
-        _choice("data.slices", d.slices, SLICE_SELECTIONS)
-        _choice("train.precision", t.precision, PRECISIONS)
-        _choice("train.scheduler", t.scheduler, SCHEDULERS)
-        _choice("train.optimizer", t.optimizer, OPTIMIZERS)
-        if d.slices == "range" and (not d.slice_range or len(d.slice_range) != 2 or d.slice_range[0] > d.slice_range[1]):
-            raise ConfigError(f"data.slice_range must be [first, last] with first <= last for slices: range, got {d.slice_range}")
-        if d.spatial_size is not None and (len(d.spatial_size) != 2 or min(d.spatial_size) < 16):
-            raise ConfigError(f"data.spatial_size must be [H, W] with sizes >= 16, got {d.spatial_size}")
-        if not d.modalities:
-            raise ConfigError("data.modalities is empty")
-        s = d.split
-        if (s.fractions is None) == (s.counts is None):
-            raise ConfigError("data.split needs exactly one of fractions or counts")
-        if s.fractions is not None and (len(s.fractions) != 3 or abs(sum(s.fractions) - 1) > 1e-6 or min(s.fractions) < 0):
-            raise ConfigError(f"data.split.fractions must be three numbers >= 0 summing to 1, got {s.fractions}")
-        if s.counts is not None and (len(s.counts) != 3 or min(s.counts) < 0):
-            raise ConfigError(f"data.split.counts must be three counts >= 0, got {s.counts}")
-        if t.pde_lr_mult <= 0:
-            raise ConfigError(f"train.pde_lr_mult must be > 0, got {t.pde_lr_mult}")
-        if t.epochs < 1 or t.batch_size < 1 or t.lr <= 0:
-            raise ConfigError(f"train.epochs, train.batch_size must be >= 1 and train.lr > 0 (got {t.epochs}, {t.batch_size}, {t.lr})")
-        if not self.models:
-            raise ConfigError("models: list at least one model")
-        from pdeseg.registry import MODELS
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        old = sorted(k for k in ("ce_weight", "dice_weight", "dice_eps", "dice_include_background") if isinstance(data, dict) and k in data)
+        if old:
+            raise ValueError(f"{', '.join(old)} were replaced by loss.terms, e.g. terms: [{{name: ce, weight: 1}}, "
+                             "{name: dice, weight: 1, eps: 1.0}]")
+        return data
 
-        for m in self.models:
-            if m.name not in MODELS:
-                raise ConfigError(f"models: unknown model {m.name!r}; registered: {', '.join(sorted(MODELS))}")
+    @model_validator(mode="after")
+    def _some_weight(self) -> LossConfig:
+        if sum(t.weight for t in self.terms) <= 0:
+            raise ValueError("every loss term has weight 0: give at least one a positive weight")
         return self
 
+
+class TrainConfig(Section):
+    epochs: PositiveInt = 10
+    batch_size: PositiveInt = 8
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: PositiveFloat = 1e-3  # peak learning rate of the one-cycle schedule
+    pde_lr_mult: PositiveFloat = 1.0  # PDE coefficients learn at lr * pde_lr_mult (1 = paper)
+    weight_decay: NonNegativeFloat = 0.0  # never applied to norms, biases and PDE coefficients
+    scheduler: Literal["onecycle", "cosine", "none"] = "onecycle"
+    precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = "auto"  # auto: bf16 on GPUs and bf16 CPUs
+    channels_last: bool = True  # 2D models only (no effect on 3D)
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
+    seed: Annotated[int, Field(ge=0)] = 0
+    grad_clip: PositiveFloat | None = None
+    monitor: str = "dice_mean"  # validation metric that picks best.pt (higher is better), or train_loss
+    val_batch_size: PositiveInt = 16
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_text(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+
+class ExperimentConfig(Section):
+    name: Annotated[str, Field(min_length=1)] = "experiment"
+    output_dir: str = "runs"
+    num_classes: Annotated[int, Field(ge=2)] | None = None  # None: the data set's own classes
+    output: Literal["softmax", "sigmoid"] = "softmax"  # sigmoid: one logit channel, binary tasks
+    data: DataConfig = Field(default_factory=DataConfig)
+    models: Annotated[list[ModelConfig], Field(min_length=1)] = Field(default_factory=lambda: [ModelConfig()])
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain data (YAML/JSON-ready), as saved with every run."""
+        return self.model_dump(mode="json")
+
+    def copy_with(self, **changes: Any) -> ExperimentConfig:
+        """A validated deep copy with top-level fields replaced."""
+        return config_from_dict({**self.to_dict(), **{k: _plain(v) for k, v in changes.items()}})
 
 
-def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+class PreprocessSpec(Section):
+    """Everything inference needs to treat new data as training did; stored in every checkpoint.
+
+    Filled by :func:`pdeseg.build.resolve` from the config and the data set.
+    """
+
+    format: str
+    modalities: list[str]
+    normalization: Literal["zscore", "zscore_all", "minmax", "scale255", "ct"]
+    ct_window: list[float] | None = None
+    mode: Literal["slices", "patches", "whole"]
+    spatial_dims: Literal[2, 3]
+    spatial_size: list[int] | None = None
+    resize: bool = False
+    slices: Literal["middle", "tumour_middle", "range", "brain", "tumour", "all"] = "tumour"
+    slice_range: list[int] | None = None
+    num_classes: Annotated[int, Field(ge=2)]
+    output: Literal["softmax", "sigmoid"] = "softmax"
+    class_names: list[str]
+    regions: dict[str, list[int]] = Field(default_factory=dict)
 
 
-def _build(cls: type, data: Any, where: str) -> Any:
-    """Recursively build dataclass ``cls`` from plain data, rejecting unknown keys."""
-    if data is None:
-        return cls()
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'} must be a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
-    if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(sorted(unknown))} in {where or 'config'}; known: {', '.join(sorted(names))}")
-    kwargs = {}
-    for key, value in data.items():
-        hint = hints[key]
-        path = f"{where}.{key}" if where else key
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value, path)
-        elif typing.get_origin(hint) is list and typing.get_args(hint) and dataclasses.is_dataclass(typing.get_args(hint)[0]):
-            if not isinstance(value, list):
-                raise ConfigError(f"{path} must be a list")
-            kwargs[key] = [_build(typing.get_args(hint)[0], v, f"{path}[{i}]") for i, v in enumerate(value)]
+def _plain(v: Any) -> Any:
+    return v.model_dump(mode="json") if isinstance(v, BaseModel) else v
+
+
+# --------------------------------------------------------------------------------------
+# reading
+# --------------------------------------------------------------------------------------
+
+
+def _key(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("function-after", "function-before") or str(part).startswith(("function-", "constrained-")):
+            continue
         else:
-            kwargs[key] = _coerce(hint, value, path)
-    return cls(**kwargs)
+            out += f".{part}" if out else str(part)
+    return out or "config"
 
 
-def _coerce(hint: Any, value: Any, path: str) -> Any:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
+def _section_fields(loc: tuple) -> list[str] | None:
+    """Known keys of the section at ``loc`` (for 'unknown key' messages)."""
+    model: Any = ExperimentConfig
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
             return None
-        hint = next(a for a in args if a is not type(None))
-        origin = typing.get_origin(hint)
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)  # e.g. precision: 32
-    if hint in (int, bool, str) and not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise ConfigError(f"{path} must be {hint.__name__}, got {value!r}")
-    if origin is list and not isinstance(value, list):
-        raise ConfigError(f"{path} must be a list, got {value!r}")
-    if origin is dict and not isinstance(value, dict):
-        raise ConfigError(f"{path} must be a mapping, got {value!r}")
-    return value
+        ann = field.annotation
+        for cand in (ann, *getattr(ann, "__args__", ())):
+            if isinstance(cand, type) and issubclass(cand, BaseModel):
+                model = cand
+                break
+        else:
+            return None
+    return sorted(model.model_fields)
+
+
+def _one_line(exc: ValidationError) -> str:
+    """Pydantic's errors as one line: ``key = value: what is allowed``."""
+    parts = []
+    for err in exc.errors():
+        loc = tuple(err.get("loc", ()))
+        key = _key(loc)
+        if err["type"] == "extra_forbidden":
+            known = _section_fields(loc)
+            parts.append(f"unknown key {key}" + (f" (known: {', '.join(known)})" if known else ""))
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] in ("value_error", "assertion_error") or "input" not in err:
+            parts.append(f"{key}: {msg}")
+        else:
+            parts.append(f"{key} = {err['input']!r}: {msg}")
+    return "; ".join(parts)
+
+
+def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
+    """Validate plain data into an :class:`ExperimentConfig`.
+
+    Raises:
+        ConfigError: unknown keys or invalid values (one line naming each).
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got a {type(data).__name__}")
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` strings to a nested dict (values parsed as YAML)."""
+    """Apply ``key.sub=value`` strings to a nested dict (values parsed as YAML).
+
+    Raises:
+        ConfigError: an override without ``=``, or one that descends into a value.
+    """
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.sub=value")
@@ -234,7 +347,34 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({exc.problem})") from None
+    return data
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML config file.
+
+    Raises:
+        ConfigError: missing, unreadable, binary, not YAML, or not a mapping at the top level.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (a YAML config is expected)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (name:, data:, models:, ...), got a {type(data).__name__}")
     return data
 
 
@@ -242,24 +382,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Read a YAML config (or defaults when ``path`` is None), apply overrides, validate.
 
     Raises:
-        FileNotFoundError: the YAML file does not exist.
-        ConfigError: a key is unknown or a value is invalid.
+        ConfigError: the file is missing or unreadable, a key is unknown or a value invalid.
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    data = apply_overrides(data, overrides or [])
-    return config_from_dict(data)
-
-
-def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
-    return _build(ExperimentConfig, data, "").validate()
+    data = read_config_file(path) if path is not None else {}
+    return config_from_dict(apply_overrides(data, overrides or []))
 
 
 def save_config(cfg: ExperimentConfig, path: str | Path) -> None:

@@ -1,7 +1,10 @@
-"""Name -> constructor tables for models and losses (explicit; no filesystem scanning).
+"""Name -> constructor tables (explicit; no filesystem scanning): models, loss terms, and the
+data formats (which live in :mod:`pdeseg.data.formats` and are re-exported here).
 
 A checkpoint stores the model's registry name and keyword arguments, so
-``build_model(name, **kwargs)`` rebuilds it without any training code.
+``build_model(name, **kwargs)`` rebuilds it without any training code. A config's
+``loss.terms: [{name, weight, ...options}]`` picks entries of :data:`LOSSES`. Command-line
+choices come from these tables.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from typing import Any
 
 from torch import nn
 
+from pdeseg.data.formats import FORMATS  # noqa: F401  (re-exported: the data-format registry)
+from pdeseg.losses.segmentation import CrossEntropyLoss, SoftDiceLoss
 from pdeseg.nn.pde_unet import PDEUNet
 from pdeseg.nn.unet import UNet
 
@@ -133,3 +138,22 @@ def _named_parameters(func: Callable[..., Any]) -> set[str]:
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
     """Number of (trainable, unless ``trainable_only=False``) parameters of ``model``."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+@dataclass(frozen=True)
+class LossEntry:
+    """A registered loss term.
+
+    Attributes:
+        build: the constructor; its keyword arguments are the term's options in a config.
+        description: one line for listings.
+    """
+
+    build: Callable[..., nn.Module]
+    description: str
+
+
+LOSSES: dict[str, LossEntry] = {
+    "ce": LossEntry(CrossEntropyLoss, "cross-entropy (binary CE for a one-channel sigmoid head); option class_weights"),
+    "dice": LossEntry(SoftDiceLoss, "soft Dice with squared denominators (paper 000 eq. 4); options eps, include_background"),
+}

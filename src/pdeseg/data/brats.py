@@ -16,16 +16,25 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import nibabel as nib
 import numpy as np
 
+from pdeseg.data.case import LoadedCase
+from pdeseg.errors import DataError
+
 log = logging.getLogger(__name__)
 
 MODALITIES = ("flair", "t1", "t1ce", "t2")
+#: Names of the internal BraTS classes, indexed by class id.
+CLASS_NAMES: tuple[str, ...] = ("background", "NCR", "ED", "ET")
+#: BraTS evaluation regions as unions of internal classes: WT = {1,2,4}, TC = {1,4}, ET = {4}
+#: in the files' labels (ET = 3 from 2023), i.e. classes {1,2,3}, {1,3}, {3}.
+REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
+#: HD95 (mm) the BraTS scoring assigns when exactly one of truth / prediction is empty.
+HD95_ONE_EMPTY_MM: float = 373.13
 _ALIASES = {"t2f": "flair", "t1n": "t1", "t1c": "t1ce", "t2w": "t2"}
 _SUFFIX = re.compile(r"[_-](flair|t1ce|t1|t2|seg|t2f|t1n|t1c|t2w)\.nii(\.gz)?$", re.IGNORECASE)
 _KAGGLE_LABEL = re.compile(r"segm\.nii(\.gz)?$", re.IGNORECASE)
@@ -35,7 +44,7 @@ _NIFTI = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
 CONVENTIONS = {"brats2020": (0, 1, 2, 4), "brats2023": (0, 1, 2, 3)}
 
 
-class BratsDataError(ValueError):
+class BratsDataError(DataError):
     """A BraTS file or folder is missing, unreadable or inconsistent; the message names it."""
 
 
@@ -59,30 +68,6 @@ class BratsCase:
 
     def load(self, modalities: tuple[str, ...] | list[str] = MODALITIES) -> LoadedCase:
         return load_case(self, modalities)
-
-
-@dataclass
-class LoadedCase:
-    """Arrays of one case (BraTS, or another reader producing the same layout).
-
-    Attributes:
-        image: ``(C, X, Y, Z)`` float32 raw intensities, modalities in the requested order.
-        label: ``(X, Y, Z)`` uint8 contiguous classes 0..3, or None.
-        affine, header: geometry of the first modality, reused when writing predictions.
-        convention: ``brats2020`` (ET = 4), ``brats2023`` (ET = 3), or ``binary``.
-    """
-
-    case: Any  # BratsCase, LggCase
-    image: np.ndarray
-    label: np.ndarray | None
-    affine: np.ndarray
-    header: nib.Nifti1Header
-    convention: str
-    modalities: tuple[str, ...] = field(default=MODALITIES)
-
-    @property
-    def spacing(self) -> tuple[float, ...]:
-        return tuple(float(z) for z in self.header.get_zooms()[:3])
 
 
 def _case_files(folder: Path) -> tuple[dict[str, list[Path]], list[Path]]:
@@ -234,3 +219,23 @@ def _check_geometry(ref_img, ref_path: Path, img, path: Path, shape: tuple[int, 
             f"{path}: affine differs from {ref_path.name} (the modalities must be co-registered on one grid)\n"
             f"{img.affine}\nvs\n{ref_img.affine}"
         )
+
+
+def write_segmentation(classes: np.ndarray, loaded: LoadedCase, path: str | Path, convention: str | None = None) -> Path:
+    """Write contiguous classes as a BraTS label volume with the input's affine and header.
+
+    Args:
+        classes: ``(X, Y, Z)`` classes 0..3.
+        loaded: the input case (geometry and default label convention).
+        path: the ``.nii.gz`` file to write.
+        convention: ``brats2020`` (ET = 4) or ``brats2023`` (ET = 3); default: the input's.
+    """
+    labels = classes_to_labels(classes, convention or loaded.convention)
+    header = loaded.header.copy()
+    header.set_data_dtype(np.uint8)
+    img = nib.Nifti1Image(labels, loaded.affine, header)
+    img.header.set_slope_inter(1, 0)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(img, str(path))
+    return path

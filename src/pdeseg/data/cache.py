@@ -4,10 +4,11 @@ Each case becomes a folder ``<cache_dir>/<case_id>-<key>/`` holding
 
 * ``image.npy``: float16 ``(Z, C, X, Y)``, normalised, slice-major so a slice is contiguous;
 * ``label.npy``: uint8 ``(Z, X, Y)`` contiguous classes (absent for unlabelled cases);
-* ``meta.json``: source files, geometry, label convention, per-slice brain/tumour flags.
+* ``meta.json``: source files, geometry, label convention, per-slice non-zero ("brain") and
+  labelled ("tumour") flags, voxel count per class.
 
 ``key`` hashes the source paths, sizes and modification times, the modalities and the
-normalisation, so a changed file or setting gets a fresh entry. Entries are written to a
+normalisation (with its CT window), so a changed file or setting gets a fresh entry. Entries are written to a
 temporary folder and renamed into place (atomic), and are read with memory mapping.
 """
 
@@ -23,12 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from pdeseg.data.preprocess import brain_mask, normalize
+from pdeseg.progress import track
+from pdeseg.data.preprocess import nonzero_mask, normalize
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 @dataclass
@@ -70,12 +71,12 @@ class CachedCase:
         self.__dict__.update(state)
 
 
-def _key(case, modalities: tuple[str, ...], normalization: str) -> str:
+def _key(case, modalities: tuple[str, ...], normalization: str, ct_window) -> str:
     h = hashlib.sha256()
     for f in case.source_files(modalities):
         st = f.stat()
         h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
-    h.update(f"{modalities}|{normalization}|v{CACHE_VERSION}".encode())
+    h.update(f"{modalities}|{normalization}|{ct_window}|v{CACHE_VERSION}".encode())
     return h.hexdigest()[:16]
 
 
@@ -84,19 +85,20 @@ def cache_case(
     cache_dir: str | Path,
     modalities: tuple[str, ...] | list[str],
     normalization: str = "zscore",
+    ct_window=None,
 ) -> CachedCase:
     """Return the cache entry of ``case`` (a case of any :mod:`~pdeseg.data.formats` reader),
     building it (reading and validating the files) if needed."""
     modalities = tuple(modalities)
     cache_dir = Path(cache_dir).expanduser()
-    target = cache_dir / f"{case.case_id}-{_key(case, modalities, normalization)}"
+    target = cache_dir / f"{case.case_id}-{_key(case, modalities, normalization, ct_window)}"
     meta_path = target / "meta.json"
     if meta_path.is_file():
         return CachedCase(case.case_id, target, json.loads(meta_path.read_text()))
     cache_dir.mkdir(parents=True, exist_ok=True)
     loaded = case.load(modalities)
-    mask = brain_mask(loaded.image)
-    image = normalize(loaded.image, mask, normalization)
+    mask = nonzero_mask(loaded.image)
+    image = normalize(loaded.image, normalization, ct_window)
     tmp = Path(tempfile.mkdtemp(prefix=f".{case.case_id}-", dir=cache_dir))
     try:
         np.save(tmp / "image.npy", np.ascontiguousarray(image.transpose(3, 0, 1, 2)).astype(np.float16))
@@ -118,7 +120,7 @@ def cache_case(
         if loaded.label is not None:
             np.save(tmp / "label.npy", np.ascontiguousarray(loaded.label.transpose(2, 0, 1)))
             meta["tumour_slices"] = np.flatnonzero(loaded.label.any(axis=(0, 1))).tolist()
-            meta["class_voxels"] = np.bincount(loaded.label.ravel(), minlength=4).tolist()
+            meta["class_voxels"] = np.bincount(loaded.label.ravel()).tolist()
         (tmp / "meta.json").write_text(json.dumps(meta))
         try:
             os.replace(tmp, target)
@@ -135,10 +137,9 @@ def cache_cases(
     cache_dir: str | Path,
     modalities: tuple[str, ...] | list[str],
     normalization: str = "zscore",
+    ct_window=None,
     progress: bool = True,
 ) -> list[CachedCase]:
-    """Cache every case (with a progress bar); returns entries in the same order."""
-    out = []
-    for case in tqdm(cases, desc="caching cases", unit="case", disable=not progress, leave=False):
-        out.append(cache_case(case, cache_dir, modalities, normalization))
-    return out
+    """Cache every case (with progress shown); returns entries in the same order."""
+    return [cache_case(case, cache_dir, modalities, normalization, ct_window)
+            for case in track(cases, "caching cases", "case", enabled=progress)]

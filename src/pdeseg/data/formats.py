@@ -1,21 +1,38 @@
 """Data formats: one entry per kind of data set, the only place that knows how a set's
-cases are found, what its classes mean and how predictions are written back.
+cases are found, what its classes and regions mean, how it is scored when a region is
+empty, and how predictions are written back in the input's own format and geometry.
 
 A format's cases all offer ``case_id``, ``folder``, ``source_files(modalities)`` and
-``load(modalities) -> LoadedCase`` (image ``(C, X, Y, Z)``, classes ``(X, Y, Z)``), so the
-cache, the slice datasets, training, evaluation and prediction are shared.
+``load(modalities) -> LoadedCase`` (image ``(C, *spatial)``, classes ``(*spatial)``), so
+the cache, the datasets, training, scoring and prediction are shared.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pdeseg.metrics.segmentation import BRATS_REGIONS, CLASS_NAMES, MetricAccumulator, case_metrics
+from pdeseg.data.case import LoadedCase
+from pdeseg.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a data set says about itself: its classes, regions and channels."""
+
+    class_names: tuple[str, ...]
+    regions: Mapping[str, tuple[int, ...]]
+    modalities: tuple[str, ...]
+    spatial_dims: int
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
 
 
 @dataclass(frozen=True)
@@ -24,33 +41,54 @@ class DataFormat:
 
     Attributes:
         name: the ``data.format`` value.
-        modalities: the channels its cases can offer.
-        class_names: internal classes ``0..C-1`` (``num_classes`` must equal their count).
-        regions: evaluation regions as unions of classes (BraTS WT/TC/ET), or empty.
+        description: one line for ``pdeseg formats`` and ``--help``.
+        modalities: the channels its cases can offer (the default selection is all).
+        class_names: internal classes ``0..C-1``.
         find_cases: ``(root, modalities, require_label) -> cases``.
-        volumetric: predictions are NIfTI volumes (else per-slice mask images).
+        write: ``(classes, loaded, out_dir, **options) -> written path``: a prediction in
+            the input's own format, geometry and label values.
+        write_options: option name -> allowed values (offered by ``pdeseg predict``).
+        regions: evaluation regions as unions of classes (BraTS WT/TC/ET), or empty.
+        hd95_one_empty: HD95 when a region is empty in exactly one of truth and prediction.
+        spatial_dims: dimensionality of a case (3: volumes; slice sets are stacked).
         display_rotate: figures show ``rot90`` of a slice (NIfTI x-major storage).
     """
 
     name: str
+    description: str
     modalities: tuple[str, ...]
     class_names: tuple[str, ...]
     find_cases: Callable[..., list]
-    regions: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    volumetric: bool = True
+    write: Callable[..., Path]
+    write_options: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    regions: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    hd95_one_empty: float = math.inf
+    spatial_dims: int = 3
     display_rotate: bool = True
-    description: str = ""
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def accumulator(self) -> MetricAccumulator:
-        """Per-case confusion counts with this format's class names and regions."""
-        return MetricAccumulator(self.num_classes, self.regions or None, self.class_names)
+    def dataset_info(self, root: str | Path | None = None) -> DatasetInfo:
+        """Classes, regions and channels of the data set at ``root`` (fixed for these formats;
+        formats whose data sets define their own classes read them here)."""
+        return DatasetInfo(self.class_names, dict(self.regions), self.modalities, self.spatial_dims)
 
-    def case_metrics(self, pred: Any, target: Any, spacing: Any = None, with_hd95: bool = False) -> dict[str, float]:
-        return case_metrics(pred, target, self.num_classes, spacing, self.regions or None, with_hd95, self.class_names)
+    def write_prediction(self, classes: np.ndarray, loaded: LoadedCase, out_dir: str | Path, **options: Any) -> Path:
+        """Write ``classes`` for ``loaded`` under ``out_dir``; returns the file or folder written.
+
+        Raises:
+            ConfigError: an option this format does not take, or a value it does not allow.
+        """
+        for key, value in options.items():
+            if value is None:
+                continue
+            if key not in self.write_options:
+                raise ConfigError(f"data format {self.name} takes no output option {key!r}")
+            if value not in self.write_options[key]:
+                raise ConfigError(f"{key} must be one of {', '.join(self.write_options[key])} for {self.name}, got {value!r}")
+        return self.write(classes, loaded, Path(out_dir), **{k: v for k, v in options.items() if v is not None})
 
 
 def _find_brats(root, modalities, require_label=True):
@@ -59,28 +97,55 @@ def _find_brats(root, modalities, require_label=True):
     return find_cases(root, modalities, require_label)
 
 
+def _write_brats(classes, loaded, out_dir: Path, convention: str | None = None) -> Path:
+    from pdeseg.data.brats import write_segmentation
+
+    return write_segmentation(classes, loaded, out_dir / f"{loaded.case.case_id}_seg.nii.gz", convention)
+
+
 def _find_lgg(root, modalities, require_label=True):
     from pdeseg.data.lgg import find_lgg_cases
 
     return find_lgg_cases(root, modalities, require_label)
 
 
-FORMATS: dict[str, DataFormat] = {
-    "brats": DataFormat(
-        name="brats", modalities=("flair", "t1", "t1ce", "t2"), class_names=CLASS_NAMES, find_cases=_find_brats,
-        regions=dict(BRATS_REGIONS), description="BraTS 2018-2023 NIfTI case folders; classes NCR, ED, ET; regions WT, TC, ET",
-    ),
-    "lgg": DataFormat(
-        name="lgg", modalities=("pre", "flair", "post"), class_names=("background", "tumour"), find_cases=_find_lgg,
-        volumetric=False, display_rotate=False,
-        description="Kaggle LGG kaggle_3m: RGB TIFF slices and 0/255 masks per patient; binary",
-    ),
-}
+def _write_lgg(classes, loaded, out_dir: Path, mask_format: str = "png") -> Path:
+    case = loaded.case
+    return write_slice_masks(classes, case.case_id, out_dir, getattr(case, "numbers", None), mask_format, 2)[0].parent
+
+
+def _brats() -> DataFormat:
+    from pdeseg.data import brats
+
+    return DataFormat(
+        name="brats", description="BraTS 2018-2023 NIfTI case folders; classes NCR, ED, ET; regions WT, TC, ET",
+        modalities=brats.MODALITIES, class_names=brats.CLASS_NAMES, find_cases=_find_brats, write=_write_brats,
+        write_options={"convention": tuple(brats.CONVENTIONS)}, regions=dict(brats.REGIONS),
+        hd95_one_empty=brats.HD95_ONE_EMPTY_MM,
+    )
+
+
+def _lgg() -> DataFormat:
+    from pdeseg.data import lgg
+
+    return DataFormat(
+        name="lgg", description="Kaggle LGG kaggle_3m: RGB TIFF slices and 0/255 masks per patient; binary",
+        modalities=lgg.MODALITIES, class_names=("background", "tumour"), find_cases=_find_lgg, write=_write_lgg,
+        write_options={"mask_format": ("png", "tif")}, display_rotate=False,
+    )
+
+
+FORMATS: dict[str, DataFormat] = {f.name: f for f in (_brats(), _lgg())}
 
 
 def get_format(name: str) -> DataFormat:
+    """The registered format ``name``.
+
+    Raises:
+        ConfigError: unknown name (the message lists the registered ones).
+    """
     if name not in FORMATS:
-        raise ValueError(f"unknown data format {name!r}; known: {', '.join(FORMATS)}")
+        raise ConfigError(f"data.format {name!r} is not a registered data format; choose one of {', '.join(FORMATS)}")
     return FORMATS[name]
 
 
@@ -100,7 +165,7 @@ def write_slice_masks(
         ext: ``png`` or ``tif``.
     """
     if ext not in ("png", "tif"):
-        raise ValueError(f"mask format must be png or tif, got {ext!r}")
+        raise ConfigError(f"mask format must be png or tif, got {ext!r}")
     import tifffile
     from PIL import Image
 

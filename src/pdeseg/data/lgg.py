@@ -23,14 +23,15 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from pdeseg.data.brats import LoadedCase
+from pdeseg.data.case import LoadedCase
+from pdeseg.errors import DataError
 
 #: The three channels of every RGB slice, in order.
 MODALITIES = ("pre", "flair", "post")
 _SLICE = re.compile(r"^(?P<case>.+)_(?P<n>\d+)(?P<mask>_mask)?\.tiff?$", re.IGNORECASE)
 
 
-class LggDataError(ValueError):
+class LggDataError(DataError):
     """An LGG file or folder is missing, unreadable or inconsistent; the message names it."""
 
 

@@ -1,15 +1,19 @@
-"""From a config to cached, split cases: reader -> validation -> cache -> patient split."""
+"""From a resolved experiment to cached, split cases: reader -> validation -> cache -> patient split."""
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from pdeseg.config import ConfigError, ExperimentConfig
-from pdeseg.data.formats import get_format
+import numpy as np
+
+from pdeseg.config import ConfigError, DataConfig, PreprocessSpec
 from pdeseg.data.cache import CachedCase, cache_cases
+from pdeseg.data.formats import get_format
 from pdeseg.data.splits import load_split, split_cases
+from pdeseg.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -25,33 +29,77 @@ class PreparedData:
         return [self.cached[c] for c in self.split[part]]
 
 
-def prepare_data(cfg: ExperimentConfig, split_file: str | Path | None = None, progress: bool = True) -> PreparedData:
-    """Find, validate and cache the cases of ``cfg.data.root`` and split them by patient.
-
-    An existing ``split_file`` is reused (resume, or several models on one split); else
-    the split is drawn from ``cfg.data.split``.
+def subsample_training(train: list[str], train_cases: float | None, seed: int) -> list[str]:
+    """The training cases a low-sample run uses: ``train_cases`` as a count (>= 1) or a
+    fraction (< 1, rounded, at least one) of ``train``, drawn with ``seed``. Validation and
+    test cases are never touched, so runs of different sizes share one test set.
 
     Raises:
-        ConfigError: ``data.root`` is not set.
-        BratsDataError, LggDataError: bad or missing data (see the readers).
-        ValueError: a reused split names cases that are not in the folder.
+        ConfigError: a count larger than the training side.
     """
-    d = cfg.data
+    if train_cases is None:
+        return list(train)
+    n = int(train_cases) if train_cases >= 1 else max(1, int(round(train_cases * len(train))))
+    if n > len(train):
+        raise ConfigError(f"data.train_cases is {n} but the split has only {len(train)} training cases")
+    order = np.random.default_rng(seed).permutation(len(train))
+    return sorted(train[i] for i in order[:n])
+
+
+def prepare_data(d: DataConfig, spec: PreprocessSpec, split_file: str | Path | None = None, progress: bool = True) -> PreparedData:
+    """Find, validate and cache the cases of ``d.root`` and split them by patient.
+
+    An existing ``split_file`` is reused (resume, or several models on one split); else
+    the split is drawn from ``d.split`` and, with ``d.train_cases``, the training side is
+    subsampled afterwards.
+
+    Raises:
+        ConfigError: ``data.root`` is not set, or a split setting does not fit the data.
+        DataError: bad or missing data (see the readers), or a reused split naming cases
+            that are not in the folder.
+    """
     if not d.root:
         raise ConfigError("data.root is not set: point it at a data folder (--data DIR or --set data.root=DIR)")
-    cases = get_format(d.format).find_cases(d.root, d.modalities)
-    if d.max_cases:
-        cases = cases[: d.max_cases]
+    cases = get_format(spec.format).find_cases(d.root, spec.modalities)
     ids = [c.case_id for c in cases]
     if split_file is not None and Path(split_file).is_file():
         split = load_split(split_file)
         missing = sorted(set(sum(split.values(), [])) - set(ids))
         if missing:
-            raise ValueError(f"{split_file}: split names cases not found under {d.root}: {missing[:5]}")
+            raise DataError(f"{split_file}: the split names cases not found under {d.root}: {missing[:5]}")
     else:
         s = d.split
-        split = split_cases(ids, s.fractions, s.counts, s.seed, s.scale_counts)
+        try:
+            split = split_cases(ids, s.fractions, s.counts, s.seed, s.scale_counts)
+        except ValueError as exc:
+            raise ConfigError(f"data.split: {exc}") from None
+        split["train"] = subsample_training(split["train"], d.train_cases, s.seed)
     log.info("cases: %d (train %d, val %d, test %d)", len(ids), *(len(split[k]) for k in ("train", "val", "test")))
     wanted = set(sum(split.values(), []))
-    cached = cache_cases([c for c in cases if c.case_id in wanted], d.cache_dir, d.modalities, d.normalization, progress)
+    cached = cache_cases([c for c in cases if c.case_id in wanted], d.cache_dir, spec.modalities, spec.normalization,
+                         spec.ct_window, progress)
     return PreparedData(split, {c.case_id: c for c in cached})
+
+
+def steps_per_epoch(n_items: int, batch_size: int, world: int = 1) -> int:
+    """Optimiser steps in one epoch of ``n_items`` sharded over ``world`` processes."""
+    return max(1, math.ceil(math.ceil(n_items / world) / batch_size))
+
+
+def cached_cases(root: str | Path, spec: PreprocessSpec, cache_dir: str | Path, ids: list[str] | None = None,
+                 progress: bool = True) -> list[tuple[object, CachedCase]]:
+    """``(reader case, cache entry)`` of the labelled cases under ``root`` (only ``ids``, in
+    that order, when given), normalised as ``spec`` says.
+
+    Raises:
+        DataError: bad data, or ``ids`` naming cases that are not under ``root``.
+    """
+    cases = get_format(spec.format).find_cases(root, spec.modalities, require_label=True)
+    if ids is not None:
+        by_id = {c.case_id: c for c in cases}
+        missing = [i for i in ids if i not in by_id]
+        if missing:
+            raise DataError(f"{root}: cases not found: {missing[:5]}")
+        cases = [by_id[i] for i in ids]
+    entries = cache_cases(cases, cache_dir, spec.modalities, spec.normalization, spec.ct_window, progress)
+    return list(zip(cases, entries))

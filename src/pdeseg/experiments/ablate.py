@@ -35,17 +35,16 @@ import yaml
 from torch.utils.data import DataLoader
 
 from pdeseg.config import ConfigError, ExperimentConfig, ModelConfig, apply_overrides, config_from_dict, save_config
+from pdeseg.build import EPOCH_METRICS, Experiment, build_loss, build_network, resolve
 from pdeseg.data.formats import get_format
+from pdeseg.data.sampling import evaluation_slices
 from pdeseg.data.setup import PreparedData, prepare_data
-from pdeseg.data.slices import SliceDataset
 from pdeseg.data.splits import save_split
-from pdeseg.experiments.compare import environment, flat_rows, write_csv
-from pdeseg.experiments.stats import SeedNoiseResult, mean_ci, seed_noise_comparison
+from pdeseg.experiments.compare import environment, flat_rows, write_csv, write_curves
+from pdeseg.experiments.stats import SeedNoiseResult, format_mean_ci, mean_ci, seed_noise_comparison
 from pdeseg.inference.predict import Predictor
-from pdeseg.losses.segmentation import CEDiceLoss
-from pdeseg.registry import build_model
-from pdeseg.training.trainer import EPOCH_METRICS, model_kwargs, train_or_resume
-from pdeseg.training.validate import evaluate_loader
+from pdeseg.inference.score import score
+from pdeseg.training.run import train_or_resume
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +132,7 @@ def grid_variants(axes: list[tuple[str, list[Any]]]) -> list[Variant]:
     return [Variant(dict(zip(keys, combo))) for combo in itertools.product(*(v for _, v in axes))]
 
 
-def variant_config(cfg: ExperimentConfig, model_name: str, variant: Variant) -> tuple[ExperimentConfig, ModelConfig]:
+def variant_config(cfg: ExperimentConfig, model_name: str, variant: Variant) -> tuple[Experiment, ModelConfig]:
     """The config and model entry of one variant (model keywords and dotted config paths).
 
     Raises:
@@ -146,10 +145,11 @@ def variant_config(cfg: ExperimentConfig, model_name: str, variant: Variant) -> 
     model_cfg = ModelConfig(model_name, {**base.kwargs, **{k: v for k, v in variant.settings.items() if "." not in k}})
     out.models = [model_cfg]
     try:
-        build_model(model_name, **model_kwargs(out, model_cfg))
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"variant {variant.name}: model {model_name!r} rejects these options ({exc})") from exc
-    return out, model_cfg
+        exp = resolve(out)
+        build_network(exp, model_cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"variant {variant.name}: {exc}") from None
+    return exp, model_cfg
 
 
 # --------------------------------------------------------------------------------------
@@ -170,14 +170,9 @@ class AblationResult:
 
 def score_split(predictor: Predictor, cfg: ExperimentConfig, data: PreparedData, split: str) -> dict[str, float]:
     """Loss (the config's loss, over slices) and case-mean metrics of a checkpoint on ``split``."""
-    d = cfg.data
-    ds = SliceDataset(data.cases(split), d.slices, d.slice_range, d.spatial_size, d.resize, divisor=predictor.prep["divisor"])
-    loss_fn = CEDiceLoss(cfg.loss.ce_weight, cfg.loss.dice_weight, cfg.loss.dice_eps, cfg.loss.dice_include_background).to(predictor.device)
-    loader = DataLoader(ds, batch_size=cfg.train.val_batch_size)
-    loss, acc = evaluate_loader(predictor.model, loader, predictor.device, cfg.train.precision, loss_fn,
-                                get_format(d.format).accumulator(), True)
-    summary = acc.summary()
-    return {"loss": loss, **{k: v["mean"] for k, v in summary.items()}, "cases": len(acc)}
+    result = score(predictor, data.cases(split), "slices" if predictor.spec.mode == "slices" else "volume",
+                   build_loss(cfg.loss).to(predictor.device), batch_size=cfg.train.val_batch_size)
+    return {"loss": result.loss, **result.means(), "cases": len(result.rows)}
 
 
 def run_ablation(
@@ -203,27 +198,30 @@ def run_ablation(
         cfg.models.append(ModelConfig(model))
     variants = grid_variants(parse_grid(grid))
     configs = [variant_config(cfg, model, v) for v in variants]  # fail on a bad variant before any training
+    base = resolve(cfg)
+    cfg = base.cfg
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     (out / "grid.json").write_text(json.dumps({"model": model, "grid": grid, "seeds": seeds,
                                                "variants": [v.settings for v in variants]}, indent=1))
     (out / "environment.json").write_text(json.dumps(environment(), indent=1))
-    data = prepare_data(cfg, out / "split.json", progress=progress)
+    data = prepare_data(base.cfg.data, base.spec, out / "split.json", progress=progress)
     save_split(data.split, out / "split.json")
     result = AblationResult(out, variants)
     # seed-major: an interrupted grid still has every variant at the same number of seeds
     for seed in seeds:
-        for i, (variant, (vcfg, model_cfg)) in enumerate(zip(variants, configs)):
-            run_cfg = copy.deepcopy(vcfg)
+        for i, (variant, (vexp, model_cfg)) in enumerate(zip(variants, configs)):
+            run_cfg = copy.deepcopy(vexp.cfg)
             run_cfg.train.seed = seed
             run_dir = out / "runs" / variant.slug / f"seed{seed}"
             log.info("variant %d/%d (%s), seed %d", i + 1, len(variants), variant.name, seed)
-            last = train_or_resume(run_cfg, model_cfg, run_dir, data, progress)
+            last = train_or_resume(run_cfg, model_cfg, run_dir, data, progress, Experiment(run_cfg, vexp.fmt, vexp.info, vexp.spec))
+            write_curves(run_dir, last, f"{variant.name}, seed {seed}")
             scores_path = run_dir / "scores.json"
             if scores_path.is_file():
                 scores = json.loads(scores_path.read_text())
             else:
-                predictor = Predictor(run_dir / "best.pt", precision=run_cfg.train.precision)
+                predictor = Predictor.from_checkpoint(run_dir / "best.pt", precision=run_cfg.train.precision)
                 scores = {s: score_split(predictor, run_cfg, data, s) for s in SPLITS if data.split[s]}
                 scores_path.write_text(json.dumps(scores, indent=1))
             for split, s in scores.items():
@@ -291,7 +289,7 @@ def main_effects(result: AblationResult, split: str = "test", key: str = "dice_m
 
 
 def _cell(ci: dict[str, float] | None, digits: int = 3) -> str:
-    return "-" if not ci else f"{ci['mean']:.{digits}f} ± {ci['sd']:.{digits}f}"
+    return format_mean_ci(ci, digits, interval=False)
 
 
 COLUMNS = [(f"{split} {name}", f"{split}_{key}") for split in SPLITS
@@ -341,7 +339,7 @@ def write_outputs(result: AblationResult, cfg: ExperimentConfig, data: PreparedD
 
 
 def _histories(result: AblationResult) -> dict[str, list[list[dict[str, Any]]]]:
-    from pdeseg.training.checkpoint import load_checkpoint
+    from pdeseg.checkpoint import load_checkpoint
 
     out = {}
     for v in result.variants:
@@ -368,7 +366,7 @@ def make_figures(result: AblationResult, cfg: ExperimentConfig, data: PreparedDa
     fmt = get_format(cfg.data.format)
     cases = data.cases("test") or data.cases("val")
     seed0 = min(r["seed"] for r in result.runs)
-    predictor = Predictor(result.out_dir / "runs" / best.slug / f"seed{seed0}" / "best.pt", precision=cfg.train.precision)
+    predictor = Predictor.from_checkpoint(result.out_dir / "runs" / best.slug / f"seed{seed0}" / "best.pt", precision=cfg.train.precision)
     rows = [_case_panel(predictor, case, cfg) for case in cases[:3]]
     plot_class_masks(rows, fmt.class_names, fig_dir / "class_masks.png", fmt.display_rotate)
     figures.append(("figures/class_masks.png", f"Best variant on test cases: {cfg.data.modalities[0]}, manual mask, each predicted "
@@ -378,8 +376,7 @@ def make_figures(result: AblationResult, cfg: ExperimentConfig, data: PreparedDa
 
 def _case_panel(predictor: Predictor, case, cfg: ExperimentConfig) -> dict[str, Any]:
     """The selected slice of ``case`` with the most tumour, fitted as in training, with its prediction."""
-    d = cfg.data
-    ds = SliceDataset([case], d.slices, d.slice_range, d.spatial_size, d.resize, divisor=predictor.prep["divisor"])
+    ds = evaluation_slices([case], predictor.spec)
     label = np.asarray(case.label)
     z = max((z for _, z in ds.items), key=lambda z: int((label[z] > 0).sum()))
     item = ds[[z for _, z in ds.items].index(z)]

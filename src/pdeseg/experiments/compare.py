@@ -29,20 +29,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from pdeseg import __version__
+from pdeseg.build import Experiment, resolve
+from pdeseg.checkpoint import load_checkpoint
 from pdeseg.config import ExperimentConfig, save_config
 from pdeseg.data.cache import CachedCase
 from pdeseg.data.formats import get_format
 from pdeseg.data.setup import PreparedData, prepare_data
-from pdeseg.data.slices import SliceDataset
 from pdeseg.data.splits import save_split
-from pdeseg.experiments.stats import PairedResult, mean_ci, paired_comparison
+from pdeseg.errors import ConfigError
+from pdeseg.experiments.stats import PairedResult, format_mean_ci, mean_ci, paired_comparison
 from pdeseg.inference.predict import Predictor
-from pdeseg.training.checkpoint import load_checkpoint
-from pdeseg.training.trainer import train_or_resume
-from pdeseg.training.validate import evaluate_loader
+from pdeseg.inference.score import score
+from pdeseg.training.run import train_or_resume
 
 log = logging.getLogger(__name__)
 
@@ -72,34 +72,10 @@ def environment() -> dict[str, Any]:
     }
 
 
-def score_cases(
-    checkpoint: Path, cases: list[CachedCase], cfg: ExperimentConfig, scope: str, device: str = "auto"
-) -> tuple[list[dict[str, Any]], float]:
-    """Per-case metrics of a checkpoint on cached cases, and inference seconds per slice.
-
-    ``scope="slices"``: the config's slice selection (e.g. the paper's middle slice);
-    ``scope="volume"``: every slice of each volume, scored in 3D.
-    """
-    predictor = Predictor(checkpoint, device, cfg.train.precision)
-    d = cfg.data
-    fmt = get_format(d.format)
-    t0 = time.perf_counter()
-    if scope == "slices":
-        ds = SliceDataset(cases, d.slices, d.slice_range, d.spatial_size, d.resize, divisor=predictor.prep["divisor"])
-        _, acc = evaluate_loader(predictor.model, DataLoader(ds, batch_size=cfg.train.val_batch_size), predictor.device,
-                                 cfg.train.precision, None, fmt.accumulator(), True)
-        rows, n_slices = acc.per_case(), len(ds)
-    elif scope == "volume":
-        rows, n_slices = [], 0
-        for case in cases:
-            image = np.asarray(case.image, dtype=np.float32).transpose(1, 2, 3, 0)
-            classes, _ = predictor.predict_volume(image)
-            label = np.asarray(case.label).transpose(1, 2, 0)
-            rows.append({"case": case.case_id, **fmt.case_metrics(classes, label, case.meta["spacing"])})
-            n_slices += image.shape[-1]
-    else:
-        raise ValueError(f"unknown scope {scope!r}; use slices or volume")
-    return rows, (time.perf_counter() - t0) / max(n_slices, 1)
+def score_run(checkpoint: Path, cases: list[CachedCase], scope: str, precision: str = "auto", device: str = "auto"):
+    """Per-case rows of a checkpoint on cached cases, and inference seconds per slice (or case)."""
+    result = score(Predictor.from_checkpoint(checkpoint, device, precision), cases, scope)
+    return result.rows, result.seconds / max(result.units, 1)
 
 
 def run_compare(
@@ -115,15 +91,17 @@ def run_compare(
     Interrupted comparisons continue where they stopped: finished runs are reused,
     unfinished ones resumed from ``last.pt``.
     """
+    exp = resolve(cfg)
+    cfg = exp.cfg
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     names = [m.name for m in cfg.models]
     baseline = baseline or names[0]
     if baseline not in names:
-        raise ValueError(f"baseline {baseline!r} is not among the config's models {names}")
+        raise ConfigError(f"baseline {baseline!r} is not among the config's models {names}")
+    out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     (out / "environment.json").write_text(json.dumps(environment(), indent=1))
-    data = prepare_data(cfg, out / "split.json", progress=progress)
+    data = prepare_data(cfg.data, exp.spec, out / "split.json", progress=progress)
     save_split(data.split, out / "split.json")
     result = CompareResult(out, data=data)
     for seed in seeds:
@@ -131,14 +109,15 @@ def run_compare(
             run_cfg = copy.deepcopy(cfg)
             run_cfg.train.seed = seed
             run_dir = out / "runs" / m.name / f"seed{seed}"
-            last = train_or_resume(run_cfg, m, run_dir, data, progress)
+            last = train_or_resume(run_cfg, m, run_dir, data, progress, Experiment(run_cfg, exp.fmt, exp.info, exp.spec))
+            write_curves(run_dir, last, f"{cfg.name}: {m.name}, seed {seed}")
             history = last["training"]["history"]
             run = {"model": m.name, "seed": seed, "best_epoch": last["training"]["best_epoch"],
                    "parameters": last["parameters"], "train_time_s": sum(r["train_time_s"] for r in history)}
             for split in ("val", "test"):
                 if not data.split[split]:
                     continue
-                rows, sec = score_cases(run_dir / "best.pt", data.cases(split), run_cfg, scope)
+                rows, sec = score_run(run_dir / "best.pt", data.cases(split), scope, run_cfg.train.precision)
                 run[f"{split}_ms_per_slice"] = 1000 * sec
                 result.rows += [{"model": m.name, "seed": seed, "split": split, **r} for r in rows]
             result.runs.append(run)
@@ -192,9 +171,17 @@ def summary_table(rows, runs, names: list[str]) -> list[dict[str, Any]]:
 
 
 def _fmt(ci: dict[str, float] | None) -> str:
-    if not ci:
-        return "-"
-    return f"{ci['mean']:.3f} ± {ci['sd']:.3f} [{ci['lo']:.3f}, {ci['hi']:.3f}]"
+    return format_mean_ci(ci)
+
+
+def write_curves(run_dir: Path, last: dict, title: str) -> None:
+    """``curves.png`` of a run (loss, accuracy, mean IoU, Dice per epoch), unless already drawn."""
+    from pdeseg.viz.figures import plot_epoch_metrics
+
+    path = Path(run_dir) / "curves.png"
+    history = last["training"]["history"]
+    if history and (not path.is_file() or path.stat().st_mtime < (Path(run_dir) / "last.pt").stat().st_mtime):
+        plot_epoch_metrics(history, path, title=title)
 
 
 TABLE_COLUMNS = [("val Dice", "val_dice_mean"), ("val IoU", "val_iou_mean"), ("test Dice", "test_dice_mean"),
@@ -252,7 +239,7 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def _display_slice(case: CachedCase, cfg: ExperimentConfig, scope: str) -> int:
     """The slice shown for a case: the selected one (slices scope, first of the selection) or the largest tumour."""
-    from pdeseg.data.slices import select_slices
+    from pdeseg.data.sampling import select_slices
 
     if scope == "slices" and cfg.data.slices in ("middle", "tumour_middle"):
         return select_slices(case, cfg.data.slices)[0]
@@ -276,7 +263,7 @@ def make_figures(result: CompareResult, cfg: ExperimentConfig, scope: str) -> li
     figures.append(("figures/loss_curves.png", f"Training and validation loss per epoch (seed {seed0}); cf. paper 000 Fig. 4."))
 
     shown = result.data.cases("test")[:4] or result.data.cases("val")[:4]
-    predictors = {n: Predictor(run(n) / "best.pt", precision=cfg.train.precision) for n in names}
+    predictors = {n: Predictor.from_checkpoint(run(n) / "best.pt", precision=cfg.train.precision) for n in names}
     rows = []
     for case in shown:
         z = _display_slice(case, cfg, scope)
@@ -299,7 +286,7 @@ def make_figures(result: CompareResult, cfg: ExperimentConfig, scope: str) -> li
         coeffs = {}
         for r in result.runs:
             if r["model"] == name:
-                coeffs[r["seed"]] = Predictor(run(name, r["seed"]) / "best.pt", "cpu").model.pde.physical()
+                coeffs[r["seed"]] = Predictor.from_checkpoint(run(name, r["seed"]) / "best.pt", "cpu").model.pde.physical()
         plot_cable_coefficients(coeffs, list(cfg.data.modalities), fig_dir / "cable_coefficients.png")
         figures.append(("figures/cable_coefficients.png", f"Learned Phi, Psi and tau of {name} per modality, one marker per seed."))
         (out / "cable_coefficients.json").write_text(json.dumps({str(k): v for k, v in coeffs.items()}, indent=1))

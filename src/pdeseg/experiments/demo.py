@@ -13,13 +13,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from pdeseg.build import build_network, checkpoint_meta, resolve
+from pdeseg.checkpoint import plain_state_dict, save_checkpoint
 from pdeseg.config import config_from_dict
 from pdeseg.data.phantom import write_phantom_dataset
-from pdeseg.experiments.compare import run_compare, score_cases
-from pdeseg.registry import build_model
-from pdeseg.training.checkpoint import plain_state_dict, save_checkpoint
-from pdeseg.training.runtime import seed_everything
-from pdeseg.training.trainer import model_kwargs, preprocessing_info
+from pdeseg.experiments.compare import run_compare, score_run
+from pdeseg.runtime import seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +62,10 @@ def run_demo(
 
 def _untrained_floor(cfg, test_cases: list, path: Path) -> dict[str, float]:
     """Test scores of a freshly initialised UNet (saved as a checkpoint, scored like the others)."""
-    m = cfg.models[0]
+    exp = resolve(cfg)
+    m = exp.cfg.models[0]
     seed_everything(cfg.train.seed)
-    kwargs = model_kwargs(cfg, m)
-    save_checkpoint(
-        {"model": {"name": m.name, "kwargs": kwargs}, "preprocessing": preprocessing_info(cfg, m.name),
-         "config": cfg.to_dict(), "state_dict": plain_state_dict(build_model(m.name, **kwargs)), "training": {"epoch": 0}},
-        path,
-    )
-    rows, _ = score_cases(path, test_cases, cfg, "volume")
+    model = build_network(exp, m)
+    save_checkpoint({**checkpoint_meta(exp, m, model), "state_dict": plain_state_dict(model), "training": {"epoch": 0}}, path)
+    rows, _ = score_run(path, test_cases, "volume", cfg.train.precision)
     return {k: sum(r[k] for r in rows) / len(rows) for k in ("dice_mean", "dice_WT")}

@@ -21,17 +21,28 @@ from scipy import stats as sps
 def mean_ci(values, confidence: float = 0.95) -> dict[str, float]:
     """Mean, sd (ddof 1), and t confidence interval of ``values`` (e.g. one score per seed).
 
-    With a single value the interval collapses to the value (sd 0).
+    With a single value the spread is unknown: sd and the interval are NaN (shown as
+    "n/a (1 seed)" by :func:`format_mean_ci`, never as a degenerate interval).
     """
     a = np.asarray(values, dtype=np.float64)
     if a.size == 0:
         raise ValueError("mean_ci: no values")
     mean = float(a.mean())
     if a.size == 1:
-        return {"mean": mean, "sd": 0.0, "lo": mean, "hi": mean, "n": 1}
+        return {"mean": mean, "sd": float("nan"), "lo": float("nan"), "hi": float("nan"), "n": 1}
     sd = float(a.std(ddof=1))
     half = float(sps.t.ppf(0.5 + confidence / 2, a.size - 1)) * sd / np.sqrt(a.size)
     return {"mean": mean, "sd": sd, "lo": mean - half, "hi": mean + half, "n": int(a.size)}
+
+
+def format_mean_ci(ci: dict[str, float] | None, digits: int = 3, interval: bool = True, unit: str = "seed") -> str:
+    """``mean ± sd [lo, hi]`` (or without the interval); ``mean (n/a: 1 seed)`` for one value; ``-`` for none."""
+    if not ci:
+        return "-"
+    if ci.get("n", 2) < 2:
+        return f"{ci['mean']:.{digits}f} (n/a: 1 {unit})"
+    text = f"{ci['mean']:.{digits}f} ± {ci['sd']:.{digits}f}"
+    return text + (f" [{ci['lo']:.{digits}f}, {ci['hi']:.{digits}f}]" if interval else "")
 
 
 @dataclass

@@ -21,17 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
-from pdeseg.config import config_from_dict
-from pdeseg.data.setup import prepare_data
-from pdeseg.data.slices import SliceDataset
+from pdeseg.data.sampling import case_volume
+from pdeseg.data.setup import cached_cases
 from pdeseg.data.splits import load_split
-from pdeseg.inference.predict import Predictor, write_segmentation
-from pdeseg.data.formats import write_slice_masks
-from pdeseg.metrics.segmentation import summarize
-from pdeseg.training.validate import evaluate_loader
+from pdeseg.errors import ConfigError, DataError
+from pdeseg.inference.predict import Predictor
+from pdeseg.inference.score import score
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +38,7 @@ def _case_ids(checkpoint: Path, split: str) -> list[str] | None:
         return None
     split_file = checkpoint.parent / "split.json"
     if not split_file.is_file():
-        raise FileNotFoundError(f"{split_file} not found: cannot select split {split!r}; use --split all with --data")
+        raise DataError(f"{split_file} not found: cannot select split {split!r}; use --split all with --data")
     return load_split(split_file)[split]
 
 
@@ -62,6 +58,10 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Score ``checkpoint`` and write ``per_case.csv``, ``summary.json``, ``summary.md`` to ``out_dir``.
 
+    Cases are read, normalised and cached exactly as in training, then scored through the
+    one scoring path (:func:`pdeseg.inference.score.score`), so ``evaluate`` and ``compare``
+    give one checkpoint the same numbers.
+
     ``figures=N`` (volume scope) also writes, for the first N cases, the slice with the most
     true foreground: ``figures/overlays/<case>_z<z>.png`` (truth red, prediction green; paper
     002) and ``figures/class_masks.png`` (image, manual mask, each predicted class and the
@@ -71,51 +71,37 @@ def evaluate_checkpoint(
         the summary: ``{metric: {mean, std, median, n}}`` plus ``cases`` and ``scope``.
     """
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
-    predictor = Predictor(checkpoint, device, precision)
-    cfg = config_from_dict(predictor.config)
-    root = data_root or cfg.data.root
+    predictor = Predictor.from_checkpoint(checkpoint, device, precision)
+    cfg = predictor.config
+    root = data_root or cfg.get("data", {}).get("root")
+    if not root:
+        raise ConfigError("no data folder: pass --data (the checkpoint's config names none)")
+    if (figures or figure_cases) and scope != "volume":
+        raise ConfigError("figures are drawn from whole volumes: use scope volume")
     fmt = predictor.format
-    ids = _case_ids(checkpoint, split)
-    if scope == "volume":
-        cases = fmt.find_cases(root, predictor.modalities, require_label=True)
-        if ids is not None:
-            by_id = {c.case_id: c for c in cases}
-            missing = [i for i in ids if i not in by_id]
-            if missing:
-                raise ValueError(f"{root}: cases of split {split!r} not found: {missing[:5]}")
-            cases = [by_id[i] for i in ids]
-        unknown = sorted(set(figure_cases or []) - {c.case_id for c in cases})
-        if unknown:
-            raise ValueError(f"figure cases {unknown} are not among the cases of split {split!r}")
-        rows, panels = [], []
-        for case in tqdm(cases, desc=f"evaluating {split}", unit="case", disable=not progress):
-            loaded, classes = predictor.predict_case(case)
-            if (case.case_id in figure_cases) if figure_cases else len(panels) < figures:
-                panels.append(_panel(loaded, classes))
-            row = {"case": case.case_id, **fmt.case_metrics(classes, loaded.label, loaded.spacing, with_hd95)}
-            rows.append(row)
-            if save_predictions and fmt.volumetric:
-                write_segmentation(classes, loaded, out_dir / "predictions" / f"{case.case_id}_seg.nii.gz")
-            elif save_predictions:
-                write_slice_masks(classes, case.case_id, out_dir / "predictions", getattr(case, "numbers", None), "png", fmt.num_classes)
+    entries = cached_cases(root, predictor.spec, cfg.get("data", {}).get("cache_dir", "~/.cache/pdeseg"),
+                           _case_ids(checkpoint, split), progress)
+    if not entries:
+        raise DataError(f"no cases to evaluate in split {split!r}")
+    unknown = sorted(set(figure_cases or []) - {c.case_id for c, _ in entries})
+    if unknown:
+        raise ConfigError(f"figure cases {unknown} are not among the cases of split {split!r}")
+    result = score(predictor, [e for _, e in entries], scope, with_hd95=with_hd95, progress=progress)
+    rows = result.rows
+    drawn = [c for c, _ in entries if c.case_id in figure_cases] if figure_cases else [c for c, _ in entries][:figures]
+    if drawn or save_predictions:
+        panels = []
+        for case, entry in entries:
+            if case in drawn or save_predictions:
+                loaded = case.load(predictor.modalities)
+                classes, _ = predictor.predict_volume(case_volume(entry)[0])
+                if case in drawn:
+                    panels.append(_panel(loaded, classes))
+                if save_predictions:
+                    fmt.write_prediction(classes, loaded, out_dir / "predictions")
         if panels:
             write_case_figures(panels, fmt, out_dir / "figures")
-    elif scope == "slices":
-        if figures or figure_cases:
-            raise ValueError("figures are drawn from whole volumes: use scope 'volume'")
-        cfg.data.root = root
-        data = prepare_data(cfg, checkpoint.parent / "split.json", progress=progress)
-        chosen = data.cases(split) if ids is not None else list(data.cached.values())
-        d = cfg.data
-        ds = SliceDataset(chosen, d.slices, d.slice_range, d.spatial_size, d.resize, divisor=predictor.prep["divisor"])
-        _, acc = evaluate_loader(predictor.model, DataLoader(ds, batch_size=16), predictor.device, precision, None, fmt.accumulator(), True, progress)
-        rows = acc.per_case()
-    else:
-        raise ValueError(f"unknown scope {scope!r}; use volume or slices")
-    if not rows:
-        raise ValueError(f"no cases to evaluate in split {split!r}")
-
-    summary = {"scope": scope, "split": split, "checkpoint": str(checkpoint), "cases": len(rows), "metrics": summarize(rows)}
+    summary = {"scope": scope, "split": split, "checkpoint": str(checkpoint), "cases": len(rows), "metrics": result.summary()}
     write_results(rows, summary, out_dir)
     return summary
 

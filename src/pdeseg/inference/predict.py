@@ -1,8 +1,14 @@
-"""Whole-volume prediction, slice by slice; NIfTI written in the input's geometry, or one
-mask image per slice for 2D data sets (LGG TIFF slices).
+"""Whole-case prediction with the preprocessing a model was trained with, and writing the
+result in the input's own format and geometry (the data format decides how).
 
-Needs only the checkpoint (model name, kwargs, weights, preprocessing), the reader and
-the preprocessing; no training code.
+Needs only the checkpoint (model name, kwargs, weights, preprocessing spec), the reader and
+the preprocessing; no training code. How a case is segmented follows the spec's mode:
+
+* ``slices``: slice by slice along the last axis, in batches (resized as in training when
+  the spec says so);
+* ``patches``: MONAI sliding-window inference with the training patch size, Gaussian-weighted
+  overlapping windows;
+* ``whole``: the whole case in one forward pass.
 """
 
 from __future__ import annotations
@@ -10,108 +16,147 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from torch import nn
 
-from pdeseg.data.brats import LoadedCase, classes_to_labels
-from pdeseg.data.formats import get_format, write_slice_masks
-from pdeseg.data.preprocess import brain_mask, normalize
-from pdeseg.data.slices import pad_to_multiple, unpad
-from pdeseg.nn.output import class_probabilities
-from pdeseg.training.checkpoint import load_checkpoint, model_from_checkpoint
-from pdeseg.training.runtime import autocast, resolve_device
+from pdeseg.checkpoint import load_checkpoint, model_from_checkpoint, preprocessing_spec
+from pdeseg.config import ConfigError, PreprocessSpec
+from pdeseg.data.case import LoadedCase
+from pdeseg.data.formats import DataFormat, get_format
+from pdeseg.data.preprocess import normalize
+from pdeseg.errors import DataError
+from pdeseg.nn.output import class_probabilities, predicted_classes
+from pdeseg.progress import track
+from pdeseg.runtime import autocast, resolve_device
 
 log = logging.getLogger(__name__)
 
+#: Overlap of neighbouring windows in sliding-window inference (patches mode).
+WINDOW_OVERLAP = 0.5
+
 
 class Predictor:
-    """A trained model with the preprocessing it was trained with.
+    """A model with the preprocessing and sampling it was trained with.
 
     Args:
-        checkpoint: path to a pdeseg checkpoint (``best.pt``).
-        device: ``auto``, ``cpu`` or ``cuda[:N]``.
-        precision: ``auto`` (bf16 autocast on GPUs and bf16-capable CPUs, else fp32),
-            ``32`` or ``bf16-mixed``.
-        batch_size: slices per forward pass.
+        model: a network returning logits ``(B, K, *spatial)``.
+        spec: its preprocessing and sampling spec.
+        device: where to run (``torch.device``).
+        precision: ``auto`` (bf16 autocast on GPUs and bf16-capable CPUs, else fp32), ``32``
+            or ``bf16-mixed``.
+        batch_size: slices (or windows) per forward pass.
+        name: for messages.
     """
 
-    def __init__(self, checkpoint: str | Path, device: str = "auto", precision: str = "auto", batch_size: int = 16):
-        self.path = Path(checkpoint)
-        ckpt = load_checkpoint(self.path)
-        self.device = resolve_device(device)
-        self.model = model_from_checkpoint(ckpt).to(self.device).to(memory_format=torch.channels_last)
-        self.prep = ckpt["preprocessing"]
-        self.model_name = ckpt["model"]["name"]
-        self.config = ckpt["config"]
-        self.precision, self.batch_size = precision, batch_size
-        self.format = get_format(self.prep.get("format", "brats"))
+    def __init__(self, model: nn.Module, spec: PreprocessSpec, device: torch.device, precision: str = "auto",
+                 batch_size: int = 16, name: str = "model"):
+        if batch_size < 1:
+            raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+        self.model, self.spec, self.device = model, spec, device
+        self.precision, self.batch_size, self.name = precision, int(batch_size), name
+        self.channels_last = spec.spatial_dims == 2
+        self.format: DataFormat = get_format(spec.format)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path, device: str = "auto", precision: str = "auto", batch_size: int = 16) -> Predictor:
+        """Load a checkpoint (model, weights and spec) onto ``device``.
+
+        Raises:
+            CheckpointError: unreadable, or not a usable pdeseg checkpoint.
+            DeviceError: ``device`` is not available.
+        """
+        path = Path(checkpoint)
+        ckpt = load_checkpoint(path)
+        spec = preprocessing_spec(ckpt, path)
+        dev = resolve_device(device)
+        model = model_from_checkpoint(ckpt).to(dev)
+        if spec.spatial_dims == 2:
+            model = model.to(memory_format=torch.channels_last)
+        predictor = cls(model, spec, dev, precision, batch_size, ckpt["model"]["name"])
+        predictor.checkpoint, predictor.config = ckpt, ckpt.get("config", {})
+        return predictor
 
     @property
     def modalities(self) -> list[str]:
-        return list(self.prep["modalities"])
+        return list(self.spec.modalities)
 
     def preprocess(self, loaded: LoadedCase) -> np.ndarray:
-        """Normalised image ``(C, X, Y, Z)`` float32, as the training cache holds it."""
-        return normalize(loaded.image, brain_mask(loaded.image), self.prep["normalization"])
+        """Normalised image ``(C, *spatial)`` float32, exactly as the training cache holds it
+        (including its float16 storage), so that predict and evaluate agree."""
+        image = normalize(loaded.image, self.spec.normalization, self.spec.ct_window)
+        return image.astype(np.float16).astype(np.float32)
 
     @torch.no_grad()
-    def predict_volume(self, image: np.ndarray, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Segment a normalised volume slice by slice along the last axis.
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw model output for a batch ``(B, C, *spatial)`` (fp32 logits, same spatial size)."""
+        self.model.eval()
+        x = x.to(self.device)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.precision):
+            out = self.model(x)
+        return out.float()
 
-        Args:
-            image: ``(C, X, Y, Z)`` normalised float32.
+    @torch.no_grad()
+    def predict_logits(self, image: np.ndarray, progress: bool = False) -> torch.Tensor:
+        """Logits ``(K, *spatial)`` (CPU, fp32) for a normalised case ``(C, *spatial)``.
 
-        Returns:
-            ``(classes (X, Y, Z) uint8, probabilities (K, X, Y, Z) float16)``.
+        Raises:
+            DataError: the channel count differs from the model's modalities.
         """
-        c, h, w, depth = image.shape
-        if c != len(self.modalities):
-            raise ValueError(f"model expects {len(self.modalities)} modalities {self.modalities}, got {c} channels")
-        size, resize = self.prep["spatial_size"], self.prep["resize"]
-        probs = np.zeros((self.prep["num_classes"], h, w, depth), dtype=np.float16)
-        starts = range(0, depth, self.batch_size)
-        for z0 in tqdm(starts, desc="slices", unit="batch", disable=not progress, leave=False):
+        if image.shape[0] != len(self.modalities):
+            raise DataError(f"{self.name} expects {len(self.modalities)} channels {self.modalities}, got {image.shape[0]}")
+        if self.spec.mode == "slices":
+            return self._by_slices(image, progress)
+        x = torch.from_numpy(np.ascontiguousarray(image))[None].float()
+        if self.spec.mode == "whole":
+            return self.logits(x)[0].cpu()
+        from monai.inferers import sliding_window_inference
+
+        with autocast(self.device, self.precision):
+            out = sliding_window_inference(x.to(self.device), tuple(self.spec.spatial_size), self.batch_size,
+                                           lambda w: self.logits(w), overlap=WINDOW_OVERLAP, mode="gaussian", progress=progress)
+        return (out.as_tensor() if hasattr(out, "as_tensor") else out)[0].float().cpu()
+
+    def _by_slices(self, image: np.ndarray, progress: bool) -> torch.Tensor:
+        _, h, w, depth = image.shape
+        size, resize = self.spec.spatial_size, self.spec.resize
+        out = torch.empty((self._channels(), h, w, depth), dtype=torch.float32)
+        for z0 in track(range(0, depth, self.batch_size), "slices", "batch", enabled=progress):
             z1 = min(z0 + self.batch_size, depth)
-            x = torch.from_numpy(np.ascontiguousarray(image[..., z0:z1].transpose(3, 0, 1, 2))).float().to(self.device)
+            x = torch.from_numpy(np.ascontiguousarray(image[..., z0:z1].transpose(3, 0, 1, 2))).float()
             if resize and size:
                 x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
-            x, pads = pad_to_multiple(x, self.prep["divisor"])
-            with autocast(self.device, self.precision):
-                logits = self.model(x.contiguous(memory_format=torch.channels_last))
-            logits = unpad(logits.float(), pads)
+            logits = self.logits(x)
             if resize and size:
                 logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-            probs[..., z0:z1] = class_probabilities(logits).permute(1, 2, 3, 0).cpu().numpy().astype(np.float16)
-        return probs.argmax(axis=0).astype(np.uint8), probs
+            out[..., z0:z1] = logits.permute(1, 2, 3, 0).cpu()
+        return out
+
+    def _channels(self) -> int:
+        return 1 if self.spec.output == "sigmoid" else self.spec.num_classes
+
+    def predict_volume(self, image: np.ndarray, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Segment a normalised case.
+
+        Args:
+            image: ``(C, *spatial)`` normalised float32.
+
+        Returns:
+            ``(classes (*spatial) uint8, probabilities (num_classes, *spatial) float16)``.
+        """
+        logits = self.predict_logits(image, progress)[None]
+        probs = class_probabilities(logits)[0].numpy().astype(np.float16)
+        return predicted_classes(logits)[0].numpy().astype(np.uint8), probs
 
     def predict_case(self, case, progress: bool = False) -> tuple[LoadedCase, np.ndarray]:
-        """Read, preprocess and segment one case (of the checkpoint's data format);
-        returns ``(loaded case, classes (X, Y, Z))``."""
+        """Read, preprocess and segment one case of the spec's data format;
+        returns ``(loaded case, classes (*spatial))``."""
         loaded = case.load(self.modalities)
         classes, _ = self.predict_volume(self.preprocess(loaded), progress)
         return loaded, classes
-
-
-def write_segmentation(classes: np.ndarray, loaded: LoadedCase, path: str | Path, convention: str | None = None) -> Path:
-    """Write contiguous classes as a BraTS label volume with the input's affine and header.
-
-    Args:
-        classes: ``(X, Y, Z)`` classes 0..3.
-        loaded: the input case (geometry and default label convention).
-        convention: ``brats2020`` (ET = 4) or ``brats2023`` (ET = 3); default: the input's.
-    """
-    labels = classes_to_labels(classes, convention or loaded.convention)
-    header = loaded.header.copy()
-    header.set_data_dtype(np.uint8)
-    img = nib.Nifti1Image(labels, loaded.affine, header)
-    img.header.set_slope_inter(1, 0)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(img, str(path))
-    return path
 
 
 def predict_folder(
@@ -120,27 +165,28 @@ def predict_folder(
     output_dir: str | Path,
     device: str = "auto",
     precision: str = "auto",
-    convention: str | None = None,
     batch_size: int = 16,
     progress: bool = True,
-    mask_format: str = "png",
+    **write_options,
 ) -> list[Path]:
-    """Segment one case folder or a folder of case folders.
+    """Segment one case folder or a folder of cases, writing each in the input's own format
+    (BraTS: ``<output>/<case>_seg.nii.gz`` with the input's affine, header and label values;
+    LGG: ``<output>/<case>/<case>_<n>_mask.<png|tif>``).
 
-    Volumetric formats (BraTS) write ``<output>/<case>_seg.nii.gz``; slice formats (LGG)
-    write ``<output>/<case>/<case>_<n>_mask.<mask_format>`` (png or tif, 0/255 for binary).
-    Returns the written NIfTI files or case folders.
+    Args:
+        write_options: the data format's output options (``convention`` for BraTS,
+            ``mask_format`` for LGG); None values mean the default.
+
+    Returns:
+        the written files or case folders.
     """
-    predictor = Predictor(checkpoint, device, precision, batch_size)
+    predictor = Predictor.from_checkpoint(checkpoint, device, precision, batch_size)
     fmt = predictor.format
     cases = fmt.find_cases(input_dir, predictor.modalities, require_label=False)
     out = []
-    for case in tqdm(cases, desc="predicting", unit="case", disable=not progress):
+    for case in track(cases, "predicting", "case", enabled=progress):
         loaded, classes = predictor.predict_case(case)
-        if fmt.volumetric:
-            path = write_segmentation(classes, loaded, Path(output_dir) / f"{case.case_id}_seg.nii.gz", convention)
-        else:
-            path = write_slice_masks(classes, case.case_id, output_dir, getattr(case, "numbers", None), mask_format, fmt.num_classes)[0].parent
+        path = fmt.write_prediction(classes, loaded, output_dir, **write_options)
         counts = np.bincount(classes.ravel(), minlength=fmt.num_classes)
         log.info("%s -> %s (%s)", case.case_id, path, ", ".join(f"{n}: {v}" for n, v in zip(fmt.class_names, counts)))
         out.append(path)

@@ -44,49 +44,45 @@ def soft_dice_loss(
     return 1.0 - (2.0 * inter + eps) / (denom + eps)
 
 
-class CEDiceLoss(nn.Module):
-    """Weighted sum of cross-entropy and soft Dice (eq. 5 with both weights 1).
+class CrossEntropyLoss(nn.Module):
+    """Cross-entropy on logits: softmax CE over ``C`` channels, or the binary CE of
+    ``sigmoid(z)`` for a one-channel head.
 
     Args:
-        ce_weight, dice_weight: weights of the two terms (either may be 0).
-        dice_eps: smoothing of the Dice term.
-        dice_include_background: whether the Dice term includes class 0.
-        class_weights: optional per-class weights for the cross-entropy (for a sigmoid
-            head: ``[w_background, w_foreground]``, applied per pixel).
+        class_weights: optional per-class weights (for a sigmoid head
+            ``[w_background, w_foreground]``, applied per pixel).
 
     Shapes:
-        ``logits (B, C, *spatial)``, ``target (B, *spatial)`` -> scalar.
+        ``logits (B, K, *spatial)``, ``target (B, *spatial)`` -> scalar.
     """
 
-    def __init__(
-        self,
-        ce_weight: float = 1.0,
-        dice_weight: float = 1.0,
-        dice_eps: float = 1.0,
-        dice_include_background: bool = True,
-        class_weights: list[float] | None = None,
-    ):
+    def __init__(self, class_weights: list[float] | None = None):
         super().__init__()
-        if ce_weight < 0 or dice_weight < 0 or ce_weight + dice_weight == 0:
-            raise ValueError(f"loss weights must be >= 0 and not both 0, got ce={ce_weight}, dice={dice_weight}")
-        self.ce_weight, self.dice_weight = ce_weight, dice_weight
-        self.dice_eps, self.dice_include_background = dice_eps, dice_include_background
-        self.register_buffer(
-            "class_weights", torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
-        )
+        if class_weights is not None and (not class_weights or min(class_weights) < 0):
+            raise ValueError(f"class_weights must be a non-empty list of weights >= 0, got {class_weights}")
+        self.register_buffer("class_weights", torch.tensor(class_weights, dtype=torch.float32) if class_weights else None)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        loss = logits.new_zeros((), dtype=torch.float32)
-        if self.ce_weight:
-            loss = loss + self.ce_weight * self._cross_entropy(logits.float(), target.long())
-        if self.dice_weight:
-            loss = loss + self.dice_weight * soft_dice_loss(
-                logits, target, self.dice_eps, self.dice_include_background
-            )
-        return loss
-
-    def _cross_entropy(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits, target = logits.float(), target.long()
         if logits.shape[1] > 1:
             return F.cross_entropy(logits, target, weight=self.class_weights)
         weight = self.class_weights[target] if self.class_weights is not None else None
         return F.binary_cross_entropy_with_logits(logits[:, 0], target.float(), weight=weight)
+
+
+class SoftDiceLoss(nn.Module):
+    """:func:`soft_dice_loss` as a module (squared denominators, pooled over the batch).
+
+    Args:
+        eps: smoothing constant of eq. 4.
+        include_background: sum over class 0 as well (the paper's eq. 4 does).
+    """
+
+    def __init__(self, eps: float = 1.0, include_background: bool = True):
+        super().__init__()
+        if eps < 0:
+            raise ValueError(f"eps must be >= 0, got {eps}")
+        self.eps, self.include_background = float(eps), bool(include_background)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return soft_dice_loss(logits, target, self.eps, self.include_background)

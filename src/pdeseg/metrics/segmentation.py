@@ -3,17 +3,10 @@
 Everything here works on *label maps*: integer arrays of any number of spatial
 dimensions (a 2D slice ``(H, W)``, a 3D volume ``(H, W, D)``, or a batch of either,
 since the metrics only count voxels), holding the contiguous internal classes
-``0 .. num_classes - 1``. For BraTS the internal convention is
-
-====  ==========  ====================================
-0     background
-1     NCR         necrotic / non-enhancing tumour core
-2     ED          peritumoural oedema
-3     ET          enhancing tumour (BraTS label 4 before 2023)
-====  ==========  ====================================
-
-and the BraTS evaluation regions are WT = {1, 2, 3}, TC = {1, 3}, ET = {3}
-(see :data:`BRATS_REGIONS`).
+``0 .. num_classes - 1``. Nothing here knows a data set: class names, evaluation
+regions (unions of classes, e.g. BraTS WT/TC/ET) and the empty-mask rule are arguments,
+supplied by a data format as :class:`ScoringRules` (BraTS's live in
+:mod:`pdeseg.data.brats`).
 
 Counting is done once, with :func:`numpy.bincount` (or :func:`torch.bincount` on the
 tensor's own device) over ``target * C + pred``, which gives the full ``(C, C)``
@@ -21,9 +14,10 @@ confusion matrix. Per-class tp/fp/fn, accuracy and the tp/fp/fn of any region
 (a union of classes) all follow exactly from that matrix, so many slices of one case
 can be accumulated without keeping them (:class:`MetricAccumulator`).
 
-Empty masks follow the BraTS scoring rules: Dice (and IoU) is 1 when truth and
-prediction are both empty and 0 when only one of them is; HD95 is 0 mm when both are
-empty and :data:`HD95_EMPTY_MM` (373.13 mm) when only one is.
+Empty masks: Dice (and IoU) is ``empty`` (1 by default, the BraTS rule) when truth and
+prediction are both empty and 0 when only one of them is; HD95 is 0 when both are empty
+and ``hd95_one_empty`` when only one is (infinite unless the data format says otherwise;
+BraTS uses 373.13 mm).
 
 Inputs may be numpy arrays or torch tensors. Integer or boolean dtypes only: a float
 array (for example ``nibabel``'s ``get_fdata()``, or network probabilities) is rejected
@@ -32,8 +26,10 @@ with a message, never rounded silently.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -44,10 +40,8 @@ except ImportError:  # pragma: no cover
     torch = None  # type: ignore[assignment]
 
 __all__ = [
-    "BRATS_REGIONS",
-    "CLASS_NAMES",
-    "HD95_EMPTY_MM",
     "MetricAccumulator",
+    "ScoringRules",
     "case_metrics",
     "confusion_counts",
     "confusion_matrix",
@@ -65,14 +59,6 @@ __all__ = [
     "summarize",
 ]
 
-#: Names of the internal BraTS classes, indexed by class id.
-CLASS_NAMES: tuple[str, ...] = ("background", "NCR", "ED", "ET")
-
-#: BraTS evaluation regions as unions of internal classes.
-BRATS_REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
-
-#: HD95 (mm) assigned by the BraTS scoring when exactly one of truth / prediction is empty.
-HD95_EMPTY_MM: float = 373.13
 
 
 # --------------------------------------------------------------------------------------
@@ -149,7 +135,7 @@ def _check_regions(regions: Mapping[str, Sequence[int]] | None, num_classes: int
         return {}
     if not isinstance(regions, Mapping):
         raise ValueError(
-            f"regions must be a mapping name -> class ids (e.g. BRATS_REGIONS), got {type(regions).__name__}"
+            f"regions must be a mapping name -> class ids (e.g. {{'WT': (1, 2, 3)}}), got {type(regions).__name__}"
         )
     out: dict[str, tuple[int, ...]] = {}
     for name, classes in regions.items():
@@ -199,8 +185,6 @@ def _check_spacing(spacing: Any, ndim: int) -> tuple[float, ...]:
 
 def _resolve_class_names(num_classes: int, class_names: Sequence[str] | None) -> tuple[str, ...]:
     if class_names is None:
-        if num_classes == len(CLASS_NAMES):
-            return CLASS_NAMES
         return tuple(f"class{i}" for i in range(num_classes))
     names = tuple(str(n) for n in class_names)
     if len(names) != num_classes:
@@ -291,7 +275,7 @@ def counts_from_confusion(cm: np.ndarray) -> np.ndarray:
 
 
 def region_counts_from_confusion(
-    cm: np.ndarray, regions: Mapping[str, Sequence[int]] = BRATS_REGIONS
+    cm: np.ndarray, regions: Mapping[str, Sequence[int]]
 ) -> dict[str, np.ndarray]:
     """tp / fp / fn of each region (a union of classes) from a confusion matrix.
 
@@ -475,12 +459,12 @@ def _largest_class_id(regs: Mapping[str, tuple[int, ...]], *arrays: tuple[np.nda
     return top
 
 
-def region_masks(labels: Any, regions: Mapping[str, Sequence[int]] = BRATS_REGIONS) -> dict[str, np.ndarray]:
+def region_masks(labels: Any, regions: Mapping[str, Sequence[int]]) -> dict[str, np.ndarray]:
     """Boolean masks of the regions (unions of classes) in a label map.
 
     Args:
         labels: integer label map of shape ``S`` (internal classes; BraTS ET = 3).
-        regions: mapping region name -> class ids, default :data:`BRATS_REGIONS`.
+        regions: mapping region name -> class ids (e.g. BraTS ``{"WT": (1, 2, 3), ...}``).
 
     Returns:
         ``{name: bool array of shape S}``.
@@ -504,7 +488,7 @@ def region_masks(labels: Any, regions: Mapping[str, Sequence[int]] = BRATS_REGIO
 
 
 def region_dice(
-    pred: Any, target: Any, regions: Mapping[str, Sequence[int]] = BRATS_REGIONS, empty: float = 1.0
+    pred: Any, target: Any, regions: Mapping[str, Sequence[int]], empty: float = 1.0
 ) -> dict[str, float]:
     """Dice of each region (BraTS WT / TC / ET by default).
 
@@ -541,7 +525,7 @@ def region_dice(
 # --------------------------------------------------------------------------------------
 
 
-def hd95(pred_mask: Any, target_mask: Any, spacing: Any) -> float:
+def hd95(pred_mask: Any, target_mask: Any, spacing: Any, one_empty: float = math.inf) -> float:
     """95th-percentile Hausdorff distance between two binary masks, in mm.
 
     Definition (MONAI's, :func:`monai.metrics.compute_hausdorff_distance` with
@@ -553,8 +537,8 @@ def hd95(pred_mask: Any, target_mask: Any, spacing: Any) -> float:
     :func:`torch.quantile`). Note that some toolkits (e.g. MedPy's ``hd95``) instead
     take one percentile of both directions pooled; values can differ slightly.
 
-    Empty masks follow the BraTS rule: 0.0 when both are empty, :data:`HD95_EMPTY_MM`
-    (373.13 mm) when exactly one is empty.
+    Empty masks: 0.0 when both are empty, ``one_empty`` when exactly one is (infinite by
+    default; the BraTS scoring uses 373.13 mm).
 
     Args:
         pred_mask: predicted mask, bool (or 0/1 integer) array/tensor of shape ``S``
@@ -589,7 +573,7 @@ def hd95(pred_mask: Any, target_mask: Any, spacing: Any) -> float:
     if not has_p and not has_t:
         return 0.0
     if has_p != has_t:
-        return HD95_EMPTY_MM
+        return float(one_empty)
 
     # Crop to the union's bounding box plus a one-voxel margin before handing over to MONAI
     # (which crops the same way internally): edges and distances are unchanged, but MONAI's
@@ -626,16 +610,17 @@ def _check_key_collisions(names: Sequence[str], regions: Mapping[str, tuple[int,
 
 def metrics_from_confusion(
     cm: np.ndarray,
-    regions: Mapping[str, Sequence[int]] | None = BRATS_REGIONS,
+    regions: Mapping[str, Sequence[int]] | None = None,
     class_names: Sequence[str] | None = None,
+    empty: float = 1.0,
 ) -> dict[str, float]:
     """Flat metric dict (see :func:`case_metrics`) from a ``(C, C)`` confusion matrix.
 
     Args:
         cm: confusion matrix, rows = truth, columns = prediction.
         regions: mapping region name -> class ids, or None for no region metrics.
-        class_names: ``C`` names used in the keys; default :data:`CLASS_NAMES` when
-            ``C == 4``, otherwise ``class0 .. class{C-1}``.
+        class_names: ``C`` names used in the keys; default ``class0 .. class{C-1}``.
+        empty: Dice/IoU of a class or region absent from both truth and prediction.
 
     Returns:
         ``{key: value}``: ``dice_<name>``, ``iou_<name>`` per class, ``dice_mean``,
@@ -660,8 +645,8 @@ def metrics_from_confusion(
     _check_key_collisions(names, regs)
 
     counts = counts_from_confusion(cm)
-    d = dice_from_counts(counts)
-    j = iou_from_counts(counts)
+    d = dice_from_counts(counts, empty)
+    j = iou_from_counts(counts, empty)
     out: dict[str, float] = {}
     for i, n in enumerate(names):
         out[f"dice_{n}"] = float(d[i])
@@ -674,27 +659,29 @@ def metrics_from_confusion(
     if regs:
         rc = region_counts_from_confusion(cm, regs)
         for name, k in rc.items():
-            out[f"dice_{name}"] = float(dice_from_counts(k))
+            out[f"dice_{name}"] = float(dice_from_counts(k, empty))
         for name, k in rc.items():
-            out[f"iou_{name}"] = float(iou_from_counts(k))
+            out[f"iou_{name}"] = float(iou_from_counts(k, empty))
     return out
 
 
 def case_metrics(
     pred: Any,
     target: Any,
-    num_classes: int = 4,
+    num_classes: int,
     spacing: Any = None,
-    regions: Mapping[str, Sequence[int]] | None = BRATS_REGIONS,
+    regions: Mapping[str, Sequence[int]] | None = None,
     with_hd95: bool = False,
     class_names: Sequence[str] | None = None,
+    empty: float = 1.0,
+    hd95_one_empty: float = math.inf,
 ) -> dict[str, float]:
     """All metrics of one case as a flat ``{name: float}`` dict (one CSV row).
 
     Keys:
 
     * ``dice_<class>``, ``iou_<class>`` for every class, background included
-      (class names from ``class_names``; default :data:`CLASS_NAMES` for 4 classes).
+      (class names from ``class_names``; default ``class0 ..``).
     * ``dice_mean``, ``iou_mean``: mean over the **foreground classes 1..C-1 only**
       (background excluded), each absent-from-both class counting as 1.
     * ``iou_mean_all``: mean IoU over **all** classes, background included (Keras'
@@ -716,6 +703,8 @@ def case_metrics(
             binary task with ``num_classes=2``).
         with_hd95: also compute HD95 per region (slower: surface distances).
         class_names: names for the keys, length ``C``.
+        empty: Dice/IoU when a class or region is absent from both.
+        hd95_one_empty: HD95 when a region is empty in exactly one of the two.
 
     Returns:
         flat dict of floats.
@@ -729,7 +718,7 @@ def case_metrics(
     if with_hd95 and not regs:
         raise ValueError("with_hd95=True computes HD95 per region; pass regions (e.g. {'FG': (1,)})")
     cm = confusion_matrix(pred, target, c)
-    out = metrics_from_confusion(cm, regs, class_names)
+    out = metrics_from_confusion(cm, regs, class_names, empty)
     if with_hd95:
         p = _to_numpy(pred, "pred")
         t = _to_numpy(target, "target")
@@ -737,7 +726,7 @@ def case_metrics(
         pm = region_masks(p, regs)
         tm = region_masks(t, regs)
         for name in regs:
-            out[f"hd95_{name}"] = hd95(pm[name], tm[name], spacing)
+            out[f"hd95_{name}"] = hd95(pm[name], tm[name], spacing, hd95_one_empty)
     return out
 
 
@@ -807,15 +796,16 @@ class MetricAccumulator:
 
     Args:
         num_classes: number of classes ``C``.
-        regions: region name -> class ids, or None (default :data:`BRATS_REGIONS`).
+        regions: region name -> class ids, or None.
         class_names: names for the metric keys (see :func:`case_metrics`).
+        empty: Dice/IoU of a class or region absent from both.
 
     Raises:
         ValueError: on invalid ``num_classes``, regions or class names.
 
     Example::
 
-        acc = MetricAccumulator(num_classes=4)
+        acc = MetricAccumulator(4, regions={"WT": (1, 2, 3)}, class_names=names)
         for batch in loader:                      # slices of many patients
             acc.update(pred_labels, batch["label"], batch["case_id"])  # one id per slice
         rows = acc.per_case(); stats = acc.summary()
@@ -823,15 +813,17 @@ class MetricAccumulator:
 
     def __init__(
         self,
-        num_classes: int = 4,
-        regions: Mapping[str, Sequence[int]] | None = BRATS_REGIONS,
+        num_classes: int,
+        regions: Mapping[str, Sequence[int]] | None = None,
         class_names: Sequence[str] | None = None,
+        empty: float = 1.0,
     ) -> None:
         self.num_classes = _check_num_classes(num_classes)
         if self.num_classes < 2:
             raise ValueError("need at least 2 classes (background + one foreground class)")
         self.regions = _check_regions(regions, self.num_classes)
         self.class_names = _resolve_class_names(self.num_classes, class_names)
+        self.empty = float(empty)
         _check_key_collisions(self.class_names, self.regions)
         self._cms: dict[Any, np.ndarray] = {}
 
@@ -909,10 +901,43 @@ class MetricAccumulator:
         rows = []
         for cid, cm in self._cms.items():
             row: dict[str, Any] = {"case": cid}
-            row.update(metrics_from_confusion(cm, self.regions, self.class_names))
+            row.update(metrics_from_confusion(cm, self.regions, self.class_names, self.empty))
             rows.append(row)
         return rows
 
     def summary(self) -> dict[str, dict[str, float]]:
         """:func:`summarize` of :meth:`per_case`."""
         return summarize(self.per_case())
+
+
+@dataclass(frozen=True)
+class ScoringRules:
+    """How a data set is scored: its classes, its evaluation regions and its empty-mask rule.
+
+    Supplied by a data format (:mod:`pdeseg.data.formats`); the metrics themselves carry
+    no data-set defaults.
+
+    Attributes:
+        class_names: names of the contiguous classes ``0..C-1`` (class 0 is background).
+        regions: region name -> class ids (BraTS: WT, TC, ET), or empty.
+        empty: Dice/IoU when a class or region is absent from both truth and prediction.
+        hd95_one_empty: HD95 when a region is empty in exactly one of them.
+    """
+
+    class_names: tuple[str, ...]
+    regions: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    empty: float = 1.0
+    hd95_one_empty: float = math.inf
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def accumulator(self) -> MetricAccumulator:
+        """An empty per-case confusion accumulator with these rules."""
+        return MetricAccumulator(self.num_classes, dict(self.regions) or None, self.class_names, self.empty)
+
+    def case_metrics(self, pred: Any, target: Any, spacing: Any = None, with_hd95: bool = False) -> dict[str, float]:
+        """:func:`case_metrics` with these rules."""
+        return case_metrics(pred, target, self.num_classes, spacing, dict(self.regions) or None, with_hd95,
+                            self.class_names, self.empty, self.hd95_one_empty)

@@ -1,11 +1,12 @@
-"""Training: Adam(W) + one-cycle, CE + Dice, mixed precision, best/last checkpoints, resume, DDP.
+"""The training loop: a :class:`Trainer` that receives built objects and runs small steps.
 
-The run folder of one model holds ``config.yaml`` (resolved), ``split.json``,
-``metrics.csv`` (one row per epoch: loss, pixel accuracy, mean IoU, Dice on train and
-validation), ``curves.png`` (those curves), ``tb/`` (TensorBoard), ``best.pt`` (best validation
-score) and ``last.pt`` (everything needed to resume). Under ``torchrun`` each process
-trains on its shard of the training slices (DistributedDataParallel); rank 0 validates,
-logs and writes files.
+Per epoch: :func:`train_step` over the training loader (mixed precision, gradient
+clipping, the scheduler stepped per batch), per-case training metrics on the augmented
+batches, then validation through the one scoring path, ``best.pt`` when the monitored
+score improves and ``last.pt`` (model, optimiser, scheduler, grad scaler, every RNG state)
+so that ``--resume`` continues bit for bit. Under ``torchrun`` each process trains on its
+shard (DistributedDataParallel), every process scores its share of the validation cases,
+and rank 0 writes the run folder.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,28 +26,17 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
-from tqdm.auto import tqdm
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
-from pdeseg.config import ExperimentConfig, ModelConfig, save_config
-from pdeseg.data.formats import get_format
-from pdeseg.data.setup import PreparedData, prepare_data
-from pdeseg.data.slices import SliceDataset
-from pdeseg.data.splits import save_split
-from pdeseg.data.transforms import build_train_transform
-from pdeseg.losses.segmentation import CEDiceLoss
-from pdeseg.nn.output import output_channels, predicted_classes
-from pdeseg.registry import MODELS, build_model, count_parameters
-from pdeseg.training.checkpoint import load_checkpoint, plain_state_dict, save_checkpoint
-from pdeseg.training.runtime import (
-    autocast,
-    barrier,
-    init_distributed,
-    resolve_device,
-    resolve_precision,
-    seed_everything,
-)
-from pdeseg.training.validate import evaluate_loader
+from pdeseg.build import EPOCH_METRICS
+from pdeseg.checkpoint import plain_state_dict, save_checkpoint
+from pdeseg.config import TrainConfig
+from pdeseg.inference.score import Scores
+from pdeseg.losses.composite import main_logits
+from pdeseg.metrics.segmentation import ScoringRules
+from pdeseg.nn.output import predicted_classes
+from pdeseg.progress import track
+from pdeseg.runtime import autocast, barrier, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -58,55 +49,186 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def model_kwargs(cfg: ExperimentConfig, model_cfg: ModelConfig) -> dict[str, Any]:
-    """Constructor kwargs: the data and the output head fix channels in/out, the config adds the rest."""
-    out = output_channels(cfg.num_classes, cfg.output)
-    return {"spatial_dims": 2, "in_channels": len(cfg.data.modalities), "out_channels": out, **model_cfg.kwargs}
+def train_step(model: nn.Module, batch: dict, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, scaler, t: TrainConfig,
+               device: torch.device, precision: str, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step on ``batch``; returns ``(loss, full-resolution logits)`` (detached).
+
+    Raises:
+        FloatingPointError: the loss is not finite.
+    """
+    x = batch["image"].to(device, non_blocking=True)
+    y = batch["label"].to(device, non_blocking=True)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    optimizer.zero_grad(set_to_none=True)
+    with autocast(device, precision):
+        out = model(x)
+    loss = loss_fn(_float(out), y)
+    if not torch.isfinite(loss):
+        raise FloatingPointError("non-finite training loss; lower train.lr or use train.precision: 32")
+    scaler.scale(loss).backward()
+    if t.grad_clip:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach(), main_logits(out).detach()
 
 
-def preprocessing_info(cfg: ExperimentConfig, model_name: str) -> dict[str, Any]:
-    d = cfg.data
-    return {
-        "format": d.format,
-        "modalities": list(d.modalities),
-        "normalization": d.normalization,
-        "spatial_size": list(d.spatial_size) if d.spatial_size else None,
-        "resize": d.resize,
-        "divisor": MODELS[model_name].divisor,
-        "num_classes": cfg.num_classes,
-    }
+def _float(out: Any) -> Any:
+    if isinstance(out, torch.Tensor):
+        return out.float()
+    if isinstance(out, (list, tuple)):
+        return [_float(o) for o in out]
+    if isinstance(out, dict):
+        return {k: _float(v) for k, v in out.items()}
+    return out
 
 
-def param_groups(model: nn.Module, lr: float, pde_lr_mult: float = 1.0) -> list[dict[str, Any]]:
-    """Optimizer groups: the PDE block's parameters (a module named ``pde``) at ``lr * pde_lr_mult``,
-    everything else at ``lr``. Its few coefficients barely move at the network's rate."""
-    pde = [p for n, p in model.named_parameters() if n.split(".")[0] == "pde"]
-    ids = {id(p) for p in pde}
-    rest = [p for p in model.parameters() if id(p) not in ids]
-    groups = [{"params": rest, "lr": lr}]
-    if pde:
-        groups.append({"params": pde, "lr": lr * pde_lr_mult})
-    return groups
+class Trainer:
+    """Runs epochs of a built model, loss, optimiser and scheduler over a training set.
 
+    Args:
+        model: the network (on ``device``).
+        loss_fn: ``loss_fn(model output, target) -> scalar``.
+        optimizer, scheduler: built for this model (the scheduler may be None).
+        train_set: training samples (``{"image", "label", "case"}`` items).
+        validate: ``validate(model) -> Scores`` on the validation cases, or None to select
+            by training loss (``settings.monitor`` must then be ``train_loss``).
+        rules: classes and regions, for the per-epoch training metrics.
+        run_dir: where ``best.pt``, ``last.pt``, ``metrics.csv`` and ``tb/`` go (rank 0).
+        settings: the config's ``train`` section.
+        meta: what every checkpoint carries besides weights (model, preprocessing, config).
+        device, precision: resolved device and precision.
+        rank, world: this process's rank and the number of processes.
+        channels_last: feed 2D batches in channels-last memory format (the model already is).
+    """
 
-def _make_optimizer(cfg: ExperimentConfig, model: nn.Module) -> torch.optim.Optimizer:
-    t = cfg.train
-    groups = param_groups(model, t.lr, t.pde_lr_mult)
-    if t.optimizer == "adam":
-        return torch.optim.Adam(groups, weight_decay=t.weight_decay)
-    if t.optimizer == "adamw":
-        return torch.optim.AdamW(groups, weight_decay=t.weight_decay)
-    return torch.optim.SGD(groups, momentum=0.9, weight_decay=t.weight_decay)
+    def __init__(self, model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, scheduler, train_set: Dataset,
+                 validate: Callable[[nn.Module], Scores] | None, rules: ScoringRules, run_dir: Path, settings: TrainConfig,
+                 meta: dict[str, Any], device: torch.device, precision: str, rank: int = 0, world: int = 1,
+                 channels_last: bool = False, num_workers: int = 0, progress: bool = True, name: str = "model"):
+        self.model, self.loss_fn, self.optimizer, self.scheduler = model, loss_fn, optimizer, scheduler
+        self.train_set, self.validate, self.rules = train_set, validate, rules
+        self.run_dir, self.t, self.meta = Path(run_dir), settings, meta
+        self.device, self.precision, self.rank, self.world = device, precision, rank, world
+        self.num_workers, self.progress, self.name = num_workers, progress, name
+        self.channels_last = channels_last
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
+        self.epoch, self.global_step, self.best_score, self.best_epoch = 0, 0, -math.inf, -1
+        self.history: list[dict[str, Any]] = []
+        self.wrapped = DistributedDataParallel(model) if world > 1 else model
 
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
 
-def _make_scheduler(cfg: ExperimentConfig, optimizer, steps_per_epoch: int):
-    t = cfg.train
-    total = t.epochs * steps_per_epoch
-    if t.scheduler == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total)
-    if t.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
-    return None
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Continue from a ``last.pt`` payload: weights, optimiser, scheduler, scaler, counters, RNG."""
+        self.model.load_state_dict(state["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler"):
+            self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        tr = state["training"]
+        self.epoch, self.global_step = tr["epoch"], tr["global_step"]
+        self.best_score, self.best_epoch, self.history = tr["best_score"], tr["best_epoch"], tr["history"]
+        if state.get("rng"):
+            set_rng_state(state["rng"])
+
+    def fit(self, stop_after: int | None = None) -> TrainResult:
+        """Train to ``settings.epochs`` (or ``stop_after`` more epochs, for jobs with a time limit)."""
+        writer = _tensorboard(self.run_dir) if self.main else None
+        end = self.t.epochs if stop_after is None else min(self.t.epochs, self.epoch + stop_after)
+        while self.epoch < end:
+            row = self.train_epoch()
+            self.end_epoch(row, writer)
+            barrier()
+        if self.world > 1:
+            check_replicas(self.model, self.run_dir, self.rank, self.world)
+        if writer is not None:
+            writer.close()
+        return TrainResult(self.run_dir, self.best_score, self.best_epoch, self.history)
+
+    def _loader(self) -> DataLoader:
+        t, epoch = self.t, self.epoch
+        if self.world > 1:
+            sampler = DistributedSampler(self.train_set, num_replicas=self.world, rank=self.rank, shuffle=True, seed=t.seed)
+            sampler.set_epoch(epoch)
+        else:
+            sampler = RandomSampler(self.train_set, generator=torch.Generator().manual_seed(t.seed * 100_003 + epoch))
+        if getattr(self.train_set, "transform", None) is not None:
+            self.train_set.transform.set_random_state(seed=(t.seed * 1_000_003 + epoch * 7919 + self.rank) % 2**32)
+        if hasattr(self.train_set, "set_epoch"):
+            self.train_set.set_epoch(epoch)
+        return DataLoader(self.train_set, batch_size=t.batch_size, sampler=sampler, num_workers=self.num_workers)
+
+    def train_epoch(self) -> dict[str, Any]:
+        """One pass over the training set; returns the epoch's row (loss, metrics, time)."""
+        loader = self._loader()
+        self.wrapped.train()
+        acc = self.rules.accumulator()  # per-epoch training metrics, on the augmented batches as trained
+        running, seen, t0 = 0.0, 0, time.perf_counter()
+        bar = track(loader, f"{self.name} epoch {self.epoch + 1}/{self.t.epochs}", "batch", enabled=self.progress and self.main)
+        for batch in bar:
+            try:
+                loss, logits = train_step(self.wrapped, batch, self.loss_fn, self.optimizer, self.scaler, self.t,
+                                          self.device, self.precision, self.channels_last)
+            except FloatingPointError as exc:
+                raise FloatingPointError(f"{self.name}, epoch {self.epoch + 1}, step {self.global_step}: {exc}") from None
+            if self.scheduler is not None:
+                self.scheduler.step()
+            self.global_step += 1
+            acc.update(predicted_classes(logits), batch["label"].to(logits.device), list(batch["case"]))
+            running += loss.item() * logits.shape[0]
+            seen += logits.shape[0]
+            bar.set_postfix(loss=f"{running / seen:.4f}")
+        row: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.global_step, "lr": self.optimizer.param_groups[0]["lr"],
+                               "train_loss": running / max(seen, 1), "train_time_s": time.perf_counter() - t0}
+        row.update({f"train_{k}": v for k, v in self._epoch_metrics(acc.summary()).items()})
+        return row
+
+    def _epoch_metrics(self, summary: dict[str, dict[str, float]]) -> dict[str, float]:
+        """Case-mean of the per-epoch metrics and of each region's Dice."""
+        keys = list(EPOCH_METRICS) + [f"dice_{r}" for r in self.rules.regions]
+        return {k: summary[k]["mean"] for k in keys if k in summary}
+
+    def end_epoch(self, row: dict[str, Any], writer) -> None:
+        """Validate, pick the best epoch, write checkpoints, metrics and logs."""
+        if self.validate is not None:
+            scores = self.validate(self.model)
+            summary = scores.summary()
+            row["val_loss"] = scores.loss
+            row.update({f"val_{k}": v for k, v in self._epoch_metrics(summary).items()})
+        if self.t.monitor == "train_loss":
+            score = -row["train_loss"]
+        else:
+            score = summary[self.t.monitor]["mean"]
+        row["score"] = score
+        self.epoch += 1
+        self.history.append(row)
+        is_best = score > self.best_score
+        if is_best:
+            self.best_score, self.best_epoch = score, self.epoch
+        if not self.main:
+            return
+        training = {"epoch": self.epoch, "global_step": self.global_step, "best_score": self.best_score,
+                    "best_epoch": self.best_epoch, "history": self.history}
+        weights = plain_state_dict(self.model)
+        if is_best:
+            save_checkpoint({**self.meta, "state_dict": weights, "training": training}, self.run_dir / "best.pt")
+        save_checkpoint({**self.meta, "state_dict": weights, "training": training, "optimizer": self.optimizer.state_dict(),
+                         "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                         "scaler": self.scaler.state_dict(), "rng": rng_state()}, self.run_dir / "last.pt")
+        write_metrics_csv(self.run_dir / "metrics.csv", self.history)
+        for k, v in row.items():
+            if isinstance(v, (int, float)) and k != "epoch":
+                writer.add_scalar(k, v, self.epoch)
+        writer.flush()
+        log.info("%s epoch %d/%d: train loss %.4f, %s %.4f%s (%.1f s)", self.name, self.epoch, self.t.epochs, row["train_loss"],
+                 self.t.monitor if self.t.monitor == "train_loss" else f"val {self.t.monitor}",
+                 abs(score) if self.t.monitor == "train_loss" else score, "  *best*" if is_best else "", row["train_time_s"])
 
 
 def parameter_digest(model: nn.Module) -> str:
@@ -118,7 +240,8 @@ def parameter_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def _check_replicas(model: nn.Module, run_dir: Path, rank: int, world: int) -> None:
+def check_replicas(model: nn.Module, run_dir: Path, rank: int, world: int) -> None:
+    """Gather every process's parameter digest; rank 0 writes ``replicas.json``."""
     digests: list[str | None] = [None] * world
     dist.all_gather_object(digests, parameter_digest(model))
     if rank == 0:
@@ -127,236 +250,14 @@ def _check_replicas(model: nn.Module, run_dir: Path, rank: int, world: int) -> N
         (log.info if same else log.error)("DDP replicas hold %s weights after training", "identical" if same else "DIFFERENT")
 
 
-def train_model(
-    cfg: ExperimentConfig,
-    model_cfg: ModelConfig,
-    run_dir: str | Path,
-    resume: bool = False,
-    data: PreparedData | None = None,
-    progress: bool = True,
-    stop_after: int | None = None,
-    overwrite: bool = False,
-) -> TrainResult:
-    """Train one model of ``cfg`` into ``run_dir``.
-
-    Args:
-        cfg: resolved experiment config.
-        model_cfg: which registered model to train.
-        run_dir: this model's run folder (created).
-        resume: continue from ``run_dir/last.pt`` (its split and epoch counter).
-        data: prepared data to reuse (else prepared from ``cfg``, reusing ``split.json``).
-        progress: show progress bars.
-        stop_after: train at most this many epochs in this call, then return (for jobs
-            with a wall-clock limit; ``resume=True`` continues with the same schedule).
-        overwrite: start afresh even if ``run_dir`` already holds a run.
-
-    Returns:
-        :class:`TrainResult` with the best validation score and the per-epoch history.
-
-    Raises:
-        FileNotFoundError: ``resume`` without ``last.pt`` in ``run_dir``.
-        FileExistsError: ``run_dir`` already holds a run and neither ``resume`` nor
-            ``overwrite`` is set (so finished work is never silently replaced).
-    """
-    run_dir = Path(run_dir)
-    t = cfg.train
-    device = resolve_device(t.device)
-    precision = resolve_precision(t.precision, device)
-    rank, world = init_distributed(device)
-    main = rank == 0
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    split_file = run_dir / "split.json"
-    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
-    state = None
-    if last_path.is_file() and not (resume or overwrite):
-        raise FileExistsError(f"{run_dir} already holds a run (last.pt); continue it with --resume, "
-                              "start afresh with --overwrite, or choose another --out")
-    if overwrite and not resume and main:
-        split_file.unlink(missing_ok=True)  # draw the split from the config again
-    if resume:
-        if not last_path.is_file():
-            raise FileNotFoundError(f"--resume: no {last_path} to resume from (was this run started?)")
-        state = load_checkpoint(last_path)
-        log.info("resuming %s from epoch %d", run_dir, state["training"]["epoch"])
-
-    if data is None:
-        if main:
-            data = prepare_data(cfg, split_file, progress=progress)
-        barrier()
-        if not main:
-            data = prepare_data(cfg, split_file, progress=False)
-    if main:
-        save_split(data.split, split_file)
-        save_config(cfg, run_dir / "config.yaml")
-
-    d = cfg.data
-    spatial = d.spatial_size
-    train_ds = SliceDataset(data.cases("train"), d.slices, d.slice_range, spatial, d.resize, divisor=MODELS[model_cfg.name].divisor)
-    if spatial is None:
-        spatial = list(train_ds[0]["image"].shape[-2:])
-    train_ds.transform = build_train_transform(d.augment, tuple(spatial))
-    val_ds = (
-        SliceDataset(data.cases("val"), d.slices, d.slice_range, d.spatial_size, d.resize, divisor=MODELS[model_cfg.name].divisor)
-        if data.split["val"]
-        else None
-    )
-    log.info("training %s on %d slices, validating on %d (%s, precision %s)", model_cfg.name, len(train_ds),
-             len(val_ds) if val_ds else 0, device, precision)
-
-    seed_everything(t.seed)
-    kwargs = model_kwargs(cfg, model_cfg)
-    model = build_model(model_cfg.name, **kwargs).to(device)
-    if t.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    loss_fn = CEDiceLoss(cfg.loss.ce_weight, cfg.loss.dice_weight, cfg.loss.dice_eps, cfg.loss.dice_include_background).to(device)
-    optimizer = _make_optimizer(cfg, model)
-    per_rank = math.ceil(len(train_ds) / world)
-    steps_per_epoch = max(1, math.ceil(per_rank / t.batch_size))
-    scheduler = _make_scheduler(cfg, optimizer, steps_per_epoch)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
-
-    fmt = get_format(d.format)
-    start_epoch, global_step, best_score, best_epoch, history = 0, 0, -math.inf, -1, []
-    if state is not None:
-        getattr(model, "module", model).load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler"):
-            scheduler.load_state_dict(state["scheduler"])
-        tr = state["training"]
-        start_epoch, global_step, best_score, best_epoch, history = tr["epoch"], tr["global_step"], tr["best_score"], tr["best_epoch"], tr["history"]
-    train_model_ = DistributedDataParallel(model) if world > 1 else model
-
-    meta = {
-        "model": {"name": model_cfg.name, "kwargs": kwargs},
-        "preprocessing": preprocessing_info(cfg, model_cfg.name),
-        "config": cfg.to_dict(),
-        "parameters": count_parameters(model),
-    }
-    writer = _tensorboard(run_dir) if main else None
-    end_epoch = t.epochs if stop_after is None else min(t.epochs, start_epoch + stop_after)
-    for epoch in range(start_epoch, end_epoch):
-        generator = torch.Generator().manual_seed(t.seed * 100_003 + epoch)
-        if world > 1:
-            sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=t.seed)
-            sampler.set_epoch(epoch)
-        else:
-            sampler = RandomSampler(train_ds, generator=generator)
-        if train_ds.transform is not None:
-            train_ds.transform.set_random_state(seed=(t.seed * 1_000_003 + epoch * 7919 + rank) % 2**32)
-        loader = DataLoader(train_ds, batch_size=t.batch_size, sampler=sampler, num_workers=d.num_workers, drop_last=False)
-        train_model_.train()
-        t0 = time.perf_counter()
-        running, seen = 0.0, 0
-        train_acc = fmt.accumulator()  # per-epoch training metrics, on the augmented batches as trained
-        bar = tqdm(loader, desc=f"{model_cfg.name} epoch {epoch + 1}/{t.epochs}", unit="batch", disable=not (progress and main), leave=False)
-        for step, batch in enumerate(bar, 1):
-            x = batch["image"].to(device, non_blocking=True)
-            y = batch["label"].to(device, non_blocking=True)
-            if t.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            optimizer.zero_grad(set_to_none=True)
-            with autocast(device, precision):
-                logits = train_model_(x)
-            loss = loss_fn(logits.float(), y)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{model_cfg.name}: non-finite training loss at epoch {epoch + 1}, step {global_step}; lower train.lr or use precision: 32")
-            scaler.scale(loss).backward()
-            if t.grad_clip:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            if scheduler is not None:
-                scheduler.step()
-            global_step += 1
-            train_acc.update(predicted_classes(logits.detach()), y, list(batch["case"]))
-            running += loss.item() * x.shape[0]
-            seen += x.shape[0]
-            bar.set_postfix(loss=f"{running / seen:.4f}")
-            if not progress and main and step % max(1, len(loader) // 5) == 0:  # logs stand in for the bar
-                log.info("%s epoch %d: step %d/%d, loss %.4f, %.1f slices/s", model_cfg.name, epoch + 1, step,
-                         len(loader), running / seen, seen / (time.perf_counter() - t0))
-        train_time = time.perf_counter() - t0
-        row: dict[str, Any] = {"epoch": epoch + 1, "step": global_step, "lr": optimizer.param_groups[0]["lr"],
-                               "train_loss": running / max(seen, 1), "train_time_s": train_time}
-        row.update({f"train_{k}": v for k, v in _epoch_metrics(train_acc.summary(), fmt).items()})
-        if main:
-            if val_ds is not None:
-                val_loader = DataLoader(val_ds, batch_size=t.val_batch_size, shuffle=False, num_workers=d.num_workers)
-                val_loss, acc = evaluate_loader(model, val_loader, device, precision, loss_fn, fmt.accumulator(), t.channels_last)
-                summary = acc.summary()
-                row["val_loss"] = val_loss
-                row.update({f"val_{k}": v for k, v in _epoch_metrics(summary, fmt).items()})
-                if t.monitor not in summary:
-                    raise KeyError(f"train.monitor {t.monitor!r} is not a validation metric; choose from {', '.join(sorted(summary))}")
-                score = summary[t.monitor]["mean"]
-            else:
-                score = -row["train_loss"]  # no validation cases: keep the lowest training loss
-            row["score"] = score
-            history.append(row)
-            is_best = score > best_score
-            if is_best:
-                best_score, best_epoch = score, epoch + 1
-            training = {"epoch": epoch + 1, "global_step": global_step, "best_score": best_score, "best_epoch": best_epoch, "history": history}
-            weights = plain_state_dict(model)
-            if is_best:
-                save_checkpoint({**meta, "state_dict": weights, "training": training}, best_path)
-            save_checkpoint(
-                {**meta, "state_dict": weights, "training": training, "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict() if scheduler is not None else None},
-                last_path,
-            )
-            _write_metrics_csv(run_dir / "metrics.csv", history)
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and v is not None and k != "epoch":
-                    writer.add_scalar(k, v, epoch + 1)
-            writer.flush()
-            log.info(
-                "%s epoch %d/%d: train loss %.4f, val %s %.4f%s (%.1f s)",
-                model_cfg.name, epoch + 1, t.epochs, row["train_loss"], t.monitor, score, "  *best*" if is_best else "", train_time,
-            )
-        barrier()
-    if world > 1:
-        _check_replicas(model, run_dir, rank, world)
-    if writer is not None:
-        writer.close()
-    if main and history:
-        from pdeseg.viz.figures import plot_epoch_metrics
-
-        plot_epoch_metrics(history, run_dir / "curves.png", title=f"{cfg.name}: {model_cfg.name}")
-    return TrainResult(run_dir, best_score, best_epoch, history)
-
-
-#: Metrics logged per epoch for training and validation (paper 003: accuracy, mean IoU, Dice).
-EPOCH_METRICS = ("accuracy", "iou_mean_all", "iou_mean", "dice_mean")
-
-
-def _epoch_metrics(summary: dict[str, dict[str, float]], fmt) -> dict[str, float]:
-    """Case-mean of the per-epoch metrics and of each region's Dice."""
-    keys = list(EPOCH_METRICS) + [f"dice_{r}" for r in fmt.regions]
-    return {k: summary[k]["mean"] for k in keys if k in summary}
-
-
-def train_or_resume(cfg: ExperimentConfig, model_cfg: ModelConfig, run_dir: Path, data: PreparedData, progress: bool = True) -> dict:
-    """Train ``run_dir`` to ``cfg.train.epochs``: a new run, a resumed interrupted one, or
-    nothing for a finished one (how ``compare`` and ``ablate`` continue). Returns ``last.pt``."""
-    last_path = Path(run_dir) / "last.pt"
-    started = last_path.is_file()
-    last = load_checkpoint(last_path) if started else None
-    if last is None or last["training"]["epoch"] < cfg.train.epochs:
-        train_model(cfg, model_cfg, run_dir, resume=started, data=data, progress=progress)
-        last = load_checkpoint(last_path)
-    return last
-
-
 def _tensorboard(run_dir: Path):
     from torch.utils.tensorboard import SummaryWriter
 
     return SummaryWriter(log_dir=str(run_dir / "tb"))
 
 
-def _write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
+def write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
+    """One row per epoch, written atomically."""
     keys: list[str] = []
     for row in history:
         keys += [k for k in row if k not in keys]

@@ -1,4 +1,6 @@
-"""Device, precision, seeding and torch.distributed helpers (launched by ``torchrun``)."""
+"""Device, precision, seeding, RNG state and torch.distributed helpers (launched by ``torchrun``).
+
+Shared by training and inference (neither imports the other for these)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from pdeseg.errors import DeviceError
+
 log = logging.getLogger(__name__)
 
 
@@ -21,9 +25,14 @@ def resolve_device(name: str = "auto") -> torch.device:
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         return torch.device("cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available; use device: cpu or auto")
+        raise DeviceError(f"device {name!r} requested but CUDA is not available here; use device auto or cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise DeviceError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
     return device
 
 
@@ -67,6 +76,30 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """Every global RNG state (Python, NumPy, torch CPU and CUDA) as checkpoint-safe data
+    (tensors, lists and numbers: loadable with ``torch.load(weights_only=True)``)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` saved (CUDA states only where CUDA is present)."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def init_distributed(device: torch.device) -> tuple[int, int]:

@@ -1,0 +1,206 @@
+"""From a validated config to built objects: the one resolve/build step.
+
+:func:`resolve` runs once the data format is known and does every cross-check that the
+leaf config cannot (the format exists; the model exists, supports the data's dimensions
+and accepts its keyword arguments; the classes match the data set; the modalities exist;
+the loss terms exist and accept their options; ``train.monitor`` names a metric that will
+exist, or ``train_loss``). It fills what the data set decides (modalities, classes,
+dimensions) and returns an :class:`Experiment` holding the resolved config, the data
+format and the :class:`~pdeseg.config.PreprocessSpec` that every checkpoint carries.
+
+The ``build_*`` functions make the objects the trainer receives: model, loss, optimiser,
+scheduler.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from pdeseg.config import ConfigError, ExperimentConfig, LossConfig, ModelConfig, PreprocessSpec, TrainConfig
+from pdeseg.data.formats import DataFormat, DatasetInfo, get_format
+from pdeseg.losses.composite import CompositeLoss
+from pdeseg.nn.output import output_channels
+from pdeseg.nn.params import parameter_groups
+from pdeseg.registry import LOSSES, build_model, check_model, count_parameters
+
+#: Metrics logged per epoch for training and validation (paper 003: accuracy, mean IoU, Dice).
+EPOCH_METRICS = ("accuracy", "iou_mean_all", "iou_mean", "dice_mean")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A config resolved against its data format.
+
+    Attributes:
+        cfg: the config with the data set's modalities, classes and dimensions filled in.
+        fmt: the data format.
+        info: what the data set says about itself (classes, regions, channels).
+        spec: preprocessing and sampling, as stored in checkpoints.
+    """
+
+    cfg: ExperimentConfig
+    fmt: DataFormat
+    info: DatasetInfo
+    spec: PreprocessSpec
+
+    def model_kwargs(self, model_cfg: ModelConfig) -> dict[str, Any]:
+        """Constructor kwargs: the data fix dimensions and channels in/out, the config adds the rest."""
+        return model_kwargs(self.spec, model_cfg)
+
+    def validation_metrics(self) -> list[str]:
+        """Names of the per-case validation metrics this experiment will log."""
+        names = list(EPOCH_METRICS)
+        names += [f"{m}_{c}" for m in ("dice", "iou") for c in self.info.class_names]
+        names += [f"{m}_{r}" for m in ("dice", "iou") for r in self.info.regions]
+        return list(dict.fromkeys(names))
+
+
+def model_kwargs(spec: PreprocessSpec, model_cfg: ModelConfig) -> dict[str, Any]:
+    """``spatial_dims``, ``in_channels`` and ``out_channels`` from the data, then the model's own kwargs."""
+    fixed = {"spatial_dims": spec.spatial_dims, "in_channels": len(spec.modalities),
+             "out_channels": output_channels(spec.num_classes, spec.output)}
+    clash = sorted(set(fixed) & set(model_cfg.kwargs))
+    if clash:
+        raise ConfigError(f"models: {model_cfg.name} kwargs {clash} are set by the data (modalities, classes, "
+                          "data.mode); remove them from the model's kwargs")
+    return {**fixed, **model_cfg.kwargs}
+
+
+def resolve(cfg: ExperimentConfig) -> Experiment:
+    """Cross-check ``cfg`` against the registries and its data format; fill the data's choices.
+
+    Raises:
+        ConfigError: one line naming the key, the value and what is allowed.
+    """
+    d = cfg.data
+    fmt = get_format(d.format)
+    info = fmt.dataset_info(d.root or None)
+    modalities = list(d.modalities) if d.modalities is not None else list(info.modalities)
+    odd = [m for m in modalities if m not in info.modalities]
+    if odd:
+        raise ConfigError(f"data.modalities {odd} are not {fmt.name} channels; choose from {', '.join(info.modalities)}")
+    if len(set(modalities)) != len(modalities):
+        raise ConfigError(f"data.modalities lists a channel twice: {modalities}")
+    if cfg.num_classes is not None and cfg.num_classes != info.num_classes:
+        raise ConfigError(f"num_classes is {cfg.num_classes} but data.format {fmt.name} has {info.num_classes} classes "
+                          f"({', '.join(info.class_names)}); leave num_classes out to take the data's")
+    if cfg.output == "sigmoid" and info.num_classes != 2:
+        raise ConfigError(f"output: sigmoid is for binary tasks (2 classes); {fmt.name} has {info.num_classes}")
+    dims = 2 if d.mode == "slices" else info.spatial_dims
+    if d.spatial_dims is not None and d.spatial_dims != dims:
+        why = "slices are 2D" if d.mode == "slices" else f"{fmt.name} cases are {info.spatial_dims}D"
+        raise ConfigError(f"data.spatial_dims is {d.spatial_dims} but data.mode {d.mode} gives {dims} ({why})")
+    if d.spatial_size is not None and len(d.spatial_size) != dims:
+        raise ConfigError(f"data.spatial_size {d.spatial_size} must have {dims} sizes for data.mode {d.mode}")
+    if d.resize and d.mode != "slices":
+        raise ConfigError("data.resize applies to data.mode slices only")
+    spec = PreprocessSpec(
+        format=fmt.name, modalities=modalities, normalization=d.normalization, ct_window=d.ct_window, mode=d.mode,
+        spatial_dims=dims, spatial_size=d.spatial_size, resize=d.resize, slices=d.slices, slice_range=d.slice_range,
+        num_classes=info.num_classes, output=cfg.output, class_names=list(info.class_names),
+        regions={k: list(v) for k, v in info.regions.items()},
+    )
+    resolved = cfg.model_copy(deep=True)
+    resolved.data.modalities = modalities
+    resolved.data.spatial_dims = dims
+    resolved.num_classes = info.num_classes
+    exp = Experiment(resolved, fmt, info, spec)
+    for i, m in enumerate(cfg.models):
+        try:
+            check_model(m.name, dims, m.kwargs)
+        except (KeyError, ValueError) as exc:
+            raise ConfigError(f"models[{i}] ({m.name}): {exc}") from None
+        exp.model_kwargs(m)
+    check_loss(cfg.loss)
+    _check_monitor(exp)
+    return exp
+
+
+def _check_monitor(exp: Experiment) -> None:
+    t, split = exp.cfg.train, exp.cfg.data.split
+    if t.monitor == "train_loss":
+        return
+    allowed = exp.validation_metrics()
+    if t.monitor not in allowed:
+        raise ConfigError(f"train.monitor {t.monitor!r} is not a validation metric; choose train_loss or one of {', '.join(allowed)}")
+    if not split.has_validation:
+        raise ConfigError(f"train.monitor {t.monitor!r} needs validation cases but data.split gives none; "
+                          "give the split a validation part or set train.monitor: train_loss")
+
+
+def check_loss(loss: LossConfig) -> None:
+    """Every term is registered and accepts its options.
+
+    Raises:
+        ConfigError: naming the term and the bad option or name.
+    """
+    for i, term in enumerate(loss.terms):
+        if term.name not in LOSSES:
+            raise ConfigError(f"loss.terms[{i}].name {term.name!r} is not a registered loss; choose one of {', '.join(LOSSES)}")
+        accepted = [p for p in inspect.signature(LOSSES[term.name].build).parameters if p != "self"]
+        bad = sorted(set(term.options) - set(accepted))
+        if bad:
+            raise ConfigError(f"loss.terms[{i}] ({term.name}): unknown option(s) {bad}; it takes {', '.join(accepted) or 'none'}")
+
+
+def build_loss(loss: LossConfig) -> CompositeLoss:
+    """The weighted sum of the config's loss terms.
+
+    Raises:
+        ConfigError: an unknown term or option, or a value the term rejects.
+    """
+    check_loss(loss)
+    terms = []
+    for i, term in enumerate(loss.terms):
+        try:
+            terms.append((term.name, term.weight, LOSSES[term.name].build(**term.options)))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"loss.terms[{i}] ({term.name}): {exc}") from None
+    return CompositeLoss(terms)
+
+
+def build_network(exp: Experiment, model_cfg: ModelConfig) -> nn.Module:
+    """The model ``model_cfg`` for this experiment's data (fresh weights from the current RNG).
+
+    Raises:
+        ConfigError: the constructor rejects a value.
+    """
+    kwargs = exp.model_kwargs(model_cfg)
+    try:
+        return build_model(model_cfg.name, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"models: {model_cfg.name} rejects {model_cfg.kwargs} ({exc})") from None
+
+
+def build_optimizer(t: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """Adam, AdamW or SGD (momentum 0.9) over the model's declared parameter groups (no weight
+    decay on norms, biases and PDE coefficients; PDE coefficients at ``lr * pde_lr_mult``)."""
+    groups = parameter_groups(model, t.lr, t.weight_decay, t.pde_lr_mult)
+    if t.optimizer == "adam":
+        return torch.optim.Adam(groups)
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(groups)
+    return torch.optim.SGD(groups, momentum=0.9)
+
+
+def build_scheduler(t: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    """One-cycle (peak at each group's lr), cosine, or None, over ``epochs * steps_per_epoch`` steps."""
+    total = t.epochs * steps_per_epoch
+    if t.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total)
+    if t.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    return None
+
+
+def checkpoint_meta(exp: Experiment, model_cfg: ModelConfig, model: nn.Module) -> dict[str, Any]:
+    """What every checkpoint of this model carries besides its weights: the model's registry
+    name and kwargs, the preprocessing spec, the resolved config and the parameter count."""
+    return {"model": {"name": model_cfg.name, "kwargs": exp.model_kwargs(model_cfg)},
+            "preprocessing": exp.spec.model_dump(mode="json"), "config": exp.cfg.to_dict(),
+            "parameters": count_parameters(model)}

@@ -1,0 +1,121 @@
+"""Self-describing checkpoints, written atomically and loadable with ``weights_only=True``.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts::
+
+    format, format_version, pdeseg_version
+    model:         {"name": registry name, "kwargs": constructor kwargs}
+    state_dict:    model weights (contiguous fp32 tensors)
+    preprocessing: a :class:`~pdeseg.config.PreprocessSpec` as a dict (format, modalities,
+                   normalisation, sampling mode, spatial dims and size, classes, regions)
+    config:        the resolved experiment config
+    training:      {"epoch", "global_step", "best_score", "best_epoch", "history"}
+    optimizer, scheduler, scaler, rng   (only in ``last.pt``, for resuming exactly)
+
+Loading needs only :mod:`pdeseg.registry` and the network modules, never the trainer, so
+both training and inference use this module.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pydantic import ValidationError
+
+from pdeseg import __version__
+from pdeseg.config import PreprocessSpec
+from pdeseg.errors import CheckpointError
+from pdeseg.registry import build_model
+
+FORMAT = "pdeseg-checkpoint"
+#: 2: ``preprocessing`` is a full PreprocessSpec (format, mode, spatial dims, classes).
+FORMAT_VERSION = 2
+
+
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Model weights as contiguous CPU tensors (unwraps DDP / compiled modules)."""
+    model = getattr(model, "module", model)
+    model = getattr(model, "_orig_mod", model)
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
+    """Write ``payload`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "pdeseg_version": __version__, **payload}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with ``torch.load(weights_only=True)`` and check its format.
+
+    Raises:
+        CheckpointError: no such file, unreadable, or not a pdeseg checkpoint of a known version.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a pdeseg checkpoint")
+    version = ckpt.get("format_version", 0)
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {version} is newer than this pdeseg understands; upgrade pdeseg")
+    if version < FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {version} predates pdeseg {__version__} (format {FORMAT_VERSION}), "
+                              "whose checkpoints state their data format and sampling; retrain the model")
+    missing = [k for k in ("model", "state_dict", "preprocessing") if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    model = ckpt["model"]
+    if not (isinstance(model, dict) and isinstance(model.get("name"), str) and isinstance(model.get("kwargs"), dict)):
+        raise CheckpointError(f"{path}: checkpoint's model entry must be {{name, kwargs}}, got {model!r:.200}")
+    return ckpt
+
+
+def preprocessing_spec(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> PreprocessSpec:
+    """The validated preprocessing and sampling spec a checkpoint carries.
+
+    Raises:
+        CheckpointError: the spec is missing or invalid (no silent default format).
+    """
+    try:
+        return PreprocessSpec.model_validate(ckpt.get("preprocessing"))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise CheckpointError(f"{path}: bad preprocessing entry {where}: {first['msg']}") from None
+
+
+def model_from_checkpoint(ckpt: dict[str, Any] | str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the model a checkpoint describes, load its weights, return it in eval mode."""
+    where = "checkpoint"
+    if not isinstance(ckpt, dict):
+        where, ckpt = ckpt, load_checkpoint(ckpt, map_location)
+    name, kwargs = ckpt["model"]["name"], ckpt["model"]["kwargs"]
+    try:
+        model = build_model(name, **kwargs)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{where}: cannot build model {name!r} with {kwargs} ({exc})") from None
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{where}: weights do not fit model {name!r} ({str(exc).splitlines()[0]})") from None
+    return model.eval()

@@ -1,0 +1,246 @@
+"""Training and validation samples drawn from cached cases, in 2D and 3D.
+
+Three sampling modes (``data.mode``, stored in every checkpoint's preprocessing spec):
+
+* ``slices``: axial slices (the last axis) of each case, chosen by ``data.slices``, brought
+  to ``spatial_size`` by centre crop/pad or resize: :class:`SliceDataset`;
+* ``patches``: random patches of ``spatial_size`` from each case, a share of them centred
+  on a labelled voxel: :class:`PatchDataset`;
+* ``whole``: whole cases, optionally centre cropped/padded to ``spatial_size``:
+  :class:`VolumeDataset`.
+
+Every item is ``{"image": (C, *spatial) float32, "label": (*spatial) int64, "case": str}``
+(slices add ``"z"``). Models pad and crop internally, so no size needs to be a multiple of
+anything. Crop, pad and resize are MONAI transforms on plain tensors.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from monai import transforms as mt
+from torch.utils.data import Dataset
+
+from pdeseg.config import AugmentConfig, DataConfig, PreprocessSpec
+from pdeseg.data.cache import CachedCase
+from pdeseg.data.transforms import build_train_transform
+from pdeseg.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+
+def select_slices(case: CachedCase, selection: str, slice_range: Sequence[int] | None = None) -> list[int]:
+    """Slice indices (along the last, axial, axis) of one case.
+
+    ``middle``: the volume's middle axial slice, one per case (paper 000's protocol);
+    ``tumour_middle``: the centre of the labelled extent (the volume's middle when the case
+    has no label); ``range``: the inclusive ``[first, last]``, clipped to the volume;
+    ``brain``: slices with any non-zero voxel; ``tumour``: slices with any labelled
+    (foreground) voxel; ``all``: every slice.
+    """
+    n = case.num_slices
+    if selection == "middle":
+        return [n // 2]
+    if selection == "tumour_middle":
+        tumour = case.slices("tumour")
+        return [tumour[len(tumour) // 2] if tumour else n // 2]
+    if selection == "range":
+        if slice_range is None:
+            raise ConfigError("slice selection 'range' needs data.slice_range: [first, last]")
+        first, last = max(0, int(slice_range[0])), min(n - 1, int(slice_range[1]))
+        return list(range(first, last + 1))
+    if selection == "brain":
+        return case.slices("brain")
+    if selection == "tumour":
+        if not case.meta["has_label"]:
+            raise DataError(f"case {case.case_id} has no label, so 'tumour' slices cannot be selected")
+        return case.slices("tumour")
+    if selection == "all":
+        return list(range(n))
+    raise ConfigError(f"unknown slice selection {selection!r}")
+
+
+def _plain(x) -> torch.Tensor:
+    """A plain ``torch.Tensor`` (MONAI transforms return ``MetaTensor``)."""
+    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
+
+
+def fit_spatial(
+    image: torch.Tensor, label: torch.Tensor | None, spatial_size: Sequence[int] | None, resize: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Bring ``image (C, *S)`` and ``label (*S)`` to ``spatial_size``: centre crop/pad (zeros),
+    or resize (image bilinear/trilinear, label nearest). ``None`` leaves them as they are."""
+    if spatial_size is None:
+        return image, label
+    size = tuple(int(s) for s in spatial_size)
+    if tuple(image.shape[1:]) == size:
+        return image, label
+    if resize:
+        mode = "bilinear" if len(size) == 2 else "trilinear"
+        image = _plain(mt.Resize(size, mode=mode)(image))
+        if label is not None:
+            label = _plain(mt.Resize(size, mode="nearest")(label[None].float()))[0].to(label.dtype)
+        return image, label
+    fit = mt.ResizeWithPadOrCrop(size)
+    image = _plain(fit(image))
+    if label is not None:
+        label = _plain(fit(label[None]))[0]
+    return image, label
+
+
+def _augment(transform: Callable | None, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if transform is None:
+        return image, label
+    out = transform({"image": image, "label": label[None]})
+    # plain tensors: MONAI's MetaTensor would add Python overhead to every op of the model
+    return _plain(out["image"]).float(), _plain(out["label"])[0].round().long()
+
+
+class SliceDataset(Dataset):
+    """Axial slices of cached cases.
+
+    Each item is ``{"image": (C, H, W) float32, "label": (H, W) int64, "case": str, "z": int}``.
+
+    Args:
+        cases: cached, labelled cases.
+        selection, slice_range: see :func:`select_slices`.
+        spatial_size, resize: see :func:`fit_spatial`.
+        transform: optional dictionary transform (augmentation) applied after fitting.
+
+    Raises:
+        DataError: no cases, no slices selected, or slices of different sizes to batch.
+    """
+
+    def __init__(
+        self,
+        cases: list[CachedCase],
+        selection: str = "tumour",
+        slice_range: Sequence[int] | None = None,
+        spatial_size: Sequence[int] | None = None,
+        resize: bool = False,
+        transform: Callable | None = None,
+    ):
+        if not cases:
+            raise DataError("no cases to draw slices from (empty split?)")
+        sizes = {tuple(c.meta["shape"][:2]) for c in cases}
+        if spatial_size is None and len(sizes) > 1:
+            raise DataError(
+                f"cases have different slice sizes {sorted(sizes)} (e.g. BraTS 2020 and 2023 grids mixed); "
+                "set data.spatial_size: [H, W] so that slices can be batched"
+            )
+        self.cases = cases
+        self.spatial_size, self.resize, self.transform = spatial_size, resize, transform
+        self.items = [(i, z) for i, c in enumerate(cases) for z in select_slices(c, selection, slice_range)]
+        if not self.items:
+            raise DataError(f"slice selection {selection!r} gives no slices for cases {[c.case_id for c in cases]}")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        ci, z = self.items[index]
+        case = self.cases[ci]
+        image = torch.from_numpy(np.asarray(case.image[z], dtype=np.float32))
+        label = torch.from_numpy(np.asarray(case.label[z], dtype=np.int64))
+        image, label = fit_spatial(image, label, self.spatial_size, self.resize)
+        image, label = _augment(self.transform, image, label)
+        return {"image": image.contiguous(), "label": label.contiguous(), "case": case.case_id, "z": z}
+
+
+def case_volume(case: CachedCase) -> tuple[np.ndarray, np.ndarray | None]:
+    """A cached case as ``(image (C, X, Y, Z) float32, label (X, Y, Z) or None)``."""
+    image = np.asarray(case.image, dtype=np.float32).transpose(1, 2, 3, 0)
+    label = np.asarray(case.label).transpose(1, 2, 0) if case.label is not None else None
+    return image, label
+
+
+class PatchDataset(Dataset):
+    """Random patches of ``patch_size`` from whole cached volumes.
+
+    ``samples_per_case`` patches per case and epoch; each is centred on a random labelled
+    voxel with probability ``foreground_prob`` (else on a random voxel), then shifted to lie
+    inside the volume (volumes smaller than a patch are zero-padded). Draws are a function
+    of ``(seed, epoch, index)``, so a resumed run draws the same patches: call
+    :meth:`set_epoch` before each epoch.
+    """
+
+    def __init__(self, cases: list[CachedCase], patch_size: Sequence[int], samples_per_case: int = 4,
+                 foreground_prob: float = 0.33, transform: Callable | None = None, seed: int = 0):
+        if not cases:
+            raise DataError("no cases to draw patches from (empty split?)")
+        self.cases, self.patch = cases, tuple(int(p) for p in patch_size)
+        self.samples_per_case, self.foreground_prob = samples_per_case, foreground_prob
+        self.transform, self.seed, self.epoch = transform, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.cases) * self.samples_per_case
+
+    def __getitem__(self, index: int) -> dict:
+        case = self.cases[index // self.samples_per_case]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        image, label = case_volume(case)
+        shape = label.shape
+        if rng.random() < self.foreground_prob and label.any():
+            fg = np.argwhere(label > 0)
+            centre = fg[rng.integers(len(fg))]
+        else:
+            centre = np.array([rng.integers(s) for s in shape])
+        start = [int(np.clip(c - p // 2, 0, max(s - p, 0))) for c, p, s in zip(centre, self.patch, shape)]
+        region = tuple(slice(b, b + p) for b, p in zip(start, self.patch))
+        img = torch.from_numpy(np.ascontiguousarray(image[(slice(None), *region)]))
+        lab = torch.from_numpy(np.ascontiguousarray(label[region]).astype(np.int64))
+        img, lab = fit_spatial(img, lab, self.patch)  # pads volumes smaller than a patch
+        img, lab = _augment(self.transform, img, lab)
+        return {"image": img.contiguous(), "label": lab.contiguous(), "case": case.case_id}
+
+
+class VolumeDataset(Dataset):
+    """Whole cached cases, optionally centre cropped/padded to ``spatial_size``."""
+
+    def __init__(self, cases: list[CachedCase], spatial_size: Sequence[int] | None = None, transform: Callable | None = None):
+        if not cases:
+            raise DataError("no cases (empty split?)")
+        shapes = {tuple(c.meta["shape"]) for c in cases}
+        if spatial_size is None and len(shapes) > 1:
+            raise DataError(f"cases have different shapes {sorted(shapes)[:4]}; set data.spatial_size so they can be batched, "
+                            "or use data.mode: patches")
+        self.cases, self.spatial_size, self.transform = cases, spatial_size, transform
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __getitem__(self, index: int) -> dict:
+        case = self.cases[index]
+        image, label = case_volume(case)
+        img, lab = fit_spatial(torch.from_numpy(image), torch.from_numpy(label.astype(np.int64)), self.spatial_size)
+        img, lab = _augment(self.transform, img, lab)
+        return {"image": img.contiguous(), "label": lab.contiguous(), "case": case.case_id}
+
+
+def training_dataset(cases: list[CachedCase], spec: PreprocessSpec, data: DataConfig, seed: int = 0) -> Dataset:
+    """The training samples of ``spec.mode`` with the config's augmentation."""
+    if spec.mode == "slices":
+        ds = SliceDataset(cases, spec.slices, spec.slice_range, spec.spatial_size, spec.resize)
+        size = spec.spatial_size or list(ds[0]["image"].shape[1:])
+        ds.transform = _train_transform(data.augment, spec.spatial_dims, size)
+        return ds
+    if spec.mode == "patches":
+        return PatchDataset(cases, spec.spatial_size, data.samples_per_case, data.foreground_prob,
+                            _train_transform(data.augment, spec.spatial_dims, spec.spatial_size), seed)
+    size = spec.spatial_size or cases[0].meta["shape"]
+    return VolumeDataset(cases, spec.spatial_size, _train_transform(data.augment, spec.spatial_dims, size))
+
+
+def _train_transform(augment: AugmentConfig, spatial_dims: int, size: Sequence[int]):
+    return build_train_transform(augment, tuple(int(s) for s in size), spatial_dims)
+
+
+def evaluation_slices(cases: list[CachedCase], spec: PreprocessSpec) -> SliceDataset:
+    """The slices the config selects, fitted as in training, without augmentation."""
+    return SliceDataset(cases, spec.slices, spec.slice_range, spec.spatial_size, spec.resize)

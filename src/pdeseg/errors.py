@@ -1,0 +1,32 @@
+"""The errors a user's input can cause, one type per kind of mistake.
+
+The command line reports any :class:`PdesegError` in one line (the message names the file,
+key or value and what to do) with exit code 2. Every other exception is a bug in pdeseg
+and is shown with its traceback.
+
+:class:`PdesegError` and :class:`ConfigError` are defined in :mod:`pdeseg.config` (the
+package's leaf module, which imports nothing from pdeseg) and re-exported here.
+"""
+
+from __future__ import annotations
+
+from pdeseg.config import ConfigError, PdesegError
+
+__all__ = ["CheckpointError", "ConfigError", "DataError", "DeviceError", "PdesegError", "RunFolderError"]
+
+
+class DataError(PdesegError, ValueError):
+    """A data file or folder is missing, unreadable or inconsistent; the message names it."""
+
+
+class CheckpointError(PdesegError, ValueError):
+    """A file is not a usable pdeseg checkpoint; the message names it and what is wrong."""
+
+
+class DeviceError(PdesegError, RuntimeError):
+    """The requested device is not available (e.g. ``cuda`` on a machine without a GPU)."""
+
+
+class RunFolderError(PdesegError, OSError):
+    """A run or output folder cannot be used as asked (it holds a finished run, a resume
+    has nothing to resume, a path lies below a file, it is not writable)."""

@@ -1,0 +1,155 @@
+"""The one scoring path: training validation, ``evaluate``, ``compare``, ``ablate`` and ``demo``
+all score a model through :func:`score`, on cached cases (the same normalised float16
+arrays for every caller, so one checkpoint always gets one score).
+
+Scopes:
+
+* ``slices``: the slices the config selects (e.g. paper 000's middle slice), fitted as in
+  training, in batches; per-case confusion counts accumulated over them (2D slice mode);
+* ``volume``: every case segmented whole (slice by slice, sliding window or in one pass,
+  as the spec says) and scored in its own dimensions; HD95 optional.
+
+Under ``torchrun`` every process scores its share of the cases and the per-case rows are
+gathered, so every process returns the same result.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from pdeseg.config import PreprocessSpec
+from pdeseg.data.cache import CachedCase
+from pdeseg.data.formats import get_format
+from pdeseg.data.sampling import case_volume, evaluation_slices
+from pdeseg.errors import ConfigError
+from pdeseg.inference.predict import Predictor
+from pdeseg.metrics.segmentation import ScoringRules, summarize
+from pdeseg.nn.output import predicted_classes
+from pdeseg.progress import track
+
+SCOPES = ("slices", "volume")
+
+
+def scoring_rules(spec: PreprocessSpec) -> ScoringRules:
+    """Classes, regions and empty-mask rule of a spec's data format."""
+    return ScoringRules(tuple(spec.class_names), {k: tuple(v) for k, v in spec.regions.items()}, 1.0,
+                        get_format(spec.format).hd95_one_empty)
+
+
+@dataclass
+class Scores:
+    """What :func:`score` measured.
+
+    Attributes:
+        rows: one ``{"case": id, metric: value, ...}`` per case.
+        loss: mean loss over slices (``slices`` scope) or cases (``volume``), if a loss was given.
+        seconds: wall time of the model and metrics.
+        units: slices (or cases) segmented, for a per-unit time.
+    """
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    loss: float | None = None
+    seconds: float = 0.0
+    units: int = 0
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """Mean, sd, median and count of every metric over cases."""
+        return summarize(self.rows)
+
+    def means(self) -> dict[str, float]:
+        """Case-mean of every metric."""
+        return {k: v["mean"] for k, v in self.summary().items()}
+
+
+def score(
+    predictor: Predictor,
+    cases: list[CachedCase],
+    scope: Literal["slices", "volume"] = "volume",
+    loss_fn: nn.Module | None = None,
+    with_hd95: bool = False,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> Scores:
+    """Per-case metrics of ``predictor`` on cached, labelled ``cases``.
+
+    Args:
+        scope: ``slices`` (the spec's slice selection; slice mode only) or ``volume``.
+        loss_fn: also report this loss (on logits).
+        with_hd95: add HD95 per region (volume scope; in the units of the case spacing).
+        batch_size: slices per batch in slices scope (default: the predictor's).
+
+    Raises:
+        ConfigError: an unknown scope, slices scope for a non-slice model, or HD95 in slices scope.
+    """
+    if scope not in SCOPES:
+        raise ConfigError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+    if scope == "slices" and predictor.spec.mode != "slices":
+        raise ConfigError(f"scope slices needs a slice model; this one samples {predictor.spec.mode}: use scope volume")
+    if with_hd95 and scope != "volume":
+        raise ConfigError("HD95 needs whole volumes: use scope volume")
+    mine = _my_share(cases)
+    t0 = time.perf_counter()
+    if scope == "slices":
+        result = _score_slices(predictor, mine, loss_fn, batch_size or predictor.batch_size, progress)
+    else:
+        result = _score_volumes(predictor, mine, loss_fn, with_hd95, progress)
+    result.seconds = time.perf_counter() - t0
+    return _gather(result, [c.case_id for c in cases])
+
+
+def _score_slices(predictor: Predictor, cases: list[CachedCase], loss_fn, batch_size: int, progress: bool) -> Scores:
+    acc = scoring_rules(predictor.spec).accumulator()
+    if not cases:
+        return Scores()
+    loader = DataLoader(evaluation_slices(cases, predictor.spec), batch_size=batch_size, shuffle=False)
+    total, count = 0.0, 0
+    for batch in track(loader, "scoring", "batch", enabled=progress):
+        logits = predictor.logits(batch["image"])
+        y = batch["label"].to(logits.device)
+        if loss_fn is not None:
+            total += float(loss_fn(logits, y)) * y.shape[0]
+            count += y.shape[0]
+        acc.update(predicted_classes(logits), y, list(batch["case"]))
+    return Scores(acc.per_case(), total / count if count else None, units=len(loader.dataset))
+
+
+def _score_volumes(predictor: Predictor, cases: list[CachedCase], loss_fn, with_hd95: bool, progress: bool) -> Scores:
+    rules = scoring_rules(predictor.spec)
+    rows, losses, units = [], [], 0
+    for case in track(cases, "scoring", "case", enabled=progress):
+        image, label = case_volume(case)
+        logits = predictor.predict_logits(image)[None]
+        target = torch.from_numpy(label.astype(np.int64))[None]
+        if loss_fn is not None:
+            losses.append(float(loss_fn(logits, target)))
+        classes = predicted_classes(logits)[0].numpy().astype(np.uint8)
+        rows.append({"case": case.case_id, **rules.case_metrics(classes, label, case.meta["spacing"], with_hd95)})
+        units += image.shape[-1] if predictor.spec.mode == "slices" else 1
+    return Scores(rows, float(np.mean(losses)) if losses else None, units=units)
+
+
+def _my_share(cases: list[CachedCase]) -> list[CachedCase]:
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return cases
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return cases[rank::world]
+
+
+def _gather(result: Scores, order: list[str]) -> Scores:
+    """All processes' rows in the cases' order (a no-op for one process)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return result
+    world = torch.distributed.get_world_size()
+    parts: list[Any] = [None] * world
+    torch.distributed.all_gather_object(parts, (result.rows, result.loss, result.units))
+    rows = {r["case"]: r for p in parts for r in p[0]}
+    weighted = [(p[1], p[2]) for p in parts if p[1] is not None and p[2]]
+    loss = sum(l * n for l, n in weighted) / sum(n for _, n in weighted) if weighted else None
+    return Scores([rows[c] for c in order if c in rows], loss, result.seconds, sum(p[2] for p in parts))

@@ -1,0 +1,147 @@
+"""From a config to a trained run folder: resolve, prepare data, build objects, train or resume.
+
+The run folder of one model holds ``config.yaml`` (resolved), ``split.json``,
+``metrics.csv`` (one row per epoch: loss, pixel accuracy, mean IoU, Dice on train and
+validation), ``tb/`` (TensorBoard), ``best.pt`` (best
+monitored score) and ``last.pt`` (everything needed to resume exactly).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from pdeseg.build import Experiment, build_loss, checkpoint_meta, build_network, build_optimizer, build_scheduler, resolve
+from pdeseg.checkpoint import load_checkpoint
+from pdeseg.config import ExperimentConfig, ModelConfig, save_config
+from pdeseg.data.sampling import training_dataset
+from pdeseg.data.setup import PreparedData, prepare_data, steps_per_epoch
+from pdeseg.data.splits import save_split
+from pdeseg.errors import ConfigError, RunFolderError
+from pdeseg.inference.predict import Predictor
+from pdeseg.inference.score import score, scoring_rules
+from pdeseg.runtime import barrier, init_distributed, resolve_device, resolve_precision, seed_everything
+from pdeseg.training.trainer import Trainer, TrainResult
+
+log = logging.getLogger(__name__)
+
+
+def _check_run_folder(run_dir: Path, resume: bool, overwrite: bool, epochs: int) -> dict | None:
+    """The ``last.pt`` to resume from, or None for a fresh start.
+
+    Raises:
+        RunFolderError: the folder holds a run and neither resume nor overwrite was asked, a
+            resume has nothing to resume, or a resume asks for a different epoch count.
+    """
+    last = run_dir / "last.pt"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunFolderError(f"{run_dir} is a file, not a run folder")
+    if last.is_file() and not (resume or overwrite):
+        raise RunFolderError(f"{run_dir} already holds a run (last.pt); continue it with --resume, "
+                             "start afresh with --overwrite, or choose another --out")
+    if not resume:
+        return None
+    if not last.is_file():
+        raise RunFolderError(f"--resume: no {last} to resume from (was this run started?)")
+    state = load_checkpoint(last)
+    planned = state.get("config", {}).get("train", {}).get("epochs")
+    if planned is not None and planned != epochs:
+        raise RunFolderError(f"{run_dir} was planned for {planned} epochs (its learning-rate schedule spans them) but "
+                             f"train.epochs is now {epochs}; resume with train.epochs={planned}, or start a new run")
+    return state
+
+
+def train_model(
+    cfg: ExperimentConfig,
+    model_cfg: ModelConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    data: PreparedData | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+    overwrite: bool = False,
+    exp: Experiment | None = None,
+) -> TrainResult:
+    """Train one model of ``cfg`` into ``run_dir``.
+
+    Args:
+        cfg: the experiment config (resolved here unless ``exp`` is given).
+        model_cfg: which registered model to train.
+        run_dir: this model's run folder (created).
+        resume: continue from ``run_dir/last.pt`` (its split, epoch counter and RNG states).
+        data: prepared data to reuse (else prepared from ``cfg``, reusing ``split.json``).
+        progress: show progress (a bar on a terminal, log lines otherwise).
+        stop_after: train at most this many epochs in this call, then return.
+        overwrite: start afresh even if ``run_dir`` already holds a run.
+
+    Raises:
+        ConfigError: a config value the data set or registries reject (before any data are read).
+        RunFolderError: see :func:`_check_run_folder`.
+        DataError: bad data.
+    """
+    exp = exp or resolve(cfg)
+    cfg, spec, t = exp.cfg, exp.spec, exp.cfg.train
+    run_dir = Path(run_dir)
+    state = _check_run_folder(run_dir, resume, overwrite, t.epochs)
+    device = resolve_device(t.device)
+    precision = resolve_precision(t.precision, device)
+    rank, world = init_distributed(device)
+    split_file = run_dir / "split.json"
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if overwrite and not resume:
+            split_file.unlink(missing_ok=True)  # draw the split from the config again
+    if data is None:
+        if rank == 0:
+            data = prepare_data(cfg.data, spec, split_file, progress=progress)
+        barrier()
+        if rank != 0:
+            data = prepare_data(cfg.data, spec, split_file, progress=False)
+    if rank == 0:
+        save_split(data.split, split_file)
+        save_config(cfg, run_dir / "config.yaml")
+    if t.monitor != "train_loss" and not data.split["val"]:
+        raise ConfigError(f"train.monitor {t.monitor!r} needs validation cases but the split has none "
+                          f"({len(data.split['train'])} training cases); set train.monitor: train_loss or use more cases")
+
+    train_set = training_dataset(data.cases("train"), spec, cfg.data, t.seed)
+    log.info("training %s on %d %s, validating on %d cases (%s, precision %s)", model_cfg.name, len(train_set),
+             spec.mode, len(data.split["val"]), device, precision)
+    seed_everything(t.seed)
+    model = build_network(exp, model_cfg).to(device)
+    channels_last = t.channels_last and spec.spatial_dims == 2
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    loss_fn = build_loss(cfg.loss).to(device)
+    optimizer = build_optimizer(t, model)
+    scheduler = build_scheduler(t, optimizer, steps_per_epoch(len(train_set), t.batch_size, world))
+    meta = checkpoint_meta(exp, model_cfg, model)
+    val_cases = data.cases("val")
+    scope = "slices" if spec.mode == "slices" else "volume"
+
+    def validate(net) -> object:
+        predictor = Predictor(net, spec, device, precision, t.val_batch_size, model_cfg.name)
+        return score(predictor, val_cases, scope, loss_fn)
+
+    trainer = Trainer(model, loss_fn, optimizer, scheduler, train_set, validate if val_cases else None, scoring_rules(spec),
+                      run_dir, t, meta, device, precision, rank, world, channels_last, cfg.data.num_workers, progress,
+                      model_cfg.name)
+    if state is not None:
+        trainer.load_state(state)
+        log.info("resuming %s from epoch %d", run_dir, trainer.epoch)
+    return trainer.fit(stop_after)
+
+
+def train_or_resume(cfg: ExperimentConfig, model_cfg: ModelConfig, run_dir: Path, data: PreparedData,
+                    progress: bool = True, exp: Experiment | None = None) -> dict:
+    """Train ``run_dir`` to ``cfg.train.epochs``: a new run, a resumed interrupted one, or
+    nothing for a finished one (how ``compare`` and ``ablate`` continue). Returns ``last.pt``."""
+    last_path = Path(run_dir) / "last.pt"
+    started = last_path.is_file()
+    last = load_checkpoint(last_path) if started else None
+    if last is None or last["training"]["epoch"] < cfg.train.epochs:
+        train_model(cfg, model_cfg, run_dir, resume=started, data=data, progress=progress, exp=exp)
+        last = load_checkpoint(last_path)
+    return last
