@@ -12,7 +12,7 @@ selected slices (``--selection``, default ``tumour`` as in training), iterated t
     (``build_train_transform(AugmentConfig(), spatial_size)``);
 (b) NIfTI, read once per volume per epoch: the best a loader without a cache can do.
     Every case is read (``pdeseg.data.brats.load_case``) and normalised
-    (``brain_mask`` + ``normalize``) once per epoch, then its selected slices go through
+    (``normalize``) once per epoch, then its selected slices go through
     ``SliceDataset``'s own per-slice code (fit, optional augmentation), over the volume
     held in memory; slices are shuffled within a volume only. Measured end to end;
 (c) NIfTI, re-read per batch: what a shuffled loader without a cache pays if it reads
@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     from pdeseg.data.brats import find_cases, load_case
     from pdeseg.data.cache import CachedCase, cache_cases
     from pdeseg.data.phantom import MODALITIES, write_phantom_dataset
-    from pdeseg.data.preprocess import brain_mask, normalize
-    from pdeseg.data.slices import SliceDataset, select_slices
+    from pdeseg.data.preprocess import normalize
+    from pdeseg.data.sampling import SliceDataset, select_slices
     from pdeseg.data.transforms import build_train_transform
 
     if args.threads:
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         cases = find_cases(raw_dir, modalities)
         shutil.rmtree(cache_dir, ignore_errors=True)
         t0 = time.perf_counter()
-        cached = cache_cases(cases, cache_dir, modalities, "zscore", progress=False)
+        cached = cache_cases(cases, cache_dir, modalities, "zscore", None, progress=False)
         t_cache = time.perf_counter() - t0
         selected = [select_slices(c, args.selection) for c in cached]
         n_slices = sum(len(s) for s in selected)
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                 for case, cc in zip(cases, cached):
                     t0 = time.perf_counter()
                     loaded = load_case(case, modalities)
-                    image = normalize(loaded.image, brain_mask(loaded.image), "zscore")
+                    image = normalize(loaded.image, "zscore")
                     image = np.ascontiguousarray(image.transpose(3, 0, 1, 2))  # (Z, C, X, Y), as the cache
                     label = np.ascontiguousarray(loaded.label.transpose(2, 0, 1))
                     volume_times.append(time.perf_counter() - t0)

@@ -89,17 +89,16 @@ def train_model(
     precision = resolve_precision(t.precision, device)
     rank, world = init_distributed(device)
     split_file = run_dir / "split.json"
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if overwrite and not resume:
-            split_file.unlink(missing_ok=True)  # draw the split from the config again
+    if rank == 0 and overwrite and not resume:
+        split_file.unlink(missing_ok=True)  # draw the split from the config again
     if data is None:
         if rank == 0:
             data = prepare_data(cfg.data, spec, split_file, progress=progress)
         barrier()
         if rank != 0:
             data = prepare_data(cfg.data, spec, split_file, progress=False)
-    if rank == 0:
+    if rank == 0:  # the run folder is made once the data are known to be good
+        run_dir.mkdir(parents=True, exist_ok=True)
         save_split(data.split, split_file)
         save_config(cfg, run_dir / "config.yaml")
     if t.monitor != "train_loss" and not data.split["val"]:
