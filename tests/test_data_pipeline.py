@@ -127,3 +127,42 @@ def test_augmentation_moves_image_and_label_together():
         agree = ((img > 0.5) == (lab > 0)).float().mean()
         assert agree > 0.98, f"seed {seed}: image and label disagree on {1 - agree:.1%} of pixels"
         assert not torch.equal(lab, label[0]) or seed == 0
+
+
+def test_damaged_cache_entries_are_named_and_rebuilt(phantom_root, tmp_path, caplog):
+    case = find_cases(phantom_root)[0]
+    mods = ["flair", "t1", "t1ce", "t2"]
+    entry = cache_case(case, tmp_path / "c", mods)
+    good = np.asarray(entry.image).copy()
+    image_file = entry.path / "image.npy"
+    image_file.write_bytes(image_file.read_bytes()[: 1000])  # truncated: "mmap length is greater than file size"
+    rebuilt = cache_case(case, tmp_path / "c", mods)
+    assert rebuilt.path == entry.path and np.array_equal(np.asarray(rebuilt.image), good)
+    assert str(entry.path) in caplog.text and "rebuilding" in caplog.text
+    (entry.path / "meta.json").write_text("{not json")
+    assert cache_case(case, tmp_path / "c", mods).meta["case_id"] == case.case_id
+
+
+def test_blank_or_constant_channels_and_labels_on_an_empty_image_are_warned(caplog):
+    from pdeseg.data.cache import warn_about_signal
+
+    image = np.random.default_rng(0).normal(size=(3, 8, 8, 4)).astype(np.float32)
+    image[1] = 0
+    image[2] = 7.0
+    label = np.zeros((8, 8, 4), np.uint8)
+    found = warn_about_signal("P1", image, label, ["flair", "t1", "t2"])
+    assert len(found) == 2 and "t1 is blank" in found[0] and "t2 is constant (7)" in found[1]
+    label[2:4, 2:4, 1] = 1
+    found = warn_about_signal("P2", np.zeros_like(image), label, ["flair", "t1", "t2"])
+    assert any("zero everywhere the label" in f for f in found)
+    assert warn_about_signal("P3", image[:1], label, ["flair"]) == []
+    assert "P1: channel t1 is blank" in caplog.text
+
+
+def test_unwritable_cache_folder_is_a_data_error(phantom_root, tmp_path):
+    from pdeseg.errors import DataError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(DataError, match="cache folder"):
+        cache_case(find_cases(phantom_root)[0], blocker / "cache", ["flair"])

@@ -9,7 +9,12 @@ Each case becomes a folder ``<cache_dir>/<case_id>-<key>/`` holding
 
 ``key`` hashes the source paths, sizes and modification times, the modalities and the
 normalisation (with its CT window), so a changed file or setting gets a fresh entry. Entries are written to a
-temporary folder and renamed into place (atomic), and are read with memory mapping.
+temporary folder and renamed into place (atomic), and are read with memory mapping. An
+entry is checked when it is opened (readable meta, arrays of the recorded shape and type);
+a damaged one is named in a warning and rebuilt from the source files.
+
+While building an entry, a blank (all-zero) or constant channel, and an image with no
+signal under a labelled region, are reported as warnings naming the case and channel.
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pdeseg.progress import track
 from pdeseg.data.preprocess import nonzero_mask, normalize
+from pdeseg.errors import DataError
+from pdeseg.progress import track
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 2
@@ -93,13 +99,24 @@ def cache_case(
     cache_dir = Path(cache_dir).expanduser()
     target = cache_dir / f"{case.case_id}-{_key(case, modalities, normalization, ct_window)}"
     meta_path = target / "meta.json"
-    if meta_path.is_file():
-        return CachedCase(case.case_id, target, json.loads(meta_path.read_text()))
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    if target.is_dir():
+        problem = entry_problem(target)
+        if problem is None:
+            return CachedCase(case.case_id, target, json.loads(meta_path.read_text()))
+        log.warning("cache entry %s is damaged (%s); rebuilding it from %s", target, problem, case.folder)
+        shutil.rmtree(target, ignore_errors=True)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot create the cache folder {cache_dir} ({exc.strerror}); set data.cache_dir to a writable folder") from None
     loaded = case.load(modalities)
+    warn_about_signal(case.case_id, loaded.image, loaded.label, modalities)
     mask = nonzero_mask(loaded.image)
     image = normalize(loaded.image, normalization, ct_window)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{case.case_id}-", dir=cache_dir))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{case.case_id}-", dir=cache_dir))
+    except OSError as exc:
+        raise DataError(f"cannot write to the cache folder {cache_dir} ({exc.strerror}); set data.cache_dir to a writable folder") from None
     try:
         np.save(tmp / "image.npy", np.ascontiguousarray(image.transpose(3, 0, 1, 2)).astype(np.float16))
         brain = mask.any(axis=(0, 1))
@@ -130,6 +147,47 @@ def cache_case(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return CachedCase(case.case_id, target, json.loads(meta_path.read_text()))
+
+
+def entry_problem(folder: Path) -> str | None:
+    """What is wrong with a cache entry, or None when its meta and arrays are intact."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        shape, channels = meta["shape"], len(meta["modalities"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"meta.json unreadable: {type(exc).__name__}"
+    expected = {"image.npy": ((shape[-1], channels, *shape[:-1]), np.float16)}
+    if meta.get("has_label"):
+        expected["label.npy"] = ((shape[-1], *shape[:-1]), np.uint8)
+    for name, (want_shape, want_dtype) in expected.items():
+        try:
+            arr = np.load(folder / name, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            return f"{name} unreadable: {exc}"
+        if tuple(arr.shape) != tuple(want_shape) or arr.dtype != want_dtype:
+            return f"{name} holds {arr.dtype} {tuple(arr.shape)}, expected {np.dtype(want_dtype)} {tuple(want_shape)}"
+    return None
+
+
+def warn_about_signal(case_id: str, image: np.ndarray, label: np.ndarray | None, modalities) -> list[str]:
+    """Log (and return) warnings for blank or constant channels and for labels on an empty image.
+
+    Args:
+        image: ``(C, *spatial)`` raw intensities; label: ``(*spatial)`` classes or None.
+    """
+    found = []
+    for c, name in enumerate(modalities):
+        channel = image[c]
+        if not channel.any():
+            found.append(f"case {case_id}: channel {name} is blank (all zero); check the file, it carries no information")
+        elif channel.min() == channel.max():
+            found.append(f"case {case_id}: channel {name} is constant ({float(channel.min()):g}); it carries no information")
+    if label is not None and label.any() and not image[:, label > 0].any():
+        found.append(f"case {case_id}: the image is zero everywhere the label marks a structure ({int((label > 0).sum())} voxels); "
+                     "image and label files may not belong together")
+    for text in found:
+        log.warning(text)
+    return found
 
 
 def cache_cases(
