@@ -119,7 +119,7 @@ def test_error_nan_voxels(tmp_path):
         load_case(find_cases(tmp_path)[0])
 
 
-@pytest.mark.parametrize("values,match", [((0, 1, 5), r"unexpected label values \[5\]"), ((0, 3, 4), "both 3 and 4")])
+@pytest.mark.parametrize("values,match", [((0, 1, 5), r"unexpected label values \[5\]"), ((0, 3, 4), "holds label 3, which brats2020")])
 def test_error_unexpected_label_values(tmp_path, values, match):
     write_case(tmp_path, "Brats18_X_1", label_values=values)
     with pytest.raises(BratsDataError, match=match):
@@ -177,3 +177,35 @@ def test_real_brats2023_case_reads_with_et3():
     assert loaded.image.shape == (4, 182, 218, 182)
     assert loaded.convention == "brats2023"
     assert (loaded.label == 3).any()
+
+
+def test_label_convention_is_decided_per_data_set_and_a_disagreeing_case_is_named(tmp_path):
+    """A 2018-named case whose seg has 3 and no 4 is not silently read as BraTS 2023."""
+    write_case(tmp_path / "a", "Brats18_X_1")
+    write_case(tmp_path / "a", "Brats18_X_2", label_values=(0, 1, 2, 3))
+    good, odd = find_cases(tmp_path / "a")
+    assert good.convention == odd.convention == "brats2020"
+    with pytest.raises(BratsDataError, match=r"Brats18_X_2_seg.*holds label 3.*brats2020.*label_convention: brats2023"):
+        load_case(odd)
+    assert load_case(find_cases(tmp_path / "a", label_convention="brats2023")[1]).convention == "brats2023"
+    with pytest.raises(BratsDataError, match="holds label 4"):  # and the stated convention is checked too
+        load_case(find_cases(tmp_path / "a", label_convention="brats2023")[0])
+
+
+def test_mixed_case_naming_needs_a_stated_convention(tmp_path):
+    write_case(tmp_path, "Brats18_X_1")
+    write_case(tmp_path, "BraTS-GLI-00001-000", label_values=(0, 1, 2, 3))
+    with pytest.raises(BratsDataError, match="mix BraTS 2018-2021 .*Brats18_X_1.* and 2023 .*BraTS-GLI-00001-000"):
+        find_cases(tmp_path)
+    assert {c.convention for c in find_cases(tmp_path, label_convention="brats2023")} == {"brats2023"}
+
+
+def test_format_options_are_checked_against_the_format(tmp_path):
+    from pdeseg.build import resolve
+    from pdeseg.config import ConfigError, config_from_dict
+
+    assert resolve(config_from_dict({"data": {"format_options": {"label_convention": "brats2023"}}}))
+    with pytest.raises(ConfigError, match="label_convention must be one of brats2020, brats2023"):
+        resolve(config_from_dict({"data": {"format_options": {"label_convention": "2023"}}}))
+    with pytest.raises(ConfigError, match="lgg takes no option 'label_convention'"):
+        resolve(config_from_dict({"data": {"format": "lgg", "format_options": {"label_convention": "brats2023"}}}))

@@ -79,6 +79,7 @@ def resolve(cfg: ExperimentConfig) -> Experiment:
     """
     d = cfg.data
     fmt = get_format(d.format)
+    fmt.check_read_options(d.format_options)
     info = fmt.dataset_info(d.root or None)
     modalities = list(d.modalities) if d.modalities is not None else list(info.modalities)
     odd = [m for m in modalities if m not in info.modalities]

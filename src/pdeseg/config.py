@@ -104,6 +104,7 @@ class DataConfig(Section):
 
     root: str = ""
     format: str = "brats"  # a registered data format (pdeseg.data.formats.FORMATS)
+    format_options: dict[str, Any] = Field(default_factory=dict)  # the format's reading options, e.g. label_convention
     cache_dir: str = "~/.cache/pdeseg"
     modalities: Annotated[list[str], Field(min_length=1)] | None = None  # None: every channel of the format
     mode: Literal["slices", "patches", "whole"] = "slices"

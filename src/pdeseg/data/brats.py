@@ -8,8 +8,12 @@ Accepted layouts (a root folder of case folders, or one case folder):
 * BraTS 2023: ``BraTS-GLI-xxxxx-yyy/BraTS-GLI-xxxxx-yyy{_,-}{flair,t1,t1ce,t2,seg}`` or the
   official ``-{t2f,t1n,t1c,t2w,seg}`` suffixes, labels 0/1/2/3.
 
-Internally labels are contiguous classes 0 background, 1 NCR/NET, 2 ED, 3 ET; the
-case's own convention is remembered so that predictions are written back in it.
+Internally labels are contiguous classes 0 background, 1 NCR/NET, 2 ED, 3 ET. The label
+convention (ET = 4 up to 2021, ET = 3 from 2023) is decided once per data set, from the
+case naming (``BraTS-GLI-...`` ids are 2023) or stated (``data.format_options:
+{label_convention: brats2023}``); a case whose label values disagree with it is an error
+naming the file, never silently read in the other convention. Predictions are written
+back in the data set's convention.
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ class BratsCase:
     folder: Path
     images: dict[str, Path]
     label: Path | None = None
+    convention: str = ""  # the data set's label convention (set by find_cases)
+    convention_source: str = "its file naming"
 
     @property
     def naming_convention(self) -> str:
@@ -111,11 +117,17 @@ def find_cases(
     root: str | Path,
     modalities: tuple[str, ...] | list[str] = MODALITIES,
     require_label: bool = True,
+    label_convention: str | None = None,
 ) -> list[BratsCase]:
     """List the cases under ``root`` (a folder of case folders, or a single case folder).
 
+    Args:
+        label_convention: ``brats2020`` or ``brats2023`` for the whole data set; default:
+            from the case naming (all ``BraTS-XXX-`` ids: 2023; none: 2020; a mix is an error).
+
     Raises:
-        BratsDataError: the folder is missing or empty, or a case lacks a modality/label.
+        BratsDataError: the folder is missing or empty, a case lacks a modality/label, or
+            the naming mixes conventions and none is stated.
     """
     root = Path(root).expanduser()
     modalities = tuple(modalities)
@@ -131,6 +143,24 @@ def find_cases(
     cases = [_case_from_folder(f, modalities, require_label) for f in folders if any(_NIFTI.search(c.name) for c in f.iterdir())]
     if not cases:
         raise BratsDataError(f"{root}: no BraTS cases found (expected case folders holding <case>_<modality>.nii[.gz] files)")
+    return _with_convention(cases, root, label_convention)
+
+
+def _with_convention(cases: list[BratsCase], root: Path, stated: str | None) -> list[BratsCase]:
+    """Give every case the data set's label convention (stated, or from the naming)."""
+    if stated is not None:
+        if stated not in CONVENTIONS:
+            raise BratsDataError(f"unknown BraTS label convention {stated!r}; use one of {', '.join(CONVENTIONS)}")
+        convention, source = stated, "stated in the config"
+    else:
+        named = {c.naming_convention for c in cases}
+        if len(named) > 1:
+            examples = {n: next(c.case_id for c in cases if c.naming_convention == n) for n in sorted(named)}
+            raise BratsDataError(f"{root}: case names mix BraTS 2018-2021 ({examples['brats2020']}) and 2023 ({examples['brats2023']}) "
+                                 "conventions; split the folder, or state data.format_options: {label_convention: brats2020|brats2023}")
+        convention, source = named.pop(), "its file naming"
+    for case in cases:
+        case.convention, case.convention_source = convention, source
     return cases
 
 
@@ -147,19 +177,25 @@ def _read(path: Path, dtype=np.float32) -> nib.Nifti1Image:
     return img, data
 
 
-def detect_convention(raw_label: np.ndarray, case: BratsCase, path: Path) -> str:
-    """Label convention from the values present (4 -> 2020, 3 -> 2023), else from the naming."""
+def check_convention(raw_label: np.ndarray, case: BratsCase, path: Path) -> str:
+    """The data set's convention for this case, after checking the label values agree with it.
+
+    Raises:
+        BratsDataError: values outside BraTS labels, or values of the other convention.
+    """
+    convention = case.convention or case.naming_convention
     values = set(np.unique(raw_label).tolist())
     if not values <= {0, 1, 2, 3, 4}:
         bad = sorted(values - {0, 1, 2, 3, 4})
         raise BratsDataError(f"{path}: unexpected label values {bad[:10]} (BraTS labels are 0, 1, 2 and 4, or 3 from 2023)")
-    if 3 in values and 4 in values:
-        raise BratsDataError(f"{path}: label holds both 3 and 4; BraTS uses 4 (<= 2021) or 3 (2023) for enhancing tumour")
-    if 4 in values:
-        return "brats2020"
-    if 3 in values:
-        return "brats2023"
-    return case.naming_convention
+    foreign = sorted(values - set(CONVENTIONS[convention]))
+    if foreign:
+        other = "brats2023" if convention == "brats2020" else "brats2020"
+        raise BratsDataError(
+            f"{path}: holds label {foreign[0]}, which {convention} (ET = {CONVENTIONS[convention][3]}, this data set's convention "
+            f"from {case.convention_source or 'its file naming'}) does not use; if this data set uses {other} labels, state "
+            f"data.format_options: {{label_convention: {other}}}, else fix this case's label file")
+    return convention
 
 
 def labels_to_classes(raw: np.ndarray, convention: str) -> np.ndarray:
@@ -198,14 +234,14 @@ def load_case(case: BratsCase, modalities: tuple[str, ...] | list[str] = MODALIT
             _check_geometry(ref_img, ref_path, img, path, data.shape)
         volumes.append(data)
     image = np.stack(volumes)
-    label, convention = None, case.naming_convention
+    label, convention = None, case.convention or case.naming_convention
     if case.label is not None:
         img, raw = _read(case.label)
         _check_geometry(ref_img, ref_path, img, case.label, raw.shape)
         if not np.isfinite(raw).all() or not np.array_equal(raw, np.round(raw)):
             raise BratsDataError(f"{case.label}: label file holds non-integer or NaN values")
         raw = raw.astype(np.int32)
-        convention = detect_convention(raw, case, case.label)
+        convention = check_convention(raw, case, case.label)
         label = labels_to_classes(raw, convention)
     return LoadedCase(case, image, label, ref_img.affine.copy(), ref_img.header.copy(), convention, modalities)
 

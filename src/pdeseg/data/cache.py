@@ -82,7 +82,7 @@ def _key(case, modalities: tuple[str, ...], normalization: str, ct_window) -> st
     for f in case.source_files(modalities):
         st = f.stat()
         h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
-    h.update(f"{modalities}|{normalization}|{ct_window}|v{CACHE_VERSION}".encode())
+    h.update(f"{modalities}|{normalization}|{ct_window}|{getattr(case, 'convention', '')}|v{CACHE_VERSION}".encode())
     return h.hexdigest()[:16]
 
 

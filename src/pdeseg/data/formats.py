@@ -48,6 +48,8 @@ class DataFormat:
         write: ``(classes, loaded, out_dir, **options) -> written path``: a prediction in
             the input's own format, geometry and label values.
         write_options: option name -> allowed values (offered by ``pdeseg predict``).
+        read_options: option name -> allowed values of ``data.format_options`` (passed to
+            ``find_cases``).
         regions: evaluation regions as unions of classes (BraTS WT/TC/ET), or empty.
         hd95_one_empty: HD95 when a region is empty in exactly one of truth and prediction.
         spatial_dims: dimensionality of a case (3: volumes; slice sets are stacked).
@@ -61,6 +63,7 @@ class DataFormat:
     find_cases: Callable[..., list]
     write: Callable[..., Path]
     write_options: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    read_options: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     regions: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     hd95_one_empty: float = math.inf
     spatial_dims: int = 3
@@ -74,6 +77,15 @@ class DataFormat:
         """Classes, regions and channels of the data set at ``root`` (fixed for these formats;
         formats whose data sets define their own classes read them here)."""
         return DatasetInfo(self.class_names, dict(self.regions), self.modalities, self.spatial_dims)
+
+    def check_read_options(self, options: Mapping[str, Any]) -> None:
+        """Raises ConfigError for a ``data.format_options`` key or value this format does not take."""
+        for key, value in options.items():
+            if key not in self.read_options:
+                raise ConfigError(f"data.format_options: {self.name} takes no option {key!r}"
+                                  + (f"; it takes {', '.join(self.read_options)}" if self.read_options else ""))
+            if value is not None and value not in self.read_options[key]:
+                raise ConfigError(f"data.format_options.{key} must be one of {', '.join(self.read_options[key])}, got {value!r}")
 
     def write_prediction(self, classes: np.ndarray, loaded: LoadedCase, out_dir: str | Path, **options: Any) -> Path:
         """Write ``classes`` for ``loaded`` under ``out_dir``; returns the file or folder written.
@@ -91,10 +103,10 @@ class DataFormat:
         return self.write(classes, loaded, Path(out_dir), **{k: v for k, v in options.items() if v is not None})
 
 
-def _find_brats(root, modalities, require_label=True):
+def _find_brats(root, modalities, require_label=True, label_convention=None):
     from pdeseg.data.brats import find_cases
 
-    return find_cases(root, modalities, require_label)
+    return find_cases(root, modalities, require_label, label_convention)
 
 
 def _write_brats(classes, loaded, out_dir: Path, convention: str | None = None) -> Path:
@@ -120,7 +132,8 @@ def _brats() -> DataFormat:
     return DataFormat(
         name="brats", description="BraTS 2018-2023 NIfTI case folders; classes NCR, ED, ET; regions WT, TC, ET",
         modalities=brats.MODALITIES, class_names=brats.CLASS_NAMES, find_cases=_find_brats, write=_write_brats,
-        write_options={"convention": tuple(brats.CONVENTIONS)}, regions=dict(brats.REGIONS),
+        write_options={"convention": tuple(brats.CONVENTIONS)}, read_options={"label_convention": tuple(brats.CONVENTIONS)},
+        regions=dict(brats.REGIONS),
         hd95_one_empty=brats.HD95_ONE_EMPTY_MM,
     )
 

@@ -60,7 +60,7 @@ def prepare_data(d: DataConfig, spec: PreprocessSpec, split_file: str | Path | N
     """
     if not d.root:
         raise ConfigError("data.root is not set: point it at a data folder (--data DIR or --set data.root=DIR)")
-    cases = get_format(spec.format).find_cases(d.root, spec.modalities)
+    cases = get_format(spec.format).find_cases(d.root, spec.modalities, True, **d.format_options)
     ids = [c.case_id for c in cases]
     if split_file is not None and Path(split_file).is_file():
         split = load_split(split_file)
@@ -87,14 +87,14 @@ def steps_per_epoch(n_items: int, batch_size: int, world: int = 1) -> int:
 
 
 def cached_cases(root: str | Path, spec: PreprocessSpec, cache_dir: str | Path, ids: list[str] | None = None,
-                 progress: bool = True) -> list[tuple[object, CachedCase]]:
+                 progress: bool = True, format_options: dict | None = None) -> list[tuple[object, CachedCase]]:
     """``(reader case, cache entry)`` of the labelled cases under ``root`` (only ``ids``, in
     that order, when given), normalised as ``spec`` says.
 
     Raises:
         DataError: bad data, or ``ids`` naming cases that are not under ``root``.
     """
-    cases = get_format(spec.format).find_cases(root, spec.modalities, require_label=True)
+    cases = get_format(spec.format).find_cases(root, spec.modalities, True, **(format_options or {}))
     if ids is not None:
         by_id = {c.case_id: c for c in cases}
         missing = [i for i in ids if i not in by_id]

@@ -79,8 +79,9 @@ def evaluate_checkpoint(
     if (figures or figure_cases) and scope != "volume":
         raise ConfigError("figures are drawn from whole volumes: use scope volume")
     fmt = predictor.format
-    entries = cached_cases(root, predictor.spec, cfg.get("data", {}).get("cache_dir", "~/.cache/pdeseg"),
-                           _case_ids(checkpoint, split), progress)
+    data_cfg = cfg.get("data", {})
+    entries = cached_cases(root, predictor.spec, data_cfg.get("cache_dir", "~/.cache/pdeseg"), _case_ids(checkpoint, split),
+                           progress, data_cfg.get("format_options") if root == data_cfg.get("root") else None)
     if not entries:
         raise DataError(f"no cases to evaluate in split {split!r}")
     unknown = sorted(set(figure_cases or []) - {c.case_id for c, _ in entries})
