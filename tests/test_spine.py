@@ -63,6 +63,8 @@ BAD_VALUES = [
     ("data.max_cases=3", "use data.train_cases"),
     ("loss.terms=[{name: dice, epsilon: 1}]", "unknown option(s) ['epsilon']"),
     ("bogus.key=1", "unknown key bogus"),
+    ("train.device=cuda", "CUDA is not available"),
+    ("data.format_options={label_convention: 2023}", "label_convention must be one of"),
 ]
 
 
@@ -161,3 +163,15 @@ def test_one_checkpoint_scores_the_same_through_evaluate_and_compare(phantom_roo
     summary = evaluate_checkpoint(tmp_path / "run" / "best.pt", tmp_path / "eval", split="test", precision="32", progress=False)
     for key in ("dice_mean", "dice_WT", "dice_ET", "accuracy"):
         assert summary["metrics"][key]["mean"] == pytest.approx(np.mean([r[key] for r in rows]), abs=0), key
+
+
+def test_resume_with_a_changed_epoch_count_is_refused_clearly(phantom_root, tmp_path):
+    from pdeseg.config import config_from_dict
+    from pdeseg.errors import RunFolderError
+    from pdeseg.training.run import train_model
+
+    cfg = config_from_dict(tiny_config_dict(phantom_root, tmp_path, epochs=2))
+    train_model(cfg, cfg.models[0], tmp_path / "run", progress=False, stop_after=1)
+    longer = config_from_dict(tiny_config_dict(phantom_root, tmp_path, epochs=5))
+    with pytest.raises(RunFolderError, match="planned for 2 epochs.*train.epochs=2"):
+        train_model(longer, longer.models[0], tmp_path / "run", resume=True, progress=False)
