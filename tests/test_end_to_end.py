@@ -57,8 +57,8 @@ def test_train_resume_with_dropout_equals_uninterrupted_and_predict(phantom_root
 
     # predict whole volumes in the input's geometry and label convention
     out = tmp_path / "pred"
-    paths = predict_folder(tmp_path / "straight" / "best.pt", phantom_root, out, progress=False)
-    assert len(paths) == 6
+    report = predict_folder(tmp_path / "straight" / "best.pt", phantom_root, out, progress=False)
+    assert len(report.written) == 6 and report.skipped == {}
     case = find_cases(phantom_root)[0]
     ref = nib.load(str(case.images["flair"]))
     seg = nib.load(str(out / f"{case.case_id}_seg.nii.gz"))

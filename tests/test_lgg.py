@@ -177,7 +177,7 @@ def test_binary_mode_trains_evaluates_and_writes_masks(tmp_path, output):
     assert [p.name.split("_z")[0] for p in (tmp_path / "eval2" / "figures" / "overlays").glob("*.png")] == [chosen]
     with pytest.raises(ValueError, match="not among the cases"):
         evaluate_checkpoint(run / "best.pt", tmp_path / "eval3", split="test", progress=False, figure_cases=["TCGA_XX"])
-    folders = predict_folder(run / "best.pt", tmp_path / "data" / "kaggle_3m", tmp_path / "pred", progress=False)
+    folders = predict_folder(run / "best.pt", tmp_path / "data" / "kaggle_3m", tmp_path / "pred", progress=False).written
     assert len(folders) == 4
     masks = sorted(folders[0].glob("*_mask.png"))
     assert len(masks) == 16 and masks[0].name.startswith(folders[0].name + "_")

@@ -137,7 +137,7 @@ def test_3d_patches_train_evaluate_and_predict_in_the_input_geometry(phantom_roo
     assert len(result.history) == 2 and 0 <= result.history[-1]["val_dice_WT"] <= 1
     summary = evaluate_checkpoint(tmp_path / "run" / "best.pt", tmp_path / "eval", split="test", with_hd95=True, progress=False)
     assert summary["cases"] == 2 and "hd95_WT" in summary["metrics"]
-    out = predict_folder(tmp_path / "run" / "best.pt", phantom_root, tmp_path / "pred", progress=False)
+    out = predict_folder(tmp_path / "run" / "best.pt", phantom_root, tmp_path / "pred", progress=False).written
     ref = nib.load(str(next(phantom_root.iterdir()) / f"{next(phantom_root.iterdir()).name}_flair.nii.gz"))
     seg = nib.load(str(out[0]))
     assert seg.shape == ref.shape and np.allclose(seg.affine, ref.affine)

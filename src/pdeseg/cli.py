@@ -101,11 +101,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    """Exit 0 when every case was written, 1 when some were skipped (bad input files) and
+    others written, 2 when none could be written (or the run was refused)."""
     from pdeseg.inference.predict import predict_folder
 
-    paths = predict_folder(args.checkpoint, args.input, args.output, args.device, args.precision, args.batch_size,
-                           progress=not args.no_progress, convention=args.label_convention, mask_format=args.mask_format)
-    print(f"wrote {len(paths)} segmentation(s) to {Path(args.output).resolve()}")
+    report = predict_folder(args.checkpoint, args.input, args.output, args.device, args.precision, args.batch_size,
+                            progress=not args.no_progress, overwrite=args.overwrite,
+                            convention=args.label_convention, mask_format=args.mask_format)
+    if not report.written:
+        log.error("no segmentation written: every case was skipped (%s)", report.summary())
+        return 2
+    print(f"wrote {len(report.written)} segmentation(s) to {Path(args.output).resolve()}")
+    if report.skipped:
+        print(f"skipped {len(report.skipped)} case(s) that could not be read or segmented: {', '.join(report.skipped)} (reasons logged above)")
+        return 1
     return 0
 
 
@@ -253,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=_positive_int, default=16, help="slices or windows per forward pass (>= 1)")
     s.add_argument("--mask-format", choices=FORMATS["lgg"].write_options["mask_format"],
                    help="per-slice masks for slice data sets such as LGG (default png; 0/255 for binary tasks)")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace existing output files (an input case's own files are never replaced)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_predict)
 

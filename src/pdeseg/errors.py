@@ -29,4 +29,6 @@ class DeviceError(PdesegError, RuntimeError):
 
 class RunFolderError(PdesegError, OSError):
     """A run or output folder cannot be used as asked (it holds a finished run, a resume
-    has nothing to resume, a path lies below a file, it is not writable)."""
+    has nothing to resume, a path lies below a file, it is not writable, writing there
+    would replace existing outputs without ``--overwrite``, or would replace an input
+    file)."""

@@ -27,6 +27,7 @@ import nibabel as nib
 import numpy as np
 
 from pdeseg.data.case import LoadedCase
+from pdeseg.data.files import write_atomically
 from pdeseg.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -72,8 +73,8 @@ class BratsCase:
         """The files a cache entry of these modalities depends on."""
         return [self.images[m] for m in modalities] + ([self.label] if self.label else [])
 
-    def load(self, modalities: tuple[str, ...] | list[str] = MODALITIES) -> LoadedCase:
-        return load_case(self, modalities)
+    def load(self, modalities: tuple[str, ...] | list[str] = MODALITIES, with_label: bool = True) -> LoadedCase:
+        return load_case(self, modalities, with_label)
 
 
 def _case_files(folder: Path) -> tuple[dict[str, list[Path]], list[Path]]:
@@ -118,16 +119,20 @@ def find_cases(
     modalities: tuple[str, ...] | list[str] = MODALITIES,
     require_label: bool = True,
     label_convention: str | None = None,
+    skipped: dict[str, str] | None = None,
 ) -> list[BratsCase]:
     """List the cases under ``root`` (a folder of case folders, or a single case folder).
 
     Args:
         label_convention: ``brats2020`` or ``brats2023`` for the whole data set; default:
             from the case naming (all ``BraTS-XXX-`` ids: 2023; none: 2020; a mix is an error).
+        skipped: when given, a case folder that lacks a modality or label (or holds several
+            files for one) is left out and recorded here (folder name -> reason) instead of
+            stopping the listing.
 
     Raises:
-        BratsDataError: the folder is missing or empty, a case lacks a modality/label, or
-            the naming mixes conventions and none is stated.
+        BratsDataError: the folder is missing or holds no cases, (without ``skipped``) a
+            case lacks a modality/label, or the naming mixes conventions and none is stated.
     """
     root = Path(root).expanduser()
     modalities = tuple(modalities)
@@ -138,10 +143,19 @@ def find_cases(
         raise BratsDataError(f"data folder not found: {root}")
     own, _ = _case_files(root)
     if own:  # root itself is a case folder
-        return [_case_from_folder(root, modalities, require_label)]
-    folders = [p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")]
-    cases = [_case_from_folder(f, modalities, require_label) for f in folders if any(_NIFTI.search(c.name) for c in f.iterdir())]
-    if not cases:
+        folders = [root]
+    else:
+        folders = [p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")
+                   and any(_NIFTI.search(c.name) for c in p.iterdir())]
+    cases = []
+    for folder in folders:
+        try:
+            cases.append(_case_from_folder(folder, modalities, require_label))
+        except BratsDataError as exc:
+            if skipped is None:
+                raise
+            skipped[folder.name] = str(exc)
+    if not cases and not skipped:
         raise BratsDataError(f"{root}: no BraTS cases found (expected case folders holding <case>_<modality>.nii[.gz] files)")
     return _with_convention(cases, root, label_convention)
 
@@ -213,8 +227,13 @@ def classes_to_labels(classes: np.ndarray, convention: str) -> np.ndarray:
     return np.asarray(CONVENTIONS[convention], dtype=np.uint8)[classes]
 
 
-def load_case(case: BratsCase, modalities: tuple[str, ...] | list[str] = MODALITIES) -> LoadedCase:
+def load_case(case: BratsCase, modalities: tuple[str, ...] | list[str] = MODALITIES, with_label: bool = True) -> LoadedCase:
     """Read and validate one case.
+
+    Args:
+        with_label: also read the label file (when the case has one). Prediction passes
+            False: it needs no label, so a broken label file cannot stop it, and the label
+            convention then follows the case's naming (BraTS-GLI-... 2023: ET = 3, else 4).
 
     Raises:
         BratsDataError: unreadable file, shape or affine mismatch between files, NaN/inf
@@ -235,7 +254,7 @@ def load_case(case: BratsCase, modalities: tuple[str, ...] | list[str] = MODALIT
         volumes.append(data)
     image = np.stack(volumes)
     label, convention = None, case.convention or case.naming_convention
-    if case.label is not None:
+    if with_label and case.label is not None:
         img, raw = _read(case.label)
         _check_geometry(ref_img, ref_path, img, case.label, raw.shape)
         if not np.isfinite(raw).all() or not np.array_equal(raw, np.round(raw)):
@@ -265,6 +284,9 @@ def write_segmentation(classes: np.ndarray, loaded: LoadedCase, path: str | Path
         loaded: the input case (geometry and default label convention).
         path: the ``.nii.gz`` file to write.
         convention: ``brats2020`` (ET = 4) or ``brats2023`` (ET = 3); default: the input's.
+
+    Returns:
+        ``path``, written atomically (temporary name in its folder, then renamed).
     """
     labels = classes_to_labels(classes, convention or loaded.convention)
     header = loaded.header.copy()
@@ -273,5 +295,4 @@ def write_segmentation(classes: np.ndarray, loaded: LoadedCase, path: str | Path
     img.header.set_slope_inter(1, 0)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(img, str(path))
-    return path
+    return write_atomically(path, lambda tmp: nib.save(img, str(tmp)))

@@ -3,8 +3,8 @@ cases are found, what its classes and regions mean, how it is scored when a regi
 empty, and how predictions are written back in the input's own format and geometry.
 
 A format's cases all offer ``case_id``, ``folder``, ``source_files(modalities)`` and
-``load(modalities) -> LoadedCase`` (image ``(C, *spatial)``, classes ``(*spatial)``), so
-the cache, the datasets, training, scoring and prediction are shared.
+``load(modalities, with_label=True) -> LoadedCase`` (image ``(C, *spatial)``, classes
+``(*spatial)``), so the cache, the datasets, training, scoring and prediction are shared.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from pdeseg.data.case import LoadedCase
+from pdeseg.data.files import write_atomically
 from pdeseg.errors import ConfigError
 
 
@@ -44,9 +45,12 @@ class DataFormat:
         description: one line for ``pdeseg formats`` and ``--help``.
         modalities: the channels its cases can offer (the default selection is all).
         class_names: internal classes ``0..C-1``.
-        find_cases: ``(root, modalities, require_label) -> cases``.
+        find_cases: ``(root, modalities, require_label, skipped=None) -> cases``; with a
+            ``skipped`` dict, inconsistent case folders are recorded there and left out.
         write: ``(classes, loaded, out_dir, **options) -> written path``: a prediction in
-            the input's own format, geometry and label values.
+            the input's own format, geometry and label values, each file written atomically.
+        outputs: ``(case, out_dir, **options) -> paths``: every file ``write`` would write
+            for ``case`` (known before the case is read); ``write`` uses the same names.
         write_options: option name -> allowed values (offered by ``pdeseg predict``).
         read_options: option name -> allowed values of ``data.format_options`` (passed to
             ``find_cases``).
@@ -62,6 +66,7 @@ class DataFormat:
     class_names: tuple[str, ...]
     find_cases: Callable[..., list]
     write: Callable[..., Path]
+    outputs: Callable[..., list[Path]]
     write_options: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     read_options: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     regions: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
@@ -87,8 +92,8 @@ class DataFormat:
             if value is not None and value not in self.read_options[key]:
                 raise ConfigError(f"data.format_options.{key} must be one of {', '.join(self.read_options[key])}, got {value!r}")
 
-    def write_prediction(self, classes: np.ndarray, loaded: LoadedCase, out_dir: str | Path, **options: Any) -> Path:
-        """Write ``classes`` for ``loaded`` under ``out_dir``; returns the file or folder written.
+    def check_options(self, **options: Any) -> dict[str, Any]:
+        """The output options that are set (None values mean the default).
 
         Raises:
             ConfigError: an option this format does not take, or a value it does not allow.
@@ -100,25 +105,54 @@ class DataFormat:
                 raise ConfigError(f"data format {self.name} takes no output option {key!r}")
             if value not in self.write_options[key]:
                 raise ConfigError(f"{key} must be one of {', '.join(self.write_options[key])} for {self.name}, got {value!r}")
-        return self.write(classes, loaded, Path(out_dir), **{k: v for k, v in options.items() if v is not None})
+        return {k: v for k, v in options.items() if v is not None}
+
+    def write_prediction(self, classes: np.ndarray, loaded: LoadedCase, out_dir: str | Path, **options: Any) -> Path:
+        """Write ``classes`` for ``loaded`` under ``out_dir``, each file through a temporary
+        name (see :mod:`pdeseg.data.files`).
+
+        Returns:
+            the file or case folder written.
+
+        Raises:
+            ConfigError: an option this format does not take, or a value it does not allow.
+        """
+        return self.write(classes, loaded, Path(out_dir), **self.check_options(**options))
+
+    def output_paths(self, case: Any, out_dir: str | Path, **options: Any) -> list[Path]:
+        """Every file :meth:`write_prediction` would write for ``case`` (a case object of this
+        format, not yet read) under ``out_dir`` with these options.
+
+        Raises:
+            ConfigError: an option this format does not take, or a value it does not allow.
+        """
+        return self.outputs(case, Path(out_dir), **self.check_options(**options))
 
 
-def _find_brats(root, modalities, require_label=True, label_convention=None):
+def _find_brats(root, modalities, require_label=True, label_convention=None, skipped=None):
     from pdeseg.data.brats import find_cases
 
-    return find_cases(root, modalities, require_label, label_convention)
+    return find_cases(root, modalities, require_label, label_convention, skipped)
+
+
+def _brats_outputs(case, out_dir: Path, convention: str | None = None) -> list[Path]:
+    return [out_dir / f"{case.case_id}_seg.nii.gz"]
 
 
 def _write_brats(classes, loaded, out_dir: Path, convention: str | None = None) -> Path:
     from pdeseg.data.brats import write_segmentation
 
-    return write_segmentation(classes, loaded, out_dir / f"{loaded.case.case_id}_seg.nii.gz", convention)
+    return write_segmentation(classes, loaded, _brats_outputs(loaded.case, out_dir)[0], convention)
 
 
-def _find_lgg(root, modalities, require_label=True):
+def _find_lgg(root, modalities, require_label=True, skipped=None):
     from pdeseg.data.lgg import find_lgg_cases
 
-    return find_lgg_cases(root, modalities, require_label)
+    return find_lgg_cases(root, modalities, require_label, skipped)
+
+
+def _lgg_outputs(case, out_dir: Path, mask_format: str = "png") -> list[Path]:
+    return slice_mask_paths(case.case_id, out_dir, case.numbers or range(1, len(case.images) + 1), mask_format)
 
 
 def _write_lgg(classes, loaded, out_dir: Path, mask_format: str = "png") -> Path:
@@ -132,8 +166,8 @@ def _brats() -> DataFormat:
     return DataFormat(
         name="brats", description="BraTS 2018-2023 NIfTI case folders; classes NCR, ED, ET; regions WT, TC, ET",
         modalities=brats.MODALITIES, class_names=brats.CLASS_NAMES, find_cases=_find_brats, write=_write_brats,
-        write_options={"convention": tuple(brats.CONVENTIONS)}, read_options={"label_convention": tuple(brats.CONVENTIONS)},
-        regions=dict(brats.REGIONS),
+        outputs=_brats_outputs, write_options={"convention": tuple(brats.CONVENTIONS)},
+        read_options={"label_convention": tuple(brats.CONVENTIONS)}, regions=dict(brats.REGIONS),
         hd95_one_empty=brats.HD95_ONE_EMPTY_MM,
     )
 
@@ -144,7 +178,7 @@ def _lgg() -> DataFormat:
     return DataFormat(
         name="lgg", description="Kaggle LGG kaggle_3m: RGB TIFF slices and 0/255 masks per patient; binary",
         modalities=lgg.MODALITIES, class_names=("background", "tumour"), find_cases=_find_lgg, write=_write_lgg,
-        write_options={"mask_format": ("png", "tif")}, display_rotate=False,
+        outputs=_lgg_outputs,        write_options={"mask_format": ("png", "tif")}, display_rotate=False,
     )
 
 
@@ -168,33 +202,54 @@ def slice_mask_values(classes: np.ndarray, num_classes: int) -> np.ndarray:
     return (classes.astype(np.uint8) * 255) if num_classes == 2 else classes.astype(np.uint8)
 
 
+def slice_mask_paths(case_id: str, out_dir: str | Path, numbers: Sequence[int], ext: str = "png") -> list[Path]:
+    """The files :func:`write_slice_masks` writes: ``<out_dir>/<case_id>/<case_id>_<n>_mask.<ext>``
+    for each slice number ``n``.
+
+    Raises:
+        ConfigError: ``ext`` is not ``png`` or ``tif``.
+    """
+    if ext not in ("png", "tif"):
+        raise ConfigError(f"mask format must be png or tif, got {ext!r}")
+    folder = Path(out_dir) / case_id
+    return [folder / f"{case_id}_{n}_mask.{ext}" for n in numbers]
+
+
+def _write_mask(mask: np.ndarray, path: Path, ext: str) -> None:
+    if ext == "png":
+        from PIL import Image
+
+        Image.fromarray(mask).save(path, format="PNG")
+    else:
+        import tifffile
+
+        tifffile.imwrite(path, mask)
+
+
 def write_slice_masks(
     classes: np.ndarray, case_id: str, out_dir: str | Path, numbers: Sequence[int] | None = None, ext: str = "png", num_classes: int = 2
 ) -> list[Path]:
     """Write a ``(H, W, Z)`` segmentation as one mask image per slice:
-    ``<out_dir>/<case_id>/<case_id>_<n>_mask.<ext>`` (``n`` from ``numbers``, default 1..Z).
+    ``<out_dir>/<case_id>/<case_id>_<n>_mask.<ext>`` (``n`` from ``numbers``, default 1..Z),
+    each through a temporary name in that folder and then renamed.
 
     Args:
         ext: ``png`` or ``tif``.
-    """
-    if ext not in ("png", "tif"):
-        raise ConfigError(f"mask format must be png or tif, got {ext!r}")
-    import tifffile
-    from PIL import Image
 
+    Returns:
+        the mask files, in slice order.
+
+    Raises:
+        ConfigError: ``ext`` is not ``png`` or ``tif``.
+        ValueError: ``numbers`` does not have one entry per slice.
+    """
     numbers = list(numbers) if numbers else list(range(1, classes.shape[-1] + 1))
     if len(numbers) != classes.shape[-1]:
         raise ValueError(f"{case_id}: {len(numbers)} slice numbers for {classes.shape[-1]} slices")
-    folder = Path(out_dir) / case_id
-    folder.mkdir(parents=True, exist_ok=True)
+    paths = slice_mask_paths(case_id, out_dir, numbers, ext)
+    (Path(out_dir) / case_id).mkdir(parents=True, exist_ok=True)
     values = slice_mask_values(classes, num_classes)
-    paths = []
-    for z, n in enumerate(numbers):
-        path = folder / f"{case_id}_{n}_mask.{ext}"
+    for z, path in enumerate(paths):
         mask = np.ascontiguousarray(values[..., z])
-        if ext == "png":
-            Image.fromarray(mask).save(path)
-        else:
-            tifffile.imwrite(path, mask)
-        paths.append(path)
+        write_atomically(path, lambda tmp, mask=mask: _write_mask(mask, tmp, ext))
     return paths

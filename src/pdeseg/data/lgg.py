@@ -48,8 +48,8 @@ class LggCase:
     def source_files(self, modalities=MODALITIES) -> list[Path]:
         return self.images + (self.masks or [])
 
-    def load(self, modalities=MODALITIES) -> LoadedCase:
-        return load_lgg_case(self, modalities)
+    def load(self, modalities=MODALITIES, with_label: bool = True) -> LoadedCase:
+        return load_lgg_case(self, modalities, with_label)
 
 
 def _case_from_folder(folder: Path, require_label: bool) -> LggCase | None:
@@ -80,11 +80,18 @@ def _case_from_folder(folder: Path, require_label: bool) -> LggCase | None:
     return LggCase(folder.name, folder, [images[n] for n in numbers], [masks[n] for n in numbers] if masks else None, tuple(numbers))
 
 
-def find_lgg_cases(root: str | Path, modalities=MODALITIES, require_label: bool = True) -> list[LggCase]:
+def find_lgg_cases(root: str | Path, modalities=MODALITIES, require_label: bool = True,
+                   skipped: dict[str, str] | None = None) -> list[LggCase]:
     """Patient folders under ``root`` (``kaggle_3m``, its parent, or one patient folder).
 
+    Args:
+        skipped: when given, a patient folder with unexpected file names or missing slices
+            or masks is left out and recorded here (folder name -> reason) instead of
+            stopping the listing.
+
     Raises:
-        LggDataError: missing or empty folder, unexpected file names, missing slices or masks.
+        LggDataError: missing folder or no patients, or (without ``skipped``) unexpected
+            file names, missing slices or masks.
     """
     check_modalities(modalities)
     root = Path(root).expanduser()
@@ -92,12 +99,22 @@ def find_lgg_cases(root: str | Path, modalities=MODALITIES, require_label: bool 
         raise LggDataError(f"data folder not found: {root}")
     if (root / "kaggle_3m").is_dir():
         root = root / "kaggle_3m"
-    own = _case_from_folder(root, require_label) if any(p.suffix.lower() in (".tif", ".tiff") for p in root.iterdir()) else None
-    if own is not None:
-        return [own]
-    cases = [c for f in sorted(root.iterdir()) if f.is_dir() and not f.name.startswith(".")
-             for c in [_case_from_folder(f, require_label)] if c is not None]
-    if not cases:
+    if any(p.suffix.lower() in (".tif", ".tiff") for p in root.iterdir()):  # one patient folder
+        folders = [root]
+    else:
+        folders = [f for f in sorted(root.iterdir()) if f.is_dir() and not f.name.startswith(".")]
+    cases = []
+    for folder in folders:
+        try:
+            case = _case_from_folder(folder, require_label)
+        except LggDataError as exc:
+            if skipped is None:
+                raise
+            skipped[folder.name] = str(exc)
+            continue
+        if case is not None:
+            cases.append(case)
+    if not cases and not skipped:
         raise LggDataError(f"{root}: no LGG cases found (expected patient folders holding <patient>_<n>.tif and <patient>_<n>_mask.tif)")
     return cases
 
@@ -143,8 +160,11 @@ def _read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
     return (data == 255).astype(np.uint8)
 
 
-def load_lgg_case(case: LggCase, modalities=MODALITIES) -> LoadedCase:
+def load_lgg_case(case: LggCase, modalities=MODALITIES, with_label: bool = True) -> LoadedCase:
     """Read one patient: image ``(C, H, W, Z)`` float32 in the 0..255 range, classes ``(H, W, Z)``.
+
+    Args:
+        with_label: also read the masks (when the case has them); prediction passes False.
 
     Raises:
         LggDataError: unreadable file, non-RGB slice, size mismatch between slices or
@@ -159,7 +179,7 @@ def load_lgg_case(case: LggCase, modalities=MODALITIES) -> LoadedCase:
         elif data.shape[:2] != shape:
             raise LggDataError(f"{path}: slice size {data.shape[:2]} differs from {case.images[0].name} {shape}")
         slices.append(data[..., list(channels)].astype(np.float32))
-        if case.masks is not None:
+        if with_label and case.masks is not None:
             labels.append(_read_mask(case.masks[i], shape))
     image = np.stack(slices, axis=-1).transpose(2, 0, 1, 3)  # (C, H, W, Z)
     label = np.stack(labels, axis=-1) if labels else None

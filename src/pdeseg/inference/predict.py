@@ -9,11 +9,17 @@ the preprocessing; no training code. How a case is segmented follows the spec's 
 * ``patches``: MONAI sliding-window inference with the training patch size, Gaussian-weighted
   overlapping windows;
 * ``whole``: the whole case in one forward pass.
+
+:func:`predict_folder` never replaces an input file, replaces existing outputs only when
+asked to (``overwrite``), checks both before any case is read, writes every file through a
+temporary name, and skips (and reports) cases that cannot be read or segmented.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +32,7 @@ from pdeseg.config import ConfigError, PreprocessSpec
 from pdeseg.data.case import LoadedCase
 from pdeseg.data.formats import DataFormat, get_format
 from pdeseg.data.preprocess import normalize
-from pdeseg.errors import DataError
+from pdeseg.errors import DataError, PdesegError, RunFolderError
 from pdeseg.nn.output import class_probabilities, predicted_classes
 from pdeseg.progress import track
 from pdeseg.runtime import autocast, resolve_device
@@ -152,11 +158,132 @@ class Predictor:
         return predicted_classes(logits)[0].numpy().astype(np.uint8), probs
 
     def predict_case(self, case, progress: bool = False) -> tuple[LoadedCase, np.ndarray]:
-        """Read, preprocess and segment one case of the spec's data format;
-        returns ``(loaded case, classes (*spatial))``."""
-        loaded = case.load(self.modalities)
+        """Read (images only: labels are not needed, so a broken label file cannot stop a
+        prediction), preprocess and segment one case of the spec's data format.
+
+        Returns:
+            ``(loaded case without label, classes (*spatial))``.
+
+        Raises:
+            DataError: a file of the case is unreadable or inconsistent, or its channels do
+                not match the model's.
+        """
+        loaded = case.load(self.modalities, with_label=False)
         classes, _ = self.predict_volume(self.preprocess(loaded), progress)
         return loaded, classes
+
+
+@dataclass
+class PredictionReport:
+    """What :func:`predict_folder` did.
+
+    Attributes:
+        written: for each segmented case, in order, the file or case folder written.
+        skipped: case -> reason, for each case that could not be read or segmented.
+    """
+
+    written: list[Path] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """One line: ``wrote N, skipped M: case A (reason), ...``."""
+        line = f"wrote {len(self.written)}, skipped {len(self.skipped)}"
+        if self.skipped:
+            line += ": " + ", ".join(f"{case} ({_first_line(reason)})" for case, reason in self.skipped.items())
+        return line
+
+
+def _first_line(text: str) -> str:
+    return str(text).strip().splitlines()[0] if str(text).strip() else ""
+
+
+def _file_in_the_way(folder: Path) -> Path | None:
+    """The nearest existing path at or above ``folder`` when it is not a folder, else None."""
+    for path in (folder, *folder.parents):
+        if path.exists():
+            return None if path.is_dir() else path
+    return None
+
+
+def _check_folders(out_dir: Path, outputs: Iterable[Path]) -> None:
+    """Raises RunFolderError when ``out_dir`` or an output's folder lies below a file."""
+    for folder in dict.fromkeys([out_dir, *(p.parent for p in outputs)]):
+        blocker = _file_in_the_way(folder)
+        if blocker is not None:
+            raise RunFolderError(f"--output {out_dir}: {blocker} is a file, not a folder, so {folder} cannot be created; "
+                                 "choose another --output")
+
+
+def _check_inputs_untouched(planned: dict[str, list[Path]], inputs: dict[Path, str]) -> None:
+    """Raises RunFolderError when a planned output is one of the input cases' files."""
+    for paths in planned.values():
+        for path in paths:
+            owner = inputs.get(path.resolve())
+            if owner is not None:
+                raise RunFolderError(f"{path} is an input file of case {owner}; the prediction would replace it "
+                                     "(refused even with --overwrite): choose another --output")
+
+
+def _check_existing(planned: dict[str, list[Path]], overwrite: bool) -> None:
+    """Raises RunFolderError when planned outputs exist (and ``overwrite`` is off) or are folders."""
+    paths = [p for ps in planned.values() for p in ps]
+    folders = [p for p in paths if p.is_dir()]
+    if folders:
+        raise RunFolderError(f"{folders[0]} is a folder where a prediction file would go; move it or choose another --output")
+    existing = [p for p in paths if p.exists() or p.is_symlink()]
+    if existing and not overwrite:
+        raise RunFolderError(f"{existing[0]} already exists ({len(existing)} of the {len(paths)} output files exist); "
+                             "pass --overwrite to replace them, or choose another --output")
+
+
+def check_outputs(fmt: DataFormat, cases: list, modalities: list[str], out_dir: str | Path, overwrite: bool = False,
+                  **write_options) -> dict[str, list[Path]]:
+    """Every file a prediction of ``cases`` would write, checked before any case is read.
+
+    Args:
+        fmt: the data format (it names the outputs).
+        cases: the input cases (their files are never replaced).
+        modalities: the channels the model reads (their files count as input files).
+        out_dir: the output folder.
+        overwrite: allow replacing existing output files (never input files).
+        write_options: the format's output options.
+
+    Returns:
+        case id -> the files its prediction would write.
+
+    Raises:
+        RunFolderError: an output is one of the input cases' files (even with ``overwrite``),
+            already exists (without ``overwrite``) or is a folder, or the output folder lies
+            below a file.
+        ConfigError: an output option the format does not take or allow.
+    """
+    out_dir = Path(out_dir).expanduser()
+    planned = {case.case_id: fmt.output_paths(case, out_dir, **write_options) for case in cases}
+    inputs = {f.resolve(): case.case_id for case in cases for f in case.source_files(modalities)}
+    _check_folders(out_dir, [p for ps in planned.values() for p in ps])
+    _check_inputs_untouched(planned, inputs)
+    _check_existing(planned, overwrite)
+    return planned
+
+
+def _skip(report: PredictionReport, case_id: str, reason: str) -> None:
+    report.skipped[case_id] = reason
+    log.warning("skipped case %s: %s", case_id, _first_line(reason))
+
+
+def _write(fmt: DataFormat, classes: np.ndarray, loaded: LoadedCase, out_dir: Path, write_options: dict) -> Path:
+    """Write one prediction; an OSError (disk full, permissions) stops the run as a RunFolderError."""
+    try:
+        return fmt.write_prediction(classes, loaded, out_dir, **write_options)
+    except OSError as exc:
+        raise RunFolderError(f"cannot write the prediction of {loaded.case.case_id} under {out_dir}: {exc}") from exc
+
+
+def _make_folder(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunFolderError(f"--output {out_dir}: cannot create the folder ({exc})") from exc
 
 
 def predict_folder(
@@ -167,27 +294,60 @@ def predict_folder(
     precision: str = "auto",
     batch_size: int = 16,
     progress: bool = True,
+    overwrite: bool = False,
     **write_options,
-) -> list[Path]:
+) -> PredictionReport:
     """Segment one case folder or a folder of cases, writing each in the input's own format
     (BraTS: ``<output>/<case>_seg.nii.gz`` with the input's affine, header and label values;
     LGG: ``<output>/<case>/<case>_<n>_mask.<png|tif>``).
 
+    Before any case is read, every output path is computed and checked: none may be an
+    input case's own file (image or label, even with ``overwrite``), none may exist unless
+    ``overwrite``, and the output folder may not lie below a file. Each file is written to a
+    temporary name in its folder and then renamed. A case that cannot be found consistently,
+    read or segmented (a :class:`~pdeseg.errors.PdesegError`) is logged, skipped and
+    reported; the others are written. Labels are never read.
+
     Args:
+        checkpoint: a pdeseg checkpoint (model, weights, preprocessing, data format).
+        input_dir: a case folder or a folder of cases.
+        output_dir: where predictions go (created).
+        device, precision, batch_size: see :class:`Predictor`.
+        progress: show progress.
+        overwrite: replace existing output files (input files are never replaced).
         write_options: the data format's output options (``convention`` for BraTS,
             ``mask_format`` for LGG); None values mean the default.
 
     Returns:
-        the written files or case folders.
+        the written files or case folders and the skipped cases with their reasons
+        (nothing written when every case was skipped).
+
+    Raises:
+        RunFolderError: see :func:`check_outputs`; or an output cannot be written.
+        CheckpointError, DeviceError, ConfigError: unusable checkpoint, device or option.
+        DataError: the input folder is missing or holds no cases at all.
     """
     predictor = Predictor.from_checkpoint(checkpoint, device, precision, batch_size)
-    fmt = predictor.format
-    cases = fmt.find_cases(input_dir, predictor.modalities, require_label=False)
-    out = []
+    fmt, out_dir = predictor.format, Path(output_dir).expanduser()
+    report = PredictionReport()
+    cases = fmt.find_cases(input_dir, predictor.modalities, require_label=False, skipped=report.skipped)
+    for case_id, reason in report.skipped.items():
+        log.warning("skipped case %s: %s", case_id, _first_line(reason))
+    check_outputs(fmt, cases, predictor.modalities, out_dir, overwrite, **write_options)
+    if cases:
+        _make_folder(out_dir)
     for case in track(cases, "predicting", "case", enabled=progress):
-        loaded, classes = predictor.predict_case(case)
-        path = fmt.write_prediction(classes, loaded, output_dir, **write_options)
+        try:
+            loaded, classes = predictor.predict_case(case)
+        except PdesegError as exc:
+            _skip(report, case.case_id, str(exc))
+            continue
+        path = _write(fmt, classes, loaded, out_dir, write_options)
         counts = np.bincount(classes.ravel(), minlength=fmt.num_classes)
         log.info("%s -> %s (%s)", case.case_id, path, ", ".join(f"{n}: {v}" for n, v in zip(fmt.class_names, counts)))
-        out.append(path)
-    return out
+        report.written.append(path)
+    if report.skipped:
+        log.warning("%s", report.summary())
+    else:
+        log.info("%s", report.summary())
+    return report
