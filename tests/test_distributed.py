@@ -24,4 +24,5 @@ def test_torchrun_two_processes_keep_identical_replicas(phantom_root, tmp_path):
     assert replicas["world_size"] == 2
     assert replicas["identical"] and replicas["digests"][0] == replicas["digests"][1]
     assert (run_dir / "best.pt").is_file() and (run_dir / "last.pt").is_file()
+    assert not (run_dir / ".pdeseg.lock").exists(), "rank 0's run-folder lock is released when training returns"
     assert "joined process group: rank 1 of 2 (gloo)" in proc.stderr

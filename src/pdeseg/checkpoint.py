@@ -13,11 +13,17 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts::
 
 Loading needs only :mod:`pdeseg.registry` and the network modules, never the trainer, so
 both training and inference use this module.
+
+A checkpoint is written to a hidden temporary file ``.<name>.XXXXXXXX`` beside its target
+and renamed over it, so a reader never sees half a checkpoint. A process killed during the
+write leaves that temporary file behind; :func:`remove_stale_temporaries` clears them.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -32,6 +38,8 @@ from pdeseg.config import PreprocessSpec
 from pdeseg.errors import CheckpointError
 from pdeseg.registry import build_model
 
+log = logging.getLogger(__name__)
+
 FORMAT = "pdeseg-checkpoint"
 #: 2: ``preprocessing`` is a full PreprocessSpec (format, mode, spatial dims, classes).
 FORMAT_VERSION = 2
@@ -44,20 +52,97 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
 
 
+#: The temporary files :func:`save_checkpoint` writes: ``.<name>.`` and mkstemp's 8 random
+#: characters (``[a-z0-9_]``), for targets named ``*.pt``.
+_TEMPORARY = re.compile(r"^\.(?P<target>.+\.pt)\.[a-z0-9_]{8}$")
+
+
+def _temporary_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the system allows."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    # No /proc (or a kernel before 4.7): the umask can only be read by setting it. Another
+    # thread creating a file between these two calls would get the temporary umask, so it
+    # is the strict 0o077 (private files), never 0 (world-writable ones).
+    old = os.umask(0o077)
+    os.umask(old)
+    return old
+
+
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
-    """Write ``payload`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    """Write ``payload`` to ``path`` atomically (temporary file in the same folder, then rename).
+
+    The file gets the mode a newly created file would (``0o666`` less the umask), not the
+    private ``0o600`` of the temporary file.
+
+    Args:
+        payload: the checkpoint's entries (format and versions are added).
+        path: the checkpoint file; its folder is created if missing.
+
+    Raises:
+        OSError: the folder or file cannot be written (no temporary file is left behind).
+        pickle.PicklingError, TypeError, AttributeError: ``payload`` cannot be saved.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "pdeseg_version": __version__, **payload}, fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temporaries(folder: str | Path) -> tuple[list[str], int]:
+    """Remove the temporary files that interrupted :func:`save_checkpoint` calls left in ``folder``.
+
+    A process killed while writing ``last.pt`` or ``best.pt`` leaves ``.last.pt.XXXXXXXX``
+    (or ``.best.pt.XXXXXXXX``) behind, as large as the part written. Only files named like
+    that (for any ``*.pt`` target) are removed, directly in ``folder``; the names and the
+    bytes freed are logged as a warning. Call this only while no other process can be
+    writing checkpoints into ``folder`` (e.g. holding its :class:`~pdeseg.runlock.RunLock`):
+    a live writer's temporary file would be removed under it.
+
+    Args:
+        folder: the folder to clean (a missing folder has nothing to clean).
+
+    Returns:
+        ``(names of the files removed, bytes freed)``.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return [], 0
+    removed, freed = [], 0
+    for entry in sorted(folder.iterdir()):
+        if not _TEMPORARY.match(entry.name) or entry.is_symlink() or not entry.is_file():
+            continue
+        try:
+            size = entry.stat().st_size
+            entry.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("%s: cannot remove this temporary checkpoint file of an interrupted write (%s)", entry, exc)
+            continue
+        removed.append(entry.name)
+        freed += size
+    if removed:
+        log.warning("%s: removed %d temporary checkpoint file(s) left by interrupted writes (%s), freeing %d bytes",
+                    folder, len(removed), ", ".join(removed), freed)
+    return removed, freed
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

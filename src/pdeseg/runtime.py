@@ -102,6 +102,18 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def launch_rank() -> int:
+    """This process's global rank as ``torchrun`` sets it (``RANK``), 0 for a single process
+    (``WORLD_SIZE`` unset or 1, as :func:`init_distributed` decides).
+
+    Readable before the process group is joined (it is the rank :func:`init_distributed`
+    then joins with).
+    """
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
+        return 0
+    return int(os.environ.get("RANK", 0))
+
+
 def init_distributed(device: torch.device) -> tuple[int, int]:
     """Join the process group when launched by torchrun (``WORLD_SIZE > 1``).
 

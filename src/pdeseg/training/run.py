@@ -3,18 +3,21 @@
 The run folder of one model holds ``config.yaml`` (resolved), ``split.json``,
 ``metrics.csv`` (one row per epoch: loss, pixel accuracy, mean IoU, Dice on train and
 validation), ``tb/`` (TensorBoard), ``best.pt`` (best
-monitored score) and ``last.pt`` (everything needed to resume exactly).
+monitored score) and ``last.pt`` (everything needed to resume exactly), and, while a run
+writes it, the lock file ``.pdeseg.lock`` (see :mod:`pdeseg.runlock`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from pdeseg.build import Experiment, build_loss, checkpoint_meta, build_network, build_optimizer, build_scheduler, resolve
-from pdeseg.checkpoint import load_checkpoint
+from pdeseg.checkpoint import load_checkpoint, remove_stale_temporaries
 from pdeseg.config import ExperimentConfig, ModelConfig, save_config
 from pdeseg.data.sampling import training_dataset
 from pdeseg.data.setup import PreparedData, prepare_data, steps_per_epoch
@@ -22,7 +25,8 @@ from pdeseg.data.splits import save_split
 from pdeseg.errors import ConfigError, RunFolderError
 from pdeseg.inference.predict import Predictor
 from pdeseg.inference.score import score, scoring_rules
-from pdeseg.runtime import barrier, init_distributed, resolve_device, resolve_precision, seed_everything
+from pdeseg.runlock import RunLock
+from pdeseg.runtime import barrier, init_distributed, launch_rank, resolve_device, resolve_precision, seed_everything
 from pdeseg.training.trainer import Trainer, TrainResult
 
 log = logging.getLogger(__name__)
@@ -53,6 +57,60 @@ def _check_run_folder(run_dir: Path, resume: bool, overwrite: bool, epochs: int)
     return state
 
 
+def _make_folders(run_dir: Path) -> list[Path]:
+    """Create ``run_dir`` and its missing parents; returns the folders created, outermost first.
+
+    Raises:
+        RunFolderError: a path on the way is a file, or a folder cannot be created.
+    """
+    missing, folder = [], run_dir
+    while not folder.is_dir() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    created: list[Path] = []
+    for folder in reversed(missing):
+        try:
+            folder.mkdir()
+            created.append(folder)
+        except FileExistsError:
+            if not folder.is_dir():
+                _remove_empty(created)
+                raise RunFolderError(f"cannot create run folder {run_dir}: {folder} is a file") from None
+        except OSError as exc:
+            _remove_empty(created)
+            raise RunFolderError(f"cannot create run folder {run_dir}: {exc.strerror or exc}") from None
+    return created
+
+
+def _remove_empty(created: list[Path]) -> None:
+    """Remove the folders of :func:`_make_folders` again, innermost first, while they are empty."""
+    for folder in reversed(created):
+        try:
+            folder.rmdir()
+        except OSError:  # something was written: keep it and the folders above it
+            return
+
+
+@contextlib.contextmanager
+def _locked_run_folder(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir``'s :class:`~pdeseg.runlock.RunLock` for the body.
+
+    The folder (and missing parents) is created for the lock file. If the body fails, the
+    folders created here are removed again as long as they are empty, so a run that fails
+    its checks before writing anything leaves no folder behind.
+
+    Raises:
+        RunFolderError: ``run_dir`` is a file or cannot be created, or another run holds it.
+    """
+    created = _make_folders(run_dir)
+    try:
+        with RunLock(run_dir):
+            yield
+    except BaseException:
+        _remove_empty(created)
+        raise
+
+
 def train_model(
     cfg: ExperimentConfig,
     model_cfg: ModelConfig,
@@ -66,44 +124,62 @@ def train_model(
 ) -> TrainResult:
     """Train one model of ``cfg`` into ``run_dir``.
 
+    The process that writes the run folder (rank 0 under ``torchrun``) holds its
+    :class:`~pdeseg.runlock.RunLock` from before the folder is first read until training
+    returns, and first removes temporary checkpoint files that killed runs left there.
+
     Args:
         cfg: the experiment config (resolved here unless ``exp`` is given).
         model_cfg: which registered model to train.
-        run_dir: this model's run folder (created).
+        run_dir: this model's run folder (created; removed again, if it was created here
+            and is still empty, when the run fails before writing anything).
         resume: continue from ``run_dir/last.pt`` (its split, epoch counter and RNG states).
         data: prepared data to reuse (else prepared from ``cfg``, reusing ``split.json``).
         progress: show progress (a bar on a terminal, log lines otherwise).
         stop_after: train at most this many epochs in this call, then return.
         overwrite: start afresh even if ``run_dir`` already holds a run.
+        exp: ``cfg`` already resolved.
+
+    Returns:
+        The run's best score and epoch and its per-epoch history.
 
     Raises:
         ConfigError: a config value the data set or registries reject (before any data are read).
-        RunFolderError: see :func:`_check_run_folder`.
+        RunFolderError: another run holds ``run_dir``, it cannot be created, or see
+            :func:`_check_run_folder`.
         DataError: bad data.
     """
     exp = exp or resolve(cfg)
-    cfg, spec, t = exp.cfg, exp.spec, exp.cfg.train
     run_dir = Path(run_dir)
+    with _locked_run_folder(run_dir) if launch_rank() == 0 else contextlib.nullcontext():
+        return _train(exp, model_cfg, run_dir, resume, data, progress, stop_after, overwrite)
+
+
+def _train(exp: Experiment, model_cfg: ModelConfig, run_dir: Path, resume: bool, data: PreparedData | None,
+           progress: bool, stop_after: int | None, overwrite: bool) -> TrainResult:
+    """:func:`train_model` once the run folder is held."""
+    cfg, spec, t = exp.cfg, exp.spec, exp.cfg.train
     state = _check_run_folder(run_dir, resume, overwrite, t.epochs)
     device = resolve_device(t.device)
     precision = resolve_precision(t.precision, device)
     rank, world = init_distributed(device)
     split_file = run_dir / "split.json"
-    if rank == 0 and overwrite and not resume:
-        split_file.unlink(missing_ok=True)  # draw the split from the config again
+    if rank == 0:
+        remove_stale_temporaries(run_dir)
+        if overwrite and not resume:
+            split_file.unlink(missing_ok=True)  # draw the split from the config again
     if data is None:
         if rank == 0:
             data = prepare_data(cfg.data, spec, split_file, progress=progress)
         barrier()
         if rank != 0:
             data = prepare_data(cfg.data, spec, split_file, progress=False)
-    if rank == 0:  # the run folder is made once the data are known to be good
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_split(data.split, split_file)
-        save_config(cfg, run_dir / "config.yaml")
     if t.monitor != "train_loss" and not data.split["val"]:
         raise ConfigError(f"train.monitor {t.monitor!r} needs validation cases but the split has none "
                           f"({len(data.split['train'])} training cases); set train.monitor: train_loss or use more cases")
+    if rank == 0:  # the run folder's files are written once the data are known to be good
+        save_split(data.split, split_file)
+        save_config(cfg, run_dir / "config.yaml")
 
     train_set = training_dataset(data.cases("train"), spec, cfg.data, t.seed)
     log.info("training %s on %d %s, validating on %d cases (%s, precision %s)", model_cfg.name, len(train_set),
