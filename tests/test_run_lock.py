@@ -380,3 +380,34 @@ def test_runs_failing_their_checks_leave_no_run_folder_and_no_lock(phantom_root,
     with pytest.raises(RunFolderError, match="is a file"):
         train_model(cfg, cfg.models[0], out / "file" / "run", progress=False)
     assert sorted(p.name for p in out.iterdir()) == ["file", "tiny"]
+
+
+def test_a_full_disk_during_a_checkpoint_write_names_the_real_cause(tmp_path, monkeypatch):
+    """torch reports ENOSPC as a bare 'file write failed'; the user gets 'the disk is full'."""
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    import pdeseg.checkpoint as ck
+    from pdeseg.errors import RunFolderError
+
+    usage = namedtuple("usage", "total used free")
+
+    def torch_on_a_full_disk(obj, fh):
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(ck.torch, "save", torch_on_a_full_disk)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 4096, 4096))
+    with pytest.raises(RunFolderError, match=r"last.pt: the disk is full \(0.0 MiB free\)"):
+        ck.save_checkpoint({"state_dict": {}}, tmp_path / "last.pt")
+    assert list(tmp_path.iterdir()) == []  # no temporary file left
+
+    def no_space(obj, fh):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ck.torch, "save", no_space)
+    with pytest.raises(RunFolderError, match="disk is full"):
+        ck.save_checkpoint({"state_dict": {}}, tmp_path / "best.pt")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(RunFolderError, match="cannot write"):
+        ck.save_checkpoint({"state_dict": {}}, tmp_path / "afile" / "last.pt")

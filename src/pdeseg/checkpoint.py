@@ -35,7 +35,7 @@ from pydantic import ValidationError
 
 from pdeseg import __version__
 from pdeseg.config import PreprocessSpec
-from pdeseg.errors import CheckpointError
+from pdeseg.errors import CheckpointError, RunFolderError
 from pdeseg.registry import build_model
 
 log = logging.getLogger(__name__)
@@ -88,12 +88,16 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
         path: the checkpoint file; its folder is created if missing.
 
     Raises:
-        OSError: the folder or file cannot be written (no temporary file is left behind).
+        RunFolderError: the folder or file cannot be written: full disk, no permission,
+            read-only file system (the real cause is named; no temporary file is left behind).
         pickle.PicklingError, TypeError, AttributeError: ``payload`` cannot be saved.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), dir=path.parent)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
     try:
         with os.fdopen(fd, "wb") as fh:
             torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "pdeseg_version": __version__, **payload}, fh)
@@ -101,9 +105,36 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, (OSError, RuntimeError)) and not isinstance(exc, RunFolderError):
+            error = _write_error(path, exc)
+            if error is not None:
+                raise error from None
         raise
+
+
+def _write_error(path: Path, exc: BaseException) -> RunFolderError | None:
+    """A clear error for a failed checkpoint write: a full disk (which torch reports as a
+    bare "file write failed"), a permission or read-only problem; None when it is neither."""
+    import errno
+    import shutil
+
+    code = getattr(exc, "errno", None)
+    try:
+        free = shutil.disk_usage(path.parent if path.parent.exists() else Path(path.anchor or ".")).free
+    except OSError:
+        free = None
+    if code in (errno.ENOSPC, errno.EDQUOT) or (isinstance(exc, RuntimeError) and free is not None and free < 64 * 2**20):
+        shown = f"{free / 2**20:.1f} MiB free" if free is not None else "no space left"
+        return RunFolderError(f"cannot write {path}: the disk is full ({shown}); free space or choose another --out")
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return RunFolderError(f"cannot write {path}: {exc.strerror}; choose a writable --out")
+    if code in (errno.ENOTDIR, errno.EEXIST):
+        return RunFolderError(f"cannot write {path}: a part of the path is a file")
+    if isinstance(exc, OSError):
+        return RunFolderError(f"cannot write {path}: {exc.strerror or exc}")
+    return None
 
 
 def remove_stale_temporaries(folder: str | Path) -> tuple[list[str], int]:
