@@ -175,3 +175,10 @@ def test_resume_with_a_changed_epoch_count_is_refused_clearly(phantom_root, tmp_
     longer = config_from_dict(tiny_config_dict(phantom_root, tmp_path, epochs=5))
     with pytest.raises(RunFolderError, match="planned for 2 epochs.*train.epochs=2"):
         train_model(longer, longer.models[0], tmp_path / "run", resume=True, progress=False)
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "two"])
+def test_predict_batch_size_must_be_positive(value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--checkpoint", "x.pt", "--input", "in", "--output", "out", "--batch-size", value])
+    assert exit_info.value.code == 2 and "--batch-size" in capsys.readouterr().err

@@ -220,9 +220,16 @@ def preprocessing_spec(ckpt: dict[str, Any], path: str | Path = "checkpoint") ->
         raise CheckpointError(f"{path}: bad preprocessing entry {where}: {first['msg']}") from None
 
 
-def model_from_checkpoint(ckpt: dict[str, Any] | str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the model a checkpoint describes, load its weights, return it in eval mode."""
-    where = "checkpoint"
+def model_from_checkpoint(ckpt: dict[str, Any] | str | Path, map_location: str | torch.device = "cpu",
+                          where: str | Path = "checkpoint") -> nn.Module:
+    """Rebuild the model a checkpoint describes, load its weights, return it in eval mode.
+
+    Args:
+        where: the checkpoint's path, for messages when ``ckpt`` is already loaded.
+
+    Raises:
+        CheckpointError: the model cannot be built from its kwargs, or the weights do not fit.
+    """
     if not isinstance(ckpt, dict):
         where, ckpt = ckpt, load_checkpoint(ckpt, map_location)
     name, kwargs = ckpt["model"]["name"], ckpt["model"]["kwargs"]

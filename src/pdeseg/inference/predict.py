@@ -77,7 +77,7 @@ class Predictor:
         ckpt = load_checkpoint(path)
         spec = preprocessing_spec(ckpt, path)
         dev = resolve_device(device)
-        model = model_from_checkpoint(ckpt).to(dev)
+        model = model_from_checkpoint(ckpt, where=path).to(dev)
         if spec.spatial_dims == 2:
             model = model.to(memory_format=torch.channels_last)
         predictor = cls(model, spec, dev, precision, batch_size, ckpt["model"]["name"])

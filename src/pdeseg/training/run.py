@@ -151,6 +151,7 @@ def train_model(
     """
     exp = exp or resolve(cfg)
     run_dir = Path(run_dir)
+    resolve_device(exp.cfg.train.device)  # a missing GPU is a config matter: say so before touching any folder
     with _locked_run_folder(run_dir) if launch_rank() == 0 else contextlib.nullcontext():
         return _train(exp, model_cfg, run_dir, resume, data, progress, stop_after, overwrite)
 
