@@ -174,7 +174,7 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pdeseg.registry import FORMATS
+    from pdeseg.data.formats import FORMATS  # not the registry: parsing arguments needs no torch
 
     p = argparse.ArgumentParser(prog="pdeseg", description="PDE-informed segmentation networks and losses, 2D and 3D.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -22,9 +22,11 @@ Why a lock *file* created exclusively, and not ``fcntl.flock``:
   namespace (a container sharing the host name), cannot be checked from here and is never
   taken over automatically: the error says which file to remove if that run is known to be
   dead. An unreadable or corrupt lock file is taken over with a warning.
-* Taking over is race-free between several starters: the stale file is first renamed to a
-  private name (only one rename of it can succeed), then checked to be the very file that
-  was judged stale (else it is put back), and only then is a new lock created exclusively.
+* Taking over is race-free between several starters: takeover only ever happens for an
+  owner on this host, so the takers are serialised by an ``flock`` on the run folder itself
+  (local, no extra file). Under it the lock file is read again and removed only if it is
+  still the very file judged stale; the new lock is then created exclusively as usual, and
+  a lock that another starter created meanwhile is never touched.
 
 The lock is advisory: it binds pdeseg runs, not other programs writing the folder.
 """
@@ -197,26 +199,31 @@ class RunLock:
                 pass
 
     def _take_over(self, stale: bytes) -> bool:
-        """Remove the lock file if it still holds ``stale``; False if it changed (or vanished)."""
-        grave = self.folder / f"{LOCK_NAME}.{uuid.uuid4().hex}.stale"
+        """Remove the lock file if it still holds ``stale``; False if it changed (or vanished).
+
+        Takers on this host hold an exclusive ``flock`` on the folder while they check and
+        remove, so one taker cannot remove a lock that another created after taking over.
+        """
+        import fcntl
+
         try:
-            os.rename(self.path, grave)  # atomic: of several takers, one gets this file
-        except FileNotFoundError:
-            return False
+            fd = os.open(self.folder, os.O_RDONLY)
         except OSError as exc:
             raise RunFolderError(f"cannot take over the stale lock {self.path} ({exc.strerror or exc}); "
                                  "remove it by hand if its run is dead") from None
         try:
-            moved = grave.read_bytes()
-            if moved == stale:
-                return True
-            # a new owner locked between our look and the rename: give its lock back
-            if not self._create(moved):
-                log.warning("%s: a lock taken while a stale one was replaced was lost (%s)",
-                            self.path, _describe(_parse(moved) or {}))
-            return False
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if self._read() != stale:
+                return False
+            self.path.unlink(missing_ok=True)
+            return True
+        except RunFolderError:
+            raise
+        except OSError as exc:
+            raise RunFolderError(f"cannot take over the stale lock {self.path} ({exc.strerror or exc}); "
+                                 "remove it by hand if its run is dead") from None
         finally:
-            grave.unlink(missing_ok=True)
+            os.close(fd)  # releases the flock
 
 
 def _write_new(path: Path, content: bytes) -> None:

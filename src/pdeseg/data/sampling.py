@@ -174,6 +174,12 @@ class PatchDataset(Dataset):
         self.cases, self.patch = cases, tuple(int(p) for p in patch_size)
         self.samples_per_case, self.foreground_prob = samples_per_case, foreground_prob
         self.transform, self.seed, self.epoch = transform, seed, 0
+        self._foreground: dict[int, np.ndarray] = {}  # case index -> labelled voxels (X, Y, Z), found once
+
+    def _labelled_voxels(self, ci: int) -> np.ndarray:
+        if ci not in self._foreground:
+            self._foreground[ci] = np.argwhere(np.asarray(self.cases[ci].label).transpose(1, 2, 0) > 0)
+        return self._foreground[ci]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -182,19 +188,21 @@ class PatchDataset(Dataset):
         return len(self.cases) * self.samples_per_case
 
     def __getitem__(self, index: int) -> dict:
-        case = self.cases[index // self.samples_per_case]
+        ci = index // self.samples_per_case
+        case = self.cases[ci]
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        image, label = case_volume(case)
-        shape = label.shape
-        if rng.random() < self.foreground_prob and label.any():
-            fg = np.argwhere(label > 0)
+        x, y, z = case.meta["shape"]
+        shape = (x, y, z)
+        if rng.random() < self.foreground_prob and len(self._labelled_voxels(ci)):
+            fg = self._labelled_voxels(ci)
             centre = fg[rng.integers(len(fg))]
         else:
             centre = np.array([rng.integers(s) for s in shape])
         start = [int(np.clip(c - p // 2, 0, max(s - p, 0))) for c, p, s in zip(centre, self.patch, shape)]
-        region = tuple(slice(b, b + p) for b, p in zip(start, self.patch))
-        img = torch.from_numpy(np.ascontiguousarray(image[(slice(None), *region)]))
-        lab = torch.from_numpy(np.ascontiguousarray(label[region]).astype(np.int64))
+        sx, sy, sz = (slice(b, b + p) for b, p in zip(start, self.patch))
+        # read only the patch from the memory-mapped (Z, C, X, Y) / (Z, X, Y) cache
+        img = torch.from_numpy(np.asarray(case.image[sz, :, sx, sy], dtype=np.float32).transpose(1, 2, 3, 0).copy())
+        lab = torch.from_numpy(np.asarray(case.label[sz, sx, sy]).transpose(1, 2, 0).astype(np.int64))
         img, lab = fit_spatial(img, lab, self.patch)  # pads volumes smaller than a patch
         img, lab = _augment(self.transform, img, lab)
         return {"image": img.contiguous(), "label": lab.contiguous(), "case": case.case_id}

@@ -381,7 +381,7 @@ def _case_panel(predictor: Predictor, case, cfg: ExperimentConfig) -> dict[str, 
     z = max((z for _, z in ds.items), key=lambda z: int((label[z] > 0).sum()))
     item = ds[[z for _, z in ds.items].index(z)]
     image = item["image"].numpy()
-    classes = predictor.predict_volume(image[..., None])[0][..., 0]
+    classes = predictor.predict_volume(image[..., None])[..., 0]
     return {"case": f"{case.case_id} z={z}", "image": image[0], "truth": item["label"].numpy(), "prediction": classes}
 
 

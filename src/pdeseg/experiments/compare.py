@@ -268,7 +268,7 @@ def make_figures(result: CompareResult, cfg: ExperimentConfig, scope: str) -> li
     for case in shown:
         z = _display_slice(case, cfg, scope)
         image = np.asarray(case.image[z], dtype=np.float32)  # (C, X, Y)
-        preds = {n: p.predict_volume(image[..., None])[0][..., 0] for n, p in predictors.items()}
+        preds = {n: p.predict_volume(image[..., None])[..., 0] for n, p in predictors.items()}
         rows.append({"case": f"{case.case_id} z={z}", "flair": image[0], "truth": np.asarray(case.label[z]), "predictions": preds})
     if rows:
         fmt = get_format(cfg.data.format)

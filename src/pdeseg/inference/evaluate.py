@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from pdeseg.data.sampling import case_volume
 from pdeseg.data.setup import cached_cases
 from pdeseg.data.splits import load_split
 from pdeseg.errors import ConfigError, DataError
@@ -87,21 +86,24 @@ def evaluate_checkpoint(
     unknown = sorted(set(figure_cases or []) - {c.case_id for c, _ in entries})
     if unknown:
         raise ConfigError(f"figure cases {unknown} are not among the cases of split {split!r}")
-    result = score(predictor, [e for _, e in entries], scope, with_hd95=with_hd95, progress=progress)
+    drawn = {c.case_id for c, _ in entries if c.case_id in figure_cases} if figure_cases else {c.case_id for c, _ in entries[:figures]}
+    reader_case = {entry.case_id: case for case, entry in entries}
+    panels = []
+
+    def draw_or_save(entry, classes) -> None:  # each case is segmented once, by the scoring itself
+        if entry.case_id not in drawn and not save_predictions:
+            return
+        loaded = reader_case[entry.case_id].load(predictor.modalities)
+        if entry.case_id in drawn:
+            panels.append(_panel(loaded, classes))
+        if save_predictions:
+            fmt.write_prediction(classes, loaded, out_dir / "predictions")
+
+    result = score(predictor, [e for _, e in entries], scope, with_hd95=with_hd95, progress=progress,
+                   each_case=draw_or_save if scope == "volume" else None)
     rows = result.rows
-    drawn = [c for c, _ in entries if c.case_id in figure_cases] if figure_cases else [c for c, _ in entries][:figures]
-    if drawn or save_predictions:
-        panels = []
-        for case, entry in entries:
-            if case in drawn or save_predictions:
-                loaded = case.load(predictor.modalities)
-                classes, _ = predictor.predict_volume(case_volume(entry)[0])
-                if case in drawn:
-                    panels.append(_panel(loaded, classes))
-                if save_predictions:
-                    fmt.write_prediction(classes, loaded, out_dir / "predictions")
-        if panels:
-            write_case_figures(panels, fmt, out_dir / "figures")
+    if panels:
+        write_case_figures(panels, fmt, out_dir / "figures")
     summary = {"scope": scope, "split": split, "checkpoint": str(checkpoint), "cases": len(rows), "metrics": result.summary()}
     write_results(rows, summary, out_dir)
     return summary

@@ -33,7 +33,7 @@ from pdeseg.data.case import LoadedCase
 from pdeseg.data.formats import DataFormat, get_format
 from pdeseg.data.preprocess import normalize
 from pdeseg.errors import DataError, PdesegError, RunFolderError
-from pdeseg.nn.output import class_probabilities, predicted_classes
+from pdeseg.nn.output import predicted_classes
 from pdeseg.progress import track
 from pdeseg.runtime import autocast, resolve_device
 
@@ -144,18 +144,16 @@ class Predictor:
     def _channels(self) -> int:
         return 1 if self.spec.output == "sigmoid" else self.spec.num_classes
 
-    def predict_volume(self, image: np.ndarray, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def predict_volume(self, image: np.ndarray, progress: bool = False) -> np.ndarray:
         """Segment a normalised case.
 
         Args:
             image: ``(C, *spatial)`` normalised float32.
 
         Returns:
-            ``(classes (*spatial) uint8, probabilities (num_classes, *spatial) float16)``.
+            classes ``(*spatial)`` uint8 (use :meth:`predict_logits` for the scores).
         """
-        logits = self.predict_logits(image, progress)[None]
-        probs = class_probabilities(logits)[0].numpy().astype(np.float16)
-        return predicted_classes(logits)[0].numpy().astype(np.uint8), probs
+        return predicted_classes(self.predict_logits(image, progress)[None])[0].numpy().astype(np.uint8)
 
     def predict_case(self, case, progress: bool = False) -> tuple[LoadedCase, np.ndarray]:
         """Read (images only: labels are not needed, so a broken label file cannot stop a
@@ -169,8 +167,7 @@ class Predictor:
                 not match the model's.
         """
         loaded = case.load(self.modalities, with_label=False)
-        classes, _ = self.predict_volume(self.preprocess(loaded), progress)
-        return loaded, classes
+        return loaded, self.predict_volume(self.preprocess(loaded), progress)
 
 
 @dataclass

@@ -16,6 +16,7 @@ gathered, so every process returns the same result.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -76,6 +77,7 @@ def score(
     with_hd95: bool = False,
     batch_size: int | None = None,
     progress: bool = False,
+    each_case: Callable[[CachedCase, np.ndarray], None] | None = None,
 ) -> Scores:
     """Per-case metrics of ``predictor`` on cached, labelled ``cases``.
 
@@ -84,6 +86,8 @@ def score(
         loss_fn: also report this loss (on logits).
         with_hd95: add HD95 per region (volume scope; in the units of the case spacing).
         batch_size: slices per batch in slices scope (default: the predictor's).
+        each_case: volume scope: called with each case and its predicted classes, so that
+            callers can draw or save them without segmenting the case again.
 
     Raises:
         ConfigError: an unknown scope, slices scope for a non-slice model, or HD95 in slices scope.
@@ -99,7 +103,7 @@ def score(
     if scope == "slices":
         result = _score_slices(predictor, mine, loss_fn, batch_size or predictor.batch_size, progress)
     else:
-        result = _score_volumes(predictor, mine, loss_fn, with_hd95, progress)
+        result = _score_volumes(predictor, mine, loss_fn, with_hd95, progress, each_case)
     result.seconds = time.perf_counter() - t0
     return _gather(result, [c.case_id for c in cases])
 
@@ -120,7 +124,8 @@ def _score_slices(predictor: Predictor, cases: list[CachedCase], loss_fn, batch_
     return Scores(acc.per_case(), total / count if count else None, units=len(loader.dataset))
 
 
-def _score_volumes(predictor: Predictor, cases: list[CachedCase], loss_fn, with_hd95: bool, progress: bool) -> Scores:
+def _score_volumes(predictor: Predictor, cases: list[CachedCase], loss_fn, with_hd95: bool, progress: bool,
+                   each_case: Callable[[CachedCase, np.ndarray], None] | None = None) -> Scores:
     rules = scoring_rules(predictor.spec)
     rows, losses, units = [], [], 0
     for case in track(cases, "scoring", "case", enabled=progress):
@@ -131,6 +136,8 @@ def _score_volumes(predictor: Predictor, cases: list[CachedCase], loss_fn, with_
             losses.append(float(loss_fn(logits, target)))
         classes = predicted_classes(logits)[0].numpy().astype(np.uint8)
         rows.append({"case": case.case_id, **rules.case_metrics(classes, label, case.meta["spacing"], with_hd95)})
+        if each_case is not None:
+            each_case(case, classes)
         units += image.shape[-1] if predictor.spec.mode == "slices" else 1
     return Scores(rows, float(np.mean(losses)) if losses else None, units=units)
 

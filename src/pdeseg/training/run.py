@@ -151,17 +151,16 @@ def train_model(
     """
     exp = exp or resolve(cfg)
     run_dir = Path(run_dir)
-    resolve_device(exp.cfg.train.device)  # a missing GPU is a config matter: say so before touching any folder
+    device = resolve_device(exp.cfg.train.device)  # a missing GPU is a config matter: say so before touching any folder
     with _locked_run_folder(run_dir) if launch_rank() == 0 else contextlib.nullcontext():
-        return _train(exp, model_cfg, run_dir, resume, data, progress, stop_after, overwrite)
+        return _train(exp, model_cfg, run_dir, device, resume, data, progress, stop_after, overwrite)
 
 
-def _train(exp: Experiment, model_cfg: ModelConfig, run_dir: Path, resume: bool, data: PreparedData | None,
-           progress: bool, stop_after: int | None, overwrite: bool) -> TrainResult:
+def _train(exp: Experiment, model_cfg: ModelConfig, run_dir: Path, device: torch.device, resume: bool,
+           data: PreparedData | None, progress: bool, stop_after: int | None, overwrite: bool) -> TrainResult:
     """:func:`train_model` once the run folder is held."""
     cfg, spec, t = exp.cfg, exp.spec, exp.cfg.train
     state = _check_run_folder(run_dir, resume, overwrite, t.epochs)
-    device = resolve_device(t.device)
     precision = resolve_precision(t.precision, device)
     rank, world = init_distributed(device)
     split_file = run_dir / "split.json"

@@ -50,8 +50,8 @@ class TrainResult:
 
 
 def train_step(model: nn.Module, batch: dict, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, scaler, t: TrainConfig,
-               device: torch.device, precision: str, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimiser step on ``batch``; returns ``(loss, full-resolution logits)`` (detached).
+               device: torch.device, precision: str, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimiser step on ``batch``; returns ``(loss, full-resolution logits, target)`` (detached, on ``device``).
 
     Raises:
         FloatingPointError: the loss is not finite.
@@ -72,7 +72,7 @@ def train_step(model: nn.Module, batch: dict, loss_fn: nn.Module, optimizer: tor
         nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
     scaler.step(optimizer)
     scaler.update()
-    return loss.detach(), main_logits(out).detach()
+    return loss.detach(), main_logits(out).detach(), y
 
 
 def _float(out: Any) -> Any:
@@ -173,14 +173,14 @@ class Trainer:
         bar = track(loader, f"{self.name} epoch {self.epoch + 1}/{self.t.epochs}", "batch", enabled=self.progress and self.main)
         for batch in bar:
             try:
-                loss, logits = train_step(self.wrapped, batch, self.loss_fn, self.optimizer, self.scaler, self.t,
+                loss, logits, target = train_step(self.wrapped, batch, self.loss_fn, self.optimizer, self.scaler, self.t,
                                           self.device, self.precision, self.channels_last)
             except FloatingPointError as exc:
                 raise FloatingPointError(f"{self.name}, epoch {self.epoch + 1}, step {self.global_step}: {exc}") from None
             if self.scheduler is not None:
                 self.scheduler.step()
             self.global_step += 1
-            acc.update(predicted_classes(logits), batch["label"].to(logits.device), list(batch["case"]))
+            acc.update(predicted_classes(logits), target, list(batch["case"]))
             running += loss.item() * logits.shape[0]
             seen += logits.shape[0]
             bar.set_postfix(loss=f"{running / seen:.4f}")
