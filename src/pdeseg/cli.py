@@ -38,8 +38,23 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_phantom(args: argparse.Namespace) -> int:
+    from pdeseg.config import ConfigError
     from pdeseg.data.phantom import write_lgg_phantom_dataset, write_phantom_dataset
 
+    if args.format == "msd":
+        from pdeseg.data.phantom_msd import write_msd_phantom_dataset
+
+        try:
+            out = write_msd_phantom_dataset(args.out, n_cases=args.cases, seed=args.seed, kind=args.kind, layout=args.layout,
+                                            shape=args.shape, spacing=args.spacing)
+        except ValueError as exc:
+            raise ConfigError(f"phantom: {exc}") from None
+        print(f"wrote {args.cases} labelled synthetic {args.kind.upper()} cases (+2 in imagesTs), {args.layout} layout, "
+              f"to {out.resolve()}")
+        return 0
+    if args.kind != "mri" or args.layout != "msd" or args.spacing:
+        raise ConfigError("phantom: --kind, --layout and --spacing apply to --format msd only")
+    args.shape = args.shape or [128, 128, 48]
     if args.format == "lgg":
         paths = write_lgg_phantom_dataset(args.out, n_cases=args.cases, seed=args.seed, shape=tuple(args.shape))
         print(f"wrote {len(paths)} synthetic LGG patients (kaggle_3m TIFF layout) to {(Path(args.out) / 'kaggle_3m').resolve()}")
@@ -214,12 +229,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_ablate)
 
-    s = sub.add_parser("phantom", help="write a synthetic BraTS-like data set as NIfTI files")
+    s = sub.add_parser("phantom", help="write a synthetic data set (BraTS-like, LGG-like, or an MSD-layout MRI or CT task)")
     s.add_argument("--out", required=True)
     s.add_argument("--cases", type=int, default=12)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--shape", type=int, nargs=3, default=[128, 128, 48], metavar=("X", "Y", "Z"))
-    s.add_argument("--format", default="brats", choices=["brats", "lgg"], help="the phantom's layout: BraTS NIfTI folders or LGG kaggle_3m TIFF slices")
+    s.add_argument("--shape", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"),
+                   help="volume size (default 128 128 48; msd: 36 48 36 for mri, 96 96 32 for ct)")
+    s.add_argument("--format", default="brats", choices=["brats", "lgg", "msd"],
+                   help="the phantom's layout: BraTS NIfTI folders, LGG kaggle_3m TIFF slices, or an MSD / nnU-Net task folder")
+    s.add_argument("--kind", default="mri", choices=["mri", "ct"],
+                   help="msd: a hippocampus-like MRI task, or a liver-CT-like task in Hounsfield units on an anisotropic grid")
+    s.add_argument("--layout", default="msd", choices=["msd", "nnunet"], help="msd: MSD (nnU-Net v1) dataset.json; nnunet: nnU-Net v2")
+    s.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("SX", "SY", "SZ"),
+                   help="msd: voxel size in mm (default 1 1 1 for mri, 0.8 0.8 2.5 for ct)")
     s.set_defaults(func=cmd_phantom)
 
     s = sub.add_parser("train", help="train the config's models (one run folder each)")

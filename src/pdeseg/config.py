@@ -110,7 +110,8 @@ class DataConfig(Section):
     mode: Literal["slices", "patches", "whole"] = "slices"
     spatial_dims: Literal[2, 3] | None = None  # None: 2 for slices, the data's own otherwise
     normalization: Literal["zscore", "zscore_all", "minmax", "scale255", "ct"] = "zscore"
-    ct_window: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None  # [lo, hi] HU for ct
+    # ct: [lo, hi] HU; None: the 0.5/99.5 percentiles of the training foreground, with its mean and sd (nnU-Net)
+    ct_window: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None
     slices: Literal["middle", "tumour_middle", "range", "brain", "tumour", "all"] = "tumour"
     slice_range: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=2, max_length=2)] | None = None
     spatial_size: Annotated[list[Annotated[int, Field(ge=8)]], Field(min_length=2, max_length=3)] | None = None
@@ -136,8 +137,6 @@ class DataConfig(Section):
             raise ValueError("slices: range needs slice_range: [first, last]")
         if self.slice_range is not None and self.slice_range[0] > self.slice_range[1]:
             raise ValueError(f"slice_range must be [first, last] with first <= last, got {self.slice_range}")
-        if self.normalization == "ct" and self.ct_window is None:
-            raise ValueError("normalization: ct needs ct_window: [lo, hi] (Hounsfield units, e.g. [-100, 240] for the liver)")
         if self.ct_window is not None and self.ct_window[0] >= self.ct_window[1]:
             raise ValueError(f"ct_window must be [lo, hi] with lo < hi, got {self.ct_window}")
         if self.mode == "patches" and self.spatial_size is None:
@@ -247,7 +246,8 @@ class PreprocessSpec(Section):
     format: str
     modalities: list[str]
     normalization: Literal["zscore", "zscore_all", "minmax", "scale255", "ct"]
-    ct_window: list[float] | None = None
+    ct_window: list[float] | None = None  # ct: None until taken from the training cases (data.setup)
+    ct_stats: list[float] | None = None  # ct: [mean, sd] of the training foreground (nnU-Net rule), or None
     mode: Literal["slices", "patches", "whole"]
     spatial_dims: Literal[2, 3]
     spatial_size: list[int] | None = None

@@ -77,12 +77,18 @@ class CachedCase:
         self.__dict__.update(state)
 
 
-def _key(case, modalities: tuple[str, ...], normalization: str, ct_window) -> str:
-    h = hashlib.sha256()
+def source_key(case, modalities: tuple[str, ...]) -> str:
+    """Path, size and modification time of every file a case's entry depends on."""
+    parts = []
     for f in case.source_files(modalities):
         st = f.stat()
-        h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
-    h.update(f"{modalities}|{normalization}|{ct_window}|{getattr(case, 'convention', '')}|v{CACHE_VERSION}".encode())
+        parts.append(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}")
+    return "|".join(parts)
+
+
+def _key(case, modalities: tuple[str, ...], normalization: str, ct_window, ct_stats=None) -> str:
+    h = hashlib.sha256(source_key(case, modalities).encode())
+    h.update(f"{modalities}|{normalization}|{ct_window}|{ct_stats}|{getattr(case, 'convention', '')}|v{CACHE_VERSION}".encode())
     return h.hexdigest()[:16]
 
 
@@ -92,12 +98,13 @@ def cache_case(
     modalities: tuple[str, ...] | list[str],
     normalization: str = "zscore",
     ct_window=None,
+    ct_stats=None,
 ) -> CachedCase:
     """Return the cache entry of ``case`` (a case of any :mod:`~pdeseg.data.formats` reader),
     building it (reading and validating the files) if needed."""
     modalities = tuple(modalities)
     cache_dir = Path(cache_dir).expanduser()
-    target = cache_dir / f"{case.case_id}-{_key(case, modalities, normalization, ct_window)}"
+    target = cache_dir / f"{case.case_id}-{_key(case, modalities, normalization, ct_window, ct_stats)}"
     meta_path = target / "meta.json"
     if target.is_dir():
         problem = entry_problem(target)
@@ -112,7 +119,7 @@ def cache_case(
     loaded = case.load(modalities)
     warn_about_signal(case.case_id, loaded.image, loaded.label, modalities)
     mask = nonzero_mask(loaded.image)
-    image = normalize(loaded.image, normalization, ct_window)
+    image = normalize(loaded.image, normalization, ct_window, ct_stats)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{case.case_id}-", dir=cache_dir))
     except OSError as exc:
@@ -197,7 +204,8 @@ def cache_cases(
     normalization: str = "zscore",
     ct_window=None,
     progress: bool = True,
+    ct_stats=None,
 ) -> list[CachedCase]:
     """Cache every case (with progress shown); returns entries in the same order."""
-    return [cache_case(case, cache_dir, modalities, normalization, ct_window)
+    return [cache_case(case, cache_dir, modalities, normalization, ct_window, ct_stats)
             for case in track(cases, "caching cases", "case", enabled=progress)]

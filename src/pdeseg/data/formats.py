@@ -58,6 +58,8 @@ class DataFormat:
         hd95_one_empty: HD95 when a region is empty in exactly one of truth and prediction.
         spatial_dims: dimensionality of a case (3: volumes; slice sets are stacked).
         display_rotate: figures show ``rot90`` of a slice (NIfTI x-major storage).
+        info: ``(root) -> DatasetInfo`` for formats whose data sets name their own classes
+            and channels (MSD's ``dataset.json``); None: the fixed fields above.
     """
 
     name: str
@@ -73,14 +75,21 @@ class DataFormat:
     hd95_one_empty: float = math.inf
     spatial_dims: int = 3
     display_rotate: bool = True
+    info: Callable[[Path | None], DatasetInfo] | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
     def dataset_info(self, root: str | Path | None = None) -> DatasetInfo:
-        """Classes, regions and channels of the data set at ``root`` (fixed for these formats;
-        formats whose data sets define their own classes read them here)."""
+        """Classes, regions and channels of the data set at ``root`` (fixed for most formats;
+        formats whose data sets define their own classes read them from ``root``).
+
+        Raises:
+            ConfigError, DataError: such a format without a readable ``root``.
+        """
+        if self.info is not None:
+            return self.info(Path(root).expanduser() if root else None)
         return DatasetInfo(self.class_names, dict(self.regions), self.modalities, self.spatial_dims)
 
     def check_read_options(self, options: Mapping[str, Any]) -> None:
@@ -182,7 +191,40 @@ def _lgg() -> DataFormat:
     )
 
 
-FORMATS: dict[str, DataFormat] = {f.name: f for f in (_brats(), _lgg())}
+def _find_msd(root, modalities, require_label=True, skipped=None):
+    from pdeseg.data.msd import find_msd_cases
+
+    return find_msd_cases(root, modalities, require_label, skipped)
+
+
+def _msd_outputs(case, out_dir: Path) -> list[Path]:
+    from pdeseg.data.msd import output_path
+
+    return [output_path(case.case_id, out_dir, case.ending)]
+
+
+def _write_msd(classes, loaded, out_dir: Path) -> Path:
+    from pdeseg.data.nifti import write_label_volume
+
+    return write_label_volume(classes, loaded, _msd_outputs(loaded.case, out_dir)[0])
+
+
+def _msd_info(root: Path | None) -> DatasetInfo:
+    from pdeseg.data.msd import check_root
+
+    ds = check_root(root)
+    return DatasetInfo(ds.class_names, {}, ds.channels, 3)
+
+
+def _msd() -> DataFormat:
+    return DataFormat(
+        name="msd", description="Medical Segmentation Decathlon / nnU-Net raw task (dataset.json, imagesTr, labelsTr); "
+        "classes and channels from dataset.json", modalities=(), class_names=(), find_cases=_find_msd, write=_write_msd,
+        outputs=_msd_outputs, info=_msd_info,
+    )
+
+
+FORMATS: dict[str, DataFormat] = {f.name: f for f in (_brats(), _lgg(), _msd())}
 
 
 def get_format(name: str) -> DataFormat:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 from dataclasses import dataclass
@@ -11,6 +13,7 @@ import numpy as np
 
 from pdeseg.config import ConfigError, DataConfig, PreprocessSpec
 from pdeseg.data.cache import CachedCase, cache_cases
+from pdeseg.data.files import write_atomically
 from pdeseg.data.formats import get_format
 from pdeseg.data.splits import load_split, split_cases
 from pdeseg.errors import DataError
@@ -53,6 +56,10 @@ def prepare_data(d: DataConfig, spec: PreprocessSpec, split_file: str | Path | N
     the split is drawn from ``d.split`` and, with ``d.train_cases``, the training side is
     subsampled afterwards.
 
+    With ``normalization: ct`` and no ``ct_window``, the window and statistics are taken
+    from the training cases (:func:`training_ct_statistics`) and written into ``spec``
+    (so checkpoints carry them to prediction).
+
     Raises:
         ConfigError: ``data.root`` is not set, or a split setting does not fit the data.
         DataError: bad or missing data (see the readers), or a reused split naming cases
@@ -76,9 +83,52 @@ def prepare_data(d: DataConfig, spec: PreprocessSpec, split_file: str | Path | N
         split["train"] = subsample_training(split["train"], d.train_cases, s.seed)
     log.info("cases: %d (train %d, val %d, test %d)", len(ids), *(len(split[k]) for k in ("train", "val", "test")))
     wanted = set(sum(split.values(), []))
+    if spec.normalization == "ct" and spec.ct_window is None:
+        by_id = {c.case_id: c for c in cases}
+        spec.ct_window, spec.ct_stats = training_ct_statistics([by_id[i] for i in split["train"]], spec.modalities,
+                                                               d.cache_dir, progress)
+        log.info("CT normalisation from the training foreground: window [%.1f, %.1f], mean %.1f, sd %.1f",
+                 *spec.ct_window, *spec.ct_stats)
     cached = cache_cases([c for c in cases if c.case_id in wanted], d.cache_dir, spec.modalities, spec.normalization,
-                         spec.ct_window, progress)
+                         spec.ct_window, progress, spec.ct_stats)
     return PreparedData(split, {c.case_id: c for c in cached})
+
+
+def training_ct_statistics(cases: list, modalities: list[str], cache_dir: str | Path,
+                           progress: bool = True) -> tuple[list[float], list[float]]:
+    """nnU-Net's CT window and statistics over the labelled voxels of the training ``cases``
+    (:func:`pdeseg.data.preprocess.ct_statistics`), remembered in ``cache_dir`` under a key
+    of the cases' files so that a resumed or repeated run does not read them again.
+
+    Raises:
+        DataError: the training cases have no labelled voxels, or one intensity only.
+    """
+    from pdeseg.data.cache import source_key
+    from pdeseg.data.preprocess import ct_statistics, foreground_sample
+    from pdeseg.progress import track
+
+    key = hashlib.sha256("|".join(source_key(c, tuple(modalities)) for c in cases).encode()).hexdigest()[:16]
+    memo = Path(cache_dir).expanduser() / f"ct-statistics-{key}.json"
+    if memo.is_file():
+        try:
+            saved = json.loads(memo.read_text())
+            return list(map(float, saved["window"])), list(map(float, saved["stats"]))
+        except (ValueError, KeyError, TypeError):
+            log.warning("%s is damaged; taking the CT statistics again", memo)
+    samples = []
+    for i, case in enumerate(track(cases, "CT statistics", "case", enabled=progress)):
+        loaded = case.load(modalities)
+        samples.append(foreground_sample(loaded.image, loaded.label, np.random.default_rng(i)))
+    try:
+        window, stats = ct_statistics(np.concatenate(samples) if samples else np.zeros(0))
+    except ValueError as exc:
+        raise DataError(f"normalization ct without ct_window: {exc}") from None
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(memo, lambda tmp: tmp.write_text(json.dumps({"window": window, "stats": stats})))
+    except OSError as exc:
+        log.warning("could not remember the CT statistics in %s (%s)", memo, exc)
+    return window, stats
 
 
 def steps_per_epoch(n_items: int, batch_size: int, world: int = 1) -> int:
@@ -101,5 +151,7 @@ def cached_cases(root: str | Path, spec: PreprocessSpec, cache_dir: str | Path, 
         if missing:
             raise DataError(f"{root}: cases not found: {missing[:5]}")
         cases = [by_id[i] for i in ids]
-    entries = cache_cases(cases, cache_dir, spec.modalities, spec.normalization, spec.ct_window, progress)
+    if spec.normalization == "ct" and spec.ct_window is None:
+        raise DataError("this spec's CT window was never taken from training data (normalization ct without ct_window)")
+    entries = cache_cases(cases, cache_dir, spec.modalities, spec.normalization, spec.ct_window, progress, spec.ct_stats)
     return list(zip(cases, entries))

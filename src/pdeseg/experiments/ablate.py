@@ -368,7 +368,7 @@ def make_figures(result: AblationResult, cfg: ExperimentConfig, data: PreparedDa
     seed0 = min(r["seed"] for r in result.runs)
     predictor = Predictor.from_checkpoint(result.out_dir / "runs" / best.slug / f"seed{seed0}" / "best.pt", precision=cfg.train.precision)
     rows = [_case_panel(predictor, case, cfg) for case in cases[:3]]
-    plot_class_masks(rows, fmt.class_names, fig_dir / "class_masks.png", fmt.display_rotate)
+    plot_class_masks(rows, predictor.spec.class_names, fig_dir / "class_masks.png", fmt.display_rotate)
     figures.append(("figures/class_masks.png", f"Best variant on test cases: {cfg.data.modalities[0]}, manual mask, each predicted "
                                                "class, and the composite; cf. paper 003 Fig. 3."))
     return figures

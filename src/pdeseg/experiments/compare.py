@@ -36,6 +36,7 @@ from pdeseg.checkpoint import load_checkpoint
 from pdeseg.config import ExperimentConfig, save_config
 from pdeseg.data.cache import CachedCase
 from pdeseg.data.formats import get_format
+from pdeseg.data.sampling import case_volume
 from pdeseg.data.setup import PreparedData, prepare_data
 from pdeseg.data.splits import save_split
 from pdeseg.errors import ConfigError
@@ -246,6 +247,21 @@ def _display_slice(case: CachedCase, cfg: ExperimentConfig, scope: str) -> int:
     return int(np.argmax((np.asarray(case.label) > 0).sum(axis=(1, 2))))
 
 
+def _slice_prediction(predictor: Predictor, case: CachedCase, z: int) -> np.ndarray:
+    """Predicted classes of slice ``z`` of a cached case: a slice model sees that slice alone,
+    a volumetric one segments the whole volume (its context) and the slice is taken from it."""
+    if predictor.spec.mode == "slices":
+        image = np.asarray(case.image[z], dtype=np.float32)  # (C, X, Y)
+        return predictor.predict_volume(image[..., None])[..., 0]
+    image, _ = case_volume(case)
+    return predictor.predict_volume(image)[..., z]
+
+
+def _class_names(predictors: dict[str, Predictor]) -> list[str]:
+    """The class names of the compared models (one data set, so the same for all)."""
+    return list(next(iter(predictors.values())).spec.class_names)
+
+
 def make_figures(result: CompareResult, cfg: ExperimentConfig, scope: str) -> list[tuple[str, str]]:
     """Loss curves, segmentation panel, cable-block effect and coefficients; returns (relative path, caption)."""
     from pdeseg.viz.figures import plot_loss_curves, plot_segmentation_panel
@@ -268,11 +284,11 @@ def make_figures(result: CompareResult, cfg: ExperimentConfig, scope: str) -> li
     for case in shown:
         z = _display_slice(case, cfg, scope)
         image = np.asarray(case.image[z], dtype=np.float32)  # (C, X, Y)
-        preds = {n: p.predict_volume(image[..., None])[..., 0] for n, p in predictors.items()}
+        preds = {n: _slice_prediction(p, case, z) for n, p in predictors.items()}
         rows.append({"case": f"{case.case_id} z={z}", "flair": image[0], "truth": np.asarray(case.label[z]), "predictions": preds})
     if rows:
         fmt = get_format(cfg.data.format)
-        plot_segmentation_panel(rows, fig_dir / "segmentations.png", fmt.class_names, fmt.display_rotate)
+        plot_segmentation_panel(rows, fig_dir / "segmentations.png", _class_names(predictors), fmt.display_rotate)
         figures.append(("figures/segmentations.png", f"Test cases: FLAIR, ground truth and each model's prediction (seed {seed0}); cf. Fig. 5."))
 
     pde_models = [n for n, p in predictors.items() if hasattr(p.model, "pde")]

@@ -103,7 +103,7 @@ def evaluate_checkpoint(
                    each_case=draw_or_save if scope == "volume" else None)
     rows = result.rows
     if panels:
-        write_case_figures(panels, fmt, out_dir / "figures")
+        write_case_figures(panels, fmt, out_dir / "figures", predictor.spec.class_names)
     summary = {"scope": scope, "split": split, "checkpoint": str(checkpoint), "cases": len(rows), "metrics": result.summary()}
     write_results(rows, summary, out_dir)
     return summary
@@ -121,7 +121,7 @@ def _panel(loaded, classes) -> dict[str, Any]:
             "truth": loaded.label[..., z], "prediction": classes[..., z]}
 
 
-def write_case_figures(panels: list[dict[str, Any]], fmt, out_dir: Path) -> list[Path]:
+def write_case_figures(panels: list[dict[str, Any]], fmt, out_dir: Path, class_names) -> list[Path]:
     """Overlay PNGs (truth red, prediction green) and the class-by-class mask figure."""
     from pdeseg.viz.figures import plot_class_masks
     from pdeseg.viz.overlays import write_overlay
@@ -129,7 +129,7 @@ def write_case_figures(panels: list[dict[str, Any]], fmt, out_dir: Path) -> list
     paths = [write_overlay(p["image"], p["truth"], p["prediction"], out_dir / "overlays" / f"{p['id']}.png",
                            rotate=fmt.display_rotate) for p in panels]
     gray = [{**p, "image": p["image"].mean(axis=-1) if p["image"].ndim == 3 else p["image"]} for p in panels]
-    paths.append(plot_class_masks(gray, fmt.class_names, out_dir / "class_masks.png", fmt.display_rotate))
+    paths.append(plot_class_masks(gray, class_names, out_dir / "class_masks.png", fmt.display_rotate))
     log.info("figures: %s", out_dir)
     return paths
 

@@ -91,7 +91,7 @@ class Predictor:
     def preprocess(self, loaded: LoadedCase) -> np.ndarray:
         """Normalised image ``(C, *spatial)`` float32, exactly as the training cache holds it
         (including its float16 storage), so that predict and evaluate agree."""
-        image = normalize(loaded.image, self.spec.normalization, self.spec.ct_window)
+        image = normalize(loaded.image, self.spec.normalization, self.spec.ct_window, self.spec.ct_stats)
         return image.astype(np.float16).astype(np.float32)
 
     @torch.no_grad()
@@ -340,8 +340,8 @@ def predict_folder(
             _skip(report, case.case_id, str(exc))
             continue
         path = _write(fmt, classes, loaded, out_dir, write_options)
-        counts = np.bincount(classes.ravel(), minlength=fmt.num_classes)
-        log.info("%s -> %s (%s)", case.case_id, path, ", ".join(f"{n}: {v}" for n, v in zip(fmt.class_names, counts)))
+        counts = np.bincount(classes.ravel(), minlength=predictor.spec.num_classes)
+        log.info("%s -> %s (%s)", case.case_id, path, ", ".join(f"{n}: {v}" for n, v in zip(predictor.spec.class_names, counts)))
         report.written.append(path)
     if report.skipped:
         log.warning("%s", report.summary())
