@@ -27,7 +27,7 @@ import nibabel as nib
 import numpy as np
 
 from pdeseg.data.case import LoadedCase
-from pdeseg.data.files import write_atomically
+from pdeseg.data.nifti import check_same_grid, read_volume, write_label_volume
 from pdeseg.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -178,17 +178,8 @@ def _with_convention(cases: list[BratsCase], root: Path, stated: str | None) -> 
     return cases
 
 
-def _read(path: Path, dtype=np.float32) -> nib.Nifti1Image:
-    try:
-        img = nib.load(str(path))
-        data = np.asarray(img.dataobj, dtype=dtype)
-    except Exception as exc:  # nibabel raises many types for corrupt/truncated files
-        raise BratsDataError(f"{path}: cannot read NIfTI file ({type(exc).__name__}: {exc})") from exc
-    if data.ndim == 4 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise BratsDataError(f"{path}: expected a 3D volume, got shape {data.shape}")
-    return img, data
+def _read(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
+    return read_volume(path, BratsDataError)
 
 
 def check_convention(raw_label: np.ndarray, case: BratsCase, path: Path) -> str:
@@ -266,14 +257,7 @@ def load_case(case: BratsCase, modalities: tuple[str, ...] | list[str] = MODALIT
 
 
 def _check_geometry(ref_img, ref_path: Path, img, path: Path, shape: tuple[int, ...]) -> None:
-    ref_shape = tuple(ref_img.shape[:3])
-    if tuple(shape) != ref_shape:
-        raise BratsDataError(f"{path}: shape {tuple(shape)} differs from {ref_path.name} {ref_shape}")
-    if not np.allclose(img.affine, ref_img.affine, atol=1e-3):
-        raise BratsDataError(
-            f"{path}: affine differs from {ref_path.name} (the modalities must be co-registered on one grid)\n"
-            f"{img.affine}\nvs\n{ref_img.affine}"
-        )
+    check_same_grid(ref_img, ref_path, img, path, shape, BratsDataError)
 
 
 def write_segmentation(classes: np.ndarray, loaded: LoadedCase, path: str | Path, convention: str | None = None) -> Path:
@@ -288,11 +272,4 @@ def write_segmentation(classes: np.ndarray, loaded: LoadedCase, path: str | Path
     Returns:
         ``path``, written atomically (temporary name in its folder, then renamed).
     """
-    labels = classes_to_labels(classes, convention or loaded.convention)
-    header = loaded.header.copy()
-    header.set_data_dtype(np.uint8)
-    img = nib.Nifti1Image(labels, loaded.affine, header)
-    img.header.set_slope_inter(1, 0)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return write_atomically(path, lambda tmp: nib.save(img, str(tmp)))
+    return write_label_volume(classes_to_labels(classes, convention or loaded.convention), loaded, path)
