@@ -81,7 +81,12 @@ class SplitConfig(Section):
 
 
 class AugmentConfig(Section):
-    """Random augmentation applied identically to image and label (MONAI transforms)."""
+    """Random augmentation applied identically to image and label (MONAI transforms).
+
+    Geometric transforms resample labels by nearest neighbour. In 3D the rotation range
+    applies about each axis. ``gamma``, ``noise_std`` and ``elastic`` are off by default;
+    the elastic deformation's strength is fixed (see :mod:`pdeseg.data.transforms`).
+    """
 
     enabled: bool = True
     flip_prob: Probability = 0.5  # per spatial axis
@@ -91,7 +96,11 @@ class AugmentConfig(Section):
     affine_prob: Probability = 0.5
     brightness: NonNegativeFloat = 0.1  # additive, in units of the normalised intensity
     contrast: NonNegativeFloat = 0.1  # multiplicative, 1 +- contrast
-    intensity_prob: Probability = 0.5
+    gamma: Annotated[float, Field(ge=0, lt=1)] = 0.0  # gamma in [1 - g, 1 + g] (intensity statistics kept); 0: off
+    noise_std: NonNegativeFloat = 0.0  # additive Gaussian noise, sd drawn from [0, noise_std]; 0: off
+    intensity_prob: Probability = 0.5  # probability of each intensity transform
+    elastic: bool = False  # smooth random elastic deformation (slow in 3D: a smoothed displacement field per patch)
+    elastic_prob: Probability = 0.2
 
 
 class DataConfig(Section):
@@ -117,7 +126,10 @@ class DataConfig(Section):
     spatial_size: Annotated[list[Annotated[int, Field(ge=8)]], Field(min_length=2, max_length=3)] | None = None
     resize: bool = False  # resize to spatial_size instead of centre crop/pad (slices mode)
     samples_per_case: PositiveInt = 4  # patches mode: patches drawn from each training case per epoch
-    foreground_prob: Probability = 0.33  # patches mode: share of patches centred on a labelled voxel
+    foreground_prob: Probability = 0.33  # patches mode: share of patches centred on a foreground voxel
+    # patches mode, which foreground voxel: "classes" a class uniformly among those present, then one of its
+    # voxels (nnU-Net style; small classes as often as large ones); "any" uniformly among all labelled voxels
+    foreground_sampling: Literal["classes", "any"] = "classes"
     train_cases: Annotated[float, Field(gt=0)] | None = None  # count (>= 1) or fraction (< 1) of the training side
     num_workers: Annotated[int, Field(ge=0)] = 0
     split: SplitConfig = Field(default_factory=SplitConfig)

@@ -4,14 +4,23 @@ Each case becomes a folder ``<cache_dir>/<case_id>-<key>/`` holding
 
 * ``image.npy``: float16 ``(Z, C, X, Y)``, normalised, slice-major so a slice is contiguous;
 * ``label.npy``: uint8 ``(Z, X, Y)`` contiguous classes (absent for unlabelled cases);
+* ``fg_locations.npy``: int32 ``(M, 4)`` rows ``(class, x, y, z)`` (labelled cases only):
+  for each foreground class ``k >= 1`` present in the label, up to
+  :data:`FG_LOCATIONS_PER_CLASS` of its voxels, drawn without replacement with a seed derived
+  from the case id (the same case always gives the same file). Rows are grouped by class in
+  increasing class order; coordinates are in the ``(X, Y, Z)`` frame of ``meta["shape"]``.
+  Patch sampling centres foreground patches on these rows instead of searching the label;
 * ``meta.json``: source files, geometry, label convention, per-slice non-zero ("brain") and
-  labelled ("tumour") flags, voxel count per class.
+  labelled ("tumour") flags, voxel count per class, and ``fg_classes`` / ``fg_counts`` /
+  ``fg_per_class`` (the classes in ``fg_locations.npy``, how many rows each has, in file
+  order, and the cap they were drawn with).
 
 ``key`` hashes the source paths, sizes and modification times, the modalities and the
 normalisation (with its CT window), so a changed file or setting gets a fresh entry. Entries are written to a
 temporary folder and renamed into place (atomic), and are read with memory mapping. An
 entry is checked when it is opened (readable meta, arrays of the recorded shape and type);
-a damaged one is named in a warning and rebuilt from the source files.
+a damaged one (including a ``fg_locations.npy`` that is missing, unreadable or disagrees
+with the meta) is named in a warning and rebuilt from the source files.
 
 While building an entry, a blank (all-zero) or constant channel, and an image with no
 signal under a labelled region, are reported as warnings naming the case and channel.
@@ -35,7 +44,9 @@ from pdeseg.errors import DataError
 from pdeseg.progress import track
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: fg_locations.npy and meta fg_classes / fg_counts
+#: Most voxel coordinates stored per foreground class (a uniform sample of the class's voxels).
+FG_LOCATIONS_PER_CLASS = 10_000
 
 
 @dataclass
@@ -63,6 +74,29 @@ class CachedCase:
         return self._label
 
     @property
+    def fg_locations(self) -> np.ndarray:
+        """int32 ``(M, 4)`` rows ``(class, x, y, z)``, grouped by class (empty for unlabelled cases)."""
+        if not hasattr(self, "_fg"):
+            path = self.path / "fg_locations.npy"
+            self._fg = np.load(path) if self.meta["has_label"] else np.zeros((0, 4), np.int32)
+        return self._fg
+
+    @property
+    def foreground_classes(self) -> list[int]:
+        """Foreground classes (>= 1) present in the label, increasing."""
+        return list(self.meta.get("fg_classes", []))
+
+    def foreground(self, k: int) -> np.ndarray:
+        """Stored ``(x, y, z)`` voxel coordinates of class ``k``, int32 ``(n, 3)``; ``n`` is 0
+        when the class is absent."""
+        classes, counts = self.foreground_classes, self.meta.get("fg_counts", [])
+        if k not in classes:
+            return np.zeros((0, 3), np.int32)
+        i = classes.index(k)
+        start = int(sum(counts[:i]))
+        return self.fg_locations[start:start + int(counts[i]), 1:]
+
+    @property
     def num_slices(self) -> int:
         return int(self.meta["shape"][2])
 
@@ -70,7 +104,7 @@ class CachedCase:
         """Slice indices containing ``brain`` or ``tumour`` voxels."""
         return list(self.meta[f"{kind}_slices"])
 
-    def __getstate__(self):  # do not pickle open memory maps into DataLoader workers
+    def __getstate__(self):  # do not pickle open memory maps (or loaded arrays) into DataLoader workers
         return {"case_id": self.case_id, "path": self.path, "meta": self.meta}
 
     def __setstate__(self, state):
@@ -140,11 +174,17 @@ def cache_case(
             "brain_slices": np.flatnonzero(brain).tolist(),
             "tumour_slices": [],
             "class_voxels": [],
+            "fg_classes": [],
+            "fg_counts": [],
+            "fg_per_class": FG_LOCATIONS_PER_CLASS,
         }
         if loaded.label is not None:
             np.save(tmp / "label.npy", np.ascontiguousarray(loaded.label.transpose(2, 0, 1)))
             meta["tumour_slices"] = np.flatnonzero(loaded.label.any(axis=(0, 1))).tolist()
             meta["class_voxels"] = np.bincount(loaded.label.ravel()).tolist()
+            locations, classes, counts = foreground_locations(loaded.label, case.case_id)
+            np.save(tmp / "fg_locations.npy", locations)
+            meta["fg_classes"], meta["fg_counts"] = classes, counts
         (tmp / "meta.json").write_text(json.dumps(meta))
         try:
             os.replace(tmp, target)
@@ -154,6 +194,65 @@ def cache_case(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return CachedCase(case.case_id, target, json.loads(meta_path.read_text()))
+
+
+def _case_seed(case_id: str) -> int:
+    """A seed that depends only on the case id (stable across processes, unlike ``hash``)."""
+    return int.from_bytes(hashlib.sha256(case_id.encode()).digest()[:8], "little")
+
+
+def foreground_locations(label: np.ndarray, case_id: str, per_class: int | None = None
+                         ) -> tuple[np.ndarray, list[int], list[int]]:
+    """Up to ``per_class`` voxel coordinates of every foreground class of ``label``.
+
+    Args:
+        label: ``(X, Y, Z)`` (or any ``(*spatial)``) contiguous classes, 0 = background.
+        case_id: seeds the draw, so the same case always gives the same coordinates.
+        per_class: most coordinates kept per class (default :data:`FG_LOCATIONS_PER_CLASS`); a
+            class with more voxels keeps a uniform sample without replacement, one with fewer
+            keeps them all.
+
+    Returns:
+        ``(locations, classes, counts)``: int32 ``(M, 1 + ndim)`` rows ``(class, *coords)``
+        grouped by class in increasing order; the classes present (>= 1); rows per class.
+    """
+    per_class = FG_LOCATIONS_PER_CLASS if per_class is None else int(per_class)
+    rng = np.random.default_rng(_case_seed(case_id))
+    flat = np.asarray(label).ravel()
+    present = [k for k in np.flatnonzero(np.bincount(flat)).tolist() if k >= 1]
+    blocks, counts = [], []
+    for k in present:
+        idx = np.flatnonzero(flat == k)
+        if len(idx) > per_class:
+            idx = np.sort(rng.choice(idx, per_class, replace=False))
+        coords = np.stack(np.unravel_index(idx, label.shape), axis=1)
+        blocks.append(np.concatenate([np.full((len(idx), 1), k), coords], axis=1).astype(np.int32))
+        counts.append(len(idx))
+    locations = np.concatenate(blocks) if blocks else np.zeros((0, 1 + label.ndim), np.int32)
+    return locations, present, counts
+
+
+def _fg_problem(folder: Path, meta: dict, shape: list[int]) -> str | None:
+    """What is wrong with ``fg_locations.npy`` given the meta, or None."""
+    try:
+        classes, counts, voxels = list(meta["fg_classes"]), list(meta["fg_counts"]), list(meta["class_voxels"])
+        cap = int(meta["fg_per_class"])
+    except (KeyError, TypeError, ValueError):
+        return "meta.json lacks fg_classes / fg_counts / fg_per_class"
+    try:
+        fg = np.load(folder / "fg_locations.npy")
+    except (OSError, ValueError, EOFError) as exc:
+        return f"fg_locations.npy unreadable: {exc}"
+    if fg.dtype != np.int32 or fg.ndim != 2 or fg.shape[1] != 1 + len(shape) or len(fg) != sum(counts):
+        return f"fg_locations.npy holds {fg.dtype} {tuple(fg.shape)}, expected int32 ({sum(counts)}, {1 + len(shape)})"
+    want = [k for k in range(1, len(voxels)) if voxels[k] > 0]
+    if classes != want or counts != [min(voxels[k], cap) for k in want]:
+        return f"fg_locations.npy classes {classes} / counts {counts} disagree with the label's voxel counts"
+    if not np.array_equal(fg[:, 0], np.repeat(np.asarray(classes, np.int32), counts)):
+        return "fg_locations.npy class column disagrees with meta fg_classes / fg_counts"
+    if len(fg) and ((fg[:, 1:] < 0).any() or (fg[:, 1:] >= np.asarray(shape)).any()):
+        return f"fg_locations.npy has coordinates outside the volume {tuple(shape)}"
+    return None
 
 
 def entry_problem(folder: Path) -> str | None:
@@ -169,10 +268,12 @@ def entry_problem(folder: Path) -> str | None:
     for name, (want_shape, want_dtype) in expected.items():
         try:
             arr = np.load(folder / name, mmap_mode="r")
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, EOFError) as exc:
             return f"{name} unreadable: {exc}"
         if tuple(arr.shape) != tuple(want_shape) or arr.dtype != want_dtype:
             return f"{name} holds {arr.dtype} {tuple(arr.shape)}, expected {np.dtype(want_dtype)} {tuple(want_shape)}"
+    if meta.get("has_label"):
+        return _fg_problem(folder, meta, shape)
     return None
 
 

@@ -5,7 +5,8 @@ Three sampling modes (``data.mode``, stored in every checkpoint's preprocessing 
 * ``slices``: axial slices (the last axis) of each case, chosen by ``data.slices``, brought
   to ``spatial_size`` by centre crop/pad or resize: :class:`SliceDataset`;
 * ``patches``: random patches of ``spatial_size`` from each case, a share of them centred
-  on a labelled voxel: :class:`PatchDataset`;
+  on a foreground voxel of a class drawn uniformly among the case's classes (or of any
+  labelled voxel), from locations stored in the cache: :class:`PatchDataset`;
 * ``whole``: whole cases, optionally centre cropped/padded to ``spatial_size``:
   :class:`VolumeDataset`.
 
@@ -30,6 +31,8 @@ from pdeseg.data.transforms import build_train_transform
 from pdeseg.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
+#: How a foreground patch centre is chosen (see :class:`PatchDataset`).
+FOREGROUND_SAMPLING = ("classes", "any")
 
 
 def select_slices(case: CachedCase, selection: str, slice_range: Sequence[int] | None = None) -> list[int]:
@@ -160,26 +163,44 @@ def case_volume(case: CachedCase) -> tuple[np.ndarray, np.ndarray | None]:
 class PatchDataset(Dataset):
     """Random patches of ``patch_size`` from whole cached volumes.
 
-    ``samples_per_case`` patches per case and epoch; each is centred on a random labelled
-    voxel with probability ``foreground_prob`` (else on a random voxel), then shifted to lie
-    inside the volume (volumes smaller than a patch are zero-padded). Draws are a function
-    of ``(seed, epoch, index)``, so a resumed run draws the same patches: call
-    :meth:`set_epoch` before each epoch.
+    ``samples_per_case`` patches per case and epoch. With probability ``foreground_prob`` a
+    patch is centred on a foreground voxel taken from the case's cached locations
+    (:meth:`CachedCase.foreground`, no search through the label), else on a uniformly random
+    voxel; the patch is then shifted to lie inside the volume (volumes smaller than a patch
+    are zero-padded), so near a border the centre moves. Which foreground voxel
+    (``foreground_sampling``):
+
+    * ``classes`` (default; the rule of nnU-Net and of MONAI's ``RandCropByLabelClasses``):
+      a class drawn uniformly among the foreground classes present in the case, then one of
+      its stored voxels, so a small class (enhancing tumour, a lesion) is a centre as often as
+      a large one;
+    * ``any``: a voxel drawn uniformly among all labelled voxels, so classes are centres in
+      proportion to their size (the rule before class balancing).
+
+    A case without any foreground always gets a random centre. Every draw, the centre and the
+    augmentation alike (the transform is reseeded for each item), is a function of
+    ``(seed, epoch, index)``: a resumed run draws the same patches whatever the number of
+    DataLoader workers or the order of items. Call :meth:`set_epoch` before each epoch.
+
+    Raises:
+        DataError: no cases, or a case without a label.
+        ConfigError: an unknown ``foreground_sampling``.
     """
 
     def __init__(self, cases: list[CachedCase], patch_size: Sequence[int], samples_per_case: int = 4,
-                 foreground_prob: float = 0.33, transform: Callable | None = None, seed: int = 0):
+                 foreground_prob: float = 0.33, transform: Callable | None = None, seed: int = 0,
+                 foreground_sampling: str = "classes"):
         if not cases:
             raise DataError("no cases to draw patches from (empty split?)")
+        if foreground_sampling not in FOREGROUND_SAMPLING:
+            raise ConfigError(f"foreground_sampling must be one of {', '.join(FOREGROUND_SAMPLING)}, got {foreground_sampling!r}")
+        unlabelled = [c.case_id for c in cases if not c.meta["has_label"]]
+        if unlabelled:
+            raise DataError(f"patches are drawn from labelled cases only; these have no label: {unlabelled[:5]}")
         self.cases, self.patch = cases, tuple(int(p) for p in patch_size)
         self.samples_per_case, self.foreground_prob = samples_per_case, foreground_prob
+        self.foreground_sampling = foreground_sampling
         self.transform, self.seed, self.epoch = transform, seed, 0
-        self._foreground: dict[int, np.ndarray] = {}  # case index -> labelled voxels (X, Y, Z), found once
-
-    def _labelled_voxels(self, ci: int) -> np.ndarray:
-        if ci not in self._foreground:
-            self._foreground[ci] = np.argwhere(np.asarray(self.cases[ci].label).transpose(1, 2, 0) > 0)
-        return self._foreground[ci]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -187,23 +208,35 @@ class PatchDataset(Dataset):
     def __len__(self) -> int:
         return len(self.cases) * self.samples_per_case
 
-    def __getitem__(self, index: int) -> dict:
-        ci = index // self.samples_per_case
-        case = self.cases[ci]
+    def _foreground_class(self, case: CachedCase, rng: np.random.Generator) -> int:
+        classes = case.foreground_classes
+        if self.foreground_sampling == "classes":
+            return classes[rng.integers(len(classes))]
+        voxels = np.asarray([case.meta["class_voxels"][k] for k in classes], dtype=np.float64)
+        return classes[rng.choice(len(classes), p=voxels / voxels.sum())]
+
+    def _centre(self, index: int) -> tuple[np.ndarray, np.random.Generator]:
+        """The drawn patch centre ``(x, y, z)`` of item ``index`` (before the shift that keeps
+        the patch inside the volume), and the item's generator for the draws that follow."""
+        case = self.cases[index // self.samples_per_case]
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        x, y, z = case.meta["shape"]
-        shape = (x, y, z)
-        if rng.random() < self.foreground_prob and len(self._labelled_voxels(ci)):
-            fg = self._labelled_voxels(ci)
-            centre = fg[rng.integers(len(fg))]
-        else:
-            centre = np.array([rng.integers(s) for s in shape])
+        if rng.random() < self.foreground_prob and case.foreground_classes:
+            locations = case.foreground(self._foreground_class(case, rng))
+            return np.asarray(locations[rng.integers(len(locations))], dtype=np.int64), rng
+        return np.array([rng.integers(s) for s in case.meta["shape"]]), rng
+
+    def __getitem__(self, index: int) -> dict:
+        case = self.cases[index // self.samples_per_case]
+        centre, rng = self._centre(index)
+        shape = case.meta["shape"]
         start = [int(np.clip(c - p // 2, 0, max(s - p, 0))) for c, p, s in zip(centre, self.patch, shape)]
         sx, sy, sz = (slice(b, b + p) for b, p in zip(start, self.patch))
         # read only the patch from the memory-mapped (Z, C, X, Y) / (Z, X, Y) cache
         img = torch.from_numpy(np.asarray(case.image[sz, :, sx, sy], dtype=np.float32).transpose(1, 2, 3, 0).copy())
         lab = torch.from_numpy(np.asarray(case.label[sz, sx, sy]).transpose(1, 2, 0).astype(np.int64))
         img, lab = fit_spatial(img, lab, self.patch)  # pads volumes smaller than a patch
+        if self.transform is not None and hasattr(self.transform, "set_random_state"):
+            self.transform.set_random_state(seed=int(rng.integers(2**32)))
         img, lab = _augment(self.transform, img, lab)
         return {"image": img.contiguous(), "label": lab.contiguous(), "case": case.case_id}
 
@@ -240,7 +273,8 @@ def training_dataset(cases: list[CachedCase], spec: PreprocessSpec, data: DataCo
         return ds
     if spec.mode == "patches":
         return PatchDataset(cases, spec.spatial_size, data.samples_per_case, data.foreground_prob,
-                            _train_transform(data.augment, spec.spatial_dims, spec.spatial_size), seed)
+                            _train_transform(data.augment, spec.spatial_dims, spec.spatial_size), seed,
+                            data.foreground_sampling)
     size = spec.spatial_size or cases[0].meta["shape"]
     return VolumeDataset(cases, spec.spatial_size, _train_transform(data.augment, spec.spatial_dims, size))
 
