@@ -41,6 +41,7 @@ OUTPUTS = ("softmax", "sigmoid")
 PRECISIONS = ("auto", "32", "bf16-mixed", "16-mixed")
 SCHEDULERS = ("onecycle", "cosine", "none")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+STITCH_MODES = ("auto", "device", "cpu")  # where sliding-window outputs are stitched (inference)
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
