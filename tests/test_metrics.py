@@ -177,6 +177,7 @@ def test_case_metrics_binary_task_and_hd95():
     m = case_metrics(pred, target, num_classes=2, regions=None)
     assert set(m) == {
         "dice_class0", "dice_class1", "iou_class0", "iou_class1", "dice_mean", "iou_mean", "iou_mean_all", "accuracy",
+        "precision_class0", "precision_class1", "recall_class0", "recall_class1", "precision_mean", "recall_mean",
     }
     # Keras-style mean IoU includes the background: class 0 has 79 hits of 81 pixels, class 1 none
     assert m["iou_mean_all"] == pytest.approx((79 / 81 + 0.0) / 2)

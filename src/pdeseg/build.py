@@ -190,13 +190,34 @@ def build_optimizer(t: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
 
 
 def build_scheduler(t: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
-    """One-cycle (peak at each group's lr), cosine, or None, over ``epochs * steps_per_epoch`` steps."""
+    """The learning-rate schedule, stepped once per optimiser step over ``epochs * steps_per_epoch`` steps.
+
+    * ``onecycle``: one-cycle, peaking at each group's lr (it has its own warm-up; the config
+      rejects ``warmup_epochs`` with it);
+    * ``cosine``: cosine decay from each group's lr to 0 at the last step;
+    * ``none``: constant.
+
+    With ``warmup_epochs > 0`` (cosine or none), the first ``W = round(warmup_epochs *
+    steps_per_epoch)`` steps ramp linearly, step ``k`` at ``lr * (k + 1) / (W + 1)``, so that
+    step ``W`` is the first at the full lr; cosine then decays over the remaining
+    ``total - W`` steps. Built from torch's ``LinearLR`` and ``SequentialLR``, whose state dicts
+    (saved in ``last.pt``) resume the sequence exactly.
+
+    Returns:
+        a scheduler, or None (``none`` without warm-up).
+    """
     total = t.epochs * steps_per_epoch
+    lr = torch.optim.lr_scheduler
     if t.scheduler == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total)
-    if t.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
-    return None
+        return lr.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total)
+    warmup = min(round(t.warmup_epochs * steps_per_epoch), total - 1)
+    if warmup <= 0:
+        return lr.CosineAnnealingLR(optimizer, T_max=total) if t.scheduler == "cosine" else None
+    ramp = lr.LinearLR(optimizer, start_factor=1.0 / (warmup + 1), end_factor=1.0, total_iters=warmup)
+    if t.scheduler == "none":
+        return ramp  # after its last step LinearLR leaves the lr where it is
+    decay = lr.CosineAnnealingLR(optimizer, T_max=total - warmup)
+    return lr.SequentialLR(optimizer, [ramp, decay], milestones=[warmup])
 
 
 def checkpoint_meta(exp: Experiment, model_cfg: ModelConfig, model: nn.Module) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -107,6 +108,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.checkpoint, out, args.data, args.split, args.scope, args.hd95, args.device, args.precision,
         args.save_predictions, progress=not args.no_progress, figures=args.figures,
         figure_cases=args.figure_cases.split(",") if args.figure_cases else None,
+        overlap=args.overlap, tta=args.tta, stitch=args.stitch, surface_tolerance_mm=args.surface_tolerance,
     )
     print(summary_markdown(summary))
     print(f"per-case metrics: {Path(out) / 'per_case.csv'}\nsummary: {Path(out) / 'summary.json'}")
@@ -121,8 +123,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from pdeseg.inference.predict import predict_folder
 
     report = predict_folder(args.checkpoint, args.input, args.output, args.device, args.precision, args.batch_size,
-                            progress=not args.no_progress, overwrite=args.overwrite,
-                            convention=args.label_convention, mask_format=args.mask_format)
+                            progress=not args.no_progress, overwrite=args.overwrite, overlap=args.overlap, tta=args.tta,
+                            stitch=args.stitch, convention=args.label_convention, mask_format=args.mask_format)
     if not report.written:
         log.error("no segmentation written: every case was skipped (%s)", report.summary())
         return 2
@@ -186,6 +188,41 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def _overlap(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 0 and < 1 (the share of a window its neighbour covers), got {text}")
+    return value
+
+
+def _distance_mm(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a distance in mm, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite distance >= 0 (mm), got {text}")
+    return value
+
+
+def _add_inference_options(s: argparse.ArgumentParser) -> None:
+    """``--overlap``, ``--tta`` and ``--stitch`` (see :class:`pdeseg.inference.predict.Predictor`)."""
+    from pdeseg.config import STITCH_MODES  # the leaf config: parsing arguments needs no torch
+
+    s.add_argument("--overlap", type=_overlap, default=0.5, metavar="F",
+                   help="sliding-window inference (patches models): share of a window that overlaps its neighbour, "
+                        "0 <= F < 1 (default 0.5)")
+    s.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: average the class probabilities over every mirroring of the spatial "
+                        "axes (4 passes for 2D slices, 8 for 3D)")
+    s.add_argument("--stitch", choices=STITCH_MODES, default="auto",
+                   help="where sliding-window outputs are added up: on the GPU (device), in main memory (cpu, for "
+                        "volumes too large for the GPU), or auto (the GPU when the output fits in its free memory)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -263,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scope", default="volume", choices=["volume", "slices"],
                    help="volume: whole volumes in 3D; slices: the config's slice selection")
     s.add_argument("--hd95", action="store_true", help="also compute HD95 (mm) per region (slower)")
+    s.add_argument("--surface-tolerance", type=_distance_mm, metavar="MM",
+                   help="also compute the surface Dice per region at this tolerance in mm (slower)")
     s.add_argument("--out", help="output folder (default: next to the checkpoint)")
     s.add_argument("--device", default="auto")
     s.add_argument("--precision", default="auto", choices=["auto", "32", "bf16-mixed"])
@@ -270,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--figures", type=int, default=0, metavar="N",
                    help="overlays (truth red, prediction green) and class-mask figure for the first N cases")
     s.add_argument("--figure-cases", metavar="ID,ID", help="the same figures for these cases (comma-separated ids)")
+    _add_inference_options(s)
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_evaluate)
 
@@ -286,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-slice masks for slice data sets such as LGG (default png; 0/255 for binary tasks)")
     s.add_argument("--overwrite", action="store_true",
                    help="replace existing output files (an input case's own files are never replaced)")
+    _add_inference_options(s)
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_predict)
 

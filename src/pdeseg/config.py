@@ -41,6 +41,7 @@ OUTPUTS = ("softmax", "sigmoid")
 PRECISIONS = ("auto", "32", "bf16-mixed", "16-mixed")
 SCHEDULERS = ("onecycle", "cosine", "none")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+STITCH_MODES = ("auto", "device", "cpu")  # where sliding-window outputs are stitched (inference)
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -216,6 +217,7 @@ class TrainConfig(Section):
     pde_lr_mult: PositiveFloat = 1.0  # PDE coefficients learn at lr * pde_lr_mult (1 = paper)
     weight_decay: NonNegativeFloat = 0.0  # never applied to norms, biases and PDE coefficients
     scheduler: Literal["onecycle", "cosine", "none"] = "onecycle"
+    warmup_epochs: NonNegativeFloat = 0.0  # cosine/none: linear warm-up to lr over this many epochs' steps
     precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = "auto"  # auto: bf16 on GPUs and bf16 CPUs
     channels_last: bool = True  # 2D models only (no effect on 3D)
     device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
@@ -228,6 +230,16 @@ class TrainConfig(Section):
     @classmethod
     def _precision_text(cls, v: Any) -> Any:
         return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @model_validator(mode="after")
+    def _warmup(self) -> TrainConfig:
+        if self.warmup_epochs > 0 and self.scheduler == "onecycle":
+            raise ValueError(f"warmup_epochs {self.warmup_epochs:g} does not combine with scheduler onecycle, which "
+                             "warms up on its own (its first 30% of steps); use scheduler cosine or none, or warmup_epochs 0")
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs:g}) must be less than epochs ({self.epochs}), "
+                             "so that the learning rate reaches train.lr and the schedule has steps left")
+        return self
 
 
 class ExperimentConfig(Section):

@@ -27,13 +27,34 @@ def stderr_is_terminal() -> bool:
         return False
 
 
-class _LoggedProgress:
-    """Iterates ``iterable`` and logs ``desc: i/n (p%), rate, time left`` every ``interval`` s."""
+class _LoggedCounter:
+    """Counts work by hand (:meth:`update`) and logs ``desc: i/n (p%), rate, time left`` at
+    most every ``interval`` s (and once at :meth:`close` when the work took that long)."""
 
-    def __init__(self, iterable: Iterable, desc: str, unit: str, total: int | None, interval: float):
-        self.iterable, self.desc, self.unit, self.interval = iterable, desc, unit, interval
-        self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
+    def __init__(self, desc: str, unit: str, total: int | None, interval: float):
+        self.desc, self.unit, self.total, self.interval = desc, unit, total, interval
         self.postfix: dict[str, Any] = {}
+        self.done, self.closed = 0, False
+        self.start = self.last = time.perf_counter()
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if now - self.last >= self.interval:
+            log.info(self._line(self.done, now - self.start))
+            self.last = now
+
+    def close(self) -> None:
+        elapsed = time.perf_counter() - self.start
+        if self.done and elapsed >= self.interval and not self.closed:
+            log.info(self._line(self.done, elapsed))
+        self.closed = True
+
+    def __enter__(self) -> _LoggedCounter:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     def set_postfix(self, **values: Any) -> None:
         self.postfix = values
@@ -47,21 +68,42 @@ class _LoggedProgress:
         parts += [f"{k} {v}" for k, v in self.postfix.items()]
         return ", ".join(parts)
 
+
+class _LoggedProgress(_LoggedCounter):
+    """Iterates ``iterable``, logging as :class:`_LoggedCounter` does."""
+
+    def __init__(self, iterable: Iterable, desc: str, unit: str, total: int | None, interval: float):
+        super().__init__(desc, unit, total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None),
+                         interval)
+        self.iterable = iterable
+
     def __iter__(self) -> Iterator:
-        start = last = time.perf_counter()
-        done = 0
+        self.done, self.closed, self.start = 0, False, time.perf_counter()
+        self.last = self.start
         for item in self.iterable:
             yield item
-            done += 1
-            now = time.perf_counter()
-            if now - last >= self.interval:
-                log.info(self._line(done, now - start))
-                last = now
-        if done and time.perf_counter() - start >= self.interval:
-            log.info(self._line(done, time.perf_counter() - start))
+            self.update()
+        self.close()
 
     def __len__(self) -> int:
         return len(self.iterable)
+
+
+class _SilentCounter:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def set_postfix(self, **values: Any) -> None:
+        pass
+
+    def __enter__(self) -> _SilentCounter:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
 
 
 class _Silent:
@@ -100,3 +142,26 @@ def track(iterable: Iterable, desc: str, unit: str = "it", enabled: bool = True,
 
         return tqdm(iterable, desc=desc, unit=unit, total=total, leave=False)
     return _LoggedProgress(iterable, desc, unit, total, LOG_INTERVAL_S if interval is None else interval)
+
+
+def counter(desc: str, unit: str = "it", total: int | None = None, enabled: bool = True, interval: float | None = None,
+            terminal: bool | None = None):
+    """Progress for work counted by hand, for loops that run inside a library (e.g. the
+    windows of MONAI's sliding-window inference): a tqdm bar on a terminal, log lines
+    otherwise (at most one every ``interval`` s), nothing when not ``enabled``.
+
+    Args:
+        desc, unit: what is counted.
+        total: how many units to expect, if known.
+        enabled, interval, terminal: as for :func:`track`.
+
+    Returns:
+        a context manager with ``update(n=1)``, ``set_postfix(**values)`` and ``close()``.
+    """
+    if not enabled:
+        return _SilentCounter()
+    if terminal if terminal is not None else stderr_is_terminal():
+        from tqdm.auto import tqdm
+
+        return tqdm(desc=desc, unit=unit, total=total, leave=False)
+    return _LoggedCounter(desc, unit, total, LOG_INTERVAL_S if interval is None else interval)

@@ -6,10 +6,12 @@ Two scopes:
 * ``slices``: only the slices the training config selects (e.g. the paper's middle slice),
   scored per case over those slices.
 
-``dice_mean`` and ``iou_mean`` average the foreground classes (BraTS: NCR, ED and ET;
-binary: the one foreground class), background excluded; ``iou_mean_all`` includes it.
-BraTS regions WT/TC/ET follow the BraTS empty-region rule (both empty -> 1). Volume scope
-on a slice data set (LGG) is the per-patient ("per volume") Dice its authors report.
+``dice_mean``, ``iou_mean``, ``precision_mean`` and ``recall_mean`` average the foreground
+classes (BraTS: NCR, ED and ET; binary: the one foreground class), background excluded;
+``iou_mean_all`` includes it. BraTS regions WT/TC/ET follow the BraTS empty-region rule
+(both empty -> 1), and so do precision and recall. HD95 and the surface Dice at a tolerance
+are optional (volume scope). Volume scope on a slice data set (LGG) is the per-patient
+("per volume") Dice its authors report.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import numpy as np
 from pdeseg.data.setup import cached_cases
 from pdeseg.data.splits import load_split
 from pdeseg.errors import ConfigError, DataError
-from pdeseg.inference.predict import Predictor
+from pdeseg.inference.predict import WINDOW_OVERLAP, Predictor
 from pdeseg.inference.score import score
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,10 @@ def evaluate_checkpoint(
     progress: bool = True,
     figures: int = 0,
     figure_cases: list[str] | None = None,
+    overlap: float = WINDOW_OVERLAP,
+    tta: bool = False,
+    stitch: str = "auto",
+    surface_tolerance_mm: float | None = None,
 ) -> dict[str, Any]:
     """Score ``checkpoint`` and write ``per_case.csv``, ``summary.json``, ``summary.md`` to ``out_dir``.
 
@@ -66,11 +72,21 @@ def evaluate_checkpoint(
     002) and ``figures/class_masks.png`` (image, manual mask, each predicted class and the
     composite; paper 003 Fig. 3). ``figure_cases`` names the cases to draw instead.
 
+    ``overlap``, ``tta`` and ``stitch`` are the inference options of :class:`Predictor`;
+    ``surface_tolerance_mm`` adds ``surface_dice_<region>`` at that tolerance (volume scope).
+
     Returns:
-        the summary: ``{metric: {mean, std, median, n}}`` plus ``cases`` and ``scope``.
+        the summary: ``metrics`` (``{metric: {mean, std, median, n}}``) plus ``cases``,
+        ``scope``, ``split``, ``checkpoint`` and the ``inference`` options used.
+
+    Raises:
+        ConfigError: a bad inference option or tolerance, figures or distance metrics
+            outside volume scope, or no data folder.
     """
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
-    predictor = Predictor.from_checkpoint(checkpoint, device, precision)
+    if surface_tolerance_mm is not None and scope != "volume":
+        raise ConfigError("surface Dice needs whole volumes: use scope volume")
+    predictor = Predictor.from_checkpoint(checkpoint, device, precision, overlap=overlap, tta=tta, stitch=stitch)
     cfg = predictor.config
     root = data_root or cfg.get("data", {}).get("root")
     if not root:
@@ -100,11 +116,14 @@ def evaluate_checkpoint(
             fmt.write_prediction(classes, loaded, out_dir / "predictions")
 
     result = score(predictor, [e for _, e in entries], scope, with_hd95=with_hd95, progress=progress,
-                   each_case=draw_or_save if scope == "volume" else None)
+                   each_case=draw_or_save if scope == "volume" else None, surface_tolerance_mm=surface_tolerance_mm)
     rows = result.rows
     if panels:
         write_case_figures(panels, fmt, out_dir / "figures", predictor.spec.class_names)
-    summary = {"scope": scope, "split": split, "checkpoint": str(checkpoint), "cases": len(rows), "metrics": result.summary()}
+    inference = {"tta": predictor.tta, "overlap": predictor.overlap, "stitch": predictor.stitch,
+                 "surface_tolerance_mm": surface_tolerance_mm}
+    summary = {"scope": scope, "split": split, "checkpoint": str(checkpoint), "cases": len(rows), "inference": inference,
+               "metrics": result.summary()}
     write_results(rows, summary, out_dir)
     return summary
 
@@ -136,7 +155,9 @@ def write_case_figures(panels: list[dict[str, Any]], fmt, out_dir: Path, class_n
 
 def write_results(rows: list[dict[str, Any]], summary: dict[str, Any], out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    keys = list(rows[0])
+    keys: list[str] = []
+    for row in rows:  # every key of every row: optional metrics may be missing from some
+        keys += [k for k in row if k not in keys]
     with (out_dir / "per_case.csv").open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=keys)
         w.writeheader()
@@ -151,8 +172,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         f"# Evaluation of `{summary['checkpoint']}`",
         "",
         f"Split **{summary['split']}**, {summary['cases']} cases, scope **{summary['scope']}**. "
-        "Mean Dice/IoU average the foreground classes (background excluded; `iou_mean_all` includes it); "
-        "regions follow the BraTS rule (both empty -> 1).",
+        "Mean Dice/IoU/precision/recall average the foreground classes (background excluded; `iou_mean_all` "
+        "includes it); regions follow the BraTS rule (both empty -> 1)." + _inference_note(summary.get("inference")),
         "",
         "| metric | mean | sd | median |",
         "|---|---|---|---|",
@@ -160,3 +181,17 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     for key, s in m.items():
         lines.append(f"| {key} | {s['mean']:.4f} | {s['std']:.4f} | {s['median']:.4f} |")
     return "\n".join(lines) + "\n"
+
+
+def _inference_note(inference: dict[str, Any] | None) -> str:
+    """One sentence on the inference options that change scores (empty when all are defaults)."""
+    if not inference:
+        return ""
+    parts = []
+    if inference.get("tta"):
+        parts.append("test-time mirroring (probabilities averaged over every flip of the spatial axes)")
+    if inference.get("overlap") is not None and inference["overlap"] != WINDOW_OVERLAP:
+        parts.append(f"sliding-window overlap {inference['overlap']:g}")
+    if inference.get("surface_tolerance_mm") is not None:
+        parts.append(f"surface Dice at {inference['surface_tolerance_mm']:g} mm")
+    return (" With " + ", ".join(parts) + ".") if parts else ""

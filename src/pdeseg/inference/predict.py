@@ -7,8 +7,20 @@ the preprocessing; no training code. How a case is segmented follows the spec's 
 * ``slices``: slice by slice along the last axis, in batches (resized as in training when
   the spec says so);
 * ``patches``: MONAI sliding-window inference with the training patch size, Gaussian-weighted
-  overlapping windows;
+  overlapping windows (``overlap``), stitched on the compute device or on the CPU
+  (``stitch``);
 * ``whole``: the whole case in one forward pass.
+
+Test-time augmentation (``tta``) wraps the forward pass itself, so it works the same in the
+three modes: each batch (of slices, of windows, or the whole case) is segmented as is and
+mirrored along every combination of its spatial axes (4 passes for 2D slices, 8 for 3D), the
+outputs are mirrored back, and their class *probabilities* are averaged. Probabilities, not
+logits: the average of probabilities is the usual ensemble (each pass counts by its stated
+confidence, on a common scale), whereas an average of logits is a geometric mean whose
+result one over-confident pass can dominate. The mean is handed on as logits again (log p
+for softmax, log(p / (1 - p)) for a sigmoid head), so that every caller (argmax, losses,
+stitching) keeps receiving logits. Averaging over the whole group of mirrorings makes the
+result exactly mirror-equivariant, which identity plus one flip per axis would not.
 
 :func:`predict_folder` never replaces an input file, replaces existing outputs only when
 asked to (``overwrite``), checks both before any case is read, writes every file through a
@@ -17,8 +29,10 @@ temporary name, and skips (and reports) cases that cannot be read or segmented.
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,19 +42,68 @@ import torch.nn.functional as F
 from torch import nn
 
 from pdeseg.checkpoint import load_checkpoint, model_from_checkpoint, preprocessing_spec
-from pdeseg.config import ConfigError, PreprocessSpec
+from pdeseg.config import STITCH_MODES, ConfigError, PreprocessSpec
 from pdeseg.data.case import LoadedCase
 from pdeseg.data.formats import DataFormat, get_format
 from pdeseg.data.preprocess import normalize
 from pdeseg.errors import DataError, PdesegError, RunFolderError
-from pdeseg.nn.output import predicted_classes
-from pdeseg.progress import track
+from pdeseg.nn.output import class_probabilities, logits_from_probabilities, predicted_classes
+from pdeseg.progress import counter, track
 from pdeseg.runtime import autocast, resolve_device
 
 log = logging.getLogger(__name__)
 
-#: Overlap of neighbouring windows in sliding-window inference (patches mode).
+#: Default overlap of neighbouring windows in sliding-window inference (patches mode).
 WINDOW_OVERLAP = 0.5
+
+# Where sliding-window outputs are stitched (STITCH_MODES, from the config leaf so that the
+# command line can list them without importing torch): ``auto`` (the compute device when the
+# output fits in its free memory, else the CPU), ``device`` or ``cpu``.
+
+#: ``stitch="auto"`` stitches on the GPU only when the stitching buffers take at most this
+#: share of its free memory (the rest is left for the windows' forward passes).
+AUTO_STITCH_SHARE = 0.8
+
+
+def check_inference_options(batch_size: int = 16, overlap: float = WINDOW_OVERLAP, tta: bool = False,
+                            stitch: str = "auto") -> None:
+    """Raises ConfigError (one line naming the option) on a bad batch size, overlap, tta or stitch."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ConfigError(f"batch size must be a whole number >= 1, got {batch_size!r}")
+    if isinstance(overlap, bool) or not isinstance(overlap, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(overlap) or not 0 <= overlap < 1:
+        raise ConfigError(f"overlap must be a number with 0 <= overlap < 1 (share of a window shared with its "
+                          f"neighbour), got {overlap!r}")
+    if not isinstance(tta, (bool, np.bool_)):
+        raise ConfigError(f"tta must be true or false, got {tta!r}")
+    if stitch not in STITCH_MODES:
+        raise ConfigError(f"stitch must be one of {', '.join(STITCH_MODES)}, got {stitch!r}")
+
+
+def window_count(image_size: Sequence[int], roi_size: Sequence[int], overlap: float) -> int:
+    """Windows MONAI's sliding-window inference visits for one image (its rule: a step of
+    ``int(roi * (1 - overlap))`` voxels, at least 1, the last window flush with the end; one
+    window along an axis no longer than the window)."""
+    n = 1
+    for size, roi in zip(image_size, roi_size):
+        if size <= roi:
+            continue
+        step = max(int(roi * (1 - overlap)), 1)
+        n *= math.ceil((size - roi) / step) + 1
+    return n
+
+
+def stitch_bytes(spatial_shape: Sequence[int], out_channels: int, in_channels: int) -> int:
+    """Bytes that stitching a case on a device holds there: the float32 output
+    (``out_channels``), its weight map (1 channel) and the input (``in_channels``)."""
+    return (out_channels + 1 + in_channels) * math.prod(int(s) for s in spatial_shape) * 4
+
+
+def flip_sets(spatial_dims: int) -> list[tuple[int, ...]]:
+    """Every combination of the spatial axes of a ``(B, C, *spatial)`` batch (``2 ** spatial_dims``
+    sets, the empty one first): the mirrorings that test-time augmentation averages over."""
+    axes = range(2, 2 + spatial_dims)
+    return [dims for r in range(spatial_dims + 1) for dims in itertools.combinations(axes, r)]
 
 
 class Predictor:
@@ -54,25 +117,45 @@ class Predictor:
             or ``bf16-mixed``.
         batch_size: slices (or windows) per forward pass.
         name: for messages.
+        overlap: patches mode: share of a window that overlaps its neighbour along each axis,
+            ``0 <= overlap < 1`` (0.5: every voxel away from the borders is seen by 2 windows
+            per axis, 8 in 3D).
+        tta: average the class probabilities over all mirrorings of the spatial axes
+            (``2 ** spatial_dims`` forward passes per batch; see the module docstring).
+        stitch: patches mode: where the windows' outputs are added up. ``device``: on the
+            compute device (fastest); ``cpu``: in main memory (for volumes whose output does
+            not fit on the GPU; each window's output is copied over); ``auto``: the compute
+            device when :func:`stitch_bytes` is at most :data:`AUTO_STITCH_SHARE` of its free
+            memory (``torch.cuda.mem_get_info``), else the CPU. On a CPU device everything
+            is on the CPU.
+
+    Raises:
+        ConfigError: a batch size below 1, an overlap outside ``[0, 1)``, a non-boolean
+            ``tta`` or an unknown ``stitch``.
     """
 
     def __init__(self, model: nn.Module, spec: PreprocessSpec, device: torch.device, precision: str = "auto",
-                 batch_size: int = 16, name: str = "model"):
-        if batch_size < 1:
-            raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+                 batch_size: int = 16, name: str = "model", overlap: float = WINDOW_OVERLAP, tta: bool = False,
+                 stitch: str = "auto"):
+        check_inference_options(batch_size, overlap, tta, stitch)
         self.model, self.spec, self.device = model, spec, device
         self.precision, self.batch_size, self.name = precision, int(batch_size), name
+        self.overlap, self.tta, self.stitch = float(overlap), bool(tta), stitch
         self.channels_last = spec.spatial_dims == 2
         self.format: DataFormat = get_format(spec.format)
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | Path, device: str = "auto", precision: str = "auto", batch_size: int = 16) -> Predictor:
-        """Load a checkpoint (model, weights and spec) onto ``device``.
+    def from_checkpoint(cls, checkpoint: str | Path, device: str = "auto", precision: str = "auto", batch_size: int = 16,
+                        overlap: float = WINDOW_OVERLAP, tta: bool = False, stitch: str = "auto") -> Predictor:
+        """Load a checkpoint (model, weights and spec) onto ``device``; the other arguments as
+        for :class:`Predictor` (checked before the checkpoint is read).
 
         Raises:
+            ConfigError: a bad batch size, overlap, tta or stitch.
             CheckpointError: unreadable, or not a usable pdeseg checkpoint.
             DeviceError: ``device`` is not available.
         """
+        check_inference_options(batch_size, overlap, tta, stitch)
         path = Path(checkpoint)
         ckpt = load_checkpoint(path)
         spec = preprocessing_spec(ckpt, path)
@@ -80,7 +163,7 @@ class Predictor:
         model = model_from_checkpoint(ckpt, where=path).to(dev)
         if spec.spatial_dims == 2:
             model = model.to(memory_format=torch.channels_last)
-        predictor = cls(model, spec, dev, precision, batch_size, ckpt["model"]["name"])
+        predictor = cls(model, spec, dev, precision, batch_size, ckpt["model"]["name"], overlap, tta, stitch)
         predictor.checkpoint, predictor.config = ckpt, ckpt.get("config", {})
         return predictor
 
@@ -106,8 +189,28 @@ class Predictor:
         return out.float()
 
     @torch.no_grad()
+    def predict_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch ``(B, C, *spatial)`` (on the device, fp32): the model's own, or
+        with ``tta`` the logits of the probabilities averaged over every mirroring of the
+        spatial axes (see the module docstring)."""
+        if not self.tta:
+            return self.logits(x)
+        sets = flip_sets(x.dim() - 2)
+        total = None
+        for dims in sets:
+            probs = class_probabilities(self.logits(x.flip(dims) if dims else x))
+            probs = probs.flip(dims) if dims else probs
+            total = probs if total is None else total.add_(probs)
+        return logits_from_probabilities(total / len(sets), self.spec.output)
+
+    @torch.no_grad()
     def predict_logits(self, image: np.ndarray, progress: bool = False) -> torch.Tensor:
-        """Logits ``(K, *spatial)`` (CPU, fp32) for a normalised case ``(C, *spatial)``.
+        """Logits ``(K, *spatial)`` (CPU, fp32) for a normalised case ``(C, *spatial)``
+        (with ``tta``: the logits of the mean probabilities, see :meth:`predict_batch`).
+
+        Args:
+            image: ``(C, *spatial)`` normalised float32.
+            progress: show progress over slice batches or windows.
 
         Raises:
             DataError: the channel count differs from the model's modalities.
@@ -118,30 +221,59 @@ class Predictor:
             return self._by_slices(image, progress)
         x = torch.from_numpy(np.ascontiguousarray(image))[None].float()
         if self.spec.mode == "whole":
-            return self.logits(x)[0].cpu()
+            return self.predict_batch(x)[0].cpu()
+        return self._by_windows(x, progress)
+
+    def stitch_device(self, spatial_shape: Sequence[int], in_channels: int) -> torch.device:
+        """Where the windows of a case of this size are stitched under this predictor's ``stitch``."""
+        cpu = torch.device("cpu")
+        if self.device.type == "cpu" or self.stitch == "cpu":
+            return cpu
+        if self.stitch == "device" or self.device.type != "cuda":
+            return self.device
+        need = stitch_bytes(spatial_shape, self._logit_channels(), in_channels)
+        free, _ = torch.cuda.mem_get_info(self.device)
+        if need <= AUTO_STITCH_SHARE * free:
+            return self.device
+        log.info("stitching windows on the CPU: the output of a %s case needs %.1f GiB, %.1f GiB free on %s",
+                 "x".join(map(str, spatial_shape)), need / 2**30, free / 2**30, self.device)
+        return cpu
+
+    def _by_windows(self, x: torch.Tensor, progress: bool) -> torch.Tensor:
+        """MONAI sliding window over ``x (1, C, *spatial)``: windows run on the compute device,
+        Gaussian-weighted outputs are added up on :meth:`stitch_device`."""
         from monai.inferers import sliding_window_inference
 
-        with autocast(self.device, self.precision):
-            out = sliding_window_inference(x.to(self.device), tuple(self.spec.spatial_size), self.batch_size,
-                                           lambda w: self.logits(w), overlap=WINDOW_OVERLAP, mode="gaussian", progress=progress)
+        spatial, roi = tuple(x.shape[2:]), tuple(self.spec.spatial_size)
+        where = self.stitch_device(spatial, x.shape[1])
+        total = window_count(spatial, roi, self.overlap)
+        with counter("sliding window", "window", total, enabled=progress) as bar:
+
+            def run(windows: torch.Tensor) -> torch.Tensor:
+                out = self.predict_batch(windows)
+                bar.update(windows.shape[0])
+                return out
+
+            out = sliding_window_inference(x.to(where), roi, self.batch_size, run, overlap=self.overlap, mode="gaussian",
+                                           sw_device=self.device, device=where)
         return (out.as_tensor() if hasattr(out, "as_tensor") else out)[0].float().cpu()
 
     def _by_slices(self, image: np.ndarray, progress: bool) -> torch.Tensor:
         _, h, w, depth = image.shape
         size, resize = self.spec.spatial_size, self.spec.resize
-        out = torch.empty((self._channels(), h, w, depth), dtype=torch.float32)
+        out = torch.empty((self._logit_channels(), h, w, depth), dtype=torch.float32)
         for z0 in track(range(0, depth, self.batch_size), "slices", "batch", enabled=progress):
             z1 = min(z0 + self.batch_size, depth)
             x = torch.from_numpy(np.ascontiguousarray(image[..., z0:z1].transpose(3, 0, 1, 2))).float()
             if resize and size:
                 x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
-            logits = self.logits(x)
+            logits = self.predict_batch(x)
             if resize and size:
                 logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
             out[..., z0:z1] = logits.permute(1, 2, 3, 0).cpu()
         return out
 
-    def _channels(self) -> int:
+    def _logit_channels(self) -> int:
         return 1 if self.spec.output == "sigmoid" else self.spec.num_classes
 
     def predict_volume(self, image: np.ndarray, progress: bool = False) -> np.ndarray:
@@ -292,6 +424,9 @@ def predict_folder(
     batch_size: int = 16,
     progress: bool = True,
     overwrite: bool = False,
+    overlap: float = WINDOW_OVERLAP,
+    tta: bool = False,
+    stitch: str = "auto",
     **write_options,
 ) -> PredictionReport:
     """Segment one case folder or a folder of cases, writing each in the input's own format
@@ -309,8 +444,8 @@ def predict_folder(
         checkpoint: a pdeseg checkpoint (model, weights, preprocessing, data format).
         input_dir: a case folder or a folder of cases.
         output_dir: where predictions go (created).
-        device, precision, batch_size: see :class:`Predictor`.
-        progress: show progress.
+        device, precision, batch_size, overlap, tta, stitch: see :class:`Predictor`.
+        progress: show progress (over cases, and over the windows or slices of each case).
         overwrite: replace existing output files (input files are never replaced).
         write_options: the data format's output options (``convention`` for BraTS,
             ``mask_format`` for LGG); None values mean the default.
@@ -324,7 +459,10 @@ def predict_folder(
         CheckpointError, DeviceError, ConfigError: unusable checkpoint, device or option.
         DataError: the input folder is missing or holds no cases at all.
     """
-    predictor = Predictor.from_checkpoint(checkpoint, device, precision, batch_size)
+    predictor = Predictor.from_checkpoint(checkpoint, device, precision, batch_size, overlap, tta, stitch)
+    if tta:
+        log.info("test-time augmentation: probabilities averaged over %d mirrorings per forward pass",
+                 len(flip_sets(predictor.spec.spatial_dims)))
     fmt, out_dir = predictor.format, Path(output_dir).expanduser()
     report = PredictionReport()
     cases = fmt.find_cases(input_dir, predictor.modalities, require_label=False, skipped=report.skipped)
@@ -335,7 +473,7 @@ def predict_folder(
         _make_folder(out_dir)
     for case in track(cases, "predicting", "case", enabled=progress):
         try:
-            loaded, classes = predictor.predict_case(case)
+            loaded, classes = predictor.predict_case(case, progress)
         except PdesegError as exc:
             _skip(report, case.case_id, str(exc))
             continue

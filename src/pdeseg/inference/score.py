@@ -7,7 +7,7 @@ Scopes:
 * ``slices``: the slices the config selects (e.g. paper 000's middle slice), fitted as in
   training, in batches; per-case confusion counts accumulated over them (2D slice mode);
 * ``volume``: every case segmented whole (slice by slice, sliding window or in one pass,
-  as the spec says) and scored in its own dimensions; HD95 optional.
+  as the spec says) and scored in its own dimensions; HD95 and surface Dice optional.
 
 Under ``torchrun`` every process scores its share of the cases and the per-case rows are
 gathered, so every process returns the same result.
@@ -78,6 +78,7 @@ def score(
     batch_size: int | None = None,
     progress: bool = False,
     each_case: Callable[[CachedCase, np.ndarray], None] | None = None,
+    surface_tolerance_mm: float | None = None,
 ) -> Scores:
     """Per-case metrics of ``predictor`` on cached, labelled ``cases``.
 
@@ -85,12 +86,15 @@ def score(
         scope: ``slices`` (the spec's slice selection; slice mode only) or ``volume``.
         loss_fn: also report this loss (on logits).
         with_hd95: add HD95 per region (volume scope; in the units of the case spacing).
+        surface_tolerance_mm: add the surface Dice per region at this tolerance (volume
+            scope; in the units of the case spacing).
         batch_size: slices per batch in slices scope (default: the predictor's).
         each_case: volume scope: called with each case and its predicted classes, so that
             callers can draw or save them without segmenting the case again.
 
     Raises:
-        ConfigError: an unknown scope, slices scope for a non-slice model, or HD95 in slices scope.
+        ConfigError: an unknown scope, slices scope for a non-slice model, HD95 or surface
+            Dice in slices scope, or a negative tolerance.
     """
     if scope not in SCOPES:
         raise ConfigError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
@@ -98,12 +102,18 @@ def score(
         raise ConfigError(f"scope slices needs a slice model; this one samples {predictor.spec.mode}: use scope volume")
     if with_hd95 and scope != "volume":
         raise ConfigError("HD95 needs whole volumes: use scope volume")
+    if surface_tolerance_mm is not None:
+        if isinstance(surface_tolerance_mm, bool) or not isinstance(surface_tolerance_mm, (int, float)) \
+                or not np.isfinite(surface_tolerance_mm) or surface_tolerance_mm < 0:
+            raise ConfigError(f"surface tolerance must be a distance >= 0 (mm), got {surface_tolerance_mm!r}")
+        if scope != "volume":
+            raise ConfigError("surface Dice needs whole volumes: use scope volume")
     mine = _my_share(cases)
     t0 = time.perf_counter()
     if scope == "slices":
         result = _score_slices(predictor, mine, loss_fn, batch_size or predictor.batch_size, progress)
     else:
-        result = _score_volumes(predictor, mine, loss_fn, with_hd95, progress, each_case)
+        result = _score_volumes(predictor, mine, loss_fn, with_hd95, progress, each_case, surface_tolerance_mm)
     result.seconds = time.perf_counter() - t0
     return _gather(result, [c.case_id for c in cases])
 
@@ -115,7 +125,7 @@ def _score_slices(predictor: Predictor, cases: list[CachedCase], loss_fn, batch_
     loader = DataLoader(evaluation_slices(cases, predictor.spec), batch_size=batch_size, shuffle=False)
     total, count = 0.0, 0
     for batch in track(loader, "scoring", "batch", enabled=progress):
-        logits = predictor.logits(batch["image"])
+        logits = predictor.predict_batch(batch["image"])
         y = batch["label"].to(logits.device)
         if loss_fn is not None:
             total += float(loss_fn(logits, y)) * y.shape[0]
@@ -125,7 +135,8 @@ def _score_slices(predictor: Predictor, cases: list[CachedCase], loss_fn, batch_
 
 
 def _score_volumes(predictor: Predictor, cases: list[CachedCase], loss_fn, with_hd95: bool, progress: bool,
-                   each_case: Callable[[CachedCase, np.ndarray], None] | None = None) -> Scores:
+                   each_case: Callable[[CachedCase, np.ndarray], None] | None = None,
+                   surface_tolerance_mm: float | None = None) -> Scores:
     rules = scoring_rules(predictor.spec)
     rows, losses, units = [], [], 0
     for case in track(cases, "scoring", "case", enabled=progress):
@@ -135,7 +146,8 @@ def _score_volumes(predictor: Predictor, cases: list[CachedCase], loss_fn, with_
         if loss_fn is not None:
             losses.append(float(loss_fn(logits, target)))
         classes = predicted_classes(logits)[0].numpy().astype(np.uint8)
-        rows.append({"case": case.case_id, **rules.case_metrics(classes, label, case.meta["spacing"], with_hd95)})
+        rows.append({"case": case.case_id, **rules.case_metrics(classes, label, case.meta["spacing"], with_hd95,
+                                                                surface_tolerance_mm)})
         if each_case is not None:
             each_case(case, classes)
         units += image.shape[-1] if predictor.spec.mode == "slices" else 1

@@ -1,4 +1,4 @@
-"""Segmentation metrics: Dice, IoU, accuracy, BraTS regions, HD95, per-case accumulation."""
+"""Segmentation metrics: Dice, IoU, precision, recall, accuracy, BraTS regions, HD95, surface Dice, per-case accumulation."""
 
 from pdeseg.metrics import segmentation
 from pdeseg.metrics.segmentation import *  # noqa: F403  (the public names listed in segmentation.__all__)

@@ -12,11 +12,15 @@ Counting is done once, with :func:`numpy.bincount` (or :func:`torch.bincount` on
 tensor's own device) over ``target * C + pred``, which gives the full ``(C, C)``
 confusion matrix. Per-class tp/fp/fn, accuracy and the tp/fp/fn of any region
 (a union of classes) all follow exactly from that matrix, so many slices of one case
-can be accumulated without keeping them (:class:`MetricAccumulator`).
+can be accumulated without keeping them (:class:`MetricAccumulator`); so do Dice, IoU,
+precision tp / (tp + fp) and recall (sensitivity) tp / (tp + fn). The distance metrics
+(HD95, surface Dice) need whole masks and the voxel spacing.
 
-Empty masks: Dice (and IoU) is ``empty`` (1 by default, the BraTS rule) when truth and
-prediction are both empty and 0 when only one of them is; HD95 is 0 when both are empty
-and ``hd95_one_empty`` when only one is (infinite unless the data format says otherwise;
+Empty masks: Dice, IoU, precision, recall and surface Dice are ``empty`` (1 by default, the
+BraTS rule) when truth and prediction are both empty and 0 when only one of them is (a
+prediction of nothing has precision 0 when there was something to find; a prediction of
+something where there is nothing has recall 0). HD95 is 0 when both are empty and
+``hd95_one_empty`` when only one is (infinite unless the data format says otherwise;
 BraTS uses 373.13 mm).
 
 Inputs may be numpy arrays or torch tensors. Integer or boolean dtypes only: a float
@@ -53,10 +57,13 @@ __all__ = [
     "iou_from_counts",
     "metrics_from_confusion",
     "pixel_accuracy",
+    "precision_from_counts",
+    "recall_from_counts",
     "region_counts_from_confusion",
     "region_dice",
     "region_masks",
     "summarize",
+    "surface_dice",
 ]
 
 
@@ -382,6 +389,50 @@ def iou_from_counts(counts: Any, empty: float = 1.0) -> np.ndarray:
     return out
 
 
+def _ratio_with_empty_rule(num: np.ndarray, den: np.ndarray, any_voxel: np.ndarray, empty: float) -> np.ndarray:
+    """``num / den``; where ``den`` is 0: ``empty`` if the class is absent from both truth
+    and prediction, else 0."""
+    out = np.where(any_voxel, 0.0, float(empty)).astype(np.float64)
+    np.divide(num, den, out=out, where=den > 0)
+    return out
+
+
+def precision_from_counts(counts: Any, empty: float = 1.0) -> np.ndarray:
+    """Precision (positive predictive value) = tp / (tp + fp) from counts.
+
+    Args:
+        counts: ``(..., 3)`` array of ``tp, fp, fn``.
+        empty: value when truth and prediction are both empty (as for Dice). When only the
+            prediction is empty (tp + fp = 0 < fn) the precision is 0.
+
+    Returns:
+        float64 array of shape ``counts.shape[:-1]``.
+
+    Raises:
+        ValueError: if the last dimension is not 3 or a count is negative.
+    """
+    tp, fp, fn = _split_counts(counts)
+    return _ratio_with_empty_rule(tp, tp + fp, tp + fp + fn > 0, empty)
+
+
+def recall_from_counts(counts: Any, empty: float = 1.0) -> np.ndarray:
+    """Recall (sensitivity) = tp / (tp + fn) from counts.
+
+    Args:
+        counts: ``(..., 3)`` array of ``tp, fp, fn``.
+        empty: value when truth and prediction are both empty (as for Dice). When only the
+            truth is empty (tp + fn = 0 < fp) the recall is 0.
+
+    Returns:
+        float64 array of shape ``counts.shape[:-1]``.
+
+    Raises:
+        ValueError: if the last dimension is not 3 or a count is negative.
+    """
+    tp, fp, fn = _split_counts(counts)
+    return _ratio_with_empty_rule(tp, tp + fn, tp + fp + fn > 0, empty)
+
+
 def dice(pred: Any, target: Any, num_classes: int, empty: float = 1.0) -> np.ndarray:
     """Per-class Dice of two label maps.
 
@@ -525,6 +576,38 @@ def region_dice(
 # --------------------------------------------------------------------------------------
 
 
+def _binary_pair(pred_mask: Any, target_mask: Any, spacing: Any, what: str) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """Two checked boolean masks of one shape (1-3 dimensions) and the spacing, one value per axis.
+
+    Raises:
+        ValueError: on shape mismatch, non-binary / float masks, missing or invalid spacing,
+            or masks that are not 1-3 dimensional.
+    """
+    p = _to_numpy(pred_mask, "pred_mask")
+    t = _to_numpy(target_mask, "target_mask")
+    _check_label_dtype(p, "pred_mask")
+    _check_label_dtype(t, "target_mask")
+    _check_pair(p, t)
+    if p.ndim not in (1, 2, 3):
+        raise ValueError(f"{what} expects 1-D, 2-D or 3-D masks, got {p.ndim} dimensions with shape {p.shape}")
+    for x, name in ((p, "pred_mask"), (t, "target_mask")):
+        if x.dtype != np.bool_ and x.size and (x.min() < 0 or x.max() > 1):
+            raise ValueError(
+                f"{name} must be binary (bool or 0/1); for a label map use region_masks() or labels == k"
+            )
+    sp = _check_spacing(spacing, p.ndim)
+    return p.astype(bool, copy=False), t.astype(bool, copy=False), sp
+
+
+def _crop_to_union(p: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both masks cropped to the bounding box of their union plus a one-voxel margin (MONAI
+    crops the same way internally): boundaries and distances are unchanged, but MONAI's
+    float conversion of the full volume is avoided. At least one mask must be non-empty."""
+    nz = np.nonzero(p | t)
+    box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in nz)
+    return p[box], t[box]
+
+
 def hd95(pred_mask: Any, target_mask: Any, spacing: Any, one_empty: float = math.inf) -> float:
     """95th-percentile Hausdorff distance between two binary masks, in mm.
 
@@ -554,33 +637,13 @@ def hd95(pred_mask: Any, target_mask: Any, spacing: Any, one_empty: float = math
         ValueError: on shape mismatch, non-binary / float masks, missing or invalid
             spacing, or masks that are not 1-3 dimensional.
     """
-    p = _to_numpy(pred_mask, "pred_mask")
-    t = _to_numpy(target_mask, "target_mask")
-    _check_label_dtype(p, "pred_mask")
-    _check_label_dtype(t, "target_mask")
-    _check_pair(p, t)
-    if p.ndim not in (1, 2, 3):
-        raise ValueError(f"hd95 expects 1-D, 2-D or 3-D masks, got {p.ndim} dimensions with shape {p.shape}")
-    for x, name in ((p, "pred_mask"), (t, "target_mask")):
-        if x.dtype != np.bool_ and x.size and (x.min() < 0 or x.max() > 1):
-            raise ValueError(
-                f"{name} must be binary (bool or 0/1); for a label map use region_masks() or labels == k"
-            )
-    sp = _check_spacing(spacing, p.ndim)
-    p = p.astype(bool, copy=False)
-    t = t.astype(bool, copy=False)
+    p, t, sp = _binary_pair(pred_mask, target_mask, spacing, "hd95")
     has_p, has_t = bool(p.any()), bool(t.any())
     if not has_p and not has_t:
         return 0.0
     if has_p != has_t:
         return float(one_empty)
-
-    # Crop to the union's bounding box plus a one-voxel margin before handing over to MONAI
-    # (which crops the same way internally): edges and distances are unchanged, but MONAI's
-    # float conversion of the full volume is avoided.
-    nz = np.nonzero(p | t)
-    box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in nz)
-    p, t = p[box], t[box]
+    p, t = _crop_to_union(p, t)
 
     from monai.metrics import compute_hausdorff_distance
 
@@ -590,6 +653,55 @@ def hd95(pred_mask: Any, target_mask: Any, spacing: Any, one_empty: float = math
         value = compute_hausdorff_distance(
             p[None, None], t[None, None], include_background=True, percentile=95, spacing=list(sp)
         )
+    return float(value.reshape(-1)[0])
+
+
+def surface_dice(pred_mask: Any, target_mask: Any, spacing: Any, tolerance: float, empty: float = 1.0) -> float:
+    """Surface Dice (normalised surface distance) of two binary masks at a tolerance in mm.
+
+    Definition (MONAI's :func:`monai.metrics.compute_surface_dice`, which this function
+    calls, without sub-voxel areas): the boundaries are taken as for :func:`hd95` (voxels
+    removed by one binary erosion, face connectivity). With ``B_p`` and ``B_t`` the boundary
+    voxels of prediction and truth and ``d`` the Euclidean distance in mm (``spacing``),
+
+        SD = (|{x in B_p : d(x, B_t) <= tol}| + |{y in B_t : d(y, B_p) <= tol}|) / (|B_p| + |B_t|),
+
+    the share of both boundaries that lies within ``tolerance`` of the other.
+
+    Empty masks: ``empty`` when both are empty, 0 when exactly one is.
+
+    Args:
+        pred_mask: predicted mask, bool (or 0/1 integer) of shape ``S`` (1-D to 3-D).
+        target_mask: true mask, same shape.
+        spacing: voxel size in mm, a number or one value per dimension of ``S``.
+        tolerance: the largest distance (mm, ``>= 0``) at which a boundary voxel counts as matched.
+        empty: value when both masks are empty.
+
+    Returns:
+        surface Dice in ``[0, 1]``.
+
+    Raises:
+        ValueError: see :func:`hd95`; or a negative or non-finite tolerance.
+    """
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(tolerance) or tolerance < 0:
+        raise ValueError(f"tolerance must be a finite distance >= 0 (mm), got {tolerance!r}")
+    p, t, sp = _binary_pair(pred_mask, target_mask, spacing, "surface_dice")
+    has_p, has_t = bool(p.any()), bool(t.any())
+    if not has_p and not has_t:
+        return float(empty)
+    if has_p != has_t:
+        return 0.0
+    p, t = _crop_to_union(p, t)
+
+    from monai.metrics import compute_surface_dice
+
+    with warnings.catch_warnings():
+        # MONAI 1.5/1.6 passes its own deprecated argument internally; nothing for the user to fix
+        warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
+        value = compute_surface_dice(torch.from_numpy(np.ascontiguousarray(p))[None, None],
+                                     torch.from_numpy(np.ascontiguousarray(t))[None, None],
+                                     class_thresholds=[float(tolerance)], include_background=True, spacing=list(sp))
     return float(value.reshape(-1)[0])
 
 
@@ -624,8 +736,10 @@ def metrics_from_confusion(
 
     Returns:
         ``{key: value}``: ``dice_<name>``, ``iou_<name>`` per class, ``dice_mean``,
-        ``iou_mean`` (foreground classes only), ``iou_mean_all`` (all classes), ``accuracy``, ``dice_<region>``,
-        ``iou_<region>``.
+        ``iou_mean`` (foreground classes only), ``iou_mean_all`` (all classes), ``accuracy``,
+        ``precision_<name>``, ``recall_<name>`` per class, ``precision_mean``,
+        ``recall_mean`` (foreground classes only), then ``dice_<region>``, ``iou_<region>``,
+        ``precision_<region>``, ``recall_<region>``.
 
     Raises:
         ValueError: if ``cm`` is malformed, has fewer than 2 classes or counts no voxel,
@@ -656,12 +770,19 @@ def metrics_from_confusion(
     out["iou_mean"] = float(j[1:].mean())
     out["iou_mean_all"] = float(j.mean())
     out["accuracy"] = float(np.trace(cm) / total)
+    prec, rec = precision_from_counts(counts, empty), recall_from_counts(counts, empty)
+    for i, n in enumerate(names):
+        out[f"precision_{n}"] = float(prec[i])
+    for i, n in enumerate(names):
+        out[f"recall_{n}"] = float(rec[i])
+    out["precision_mean"] = float(prec[1:].mean())
+    out["recall_mean"] = float(rec[1:].mean())
     if regs:
         rc = region_counts_from_confusion(cm, regs)
-        for name, k in rc.items():
-            out[f"dice_{name}"] = float(dice_from_counts(k, empty))
-        for name, k in rc.items():
-            out[f"iou_{name}"] = float(iou_from_counts(k, empty))
+        for metric, fn in (("dice", dice_from_counts), ("iou", iou_from_counts), ("precision", precision_from_counts),
+                           ("recall", recall_from_counts)):
+            for name, k in rc.items():
+                out[f"{metric}_{name}"] = float(fn(k, empty))
     return out
 
 
@@ -675,6 +796,7 @@ def case_metrics(
     class_names: Sequence[str] | None = None,
     empty: float = 1.0,
     hd95_one_empty: float = math.inf,
+    surface_tolerance_mm: float | None = None,
 ) -> dict[str, float]:
     """All metrics of one case as a flat ``{name: float}`` dict (one CSV row).
 
@@ -687,11 +809,17 @@ def case_metrics(
     * ``iou_mean_all``: mean IoU over **all** classes, background included (Keras'
       ``MeanIoU``, the "mean IoU" of paper 003).
     * ``accuracy``: voxel accuracy, background included.
-    * ``dice_<region>``, ``iou_<region>`` for every region (BraTS: WT, TC, ET). With the
-      default names ``dice_ET`` is both the class-3 and the ET-region Dice: they are the
-      same quantity.
+    * ``precision_<class>``, ``recall_<class>`` for every class; ``precision_mean``,
+      ``recall_mean`` over the foreground classes (same empty rule as Dice).
+    * ``dice_<region>``, ``iou_<region>``, ``precision_<region>``, ``recall_<region>`` for
+      every region (BraTS: WT, TC, ET). With the default names ``dice_ET`` is both the
+      class-3 and the ET-region Dice: they are the same quantity.
     * ``hd95_<region>`` (mm) if ``with_hd95``; see :func:`hd95` for the definition and
       the empty-mask rule.
+    * ``surface_dice_<region>`` if ``surface_tolerance_mm`` is given; see :func:`surface_dice`.
+
+    The distance metrics (HD95, surface Dice) are computed per region; for a task without
+    regions, per foreground class (keys ``hd95_<class>``, ``surface_dice_<class>``).
 
     Args:
         pred: predicted label map, shape ``S`` (a 2-D slice or 3-D volume).
@@ -701,32 +829,38 @@ def case_metrics(
             ``with_hd95``.
         regions: region name -> class ids, or None for tasks without regions (e.g. a
             binary task with ``num_classes=2``).
-        with_hd95: also compute HD95 per region (slower: surface distances).
+        with_hd95: also compute HD95 (slower: surface distances).
         class_names: names for the keys, length ``C``.
-        empty: Dice/IoU when a class or region is absent from both.
+        empty: Dice/IoU/precision/recall/surface Dice when a class or region is absent from both.
         hd95_one_empty: HD95 when a region is empty in exactly one of the two.
+        surface_tolerance_mm: also compute the surface Dice at this tolerance (units of
+            ``spacing``); None (default) skips it.
 
     Returns:
         flat dict of floats.
 
     Raises:
         ValueError: on shape mismatch, out-of-range labels, float dtypes, regions using
-            classes ``>= C``, ``with_hd95`` without regions or spacing.
+            classes ``>= C``, a distance metric without spacing, or a negative tolerance.
     """
     c = _check_num_classes(num_classes)
     regs = _check_regions(regions, c)
-    if with_hd95 and not regs:
-        raise ValueError("with_hd95=True computes HD95 per region; pass regions (e.g. {'FG': (1,)})")
     cm = confusion_matrix(pred, target, c)
     out = metrics_from_confusion(cm, regs, class_names, empty)
-    if with_hd95:
+    if with_hd95 or surface_tolerance_mm is not None:
         p = _to_numpy(pred, "pred")
         t = _to_numpy(target, "target")
         _check_spacing(spacing, p.ndim)  # fail before any distance computation
-        pm = region_masks(p, regs)
-        tm = region_masks(t, regs)
-        for name in regs:
-            out[f"hd95_{name}"] = hd95(pm[name], tm[name], spacing, hd95_one_empty)
+        names = _resolve_class_names(c, class_names)
+        where = regs or {names[i]: (i,) for i in range(1, c)}
+        pm = region_masks(p, where)
+        tm = region_masks(t, where)
+        if with_hd95:
+            for name in where:
+                out[f"hd95_{name}"] = hd95(pm[name], tm[name], spacing, hd95_one_empty)
+        if surface_tolerance_mm is not None:
+            for name in where:
+                out[f"surface_dice_{name}"] = surface_dice(pm[name], tm[name], spacing, surface_tolerance_mm, empty)
     return out
 
 
@@ -789,10 +923,10 @@ class MetricAccumulator:
     """Accumulates a confusion matrix per case, so slices of a case need not be kept.
 
     ``update`` may be called with any number of slices / patches of a case, in any
-    order; per-case metrics (class and region Dice / IoU, accuracy) are computed from
-    the summed confusion matrix, so they equal :func:`case_metrics` on the whole
-    volume. HD95 is not available here (it needs the whole mask): use
-    :func:`case_metrics` with ``with_hd95=True`` on reassembled volumes for that.
+    order; per-case metrics (class and region Dice / IoU / precision / recall, accuracy)
+    are computed from the summed confusion matrix, so they equal :func:`case_metrics` on
+    the whole volume. HD95 and surface Dice are not available here (they need the whole
+    mask): use :func:`case_metrics` on reassembled volumes for those.
 
     Args:
         num_classes: number of classes ``C``.
@@ -937,7 +1071,8 @@ class ScoringRules:
         """An empty per-case confusion accumulator with these rules."""
         return MetricAccumulator(self.num_classes, dict(self.regions) or None, self.class_names, self.empty)
 
-    def case_metrics(self, pred: Any, target: Any, spacing: Any = None, with_hd95: bool = False) -> dict[str, float]:
-        """:func:`case_metrics` with these rules."""
+    def case_metrics(self, pred: Any, target: Any, spacing: Any = None, with_hd95: bool = False,
+                     surface_tolerance_mm: float | None = None) -> dict[str, float]:
+        """:func:`case_metrics` with these rules (surface Dice only when ``surface_tolerance_mm`` is given)."""
         return case_metrics(pred, target, self.num_classes, spacing, dict(self.regions) or None, with_hd95,
-                            self.class_names, self.empty, self.hd95_one_empty)
+                            self.class_names, self.empty, self.hd95_one_empty, surface_tolerance_mm)

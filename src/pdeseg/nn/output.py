@@ -44,6 +44,26 @@ def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
     return logits.softmax(dim=1)
 
 
+def logits_from_probabilities(probs: torch.Tensor, output: str = "softmax") -> torch.Tensor:
+    """Inverse of :func:`class_probabilities`: ``(B, C, *S)`` class probabilities -> logits of
+    the head ``output`` (``log p`` for softmax, ``(B, C, *S)``; ``log(p1 / p0)`` for a binary
+    sigmoid head, ``(B, 1, *S)``), so that ``class_probabilities`` of the result gives ``probs``
+    back (up to the clamp of probabilities at the smallest float32 number, which keeps every
+    logit finite).
+
+    Raises:
+        ValueError: an unknown ``output``, or a sigmoid head with ``C != 2``.
+    """
+    logp = probs.float().clamp_min(torch.finfo(torch.float32).tiny).log()
+    if output == "softmax":
+        return logp
+    if output == "sigmoid":
+        if probs.shape[1] != 2:
+            raise ValueError(f"a sigmoid head has 2 class probabilities, got {probs.shape[1]}")
+        return logp[:, 1:2] - logp[:, 0:1]
+    raise ValueError(f"output must be softmax or sigmoid, got {output!r}")
+
+
 def predicted_classes(logits: torch.Tensor) -> torch.Tensor:
     """``(B, K, *S)`` logits -> ``(B, *S)`` int64 labels (``z > 0`` for a sigmoid head,
     argmax otherwise)."""
