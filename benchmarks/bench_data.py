@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         cases = find_cases(raw_dir, modalities)
         shutil.rmtree(cache_dir, ignore_errors=True)
         t0 = time.perf_counter()
-        cached = cache_cases(cases, cache_dir, modalities, "zscore", None, progress=False)
+        cached = cache_cases(cases, cache_dir, modalities, progress=False)
         t_cache = time.perf_counter() - t0
         selected = [select_slices(c, args.selection) for c in cached]
         n_slices = sum(len(s) for s in selected)

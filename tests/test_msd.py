@@ -230,8 +230,9 @@ def test_ct_phantom_statistics_follow_the_training_foreground(tmp_path):
 
 
 def test_ct_phantom_train_resume_predict_round_trip(tmp_path):
-    """A CT task end to end: statistics from the training cases into the checkpoint, patches on an
-    anisotropic grid, resume, and NIfTI predictions on the input grid with its header."""
+    """A CT task end to end: statistics from the training cases into the checkpoint, resampling
+    to a target spacing, patches on an anisotropic grid, resume, and NIfTI predictions back on
+    the input grid with its header."""
     from pdeseg.checkpoint import load_checkpoint
     from pdeseg.config import config_from_dict
     from pdeseg.data.phantom_msd import write_msd_phantom_dataset
@@ -242,7 +243,8 @@ def test_ct_phantom_train_resume_predict_round_trip(tmp_path):
     cfg = config_from_dict({
         "name": "ct", "output_dir": str(tmp_path),
         "data": {"root": str(root), "format": "msd", "cache_dir": str(tmp_path / "cache"), "mode": "patches",
-                 "normalization": "ct", "spatial_size": [24, 24, 16], "samples_per_case": 1,
+                 "normalization": "ct", "spatial_size": [20, 20, 16], "samples_per_case": 1,
+                 "target_spacing": [1.6, 1.6, 2.5],
                  "split": {"fractions": None, "counts": [2, 1, 1], "seed": 0}},
         "models": [{"name": "unet", "kwargs": {"features": [4, 8, 8, 8, 8], "norm": "instance"}}],
         "train": {"epochs": 2, "batch_size": 2, "precision": "32", "val_batch_size": 2},
@@ -252,6 +254,9 @@ def test_ct_phantom_train_resume_predict_round_trip(tmp_path):
     assert len(result.history) == 2
     spec = load_checkpoint(tmp_path / "run" / "last.pt")["preprocessing"]
     assert spec["normalization"] == "ct" and len(spec["ct_window"]) == 2 and len(spec["ct_stats"]) == 2
+    assert spec["target_spacing"] == [1.6, 1.6, 2.5]
+    metas = [json.loads(p.read_text()) for p in (tmp_path / "cache").glob("*/meta.json")]
+    assert metas and all(m["shape"] == [20, 20, 16] and m["source_shape"] == [40, 40, 16] for m in metas)
     written = predict_folder(tmp_path / "run" / "best.pt", root / "imagesTs", tmp_path / "pred", progress=False).written
     ref = nib.load(str(root / "imagesTs" / "liverphantom_005.nii.gz"))
     seg = nib.load(str(written[0]))
@@ -259,3 +264,19 @@ def test_ct_phantom_train_resume_predict_round_trip(tmp_path):
     assert seg.shape == ref.shape and np.allclose(seg.affine, ref.affine)
     assert seg.header.get_zooms() == pytest.approx((0.8, 0.8, 2.5))
     assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2}
+
+
+def test_resampling_keeps_the_field_of_view_and_label_values():
+    from pdeseg.data.preprocess import Preprocessing, resample, resampled_shape
+
+    assert resampled_shape((40, 40, 16), (0.8, 0.8, 2.5), (1.6, 1.6, 2.5)) == (20, 20, 16)
+    label = np.zeros((40, 40, 16), np.uint8)
+    label[10:30, 10:30, 4:12] = 2
+    small = resample(label, (20, 20, 16), "label")
+    assert small.dtype == np.uint8 and set(np.unique(small)) == {0, 2}
+    assert small[5:15, 5:15, 4:12].all() and not small[:5].any() and not small[15:].any()  # same box in mm
+    ramp = np.broadcast_to(np.arange(40, dtype=np.float32)[:, None, None], (40, 40, 16))[None]
+    coarse = resample(ramp, (20, 20, 16))
+    assert coarse[0, :, 0, 0] == pytest.approx(np.arange(20) * 2 + 0.5)  # cell centres, not corners
+    image, lab, mask = Preprocessing(("CT",), "zscore_all", target_spacing=(1.6, 1.6, 2.5)).apply(ramp, (0.8, 0.8, 2.5), label)
+    assert image.shape == (1, 20, 20, 16) and lab.shape == mask.shape == (20, 20, 16)

@@ -98,11 +98,14 @@ def resolve(cfg: ExperimentConfig) -> Experiment:
         raise ConfigError(f"data.spatial_dims is {d.spatial_dims} but data.mode {d.mode} gives {dims} ({why})")
     if d.spatial_size is not None and len(d.spatial_size) != dims:
         raise ConfigError(f"data.spatial_size {d.spatial_size} must have {dims} sizes for data.mode {d.mode}")
+    if d.target_spacing is not None and len(d.target_spacing) != info.spatial_dims:
+        raise ConfigError(f"data.target_spacing {d.target_spacing} must have {info.spatial_dims} values (mm per axis of a "
+                          f"{fmt.name} case)")
     if d.resize and d.mode != "slices":
         raise ConfigError("data.resize applies to data.mode slices only")
     spec = PreprocessSpec(
         format=fmt.name, modalities=modalities, normalization=d.normalization, ct_window=d.ct_window, mode=d.mode,
-        spatial_dims=dims, spatial_size=d.spatial_size, resize=d.resize, slices=d.slices, slice_range=d.slice_range,
+        spatial_dims=dims, spatial_size=d.spatial_size, resize=d.resize, target_spacing=d.target_spacing, slices=d.slices, slice_range=d.slice_range,
         num_classes=info.num_classes, output=cfg.output, class_names=list(info.class_names),
         regions={k: list(v) for k, v in info.regions.items()},
     )

@@ -126,6 +126,8 @@ class DataConfig(Section):
     slice_range: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=2, max_length=2)] | None = None
     spatial_size: Annotated[list[Annotated[int, Field(ge=8)]], Field(min_length=2, max_length=3)] | None = None
     resize: bool = False  # resize to spatial_size instead of centre crop/pad (slices mode)
+    # resample every case to this voxel size (mm per axis) before training; predictions go back to the input grid
+    target_spacing: Annotated[list[PositiveFloat], Field(min_length=2, max_length=3)] | None = None
     samples_per_case: PositiveInt = 4  # patches mode: patches drawn from each training case per epoch
     foreground_prob: Probability = 0.33  # patches mode: share of patches centred on a foreground voxel
     # patches mode, which foreground voxel: "classes" a class uniformly among those present, then one of its
@@ -276,6 +278,7 @@ class PreprocessSpec(Section):
     spatial_dims: Literal[2, 3]
     spatial_size: list[int] | None = None
     resize: bool = False
+    target_spacing: list[float] | None = None
     slices: Literal["middle", "tumour_middle", "range", "brain", "tumour", "all"] = "tumour"
     slice_range: list[int] | None = None
     num_classes: Annotated[int, Field(ge=2)]

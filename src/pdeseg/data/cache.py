@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pdeseg.data.preprocess import nonzero_mask, normalize
+from pdeseg.data.preprocess import Preprocessing
 from pdeseg.errors import DataError
 from pdeseg.progress import track
 
@@ -120,25 +120,24 @@ def source_key(case, modalities: tuple[str, ...]) -> str:
     return "|".join(parts)
 
 
-def _key(case, modalities: tuple[str, ...], normalization: str, ct_window, ct_stats=None) -> str:
-    h = hashlib.sha256(source_key(case, modalities).encode())
-    h.update(f"{modalities}|{normalization}|{ct_window}|{ct_stats}|{getattr(case, 'convention', '')}|v{CACHE_VERSION}".encode())
+def _key(case, prep: Preprocessing) -> str:
+    h = hashlib.sha256(source_key(case, prep.modalities).encode())
+    h.update(f"{prep.key()}|{getattr(case, 'convention', '')}|v{CACHE_VERSION}".encode())
     return h.hexdigest()[:16]
 
 
-def cache_case(
-    case,
-    cache_dir: str | Path,
-    modalities: tuple[str, ...] | list[str],
-    normalization: str = "zscore",
-    ct_window=None,
-    ct_stats=None,
-) -> CachedCase:
+def cache_case(case, cache_dir: str | Path, preprocessing) -> CachedCase:
     """Return the cache entry of ``case`` (a case of any :mod:`~pdeseg.data.formats` reader),
-    building it (reading and validating the files) if needed."""
-    modalities = tuple(modalities)
+    building it (reading and validating the files) if needed.
+
+    Args:
+        preprocessing: a :class:`~pdeseg.data.preprocess.Preprocessing`, a
+            :class:`~pdeseg.config.PreprocessSpec`, or a list of modalities (z-score, own grid).
+    """
+    prep = Preprocessing.of(preprocessing)
+    modalities = prep.modalities
     cache_dir = Path(cache_dir).expanduser()
-    target = cache_dir / f"{case.case_id}-{_key(case, modalities, normalization, ct_window, ct_stats)}"
+    target = cache_dir / f"{case.case_id}-{_key(case, prep)}"
     meta_path = target / "meta.json"
     if target.is_dir():
         problem = entry_problem(target)
@@ -152,8 +151,8 @@ def cache_case(
         raise DataError(f"cannot create the cache folder {cache_dir} ({exc.strerror}); set data.cache_dir to a writable folder") from None
     loaded = case.load(modalities)
     warn_about_signal(case.case_id, loaded.image, loaded.label, modalities)
-    mask = nonzero_mask(loaded.image)
-    image = normalize(loaded.image, normalization, ct_window, ct_stats)
+    image, label, mask = prep.apply(loaded.image, loaded.spacing, loaded.label)
+    _, spacing = prep.grid(loaded.image.shape[1:], loaded.spacing)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{case.case_id}-", dir=cache_dir))
     except OSError as exc:
@@ -165,10 +164,12 @@ def cache_case(
             "case_id": case.case_id,
             "folder": str(case.folder),
             "modalities": list(modalities),
-            "normalization": normalization,
-            "shape": list(loaded.image.shape[1:]),
+            "normalization": prep.normalization,
+            "shape": list(image.shape[1:]),
             "affine": loaded.affine.tolist(),
-            "spacing": list(loaded.spacing),
+            "spacing": list(spacing),
+            "source_shape": list(loaded.image.shape[1:]),
+            "source_spacing": list(loaded.spacing),
             "convention": loaded.convention,
             "has_label": loaded.label is not None,
             "brain_slices": np.flatnonzero(brain).tolist(),
@@ -178,11 +179,11 @@ def cache_case(
             "fg_counts": [],
             "fg_per_class": FG_LOCATIONS_PER_CLASS,
         }
-        if loaded.label is not None:
-            np.save(tmp / "label.npy", np.ascontiguousarray(loaded.label.transpose(2, 0, 1)))
-            meta["tumour_slices"] = np.flatnonzero(loaded.label.any(axis=(0, 1))).tolist()
-            meta["class_voxels"] = np.bincount(loaded.label.ravel()).tolist()
-            locations, classes, counts = foreground_locations(loaded.label, case.case_id)
+        if label is not None:
+            np.save(tmp / "label.npy", np.ascontiguousarray(label.transpose(2, 0, 1)))
+            meta["tumour_slices"] = np.flatnonzero(label.any(axis=(0, 1))).tolist()
+            meta["class_voxels"] = np.bincount(label.ravel()).tolist()
+            locations, classes, counts = foreground_locations(label, case.case_id)
             np.save(tmp / "fg_locations.npy", locations)
             meta["fg_classes"], meta["fg_counts"] = classes, counts
         (tmp / "meta.json").write_text(json.dumps(meta))
@@ -298,15 +299,8 @@ def warn_about_signal(case_id: str, image: np.ndarray, label: np.ndarray | None,
     return found
 
 
-def cache_cases(
-    cases: list,
-    cache_dir: str | Path,
-    modalities: tuple[str, ...] | list[str],
-    normalization: str = "zscore",
-    ct_window=None,
-    progress: bool = True,
-    ct_stats=None,
-) -> list[CachedCase]:
-    """Cache every case (with progress shown); returns entries in the same order."""
-    return [cache_case(case, cache_dir, modalities, normalization, ct_window, ct_stats)
+def cache_cases(cases: list, cache_dir: str | Path, preprocessing, progress: bool = True) -> list[CachedCase]:
+    """Cache every case (with progress shown); returns entries in the same order
+    (``preprocessing`` as for :func:`cache_case`)."""
+    return [cache_case(case, cache_dir, preprocessing)
             for case in track(cases, "caching cases", "case", enabled=progress)]

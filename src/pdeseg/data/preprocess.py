@@ -20,6 +20,7 @@ A channel that is constant where it is measured becomes 0.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -141,3 +142,93 @@ def ct_statistics(samples: np.ndarray) -> tuple[list[float], list[float]]:
     if not hi > lo:
         raise ValueError(f"the training foreground has one intensity ({lo:g}); give data.ct_window explicitly")
     return [float(lo), float(hi)], [float(samples.mean()), float(samples.std())]
+
+
+def resampled_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]) -> tuple[int, ...]:
+    """Grid size after resampling ``shape`` voxels of ``spacing`` mm to ``target`` mm:
+    ``round(shape * spacing / target)``, at least 1 per axis."""
+    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target))
+
+
+def resample(array: np.ndarray, size: Sequence[int], kind: str = "image") -> np.ndarray:
+    """Resample a ``(C, *spatial)`` array (``image``: trilinear/bilinear, float32) or a
+    ``(*spatial)`` class map (``label``: nearest, uint8) to the grid ``size``.
+
+    Corners of the grids are not aligned (each voxel is a cell of the field of view), so
+    the field of view is kept whatever the sizes. Returns the input unchanged when the
+    size already matches.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    size = tuple(int(s) for s in size)
+    spatial = array.shape[1:] if kind == "image" else array.shape
+    if tuple(spatial) == size:
+        return array
+    if kind == "label":
+        t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.uint8))[None, None].float()
+        return F.interpolate(t, size=size, mode="nearest-exact")[0, 0].to(torch.uint8).numpy()
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)]
+    t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None]
+    return F.interpolate(t, size=size, mode=mode, align_corners=False)[0].numpy()
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Everything that turns a read case into the arrays a model sees, in one object shared
+    by the cache (training, scoring) and prediction, so both do exactly the same.
+
+    Attributes:
+        modalities: the channels, in order.
+        normalization: one of :data:`METHODS`; ``ct_window`` / ``ct_stats`` as for :func:`normalize`.
+        target_spacing: resample every case to this voxel size (mm, one per spatial axis)
+            after normalising, or None to keep each case's own grid.
+    """
+
+    modalities: tuple[str, ...]
+    normalization: str = "zscore"
+    ct_window: tuple[float, ...] | None = None
+    ct_stats: tuple[float, ...] | None = None
+    target_spacing: tuple[float, ...] | None = None
+
+    @classmethod
+    def of(cls, spec_or_modalities) -> Preprocessing:
+        """From a :class:`~pdeseg.config.PreprocessSpec`, a Preprocessing, or a list of modalities
+        (default normalisation)."""
+        if isinstance(spec_or_modalities, Preprocessing):
+            return spec_or_modalities
+        if isinstance(spec_or_modalities, (list, tuple)):
+            return cls(tuple(spec_or_modalities))
+        s = spec_or_modalities
+        opt = lambda v: tuple(float(x) for x in v) if v is not None else None  # noqa: E731
+        return cls(tuple(s.modalities), s.normalization, opt(s.ct_window), opt(s.ct_stats), opt(getattr(s, "target_spacing", None)))
+
+    def key(self) -> str:
+        """The settings as text, for cache keys."""
+        return f"{self.modalities}|{self.normalization}|{self.ct_window}|{self.ct_stats}|{self.target_spacing}"
+
+    def grid(self, shape: Sequence[int], spacing: Sequence[float]) -> tuple[tuple[int, ...], tuple[float, ...]]:
+        """``(shape, spacing)`` of a case of this ``shape`` and ``spacing`` after preprocessing."""
+        if self.target_spacing is None:
+            return tuple(int(s) for s in shape), tuple(float(s) for s in spacing)
+        return resampled_shape(shape, spacing, self.target_spacing), tuple(self.target_spacing)
+
+    def apply(self, image: np.ndarray, spacing: Sequence[float], label: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """Normalise (on the case's own grid), then resample to ``target_spacing``.
+
+        Args:
+            image: ``(C, *spatial)`` raw intensities; spacing: its voxel size.
+            label: ``(*spatial)`` classes, or None.
+
+        Returns:
+            ``(image float32 (C, *grid), label uint8 (*grid) or None, non-zero mask bool (*grid))``.
+        """
+        mask = nonzero_mask(image)
+        out = normalize(image, self.normalization, self.ct_window, self.ct_stats)
+        size, _ = self.grid(image.shape[1:], spacing)
+        if size != tuple(image.shape[1:]):
+            out = resample(out, size)
+            label = resample(label, size, "label") if label is not None else None
+            mask = resample(mask.astype(np.uint8), size, "label").astype(bool)
+        return out, label, mask

@@ -89,8 +89,7 @@ def prepare_data(d: DataConfig, spec: PreprocessSpec, split_file: str | Path | N
                                                                d.cache_dir, progress)
         log.info("CT normalisation from the training foreground: window [%.1f, %.1f], mean %.1f, sd %.1f",
                  *spec.ct_window, *spec.ct_stats)
-    cached = cache_cases([c for c in cases if c.case_id in wanted], d.cache_dir, spec.modalities, spec.normalization,
-                         spec.ct_window, progress, spec.ct_stats)
+    cached = cache_cases([c for c in cases if c.case_id in wanted], d.cache_dir, spec, progress)
     return PreparedData(split, {c.case_id: c for c in cached})
 
 
@@ -153,5 +152,5 @@ def cached_cases(root: str | Path, spec: PreprocessSpec, cache_dir: str | Path, 
         cases = [by_id[i] for i in ids]
     if spec.normalization == "ct" and spec.ct_window is None:
         raise DataError("this spec's CT window was never taken from training data (normalization ct without ct_window)")
-    entries = cache_cases(cases, cache_dir, spec.modalities, spec.normalization, spec.ct_window, progress, spec.ct_stats)
+    entries = cache_cases(cases, cache_dir, spec, progress)
     return list(zip(cases, entries))

@@ -45,7 +45,7 @@ from pdeseg.checkpoint import load_checkpoint, model_from_checkpoint, preprocess
 from pdeseg.config import STITCH_MODES, ConfigError, PreprocessSpec
 from pdeseg.data.case import LoadedCase
 from pdeseg.data.formats import DataFormat, get_format
-from pdeseg.data.preprocess import normalize
+from pdeseg.data.preprocess import Preprocessing
 from pdeseg.errors import DataError, PdesegError, RunFolderError
 from pdeseg.nn.output import class_probabilities, logits_from_probabilities, predicted_classes
 from pdeseg.progress import counter, track
@@ -172,9 +172,10 @@ class Predictor:
         return list(self.spec.modalities)
 
     def preprocess(self, loaded: LoadedCase) -> np.ndarray:
-        """Normalised image ``(C, *spatial)`` float32, exactly as the training cache holds it
-        (including its float16 storage), so that predict and evaluate agree."""
-        image = normalize(loaded.image, self.spec.normalization, self.spec.ct_window, self.spec.ct_stats)
+        """Normalised image ``(C, *grid)`` float32, exactly as the training cache holds it
+        (same :class:`~pdeseg.data.preprocess.Preprocessing`, resampled to the spec's
+        ``target_spacing`` if it has one, float16 storage), so that predict and evaluate agree."""
+        image, _, _ = Preprocessing.of(self.spec).apply(loaded.image, loaded.spacing)
         return image.astype(np.float16).astype(np.float32)
 
     @torch.no_grad()
@@ -299,7 +300,11 @@ class Predictor:
                 not match the model's.
         """
         loaded = case.load(self.modalities, with_label=False)
-        return loaded, self.predict_volume(self.preprocess(loaded), progress)
+        logits = self.predict_logits(self.preprocess(loaded), progress)[None]
+        shape = tuple(loaded.image.shape[1:])
+        if tuple(logits.shape[2:]) != shape:  # trained at target_spacing: logits back to the input's grid
+            logits = F.interpolate(logits, size=shape, mode="trilinear" if len(shape) == 3 else "bilinear", align_corners=False)
+        return loaded, predicted_classes(logits)[0].numpy().astype(np.uint8)
 
 
 @dataclass
