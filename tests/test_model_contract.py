@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import model_marks, tiny_model_kwargs
 from pdeseg.nn.padding import crop_to, pad_to_multiple
 from pdeseg.nn.params import NORM_LAYERS, parameter_groups
 from pdeseg.nn.pde.cable import CableBlock
@@ -16,12 +17,13 @@ from pdeseg.registry import MODELS, build_model, check_model
 TINY = [4, 8, 16, 32, 64]
 IN, OUT, BATCH = 3, 5, 2
 ODD_SIZES = {2: (67, 93), 3: (33, 47, 29)}
-CASES = [pytest.param(name, dim, id=f"{name}-{dim}d") for name, entry in MODELS.items() for dim in entry.dims]
+CASES = [pytest.param(name, dim, marks=model_marks(name), id=f"{name}-{dim}d")
+         for name, entry in MODELS.items() for dim in entry.dims]
 
 
 def _build(name: str, dim: int, **extra) -> nn.Module:
     torch.manual_seed(0)
-    return build_model(name, spatial_dims=dim, in_channels=IN, out_channels=OUT, features=TINY, **extra)
+    return build_model(name, spatial_dims=dim, in_channels=IN, out_channels=OUT, **tiny_model_kwargs(name, TINY), **extra)
 
 
 def _odd_input(dim: int) -> torch.Tensor:
@@ -218,12 +220,15 @@ def test_check_model_rejects_an_unsupported_spatial_dims_naming_the_supported_on
 
 
 def test_check_model_rejects_an_unknown_name_listing_the_registered_ones():
-    with pytest.raises(ValueError, match="monai_unet, pde_unet, unet"):
+    with pytest.raises(ValueError, match="monai_unet, monai_vnet, pde_unet, unet, unet3d"):
         check_model("vnet9000", 2, {})
 
 
 def test_registry_dims_are_what_the_models_build_for():
-    assert {name: entry.dims for name, entry in MODELS.items()} == {"unet": (2, 3), "pde_unet": (2,), "monai_unet": (2, 3)}
+    assert {name: entry.dims for name, entry in MODELS.items()} == {
+        "unet": (2, 3), "pde_unet": (2,), "monai_unet": (2, 3), "unet3d": (2, 3), "monai_dynunet": (2, 3),
+        "monai_vnet": (3,), "monai_swinunetr": (2, 3), "monai_segresnet": (2, 3), "monai_attentionunet": (2, 3),
+    }
     assert MODELS["unet"].build is UNet
 
 
@@ -241,7 +246,7 @@ def test_checkpoint_round_trip_through_the_predictor_gives_identical_logits(name
     spec = PreprocessSpec(format="brats", modalities=["flair", "t1", "t1ce"], normalization="zscore",
                           mode="slices" if dim == 2 else "whole", spatial_dims=dim, num_classes=OUT,
                           class_names=[f"c{i}" for i in range(OUT)])
-    kwargs = {"spatial_dims": dim, "in_channels": IN, "out_channels": OUT, "features": TINY}
+    kwargs = {"spatial_dims": dim, "in_channels": IN, "out_channels": OUT, **tiny_model_kwargs(name, TINY)}
     save_checkpoint({"model": {"name": name, "kwargs": kwargs}, "preprocessing": spec.model_dump(mode="json"),
                      "state_dict": plain_state_dict(model)}, tmp_path / "m.pt")
     predictor = Predictor.from_checkpoint(tmp_path / "m.pt", device="cpu", precision="32")

@@ -25,10 +25,18 @@ def _setup_logging(verbose: bool) -> None:
 def cmd_models(args: argparse.Namespace) -> int:
     from pdeseg.registry import FORMATS, LOSSES, MODELS, build_model, count_parameters
 
-    print(f"{'model':<12} {'dims':<6} {'parameters':>12}  description (2D, 4 modalities in, 4 classes out)")
+    width = max(12, *(len(name) for name in MODELS))
+    print(f"{'model':<{width}} {'dims':<6} {'parameters':>12}  description (parameters: default widths, 2D unless "
+          "3D-only, 4 modalities in, 4 classes out)")
     for name, entry in MODELS.items():
-        n = count_parameters(build_model(name, spatial_dims=2, in_channels=4, out_channels=4))
-        print(f"{name:<12} {','.join(map(str, entry.dims)):<6} {n:>12,}  {entry.description}")
+        dims = 2 if 2 in entry.dims else entry.dims[0]
+        try:
+            n = f"{count_parameters(build_model(name, spatial_dims=dims, in_channels=4, out_channels=4)):,}"
+        except ImportError as exc:  # an optional dependency of one baseline is missing
+            n, entry_note = "n/a", f" [{exc}]"
+        else:
+            entry_note = ""
+        print(f"{name:<{width}} {','.join(map(str, entry.dims)):<6} {n:>12}  {entry.description}{entry_note}")
     print("\nloss terms (loss.terms: [{name, weight, ...options}]):")
     for name, entry in LOSSES.items():
         print(f"  {name:<10} {entry.description}")

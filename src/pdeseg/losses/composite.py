@@ -6,7 +6,8 @@ return, in training, several outputs:
 * a tensor ``(B, K, *spatial)``: one head;
 * a list/tuple of tensors, full resolution first (deep supervision, nnU-Net style): head
   ``i`` is weighted ``1 / 2**i``, the lowest-resolution head 0, weights normalised to sum
-  to 1, each against the target downsampled (nearest) to that head's size;
+  to 1, each against the target downsampled (nearest) to that head's size (the zero-weight
+  head still gets a zero gradient, so that DDP sees every parameter used);
 * a mapping with ``"logits"`` (a tensor or such a list) and auxiliary entries (e.g. PDE
   residuals) that terms declaring ``uses_aux = True`` receive as ``aux``.
 """
@@ -77,6 +78,10 @@ class CompositeLoss(nn.Module):
         total = heads[0].new_zeros((), dtype=torch.float32)
         for head_weight, logits in zip(deep_supervision_weights(len(heads)), heads):
             if head_weight == 0:
+                # A zero-weight head stays in the graph with a zero contribution: its parameters
+                # then get a (zero) gradient, which DistributedDataParallel needs from every
+                # parameter at every step (the value of the loss does not change).
+                total = total + 0.0 * logits.float().sum()
                 continue
             y = _downsample_target(target, logits.shape[2:])
             loss = logits.new_zeros((), dtype=torch.float32)

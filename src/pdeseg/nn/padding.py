@@ -10,10 +10,18 @@ this path.
 
 Pads are recorded as one ``(before, after)`` pair per spatial dim, in the tensor's order
 (``(H, W)`` for 2D, ``(D, H, W)`` for 3D).
+
+Networks whose coarsest feature map is normalised per sample (instance or group norm) break
+when that map holds a single voxel: instance norm refuses it in training and returns zeros
+otherwise. ``min_blocks=2`` pads one more multiple along the last dim when the padded input
+would shrink to one voxel at the coarsest level. A network with deep supervision crops its
+lower-resolution heads with :func:`crop_scaled`, which keeps exactly the head voxels that
+overlap the unpadded input.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -34,12 +42,18 @@ def _multiples(multiple: int | Sequence[int], n_spatial: int) -> tuple[int, ...]
     return values
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int | Sequence[int]) -> tuple[torch.Tensor, Pads]:
+def pad_to_multiple(
+    x: torch.Tensor, multiple: int | Sequence[int], min_blocks: int = 1
+) -> tuple[torch.Tensor, Pads]:
     """Zero-pad every spatial dim of ``x`` up to a multiple of ``multiple``.
 
     Args:
         x: ``(B, C, *spatial)``, e.g. ``(B, C, H, W)`` or ``(B, C, D, H, W)``.
         multiple: one int for all spatial dims, or one per spatial dim.
+        min_blocks: the padded volume holds at least this many ``multiple``-sized blocks
+            (i.e. the network's coarsest feature map at least this many voxels); when it
+            would hold fewer, the last spatial dim gets more multiples. 1 (the default)
+            never adds anything beyond the next multiple.
 
     Returns:
         ``(x_padded, pads)``: ``x_padded`` is ``(B, C, *padded)`` with each padded size the
@@ -47,12 +61,19 @@ def pad_to_multiple(x: torch.Tensor, multiple: int | Sequence[int]) -> tuple[tor
         spatial dim, ``before = total // 2``. When nothing needs padding ``x_padded is x``.
 
     Raises:
-        ValueError: for fewer than 3 dims or a multiple that is not a positive int.
+        ValueError: for fewer than 3 dims, a multiple that is not a positive int, or
+            ``min_blocks < 1``.
     """
     if x.dim() < 3:
         raise ValueError(f"pad_to_multiple expects (B, C, *spatial), got shape {tuple(x.shape)}")
+    if not isinstance(min_blocks, int) or min_blocks < 1:
+        raise ValueError(f"min_blocks must be a positive int, got {min_blocks!r}")
     spatial = x.shape[2:]
-    pads = tuple(_split((-size) % m) for size, m in zip(spatial, _multiples(multiple, len(spatial))))
+    multiples = _multiples(multiple, len(spatial))
+    blocks = [-(-size // m) for size, m in zip(spatial, multiples)]
+    others = math.prod(blocks[:-1])
+    blocks[-1] = max(blocks[-1], -(-min_blocks // others))
+    pads = tuple(_split(b * m - size) for b, m, size in zip(blocks, multiples, spatial))
     if not any(before or after for before, after in pads):
         return x, pads
     # F.pad takes (before, after) pairs starting from the last dim
@@ -88,6 +109,46 @@ def crop_to(x: torch.Tensor, pads: Pads) -> torch.Tensor:
     if not any(before or after for before, after in pads):
         return x
     return x[(..., *(slice(before, size - after) for (before, after), size in zip(pads, spatial)))]
+
+
+def crop_scaled(x: torch.Tensor, pads: Pads, factor: int | Sequence[int]) -> torch.Tensor:
+    """Crop a lower-resolution output of a padded input to the part over the unpadded input.
+
+    A network that ran on the padded input (``pads`` from :func:`pad_to_multiple`) and
+    produced ``x`` at ``1/factor`` of that resolution (e.g. a deep-supervision head after
+    ``k`` 2x downsamplings, ``factor = 2**k``) maps voxel ``j`` of ``x`` to padded voxels
+    ``[j * factor, (j + 1) * factor)``. Per dim, with ``before`` and ``after`` the pads and
+    ``n`` the unpadded size, this keeps ``ceil(n / factor)`` voxels from ``before // factor``
+    on: the size a divisible input of size ``n`` gives, and the size
+    :class:`~pdeseg.losses.composite.CompositeLoss` then downsamples the target to. Every
+    kept voxel overlaps the input (the first may also cover some of the ``before`` pad; a
+    last voxel that covers only a sliver of the input may be left out). The nearest target
+    sample of kept voxel ``j`` lies in its footprint or at most one voxel of ``x`` before
+    it; when the sizes are multiples (no padding) the correspondence is exact.
+
+    Args:
+        x: ``(B, K, *coarse)`` with ``coarse[d] * factor[d]`` the padded size of dim ``d``.
+        pads: the ``(before, after)`` pairs :func:`pad_to_multiple` returned.
+        factor: the downsampling factor, one int or one per spatial dim.
+
+    Returns:
+        ``(B, K, *ceil(n / factor))``, a view of ``x`` (``x`` itself when nothing is cut).
+
+    Raises:
+        ValueError: if ``pads`` does not have one pair per spatial dim of ``x``.
+    """
+    spatial = x.shape[2:]
+    if x.dim() < 3 or len(pads) != len(spatial):
+        raise ValueError(f"crop_scaled got {len(pads)} (before, after) pairs for a tensor of shape {tuple(x.shape)}")
+    factors = _multiples(factor, len(spatial))
+    slices = []
+    for (before, after), size, f in zip(pads, spatial, factors):
+        start = before // f
+        keep = -(-(size * f - before - after) // f)
+        slices.append(slice(start, start + keep))
+    if all(s.start == 0 and s.stop == size for s, size in zip(slices, spatial)):
+        return x
+    return x[(..., *slices)]
 
 
 def check_input(x: torch.Tensor, spatial_dims: int, channels: int, model: str) -> None:
