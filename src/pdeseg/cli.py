@@ -250,13 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("compare", help="train every model of a config over several seeds; table, statistics, report")
     s.add_argument("--config", required=True)
     s.add_argument("--out", required=True, help="comparison folder (rerun the same command to continue it)")
-    s.add_argument("--data", help="BraTS folder (overrides data.root)")
+    s.add_argument("--data", help="data folder (overrides data.root)")
     s.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
     s.add_argument("--first-seed", type=int, default=0)
     s.add_argument("--models", help="comma-separated registered models (default: the config's)")
     s.add_argument("--baseline", help="model the others are compared with (default: the first)")
-    s.add_argument("--scope", default="slices", choices=["slices", "volume"],
-                   help="score the config's slice selection (default) or whole volumes in 3D")
+    s.add_argument("--scope", default=None, choices=["slices", "volume"],
+                   help="score the config's slice selection or whole volumes (default: slices for slice models, "
+                        "volume for patch and whole-volume models)")
     s.add_argument("--set", nargs="*", metavar="KEY=VALUE")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_compare)
@@ -291,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("train", help="train the config's models (one run folder each)")
     s.add_argument("--config", required=True, help="YAML experiment config (see configs/)")
-    s.add_argument("--data", help="BraTS folder (overrides data.root)")
+    s.add_argument("--data", help="data folder (overrides data.root)")
     s.add_argument("--out", help="output folder (overrides output_dir)")
     s.add_argument("--model", help="train only this model of the config")
     s.add_argument("--resume", action="store_true", help="continue each run from its last.pt")

@@ -48,7 +48,6 @@ from pdeseg.training.run import train_or_resume
 log = logging.getLogger(__name__)
 
 PRIMARY = ("dice_mean", "iou_mean")
-REGIONS = ("dice_WT", "dice_TC", "dice_ET")
 
 
 @dataclass
@@ -59,6 +58,24 @@ class CompareResult:
     paired: list[PairedResult] = field(default_factory=list)
     table: list[dict[str, Any]] = field(default_factory=list)
     data: PreparedData | None = None  # the cached cases and split the comparison used
+    columns: list[tuple[str, str]] = field(default_factory=list)  # (header, key) of the metric columns
+    unit: str = "slice"  # what the inference time is per: slice (slices scope) or case (volume scope)
+
+
+def table_columns(class_names: list[str], regions: dict[str, list[int]]) -> list[tuple[str, str]]:
+    """Metric columns of the comparison table: mean Dice / IoU over the foreground classes on
+    validation and test, then test Dice per region (BraTS WT/TC/ET) or, for data sets without
+    regions and with several foreground classes, per class (Hippocampus: Anterior, Posterior)."""
+    cols = [("val Dice", "val_dice_mean"), ("val IoU", "val_iou_mean"), ("test Dice", "test_dice_mean"),
+            ("test IoU", "test_iou_mean")]
+    detail = list(regions) if regions else (list(class_names[1:]) if len(class_names) > 2 else [])
+    return cols + [(f"test {n}", f"test_dice_{n}") for n in detail]
+
+
+def default_scope(mode: str) -> str:
+    """Scoring scope when none is asked for: the config's slice selection for slice models,
+    whole volumes for patch and whole-volume models."""
+    return "slices" if mode == "slices" else "volume"
 
 
 def environment() -> dict[str, Any]:
@@ -83,11 +100,13 @@ def run_compare(
     cfg: ExperimentConfig,
     out_dir: str | Path,
     seeds: list[int],
-    scope: str = "slices",
+    scope: str | None = None,
     baseline: str | None = None,
     progress: bool = True,
 ) -> CompareResult:
     """Train and score every model of ``cfg`` for each seed; aggregate and compare.
+
+    ``scope`` None: :func:`default_scope` of the config's mode.
 
     Interrupted comparisons continue where they stopped: finished runs are reused,
     unfinished ones resumed from ``last.pt``.
@@ -104,7 +123,9 @@ def run_compare(
     (out / "environment.json").write_text(json.dumps(environment(), indent=1))
     data = prepare_data(cfg.data, exp.spec, out / "split.json", progress=progress)
     save_split(data.split, out / "split.json")
-    result = CompareResult(out, data=data)
+    scope = scope or default_scope(exp.spec.mode)
+    result = CompareResult(out, data=data, columns=table_columns(exp.spec.class_names, exp.spec.regions),
+                           unit="slice" if scope == "slices" else "case")
     for seed in seeds:
         for m in cfg.models:
             run_cfg = copy.deepcopy(cfg)
@@ -119,11 +140,11 @@ def run_compare(
                 if not data.split[split]:
                     continue
                 rows, sec = score_run(run_dir / "best.pt", data.cases(split), scope, run_cfg.train.precision)
-                run[f"{split}_ms_per_slice"] = 1000 * sec
+                run[f"{split}_ms_per_unit"] = 1000 * sec
                 result.rows += [{"model": m.name, "seed": seed, "split": split, **r} for r in rows]
             result.runs.append(run)
             log.info("%s seed %d: best epoch %d", m.name, seed, run["best_epoch"])
-    result.table = summary_table(result.rows, result.runs, names)
+    result.table = summary_table(result.rows, result.runs, names, [k for _, k in result.columns])
     result.paired = [
         paired_comparison(*_grids(result.rows, name, baseline, "dice_mean"), model=name, baseline=baseline, metric="Dice")
         for name in names if name != baseline and data.split["test"]
@@ -150,22 +171,27 @@ def _grids(rows, model: str, baseline: str, key: str) -> tuple[np.ndarray, np.nd
     return grid(model), grid(baseline)
 
 
-def summary_table(rows, runs, names: list[str]) -> list[dict[str, Any]]:
-    """One row per model: metrics as mean/sd/CI over seeds, parameters and times."""
+def summary_table(rows, runs, names: list[str], columns: list[str] | None = None) -> list[dict[str, Any]]:
+    """One row per model: metrics as mean/sd/CI over seeds, parameters and times.
+
+    Args:
+        columns: ``<split>_<metric>`` keys to aggregate (default: mean Dice and IoU on
+            validation and test).
+    """
     table = []
+    wanted = columns or [f"{split}_{k}" for split in ("val", "test") for k in PRIMARY]
     for name in names:
         row: dict[str, Any] = {"model": name}
-        for split in ("val", "test"):
-            keys = PRIMARY + (REGIONS if split == "test" else ())
-            for key in keys:
-                vals = _per_seed(rows, name, split, key)
-                if vals and not np.isnan(vals).any():
-                    row[f"{split}_{key}"] = mean_ci(vals)
+        for column in wanted:
+            split, key = column.split("_", 1)
+            vals = _per_seed(rows, name, split, key)
+            if vals and not np.isnan(vals).any():
+                row[column] = mean_ci(vals)
         mine = [r for r in runs if r["model"] == name]
         row["parameters"] = mine[0]["parameters"]
         row["seeds"] = len(mine)
         row["train_time_s"] = float(np.mean([r["train_time_s"] for r in mine]))
-        row["test_ms_per_slice"] = float(np.mean([r.get("test_ms_per_slice", np.nan) for r in mine]))
+        row["test_ms_per_unit"] = float(np.mean([r.get("test_ms_per_unit", np.nan) for r in mine]))
         row["best_epochs"] = [r["best_epoch"] for r in mine]
         table.append(row)
     return table
@@ -185,24 +211,27 @@ def write_curves(run_dir: Path, last: dict, title: str) -> None:
         plot_epoch_metrics(history, path, title=title)
 
 
-TABLE_COLUMNS = [("val Dice", "val_dice_mean"), ("val IoU", "val_iou_mean"), ("test Dice", "test_dice_mean"),
-                 ("test IoU", "test_iou_mean"), ("test WT", "test_dice_WT"), ("test TC", "test_dice_TC"),
-                 ("test ET", "test_dice_ET")]
+def _metric_note(result: CompareResult) -> str:
+    """What the Dice columns mean, in words (from the table's columns)."""
+    names = [h[len("test "):] for h, k in result.columns if k.startswith("test_dice_") and k != "test_dice_mean"]
+    return "Dice/IoU average the foreground classes" + (f"; {', '.join(names)}: test Dice per region or class." if names else ".")
 
 
-def table_markdown(table: list[dict[str, Any]], scope: str) -> str:
-    head = "| model | " + " | ".join(c for c, _ in TABLE_COLUMNS) + " | parameters | train time (s) | inference (ms/slice) | best epochs |"
+def table_markdown(result: CompareResult, scope: str) -> str:
+    columns = result.columns
+    head = ("| model | " + " | ".join(c for c, _ in columns)
+            + f" | parameters | train time (s) | inference (ms/{result.unit}) | best epochs |")
     lines = [
         f"Mean ± sd over seeds [95% t-interval]; each seed's value is the mean over cases. Scope: **{scope}**. "
-        "Dice/IoU average the tumour classes NCR, ED, ET; WT/TC/ET are BraTS regions (Dice).",
+        + _metric_note(result),
         "",
         head,
-        "|" + "---|" * (len(TABLE_COLUMNS) + 5),
+        "|" + "---|" * (len(columns) + 5),
     ]
-    for r in table:
-        cells = " | ".join(_fmt(r.get(k)) for _, k in TABLE_COLUMNS)
+    for r in result.table:
+        cells = " | ".join(_fmt(r.get(k)) for _, k in columns)
         lines.append(f"| {r['model']} | {cells} | {r['parameters']:,} | {r['train_time_s']:.0f} | "
-                     f"{r['test_ms_per_slice']:.1f} | {', '.join(map(str, r['best_epochs']))} |")
+                     f"{r['test_ms_per_unit']:.1f} | {', '.join(map(str, r['best_epochs']))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -211,7 +240,7 @@ def write_outputs(result: CompareResult, scope: str) -> None:
     write_csv(out / "per_case.csv", result.rows)
     write_csv(out / "runs.csv", result.runs)
     write_csv(out / "table.csv", flat_rows(result.table, ("mean", "sd", "lo", "hi")))
-    (out / "table.md").write_text(table_markdown(result.table, scope))
+    (out / "table.md").write_text(table_markdown(result, scope))
     (out / "comparison.md").write_text("\n".join(p.sentence() for p in result.paired) + "\n")
 
 
@@ -309,25 +338,35 @@ def make_figures(result: CompareResult, cfg: ExperimentConfig, scope: str) -> li
     return figures
 
 
+def _sampling(cfg: ExperimentConfig) -> str:
+    d = cfg.data
+    if d.mode == "slices":
+        return f"slices: {d.slices}"
+    if d.mode == "patches":
+        return f"{d.samples_per_case} patches of {'x'.join(map(str, d.spatial_size))} per case and epoch"
+    return "whole cases"
+
+
 def write_report(result: CompareResult, figures: list[tuple[str, str]], cfg: ExperimentConfig, scope: str, seeds: list[int]) -> Path:
     from pdeseg.viz.report import render_report
 
-    cols = [("model", "model")] + [(h, k) for h, k in TABLE_COLUMNS] + [
-        ("parameters", "parameters"), ("train time (s)", "train_time_s"), ("inference (ms/slice)", "test_ms_per_slice"), ("best epochs", "best_epochs")]
+    cols = [("model", "model")] + list(result.columns) + [
+        ("parameters", "parameters"), ("train time (s)", "train_time_s"), (f"inference (ms/{result.unit})", "test_ms_per_unit"),
+        ("best epochs", "best_epochs")]
     cells = []
     for r in result.table:
         c = {"model": r["model"], "parameters": f"{r['parameters']:,}", "train_time_s": f"{r['train_time_s']:.0f}",
-             "test_ms_per_slice": f"{r['test_ms_per_slice']:.1f}", "best_epochs": ", ".join(map(str, r["best_epochs"]))}
-        c.update({k: _fmt(r.get(k)) for _, k in TABLE_COLUMNS})
+             "test_ms_per_unit": f"{r['test_ms_per_unit']:.1f}", "best_epochs": ", ".join(map(str, r["best_epochs"]))}
+        c.update({k: _fmt(r.get(k)) for _, k in result.columns})
         cells.append(c)
     split = json.loads((result.out_dir / "split.json").read_text())
     intro = (
         f"{', '.join(m.name for m in cfg.models)} trained on the same patient split "
         f"({len(split['train'])} train / {len(split['val'])} validation / {len(split['test'])} test cases of {cfg.data.root}) "
-        f"with seeds {seeds}; slices: {cfg.data.slices}; {cfg.train.epochs} epochs, batch {cfg.train.batch_size}. "
+        f"with seeds {seeds}; {_sampling(cfg)}; {cfg.train.epochs} epochs, batch {cfg.train.batch_size}. "
         "Each run's checkpoint is the epoch with the best validation score; the test cases are used only for the "
         f"numbers below. Scope of scoring: {scope}. Values: mean ± sd over seeds [95% t-interval]; "
-        "Dice/IoU average the tumour classes NCR, ED, ET."
+        + _metric_note(result)
     )
     env = json.loads((result.out_dir / "environment.json").read_text())
     verdicts = [p.sentence() for p in result.paired] or ["Only one model: nothing to compare."]
