@@ -240,3 +240,21 @@ def test_check_model_rejects_dims_the_model_does_not_support(name):
 def test_ds_heads_without_deep_supervision_is_refused_by_the_dynunet_builder_too():
     with pytest.raises(ValueError, match="only with deep_supervision"):
         build_model("monai_dynunet", features=SMALL, ds_heads=1)
+
+
+# --- end to end -------------------------------------------------------------------------------
+
+
+def test_unet3d_with_deep_supervision_trains_and_validates_through_the_3d_pipeline(phantom_root, tmp_path):
+    """The trainer takes the list of heads (loss, float cast, main logits for the training
+    metrics); validation runs the sliding window in eval mode, where the model returns a tensor."""
+    from conftest import tiny_config_dict
+    from pdeseg.config import config_from_dict
+    from pdeseg.training.run import train_model
+
+    d = tiny_config_dict(phantom_root, tmp_path, epochs=1)
+    d["data"].update({"mode": "patches", "spatial_size": [16, 16, 16], "samples_per_case": 2})
+    d["models"] = [{"name": "unet3d", "kwargs": {"features": [4, 8, 16, 32], "deep_supervision": True}}]
+    cfg = config_from_dict(d)
+    result = train_model(cfg, cfg.models[0], tmp_path / "run", progress=False)
+    assert len(result.history) == 1 and 0 <= result.history[-1]["val_dice_WT"] <= 1

@@ -1,0 +1,400 @@
+#!/usr/bin/env python
+"""3D train-step throughput, sliding-window inference time and peak memory of the 3D
+models, as ratios to MONAI's UNet measured in the same run.
+
+For each registry model (default: ``monai_unet`` (the baseline), ``unet3d``,
+``monai_dynunet``, ``monai_vnet``, ``monai_swinunetr``, ``monai_segresnet``,
+``monai_attentionunet``, all at their registry defaults, 3D, ``--in-channels`` in and
+``--classes`` out):
+
+* train step: forward + CE + soft Dice (the default ``loss.terms``) + backward + Adam
+  step on a random batch ``(--batch, C, --patch, --patch, --patch)``, samples/s;
+* sliding-window inference: ``monai.inferers.sliding_window_inference`` over a random
+  ``--volume``^3 volume, window ``--patch``^3, ``--batch`` windows per forward, overlap
+  ``--overlap`` (0.5), Gaussian blending, in eval mode under ``no_grad``; seconds per
+  volume;
+* peak memory: on CUDA ``torch.cuda.max_memory_allocated`` (reset before each phase,
+  weights included); on CPU the increase of the process's peak RSS
+  (``resource.getrusage().ru_maxrss``) over its RSS just before the model is built. That
+  figure never goes down, so every model runs in its own spawned process, and inference
+  runs before training so that its (smaller) peak is seen.
+
+Train figures are medians of ``--repeats`` timed steps after ``--warmup`` untimed ones;
+inference is one untimed window forward, then the median of ``--sw-repeats`` whole
+volumes. Models run one after another (one in memory at a time); ``--interleave`` keeps
+all of them in memory and takes their repeats round-robin, which is fairer when the
+machine's load drifts. Ratios are time and memory ratios to ``monai_unet`` from the same
+run (> 1: slower or bigger).
+
+Usage::
+
+    python benchmarks/bench_3d.py --quick              # smoke run: 32^3 patch, batch 1, 48^3 volume
+    python benchmarks/bench_3d.py                      # 64^3 patch, batch 2, 128^3 volume
+    python benchmarks/bench_3d.py --device cuda --json bench3d.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+
+BASELINE = "monai_unet"
+MODELS = ("monai_unet", "unet3d", "monai_dynunet", "monai_vnet", "monai_swinunetr", "monai_segresnet", "monai_attentionunet")
+#: Models that take ``deep_supervision`` (``--deep-supervision`` turns it on for them).
+DEEP_SUPERVISION = ("unet3d", "monai_dynunet")
+#: ``--quick`` settings (anything given explicitly on the command line wins).
+QUICK = {"patch": 32, "batch": 1, "volume": 48, "repeats": 1, "warmup": 0, "sw_repeats": 1}
+DEFAULTS = {"patch": 64, "batch": 2, "volume": 128, "repeats": 3, "warmup": 1, "sw_repeats": 1}
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+# ----------------------------------------------------------------------------- child side
+
+
+def _rss_now_mib() -> float:
+    """Current resident set size (VmRSS) in MiB; the peak where /proc is absent."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return _maxrss_mib()
+
+
+def _maxrss_mib() -> float:
+    """Peak RSS of this process in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024.0
+
+
+class _Worker:
+    """One model in its own process; times single train steps and whole-volume inferences."""
+
+    def __init__(self, name: str, opts: dict):
+        import monai.inferers  # imported before the baseline RSS: every model pays for MONAI alike
+        import torch
+
+        import pdeseg.nn.baselines  # noqa: F401
+        from pdeseg.build import build_loss
+        from pdeseg.config import LossConfig
+        from pdeseg.registry import build_model, count_parameters
+        from pdeseg.runtime import autocast
+
+        if opts["threads"]:
+            torch.set_num_threads(opts["threads"])
+        self.torch, self.device = torch, torch.device(opts["device"])
+        self.cuda = self.device.type == "cuda"
+        device, precision = self.device, opts["precision"]
+        b, p, v, c, k = opts["batch"], opts["patch"], opts["volume"], opts["in_channels"], opts["classes"]
+
+        torch.manual_seed(0)
+        x = torch.randn(b, c, p, p, p, device=device)
+        y = torch.randint(0, k, (b, p, p, p), device=device)
+        volume = torch.randn(1, c, v, v, v, device=device)
+        self._sync()
+        self.rss0 = _rss_now_mib()
+
+        kwargs = {"spatial_dims": 3, "in_channels": c, "out_channels": k}
+        if opts["deep_supervision"] and name in DEEP_SUPERVISION:
+            kwargs["deep_supervision"] = True
+        model = build_model(name, **kwargs).to(device)
+        self.model = model
+        self.info = {"model": name, "kwargs": kwargs, "params": count_parameters(model), "threads": torch.get_num_threads()}
+        loss_fn = build_loss(LossConfig()).to(device)
+        state: dict = {}
+
+        def as_float(out):
+            return [o.float() for o in out] if isinstance(out, list) else out.float()
+
+        def train_step():
+            if not state:  # optimiser and scaler on first use: their memory counts in training only
+                state["opt"] = torch.optim.Adam(model.parameters(), lr=1e-4)
+                state["scaler"] = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
+            opt, scaler = state["opt"], state["scaler"]
+            opt.zero_grad(set_to_none=True)
+            with autocast(device, precision):
+                out = model(x)
+            loss = loss_fn(as_float(out), y)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+
+        def window():  # one forward at the window size: warms the kernels up
+            with torch.no_grad(), autocast(device, precision):
+                model(x)
+
+        def infer():
+            with torch.no_grad(), autocast(device, precision):
+                monai.inferers.sliding_window_inference(
+                    volume, roi_size=(p, p, p), sw_batch_size=b, predictor=model, overlap=opts["overlap"], mode="gaussian"
+                )
+
+        self.fns = {"train": train_step, "window": window, "infer": infer}
+
+    def _sync(self):
+        if self.cuda:
+            self.torch.cuda.synchronize(self.device)
+
+    def mode(self, train: bool) -> None:
+        self.model.train(train)
+        if self.cuda:
+            self.torch.cuda.reset_peak_memory_stats(self.device)
+
+    def time(self, key: str) -> float:
+        self._sync()
+        t0 = time.perf_counter()
+        self.fns[key]()
+        self._sync()
+        return time.perf_counter() - t0
+
+    def peak_mib(self) -> float:
+        if self.cuda:
+            return self.torch.cuda.max_memory_allocated(self.device) / 2**20
+        return _maxrss_mib() - self.rss0
+
+
+def _worker_main(name: str, opts: dict, conn) -> None:
+    """Process entry point: build, then answer ``(method, *args)`` requests until ``None``."""
+    try:
+        w = _Worker(name, opts)
+        conn.send(("ok", w.info))
+        while (req := conn.recv()) is not None:
+            conn.send(("ok", getattr(w, req[0])(*req[1:])))
+    except BaseException as exc:  # tell the parent rather than die silently
+        import traceback
+
+        conn.send(("error", f"{name}: {type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+    finally:
+        conn.close()
+
+
+# ----------------------------------------------------------------------------- parent side
+
+
+class _Remote:
+    """Parent-side handle of a spawned worker (its peak RSS is its own)."""
+
+    def __init__(self, name: str, opts: dict):
+        ctx = mp.get_context("spawn")
+        self.name = name
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker_main, args=(name, opts, child), daemon=True)
+        self.proc.start()
+        child.close()
+        self.info = self._reply()
+
+    def _reply(self):
+        status, value = self.conn.recv()
+        if status != "ok":
+            raise RuntimeError(value)
+        return value
+
+    def call(self, method: str, *args):
+        self.conn.send((method, *args))
+        return self._reply()
+
+    def close(self) -> None:
+        try:
+            self.conn.send(None)
+        except (BrokenPipeError, OSError):
+            pass
+        self.proc.join(timeout=60)
+        if self.proc.is_alive():
+            self.proc.terminate()
+
+
+def _round_robin(workers: list[_Remote], key: str, warmup: int, repeats: int, out: dict) -> None:
+    """``warmup + repeats`` calls of ``key`` per worker, the order rotating every repeat;
+    the timed ones go to ``out[name][key + '_s']``."""
+    for rep in range(warmup + repeats):
+        k = rep % len(workers)
+        for w in workers[k:] + workers[:k]:
+            dt = w.call("time", key)
+            if rep >= warmup:
+                out[w.name].setdefault(f"{key}_s", []).append(dt)
+
+
+def _measure(workers: list[_Remote], opts: dict) -> dict[str, dict]:
+    """Inference (one window forward, then whole volumes), then training, per worker."""
+    out = {w.name: dict(w.info) for w in workers}
+    for w in workers:
+        w.call("mode", False)
+        w.call("time", "window")
+    if opts["sw_repeats"]:
+        _round_robin(workers, "infer", 0, opts["sw_repeats"], out)
+    for w in workers:
+        out[w.name]["infer_peak_mib"] = w.call("peak_mib")
+        w.call("mode", True)
+    _round_robin(workers, "train", opts["warmup"], opts["repeats"], out)
+    for w in workers:
+        out[w.name]["train_peak_mib"] = w.call("peak_mib")
+    return out
+
+
+def _machine(device, torch) -> tuple[str, str]:
+    """(device description, CPU description with the flags that matter for speed)."""
+    cpu = platform.processor() or platform.machine()
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    have = [fl for fl in CPU_FLAGS if fl in flags]
+    cpu_line = f"{cpu}; flags: {' '.join(have) or 'none of ' + ', '.join(CPU_FLAGS)}; cpu count {os.cpu_count()}"
+    dev = f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu"
+    return dev, cpu_line
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="smoke configuration: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in QUICK.items()))
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", default="auto", choices=["auto", "32", "bf16-mixed", "16-mixed"],
+                   help="auto: bf16 autocast on GPUs and bf16-capable CPUs, fp32 otherwise")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's default)")
+    p.add_argument("--patch", type=int, default=None, help=f"cubic training patch and inference window (default {DEFAULTS['patch']})")
+    p.add_argument("--batch", type=int, default=None, help=f"training batch and windows per forward (default {DEFAULTS['batch']})")
+    p.add_argument("--volume", type=int, default=None, help=f"cubic volume for sliding-window inference (default {DEFAULTS['volume']})")
+    p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap")
+    p.add_argument("--in-channels", type=int, default=1)
+    p.add_argument("--classes", type=int, default=2, help="output channels")
+    p.add_argument("--repeats", type=int, default=None, help=f"timed train steps (median; default {DEFAULTS['repeats']})")
+    p.add_argument("--warmup", type=int, default=None, help=f"untimed train steps first (default {DEFAULTS['warmup']})")
+    p.add_argument("--sw-repeats", type=int, default=None,
+                   help=f"timed whole-volume inferences (median; 0 skips inference; default {DEFAULTS['sw_repeats']})")
+    p.add_argument("--deep-supervision", action="store_true", help=f"train {', '.join(DEEP_SUPERVISION)} with deep supervision")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS), help=f"ratios need {BASELINE!r}")
+    p.add_argument("--interleave", action="store_true",
+                   help="keep every model in memory (one process each) and interleave their repeats round-robin")
+    p.add_argument("--json", metavar="PATH", help="also save the results as JSON")
+    args = p.parse_args(argv)
+    base = QUICK if args.quick else DEFAULTS
+    for key, value in base.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.patch < 8 or args.volume < 1 or args.batch < 1 or args.repeats < 1 or args.warmup < 0 or args.sw_repeats < 0:
+        p.error("need --patch >= 8, --volume >= 1, --batch >= 1, --repeats >= 1, --warmup >= 0, --sw-repeats >= 0")
+    if not 0 <= args.overlap < 1:
+        p.error(f"--overlap must be in [0, 1), got {args.overlap}")
+
+    import monai
+    import torch
+
+    from pdeseg.runtime import resolve_device, resolve_precision
+
+    try:
+        device = resolve_device(args.device)
+    except RuntimeError as exc:
+        p.error(str(exc))
+    precision = resolve_precision(args.precision, device)
+    if precision == "16-mixed" and device.type != "cuda":
+        p.error("--precision 16-mixed needs CUDA")
+    opts = {
+        "device": str(device), "precision": precision, "threads": args.threads, "patch": args.patch,
+        "batch": args.batch, "volume": args.volume, "overlap": args.overlap, "in_channels": args.in_channels,
+        "classes": args.classes, "repeats": args.repeats, "warmup": args.warmup, "sw_repeats": args.sw_repeats,
+        "deep_supervision": args.deep_supervision,
+    }
+    dev, cpu_line = _machine(device, torch)
+    if device.type == "cuda":
+        mem_measure = "torch.cuda.max_memory_allocated (reset before each phase; includes weights)"
+    else:
+        mem_measure = ("peak RSS increase (ru_maxrss) over the RSS before building the model, one spawned process "
+                       "per model; inference measured before training")
+    threads = args.threads or torch.get_num_threads()
+    print(f"device: {dev}; cpu: {cpu_line}; torch {torch.__version__}, MONAI {monai.__version__}; "
+          f"precision {precision} (requested {args.precision}); threads {threads}")
+    print(f"train: batch {args.batch} x {args.in_channels} x {args.patch}^3, {args.classes} classes, CE + soft Dice, Adam; "
+          f"median of {args.repeats} after {args.warmup} warm-up" + ("; deep supervision on" if args.deep_supervision else ""))
+    print(f"inference: sliding window over 1 x {args.in_channels} x {args.volume}^3, window {args.patch}^3, "
+          f"{args.batch} windows per forward, overlap {args.overlap}, gaussian; median of {args.sw_repeats}")
+    print(f"memory: {mem_measure}; " + ("all models in memory, repeats interleaved" if args.interleave
+                                        else "one model after another") + "\n", flush=True)
+
+    t_start = time.perf_counter()
+    load0 = os.getloadavg()[0]
+    groups = [list(args.models)] if args.interleave else [[n] for n in args.models]
+    results: dict[str, dict] = {}
+    for group in groups:
+        t0 = time.perf_counter()
+        workers = []
+        try:
+            for name in group:
+                workers.append(_Remote(name, opts))
+            results.update(_measure(workers, opts))
+        finally:
+            for w in workers:
+                w.close()
+        print(f"  {', '.join(group)}: measured in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    for r in results.values():
+        r["train_median_s"] = statistics.median(r["train_s"])
+        r["train_samples_s"] = args.batch / r["train_median_s"]
+        r["infer_median_s"] = statistics.median(r["infer_s"]) if "infer_s" in r else None
+
+    mem = "CUDA max allocated" if device.type == "cuda" else "peak RSS increase"
+    have_base = BASELINE in results
+    print(f"| model | params | train samples/s | train peak MiB ({mem}) | sliding-window s/volume | inference peak MiB "
+          + ("| train time / MONAI UNet | train mem / MONAI UNet | inference time / MONAI UNet |" if have_base else "|"))
+    print("|---|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if have_base else ""))
+    ratios: dict[str, dict] = {}
+    for name, r in results.items():
+        infer = f"{r['infer_median_s']:.2f}" if r["infer_median_s"] is not None else "-"
+        row = (f"| `{name}` | {r['params']:,} | {r['train_samples_s']:.2f} | {r['train_peak_mib']:.0f} | {infer} "
+               f"| {r['infer_peak_mib']:.0f} |")
+        if have_base:
+            b = results[BASELINE]
+            ratios[name] = {
+                "train_time": r["train_median_s"] / b["train_median_s"],
+                "train_memory": r["train_peak_mib"] / b["train_peak_mib"] if b["train_peak_mib"] > 0 else None,
+                "infer_time": (r["infer_median_s"] / b["infer_median_s"]) if r["infer_median_s"] and b["infer_median_s"] else None,
+            }
+            q = ratios[name]
+            row += "".join(f" {v:.2f} |" if v is not None else " - |" for v in (q["train_time"], q["train_memory"], q["infer_time"]))
+        print(row)
+    if not have_base and len(results) > 1:
+        print(f"\n(no ratios: the baseline {BASELINE!r} was not run)")
+    spread = [
+        (max(r[k]) - min(r[k])) / statistics.median(r[k]) for r in results.values() for k in ("train_s", "infer_s")
+        if len(r.get(k, [])) > 1
+    ]
+    if spread:
+        print(f"\nlargest (max - min)/median spread of any timed series: {100 * max(spread):.0f}% "
+              "(ratios closer to 1 than that are within noise)")
+    load = os.getloadavg()
+    print(f"\ntotal wall time {time.perf_counter() - t_start:.0f} s; load average {load0:.1f} at start, "
+          f"{load[0]:.1f} at end (1 min), {load[1]:.1f} (5 min)")
+    if device.type == "cpu" and max(load0, load[1]) > (os.cpu_count() or 1) - 0.5:
+        print(f"WARNING: other processes were using the CPUs (load average above {(os.cpu_count() or 1) - 0.5:.1f} on "
+              f"{os.cpu_count()} CPUs): timings are lower and noisier than on an idle machine.")
+
+    if args.json:
+        payload = {
+            "device": dev, "cpu": cpu_line, "torch": torch.__version__, "monai": monai.__version__,
+            "precision": precision, "requested_precision": args.precision, "threads": threads, "options": opts,
+            "interleave": args.interleave, "memory_measure": mem_measure, "load_average_start": load0,
+            "load_average_end": list(load), "results": results, "ratios_vs_monai_unet": ratios,
+        }
+        with open(args.json, "w") as f:
+            json.dump(payload, f, indent=2)
+        print(f"saved {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
