@@ -78,3 +78,21 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     with pytest.raises(FileNotFoundError, match="missing.png"):
         render_report(tmp_path / "r2.html", "t", "", [], [], [], [("figures/missing.png", "x")], {})
+
+
+def test_table_columns_follow_the_data_set_not_brats():
+    from pdeseg.experiments.compare import default_scope, summary_table, table_columns
+
+    brats = table_columns(["background", "NCR", "ED", "ET"], {"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]})
+    assert [k for _, k in brats][4:] == ["test_dice_WT", "test_dice_TC", "test_dice_ET"]
+    hippo = table_columns(["background", "Anterior", "Posterior"], {})
+    assert [h for h, _ in hippo][4:] == ["test Anterior", "test Posterior"]
+    assert len(table_columns(["background", "tumour"], {})) == 4  # binary: the mean is the class
+    assert default_scope("patches") == "volume" and default_scope("slices") == "slices"
+    rows = [{"model": "m", "seed": s, "split": sp, "case": c, "dice_mean": 0.5 + 0.1 * s, "iou_mean": 0.4,
+             "dice_Anterior": 0.6 + 0.1 * s, "dice_Posterior": 0.7}
+            for s in (0, 1) for sp in ("val", "test") for c in ("a", "b")]
+    runs = [{"model": "m", "seed": s, "parameters": 10, "train_time_s": 1.0, "best_epoch": 1, "test_ms_per_unit": 2.0} for s in (0, 1)]
+    row = summary_table(rows, runs, ["m"], [k for _, k in hippo])[0]
+    assert row["test_dice_Anterior"]["mean"] == pytest.approx(0.65) and row["test_dice_Posterior"]["sd"] == pytest.approx(0.0)
+    assert "test_dice_WT" not in row

@@ -57,3 +57,20 @@ def test_dice_term_module_matches_function():
     torch.manual_seed(1)
     logits, target = torch.randn(2, 4, 8, 8), torch.randint(0, 4, (2, 8, 8))
     assert float(SoftDiceLoss(0.5, False)(logits, target)) == pytest.approx(float(soft_dice_loss(logits, target, 0.5, False)))
+
+
+def test_deep_supervision_in_3d_with_dice_and_ce_by_hand():
+    """Four 3D heads, nnU-Net's weights 1/2^i with the lowest off, normalised (4/7, 2/7, 1/7, 0),
+    each term against the target taken at every 2^i-th voxel."""
+    from pdeseg.losses.segmentation import SoftDiceLoss, soft_dice_loss
+
+    torch.manual_seed(1)
+    target = torch.randint(0, 3, (2, 16, 16, 8))
+    heads = [torch.randn(2, 3, 16 // 2**i, 16 // 2**i, 8 // 2**i) for i in range(4)]
+    loss = CompositeLoss([("ce", 1.0, CrossEntropyLoss()), ("dice", 0.5, SoftDiceLoss())])
+    expected = 0.0
+    for w, logits, step in zip((4 / 7, 2 / 7, 1 / 7), heads, (1, 2, 4)):
+        t = target[:, ::step, ::step, ::step]
+        expected += w * (torch.nn.functional.cross_entropy(logits, t) + 0.5 * soft_dice_loss(logits, t))
+    assert deep_supervision_weights(4) == pytest.approx([4 / 7, 2 / 7, 1 / 7, 0.0])
+    assert float(loss(heads, target)) == pytest.approx(float(expected), rel=1e-5)
