@@ -280,3 +280,18 @@ def test_resampling_keeps_the_field_of_view_and_label_values():
     assert coarse[0, :, 0, 0] == pytest.approx(np.arange(20) * 2 + 0.5)  # cell centres, not corners
     image, lab, mask = Preprocessing(("CT",), "zscore_all", target_spacing=(1.6, 1.6, 2.5)).apply(ramp, (0.8, 0.8, 2.5), label)
     assert image.shape == (1, 20, 20, 16) and lab.shape == mask.shape == (20, 20, 16)
+
+
+def test_cli_writes_msd_phantoms_in_both_layouts_and_refuses_msd_options_elsewhere(tmp_path, capsys):
+    from pdeseg.cli import main
+
+    assert main(["phantom", "--format", "msd", "--kind", "ct", "--layout", "nnunet", "--cases", "2",
+                 "--shape", "32", "32", "16", "--out", str(tmp_path / "ct")]) == 0
+    ds = read_dataset_json(tmp_path / "ct")
+    assert ds.layout == "nnunet" and ds.is_ct and ds.class_names == ("background", "liver", "cancer")
+    assert sorted(p.name for p in (tmp_path / "ct" / "imagesTr").iterdir()) == ["liverphantom_001_0000.nii.gz",
+                                                                               "liverphantom_002_0000.nii.gz"]
+    img = nib.load(str(tmp_path / "ct" / "imagesTr" / "liverphantom_001_0000.nii.gz"))
+    assert img.header.get_zooms() == pytest.approx((0.8, 0.8, 2.5)) and img.get_data_dtype() == np.int16
+    assert main(["phantom", "--format", "brats", "--kind", "ct", "--out", str(tmp_path / "b")]) == 2
+    assert main(["phantom", "--format", "msd", "--shape", "8", "8", "8", "--out", str(tmp_path / "s")]) == 2
