@@ -36,14 +36,15 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
-import multiprocessing as mp
 import os
-import platform
-import resource
 import statistics
 import sys
 import time
+
+from _common import (  # benchmarks/_common.py: this script's folder is sys.path[0]
+    WorkerBase, add_device_args, cpu_info, make_train_step, memory_labels, report_load, resolve_runtime, round_robin,
+    run_groups, save_json,
+)
 
 BASELINE = "monai_unet"
 MODELS = ("monai_unet", "unet3d", "monai_dynunet", "monai_vnet", "monai_swinunetr", "monai_segresnet", "monai_attentionunet")
@@ -58,26 +59,10 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 # ----------------------------------------------------------------------------- child side
 
 
-def _rss_now_mib() -> float:
-    """Current resident set size (VmRSS) in MiB; the peak where /proc is absent."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return _maxrss_mib()
-
-
-def _maxrss_mib() -> float:
-    """Peak RSS of this process in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024.0
-
-
-class _Worker:
-    """One model in its own process; times single train steps and whole-volume inferences."""
+class _Worker(WorkerBase):
+    """One model in its own process; times single train steps and whole-volume inferences
+    (spawned by :func:`_common.run_groups`, which pickles this class by reference: keep it
+    top-level)."""
 
     def __init__(self, name: str, opts: dict):
         import monai.inferers  # imported before the baseline RSS: every model pays for MONAI alike
@@ -89,10 +74,7 @@ class _Worker:
         from pdeseg.registry import build_model, count_parameters
         from pdeseg.runtime import autocast
 
-        if opts["threads"]:
-            torch.set_num_threads(opts["threads"])
-        self.torch, self.device = torch, torch.device(opts["device"])
-        self.cuda = self.device.type == "cuda"
+        self._setup(opts)
         device, precision = self.device, opts["precision"]
         b, p, v, c, k = opts["batch"], opts["patch"], opts["volume"], opts["in_channels"], opts["classes"]
 
@@ -100,8 +82,7 @@ class _Worker:
         x = torch.randn(b, c, p, p, p, device=device)
         y = torch.randint(0, k, (b, p, p, p), device=device)
         volume = torch.randn(1, c, v, v, v, device=device)
-        self._sync()
-        self.rss0 = _rss_now_mib()
+        self._mark_baseline()
 
         kwargs = {"spatial_dims": 3, "in_channels": c, "out_channels": k}
         if opts["deep_supervision"] and name in DEEP_SUPERVISION:
@@ -110,23 +91,7 @@ class _Worker:
         self.model = model
         self.info = {"model": name, "kwargs": kwargs, "params": count_parameters(model), "threads": torch.get_num_threads()}
         loss_fn = build_loss(LossConfig()).to(device)
-        state: dict = {}
-
-        def as_float(out):
-            return [o.float() for o in out] if isinstance(out, list) else out.float()
-
-        def train_step():
-            if not state:  # optimiser and scaler on first use: their memory counts in training only
-                state["opt"] = torch.optim.Adam(model.parameters(), lr=1e-4)
-                state["scaler"] = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
-            opt, scaler = state["opt"], state["scaler"]
-            opt.zero_grad(set_to_none=True)
-            with autocast(device, precision):
-                out = model(x)
-            loss = loss_fn(as_float(out), y)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+        train_step = make_train_step(model, loss_fn, x, y, device, precision)  # takes a deep-supervision list of outputs too
 
         def window():  # one forward at the window size: warms the kernels up
             with torch.no_grad(), autocast(device, precision):
@@ -140,101 +105,22 @@ class _Worker:
 
         self.fns = {"train": train_step, "window": window, "infer": infer}
 
-    def _sync(self):
-        if self.cuda:
-            self.torch.cuda.synchronize(self.device)
-
-    def mode(self, train: bool) -> None:
-        self.model.train(train)
-        if self.cuda:
-            self.torch.cuda.reset_peak_memory_stats(self.device)
-
-    def time(self, key: str) -> float:
-        self._sync()
-        t0 = time.perf_counter()
-        self.fns[key]()
-        self._sync()
-        return time.perf_counter() - t0
-
-    def peak_mib(self) -> float:
-        if self.cuda:
-            return self.torch.cuda.max_memory_allocated(self.device) / 2**20
-        return _maxrss_mib() - self.rss0
-
-
-def _worker_main(name: str, opts: dict, conn) -> None:
-    """Process entry point: build, then answer ``(method, *args)`` requests until ``None``."""
-    try:
-        w = _Worker(name, opts)
-        conn.send(("ok", w.info))
-        while (req := conn.recv()) is not None:
-            conn.send(("ok", getattr(w, req[0])(*req[1:])))
-    except BaseException as exc:  # tell the parent rather than die silently
-        import traceback
-
-        conn.send(("error", f"{name}: {type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
-    finally:
-        conn.close()
-
 
 # ----------------------------------------------------------------------------- parent side
 
 
-class _Remote:
-    """Parent-side handle of a spawned worker (its peak RSS is its own)."""
-
-    def __init__(self, name: str, opts: dict):
-        ctx = mp.get_context("spawn")
-        self.name = name
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(name, opts, child), daemon=True)
-        self.proc.start()
-        child.close()
-        self.info = self._reply()
-
-    def _reply(self):
-        status, value = self.conn.recv()
-        if status != "ok":
-            raise RuntimeError(value)
-        return value
-
-    def call(self, method: str, *args):
-        self.conn.send((method, *args))
-        return self._reply()
-
-    def close(self) -> None:
-        try:
-            self.conn.send(None)
-        except (BrokenPipeError, OSError):
-            pass
-        self.proc.join(timeout=60)
-        if self.proc.is_alive():
-            self.proc.terminate()
-
-
-def _round_robin(workers: list[_Remote], key: str, warmup: int, repeats: int, out: dict) -> None:
-    """``warmup + repeats`` calls of ``key`` per worker, the order rotating every repeat;
-    the timed ones go to ``out[name][key + '_s']``."""
-    for rep in range(warmup + repeats):
-        k = rep % len(workers)
-        for w in workers[k:] + workers[:k]:
-            dt = w.call("time", key)
-            if rep >= warmup:
-                out[w.name].setdefault(f"{key}_s", []).append(dt)
-
-
-def _measure(workers: list[_Remote], opts: dict) -> dict[str, dict]:
+def _measure(workers: list, opts: dict) -> dict[str, dict]:
     """Inference (one window forward, then whole volumes), then training, per worker."""
     out = {w.name: dict(w.info) for w in workers}
     for w in workers:
         w.call("mode", False)
         w.call("time", "window")
     if opts["sw_repeats"]:
-        _round_robin(workers, "infer", 0, opts["sw_repeats"], out)
+        round_robin(workers, "infer", 0, opts["sw_repeats"], out)
     for w in workers:
         out[w.name]["infer_peak_mib"] = w.call("peak_mib")
         w.call("mode", True)
-    _round_robin(workers, "train", opts["warmup"], opts["repeats"], out)
+    round_robin(workers, "train", opts["warmup"], opts["repeats"], out)
     for w in workers:
         out[w.name]["train_peak_mib"] = w.call("peak_mib")
     return out
@@ -242,18 +128,7 @@ def _measure(workers: list[_Remote], opts: dict) -> dict[str, dict]:
 
 def _machine(device, torch) -> tuple[str, str]:
     """(device description, CPU description with the flags that matter for speed)."""
-    cpu = platform.processor() or platform.machine()
-    flags: set[str] = set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
+    cpu, flags = cpu_info()
     have = [fl for fl in CPU_FLAGS if fl in flags]
     cpu_line = f"{cpu}; flags: {' '.join(have) or 'none of ' + ', '.join(CPU_FLAGS)}; cpu count {os.cpu_count()}"
     dev = f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu"
@@ -264,9 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="smoke configuration: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in QUICK.items()))
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--precision", default="auto", choices=["auto", "32", "bf16-mixed", "16-mixed"],
-                   help="auto: bf16 autocast on GPUs and bf16-capable CPUs, fp32 otherwise")
+    add_device_args(p)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's default)")
     p.add_argument("--patch", type=int, default=None, help=f"cubic training patch and inference window (default {DEFAULTS['patch']})")
     p.add_argument("--batch", type=int, default=None, help=f"training batch and windows per forward (default {DEFAULTS['batch']})")
@@ -296,15 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     import monai
     import torch
 
-    from pdeseg.runtime import resolve_device, resolve_precision
-
-    try:
-        device = resolve_device(args.device)
-    except RuntimeError as exc:
-        p.error(str(exc))
-    precision = resolve_precision(args.precision, device)
-    if precision == "16-mixed" and device.type != "cuda":
-        p.error("--precision 16-mixed needs CUDA")
+    device, precision = resolve_runtime(p, args)
     opts = {
         "device": str(device), "precision": precision, "threads": args.threads, "patch": args.patch,
         "batch": args.batch, "volume": args.volume, "overlap": args.overlap, "in_channels": args.in_channels,
@@ -312,11 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         "deep_supervision": args.deep_supervision,
     }
     dev, cpu_line = _machine(device, torch)
-    if device.type == "cuda":
-        mem_measure = "torch.cuda.max_memory_allocated (reset before each phase; includes weights)"
-    else:
-        mem_measure = ("peak RSS increase (ru_maxrss) over the RSS before building the model, one spawned process "
-                       "per model; inference measured before training")
+    mem_measure, mem = memory_labels(device, "peak RSS increase (ru_maxrss) over the RSS before building the model, "
+                                             "one spawned process per model; inference measured before training")
     threads = args.threads or torch.get_num_threads()
     print(f"device: {dev}; cpu: {cpu_line}; torch {torch.__version__}, MONAI {monai.__version__}; "
           f"precision {precision} (requested {args.precision}); threads {threads}")
@@ -330,24 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     load0 = os.getloadavg()[0]
     groups = [list(args.models)] if args.interleave else [[n] for n in args.models]
-    results: dict[str, dict] = {}
-    for group in groups:
-        t0 = time.perf_counter()
-        workers = []
-        try:
-            for name in group:
-                workers.append(_Remote(name, opts))
-            results.update(_measure(workers, opts))
-        finally:
-            for w in workers:
-                w.close()
-        print(f"  {', '.join(group)}: measured in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    results = run_groups(_Worker, groups, opts, lambda workers: _measure(workers, opts), join_timeout=60)
     for r in results.values():
         r["train_median_s"] = statistics.median(r["train_s"])
         r["train_samples_s"] = args.batch / r["train_median_s"]
         r["infer_median_s"] = statistics.median(r["infer_s"]) if "infer_s" in r else None
 
-    mem = "CUDA max allocated" if device.type == "cuda" else "peak RSS increase"
     have_base = BASELINE in results
     print(f"| model | params | train samples/s | train peak MiB ({mem}) | sliding-window s/volume | inference peak MiB "
           + ("| train time / MONAI UNet | train mem / MONAI UNet | inference time / MONAI UNet |" if have_base else "|"))
@@ -376,12 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     if spread:
         print(f"\nlargest (max - min)/median spread of any timed series: {100 * max(spread):.0f}% "
               "(ratios closer to 1 than that are within noise)")
-    load = os.getloadavg()
-    print(f"\ntotal wall time {time.perf_counter() - t_start:.0f} s; load average {load0:.1f} at start, "
-          f"{load[0]:.1f} at end (1 min), {load[1]:.1f} (5 min)")
-    if device.type == "cpu" and max(load0, load[1]) > (os.cpu_count() or 1) - 0.5:
-        print(f"WARNING: other processes were using the CPUs (load average above {(os.cpu_count() or 1) - 0.5:.1f} on "
-              f"{os.cpu_count()} CPUs): timings are lower and noisier than on an idle machine.")
+    load = report_load(t_start, load0, device, ": timings are lower and noisier than on an idle machine.")
 
     if args.json:
         payload = {
@@ -390,9 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             "interleave": args.interleave, "memory_measure": mem_measure, "load_average_start": load0,
             "load_average_end": list(load), "results": results, "ratios_vs_monai_unet": ratios,
         }
-        with open(args.json, "w") as f:
-            json.dump(payload, f, indent=2)
-        print(f"saved {args.json}")
+        save_json(args.json, payload)
     return 0
 
 

@@ -30,14 +30,15 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
-import multiprocessing as mp
 import os
-import platform
-import resource
 import statistics
 import sys
 import time
+
+from _common import (  # benchmarks/_common.py: this script's folder is sys.path[0]
+    WorkerBase, add_device_args, cpu_info, make_train_step, memory_labels, report_load, resolve_runtime, round_robin,
+    run_groups, save_json,
+)
 
 BASELINE = "unet"
 MODELS = ("unet", "pde_unet", "monai_unet")
@@ -48,26 +49,9 @@ TARGET_RATIO = 1.03
 # ----------------------------------------------------------------------------- child side
 
 
-def _rss_now_mib() -> float:
-    """Current resident set size (VmRSS) in MiB; falls back to the peak where /proc is absent."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return _maxrss_mib()
-
-
-def _maxrss_mib() -> float:
-    """Peak RSS of this process in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
-
-
-class _Worker:
-    """Holds one model in its own process and times single calls on request."""
+class _Worker(WorkerBase):
+    """Holds one model in its own process and times single calls on request (spawned by
+    :func:`_common.run_groups`, which pickles this class by reference: keep it top-level)."""
 
     def __init__(self, name: str, opts: dict):
         import torch
@@ -77,10 +61,7 @@ class _Worker:
         from pdeseg.registry import build_model, count_parameters
         from pdeseg.runtime import autocast
 
-        if opts["threads"]:
-            torch.set_num_threads(opts["threads"])
-        self.torch, self.device = torch, torch.device(opts["device"])
-        self.cuda = self.device.type == "cuda"
+        self._setup(opts)
         device, precision = self.device, opts["precision"]
         b, s = opts["batch"], opts["size"]
         fmt = torch.channels_last if opts["channels_last"] else torch.contiguous_format
@@ -90,33 +71,18 @@ class _Worker:
         y = torch.randint(0, 4, (b, s, s), device=device)
         if name == "monai_unet":  # import MONAI before the baseline RSS is taken
             import monai.networks.nets  # noqa: F401
-        self._sync()
-        self.rss0 = _rss_now_mib()
+        self._mark_baseline()
 
         model = build_model(name, in_channels=4, out_channels=4).to(device).to(memory_format=fmt)
         self.model = model
         self.info = {"model": name, "params": count_parameters(model), "threads": torch.get_num_threads()}
         loss_fn = build_loss(LossConfig()).to(device)
-        state = {}
 
         def infer():
             with torch.no_grad(), autocast(device, precision):
                 model(x)
 
-        def train_step():
-            if not state:  # Adam and scaler on first use, so their memory counts in training only
-                state["opt"] = torch.optim.Adam(model.parameters(), lr=1e-4)
-                state["scaler"] = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
-            opt, scaler = state["opt"], state["scaler"]
-            opt.zero_grad(set_to_none=True)
-            with autocast(device, precision):
-                logits = model(x)
-            loss = loss_fn(logits.float(), y)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-
-        self.fns = {"infer": infer, "train": train_step}
+        self.fns = {"infer": infer, "train": make_train_step(model, loss_fn, x, y, device, precision)}
         if name == "pde_unet":  # the cable block alone, same input, same precision
             block = model.pde
 
@@ -132,91 +98,18 @@ class _Worker:
 
             self.fns.update(block_infer=block_infer, block_train=block_train)
 
-    def _sync(self):
-        if self.cuda:
-            self.torch.cuda.synchronize(self.device)
-
-    def mode(self, train: bool) -> None:
-        self.model.train(train)
-        if self.cuda:
-            self.torch.cuda.reset_peak_memory_stats(self.device)
-
-    def time(self, key: str) -> float:
-        self._sync()
-        t0 = time.perf_counter()
-        self.fns[key]()
-        self._sync()
-        return time.perf_counter() - t0
-
-    def peak_mib(self) -> float:
-        if self.cuda:
-            return self.torch.cuda.max_memory_allocated(self.device) / 2**20
-        return _maxrss_mib() - self.rss0
-
-
-def _worker_main(name: str, opts: dict, conn) -> None:
-    """Process entry point: build the model, then serve (method, *args) requests until None."""
-    try:
-        w = _Worker(name, opts)
-        conn.send(("ok", w.info))
-        while (req := conn.recv()) is not None:
-            conn.send(("ok", getattr(w, req[0])(*req[1:])))
-    except BaseException as exc:  # report to the parent instead of dying silently
-        import traceback
-
-        conn.send(("error", f"{name}: {type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
-    finally:
-        conn.close()
-
 
 # ----------------------------------------------------------------------------- parent side
 
 
-class _Remote:
-    """Parent-side handle of a worker process (spawned, so its peak RSS is its own)."""
-
-    def __init__(self, name: str, opts: dict):
-        ctx = mp.get_context("spawn")
-        self.name = name
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(name, opts, child), daemon=True)
-        self.proc.start()
-        child.close()
-        self.info = self._reply()
-
-    def _reply(self):
-        status, value = self.conn.recv()
-        if status != "ok":
-            raise RuntimeError(value)
-        return value
-
-    def call(self, method: str, *args):
-        self.conn.send((method, *args))
-        return self._reply()
-
-    def close(self) -> None:
-        try:
-            self.conn.send(None)
-        except (BrokenPipeError, OSError):
-            pass
-        self.proc.join(timeout=30)
-        if self.proc.is_alive():
-            self.proc.terminate()
-
-
-def _measure(workers: list[_Remote], warmup: int, repeats: int) -> dict[str, dict]:
+def _measure(workers: list, warmup: int, repeats: int) -> dict[str, dict]:
     """Inference then training, repeats interleaved round-robin across ``workers`` (the order
     rotating every repeat), so slow drifts in machine load hit every model alike."""
     out = {w.name: dict(w.info) for w in workers}
     for phase, train in (("infer", False), ("train", True)):
         for w in workers:
             w.call("mode", train)
-        for rep in range(warmup + repeats):
-            k = rep % len(workers)
-            for w in workers[k:] + workers[:k]:
-                dt = w.call("time", phase)
-                if rep >= warmup:
-                    out[w.name].setdefault(f"{phase}_s", []).append(dt)
+        round_robin(workers, phase, warmup, repeats, out)
         for w in workers:
             out[w.name][f"{phase}_peak_mib"] = w.call("peak_mib")
     for w in workers:
@@ -237,9 +130,7 @@ def _ratio_line(label: str, num: float, den: float, target: float | None = None)
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--precision", default="auto", choices=["auto", "32", "bf16-mixed", "16-mixed"],
-                   help="auto: bf16 autocast on GPUs and bf16-capable CPUs, fp32 otherwise")
+    add_device_args(p)
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's default)")
     p.add_argument("--size", type=int, default=240, help="square input size (divisible by 16)")
@@ -260,32 +151,15 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from pdeseg.runtime import resolve_device, resolve_precision
-
-    try:
-        device = resolve_device(args.device)
-    except RuntimeError as exc:
-        p.error(str(exc))
-    precision = resolve_precision(args.precision, device)
-    if precision == "16-mixed" and device.type != "cuda":
-        p.error("--precision 16-mixed needs CUDA")
+    device, precision = resolve_runtime(p, args)
     opts = {
         "device": str(device), "precision": precision, "channels_last": args.channels_last,
         "threads": args.threads, "size": args.size, "batch": args.batch,
         "repeats": args.repeats, "warmup": args.warmup,
     }
-    if device.type == "cuda":
-        dev_name = torch.cuda.get_device_name(device)
-        mem_measure = "torch.cuda.max_memory_allocated (reset before each phase; includes weights)"
-    else:
-        dev_name = platform.processor() or platform.machine()
-        try:
-            with open("/proc/cpuinfo") as f:
-                dev_name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-        except (OSError, StopIteration):
-            pass
-        mem_measure = ("peak RSS increase (ru_maxrss) over the RSS before building the model, "
-                       "one fresh spawned process per model; inference measured before training")
+    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_info()[0]
+    mem_measure, mem = memory_labels(device, "peak RSS increase (ru_maxrss) over the RSS before building the model, "
+                                             "one fresh spawned process per model; inference measured before training")
     print(f"device: {device} ({dev_name}); torch {torch.__version__}; precision {precision} "
           f"(requested {args.precision}); channels_last {args.channels_last}; "
           f"threads {args.threads or torch.get_num_threads()} (cpu count {os.cpu_count()})")
@@ -298,18 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     load0 = os.getloadavg()[0]
     groups = [list(args.models)] if not args.sequential else [[n] for n in args.models]
-    results = {}
-    for group in groups:
-        t0 = time.perf_counter()
-        workers = []
-        try:
-            for name in group:
-                workers.append(_Remote(name, opts))
-            results.update(_measure(workers, args.warmup, args.repeats))
-        finally:
-            for w in workers:
-                w.close()
-        print(f"  {', '.join(group)}: measured in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    results = run_groups(_Worker, groups, opts, lambda workers: _measure(workers, args.warmup, args.repeats))
     for r in results.values():
         for k in ("train_s", "infer_s", "block_infer_s", "block_train_s"):
             if k in r:
@@ -317,7 +180,6 @@ def main(argv: list[str] | None = None) -> int:
         r["train_img_s"] = args.batch / r["train_median_s"]
         r["infer_img_s"] = args.batch / r["infer_median_s"]
 
-    mem = "CUDA max allocated" if device.type == "cuda" else "peak RSS increase"
     print(f"| model | params | train img/s | infer img/s | train peak mem (MiB, {mem}) | infer peak mem (MiB, {mem}) |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, r in results.items():
@@ -363,15 +225,10 @@ def main(argv: list[str] | None = None) -> int:
             print("  (one repeat only: no estimate of the noise)")
     elif len(results) > 1:
         print(f"\n(no ratios: the baseline {BASELINE!r} was not run)")
-    load = os.getloadavg()
-    print(f"\ntotal wall time {time.perf_counter() - t_start:.0f} s; load average {load0:.1f} at start, "
-          f"{load[0]:.1f} at end (1 min), {load[1]:.1f} (5 min)")
     threads = args.threads or torch.get_num_threads()
-    if device.type == "cpu" and max(load0, load[1]) > (os.cpu_count() or 1) - 0.5:
-        print(f"WARNING: other processes were using the CPUs (load average above {(os.cpu_count() or 1) - 0.5:.1f} "
-              f"on {os.cpu_count()} CPUs); throughput is lower and noisier than on an idle machine"
-              + (f", and with {threads} threads per process oversubscription can slow small ops a lot "
-                 "(try --threads 1 or rerun when idle)" if threads > 1 else "") + ".")
+    load = report_load(t_start, load0, device, "; throughput is lower and noisier than on an idle machine"
+                       + (f", and with {threads} threads per process oversubscription can slow small ops a lot "
+                          "(try --threads 1 or rerun when idle)" if threads > 1 else "") + ".")
 
     if args.json:
         payload = {
@@ -382,9 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             "sequential": args.sequential, "memory_measure": mem_measure, "load_average_start": load0, "load_average_end": list(load),
             "results": results, "ratios_vs_unet": ratios,
         }
-        with open(args.json, "w") as f:
-            json.dump(payload, f, indent=2)
-        print(f"saved {args.json}")
+        save_json(args.json, payload)
     return 0
 
 

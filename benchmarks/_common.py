@@ -1,0 +1,285 @@
+"""Machinery shared by ``bench_models.py`` and ``bench_3d.py`` (not a benchmark itself).
+
+* child side: :class:`WorkerBase` (timing, train/eval mode, peak memory of the one model a
+  worker process holds), :func:`make_train_step` (one optimiser step as the trainer does
+  it) and :func:`worker_main`, the loop that serves the parent's requests;
+* parent side: :class:`Remote` (a spawned worker process), :func:`round_robin` (interleaved
+  repeats), :func:`run_groups` (spawn, measure, close);
+* the command line and the report: device / precision options and their resolution, the
+  CPU's model name and flags, memory-measure labels, the wall-time / load-average footer,
+  JSON output.
+
+The scripts are run as ``python benchmarks/bench_X.py``, so this folder is ``sys.path[0]``
+and ``from _common import ...`` finds this module. A worker process is started with the
+``spawn`` method: the child gets the parent's ``sys.path`` (so it imports ``_common`` too),
+re-runs the script as ``__mp_main__`` (aliased to ``__main__``), then unpickles its target
+:func:`worker_main` (by reference, ``_common.worker_main``) and its arguments, among them
+the script's worker class (by reference, ``__main__._Worker``). The worker class must
+therefore be defined at the top level of the script. Nothing here imports ``torch`` at
+module level, so importing this module costs the parent and the children almost nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import sys
+import time
+
+MEM_MEASURE_CUDA = "torch.cuda.max_memory_allocated (reset before each phase; includes weights)"
+
+
+# ----------------------------------------------------------------------------- child side
+
+
+def rss_now_mib() -> float:
+    """Current resident set size (VmRSS) in MiB; falls back to the peak where /proc is absent."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return maxrss_mib()
+
+
+def maxrss_mib() -> float:
+    """Peak RSS of this process in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
+
+
+class WorkerBase:
+    """Holds one model in its own process and times single calls on request.
+
+    A subclass's ``__init__(name, opts)`` calls :meth:`_setup` (threads, device), builds its
+    inputs, calls :meth:`_mark_baseline` just before building the model, and sets
+    ``self.model``, ``self.info`` (a dict sent to the parent once built) and ``self.fns``
+    (key -> callable timed by :meth:`time`).
+    """
+
+    def _setup(self, opts: dict) -> None:
+        import torch
+
+        if opts["threads"]:
+            torch.set_num_threads(opts["threads"])
+        self.torch, self.device = torch, torch.device(opts["device"])
+        self.cuda = self.device.type == "cuda"
+
+    def _mark_baseline(self) -> None:
+        """The RSS that the CPU peak-memory figure is measured from."""
+        self._sync()
+        self.rss0 = rss_now_mib()
+
+    def _sync(self):
+        if self.cuda:
+            self.torch.cuda.synchronize(self.device)
+
+    def mode(self, train: bool) -> None:
+        self.model.train(train)
+        if self.cuda:
+            self.torch.cuda.reset_peak_memory_stats(self.device)
+
+    def time(self, key: str) -> float:
+        self._sync()
+        t0 = time.perf_counter()
+        self.fns[key]()
+        self._sync()
+        return time.perf_counter() - t0
+
+    def peak_mib(self) -> float:
+        if self.cuda:
+            return self.torch.cuda.max_memory_allocated(self.device) / 2**20
+        return maxrss_mib() - self.rss0
+
+
+def make_train_step(model, loss_fn, x, y, device, precision: str):
+    """A callable doing one training step as the trainer does it: forward under autocast,
+    ``loss_fn`` on the float32 output (each head's, for a deep-supervision list) against
+    ``y``, backward through a ``GradScaler`` (enabled for 16-mixed only), Adam step (lr 1e-4).
+    The optimiser and scaler are made on the first call, so their memory counts in the
+    training phase only."""
+    import torch
+
+    from pdeseg.runtime import autocast
+
+    state: dict = {}
+
+    def as_float(out):
+        return [o.float() for o in out] if isinstance(out, list) else out.float()
+
+    def train_step():
+        if not state:
+            state["opt"] = torch.optim.Adam(model.parameters(), lr=1e-4)
+            state["scaler"] = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
+        opt, scaler = state["opt"], state["scaler"]
+        opt.zero_grad(set_to_none=True)
+        with autocast(device, precision):
+            out = model(x)
+        loss = loss_fn(as_float(out), y)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+
+    return train_step
+
+
+def worker_main(worker_cls: type, name: str, opts: dict, conn) -> None:
+    """Process entry point: build ``worker_cls(name, opts)``, then serve ``(method, *args)``
+    requests until ``None``."""
+    try:
+        w = worker_cls(name, opts)
+        conn.send(("ok", w.info))
+        while (req := conn.recv()) is not None:
+            conn.send(("ok", getattr(w, req[0])(*req[1:])))
+    except BaseException as exc:  # report to the parent instead of dying silently
+        import traceback
+
+        conn.send(("error", f"{name}: {type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+    finally:
+        conn.close()
+
+
+# ----------------------------------------------------------------------------- parent side
+
+
+class Remote:
+    """Parent-side handle of a worker process (spawned, so its peak RSS is its own).
+
+    ``worker_cls`` must be a top-level class of an importable module or of the main script
+    (it is pickled by reference); ``join_timeout`` is how long :meth:`close` waits for the
+    process to exit before terminating it.
+    """
+
+    def __init__(self, worker_cls: type, name: str, opts: dict, join_timeout: float = 30):
+        ctx = mp.get_context("spawn")
+        self.name = name
+        self.join_timeout = join_timeout
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=worker_main, args=(worker_cls, name, opts, child), daemon=True)
+        self.proc.start()
+        child.close()
+        self.info = self._reply()
+
+    def _reply(self):
+        status, value = self.conn.recv()
+        if status != "ok":
+            raise RuntimeError(value)
+        return value
+
+    def call(self, method: str, *args):
+        self.conn.send((method, *args))
+        return self._reply()
+
+    def close(self) -> None:
+        try:
+            self.conn.send(None)
+        except (BrokenPipeError, OSError):
+            pass
+        self.proc.join(timeout=self.join_timeout)
+        if self.proc.is_alive():
+            self.proc.terminate()
+
+
+def round_robin(workers: list[Remote], key: str, warmup: int, repeats: int, out: dict) -> None:
+    """``warmup + repeats`` calls of ``key`` per worker, the order rotating every repeat (so
+    slow drifts in machine load hit every model alike); the timed ones go to
+    ``out[name][key + '_s']``."""
+    for rep in range(warmup + repeats):
+        k = rep % len(workers)
+        for w in workers[k:] + workers[:k]:
+            dt = w.call("time", key)
+            if rep >= warmup:
+                out[w.name].setdefault(f"{key}_s", []).append(dt)
+
+
+def run_groups(worker_cls: type, groups: list[list[str]], opts: dict, measure, join_timeout: float = 30) -> dict[str, dict]:
+    """For each group of model names: one worker process per model, ``measure(workers)``
+    (a dict name -> results), then the processes closed; the groups' results merged."""
+    results: dict[str, dict] = {}
+    for group in groups:
+        t0 = time.perf_counter()
+        workers = []
+        try:
+            for name in group:
+                workers.append(Remote(worker_cls, name, opts, join_timeout))
+            results.update(measure(workers))
+        finally:
+            for w in workers:
+                w.close()
+        print(f"  {', '.join(group)}: measured in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    return results
+
+
+# ----------------------------------------------------------------------------- command line and report
+
+
+def add_device_args(p: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--precision``."""
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", default="auto", choices=["auto", "32", "bf16-mixed", "16-mixed"],
+                   help="auto: bf16 autocast on GPUs and bf16-capable CPUs, fp32 otherwise")
+
+
+def resolve_runtime(p: argparse.ArgumentParser, args: argparse.Namespace):
+    """(torch device, precision) from ``--device`` and ``--precision``; parser errors if unusable."""
+    from pdeseg.runtime import resolve_device, resolve_precision
+
+    try:
+        device = resolve_device(args.device)
+    except RuntimeError as exc:
+        p.error(str(exc))
+    precision = resolve_precision(args.precision, device)
+    if precision == "16-mixed" and device.type != "cuda":
+        p.error("--precision 16-mixed needs CUDA")
+    return device, precision
+
+
+def cpu_info() -> tuple[str, set[str]]:
+    """(CPU model name, CPU flags) from the first ``model name`` and ``flags`` lines of
+    /proc/cpuinfo; ``platform``'s processor name and no flags where those are absent."""
+    cpu = platform.processor() or platform.machine()
+    name_seen, flags = False, None
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and not name_seen:
+                    cpu, name_seen = line.split(":", 1)[1].strip(), True
+                elif line.startswith("flags") and flags is None:
+                    flags = set(line.split(":", 1)[1].split())
+                if name_seen and flags is not None:
+                    break
+    except OSError:
+        pass
+    return cpu, flags or set()
+
+
+def memory_labels(device, cpu_measure: str) -> tuple[str, str]:
+    """(description of the peak-memory measure, short label for table headers)."""
+    if device.type == "cuda":
+        return MEM_MEASURE_CUDA, "CUDA max allocated"
+    return cpu_measure, "peak RSS increase"
+
+
+def report_load(t_start: float, load0: float, device, consequence: str) -> tuple[float, float, float]:
+    """Print the total wall time and the load average, and a warning (ending with
+    ``consequence``) when a CPU run shared the CPUs; returns the final load average."""
+    load = os.getloadavg()
+    print(f"\ntotal wall time {time.perf_counter() - t_start:.0f} s; load average {load0:.1f} at start, "
+          f"{load[0]:.1f} at end (1 min), {load[1]:.1f} (5 min)")
+    busy = (os.cpu_count() or 1) - 0.5
+    if device.type == "cpu" and max(load0, load[1]) > busy:
+        print(f"WARNING: other processes were using the CPUs (load average above {busy:.1f} "
+              f"on {os.cpu_count()} CPUs){consequence}")
+    return load
+
+
+def save_json(path: str, payload: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2)
+    print(f"saved {path}")
