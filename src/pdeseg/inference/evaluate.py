@@ -173,7 +173,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         "",
         f"Split **{summary['split']}**, {summary['cases']} cases, scope **{summary['scope']}**. "
         "Mean Dice/IoU/precision/recall average the foreground classes (background excluded; `iou_mean_all` "
-        "includes it); regions follow the BraTS rule (both empty -> 1)." + _inference_note(summary.get("inference")),
+        "includes it); a class or region absent from both truth and prediction scores 1; HD95 and surface distances "
+        "are in mm from the voxel spacing." + _inference_note(summary.get("inference")),
         "",
         "| metric | mean | sd | median |",
         "|---|---|---|---|",
