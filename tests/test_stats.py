@@ -42,3 +42,11 @@ def test_clear_improvement_is_significant_with_ci_excluding_zero():
 def test_shape_mismatch_rejected():
     with pytest.raises(ValueError):
         paired_comparison(np.zeros((2, 3)), np.zeros((3, 2)))
+
+
+def test_monte_carlo_sign_flip_p_value_is_never_zero():
+    from pdeseg.experiments.stats import sign_flip_p_value
+
+    d = np.full(40, 0.05) + np.linspace(-0.001, 0.001, 40)  # 40 cases: Monte-Carlo, every flip is less extreme
+    p = sign_flip_p_value(d, max_exact=16, n_perm=1000)
+    assert p == pytest.approx(1 / 1001)

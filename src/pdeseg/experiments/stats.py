@@ -124,8 +124,9 @@ def paired_comparison(
 def sign_flip_p_value(d, max_exact: int = 16, rng: np.random.Generator | None = None, n_perm: int = 100_000) -> float:
     """Two-sided paired permutation test of mean(d) = 0 by flipping the signs of ``d``.
 
-    Exact enumeration for up to ``max_exact`` values, else ``n_perm`` random flips. Returns
-    1.0 when every difference is zero (identical models).
+    Exact enumeration for up to ``max_exact`` values, else ``n_perm`` random flips, counting
+    the observed labelling itself (``(k + 1) / (n_perm + 1)``, so a Monte-Carlo p-value is
+    never 0). Returns 1.0 when every difference is zero (identical models).
     """
     d = np.asarray(d, dtype=np.float64)
     observed = abs(d.mean())
@@ -136,6 +137,8 @@ def sign_flip_p_value(d, max_exact: int = 16, rng: np.random.Generator | None = 
     else:
         rng = rng or np.random.default_rng(0)
         signs = rng.choice((1.0, -1.0), size=(n_perm, d.size))
+        stats = np.abs((signs * d).mean(axis=1))
+        return float((np.sum(stats >= observed - 1e-12) + 1) / (n_perm + 1))
     stats = np.abs((signs * d).mean(axis=1))
     return float(np.mean(stats >= observed - 1e-12))
 
