@@ -310,15 +310,18 @@ def make_figures(result: CompareResult, cfg: ExperimentConfig, scope: str) -> li
     shown = result.data.cases("test")[:4] or result.data.cases("val")[:4]
     predictors = {n: Predictor.from_checkpoint(run(n) / "best.pt", precision=cfg.train.precision) for n in names}
     rows = []
+    mods = list(cfg.data.modalities)
+    shown_channel = mods.index("flair") if "flair" in mods else 0
     for case in shown:
         z = _display_slice(case, cfg, scope)
         image = np.asarray(case.image[z], dtype=np.float32)  # (C, X, Y)
         preds = {n: _slice_prediction(p, case, z) for n, p in predictors.items()}
-        rows.append({"case": f"{case.case_id} z={z}", "flair": image[0], "truth": np.asarray(case.label[z]), "predictions": preds})
+        rows.append({"case": f"{case.case_id} z={z}", "image": image[shown_channel], "channel": mods[shown_channel],
+                     "truth": np.asarray(case.label[z]), "predictions": preds})
     if rows:
         fmt = get_format(cfg.data.format)
         plot_segmentation_panel(rows, fig_dir / "segmentations.png", _class_names(predictors), fmt.display_rotate)
-        figures.append(("figures/segmentations.png", f"Test cases: FLAIR, ground truth and each model's prediction (seed {seed0}); cf. Fig. 5."))
+        figures.append(("figures/segmentations.png", f"Test cases: {mods[shown_channel]}, ground truth and each model's prediction (seed {seed0}); cf. Fig. 5."))
 
     pde_models = [n for n, p in predictors.items() if hasattr(p.model, "pde")]
     if pde_models and rows:

@@ -47,11 +47,12 @@ def plot_segmentation_panel(
     class_names: tuple[str, ...] | list[str] = ("background", "necrotic core (NCR)", "oedema (ED)", "enhancing tumour (ET)"),
     rotate: bool = True,
 ) -> Path:
-    """One row per case: FLAIR, the truth and each model's prediction overlaid (Fig. 5).
+    """One row per case: an image channel, the truth and each model's prediction overlaid (Fig. 5).
 
     Args:
-        rows: dicts with ``case`` (str), ``flair`` ``(H, W)`` image, ``truth`` ``(H, W)``
-            classes and ``predictions`` ``{model name: (H, W) classes}``.
+        rows: dicts with ``case`` (str), ``image`` ``(H, W)``, optionally ``channel`` (its
+            name, default FLAIR), ``truth`` ``(H, W)`` classes and ``predictions``
+            ``{model name: (H, W) classes}``.
         class_names: up to 4 class names for the colour legend.
         rotate: show ``rot90`` of the arrays (BraTS slices are stored x-major).
     """
@@ -60,8 +61,8 @@ def plot_segmentation_panel(
     fig, axes = plt.subplots(len(rows), ncol, figsize=(2.6 * ncol, 2.6 * len(rows)), squeeze=False)
     for r, row in enumerate(rows):
         turn = np.rot90 if rotate else np.asarray
-        img = turn(row["flair"])
-        panels = [("FLAIR", None), ("truth", row["truth"])] + [(m, row["predictions"][m]) for m in models]
+        img = turn(row["image"])
+        panels = [(row.get("channel", "FLAIR"), None), ("truth", row["truth"])] + [(m, row["predictions"][m]) for m in models]
         for c, (title, seg) in enumerate(panels):
             ax = axes[r][c]
             ax.imshow(img, cmap="gray")
