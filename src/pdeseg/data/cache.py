@@ -15,8 +15,11 @@ Each case becomes a folder ``<cache_dir>/<case_id>-<key>/`` holding
   ``fg_per_class`` (the classes in ``fg_locations.npy``, how many rows each has, in file
   order, and the cap they were drawn with).
 
-``key`` hashes the source paths, sizes and modification times, the modalities and the
-normalisation (with its CT window), so a changed file or setting gets a fresh entry. Entries are written to a
+``key`` hashes the source paths, sizes and modification times and the preprocessing
+(modalities, normalisation with its CT window and statistics, target spacing: see
+:class:`~pdeseg.data.preprocess.Preprocessing`), so a changed file or setting gets a fresh
+entry; with a target spacing the arrays are on the resampled grid and ``meta`` keeps the
+``source_shape`` and ``source_spacing``. Entries are written to a
 temporary folder and renamed into place (atomic), and are read with memory mapping. An
 entry is checked when it is opened (readable meta, arrays of the recorded shape and type);
 a damaged one (including a ``fg_locations.npy`` that is missing, unreadable or disagrees
