@@ -258,6 +258,8 @@ def test_ct_phantom_train_resume_predict_round_trip(tmp_path):
     metas = [json.loads(p.read_text()) for p in (tmp_path / "cache").glob("*/meta.json")]
     assert metas and all(m["shape"] == [20, 20, 16] and m["source_shape"] == [40, 40, 16] for m in metas)
     written = predict_folder(tmp_path / "run" / "best.pt", root / "imagesTs", tmp_path / "pred", progress=False).written
+    from_task = predict_folder(tmp_path / "run" / "best.pt", root, tmp_path / "pred_task", progress=False).written
+    assert [p.name for p in from_task] == ["liverphantom_005.nii.gz"]  # a task folder predicts its imagesTs
     ref = nib.load(str(root / "imagesTs" / "liverphantom_005.nii.gz"))
     seg = nib.load(str(written[0]))
     assert written[0].name == "liverphantom_005.nii.gz"

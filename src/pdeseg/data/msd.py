@@ -291,9 +291,10 @@ def _dataset_for(root: Path) -> MsdDataset | None:
 
 def find_msd_cases(root: str | Path, modalities: Sequence[str] | None = None, require_label: bool = True,
                    skipped: dict | None = None) -> list[MsdCase]:
-    """Cases of an MSD / nnU-Net task folder (``imagesTr`` with ``labelsTr``), or of a folder of
-    images (``imagesTs``, or ``imagesTr`` when ``require_label`` is False and there is no
-    ``imagesTs``; or any folder of NIfTI images, for prediction).
+    """Cases of an MSD / nnU-Net task folder: ``imagesTr`` with ``labelsTr``, or, when
+    ``require_label`` is False (prediction), ``imagesTs`` if the task has one (else
+    ``imagesTr``). ``root`` may also be an images folder itself (``imagesTr``, ``imagesTs``,
+    or any folder of NIfTI images).
 
     Args:
         modalities: the channels that will be read (checked to exist).
@@ -311,7 +312,7 @@ def find_msd_cases(root: str | Path, modalities: Sequence[str] | None = None, re
     dataset = _dataset_for(root)
     if dataset is not None and dataset.root == root:
         images_dir = root / "imagesTr"
-        if not require_label and not images_dir.is_dir() and (root / "imagesTs").is_dir():
+        if not require_label and (root / "imagesTs").is_dir():  # prediction: the task's test images
             images_dir = root / "imagesTs"
         labels_dir: Path | None = root / "labelsTr" if images_dir.name == "imagesTr" else None
     else:
