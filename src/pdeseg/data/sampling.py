@@ -102,7 +102,30 @@ def _augment(transform: Callable | None, image: torch.Tensor, label: torch.Tenso
     return _plain(out["image"]).float(), _plain(out["label"])[0].round().long()
 
 
-class SliceDataset(Dataset):
+class PerItemDraws:
+    """Mixin: every random draw of item ``index`` (the augmentation, and in patches mode the
+    patch centre) comes from a generator seeded by ``(seed, epoch, index)``, so an epoch's
+    samples do not depend on the number of DataLoader workers or the order items are read in,
+    and a resumed run draws them again exactly. Call :meth:`set_epoch` before each epoch."""
+
+    seed: int = 0
+    epoch: int = 0
+    transform: Callable | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def item_rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, index])
+
+    def augment_item(self, rng: np.random.Generator, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The transform, reseeded from ``rng``, applied to one item."""
+        if self.transform is not None and hasattr(self.transform, "set_random_state"):
+            self.transform.set_random_state(seed=int(rng.integers(2**32)))
+        return _augment(self.transform, image, label)
+
+
+class SliceDataset(PerItemDraws, Dataset):
     """Axial slices of cached cases.
 
     Each item is ``{"image": (C, H, W) float32, "label": (H, W) int64, "case": str, "z": int}``.
@@ -149,7 +172,7 @@ class SliceDataset(Dataset):
         image = torch.from_numpy(np.asarray(case.image[z], dtype=np.float32))
         label = torch.from_numpy(np.asarray(case.label[z], dtype=np.int64))
         image, label = fit_spatial(image, label, self.spatial_size, self.resize)
-        image, label = _augment(self.transform, image, label)
+        image, label = self.augment_item(self.item_rng(index), image, label)
         return {"image": image.contiguous(), "label": label.contiguous(), "case": case.case_id, "z": z}
 
 
@@ -160,7 +183,7 @@ def case_volume(case: CachedCase) -> tuple[np.ndarray, np.ndarray | None]:
     return image, label
 
 
-class PatchDataset(Dataset):
+class PatchDataset(PerItemDraws, Dataset):
     """Random patches of ``patch_size`` from whole cached volumes.
 
     ``samples_per_case`` patches per case and epoch. With probability ``foreground_prob`` a
@@ -202,9 +225,6 @@ class PatchDataset(Dataset):
         self.foreground_sampling = foreground_sampling
         self.transform, self.seed, self.epoch = transform, seed, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
     def __len__(self) -> int:
         return len(self.cases) * self.samples_per_case
 
@@ -219,7 +239,7 @@ class PatchDataset(Dataset):
         """The drawn patch centre ``(x, y, z)`` of item ``index`` (before the shift that keeps
         the patch inside the volume), and the item's generator for the draws that follow."""
         case = self.cases[index // self.samples_per_case]
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        rng = self.item_rng(index)
         if rng.random() < self.foreground_prob and case.foreground_classes:
             locations = case.foreground(self._foreground_class(case, rng))
             return np.asarray(locations[rng.integers(len(locations))], dtype=np.int64), rng
@@ -235,13 +255,11 @@ class PatchDataset(Dataset):
         img = torch.from_numpy(np.asarray(case.image[sz, :, sx, sy], dtype=np.float32).transpose(1, 2, 3, 0).copy())
         lab = torch.from_numpy(np.asarray(case.label[sz, sx, sy]).transpose(1, 2, 0).astype(np.int64))
         img, lab = fit_spatial(img, lab, self.patch)  # pads volumes smaller than a patch
-        if self.transform is not None and hasattr(self.transform, "set_random_state"):
-            self.transform.set_random_state(seed=int(rng.integers(2**32)))
-        img, lab = _augment(self.transform, img, lab)
+        img, lab = self.augment_item(rng, img, lab)
         return {"image": img.contiguous(), "label": lab.contiguous(), "case": case.case_id}
 
 
-class VolumeDataset(Dataset):
+class VolumeDataset(PerItemDraws, Dataset):
     """Whole cached cases, optionally centre cropped/padded to ``spatial_size``."""
 
     def __init__(self, cases: list[CachedCase], spatial_size: Sequence[int] | None = None, transform: Callable | None = None):
@@ -260,7 +278,7 @@ class VolumeDataset(Dataset):
         case = self.cases[index]
         image, label = case_volume(case)
         img, lab = fit_spatial(torch.from_numpy(image), torch.from_numpy(label.astype(np.int64)), self.spatial_size)
-        img, lab = _augment(self.transform, img, lab)
+        img, lab = self.augment_item(self.item_rng(index), img, lab)
         return {"image": img.contiguous(), "label": lab.contiguous(), "case": case.case_id}
 
 
@@ -269,14 +287,16 @@ def training_dataset(cases: list[CachedCase], spec: PreprocessSpec, data: DataCo
     if spec.mode == "slices":
         ds = SliceDataset(cases, spec.slices, spec.slice_range, spec.spatial_size, spec.resize)
         size = spec.spatial_size or list(ds[0]["image"].shape[1:])
-        ds.transform = _train_transform(data.augment, spec.spatial_dims, size)
+        ds.transform, ds.seed = _train_transform(data.augment, spec.spatial_dims, size), seed
         return ds
     if spec.mode == "patches":
         return PatchDataset(cases, spec.spatial_size, data.samples_per_case, data.foreground_prob,
                             _train_transform(data.augment, spec.spatial_dims, spec.spatial_size), seed,
                             data.foreground_sampling)
     size = spec.spatial_size or cases[0].meta["shape"]
-    return VolumeDataset(cases, spec.spatial_size, _train_transform(data.augment, spec.spatial_dims, size))
+    ds = VolumeDataset(cases, spec.spatial_size, _train_transform(data.augment, spec.spatial_dims, size))
+    ds.seed = seed
+    return ds
 
 
 def _train_transform(augment: AugmentConfig, spatial_dims: int, size: Sequence[int]):

@@ -158,9 +158,7 @@ class Trainer:
             sampler.set_epoch(epoch)
         else:
             sampler = RandomSampler(self.train_set, generator=torch.Generator().manual_seed(t.seed * 100_003 + epoch))
-        if getattr(self.train_set, "transform", None) is not None:
-            self.train_set.transform.set_random_state(seed=(t.seed * 1_000_003 + epoch * 7919 + self.rank) % 2**32)
-        if hasattr(self.train_set, "set_epoch"):
+        if hasattr(self.train_set, "set_epoch"):  # augmentation and patches drawn per (seed, epoch, item)
             self.train_set.set_epoch(epoch)
         return DataLoader(self.train_set, batch_size=t.batch_size, sampler=sampler, num_workers=self.num_workers)
 
