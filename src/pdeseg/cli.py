@@ -188,34 +188,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _checked(parse, ok, expected: str, rule: str):
+    """An argparse ``type``: ``parse(text)``, then ``ok(value)``; a failure is a one-line usage
+    error (exit 2) saying what was expected."""
+
+    def convert(text: str):
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{rule}, got {text}")
+        return value
+
+    return convert
 
 
-def _overlap(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 0 and < 1 (the share of a window its neighbour covers), got {text}")
-    return value
-
-
-def _distance_mm(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a distance in mm, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite distance >= 0 (mm), got {text}")
-    return value
+_positive_int = _checked(int, lambda v: v >= 1, "a whole number >= 1", "must be >= 1")
+_overlap = _checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)",
+                    "must be >= 0 and < 1 (the share of a window its neighbour covers)")
+_distance_mm = _checked(float, lambda v: math.isfinite(v) and v >= 0, "a distance in mm", "must be a finite distance >= 0 (mm)")
 
 
 def _add_inference_options(s: argparse.ArgumentParser) -> None:

@@ -209,7 +209,6 @@ class MsdCase:
                 raise MsdDataError(f"{ref_path}: holds {found} channel(s) but dataset.json lists {len(self.channels)} "
                                    f"({', '.join(self.channels)}); MSD stores the channels on the last axis")
             volumes = [data if data.ndim == 3 else data[..., i] for i in indices]
-            check_finite(np.stack(volumes), ref_path, MsdDataError)
         else:
             volumes, ref_img, ref_path = [], None, None
             for i in indices:
@@ -222,6 +221,8 @@ class MsdCase:
                     check_same_grid(ref_img, ref_path, img, path, data.shape, MsdDataError)
                 volumes.append(data)
         image = np.stack(volumes).astype(np.float32, copy=False)
+        if self.layout == "msd":  # one file holds every channel: check the channels read
+            check_finite(image, ref_path, MsdDataError)
         label = None
         if with_label and self.label is not None:
             img, raw = read_volume(self.label, MsdDataError)

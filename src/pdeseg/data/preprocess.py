@@ -201,7 +201,7 @@ class Preprocessing:
             return cls(tuple(spec_or_modalities))
         s = spec_or_modalities
         opt = lambda v: tuple(float(x) for x in v) if v is not None else None  # noqa: E731
-        return cls(tuple(s.modalities), s.normalization, opt(s.ct_window), opt(s.ct_stats), opt(getattr(s, "target_spacing", None)))
+        return cls(tuple(s.modalities), s.normalization, opt(s.ct_window), opt(s.ct_stats), opt(s.target_spacing))
 
     def key(self) -> str:
         """The settings as text, for cache keys."""

@@ -132,15 +132,13 @@ def sign_flip_p_value(d, max_exact: int = 16, rng: np.random.Generator | None = 
     observed = abs(d.mean())
     if np.allclose(d, 0.0):
         return 1.0
-    if d.size <= max_exact:
+    exact = d.size <= max_exact
+    if exact:
         signs = np.array(list(itertools.product((1.0, -1.0), repeat=d.size)))
     else:
-        rng = rng or np.random.default_rng(0)
-        signs = rng.choice((1.0, -1.0), size=(n_perm, d.size))
-        stats = np.abs((signs * d).mean(axis=1))
-        return float((np.sum(stats >= observed - 1e-12) + 1) / (n_perm + 1))
-    stats = np.abs((signs * d).mean(axis=1))
-    return float(np.mean(stats >= observed - 1e-12))
+        signs = (rng or np.random.default_rng(0)).choice((1.0, -1.0), size=(n_perm, d.size))
+    extreme = int(np.sum(np.abs((signs * d).mean(axis=1)) >= observed - 1e-12))
+    return extreme / len(signs) if exact else (extreme + 1) / (len(signs) + 1)
 
 
 @dataclass
