@@ -38,8 +38,9 @@ def cmd_models(args: argparse.Namespace) -> int:
             entry_note = ""
         print(f"{name:<{width}} {','.join(map(str, entry.dims)):<6} {n:>12}  {entry.description}{entry_note}")
     print("\nloss terms (loss.terms: [{name, weight, ...options}]):")
+    loss_width = max(10, *(len(name) for name in LOSSES))
     for name, entry in LOSSES.items():
-        print(f"  {name:<10} {entry.description}")
+        print(f"  {name:<{loss_width}} {entry.description}")
     print("\ndata formats (data.format):")
     for name, fmt in FORMATS.items():
         print(f"  {name:<10} {fmt.description}")
@@ -256,8 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("ablate", help="train a grid of model variants (e.g. paper 003's); table, curves, report")
     s.add_argument("--config", required=True)
-    s.add_argument("--grid", nargs="+", required=True, metavar="KEY=V1,V2",
-                   help="model keywords (activation=relu,prelu dropout=0,0.3 norm=batch,none) or dotted config keys")
+    s.add_argument("--grid", nargs="+", metavar="KEY=V1,V2",
+                   help="model keywords (activation=relu,prelu dropout=0,0.3 norm=batch,none) or dotted config keys; "
+                        "without --grid, the named variants of the config's ablation section")
     s.add_argument("--out", required=True, help="ablation folder (rerun the same command to continue it)")
     s.add_argument("--data", help="data folder (overrides data.root)")
     s.add_argument("--model", help="model to vary (default: the config's first)")

@@ -244,6 +244,28 @@ class TrainConfig(Section):
         return self
 
 
+class AblationConfig(Section):
+    """Named variants for ``pdeseg ablate`` (instead of a ``--grid``): each a mapping with a
+    ``name`` and settings. ``model`` picks a registered model (its kwargs from ``models``);
+    a dotted key is a config path (``loss.terms``, ``train.lr``); any other key is a keyword
+    of the variant's model. The first variant is the baseline of the paired tests."""
+
+    variants: Annotated[list[dict[str, Any]], Field(min_length=2)]
+
+    @model_validator(mode="after")
+    def _named(self) -> AblationConfig:
+        names = []
+        for i, v in enumerate(self.variants):
+            name = v.get("name")
+            if not isinstance(name, str) or not name.strip():
+                raise ValueError(f"ablation.variants[{i}] needs a non-empty name")
+            names.append(name)
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"ablation variant names must be distinct; repeated: {', '.join(dup)}")
+        return self
+
+
 class ExperimentConfig(Section):
     name: Annotated[str, Field(min_length=1)] = "experiment"
     output_dir: str = "runs"
@@ -253,6 +275,7 @@ class ExperimentConfig(Section):
     models: Annotated[list[ModelConfig], Field(min_length=1)] = Field(default_factory=lambda: [ModelConfig()])
     loss: LossConfig = Field(default_factory=LossConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    ablation: AblationConfig | None = None  # named variants for pdeseg ablate
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (YAML/JSON-ready), as saved with every run."""

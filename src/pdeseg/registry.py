@@ -18,7 +18,9 @@ from typing import Any
 from torch import nn
 
 from pdeseg.data.formats import FORMATS  # noqa: F401  (re-exported: the data-format registry)
+from pdeseg.losses.pde import PDEConsistencyLoss, TotalVariationLoss
 from pdeseg.losses.segmentation import CrossEntropyLoss, SoftDiceLoss
+from pdeseg.nn.pde3d_unet import PDE3DUNet
 from pdeseg.nn.pde_unet import PDEUNet
 from pdeseg.nn.unet import UNet
 from pdeseg.nn.unet3d import UNet3D
@@ -160,6 +162,9 @@ MODELS: dict[str, ModelEntry] = {
     "unet3d": ModelEntry(
         UNet3D, "paper-001 backbone: depth-configurable UNet, strided conv, InstanceNorm, deep supervision", (2, 3)
     ),
+    "pde3d_unet": ModelEntry(
+        PDE3DUNet, "paper-001 PDE3D-UNet: unet3d + learnable PDE layers (moment kernels, explicit/implicit/CN)", (2, 3)
+    ),
     "monai_dynunet": ModelEntry(_monai_dynunet, "MONAI's DynUNet (nnU-Net-like), kernel 3, deep supervision", (2, 3)),
     "monai_vnet": ModelEntry(_monai_vnet, "MONAI's V-Net (fixed widths 16-256, 5x5x5 kernels)", (3,)),
     "monai_swinunetr": ModelEntry(_monai_swinunetr, "MONAI's SwinUNETR (Swin transformer encoder, CNN decoder)", (2, 3)),
@@ -258,4 +263,6 @@ class LossEntry:
 LOSSES: dict[str, LossEntry] = {
     "ce": LossEntry(CrossEntropyLoss, "cross-entropy (binary CE for a one-channel sigmoid head); option class_weights"),
     "dice": LossEntry(SoftDiceLoss, "soft Dice with squared denominators (paper 000 eq. 4); options eps, include_background"),
+    "pde_consistency": LossEntry(PDEConsistencyLoss, "PDE layers' implicit-step residual reported by the model (paper 001); 0 without PDE layers"),
+    "tv": LossEntry(TotalVariationLoss, "smoothed isotropic total variation of the foreground probabilities; option eps"),
 }

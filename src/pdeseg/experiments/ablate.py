@@ -40,8 +40,23 @@ from pdeseg.data.formats import get_format
 from pdeseg.data.sampling import evaluation_slices
 from pdeseg.data.setup import PreparedData, prepare_data
 from pdeseg.data.splits import save_split
-from pdeseg.experiments.compare import environment, flat_rows, write_csv, write_curves
-from pdeseg.experiments.stats import SeedNoiseResult, format_mean_ci, mean_ci, seed_noise_comparison
+from pdeseg.experiments.compare import (
+    display_slice,
+    slice_prediction,
+    environment,
+    flat_rows,
+    paired_grids,
+    write_csv,
+    write_curves,
+)
+from pdeseg.experiments.stats import (
+    PairedResult,
+    SeedNoiseResult,
+    format_mean_ci,
+    mean_ci,
+    paired_comparison,
+    seed_noise_comparison,
+)
 from pdeseg.inference.predict import Predictor
 from pdeseg.inference.score import score
 from pdeseg.training.run import train_or_resume
@@ -50,7 +65,9 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 #: Table columns per split: loss plus paper 003's metrics.
-SCORES = ("loss",) + EPOCH_METRICS
+SCORES = ("loss",) + EPOCH_METRICS + ("hd95_mean", "train_time_s")
+#: Paired tests of each variant against the baseline on test cases: (row key, label).
+PAIRED_METRICS = (("dice_mean", "Dice"), ("hd95_mean", "HD95 (mm)"))
 
 
 # --------------------------------------------------------------------------------------
@@ -109,17 +126,22 @@ def parse_grid(tokens: list[str]) -> list[tuple[str, list[Any]]]:
 
 @dataclass
 class Variant:
-    """One point of the grid."""
+    """One point of the grid, or one named variant of a config's ``ablation`` section.
+
+    ``settings``: ``model`` (a registered model), dotted config paths, or keywords of the
+    variant's model; ``label``: the variant's name (default: its settings written out)."""
 
     settings: dict[str, Any]
+    label: str | None = None
 
     @property
     def name(self) -> str:
-        return " ".join(f"{k}={_show(v)}" for k, v in self.settings.items())
+        return self.label or " ".join(f"{k}={_show(v)}" for k, v in self.settings.items())
 
     @property
     def slug(self) -> str:
-        return re.sub(r"[^A-Za-z0-9_.=-]+", "_", "_".join(f"{k}={_show(v)}" for k, v in self.settings.items()))
+        text = self.label or "_".join(f"{k}={_show(v)}" for k, v in self.settings.items())
+        return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text)
 
 
 def _show(v: Any) -> str:
@@ -132,17 +154,33 @@ def grid_variants(axes: list[tuple[str, list[Any]]]) -> list[Variant]:
     return [Variant(dict(zip(keys, combo))) for combo in itertools.product(*(v for _, v in axes))]
 
 
+def config_variants(cfg: ExperimentConfig) -> list[Variant]:
+    """The named variants of the config's ``ablation`` section (the first is the baseline).
+
+    Raises:
+        ConfigError: the config has no ``ablation`` section.
+    """
+    if cfg.ablation is None:
+        raise ConfigError("no variants: give --grid key=v1,v2 or an ablation.variants section in the config")
+    return [Variant({k: v for k, v in spec.items() if k != "name"}, label=spec["name"]) for spec in cfg.ablation.variants]
+
+
 def variant_config(cfg: ExperimentConfig, model_name: str, variant: Variant) -> tuple[Experiment, ModelConfig]:
-    """The config and model entry of one variant (model keywords and dotted config paths).
+    """The config and model entry of one variant: ``model`` (a registered model, with its
+    kwargs from the config's ``models``; default ``model_name``), dotted config paths, and
+    keywords of the model.
 
     Raises:
         ConfigError: an invalid config value, or a keyword the model does not take.
     """
     data = cfg.to_dict()
+    data["ablation"] = None
     overrides = [f"{k}={json.dumps(v)}" for k, v in variant.settings.items() if "." in k]
     out = config_from_dict(apply_overrides(data, overrides))
+    model_name = variant.settings.get("model", model_name)
     base = next((m for m in out.models if m.name == model_name), ModelConfig(model_name))
-    model_cfg = ModelConfig(model_name, {**base.kwargs, **{k: v for k, v in variant.settings.items() if "." not in k}})
+    keywords = {k: v for k, v in variant.settings.items() if "." not in k and k != "model"}
+    model_cfg = ModelConfig(model_name, {**base.kwargs, **keywords})
     out.models = [model_cfg]
     try:
         exp = resolve(out)
@@ -166,28 +204,33 @@ class AblationResult:
     best: str = ""
     noise: list[SeedNoiseResult] = field(default_factory=list)
     main_effects: list[SeedNoiseResult] = field(default_factory=list)
+    cases: list[dict[str, Any]] = field(default_factory=list)  # one row per (variant, seed, test case)
+    paired: list[PairedResult] = field(default_factory=list)  # each variant vs the first, on test cases
 
 
-def score_split(predictor: Predictor, cfg: ExperimentConfig, data: PreparedData, split: str) -> dict[str, float]:
-    """Loss (the config's loss, over slices) and case-mean metrics of a checkpoint on ``split``."""
-    result = score(predictor, data.cases(split), "slices" if predictor.spec.mode == "slices" else "volume",
-                   build_loss(cfg.loss).to(predictor.device), batch_size=cfg.train.val_batch_size)
-    return {"loss": result.loss, **result.means(), "cases": len(result.rows)}
+def score_split(predictor: Predictor, cfg: ExperimentConfig, data: PreparedData, split: str) -> tuple[dict[str, float], list[dict]]:
+    """Loss (the config's loss) and case-mean metrics of a checkpoint on ``split``, and the
+    per-case rows. Volumetric models are scored on whole volumes with HD95."""
+    volume = predictor.spec.mode != "slices"
+    result = score(predictor, data.cases(split), "volume" if volume else "slices",
+                   build_loss(cfg.loss).to(predictor.device), with_hd95=volume, batch_size=cfg.train.val_batch_size)
+    return {"loss": result.loss, **result.means(), "cases": len(result.rows)}, result.rows
 
 
 def run_ablation(
     cfg: ExperimentConfig,
     out_dir: str | Path,
-    grid: list[str],
+    grid: list[str] | None,
     seeds: list[int],
     model: str | None = None,
     progress: bool = True,
 ) -> AblationResult:
-    """Train and score every variant of ``grid`` for each seed, then tabulate, plot and report.
+    """Train and score every variant for each seed, then tabulate, test, plot and report.
 
     Args:
         cfg: base config (its data, loss and training settings apply to every variant).
-        grid: ``key=v1,v2`` tokens (see :func:`parse_grid`).
+        grid: ``key=v1,v2`` tokens (see :func:`parse_grid`); ``None`` or empty: the named
+            variants of the config's ``ablation`` section.
         seeds: training seeds.
         model: registered model to vary (default: the config's first).
     """
@@ -196,7 +239,7 @@ def run_ablation(
     if model not in [m.name for m in cfg.models]:
         cfg = copy.deepcopy(cfg)
         cfg.models.append(ModelConfig(model))
-    variants = grid_variants(parse_grid(grid))
+    variants = grid_variants(parse_grid(grid)) if grid else config_variants(cfg)
     configs = [variant_config(cfg, model, v) for v in variants]  # fail on a bad variant before any training
     base = resolve(cfg)
     cfg = base.cfg
@@ -217,16 +260,21 @@ def run_ablation(
             log.info("variant %d/%d (%s), seed %d", i + 1, len(variants), variant.name, seed)
             last = train_or_resume(run_cfg, model_cfg, run_dir, data, progress, Experiment(run_cfg, vexp.fmt, vexp.info, vexp.spec))
             write_curves(run_dir, last, f"{variant.name}, seed {seed}")
-            scores_path = run_dir / "scores.json"
-            if scores_path.is_file():
-                scores = json.loads(scores_path.read_text())
+            scores_path, cases_path = run_dir / "scores.json", run_dir / "test_cases.json"
+            if scores_path.is_file() and cases_path.is_file():
+                scores, test_rows = json.loads(scores_path.read_text()), json.loads(cases_path.read_text())
             else:
                 predictor = Predictor.from_checkpoint(run_dir / "best.pt", precision=run_cfg.train.precision)
-                scores = {s: score_split(predictor, run_cfg, data, s) for s in SPLITS if data.split[s]}
+                scored = {s: score_split(predictor, run_cfg, data, s) for s in SPLITS if data.split[s]}
+                scores = {s: means for s, (means, _) in scored.items()}
+                test_rows = scored["test"][1] if "test" in scored else []
+                cases_path.write_text(json.dumps(test_rows, indent=1))
                 scores_path.write_text(json.dumps(scores, indent=1))
             for split, s in scores.items():
                 result.runs.append({"variant": variant.name, "seed": seed, "split": split,
-                                    "best_epoch": last["training"]["best_epoch"], "parameters": last["parameters"], **s})
+                                    "best_epoch": last["training"]["best_epoch"], "parameters": last["parameters"],
+                                    "train_time_s": sum(r["train_time_s"] for r in last["training"]["history"]), **s})
+            result.cases += [{"variant": variant.name, "seed": seed, "split": "test", **r} for r in test_rows]
     summarise(result, cfg.train.monitor)
     write_outputs(result, cfg, data)
     return result
@@ -264,6 +312,22 @@ def summarise(result: AblationResult, monitor: str = "dice_mean") -> None:
             if len(a) >= 2 and len(b) >= 2:
                 result.noise.append(seed_noise_comparison(a, b, v.name, base, f"{split} Dice"))
     result.main_effects = main_effects(result)
+    result.paired = paired_tests(result)
+
+
+def paired_tests(result: AblationResult) -> list[PairedResult]:
+    """Each variant against the first on the same test cases and seeds (Dice, and HD95 where
+    it was measured and is finite: an infinite HD95, one region empty, has no mean)."""
+    out = []
+    base = result.variants[0].name
+    for v in result.variants[1:]:
+        for key, label in PAIRED_METRICS:
+            if not any(key in r for r in result.cases if r["variant"] == v.name):
+                continue
+            a, b = paired_grids(result.cases, v.name, base, key, by="variant")
+            if a.size and np.isfinite(a).all() and np.isfinite(b).all():
+                out.append(paired_comparison(a, b, model=v.name, baseline=base, metric=label))
+    return out
 
 
 def main_effects(result: AblationResult, split: str = "test", key: str = "dice_mean") -> list[SeedNoiseResult]:
@@ -296,22 +360,54 @@ COLUMNS = [(f"{split} {name}", f"{split}_{key}") for split in SPLITS
            for name, key in (("loss", "loss"), ("acc", "accuracy"), ("mIoU", "iou_mean_all"), ("Dice", "dice_mean"))]
 
 
+def table_columns(result: AblationResult) -> list[tuple[str, str]]:
+    """Paper 003's columns, then test HD95 (volumetric runs) and the training time."""
+    cols = list(COLUMNS)
+    if any("test_hd95_mean" in r for r in result.table):
+        cols.append(("test HD95 (mm)", "test_hd95_mean"))
+    cols.append(("train time (s)", "train_train_time_s"))
+    return cols
+
+
 def results_markdown(result: AblationResult, cfg: ExperimentConfig) -> str:
     seeds = sorted({r["seed"] for r in result.runs})
+    columns = table_columns(result)
     lines = [
-        f"Variants of `{cfg.models[0].name}`, seeds {seeds}: mean ± sd over seeds; each seed's value is the mean over "
-        "cases (loss: over slices). acc = pixel accuracy; mIoU = mean IoU over all classes incl. background "
+        f"{_subject(result, cfg)}, seeds {seeds}: mean ± sd over seeds; each seed's value is the mean over "
+        f"cases (loss: over {'slices' if cfg.data.mode == 'slices' else 'whole volumes'}). acc = pixel accuracy; mIoU = mean IoU over all classes incl. background "
         "(paper 003's mean IoU); Dice = mean over the foreground classes. "
         f"**Best** = highest validation {cfg.train.monitor} (the test set does not choose).",
         "",
-        "| variant | " + " | ".join(h for h, _ in COLUMNS) + " | best epochs |",
-        "|---|" + "---|" * (len(COLUMNS) + 1),
+        "| variant | " + " | ".join(h for h, _ in columns) + " | best epochs |",
+        "|---|" + "---|" * (len(columns) + 1),
     ]
     for r in result.table:
         name = f"**{r['variant']}** (best)" if r["best"] else r["variant"]
-        cells = " | ".join(_cell(r.get(k), 4 if k.endswith("accuracy") else 3) for _, k in COLUMNS)
+        cells = " | ".join(_cell(r.get(k), _digits(k)) for _, k in columns)
         lines.append(f"| {name} | {cells} | {', '.join(map(str, r['best_epochs']))} |")
     return "\n".join(lines) + "\n"
+
+
+def _subject(result: AblationResult, cfg: ExperimentConfig) -> str:
+    """``Variants of `unet` `` for a grid; the named variants' models for an ablation section."""
+    if any(v.label for v in result.variants):
+        models = dict.fromkeys(v.settings.get("model", cfg.models[0].name) for v in result.variants)
+        return f"Named variants ({', '.join(f'`{m}`' for m in models)})"
+    return f"Variants of `{cfg.models[0].name}`"
+
+
+def _digits(key: str) -> int:
+    return 4 if key.endswith("accuracy") else 1 if key.endswith(("hd95_mean", "time_s")) else 3
+
+
+def paired_markdown(result: AblationResult) -> str:
+    """The paired tests against the baseline, one sentence each."""
+    if not result.paired:
+        return ""
+    lines = [f"Paired tests against `{result.variants[0].name}` on the same test cases and seeds (difference "
+             "variant - baseline, bootstrap interval over cases and seeds, sign-flip test over cases; for HD95 "
+             "lower is better):", ""]
+    return "\n".join(lines + [f"- {p.sentence()}" for p in result.paired]) + "\n\n"
 
 
 def noise_markdown(result: AblationResult) -> str:
@@ -333,7 +429,8 @@ def write_outputs(result: AblationResult, cfg: ExperimentConfig, data: PreparedD
     write_csv(out / "runs.csv", result.runs)
     write_csv(out / "results.csv", flat_rows(result.table, ("mean", "sd")))
     (out / "results.md").write_text(results_markdown(result, cfg))
-    (out / "noise.md").write_text(noise_markdown(result))
+    (out / "noise.md").write_text(paired_markdown(result) + noise_markdown(result))
+    write_csv(out / "test_cases.csv", result.cases)
     figures = make_figures(result, cfg, data)
     write_report(result, cfg, figures)
 
@@ -369,13 +466,19 @@ def make_figures(result: AblationResult, cfg: ExperimentConfig, data: PreparedDa
     predictor = Predictor.from_checkpoint(result.out_dir / "runs" / best.slug / f"seed{seed0}" / "best.pt", precision=cfg.train.precision)
     rows = [_case_panel(predictor, case, cfg) for case in cases[:3]]
     plot_class_masks(rows, predictor.spec.class_names, fig_dir / "class_masks.png", fmt.display_rotate)
-    figures.append(("figures/class_masks.png", f"Best variant on test cases: {cfg.data.modalities[0]}, manual mask, each predicted "
+    figures.append(("figures/class_masks.png", f"Best variant on test cases: {(cfg.data.modalities or ['channel 0'])[0]}, manual mask, each predicted "
                                                "class, and the composite; cf. paper 003 Fig. 3."))
     return figures
 
 
 def _case_panel(predictor: Predictor, case, cfg: ExperimentConfig) -> dict[str, Any]:
-    """The selected slice of ``case`` with the most tumour, fitted as in training, with its prediction."""
+    """The selected slice of ``case`` with the most tumour, fitted as in training, with its
+    prediction (a volumetric model segments the whole volume; its slice is shown)."""
+    if predictor.spec.mode != "slices":
+        z = display_slice(case, cfg, "volume")
+        image = np.asarray(case.image[z], dtype=np.float32)
+        return {"case": f"{case.case_id} z={z}", "image": image[0], "truth": np.asarray(case.label[z]),
+                "prediction": slice_prediction(predictor, case, z)}
     ds = evaluation_slices([case], predictor.spec)
     label = np.asarray(case.label)
     z = max((z for _, z in ds.items), key=lambda z: int((label[z] > 0).sum()))
@@ -388,22 +491,25 @@ def _case_panel(predictor: Predictor, case, cfg: ExperimentConfig) -> dict[str, 
 def write_report(result: AblationResult, cfg: ExperimentConfig, figures: list[tuple[str, str]]) -> Path:
     from pdeseg.viz.report import render_report
 
-    cols = [("variant", "variant")] + COLUMNS + [("best epochs", "best_epochs")]
+    columns = table_columns(result)
+    cols = [("variant", "variant")] + columns + [("best epochs", "best_epochs")]
     cells = []
     for r in result.table:
         c = {"variant": ("★ " if r["best"] else "") + r["variant"], "best_epochs": ", ".join(map(str, r["best_epochs"]))}
-        c.update({k: _cell(r.get(k), 4 if k.endswith("accuracy") else 3) for _, k in COLUMNS})
+        c.update({k: _cell(r.get(k), _digits(k)) for _, k in columns})
         cells.append(c)
     split = json.loads((result.out_dir / "split.json").read_text())
     seeds = sorted({r["seed"] for r in result.runs})
     intro = (
-        f"{len(result.variants)} variants of {cfg.models[0].name} x seeds {seeds} on one patient split "
+        f"{_subject(result, cfg)}: {len(result.variants)} x seeds {seeds} on one patient split "
         f"({len(split['train'])} train / {len(split['val'])} validation / {len(split['test'])} test cases of {cfg.data.root}); "
-        f"modalities {', '.join(cfg.data.modalities)}, slices {cfg.data.slices} {cfg.data.slice_range or ''}, "
+        f"modalities {', '.join(cfg.data.modalities or ['all'])}, {cfg.data.mode}"
+        f"{f' ({cfg.data.slices} {cfg.data.slice_range or chr(32)})' if cfg.data.mode == 'slices' else ''}, "
         f"size {cfg.data.spatial_size}, {cfg.train.epochs} epochs. Values: mean ± sd over seeds. "
         f"★ = best validation {cfg.train.monitor}."
     )
-    verdicts = [f"Best by validation: {result.best}."] + [n.sentence() for n in result.main_effects + result.noise]
+    verdicts = [f"Best by validation: {result.best}."] + [p.sentence() for p in result.paired] \
+        + [n.sentence() for n in result.main_effects + result.noise]
     env = json.loads((result.out_dir / "environment.json").read_text())
     return render_report(result.out_dir / "report.html", f"pdeseg ablate: {cfg.name}", intro, cells, cols, verdicts,
                          figures, {**env, "config": "config.yaml", "results": "results.csv", "runs": "runs.csv"})

@@ -146,7 +146,7 @@ def run_compare(
             log.info("%s seed %d: best epoch %d", m.name, seed, run["best_epoch"])
     result.table = summary_table(result.rows, result.runs, names, [k for _, k in result.columns])
     result.paired = [
-        paired_comparison(*_grids(result.rows, name, baseline, "dice_mean"), model=name, baseline=baseline, metric="Dice")
+        paired_comparison(*paired_grids(result.rows, name, baseline, "dice_mean"), model=name, baseline=baseline, metric="Dice")
         for name in names if name != baseline and data.split["test"]
     ]
     write_outputs(result, scope)
@@ -161,12 +161,13 @@ def _per_seed(rows, model: str, split: str, key: str) -> list[float]:
             for s in seeds]
 
 
-def _grids(rows, model: str, baseline: str, key: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(n_seeds, n_cases)`` test scores of ``model`` and ``baseline`` on matching cases and seeds."""
+def paired_grids(rows, model: str, baseline: str, key: str, by: str = "model") -> tuple[np.ndarray, np.ndarray]:
+    """``(n_seeds, n_cases)`` test scores of ``model`` and ``baseline`` (values of the rows'
+    ``by`` field) on matching cases and seeds, for :func:`~pdeseg.experiments.stats.paired_comparison`."""
     test = [r for r in rows if r["split"] == "test"]
-    seeds = sorted({r["seed"] for r in test if r["model"] == model} & {r["seed"] for r in test if r["model"] == baseline})
+    seeds = sorted({r["seed"] for r in test if r[by] == model} & {r["seed"] for r in test if r[by] == baseline})
     cases = sorted({r["case"] for r in test})
-    look = {(r["model"], r["seed"], r["case"]): r[key] for r in test}
+    look = {(r[by], r["seed"], r["case"]): r[key] for r in test}
     grid = lambda name: np.array([[look[(name, s, c)] for c in cases] for s in seeds])  # noqa: E731
     return grid(model), grid(baseline)
 
@@ -267,7 +268,7 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         w.writerows(rows)
 
 
-def _display_slice(case: CachedCase, cfg: ExperimentConfig, scope: str) -> int:
+def display_slice(case: CachedCase, cfg: ExperimentConfig, scope: str) -> int:
     """The slice shown for a case: the selected one (slices scope, first of the selection) or the largest tumour."""
     from pdeseg.data.sampling import select_slices
 
@@ -276,7 +277,7 @@ def _display_slice(case: CachedCase, cfg: ExperimentConfig, scope: str) -> int:
     return int(np.argmax((np.asarray(case.label) > 0).sum(axis=(1, 2))))
 
 
-def _slice_prediction(predictor: Predictor, case: CachedCase, z: int) -> np.ndarray:
+def slice_prediction(predictor: Predictor, case: CachedCase, z: int) -> np.ndarray:
     """Predicted classes of slice ``z`` of a cached case: a slice model sees that slice alone,
     a volumetric one segments the whole volume (its context) and the slice is taken from it."""
     if predictor.spec.mode == "slices":
@@ -313,9 +314,9 @@ def make_figures(result: CompareResult, cfg: ExperimentConfig, scope: str) -> li
     mods = list(cfg.data.modalities)
     shown_channel = mods.index("flair") if "flair" in mods else 0
     for case in shown:
-        z = _display_slice(case, cfg, scope)
+        z = display_slice(case, cfg, scope)
         image = np.asarray(case.image[z], dtype=np.float32)  # (C, X, Y)
-        preds = {n: _slice_prediction(p, case, z) for n, p in predictors.items()}
+        preds = {n: slice_prediction(p, case, z) for n, p in predictors.items()}
         rows.append({"case": f"{case.case_id} z={z}", "image": image[shown_channel], "channel": mods[shown_channel],
                      "truth": np.asarray(case.label[z]), "predictions": preds})
     if rows:
@@ -327,7 +328,7 @@ def make_figures(result: CompareResult, cfg: ExperimentConfig, scope: str) -> li
     if pde_models and rows:
         name = pde_models[0]
         case = shown[0]
-        z = _display_slice(case, cfg, scope)
+        z = display_slice(case, cfg, scope)
         plot_cable_effect(predictors[name].model.pde.cpu(), np.asarray(case.image[z], dtype=np.float32),
                           list(cfg.data.modalities), fig_dir / "cable_effect.png")
         figures.append(("figures/cable_effect.png", f"The trained cable block of {name} on {case.case_id}, slice {z}: input, output and difference per modality; cf. Fig. 6."))

@@ -815,7 +815,7 @@ def case_metrics(
       every region (BraTS: WT, TC, ET). With the default names ``dice_ET`` is both the
       class-3 and the ET-region Dice: they are the same quantity.
     * ``hd95_<region>`` (mm) if ``with_hd95``; see :func:`hd95` for the definition and
-      the empty-mask rule.
+      the empty-mask rule; ``hd95_mean`` their mean (over regions, or foreground classes).
     * ``surface_dice_<region>`` if ``surface_tolerance_mm`` is given; see :func:`surface_dice`.
 
     The distance metrics (HD95, surface Dice) are computed per region; for a task without
@@ -858,6 +858,7 @@ def case_metrics(
         if with_hd95:
             for name in where:
                 out[f"hd95_{name}"] = hd95(pm[name], tm[name], spacing, hd95_one_empty)
+            out["hd95_mean"] = float(np.mean([out[f"hd95_{name}"] for name in where]))
         if surface_tolerance_mm is not None:
             for name in where:
                 out[f"surface_dice_{name}"] = surface_dice(pm[name], tm[name], spacing, surface_tolerance_mm, empty)

@@ -180,10 +180,23 @@ class UNet3D(nn.Module):
                 ``in_channels`` channels.
         """
         check_input(x, self.spatial_dims, self.in_channels, "UNet3D")
+        return self._run(x, None)
+
+    def _run(self, x: torch.Tensor, hook) -> torch.Tensor | list[torch.Tensor]:
+        """The network body. ``hook(position, y) -> y``, when given, may transform the
+        features at ``position``: an int ``k`` (encoder stage ``k``'s output, which feeds both
+        its skip connection and the next stage) or ``"bottleneck"`` (the bottleneck's input
+        only; the skip of the stage before keeps its features). Subclasses use it to insert
+        layers (:class:`pdeseg.nn.pde3d_unet.PDE3DUNet`)."""
         y, pads = pad_to_multiple(x, self.size_multiple(), min_blocks=MIN_BOTTLENECK_VOXELS)
         skips = []
-        for stage in self.encoder:
+        last = len(self.encoder) - 1
+        for k, stage in enumerate(self.encoder):
+            if hook is not None and k == last:
+                y = hook("bottleneck", y)
             y = stage(y)
+            if hook is not None and k < last:
+                y = hook(k, y)
             skips.append(y)
         y = skips.pop()  # the bottleneck's output
         with_heads = self.deep_supervision and self.training
