@@ -1,4 +1,4 @@
-"""Command line: ``pdeseg {demo,compare,ablate,phantom,train,evaluate,predict,models}``.
+"""Command line: ``pdeseg {demo,compare,ablate,robustness,phantom,train,evaluate,predict,models}``.
 
 A thin layer over the Python API; every command logs progress to stderr.
 """
@@ -176,6 +176,21 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_robustness(args: argparse.Namespace) -> int:
+    from pdeseg.experiments.robustness import parse_list, parse_numbers, run_robustness
+
+    cfg = _load_cfg(args)
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    result = run_robustness(cfg, args.out, seeds, args.study, None if args.noise is None else parse_list(args.noise, "--noise"),
+                            parse_numbers(args.levels, "--levels"), parse_numbers(args.fractions, "--fractions"),
+                            args.baseline, args.noise_seed, progress=not args.no_progress)
+    for name in ("noise.md", "fraction.md"):
+        if (result.out_dir / name).is_file():
+            print((result.out_dir / name).read_text())
+    print(f"report: {(result.out_dir / 'report.html').resolve()}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from pdeseg.experiments.demo import run_demo
 
@@ -268,6 +283,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", nargs="*", metavar="KEY=VALUE")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_ablate)
+
+    s = sub.add_parser("robustness", help="models under test-time noise / bias fields and with fewer training labels; "
+                                          "tables, paired tests, figures, report")
+    s.add_argument("--config", required=True)
+    s.add_argument("--out", required=True, help="study folder (rerun the same command to continue it)")
+    s.add_argument("--data", help="data folder (overrides data.root)")
+    s.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
+    s.add_argument("--first-seed", type=int, default=0)
+    s.add_argument("--study", default="both", choices=["noise", "fraction", "both"],
+                   help="test-time perturbations, training-label fractions, or both (default)")
+    s.add_argument("--noise", metavar="KIND,...",
+                   help="perturbations: gaussian, rician, bias (default: all three; no rician for CT)")
+    s.add_argument("--levels", metavar="L,...", help="perturbation levels >= 0: noise sd as a share of the 99th "
+                   "percentile intensity, or sd of the log bias field (default 0,0.05,0.1,0.2)")
+    s.add_argument("--fractions", metavar="F,...", help="training fractions in (0, 1] (default 0.1,0.25,0.5,1)")
+    s.add_argument("--baseline", help="model the others are compared with (default: the first)")
+    s.add_argument("--noise-seed", type=int, default=0, help="seed of the perturbations (with case id and kind)")
+    s.add_argument("--set", nargs="*", metavar="KEY=VALUE")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_robustness)
 
     s = sub.add_parser("phantom", help="write a synthetic data set (BraTS-like, LGG-like, or an MSD-layout MRI or CT task)")
     s.add_argument("--out", required=True)

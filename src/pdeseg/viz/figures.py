@@ -173,3 +173,36 @@ def plot_class_masks(
         axes[r][0].set_ylabel(row["case"], fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_against(panels: list[tuple[str, dict[str, tuple]]], x_label: str, path: str | Path, title: str = "",
+                 log_x: bool = False) -> Path:
+    """One panel per metric of a value against a condition (noise level, training fraction),
+    one line per model with its confidence band.
+
+    Args:
+        panels: ``(y label, {model: (xs, means, lows, highs)})`` per panel; a band is drawn
+            where ``lows`` / ``highs`` are finite (not for a single seed).
+        log_x: logarithmic x axis (fractions), ticks at the values.
+    """
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for ax, (label, curves) in zip(axes[0], panels):
+        for name, (xs, means, lows, highs) in curves.items():
+            line, = ax.plot(xs, means, "o-", label=name, markersize=4)
+            ok = np.isfinite(lows) & np.isfinite(highs)
+            if ok.any():
+                ax.fill_between(xs[ok], lows[ok], highs[ok], color=line.get_color(), alpha=0.15)
+        if log_x:
+            ax.set_xscale("log")
+            ticks = sorted({float(x) for curve in curves.values() for x in curve[0]})
+            ax.set_xticks(ticks)
+            ax.set_xticklabels([f"{t:g}" for t in ticks])
+            ax.minorticks_off()
+        ax.set_xlabel(x_label)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
