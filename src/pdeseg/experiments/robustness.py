@@ -85,7 +85,7 @@ from pdeseg.data.formats import get_format
 from pdeseg.data.preprocess import Preprocessing, nonzero_mask
 from pdeseg.data.setup import PreparedData, prepare_data, subsample_training
 from pdeseg.data.splits import save_split
-from pdeseg.experiments.compare import _grids, environment, write_csv, write_curves
+from pdeseg.experiments.compare import environment, paired_grids, write_csv, write_curves
 from pdeseg.experiments.stats import PairedResult, format_mean_ci, mean_ci, paired_comparison
 from pdeseg.inference.predict import Predictor
 from pdeseg.inference.score import score
@@ -651,7 +651,7 @@ def cell_table(rows: list[dict], study: str, condition: tuple[str, ...], names: 
                         common = [s for s in per_seed if s in before]
                         out[f"{key}_change"] = mean_ci([per_seed[s] - before[s] for s in common])
                 if name != baseline and any(r["model"] == baseline for r in here):
-                    pr = paired_comparison(*_grids(here, name, baseline, key), model=name, baseline=baseline,
+                    pr = paired_comparison(*paired_grids(here, name, baseline, key), model=name, baseline=baseline,
                                            metric=f"{heading.split()[0]} ({study}: {label})")
                     if (name, pr.metric) not in said:
                         paired.append(pr)
