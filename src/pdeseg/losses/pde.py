@@ -50,7 +50,7 @@ def total_variation(p: torch.Tensor, spacing: Sequence[float] | None = None, eps
 def foreground_probabilities(logits: torch.Tensor) -> torch.Tensor:
     """``(B, K, *S)`` logits -> ``(B, C - 1, *S)`` probabilities of the foreground classes
     (softmax channels 1..C-1, or ``sigmoid(z)`` for a one-channel head)."""
-    return class_probabilities(logits.float())[:, 1:]
+    return class_probabilities(logits)[:, 1:]
 
 
 class TotalVariationLoss(nn.Module):

@@ -37,7 +37,8 @@ def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
 
     Sigmoid head: ``[1 - sigmoid(z), sigmoid(z)]``; softmax head: ``softmax(z)``.
     """
-    logits = logits.float()
+    if logits.dtype != torch.float64:
+        logits = logits.float()  # at least float32 (bf16/fp16 autocast outputs are promoted)
     if logits.shape[1] == 1:
         p = torch.sigmoid(logits)
         return torch.cat([1 - p, p], dim=1)
