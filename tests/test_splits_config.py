@@ -67,7 +67,8 @@ def test_shipped_configs_load(name):
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_loads_and_builds_its_models(path, tmp_path):
     """MSD configs read their classes from a task's dataset.json: a phantom task of the
-    config's kind (CT for a CT normalisation, else MRI) stands in for the real one."""
+    config's kind (CT for a CT normalisation, else MRI) stands in for the real one. Named
+    ablation variants must build too."""
     from pdeseg.config import load_config
     from pdeseg.build import build_network
     from pdeseg.data.phantom_msd import write_msd_phantom_dataset
@@ -79,6 +80,11 @@ def test_every_shipped_config_loads_and_builds_its_models(path, tmp_path):
     exp = resolve(cfg)
     for m in exp.cfg.models:
         build_network(exp, m)
+    if cfg.ablation is not None:  # every named variant of an ablation plan resolves and builds
+        from pdeseg.experiments.ablate import config_variants, variant_config
+
+        for variant in config_variants(cfg):
+            variant_config(cfg, cfg.models[0].name, variant)
 
 
 def test_paper_003_config_protocol():
