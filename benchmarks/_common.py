@@ -1,13 +1,15 @@
-"""Machinery shared by ``bench_models.py`` and ``bench_3d.py`` (not a benchmark itself).
+"""Machinery shared by ``bench_models.py``, ``bench_3d.py`` and ``bench_pde.py`` (not a benchmark itself).
 
 * child side: :class:`WorkerBase` (timing, train/eval mode, peak memory of the one model a
   worker process holds), :func:`make_train_step` (one optimiser step as the trainer does
   it) and :func:`worker_main`, the loop that serves the parent's requests;
 * parent side: :class:`Remote` (a spawned worker process), :func:`round_robin` (interleaved
-  repeats), :func:`run_groups` (spawn, measure, close);
-* the command line and the report: device / precision options and their resolution, the
-  CPU's model name and flags, memory-measure labels, the wall-time / load-average footer,
-  JSON output.
+  repeats), :func:`measure_phases` (inference then training, round-robin), :func:`run_groups`
+  (spawn, measure, close);
+* the command line and the report: device / precision options and their resolution,
+  ``--quick`` presets, the machine line (device, CPU model and flags), the largest spread
+  of the timed series, memory-measure labels, the wall-time / load-average footer, JSON
+  output.
 
 The scripts are run as ``python benchmarks/bench_X.py``, so this folder is ``sys.path[0]``
 and ``from _common import ...`` finds this module. A worker process is started with the
@@ -27,9 +29,12 @@ import multiprocessing as mp
 import os
 import platform
 import resource
+import statistics
 import sys
 import time
 
+#: CPU flags that decide CPU speed (AVX-512 and AMX make bf16 autocast pay), printed by :func:`machine`.
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 MEM_MEASURE_CUDA = "torch.cuda.max_memory_allocated (reset before each phase; includes weights)"
 
 
@@ -72,7 +77,10 @@ class WorkerBase:
         self.cuda = self.device.type == "cuda"
 
     def _mark_baseline(self) -> None:
-        """The RSS that the CPU peak-memory figure is measured from."""
+        """The RSS that the CPU peak-memory figure is measured from (after importing the
+        trainer, which :func:`make_train_step` uses, so that its modules do not count)."""
+        import pdeseg.training.trainer  # noqa: F401
+
         self._sync()
         self.rss0 = rss_now_mib()
 
@@ -98,35 +106,32 @@ class WorkerBase:
         return maxrss_mib() - self.rss0
 
 
-def make_train_step(model, loss_fn, x, y, device, precision: str):
-    """A callable doing one training step as the trainer does it: forward under autocast,
-    ``loss_fn`` on the float32 output (each head's, for a deep-supervision list) against
-    ``y``, backward through a ``GradScaler`` (enabled for 16-mixed only), Adam step (lr 1e-4).
-    The optimiser and scaler are made on the first call, so their memory counts in the
-    training phase only."""
+def make_train_step(model, loss_fn, x, y, device, precision: str, train=None):
+    """A callable doing one training step exactly as the trainer does it: the trainer's own
+    :func:`pdeseg.training.trainer.train_step` (forward under autocast; ``loss_fn`` on the
+    float32 output, which may be a tensor, a deep-supervision list of heads or a
+    ``{"logits", "pde_residual"}`` dict; backward through a ``GradScaler`` enabled for
+    16-mixed only; gradient clipping when ``train.grad_clip`` is set; optimiser step) on the
+    batch ``x``, ``y``, with the optimiser of :func:`pdeseg.build.build_optimizer` (the
+    trainer's parameter groups). ``train`` is a :class:`pdeseg.config.TrainConfig`; by
+    default Adam at lr 1e-4 without clipping. The optimiser and scaler are made on the first
+    call, so their memory counts in the training phase only."""
     import torch
 
-    from pdeseg.runtime import autocast
+    from pdeseg.build import build_optimizer
+    from pdeseg.config import TrainConfig
+    from pdeseg.training.trainer import train_step
 
-    state: dict = {}
+    t = train if train is not None else TrainConfig(optimizer="adam", lr=1e-4)
+    batch, state = {"image": x, "label": y}, {}
 
-    def as_float(out):
-        return [o.float() for o in out] if isinstance(out, list) else out.float()
-
-    def train_step():
+    def step():
         if not state:
-            state["opt"] = torch.optim.Adam(model.parameters(), lr=1e-4)
+            state["opt"] = build_optimizer(t, model)
             state["scaler"] = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
-        opt, scaler = state["opt"], state["scaler"]
-        opt.zero_grad(set_to_none=True)
-        with autocast(device, precision):
-            out = model(x)
-        loss = loss_fn(as_float(out), y)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
+        train_step(model, batch, loss_fn, state["opt"], state["scaler"], t, device, precision, channels_last=False)
 
-    return train_step
+    return step
 
 
 def worker_main(worker_cls: type, name: str, opts: dict, conn) -> None:
@@ -216,6 +221,21 @@ def run_groups(worker_cls: type, groups: list[list[str]], opts: dict, measure, j
     return results
 
 
+def measure_phases(workers: list[Remote], warmup: int, repeats: int) -> dict[str, dict]:
+    """Inference (eval mode, key ``infer``), then training (train mode, key ``train``), each
+    ``warmup + repeats`` calls round-robin across ``workers``; per worker its ``info`` plus
+    ``infer_s`` / ``train_s`` (the timed calls) and ``infer_peak_mib`` / ``train_peak_mib``
+    (inference first, so that its smaller peak is seen on CPU)."""
+    out = {w.name: dict(w.info) for w in workers}
+    for phase, train in (("infer", False), ("train", True)):
+        for w in workers:
+            w.call("mode", train)
+        round_robin(workers, phase, warmup, repeats, out)
+        for w in workers:
+            out[w.name][f"{phase}_peak_mib"] = w.call("peak_mib")
+    return out
+
+
 # ----------------------------------------------------------------------------- command line and report
 
 
@@ -257,6 +277,29 @@ def cpu_info() -> tuple[str, set[str]]:
     except OSError:
         pass
     return cpu, flags or set()
+
+
+def fill_defaults(args: argparse.Namespace, quick: dict, defaults: dict) -> None:
+    """Set every option of ``defaults`` left at ``None`` on the command line from ``quick``
+    (with ``--quick``) or ``defaults``: an option given explicitly wins."""
+    for key, value in (quick if args.quick else defaults).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+
+
+def machine(device, torch) -> tuple[str, str]:
+    """(device description, CPU description with the :data:`CPU_FLAGS` it has and the CPU count)."""
+    cpu, flags = cpu_info()
+    have = [fl for fl in CPU_FLAGS if fl in flags]
+    cpu_line = f"{cpu}; flags: {' '.join(have) or 'none of ' + ', '.join(CPU_FLAGS)}; cpu count {os.cpu_count()}"
+    dev = f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu"
+    return dev, cpu_line
+
+
+def largest_spread(results: dict[str, dict], keys=("train_s", "infer_s")) -> float | None:
+    """The largest ``(max - min) / median`` of any timed series with more than one value, or None."""
+    spread = [(max(r[k]) - min(r[k])) / statistics.median(r[k]) for r in results.values() for k in keys if len(r.get(k, [])) > 1]
+    return max(spread) if spread else None
 
 
 def memory_labels(device, cpu_measure: str) -> tuple[str, str]:

@@ -42,8 +42,8 @@ import sys
 import time
 
 from _common import (  # benchmarks/_common.py: this script's folder is sys.path[0]
-    WorkerBase, add_device_args, cpu_info, make_train_step, memory_labels, report_load, resolve_runtime, round_robin,
-    run_groups, save_json,
+    WorkerBase, add_device_args, fill_defaults, largest_spread, machine, make_train_step, memory_labels, report_load,
+    resolve_runtime, round_robin, run_groups, save_json,
 )
 
 BASELINE = "monai_unet"
@@ -53,7 +53,6 @@ DEEP_SUPERVISION = ("unet3d", "monai_dynunet")
 #: ``--quick`` settings (anything given explicitly on the command line wins).
 QUICK = {"patch": 32, "batch": 1, "volume": 48, "repeats": 1, "warmup": 0, "sw_repeats": 1}
 DEFAULTS = {"patch": 64, "batch": 2, "volume": 128, "repeats": 3, "warmup": 1, "sw_repeats": 1}
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
 # ----------------------------------------------------------------------------- child side
@@ -126,15 +125,6 @@ def _measure(workers: list, opts: dict) -> dict[str, dict]:
     return out
 
 
-def _machine(device, torch) -> tuple[str, str]:
-    """(device description, CPU description with the flags that matter for speed)."""
-    cpu, flags = cpu_info()
-    have = [fl for fl in CPU_FLAGS if fl in flags]
-    cpu_line = f"{cpu}; flags: {' '.join(have) or 'none of ' + ', '.join(CPU_FLAGS)}; cpu count {os.cpu_count()}"
-    dev = f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu"
-    return dev, cpu_line
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--quick", action="store_true",
@@ -157,10 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="keep every model in memory (one process each) and interleave their repeats round-robin")
     p.add_argument("--json", metavar="PATH", help="also save the results as JSON")
     args = p.parse_args(argv)
-    base = QUICK if args.quick else DEFAULTS
-    for key, value in base.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    fill_defaults(args, QUICK, DEFAULTS)
     if args.patch < 8 or args.volume < 1 or args.batch < 1 or args.repeats < 1 or args.warmup < 0 or args.sw_repeats < 0:
         p.error("need --patch >= 8, --volume >= 1, --batch >= 1, --repeats >= 1, --warmup >= 0, --sw-repeats >= 0")
     if not 0 <= args.overlap < 1:
@@ -176,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         "classes": args.classes, "repeats": args.repeats, "warmup": args.warmup, "sw_repeats": args.sw_repeats,
         "deep_supervision": args.deep_supervision,
     }
-    dev, cpu_line = _machine(device, torch)
+    dev, cpu_line = machine(device, torch)
     mem_measure, mem = memory_labels(device, "peak RSS increase (ru_maxrss) over the RSS before building the model, "
                                              "one spawned process per model; inference measured before training")
     threads = args.threads or torch.get_num_threads()
@@ -219,12 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         print(row)
     if not have_base and len(results) > 1:
         print(f"\n(no ratios: the baseline {BASELINE!r} was not run)")
-    spread = [
-        (max(r[k]) - min(r[k])) / statistics.median(r[k]) for r in results.values() for k in ("train_s", "infer_s")
-        if len(r.get(k, [])) > 1
-    ]
-    if spread:
-        print(f"\nlargest (max - min)/median spread of any timed series: {100 * max(spread):.0f}% "
+    spread = largest_spread(results)
+    if spread is not None:
+        print(f"\nlargest (max - min)/median spread of any timed series: {100 * spread:.0f}% "
               "(ratios closer to 1 than that are within noise)")
     load = report_load(t_start, load0, device, ": timings are lower and noisier than on an idle machine.")
 

@@ -36,8 +36,8 @@ import sys
 import time
 
 from _common import (  # benchmarks/_common.py: this script's folder is sys.path[0]
-    WorkerBase, add_device_args, cpu_info, make_train_step, memory_labels, report_load, resolve_runtime, round_robin,
-    run_groups, save_json,
+    WorkerBase, add_device_args, cpu_info, largest_spread, make_train_step, measure_phases, memory_labels, report_load,
+    resolve_runtime, run_groups, save_json,
 )
 
 BASELINE = "unet"
@@ -105,13 +105,7 @@ class _Worker(WorkerBase):
 def _measure(workers: list, warmup: int, repeats: int) -> dict[str, dict]:
     """Inference then training, repeats interleaved round-robin across ``workers`` (the order
     rotating every repeat), so slow drifts in machine load hit every model alike."""
-    out = {w.name: dict(w.info) for w in workers}
-    for phase, train in (("infer", False), ("train", True)):
-        for w in workers:
-            w.call("mode", train)
-        round_robin(workers, phase, warmup, repeats, out)
-        for w in workers:
-            out[w.name][f"{phase}_peak_mib"] = w.call("peak_mib")
+    out = measure_phases(workers, warmup, repeats)
     for w in workers:
         if w.name == "pde_unet":
             for key in ("block_infer", "block_train"):
@@ -214,11 +208,8 @@ def main(argv: list[str] | None = None) -> int:
                 ratios[name]["block_implied_infer_ratio"] = bi
                 print(f"  - from the block's own time: train (UNet + block)/UNet {bt:.3f}, "
                       f"inference {bi:.3f} (block = {100 * (bt - 1):.1f}% / {100 * (bi - 1):.1f}% of UNet)")
-        spread = max(
-            (max(r[k]) - min(r[k])) / statistics.median(r[k])
-            for r in results.values() for k in ("train_s", "infer_s")
-        )
-        if args.repeats > 1:
+        spread = largest_spread(results)
+        if spread is not None:
             print(f"  (largest (max - min)/median spread of any timed series: {100 * spread:.0f}%; "
                   "ratios closer to 1 than that are within noise)")
         else:
