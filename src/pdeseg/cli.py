@@ -1,4 +1,4 @@
-"""Command line: ``pdeseg {demo,compare,ablate,robustness,phantom,train,evaluate,predict,models}``.
+"""Command line: ``pdeseg {demo,compare,ablate,robustness,phantom,train,evaluate,predict,inspect,models}``.
 
 A thin layer over the Python API; every command logs progress to stderr.
 """
@@ -141,6 +141,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if report.skipped:
         print(f"skipped {len(report.skipped)} case(s) that could not be read or segmented: {', '.join(report.skipped)} (reasons logged above)")
         return 1
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from pdeseg.experiments.inspect import inspect_checkpoint
+
+    written = inspect_checkpoint(args.checkpoint, args.out, args.input, args.case, args.device, args.channels)
+    for path in written:
+        print(path)
+    print(f"wrote {len(written)} file(s) to {Path(args.out).expanduser().resolve()}")
     return 0
 
 
@@ -367,6 +377,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inference_options(s)
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("inspect", help="what a checkpoint's PDE layers learned: stencils beside their moments, "
+                                       "coefficients (JSON), and features before and after each layer on an input case")
+    s.add_argument("--checkpoint", required=True, help="a pde3d_unet (PDE layers) or pde_unet (cable block) checkpoint")
+    s.add_argument("--input", help="a case folder or a folder of cases (the checkpoint's data format) to show the "
+                                   "features on; without it, only the stencils and the summary")
+    s.add_argument("--case", help="which case of an --input folder (default: the first)")
+    s.add_argument("--out", required=True, help="output folder (files of the same names are replaced)")
+    s.add_argument("--channels", type=_positive_int, default=4, help="feature channels shown per layer, the most "
+                                                                     "changed ones (default 4)")
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_inspect)
 
     s = sub.add_parser("models", help="list registered models and parameter counts")
     s.set_defaults(func=cmd_models)

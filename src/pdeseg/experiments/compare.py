@@ -12,7 +12,8 @@ Output folder::
     per_case.csv                                   model, seed, split, case, metrics
     runs.csv                                       model, seed, best epoch, times, parameters
     table.md, table.csv, comparison.md             Table-1-style table and the paired verdicts
-    figures/*.png, report.html                     curves, panels, cable block, one page
+    figures/*.png, report.html                     curves, panels, cable block, PDE layers, one page
+    cable_coefficients.json, pde_layers.json       learned PDE coefficients per seed (PDE-UNet, PDE3D-UNet)
 """
 
 from __future__ import annotations
@@ -292,10 +293,61 @@ def _class_names(predictors: dict[str, Predictor]) -> list[str]:
     return list(next(iter(predictors.values())).spec.class_names)
 
 
+def pde_layer_figures(result: CompareResult, cfg: ExperimentConfig, scope: str, name: str, predictor: Predictor,
+                      case: CachedCase | None, seed0: int) -> tuple[list[tuple[str, str]], dict[str, Any]]:
+    """What the PDE layers of model ``name`` (a PDE3D-UNet) learned, for the first seed: the
+    stencils and moments of each layer, and its features before and after it on ``case``
+    (the first shown test case; a training-patch-sized crop centred on the tumour in its
+    display slice, or that slice for a slice model).
+
+    Returns:
+        ``(figures as (relative path, caption), {seed: pde_layer_summary})`` over every seed
+        the model was trained with.
+    """
+    from pdeseg.checkpoint import model_from_checkpoint
+    from pdeseg.viz.pde_effect import (file_part, foreground_centre, layer_input, pde_layer_summary, pde_layers,
+                                       plot_pde_features, plot_pde_kernels)
+
+    out = result.out_dir
+    figures = []
+    model = predictor.model
+    layers = pde_layers(model)
+    for position, layer in layers.items():
+        rel = f"figures/pde_kernels_{file_part(name)}_{file_part(position)}.png"
+        plot_pde_kernels(layer, out / rel, title=f"{name} (seed {seed0}), PDE layer at {position}")
+        figures.append((rel, f"Learned stencils of the PDE layer of {name} at position {position} (seed {seed0}): each "
+                             "kernel (grid units; central slices through each axis pair in 3D) beside its moment matrix, "
+                             "whose hatched entries the moment constraint fixes and whose coloured entries were trained; "
+                             "title: the learned diffusion number lambda and coefficients k per axis."))
+    if case is not None:
+        z = display_slice(case, cfg, scope)
+        image, label = case_volume(case)
+        x = layer_input(image, predictor.spec, foreground_centre(label, z) or [s // 2 for s in image.shape[1:-1]] + [z])
+        device = next(model.parameters()).device
+        feats = model.features_around(x.to(device))
+        rotate = get_format(cfg.data.format).display_rotate
+        where = f"slice {z}" if predictor.spec.mode == "slices" else (
+            f"a {'x'.join(map(str, x.shape[2:]))} crop centred, as far as the volume allows, on the tumour of slice {z}"
+            if predictor.spec.mode == "patches"
+            else "the whole volume")
+        for position, (before, after) in feats.items():
+            rel = f"figures/pde_features_{file_part(name)}_{file_part(position)}.png"
+            plot_pde_features(before[0], after[0], out / rel, rotate=rotate,
+                              title=f"{name} (seed {seed0}), PDE layer at {position}, on {case.case_id} ({where})")
+            figures.append((rel, f"Features before and after the PDE layer of {name} at position {position} on {case.case_id} "
+                                 f"({where}; seed {seed0}): the channels the layer changes most, before, after (one grey "
+                                 "scale per channel) and the difference."))
+    summaries = {str(r["seed"]): pde_layer_summary(model_from_checkpoint(out / "runs" / name / f"seed{r['seed']}" / "best.pt"))
+                 for r in result.runs if r["model"] == name}
+    return figures, summaries
+
+
 def make_figures(result: CompareResult, cfg: ExperimentConfig, scope: str) -> list[tuple[str, str]]:
-    """Loss curves, segmentation panel, cable-block effect and coefficients; returns (relative path, caption)."""
+    """Loss curves, segmentation panel, the cable block's effect and coefficients (PDE-UNet)
+    and the PDE layers' stencils, moments and features (PDE3D-UNet); returns (relative path,
+    caption)."""
     from pdeseg.viz.figures import plot_loss_curves, plot_segmentation_panel
-    from pdeseg.viz.pde_effect import plot_cable_coefficients, plot_cable_effect
+    from pdeseg.viz.pde_effect import cable_block, pde_layers, plot_cable_coefficients, plot_cable_effect
 
     out = result.out_dir
     fig_dir = out / "figures"
@@ -324,21 +376,29 @@ def make_figures(result: CompareResult, cfg: ExperimentConfig, scope: str) -> li
         plot_segmentation_panel(rows, fig_dir / "segmentations.png", _class_names(predictors), fmt.display_rotate)
         figures.append(("figures/segmentations.png", f"Test cases: {mods[shown_channel]}, ground truth and each model's prediction (seed {seed0}); cf. Fig. 5."))
 
-    pde_models = [n for n, p in predictors.items() if hasattr(p.model, "pde")]
-    if pde_models and rows:
-        name = pde_models[0]
+    # dispatch on what the model's ``pde`` is: PDE-UNet's cable block, or PDE3D-UNet's PDE layers
+    cable_models = [n for n, p in predictors.items() if cable_block(p.model) is not None]
+    if cable_models and rows:
+        name = cable_models[0]
         case = shown[0]
         z = display_slice(case, cfg, scope)
-        plot_cable_effect(predictors[name].model.pde.cpu(), np.asarray(case.image[z], dtype=np.float32),
+        plot_cable_effect(cable_block(predictors[name].model).cpu(), np.asarray(case.image[z], dtype=np.float32),
                           list(cfg.data.modalities), fig_dir / "cable_effect.png")
         figures.append(("figures/cable_effect.png", f"The trained cable block of {name} on {case.case_id}, slice {z}: input, output and difference per modality; cf. Fig. 6."))
         coeffs = {}
         for r in result.runs:
             if r["model"] == name:
-                coeffs[r["seed"]] = Predictor.from_checkpoint(run(name, r["seed"]) / "best.pt", "cpu").model.pde.physical()
+                coeffs[r["seed"]] = cable_block(Predictor.from_checkpoint(run(name, r["seed"]) / "best.pt", "cpu").model).physical()
         plot_cable_coefficients(coeffs, list(cfg.data.modalities), fig_dir / "cable_coefficients.png")
         figures.append(("figures/cable_coefficients.png", f"Learned Phi, Psi and tau of {name} per modality, one marker per seed."))
         (out / "cable_coefficients.json").write_text(json.dumps({str(k): v for k, v in coeffs.items()}, indent=1))
+    summaries = {}
+    for name, p in predictors.items():
+        if pde_layers(p.model):
+            more, summaries[name] = pde_layer_figures(result, cfg, scope, name, p, shown[0] if shown else None, seed0)
+            figures += more
+    if summaries:  # {model: {seed: {position: layer summary}}}
+        (out / "pde_layers.json").write_text(json.dumps(summaries, indent=1))
     return figures
 
 
