@@ -111,3 +111,11 @@ def test_bad_ablation_sections_are_refused(tmp_path):
     cfg = load_config(CONFIGS / "pde3d_hippocampus.yaml")
     with pytest.raises(ConfigError, match="no variants"):
         config_variants(cfg)
+
+
+def test_a_subset_of_named_variants_runs_in_the_given_order(msd_task):
+    cfg = load_config(CONFIGS / "pde3d_ablation_hippocampus.yaml", [f"data.root={msd_task}"])
+    chosen = config_variants(cfg, ["pde_layers", "K1", "explicit"])
+    assert [v.name for v in chosen] == ["pde_layers", "K1", "explicit"]
+    with pytest.raises(ConfigError, match="unknown: K3"):
+        config_variants(cfg, ["pde_layers", "K3"])

@@ -179,7 +179,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
     cfg = _load_cfg(args)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    result = run_ablation(cfg, args.out, args.grid, seeds, args.model, progress=not args.no_progress)
+    only = [v.strip() for v in args.variants.split(",")] if args.variants else None
+    result = run_ablation(cfg, args.out, args.grid, seeds, args.model, progress=not args.no_progress, only=only)
     print((result.out_dir / "results.md").read_text())
     print((result.out_dir / "noise.md").read_text())
     print(f"best by validation: {result.best}\nreport: {(result.out_dir / 'report.html').resolve()}")
@@ -286,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model keywords (activation=relu,prelu dropout=0,0.3 norm=batch,none) or dotted config keys; "
                         "without --grid, the named variants of the config's ablation section")
     s.add_argument("--out", required=True, help="ablation folder (rerun the same command to continue it)")
+    s.add_argument("--variants", metavar="A,B,...",
+                   help="run only these named variants of the config's ablation section, the first as the baseline")
     s.add_argument("--data", help="data folder (overrides data.root)")
     s.add_argument("--model", help="model to vary (default: the config's first)")
     s.add_argument("--seeds", type=int, default=1, help="seeds per variant (>= 2 to measure seed noise)")

@@ -154,15 +154,27 @@ def grid_variants(axes: list[tuple[str, list[Any]]]) -> list[Variant]:
     return [Variant(dict(zip(keys, combo))) for combo in itertools.product(*(v for _, v in axes))]
 
 
-def config_variants(cfg: ExperimentConfig) -> list[Variant]:
+def config_variants(cfg: ExperimentConfig, only: list[str] | None = None) -> list[Variant]:
     """The named variants of the config's ``ablation`` section (the first is the baseline).
 
+    Args:
+        only: run just these variants, in this order (the first is then the baseline).
+
     Raises:
-        ConfigError: the config has no ``ablation`` section.
+        ConfigError: the config has no ``ablation`` section, or ``only`` names a variant it
+            does not have.
     """
     if cfg.ablation is None:
         raise ConfigError("no variants: give --grid key=v1,v2 or an ablation.variants section in the config")
-    return [Variant({k: v for k, v in spec.items() if k != "name"}, label=spec["name"]) for spec in cfg.ablation.variants]
+    named = {spec["name"]: Variant({k: v for k, v in spec.items() if k != "name"}, label=spec["name"])
+             for spec in cfg.ablation.variants}
+    if only is None:
+        return list(named.values())
+    unknown = [n for n in only if n not in named]
+    if unknown or len(set(only)) != len(only) or not only:
+        raise ConfigError(f"--variants {','.join(only)}: choose distinct names among the config's variants "
+                          f"({', '.join(named)}){'; unknown: ' + ', '.join(unknown) if unknown else ''}")
+    return [named[n] for n in only]
 
 
 def variant_config(cfg: ExperimentConfig, model_name: str, variant: Variant) -> tuple[Experiment, ModelConfig]:
@@ -226,6 +238,7 @@ def run_ablation(
     seeds: list[int],
     model: str | None = None,
     progress: bool = True,
+    only: list[str] | None = None,
 ) -> AblationResult:
     """Train and score every variant for each seed, then tabulate, test, plot and report.
 
@@ -235,13 +248,16 @@ def run_ablation(
             variants of the config's ``ablation`` section.
         seeds: training seeds.
         model: registered model to vary (default: the config's first).
+        only: with the config's named variants, run just these (the first is the baseline).
     """
     out = Path(out_dir)
     model = model or cfg.models[0].name
     if model not in [m.name for m in cfg.models]:
         cfg = copy.deepcopy(cfg)
         cfg.models.append(ModelConfig(model))
-    variants = grid_variants(parse_grid(grid)) if grid else config_variants(cfg)
+    if grid and only:
+        raise ConfigError("--variants selects named variants of the config's ablation section; it cannot go with --grid")
+    variants = grid_variants(parse_grid(grid)) if grid else config_variants(cfg, only)
     configs = [variant_config(cfg, model, v) for v in variants]  # fail on a bad variant before any training
     base = resolve(cfg)
     cfg = base.cfg
