@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from conftest import model_marks, tiny_model_kwargs
+from pdeseg.losses.composite import main_logits
 from pdeseg.nn.padding import crop_to, pad_to_multiple
 from pdeseg.nn.params import NORM_LAYERS, parameter_groups
 from pdeseg.nn.pde.cable import CableBlock
@@ -35,7 +36,7 @@ def _spared_from_decay(model: nn.Module) -> set[int]:
     """ids of the parameters that must not be decayed: norms, PReLU, ndim <= 1, PDE coefficients."""
     spared = set()
     for module in model.modules():
-        if isinstance(module, CableBlock):
+        if isinstance(module, CableBlock) or getattr(module, "pde_coefficients", False):
             spared |= {id(p) for p in module.parameters()}
         for p in module.parameters(recurse=False):
             if isinstance(module, (*NORM_LAYERS, nn.PReLU)) or p.ndim <= 1:
@@ -49,14 +50,16 @@ def _spared_from_decay(model: nn.Module) -> set[int]:
 @pytest.mark.parametrize("name, dim", CASES)
 def test_forward_at_odd_sizes_returns_logits_of_the_input_size(name, dim):
     x = _odd_input(dim)
-    assert _build(name, dim)(x).shape == (BATCH, OUT, *ODD_SIZES[dim])
+    model = _build(name, dim)
+    assert main_logits(model(x)).shape == (BATCH, OUT, *ODD_SIZES[dim])  # training output
+    assert model.eval()(x).shape == (BATCH, OUT, *ODD_SIZES[dim])  # eval: logits alone
 
 
 @pytest.mark.parametrize("name, dim", CASES)
 def test_cross_entropy_gives_every_parameter_a_finite_gradient_at_odd_sizes(name, dim):
     model, x = _build(name, dim), _odd_input(dim)
     y = torch.randint(0, OUT, (BATCH, *ODD_SIZES[dim]))
-    nn.functional.cross_entropy(model(x), y).backward()
+    nn.functional.cross_entropy(main_logits(model(x)), y).backward()
     for pname, p in model.named_parameters():
         assert p.grad is not None, f"{pname} got no gradient"
         assert torch.isfinite(p.grad).all(), f"{pname} has a non-finite gradient"
@@ -220,7 +223,7 @@ def test_check_model_rejects_an_unsupported_spatial_dims_naming_the_supported_on
 
 
 def test_check_model_rejects_an_unknown_name_listing_the_registered_ones():
-    with pytest.raises(ValueError, match="monai_unet, monai_vnet, pde_unet, unet, unet3d"):
+    with pytest.raises(ValueError, match="monai_unet, monai_vnet, pde3d_unet, pde_unet, unet, unet3d"):
         check_model("vnet9000", 2, {})
 
 
@@ -228,6 +231,7 @@ def test_registry_dims_are_what_the_models_build_for():
     assert {name: entry.dims for name, entry in MODELS.items()} == {
         "unet": (2, 3), "pde_unet": (2,), "monai_unet": (2, 3), "unet3d": (2, 3), "monai_dynunet": (2, 3),
         "monai_vnet": (3,), "monai_swinunetr": (2, 3), "monai_segresnet": (2, 3), "monai_attentionunet": (2, 3),
+        "pde3d_unet": (2, 3),
     }
     assert MODELS["unet"].build is UNet
 
