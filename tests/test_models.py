@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from conftest import model_marks, tiny_model_kwargs
+from pdeseg.losses.composite import main_logits
 from pdeseg.nn.params import parameter_groups
 from pdeseg.registry import MODELS, build_model, count_parameters
 
@@ -26,7 +27,7 @@ def test_pde_unet_adds_three_parameters_per_modality():
 @pytest.mark.parametrize("size", [(32, 48), (80, 16)])
 def test_2d_shapes_at_non_square_sizes(name, size):
     model = _build_2d(name, in_channels=3, out_channels=5)
-    out = model(torch.randn(2, 3, *size))
+    out = main_logits(model(torch.randn(2, 3, *size)))  # the training output's logits
     assert out.shape == (2, 5, *size)
 
 
@@ -37,7 +38,7 @@ def test_unet_3d_shapes():
 
 @pytest.mark.parametrize("name", MODELS_2D)
 def test_models_accept_sizes_not_divisible_by_16(name):
-    assert _build_2d(name)(torch.randn(1, 4, 30, 37)).shape == (1, 4, 30, 37)
+    assert main_logits(_build_2d(name)(torch.randn(1, 4, 30, 37))).shape == (1, 4, 30, 37)
 
 
 def test_pde_unet_is_2d_only():
@@ -56,7 +57,7 @@ def test_every_parameter_gets_a_finite_gradient(name):
     model = _build_2d(name)
     x = torch.randn(2, 4, 32, 32)
     y = torch.randint(0, 4, (2, 32, 32))
-    loss = torch.nn.functional.cross_entropy(model(x), y)
+    loss = torch.nn.functional.cross_entropy(main_logits(model(x)), y)
     loss.backward()
     for pname, p in model.named_parameters():
         assert p.grad is not None, f"{pname} got no gradient"
