@@ -220,6 +220,13 @@ class AblationResult:
     paired: list[PairedResult] = field(default_factory=list)  # each variant vs the first, on test cases
 
 
+def scored_splits(predictor: Predictor) -> tuple[str, ...]:
+    """Splits a run is scored on: all three for slice models (paper 003 reports train,
+    validation and test); validation and test for volumetric ones, where segmenting every
+    training volume costs minutes per run and the per-epoch training loss is in metrics.csv."""
+    return SPLITS if predictor.spec.mode == "slices" else ("val", "test")
+
+
 def score_split(predictor: Predictor, cfg: ExperimentConfig, data: PreparedData, split: str) -> tuple[dict[str, float], list[dict]]:
     """Loss (the config's loss) and case-mean metrics of a checkpoint on ``split``, and the
     per-case rows. Volumetric models are scored on whole volumes, with HD95 on the test split
@@ -283,7 +290,7 @@ def run_ablation(
                 scores, test_rows = json.loads(scores_path.read_text()), json.loads(cases_path.read_text())
             else:
                 predictor = Predictor.from_checkpoint(run_dir / "best.pt", precision=run_cfg.train.precision)
-                scored = {s: score_split(predictor, run_cfg, data, s) for s in SPLITS if data.split[s]}
+                scored = {s: score_split(predictor, run_cfg, data, s) for s in scored_splits(predictor) if data.split[s]}
                 scores = {s: means for s, (means, _) in scored.items()}
                 test_rows = scored["test"][1] if "test" in scored else []
                 cases_path.write_text(json.dumps(test_rows, indent=1))
