@@ -61,7 +61,7 @@ from torch import nn
 
 from pdeseg.nn.pde.moments import MomentKernels, unit
 from pdeseg.nn.pde.solvers import INNER_METHODS, SOLVERS, apply_diffusion, solve_implicit
-from pdeseg.nn.pde.stencils import check_spacing
+from pdeseg.nn.pde.stencils import check_spacing, neighbour_sums
 
 OPERATORS = ("isotropic", "anisotropic", "general")
 REACTIONS = ("linear", "mlp", "none")
@@ -208,42 +208,51 @@ class PDELayer(nn.Module):
             for p in self.parameters():
                 p.requires_grad_(False)
 
-    def rhs_terms(self, u: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def rhs_terms(self, u: torch.Tensor, k: torch.Tensor, kernels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(D_learned u, other(u))``: the learned-stencil diffusion and the explicit extra
-        terms (advection, mixed, reaction), each ``(B, C, *S)``."""
+        terms (advection, mixed, reaction), each ``(B, C, *S)``; ``kernels`` from
+        ``self.stencils.kernels()``."""
         d = self.spatial_dims
-        terms = self.stencils(u)  # (B, C, T, *S)
+        terms = self.stencils(u, kernels)  # (B, C, T, *S)
         view = (1, -1) + (1,) * d
         diffusion = sum(k[:, i].view(view) * terms[:, :, i] for i in range(d))
-        extra = torch.zeros_like(u)
+        extra = []
         adv, mixed = self.coefficients.advection, self.coefficients.mixed
         if adv is not None:
-            extra = extra + sum(adv[:, i].view(view) * terms[:, :, d + i] for i in range(d))
-            extra = extra + sum(mixed[:, j].view(view) * terms[:, :, 2 * d + j] for j in range(mixed.shape[1]))
+            extra += [adv[:, i].view(view) * terms[:, :, d + i] for i in range(d)]
+            extra += [mixed[:, j].view(view) * terms[:, :, 2 * d + j] for j in range(mixed.shape[1])]
         if self.reaction is not None:
-            extra = extra + self.reaction(u)
-        return diffusion, extra
+            extra.append(self.reaction(u))
+        return diffusion, sum(extra) if extra else None
 
-    def step(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One time step; returns ``(u_next, relative squared residual)``."""
-        k = self.coefficients.diffusion()
-        diffusion, extra = self.rhs_terms(u, k)
+    def step(self, u: torch.Tensor, k: torch.Tensor | None = None,
+             kernels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One time step; returns ``(u_next, relative squared residual)``. ``k`` and ``kernels``
+        (the diffusion coefficients and stencils) are computed when not given."""
+        k = self.coefficients.diffusion() if k is None else k
+        kernels = self.stencils.kernels() if kernels is None else kernels
+        diffusion, extra = self.rhs_terms(u, k, kernels)
+        rhs = diffusion if extra is None else diffusion + extra
         dt = self.dt
         if self.solver == "explicit":
-            return u + dt * (diffusion + extra), u.new_zeros(())
-        explicit = extra + diffusion - apply_diffusion(u, k, self.spacing)  # IMEX: all but S_k u
-        if self.solver == "semi_implicit":
-            b, c = u + dt * explicit, dt
-        else:
-            b, c = u + 0.5 * dt * apply_diffusion(u, k, self.spacing) + dt * explicit, 0.5 * dt
-        v, r = solve_implicit(b, k, self.spacing, c, self.inner_iterations, self.inner_method, start=u)
-        return v, r.pow(2).mean() / (b.pow(2).mean() + 1e-6)
+            return u + dt * rhs, u.new_zeros(())
+        # IMEX: S_k u implicit, the rest explicit. Semi-implicit: b = u + dt (rhs - S_k u);
+        # Crank–Nicolson: b = u + dt/2 S_k u + dt (rhs - S_k u) = u + dt (rhs - S_k u / 2)
+        sums = neighbour_sums(u)  # shared by S_k u and the first sweep (which starts at u)
+        s_u = apply_diffusion(u, k, self.spacing, sums)
+        implicit_share, c = (1.0, dt) if self.solver == "semi_implicit" else (0.5, 0.5 * dt)
+        b = u + dt * (rhs - implicit_share * s_u)
+        with_residual = torch.is_grad_enabled()
+        v, r = solve_implicit(b, k, self.spacing, c, self.inner_iterations, self.inner_method, start=u,
+                              start_sums=sums, with_residual=with_residual)
+        return v, (r.pow(2).mean() / (b.pow(2).mean() + 1e-6)) if with_residual else u.new_zeros(())
 
     def evolve(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``steps`` steps from ``u``; returns ``(u_K, mean residual over steps)``."""
         residuals = []
+        k, kernels = self.coefficients.diffusion(), self.stencils.kernels()  # once for all steps
         for _ in range(self.steps):
-            u, r = self.step(u)
+            u, r = self.step(u, k, kernels)
             residuals.append(r)
         return u, torch.stack(residuals).mean()
 

@@ -163,6 +163,7 @@ class MomentKernels(nn.Module):
         scale = torch.tensor([math.prod(h**a for h, a in zip(self.spacing, al)) for al in alphas], dtype=torch.float64)
         self.register_buffer("scale", scale)  # h^alpha per kernel
         self.m_free = nn.Parameter(torch.zeros(groups, *self.m_fixed.shape))
+        self.register_buffer("a_inv", torch.linalg.inv(moment_basis(size)), persistent=False)  # A^-1, float64
 
     def moments(self) -> torch.Tensor:
         """``M = M_fixed + mask * M_free`` in float64, ``(groups, T, n, ..., n)``."""
@@ -171,7 +172,7 @@ class MomentKernels(nn.Module):
     def kernels(self, physical: bool = True) -> torch.Tensor:
         """The kernels ``q = A^-1 M A^-T`` in float64, ``(groups, T, n, ..., n)``; divided by
         ``h^alpha`` when ``physical``."""
-        q = kernel_of(self.moments(), self.spatial_dims)
+        q = _apply(self.moments(), self.a_inv.double(), self.spatial_dims)
         if physical:
             q = q / self.scale.double().view(1, -1, *(1,) * self.spatial_dims)
         return q
@@ -198,11 +199,12 @@ class MomentKernels(nn.Module):
             raise ValueError(f"MomentKernels: {c} channels are not divisible into {g} groups")
         q = self.kernels() if kernels is None else kernels
         t = q.shape[1]
-        weight = q.reshape(g * t, 1, *q.shape[2:]).to(u.dtype)
-        x = u.reshape(b, g, c // g, *spatial).transpose(1, 2).reshape(b * (c // g), g, *spatial)
+        # a depthwise convolution (groups = C), channel c using bank c // (C / groups): on CPUs
+        # this is several times faster than folding the channels into the batch
+        bank = torch.arange(c, device=u.device) // (c // g)
+        weight = q.to(u.dtype)[bank].reshape(c * t, 1, *q.shape[2:])
         conv = F.conv3d if d == 3 else F.conv2d
-        y = conv(replicate_pad(x, self.size // 2), weight, groups=g)  # (B*C/g, g*T, *S)
-        y = y.reshape(b, c // g, g, t, *spatial).transpose(1, 2)
+        y = conv(replicate_pad(u, self.size // 2), weight, groups=c)  # (B, C*T, *S)
         return y.reshape(b, c, t, *spatial)
 
     def extra_repr(self) -> str:

@@ -59,14 +59,19 @@ def explicit_number(k: torch.Tensor, spacing: Sequence[float], dt: float) -> tor
     return dt * sum(2 * w.flatten() for w in _axis_weights(k, spacing, 0))
 
 
-def apply_diffusion(u: torch.Tensor, k: torch.Tensor, spacing: Sequence[float]) -> torch.Tensor:
+def apply_diffusion(u: torch.Tensor, k: torch.Tensor, spacing: Sequence[float],
+                    sums: list[torch.Tensor] | None = None) -> torch.Tensor:
     """``S_k u = sum_i k_i (u[x+e_i] - 2 u[x] + u[x-e_i]) / h_i**2`` (replicate boundary).
+
+    Args:
+        sums: ``neighbour_sums(u)`` when the caller already has them.
 
     Shapes:
         ``u (B, C, *S)``, ``k (C,)`` or ``(C, d)`` -> ``(B, C, *S)``.
     """
     weights = _axis_weights(k, spacing, u.dim() - 2)
-    return sum(w * (s - 2 * u) for w, s in zip(weights, neighbour_sums(u)))
+    sums = neighbour_sums(u) if sums is None else sums
+    return sum(w * (s - 2 * u) for w, s in zip(weights, sums))
 
 
 def _parity(shape: Sequence[int], device) -> torch.Tensor:
@@ -83,7 +88,9 @@ def solve_implicit(
     iterations: int = 1,
     method: str = "jacobi",
     start: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    start_sums: list[torch.Tensor] | None = None,
+    with_residual: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Approximately solve ``(I - c S_k) v = b`` by unrolled Jacobi or red-black Gauss–Seidel.
 
     Args:
@@ -94,6 +101,8 @@ def solve_implicit(
         iterations: inner iterations (sweeps), ``>= 1``.
         method: ``jacobi`` or ``gauss_seidel`` (red-black).
         start: initial iterate (default ``b``).
+        start_sums: ``neighbour_sums(start)`` when the caller already has them.
+        with_residual: compute the residual (one more stencil pass); ``None`` otherwise.
 
     Returns:
         ``(v, r)``: the iterate and its residual ``(I - c S_k) v - b``, both ``(B, C, *S)``.
@@ -105,16 +114,21 @@ def solve_implicit(
     weights = [c * w for w in _axis_weights(k, spacing, b.dim() - 2)]
     diag = 1 + 2 * sum(weights)
 
-    def jacobi(v: torch.Tensor) -> torch.Tensor:
-        return (b + sum(w * s for w, s in zip(weights, neighbour_sums(v)))) / diag
+    def jacobi(v: torch.Tensor, sums: list[torch.Tensor] | None = None) -> torch.Tensor:
+        sums = neighbour_sums(v) if sums is None else sums
+        return (b + sum(w * s for w, s in zip(weights, sums))) / diag
 
     v = b if start is None else start
+    sums = start_sums if start is not None else None
     red = _parity(b.shape[2:], b.device) if method == "gauss_seidel" else None
     for _ in range(iterations):
         if red is None:
-            v = jacobi(v)
+            v = jacobi(v, sums)
         else:
-            v = torch.where(red, jacobi(v), v)
+            v = torch.where(red, jacobi(v, sums), v)
             v = torch.where(red, v, jacobi(v))
+        sums = None
+    if not with_residual:
+        return v, None
     residual = v - sum(w * (s - 2 * v) for w, s in zip(weights, neighbour_sums(v))) - b
     return v, residual

@@ -44,18 +44,21 @@ def replicate_pad(u: torch.Tensor, width: int) -> torch.Tensor:
 def neighbour_sums(u: torch.Tensor) -> list[torch.Tensor]:
     """Per spatial axis ``i``: ``u[x + e_i] + u[x - e_i]`` with a replicate boundary.
 
+    Built from shifted views joined with the edge plane (no padded copy of the whole
+    tensor per axis), which keeps the backward pass light.
+
     Shapes:
         ``(B, C, *S)`` -> list of ``len(S)`` tensors ``(B, C, *S)``.
     """
-    dims = u.dim() - 2
-    p = replicate_pad(u, 1)
     out = []
-    for axis in range(dims):
-        lo = [slice(None), slice(None)] + [slice(1, -1)] * dims
-        hi = list(lo)
-        lo[2 + axis] = slice(0, -2)
-        hi[2 + axis] = slice(2, None)
-        out.append(p[tuple(lo)] + p[tuple(hi)])
+    for dim in range(2, u.dim()):
+        n = u.shape[dim]
+        if n == 1:
+            out.append(2 * u)
+            continue
+        plus = torch.cat([u.narrow(dim, 1, n - 1), u.narrow(dim, n - 1, 1)], dim)
+        minus = torch.cat([u.narrow(dim, 0, 1), u.narrow(dim, 0, n - 1)], dim)
+        out.append(plus + minus)
     return out
 
 
