@@ -65,7 +65,7 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 #: Table columns per split: loss plus paper 003's metrics.
-SCORES = ("loss",) + EPOCH_METRICS + ("hd95_mean", "train_time_s")
+SCORES = ("loss",) + EPOCH_METRICS + ("hd95_mean",)
 #: Paired tests of each variant against the baseline on test cases: (row key, label).
 PAIRED_METRICS = (("dice_mean", "Dice"), ("hd95_mean", "HD95 (mm)"))
 
@@ -320,9 +320,13 @@ def summarise(result: AblationResult, monitor: str = "dice_mean") -> None:
                 vals = _per_seed(result, v.name, split, key)
                 if vals:
                     row[f"{split}_{key}"] = mean_ci(vals)
-        mine = [r for r in result.runs if r["variant"] == v.name and r["split"] == "train"]
+        # one row per seed: the runs' rows of the first split they were scored on
+        mine = next(([r for r in result.runs if r["variant"] == v.name and r["split"] == split] for split in SPLITS
+                     if any(r["variant"] == v.name and r["split"] == split for r in result.runs)), [])
         row["parameters"] = mine[0]["parameters"] if mine else None
         row["best_epochs"] = [r["best_epoch"] for r in mine]
+        if mine:
+            row["train_time_s"] = mean_ci([r["train_time_s"] for r in mine])
         result.table.append(row)
     key = f"val_{monitor}" if any(f"val_{monitor}" in r for r in result.table) else f"train_{monitor}"
     scored = [r for r in result.table if key in r]
@@ -386,11 +390,12 @@ COLUMNS = [(f"{split} {name}", f"{split}_{key}") for split in SPLITS
 
 
 def table_columns(result: AblationResult) -> list[tuple[str, str]]:
-    """Paper 003's columns, then test HD95 (volumetric runs) and the training time."""
-    cols = list(COLUMNS)
+    """Paper 003's columns that were scored (volumetric runs skip the training split), then
+    test HD95 (volumetric runs) and the training time per run."""
+    cols = [c for c in COLUMNS if any(c[1] in r for r in result.table)]
     if any("test_hd95_mean" in r for r in result.table):
         cols.append(("test HD95 (mm)", "test_hd95_mean"))
-    cols.append(("train time (s)", "train_train_time_s"))
+    cols.append(("train time (s)", "train_time_s"))
     return cols
 
 
@@ -422,7 +427,7 @@ def _subject(result: AblationResult, cfg: ExperimentConfig) -> str:
 
 
 def _digits(key: str) -> int:
-    return 4 if key.endswith("accuracy") else 1 if key.endswith(("hd95_mean", "time_s")) else 3
+    return 4 if key.endswith("accuracy") else 2 if key.endswith("hd95_mean") else 0 if key.endswith("time_s") else 3
 
 
 def paired_markdown(result: AblationResult) -> str:
