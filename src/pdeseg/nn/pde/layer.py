@@ -142,7 +142,8 @@ class PDELayer(nn.Module):
         ``forward``: ``(B, C, *S) -> ((B, C, *S), residual)``; ``residual`` is a scalar
         tensor: the mean over steps of ``mean(r**2) / (mean(b**2) + 1e-6)`` where ``r`` is
         the implicit system's residual after the inner iterations and ``b`` its
-        right-hand side (0 for the explicit solver); with ``embed=False``,
+        right-hand side (0 for the explicit solver, and when gradients are off: the
+        residual pass is skipped at inference); with ``embed=False``,
         ``mean((Phi(u) - u)**2) / (mean(u**2) + 1e-6)``.
 
     Raises:
@@ -208,10 +209,11 @@ class PDELayer(nn.Module):
             for p in self.parameters():
                 p.requires_grad_(False)
 
-    def rhs_terms(self, u: torch.Tensor, k: torch.Tensor, kernels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def rhs_terms(self, u: torch.Tensor, k: torch.Tensor,
+                  kernels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(D_learned u, other(u))``: the learned-stencil diffusion and the explicit extra
-        terms (advection, mixed, reaction), each ``(B, C, *S)``; ``kernels`` from
-        ``self.stencils.kernels()``."""
+        terms (advection, mixed, reaction), each ``(B, C, *S)``, the second ``None`` when the
+        layer has none; ``kernels`` from ``self.stencils.kernels()``."""
         d = self.spatial_dims
         terms = self.stencils(u, kernels)  # (B, C, T, *S)
         view = (1, -1) + (1,) * d
