@@ -119,3 +119,60 @@ def test_a_subset_of_named_variants_runs_in_the_given_order(msd_task):
     assert [v.name for v in chosen] == ["pde_layers", "K1", "explicit"]
     with pytest.raises(ConfigError, match="unknown: K3"):
         config_variants(cfg, ["pde_layers", "K3"])
+
+
+# --------------------------------------------------------------------------------------
+# paper 004's penalties (phase field, reaction-diffusion)
+# --------------------------------------------------------------------------------------
+
+
+def test_phase_field_energy_of_a_disk_tends_to_c_w_times_its_perimeter():
+    from pdeseg.losses.pde import phase_field_energy
+
+    target = math.sqrt(2) / 6 * 2 * math.pi  # c_W x perimeter of the unit disk
+    errors = []
+    for n, eps in ((300, 0.05), (1200, 0.0125)):
+        h = 3.0 / n
+        x = (torch.arange(n, dtype=torch.float64) + 0.5) * h - 1.5
+        gx, gy = torch.meshgrid(x, x, indexing="ij")
+        d = 1.0 - torch.sqrt(gx**2 + gy**2)  # signed distance to the circle, inside positive
+        p = 0.5 * (1 + torch.tanh(d / (math.sqrt(2) * eps)))  # the optimal profile
+        errors.append(abs(phase_field_energy(p[None, None], eps, (h, h)).item() - target) / target)
+    assert errors[-1] < 0.02 and errors[-1] < errors[0]
+
+
+def test_allen_cahn_residual_vanishes_on_its_standing_front_and_not_on_a_step():
+    from pdeseg.losses.pde import reaction_diffusion_residual
+
+    d, h = 0.5, 0.01
+    x = torch.arange(-300, 300, dtype=torch.float64) * h
+    front = 0.5 * (1 + torch.tanh(x / (2 * math.sqrt(2 * d))))
+    step = (x > 0).double()
+    inner = slice(5, -5)
+    res_front = reaction_diffusion_residual(front.view(1, 1, -1, 1), d, 0.5, spacing=(h, 1.0))[0, 0, inner]
+    res_step = reaction_diffusion_residual(step.view(1, 1, -1, 1), d, 0.5, spacing=(h, 1.0))[0, 0, inner]
+    assert res_front.abs().max() < 1e-4
+    assert res_step.abs().max() > 1e3 * res_front.abs().max()
+
+
+@pytest.mark.parametrize("term", ["phase_field", "reaction_diffusion_ac", "reaction_diffusion_kpp"])
+def test_penalty_gradients_match_finite_differences(term):
+    from pdeseg.losses.pde import PhaseFieldLoss, ReactionDiffusionLoss
+
+    loss = {"phase_field": PhaseFieldLoss(eps=1.5),
+            "reaction_diffusion_ac": ReactionDiffusionLoss(diffusion=0.7, a=0.3),
+            "reaction_diffusion_kpp": ReactionDiffusionLoss(diffusion=0.7, a=2.0, reaction="fisher_kpp")}[term]
+    torch.manual_seed(0)
+    logits = torch.randn(1, 2, 4, 5, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda z: loss(z, None), (logits,))
+
+
+def test_bad_penalty_options_are_refused():
+    from pdeseg.losses.pde import PhaseFieldLoss, ReactionDiffusionLoss
+
+    with pytest.raises(ValueError, match="eps"):
+        PhaseFieldLoss(eps=0)
+    with pytest.raises(ValueError, match="threshold"):
+        ReactionDiffusionLoss(a=1.5)
+    with pytest.raises(ValueError, match="unknown reaction"):
+        ReactionDiffusionLoss(reaction="gray_scott")

@@ -18,7 +18,7 @@ from typing import Any
 from torch import nn
 
 from pdeseg.data.formats import FORMATS  # noqa: F401  (re-exported: the data-format registry)
-from pdeseg.losses.pde import PDEConsistencyLoss, TotalVariationLoss
+from pdeseg.losses.pde import PDEConsistencyLoss, PhaseFieldLoss, ReactionDiffusionLoss, TotalVariationLoss
 from pdeseg.losses.segmentation import CrossEntropyLoss, SoftDiceLoss
 from pdeseg.nn.pde3d_unet import PDE3DUNet
 from pdeseg.nn.pde_unet import PDEUNet
@@ -265,4 +265,6 @@ LOSSES: dict[str, LossEntry] = {
     "dice": LossEntry(SoftDiceLoss, "soft Dice with squared denominators (paper 000 eq. 4); options eps, include_background"),
     "pde_consistency": LossEntry(PDEConsistencyLoss, "PDE layers' implicit-step residual reported by the model (paper 001); 0 without PDE layers"),
     "tv": LossEntry(TotalVariationLoss, "smoothed isotropic total variation of the foreground probabilities; option eps"),
+    "phase_field": LossEntry(PhaseFieldLoss, "Modica-Mortola interface energy of the foreground probabilities (paper 004); option eps"),
+    "reaction_diffusion": LossEntry(ReactionDiffusionLoss, "squared residual of D lap(p) + f(p), Allen-Cahn or Fisher-KPP (paper 004); options diffusion, a, reaction"),
 }

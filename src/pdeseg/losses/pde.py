@@ -15,6 +15,14 @@
   as the grid is refined and ``e -> 0`` (the coarea formula). As a loss it is divided by
   the number of voxels and classes (a mean), so its weight does not depend on the patch
   size.
+* :class:`PhaseFieldLoss` (paper 004): the Modica–Mortola interface energy
+  ``sum (eps/2 |grad p|^2 + W(p)/eps)``, ``W(p) = p^2 (1 - p)^2``, which tends to
+  ``sqrt(2)/6`` times the boundary length as ``eps -> 0``.
+* :class:`ReactionDiffusionLoss` (paper 004): the squared residual ``(D lap(p) + f(p))^2``
+  with an Allen–Cahn or Fisher–KPP reaction ``f``.
+
+The penalties act on probabilities in grid units (spacing 1); the functional forms take a
+spacing for physical units.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import torch
 from torch import nn
 
 from pdeseg.nn.output import class_probabilities
-from pdeseg.nn.pde.stencils import check_spacing, forward_gradient
+from pdeseg.nn.pde.stencils import check_spacing, forward_gradient, laplacian
 
 
 def total_variation(p: torch.Tensor, spacing: Sequence[float] | None = None, eps: float = 0.0) -> torch.Tensor:
@@ -45,6 +53,56 @@ def total_variation(p: torch.Tensor, spacing: Sequence[float] | None = None, eps
     density = torch.sqrt(g2 + eps**2) - eps
     cell = float(torch.tensor(h).prod())
     return density.flatten(2).sum(-1) * cell
+
+
+def double_well(p: torch.Tensor) -> torch.Tensor:
+    """``W(p) = p^2 (1 - p)^2``: zero at 0 and 1, ``c_W = int_0^1 sqrt(2 W) = sqrt(2) / 6``."""
+    return p.pow(2) * (1 - p).pow(2)
+
+
+def phase_field_energy(p: torch.Tensor, eps: float, spacing: Sequence[float] | None = None) -> torch.Tensor:
+    """Modica–Mortola energy ``sum_x (eps/2 |grad p|^2 + W(p)/eps) prod h`` per item and channel.
+
+    As ``eps -> 0`` it tends to ``c_W`` times the interface length (area in 3D) for the
+    optimal profile ``p = (1 + tanh(d / (sqrt(2) eps))) / 2`` across the interface, with
+    ``c_W = sqrt(2) / 6``. Gradients: forward differences, replicate boundary.
+
+    Shapes:
+        ``(B, C, *S)`` -> ``(B, C)``.
+    """
+    if not eps > 0:
+        raise ValueError(f"phase-field eps must be > 0, got {eps}")
+    h = check_spacing(spacing, p.dim() - 2)
+    g2 = sum(g.pow(2) for g in forward_gradient(p, h))
+    density = 0.5 * eps * g2 + double_well(p) / eps
+    return density.flatten(2).sum(-1) * float(torch.tensor(h).prod())
+
+
+REACTIONS = ("allen_cahn", "fisher_kpp")
+
+
+def reaction(p: torch.Tensor, kind: str, a: float) -> torch.Tensor:
+    """``f(p)``: Allen–Cahn ``p (1 - p) (p - a)`` (bistable, threshold ``a``) or Fisher–KPP
+    ``a p (1 - p)`` (logistic growth at rate ``a``)."""
+    if kind == "allen_cahn":
+        return p * (1 - p) * (p - a)
+    if kind == "fisher_kpp":
+        return a * p * (1 - p)
+    raise ValueError(f"unknown reaction {kind!r}; choose one of {', '.join(REACTIONS)}")
+
+
+def reaction_diffusion_residual(p: torch.Tensor, diffusion: float, a: float = 0.5, kind: str = "allen_cahn",
+                                spacing: Sequence[float] | None = None) -> torch.Tensor:
+    """The steady-state residual ``r = D lap(p) + f(p)`` of ``p_t = D lap(p) + f(p)``, with the
+    3-point Laplacian and a replicate (zero-flux) boundary. For Allen–Cahn with ``a = 1/2``
+    the standing front ``(1 + tanh(x / (2 sqrt(2 D)))) / 2`` makes it vanish.
+
+    Shapes:
+        ``(B, C, *S)`` -> ``(B, C, *S)``.
+    """
+    if not diffusion > 0:
+        raise ValueError(f"diffusion D must be > 0, got {diffusion}")
+    return diffusion * laplacian(p, spacing) + reaction(p, kind, a)
 
 
 def foreground_probabilities(logits: torch.Tensor) -> torch.Tensor:
@@ -72,6 +130,57 @@ class TotalVariationLoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         p = foreground_probabilities(logits)
         return total_variation(p, None, self.eps).sum() / p[:, :1].numel() / p.shape[1]
+
+
+class PhaseFieldLoss(nn.Module):
+    """Mean Modica–Mortola energy density of the foreground probabilities (grid units).
+
+    Args:
+        eps: interface width ``eps`` in voxels, ``> 0``.
+
+    Shapes:
+        ``logits (B, K, *S)``, ``target`` unused -> scalar.
+    """
+
+    def __init__(self, eps: float = 1.0):
+        super().__init__()
+        if not eps > 0:
+            raise ValueError(f"phase_field eps must be > 0, got {eps}")
+        self.eps = float(eps)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        p = foreground_probabilities(logits)
+        return phase_field_energy(p, self.eps).sum() / p[:, :1].numel() / p.shape[1]
+
+
+class ReactionDiffusionLoss(nn.Module):
+    """Mean squared steady-state residual ``(D lap(p) + f(p))^2`` of the foreground
+    probabilities (grid units), ``f`` Allen–Cahn or Fisher–KPP.
+
+    Args:
+        diffusion: ``D > 0`` (voxels^2 per unit time).
+        a: the reaction's parameter (Allen–Cahn threshold in (0, 1), Fisher–KPP rate > 0).
+        reaction: ``allen_cahn`` or ``fisher_kpp``.
+
+    Shapes:
+        ``logits (B, K, *S)``, ``target`` unused -> scalar.
+    """
+
+    def __init__(self, diffusion: float = 1.0, a: float = 0.5, reaction: str = "allen_cahn"):
+        super().__init__()
+        if not diffusion > 0:
+            raise ValueError(f"reaction_diffusion diffusion must be > 0, got {diffusion}")
+        if reaction not in REACTIONS:
+            raise ValueError(f"unknown reaction {reaction!r}; choose one of {', '.join(REACTIONS)}")
+        if reaction == "allen_cahn" and not 0 < a < 1:
+            raise ValueError(f"the Allen–Cahn threshold a must be in (0, 1), got {a}")
+        if reaction == "fisher_kpp" and not a > 0:
+            raise ValueError(f"the Fisher–KPP rate a must be > 0, got {a}")
+        self.diffusion, self.a, self.kind = float(diffusion), float(a), reaction
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        p = foreground_probabilities(logits)
+        return reaction_diffusion_residual(p, self.diffusion, self.a, self.kind).pow(2).mean()
 
 
 class PDEConsistencyLoss(nn.Module):
