@@ -105,6 +105,12 @@ def reaction_diffusion_residual(p: torch.Tensor, diffusion: float, a: float = 0.
     return diffusion * laplacian(p, spacing) + reaction(p, kind, a)
 
 
+def mean_per_voxel(integrals: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """``(B, C)`` grid-unit integrals of ``p`` (``(B, C, *S)``) -> their mean per voxel and
+    class, so a penalty's weight does not depend on the patch size or class count."""
+    return integrals.sum() / p[:, :1].numel() / p.shape[1]
+
+
 def foreground_probabilities(logits: torch.Tensor) -> torch.Tensor:
     """``(B, K, *S)`` logits -> ``(B, C - 1, *S)`` probabilities of the foreground classes
     (softmax channels 1..C-1, or ``sigmoid(z)`` for a one-channel head)."""
@@ -129,7 +135,7 @@ class TotalVariationLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         p = foreground_probabilities(logits)
-        return total_variation(p, None, self.eps).sum() / p[:, :1].numel() / p.shape[1]
+        return mean_per_voxel(total_variation(p, None, self.eps), p)
 
 
 class PhaseFieldLoss(nn.Module):
@@ -150,7 +156,7 @@ class PhaseFieldLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         p = foreground_probabilities(logits)
-        return phase_field_energy(p, self.eps).sum() / p[:, :1].numel() / p.shape[1]
+        return mean_per_voxel(phase_field_energy(p, self.eps), p)
 
 
 class ReactionDiffusionLoss(nn.Module):

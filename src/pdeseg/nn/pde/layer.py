@@ -244,7 +244,9 @@ class PDELayer(nn.Module):
         s_u = apply_diffusion(u, k, self.spacing, sums)
         implicit_share, c = (1.0, dt) if self.solver == "semi_implicit" else (0.5, 0.5 * dt)
         b = u + dt * (rhs - implicit_share * s_u)
-        with_residual = torch.is_grad_enabled()
+        # the implicit residual feeds the consistency loss: not needed without gradients, nor
+        # for a regulariser-only layer, which reports its own fixed-point residual instead
+        with_residual = torch.is_grad_enabled() and self.embed
         v, r = solve_implicit(b, k, self.spacing, c, self.inner_iterations, self.inner_method, start=u,
                               start_sums=sums, with_residual=with_residual)
         return v, (r.pow(2).mean() / (b.pow(2).mean() + 1e-6)) if with_residual else u.new_zeros(())
