@@ -80,8 +80,8 @@ def resolve(cfg: ExperimentConfig) -> Experiment:
     d = cfg.data
     fmt = get_format(d.format)
     fmt.check_read_options(d.format_options)
-    info = fmt.dataset_info(d.root or None)
-    modalities = list(d.modalities) if d.modalities is not None else list(info.modalities)
+    info = fmt.dataset_info(d.root or None, d.format_options)
+    modalities = list(d.modalities) if d.modalities is not None else list(fmt.default_modalities or info.modalities)
     odd = [m for m in modalities if m not in info.modalities]
     if odd:
         raise ConfigError(f"data.modalities {odd} are not {fmt.name} channels; choose from {', '.join(info.modalities)}")

@@ -77,6 +77,29 @@ class CachedCase:
         return self._label
 
     @property
+    def instances(self) -> np.ndarray | None:
+        """int32 ``(Z, X, Y)`` objects (0 background), or None for data without objects."""
+        if not self.meta.get("has_instances"):
+            return None
+        if not hasattr(self, "_instances"):
+            self._instances = np.load(self.path / "instances.npy", mmap_mode="r")
+        return self._instances
+
+    @property
+    def valid(self) -> np.ndarray | None:
+        """bool ``(Z, X, Y)`` field of view (pixels outside it are not scored), or None."""
+        if not self.meta.get("has_valid"):
+            return None
+        if not hasattr(self, "_valid"):
+            self._valid = np.load(self.path / "valid.npy", mmap_mode="r")
+        return self._valid
+
+    @property
+    def domain(self) -> str:
+        """Cell type or imaging modality ('' when the data set has none)."""
+        return str(self.meta.get("domain", ""))
+
+    @property
     def fg_locations(self) -> np.ndarray:
         """int32 ``(M, 4)`` rows ``(class, x, y, z)``, grouped by class (empty for unlabelled cases)."""
         if not hasattr(self, "_fg"):
@@ -174,7 +197,10 @@ def cache_case(case, cache_dir: str | Path, preprocessing) -> CachedCase:
             "source_shape": list(loaded.image.shape[1:]),
             "source_spacing": list(loaded.spacing),
             "convention": loaded.convention,
+            "domain": loaded.domain,
             "has_label": loaded.label is not None,
+            "has_instances": False,
+            "has_valid": False,
             "brain_slices": np.flatnonzero(brain).tolist(),
             "tumour_slices": [],
             "class_voxels": [],
@@ -189,6 +215,11 @@ def cache_case(case, cache_dir: str | Path, preprocessing) -> CachedCase:
             locations, classes, counts = foreground_locations(label, case.case_id)
             np.save(tmp / "fg_locations.npy", locations)
             meta["fg_classes"], meta["fg_counts"] = classes, counts
+        same_grid = tuple(image.shape[1:]) == tuple(loaded.image.shape[1:])  # objects are kept on the source grid only
+        for name, extra, dtype in (("instances", loaded.instances, np.int32), ("valid", loaded.valid, bool)):
+            if extra is not None and same_grid:
+                np.save(tmp / f"{name}.npy", np.ascontiguousarray(np.asarray(extra, dtype).transpose(2, 0, 1)))
+                meta[f"has_{name}"] = True
         (tmp / "meta.json").write_text(json.dumps(meta))
         try:
             os.replace(tmp, target)
@@ -269,6 +300,10 @@ def entry_problem(folder: Path) -> str | None:
     expected = {"image.npy": ((shape[-1], channels, *shape[:-1]), np.float16)}
     if meta.get("has_label"):
         expected["label.npy"] = ((shape[-1], *shape[:-1]), np.uint8)
+    if meta.get("has_instances"):
+        expected["instances.npy"] = ((shape[-1], *shape[:-1]), np.int32)
+    if meta.get("has_valid"):
+        expected["valid.npy"] = ((shape[-1], *shape[:-1]), np.bool_)
     for name, (want_shape, want_dtype) in expected.items():
         try:
             arr = np.load(folder / name, mmap_mode="r")

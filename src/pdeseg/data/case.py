@@ -22,6 +22,10 @@ class LoadedCase:
         convention: how raw label values map to classes (``brats2020``, ``brats2023``,
             ``binary``, ...), so predictions are written back in the input's own values.
         modalities: channel names of ``image``.
+        instances: ``(*spatial)`` int32 objects (0 background, one id per cell), for data sets
+            with objects (microscopy), else None.
+        valid: ``(*spatial)`` bool field of view (pixels outside it are not scored), or None.
+        domain: cell type or imaging modality ('' when the data set has none).
     """
 
     case: Any
@@ -31,6 +35,9 @@ class LoadedCase:
     header: nib.Nifti1Header
     convention: str
     modalities: tuple[str, ...]
+    instances: np.ndarray | None = None
+    valid: np.ndarray | None = None
+    domain: str = ""
 
     @property
     def spacing(self) -> tuple[float, ...]:

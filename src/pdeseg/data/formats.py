@@ -58,8 +58,12 @@ class DataFormat:
         hd95_one_empty: HD95 when a region is empty in exactly one of truth and prediction.
         spatial_dims: dimensionality of a case (3: volumes; slice sets are stacked).
         display_rotate: figures show ``rot90`` of a slice (NIfTI x-major storage).
-        info: ``(root) -> DatasetInfo`` for formats whose data sets name their own classes
-            and channels (MSD's ``dataset.json``); None: the fixed fields above.
+        info: ``(root, read_options) -> DatasetInfo`` for formats whose data sets name their
+            own classes and channels (MSD's ``dataset.json``) or whose classes follow a read
+            option (microscopy ``targets``); None: the fixed fields above.
+        default_modalities: the channels used when the config names none (empty: all).
+
+    A read option whose allowed values are None takes any string (a file name, a list).
     """
 
     name: str
@@ -75,21 +79,23 @@ class DataFormat:
     hd95_one_empty: float = math.inf
     spatial_dims: int = 3
     display_rotate: bool = True
-    info: Callable[[Path | None], DatasetInfo] | None = None
+    info: Callable[[Path | None, Mapping[str, Any]], DatasetInfo] | None = None
+    default_modalities: tuple[str, ...] = ()
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def dataset_info(self, root: str | Path | None = None) -> DatasetInfo:
-        """Classes, regions and channels of the data set at ``root`` (fixed for most formats;
-        formats whose data sets define their own classes read them from ``root``).
+    def dataset_info(self, root: str | Path | None = None, options: Mapping[str, Any] | None = None) -> DatasetInfo:
+        """Classes, regions and channels of the data set at ``root`` read with ``options``
+        (fixed for most formats; formats whose data sets define their own classes read them
+        from ``root``).
 
         Raises:
             ConfigError, DataError: such a format without a readable ``root``.
         """
         if self.info is not None:
-            return self.info(Path(root).expanduser() if root else None)
+            return self.info(Path(root).expanduser() if root else None, dict(options or {}))
         return DatasetInfo(self.class_names, dict(self.regions), self.modalities, self.spatial_dims)
 
     def check_read_options(self, options: Mapping[str, Any]) -> None:
@@ -98,7 +104,12 @@ class DataFormat:
             if key not in self.read_options:
                 raise ConfigError(f"data.format_options: {self.name} takes no option {key!r}"
                                   + (f"; it takes {', '.join(self.read_options)}" if self.read_options else ""))
-            if value is not None and value not in self.read_options[key]:
+            allowed = self.read_options[key]
+            if allowed is None:
+                if value is not None and not isinstance(value, (str, list)):
+                    raise ConfigError(f"data.format_options.{key} must be a string or a list, got {value!r}")
+                continue
+            if value is not None and value not in allowed:
                 raise ConfigError(f"data.format_options.{key} must be one of {', '.join(self.read_options[key])}, got {value!r}")
 
     def check_options(self, **options: Any) -> dict[str, Any]:
@@ -209,7 +220,7 @@ def _write_msd(classes, loaded, out_dir: Path) -> Path:
     return write_label_volume(classes, loaded, _msd_outputs(loaded.case, out_dir)[0])
 
 
-def _msd_info(root: Path | None) -> DatasetInfo:
+def _msd_info(root: Path | None, options: Mapping[str, Any]) -> DatasetInfo:
     from pdeseg.data.msd import check_root
 
     ds = check_root(root)
@@ -224,7 +235,64 @@ def _msd() -> DataFormat:
     )
 
 
-FORMATS: dict[str, DataFormat] = {f.name: f for f in (_brats(), _lgg(), _msd())}
+def _cells_info(options: Mapping[str, Any], modalities: tuple[str, ...]) -> DatasetInfo:
+    from pdeseg.data.cells import CLASS_NAMES, REGIONS, check_targets
+
+    targets = check_targets(options.get("targets") or "semantic")
+    return DatasetInfo(CLASS_NAMES[targets], dict(REGIONS[targets]), modalities, 3)
+
+
+def _cells_outputs(case, out_dir: Path) -> list[Path]:
+    from pdeseg.data.cells import output_paths
+
+    return output_paths(case.case_id, out_dir, not getattr(case, "semantic_only", False))
+
+
+def _write_cells(classes, loaded, out_dir: Path) -> Path:
+    from pdeseg.data.cells import write_prediction
+
+    return write_prediction(classes, loaded, out_dir, not getattr(loaded.case, "semantic_only", False))
+
+
+def _cells_format(name: str, description: str, finder: str, read_options: Mapping[str, Any] | None = None,
+                  default_modalities: tuple[str, ...] = ("grey",)) -> DataFormat:
+    """A 2D microscopy format (see :mod:`pdeseg.data.cells`): one image per case, read as a
+    stack of one slice; classes from the ``targets`` read option; predictions written as a
+    0/255 mask and an instance label image at the image's own size."""
+    from pdeseg.data.cells import CHANNELS, TARGETS
+
+    module, _, function = finder.rpartition(".")
+
+    def find(root, modalities, require_label=True, skipped=None, **options):
+        import importlib
+
+        return getattr(importlib.import_module(module), function)(root, modalities, require_label, skipped, **options)
+
+    return DataFormat(
+        name=name, description=description, modalities=CHANNELS, class_names=("background", "cell"), find_cases=find,
+        write=_write_cells, outputs=_cells_outputs, read_options={"targets": TARGETS, **(read_options or {})},
+        hd95_one_empty=math.inf, display_rotate=False, default_modalities=default_modalities,
+        info=lambda root, options: _cells_info(options, CHANNELS),
+    )
+
+
+def _microscopy() -> list[DataFormat]:
+    return [
+        _cells_format("dsb2018", "Data Science Bowl 2018 nuclei: stage1_train/<id>/images + one mask PNG per nucleus; "
+                      "domain from domains.tsv", "pdeseg.data.dsb.find_dsb_cases", {"domains": None}),
+        _cells_format("isbi_em", "ISBI 2012 EM stack: images/NN.png + labels/NN.png (255 cell interior, 0 membrane)",
+                      "pdeseg.data.image_sets.find_isbi_cases"),
+        _cells_format("drive", "DRIVE retinal vessels: images/*.tif, 1st_manual/*.gif, mask/*.gif (field of view)",
+                      "pdeseg.data.image_sets.find_drive_cases", default_modalities=("red", "green", "blue")),
+        _cells_format("cell_folder", "generic image folder: images/ + masks/ with matching names (PNG/TIFF; binary "
+                      "masks or label images), optional domains.tsv", "pdeseg.data.image_sets.find_folder_cases",
+                      {"label_kind": ("auto", "binary", "instances")}),
+        _cells_format("livecell", "LIVECell-style COCO: images/ + COCO json (polygons or RLE) per split or cell type",
+                      "pdeseg.data.livecell.find_livecell_cases", {"annotations": None, "overlap": ("first", "smallest")}),
+    ]
+
+
+FORMATS: dict[str, DataFormat] = {f.name: f for f in (_brats(), _lgg(), _msd(), *_microscopy())}
 
 
 def get_format(name: str) -> DataFormat:
