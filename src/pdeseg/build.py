@@ -105,7 +105,8 @@ def resolve(cfg: ExperimentConfig) -> Experiment:
         raise ConfigError("data.resize applies to data.mode slices only")
     spec = PreprocessSpec(
         format=fmt.name, modalities=modalities, normalization=d.normalization, ct_window=d.ct_window, mode=d.mode,
-        spatial_dims=dims, spatial_size=d.spatial_size, resize=d.resize, target_spacing=d.target_spacing, slices=d.slices, slice_range=d.slice_range,
+        spatial_dims=dims, spatial_size=d.spatial_size, resize=d.resize, tile_inference=d.tile_inference,
+        target_spacing=d.target_spacing, slices=d.slices, slice_range=d.slice_range,
         num_classes=info.num_classes, output=cfg.output, class_names=list(info.class_names),
         regions={k: list(v) for k, v in info.regions.items()},
     )

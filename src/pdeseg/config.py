@@ -55,17 +55,41 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class DomainSplit(Section):
+    """Split by domain (cell type, imaging modality): every case of a ``test`` domain is a test
+    case, the cases of the ``train`` domains are split by the section's ``fractions`` or
+    ``counts`` (usually ``[0.9, 0.1, 0.0]``: validation drawn from the training domains), the
+    cases of ``val`` domains (optional) are validation cases, and other domains are left out."""
+
+    train: Annotated[list[str], Field(min_length=1)]
+    test: Annotated[list[str], Field(min_length=1)]
+    val: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> DomainSplit:
+        seen: dict[str, str] = {}
+        for part in ("train", "val", "test"):
+            for name in getattr(self, part):
+                if name in seen:
+                    raise ValueError(f"domain {name!r} is in both {seen[name]} and {part}")
+                seen[name] = part
+        return self
+
+
 class SplitConfig(Section):
     """Patient-level split. Give ``fractions`` (train/val/test summing to 1) or ``counts``.
 
     ``counts`` like paper 003's 250/74/45 are scaled proportionally when the data set has
     a different number of cases (set ``scale_counts: false`` to require an exact match).
+    With ``domains`` (see :class:`DomainSplit`) the fractions or counts apply to the cases
+    of the training domains only.
     """
 
     fractions: Annotated[list[NonNegativeFloat], Field(min_length=3, max_length=3)] | None = [0.8, 0.1, 0.1]
     counts: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=3, max_length=3)] | None = None
     scale_counts: bool = True
     seed: Annotated[int, Field(ge=0)] = 0
+    domains: DomainSplit | None = None
 
     @model_validator(mode="after")
     def _one_of(self) -> SplitConfig:
@@ -78,6 +102,8 @@ class SplitConfig(Section):
     @property
     def has_validation(self) -> bool:
         """Whether the config asks for any validation cases."""
+        if self.domains is not None and self.domains.val:
+            return True
         return bool(self.fractions[1] > 0 if self.fractions is not None else self.counts[1] > 0)
 
 
@@ -126,6 +152,12 @@ class DataConfig(Section):
     slice_range: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=2, max_length=2)] | None = None
     spatial_size: Annotated[list[Annotated[int, Field(ge=8)]], Field(min_length=2, max_length=3)] | None = None
     resize: bool = False  # resize to spatial_size instead of centre crop/pad (slices mode)
+    # slices mode, training: how a slice larger than spatial_size is cut to it: "center" crop, or a "random"
+    # window drawn per item and epoch (microscopy images of 1024x1024 trained on 256x256 windows)
+    crop: Literal["center", "random"] = "center"
+    # slices mode, inference: segment a slice larger than spatial_size by overlapping windows of that size
+    # (Gaussian-weighted, as in patches mode) instead of in one pass; bounds memory on large images
+    tile_inference: bool = False
     # resample every case to this voxel size (mm per axis) before training; predictions go back to the input grid
     target_spacing: Annotated[list[PositiveFloat], Field(min_length=2, max_length=3)] | None = None
     samples_per_case: PositiveInt = 4  # patches mode: patches drawn from each training case per epoch
@@ -154,6 +186,8 @@ class DataConfig(Section):
             raise ValueError(f"slice_range must be [first, last] with first <= last, got {self.slice_range}")
         if self.ct_window is not None and self.ct_window[0] >= self.ct_window[1]:
             raise ValueError(f"ct_window must be [lo, hi] with lo < hi, got {self.ct_window}")
+        if (self.crop == "random" or self.tile_inference) and (self.mode != "slices" or self.spatial_size is None or self.resize):
+            raise ValueError("crop: random and tile_inference need mode: slices with a spatial_size and resize: false")
         if self.mode == "patches" and self.spatial_size is None:
             raise ValueError("mode: patches needs spatial_size (the patch size)")
         if self.train_cases is not None and self.train_cases >= 1 and self.train_cases != int(self.train_cases):
@@ -301,6 +335,7 @@ class PreprocessSpec(Section):
     spatial_dims: Literal[2, 3]
     spatial_size: list[int] | None = None
     resize: bool = False
+    tile_inference: bool = False
     target_spacing: list[float] | None = None
     slices: Literal["middle", "tumour_middle", "range", "brain", "tumour", "all"] = "tumour"
     slice_range: list[int] | None = None

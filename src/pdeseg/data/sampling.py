@@ -94,6 +94,17 @@ def fit_spatial(
     return image, label
 
 
+def random_window(image: torch.Tensor, label: torch.Tensor, size: Sequence[int], rng: np.random.Generator
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut ``image (C, *S)`` and ``label (*S)`` to at most ``size`` per axis at a uniformly drawn
+    offset (axes already within ``size`` are left whole, for :func:`fit_spatial` to pad)."""
+    index = []
+    for n, s in zip(image.shape[1:], size):
+        start = int(rng.integers(0, n - int(s) + 1)) if n > int(s) else 0
+        index.append(slice(start, start + min(n, int(s))))
+    return image[(slice(None), *index)], label[tuple(index)]
+
+
 def _augment(transform: Callable | None, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if transform is None:
         return image, label
@@ -135,6 +146,9 @@ class SliceDataset(PerItemDraws, Dataset):
         selection, slice_range: see :func:`select_slices`.
         spatial_size, resize: see :func:`fit_spatial`.
         transform: optional dictionary transform (augmentation) applied after fitting.
+        crop: ``center`` (see :func:`fit_spatial`) or ``random``: a slice larger than
+            ``spatial_size`` along an axis gives a window at a position drawn uniformly per
+            item and epoch (:class:`PerItemDraws`); a smaller axis is padded about the centre.
 
     Raises:
         DataError: no cases, no slices selected, or slices of different sizes to batch.
@@ -148,7 +162,13 @@ class SliceDataset(PerItemDraws, Dataset):
         spatial_size: Sequence[int] | None = None,
         resize: bool = False,
         transform: Callable | None = None,
+        crop: str = "center",
     ):
+        if crop not in ("center", "random"):
+            raise ConfigError(f"crop must be center or random, got {crop!r}")
+        if crop == "random" and (spatial_size is None or resize):
+            raise ConfigError("a random crop needs a spatial_size and no resize")
+        self.crop = crop
         if not cases:
             raise DataError("no cases to draw slices from (empty split?)")
         sizes = {tuple(c.meta["shape"][:2]) for c in cases}
@@ -171,8 +191,11 @@ class SliceDataset(PerItemDraws, Dataset):
         case = self.cases[ci]
         image = torch.from_numpy(np.asarray(case.image[z], dtype=np.float32))
         label = torch.from_numpy(np.asarray(case.label[z], dtype=np.int64))
+        rng = self.item_rng(index)
+        if self.crop == "random":
+            image, label = random_window(image, label, self.spatial_size, rng)
         image, label = fit_spatial(image, label, self.spatial_size, self.resize)
-        image, label = self.augment_item(self.item_rng(index), image, label)
+        image, label = self.augment_item(rng, image, label)
         return {"image": image.contiguous(), "label": label.contiguous(), "case": case.case_id, "z": z}
 
 
@@ -285,7 +308,7 @@ class VolumeDataset(PerItemDraws, Dataset):
 def training_dataset(cases: list[CachedCase], spec: PreprocessSpec, data: DataConfig, seed: int = 0) -> Dataset:
     """The training samples of ``spec.mode`` with the config's augmentation."""
     if spec.mode == "slices":
-        ds = SliceDataset(cases, spec.slices, spec.slice_range, spec.spatial_size, spec.resize)
+        ds = SliceDataset(cases, spec.slices, spec.slice_range, spec.spatial_size, spec.resize, crop=data.crop)
         size = spec.spatial_size or list(ds[0]["image"].shape[1:])
         ds.transform, ds.seed = _train_transform(data.augment, spec.spatial_dims, size), seed
         return ds

@@ -15,7 +15,7 @@ from pdeseg.config import ConfigError, DataConfig, PreprocessSpec
 from pdeseg.data.cache import CachedCase, cache_cases
 from pdeseg.data.files import write_atomically
 from pdeseg.data.formats import get_format
-from pdeseg.data.splits import load_split, split_cases
+from pdeseg.data.splits import load_split, split_by_domain, split_cases
 from pdeseg.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,12 @@ def prepare_data(d: DataConfig, spec: PreprocessSpec, split_file: str | Path | N
     else:
         s = d.split
         try:
-            split = split_cases(ids, s.fractions, s.counts, s.seed, s.scale_counts)
+            if s.domains is not None:
+                domains = {c.case_id: str(getattr(c, "domain", "")) for c in cases}
+                split = split_by_domain(domains, s.domains.train, s.domains.test, s.domains.val, s.fractions, s.counts,
+                                        s.seed, s.scale_counts)
+            else:
+                split = split_cases(ids, s.fractions, s.counts, s.seed, s.scale_counts)
         except ValueError as exc:
             raise ConfigError(f"data.split: {exc}") from None
         split["train"] = subsample_training(split["train"], d.train_cases, s.seed)

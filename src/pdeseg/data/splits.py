@@ -77,6 +77,37 @@ def split_cases(
     return {k: sorted(v) for k, v in parts.items()}
 
 
+def split_by_domain(
+    domains: dict[str, str],
+    train_domains: list[str],
+    test_domains: list[str],
+    val_domains: list[str] | None = None,
+    fractions: list[float] | None = None,
+    counts: list[int] | None = None,
+    seed: int = 0,
+    scale_counts: bool = True,
+) -> dict[str, list[str]]:
+    """Split cases by their domain (unseen-domain protocols): cases of ``test_domains`` are
+    the test set, cases of ``val_domains`` validation, and the cases of ``train_domains`` are
+    split by ``fractions`` / ``counts`` as in :func:`split_cases` (their val and test parts
+    join validation and test). Cases of other domains are left out.
+
+    Args:
+        domains: case id -> domain.
+
+    Raises:
+        ValueError: a named domain with no case (the message lists the domains present).
+    """
+    present = sorted(set(domains.values()))
+    for name in [*train_domains, *test_domains, *(val_domains or [])]:
+        if name not in present:
+            raise ValueError(f"no case of domain {name!r}; the cases' domains are {', '.join(map(repr, present))}")
+    pick = lambda names: sorted(i for i, d in domains.items() if d in set(names))  # noqa: E731
+    inner = split_cases(pick(train_domains), fractions, counts, seed, scale_counts)
+    return {"train": inner["train"], "val": sorted(inner["val"] + pick(val_domains or [])),
+            "test": sorted(inner["test"] + pick(test_domains))}
+
+
 def save_split(split: dict[str, list[str]], path: str | Path) -> None:
     Path(path).write_text(json.dumps(split, indent=1))
 

@@ -5,7 +5,9 @@ Needs only the checkpoint (model name, kwargs, weights, preprocessing spec), the
 the preprocessing; no training code. How a case is segmented follows the spec's mode:
 
 * ``slices``: slice by slice along the last axis, in batches (resized as in training when
-  the spec says so);
+  the spec says so); with the spec's ``tile_inference``, a slice larger than the training
+  size is segmented by Gaussian-weighted overlapping windows of that size, one slice at a
+  time, at its own resolution (large microscopy images);
 * ``patches``: MONAI sliding-window inference with the training patch size, Gaussian-weighted
   overlapping windows (``overlap``), stitched on the compute device or on the CPU
   (``stitch``);
@@ -263,6 +265,11 @@ class Predictor:
         _, h, w, depth = image.shape
         size, resize = self.spec.spatial_size, self.spec.resize
         out = torch.empty((self._logit_channels(), h, w, depth), dtype=torch.float32)
+        if self.spec.tile_inference and size and (h > size[0] or w > size[1]):
+            for z in track(range(depth), "slices", "slice", enabled=progress):
+                x = torch.from_numpy(np.ascontiguousarray(image[..., z]))[None].float()
+                out[..., z] = self._by_windows(x, progress=False)
+            return out
         for z0 in track(range(0, depth, self.batch_size), "slices", "batch", enabled=progress):
             z1 = min(z0 + self.batch_size, depth)
             x = torch.from_numpy(np.ascontiguousarray(image[..., z0:z1].transpose(3, 0, 1, 2))).float()
