@@ -62,6 +62,9 @@ class DataFormat:
             own classes and channels (MSD's ``dataset.json``) or whose classes follow a read
             option (microscopy ``targets``); None: the fixed fields above.
         default_modalities: the channels used when the config names none (empty: all).
+        object_metrics: 2D images of objects (microscopy): scoring adds boundary F1 at 1, 2
+            and 3 px and, for cases with objects, the instance metrics (DSB score, AP50,
+            split and merged cells); a case's field of view limits every metric.
 
     A read option whose allowed values are None takes any string (a file name, a list).
     """
@@ -81,6 +84,7 @@ class DataFormat:
     display_rotate: bool = True
     info: Callable[[Path | None, Mapping[str, Any]], DatasetInfo] | None = None
     default_modalities: tuple[str, ...] = ()
+    object_metrics: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -271,7 +275,7 @@ def _cells_format(name: str, description: str, finder: str, read_options: Mappin
     return DataFormat(
         name=name, description=description, modalities=CHANNELS, class_names=("background", "cell"), find_cases=find,
         write=_write_cells, outputs=_cells_outputs, read_options={"targets": TARGETS, **(read_options or {})},
-        hd95_one_empty=math.inf, display_rotate=False, default_modalities=default_modalities,
+        hd95_one_empty=math.inf, display_rotate=False, default_modalities=default_modalities, object_metrics=True,
         info=lambda root, options: _cells_info(options, CHANNELS),
     )
 

@@ -41,6 +41,7 @@ from pdeseg.data.sampling import evaluation_slices
 from pdeseg.data.setup import PreparedData, prepare_data
 from pdeseg.data.splits import save_split
 from pdeseg.experiments.compare import (
+    OBJECT_COLUMNS,
     display_slice,
     slice_prediction,
     environment,
@@ -58,7 +59,7 @@ from pdeseg.experiments.stats import (
     seed_noise_comparison,
 )
 from pdeseg.inference.predict import Predictor
-from pdeseg.inference.score import score
+from pdeseg.inference.score import default_scope, score
 from pdeseg.training.run import train_or_resume
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,8 @@ SPLITS = ("train", "val", "test")
 #: Table columns per split: loss plus paper 003's metrics.
 SCORES = ("loss",) + EPOCH_METRICS + ("hd95_mean",)
 #: Paired tests of each variant against the baseline on test cases: (row key, label).
-PAIRED_METRICS = (("dice_mean", "Dice"), ("hd95_mean", "HD95 (mm)"))
+PAIRED_METRICS = (("dice_mean", "Dice"), ("hd95_mean", "HD95 (mm)"), ("bf1_2", "boundary F1@2px"),
+                  ("dsb_score", "DSB score"))
 
 
 # --------------------------------------------------------------------------------------
@@ -224,14 +226,14 @@ def scored_splits(predictor: Predictor) -> tuple[str, ...]:
     """Splits a run is scored on: all three for slice models (paper 003 reports train,
     validation and test); validation and test for volumetric ones, where segmenting every
     training volume costs minutes per run and the per-epoch training loss is in metrics.csv."""
-    return SPLITS if predictor.spec.mode == "slices" else ("val", "test")
+    return SPLITS if default_scope(predictor.spec) == "slices" else ("val", "test")
 
 
 def score_split(predictor: Predictor, cfg: ExperimentConfig, data: PreparedData, split: str) -> tuple[dict[str, float], list[dict]]:
     """Loss (the config's loss) and case-mean metrics of a checkpoint on ``split``, and the
     per-case rows. Volumetric models are scored on whole volumes, with HD95 on the test split
     (surface distances on every training case would cost more than they tell)."""
-    volume = predictor.spec.mode != "slices"
+    volume = default_scope(predictor.spec) == "volume"
     result = score(predictor, data.cases(split), "volume" if volume else "slices",
                    build_loss(cfg.loss).to(predictor.device), with_hd95=volume and split == "test",
                    batch_size=cfg.train.val_batch_size)
@@ -395,6 +397,7 @@ def table_columns(result: AblationResult) -> list[tuple[str, str]]:
     cols = [c for c in COLUMNS if any(c[1] in r for r in result.table)]
     if any("test_hd95_mean" in r for r in result.table):
         cols.append(("test HD95 (mm)", "test_hd95_mean"))
+    cols += [c for c in OBJECT_COLUMNS if any(c[1] in r for r in result.table)]
     cols.append(("train time (s)", "train_time_s"))
     return cols
 

@@ -43,7 +43,7 @@ from pdeseg.data.splits import save_split
 from pdeseg.errors import ConfigError
 from pdeseg.experiments.stats import PairedResult, format_mean_ci, mean_ci, paired_comparison
 from pdeseg.inference.predict import Predictor
-from pdeseg.inference.score import score
+from pdeseg.inference.score import default_scope, score
 from pdeseg.training.run import train_or_resume
 
 log = logging.getLogger(__name__)
@@ -63,20 +63,20 @@ class CompareResult:
     unit: str = "slice"  # what the inference time is per: slice (slices scope) or case (volume scope)
 
 
-def table_columns(class_names: list[str], regions: dict[str, list[int]]) -> list[tuple[str, str]]:
+#: Test columns of object data (microscopy): boundary F1 at 2 px, DSB score, AP50.
+OBJECT_COLUMNS = (("test BF1@2px", "test_bf1_2"), ("test DSB score", "test_dsb_score"), ("test AP50", "test_ap50"))
+
+
+def table_columns(class_names: list[str], regions: dict[str, list[int]], objects: bool = False) -> list[tuple[str, str]]:
     """Metric columns of the comparison table: mean Dice / IoU over the foreground classes on
     validation and test, then test Dice per region (BraTS WT/TC/ET) or, for data sets without
-    regions and with several foreground classes, per class (Hippocampus: Anterior, Posterior)."""
+    regions and with several foreground classes, per class (Hippocampus: Anterior, Posterior),
+    and for object data (``objects``) the :data:`OBJECT_COLUMNS`."""
     cols = [("val Dice", "val_dice_mean"), ("val IoU", "val_iou_mean"), ("test Dice", "test_dice_mean"),
             ("test IoU", "test_iou_mean")]
     detail = list(regions) if regions else (list(class_names[1:]) if len(class_names) > 2 else [])
-    return cols + [(f"test {n}", f"test_dice_{n}") for n in detail]
-
-
-def default_scope(mode: str) -> str:
-    """Scoring scope when none is asked for: the config's slice selection for slice models,
-    whole volumes for patch and whole-volume models."""
-    return "slices" if mode == "slices" else "volume"
+    cols += [(f"test {n}", f"test_dice_{n}") for n in detail]
+    return cols + (list(OBJECT_COLUMNS) if objects else [])
 
 
 def environment() -> dict[str, Any]:
@@ -124,8 +124,8 @@ def run_compare(
     (out / "environment.json").write_text(json.dumps(environment(), indent=1))
     data = prepare_data(cfg.data, exp.spec, out / "split.json", progress=progress)
     save_split(data.split, out / "split.json")
-    scope = scope or default_scope(exp.spec.mode)
-    result = CompareResult(out, data=data, columns=table_columns(exp.spec.class_names, exp.spec.regions),
+    scope = scope or default_scope(exp.spec)
+    result = CompareResult(out, data=data, columns=table_columns(exp.spec.class_names, exp.spec.regions, exp.fmt.object_metrics),
                            unit="slice" if scope == "slices" else "case")
     for seed in seeds:
         for m in cfg.models:

@@ -8,6 +8,11 @@ Scopes:
   training, in batches; per-case confusion counts accumulated over them (2D slice mode);
 * ``volume``: every case segmented whole (slice by slice, sliding window or in one pass,
   as the spec says) and scored in its own dimensions; HD95 and surface Dice optional.
+  Formats of 2D object images (microscopy, ``object_metrics``) add boundary F1 at 1, 2 and
+  3 px of the foreground and, where the case has objects, the instance metrics of the
+  predicted cells (watershed on the boundary class, or connected components): DSB score,
+  AP50, split and merged cells (:mod:`pdeseg.metrics.instances`). Pixels outside a case's
+  field of view (DRIVE) are set to background in truth and prediction before any metric.
 
 Under ``torchrun`` every process scores its share of the cases and the per-case rows are
 gathered, so every process returns the same result.
@@ -36,6 +41,13 @@ from pdeseg.nn.output import predicted_classes
 from pdeseg.progress import track
 
 SCOPES = ("slices", "volume")
+
+
+def default_scope(spec: PreprocessSpec) -> str:
+    """Scope used when none is asked for: the config's slice selection for slice models of
+    volumes; whole cases for patch and whole-volume models and for 2D object images
+    (microscopy), which are scored at their own size with their object metrics."""
+    return "slices" if spec.mode == "slices" and not get_format(spec.format).object_metrics else "volume"
 
 
 def scoring_rules(spec: PreprocessSpec) -> ScoringRules:
@@ -138,6 +150,7 @@ def _score_volumes(predictor: Predictor, cases: list[CachedCase], loss_fn, with_
                    each_case: Callable[[CachedCase, np.ndarray], None] | None = None,
                    surface_tolerance_mm: float | None = None) -> Scores:
     rules = scoring_rules(predictor.spec)
+    objects = get_format(predictor.spec.format).object_metrics
     rows, losses, units = [], [], 0
     for case in track(cases, "scoring", "case", enabled=progress):
         image, label = case_volume(case)
@@ -146,12 +159,36 @@ def _score_volumes(predictor: Predictor, cases: list[CachedCase], loss_fn, with_
         if loss_fn is not None:
             losses.append(float(loss_fn(logits, target)))
         classes = predicted_classes(logits)[0].numpy().astype(np.uint8)
-        rows.append({"case": case.case_id, **rules.case_metrics(classes, label, case.meta["spacing"], with_hd95,
-                                                                surface_tolerance_mm)})
+        if case.valid is not None:  # field of view: outside it, nothing is scored
+            outside = ~np.asarray(case.valid).transpose(1, 2, 0)
+            classes[outside], label = 0, np.where(outside, 0, label).astype(label.dtype)
+        row = {"case": case.case_id, **rules.case_metrics(classes, label, case.meta["spacing"], with_hd95,
+                                                          surface_tolerance_mm)}
+        if objects:
+            row.update(object_metrics(classes, label, case))
+        rows.append(row)
         if each_case is not None:
             each_case(case, classes)
         units += image.shape[-1] if predictor.spec.mode == "slices" else 1
     return Scores(rows, float(np.mean(losses)) if losses else None, units=units)
+
+
+def object_metrics(classes: np.ndarray, label: np.ndarray, case: CachedCase) -> dict[str, Any]:
+    """Boundary F1 of the foreground at 1, 2 and 3 px and, when ``case`` has objects, the
+    instance metrics of the predicted cells, for a one-slice case ``(X, Y, 1)``."""
+    from pdeseg.metrics.instances import boundary_f1_scores, instance_metrics, instances_from_boundary_classes, \
+        instances_from_mask
+
+    pred, true = classes[..., 0], label[..., 0]
+    row: dict[str, Any] = {"domain": case.domain} if case.domain else {}
+    row.update(boundary_f1_scores(pred > 0, true > 0, (1, 2, 3)))
+    if case.instances is not None:
+        truth = np.asarray(case.instances[0])
+        if case.valid is not None:
+            truth = np.where(np.asarray(case.valid[0]), truth, 0)
+        found = instances_from_boundary_classes(pred) if pred.max(initial=0) > 1 else instances_from_mask(pred > 0)
+        row.update(instance_metrics(found, truth))
+    return row
 
 
 def _my_share(cases: list[CachedCase]) -> list[CachedCase]:

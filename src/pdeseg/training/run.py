@@ -24,7 +24,7 @@ from pdeseg.data.setup import PreparedData, prepare_data, steps_per_epoch
 from pdeseg.data.splits import save_split
 from pdeseg.errors import ConfigError, RunFolderError
 from pdeseg.inference.predict import Predictor
-from pdeseg.inference.score import score, scoring_rules
+from pdeseg.inference.score import default_scope, score, scoring_rules
 from pdeseg.runlock import RunLock
 from pdeseg.runtime import barrier, init_distributed, launch_rank, resolve_device, resolve_precision, seed_everything
 from pdeseg.training.trainer import Trainer, TrainResult
@@ -194,7 +194,7 @@ def _train(exp: Experiment, model_cfg: ModelConfig, run_dir: Path, device: torch
     scheduler = build_scheduler(t, optimizer, steps_per_epoch(len(train_set), t.batch_size, world))
     meta = checkpoint_meta(exp, model_cfg, model)
     val_cases = data.cases("val")
-    scope = "slices" if spec.mode == "slices" else "volume"
+    scope = default_scope(spec)
 
     def validate(net) -> object:
         predictor = Predictor(net, spec, device, precision, t.val_batch_size, model_cfg.name)
