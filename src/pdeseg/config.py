@@ -160,7 +160,7 @@ class DataConfig(Section):
     tile_inference: bool = False
     # resample every case to this voxel size (mm per axis) before training; predictions go back to the input grid
     target_spacing: Annotated[list[PositiveFloat], Field(min_length=2, max_length=3)] | None = None
-    samples_per_case: PositiveInt = 4  # patches mode: patches drawn from each training case per epoch
+    samples_per_case: PositiveInt = 4  # patches mode, or slices mode with crop: random: windows per case (slice) per epoch
     foreground_prob: Probability = 0.33  # patches mode: share of patches centred on a foreground voxel
     # patches mode, which foreground voxel: "classes" a class uniformly among those present, then one of its
     # voxels (nnU-Net style; small classes as often as large ones); "any" uniformly among all labelled voxels

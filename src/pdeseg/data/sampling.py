@@ -149,6 +149,8 @@ class SliceDataset(PerItemDraws, Dataset):
         crop: ``center`` (see :func:`fit_spatial`) or ``random``: a slice larger than
             ``spatial_size`` along an axis gives a window at a position drawn uniformly per
             item and epoch (:class:`PerItemDraws`); a smaller axis is padded about the centre.
+        repeats: items per selected slice and epoch (with a random crop: that many windows,
+            each drawn on its own).
 
     Raises:
         DataError: no cases, no slices selected, or slices of different sizes to batch.
@@ -163,6 +165,7 @@ class SliceDataset(PerItemDraws, Dataset):
         resize: bool = False,
         transform: Callable | None = None,
         crop: str = "center",
+        repeats: int = 1,
     ):
         if crop not in ("center", "random"):
             raise ConfigError(f"crop must be center or random, got {crop!r}")
@@ -179,7 +182,7 @@ class SliceDataset(PerItemDraws, Dataset):
             )
         self.cases = cases
         self.spatial_size, self.resize, self.transform = spatial_size, resize, transform
-        self.items = [(i, z) for i, c in enumerate(cases) for z in select_slices(c, selection, slice_range)]
+        self.items = [(i, z) for i, c in enumerate(cases) for z in select_slices(c, selection, slice_range)] * int(repeats)
         if not self.items:
             raise DataError(f"slice selection {selection!r} gives no slices for cases {[c.case_id for c in cases]}")
 
@@ -308,7 +311,8 @@ class VolumeDataset(PerItemDraws, Dataset):
 def training_dataset(cases: list[CachedCase], spec: PreprocessSpec, data: DataConfig, seed: int = 0) -> Dataset:
     """The training samples of ``spec.mode`` with the config's augmentation."""
     if spec.mode == "slices":
-        ds = SliceDataset(cases, spec.slices, spec.slice_range, spec.spatial_size, spec.resize, crop=data.crop)
+        ds = SliceDataset(cases, spec.slices, spec.slice_range, spec.spatial_size, spec.resize, crop=data.crop,
+                          repeats=data.samples_per_case if data.crop == "random" else 1)
         size = spec.spatial_size or list(ds[0]["image"].shape[1:])
         ds.transform, ds.seed = _train_transform(data.augment, spec.spatial_dims, size), seed
         return ds
