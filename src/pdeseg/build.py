@@ -15,6 +15,7 @@ scheduler.
 from __future__ import annotations
 
 import inspect
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,8 @@ from pdeseg.losses.composite import CompositeLoss
 from pdeseg.nn.output import output_channels
 from pdeseg.nn.params import parameter_groups
 from pdeseg.registry import LOSSES, build_model, check_model, count_parameters
+
+log = logging.getLogger(__name__)
 
 #: Metrics logged per epoch for training and validation (paper 003: accuracy, mean IoU, Dice).
 EPOCH_METRICS = ("accuracy", "iou_mean_all", "iou_mean", "dice_mean")
@@ -123,7 +126,18 @@ def resolve(cfg: ExperimentConfig) -> Experiment:
         exp.model_kwargs(m)
     check_loss(cfg.loss)
     _check_monitor(exp)
+    _check_loss_schedule(exp.cfg)
     return exp
+
+
+def _check_loss_schedule(cfg: ExperimentConfig) -> None:
+    """Warn about warm-up schedules that are allowed but probably not meant."""
+    late = [f"{t.name} (start_epoch {t.start_epoch})" for t in cfg.loss.terms if t.weight > 0 and t.start_epoch >= cfg.train.epochs]
+    if late:
+        log.warning("loss terms %s never switch on in train.epochs %d", ", ".join(late), cfg.train.epochs)
+    if cfg.train.monitor == "train_loss" and any(t.scheduled and t.weight > 0 for t in cfg.loss.terms):
+        log.warning("train.monitor train_loss compares epochs whose loss weights differ (loss.terms start_epoch/"
+                    "ramp_epochs): best.pt will favour epochs before a term switched on")
 
 
 def _check_monitor(exp: Experiment) -> None:
@@ -150,11 +164,13 @@ def check_loss(loss: LossConfig) -> None:
         accepted = [p for p in inspect.signature(LOSSES[term.name].build).parameters if p != "self"]
         bad = sorted(set(term.options) - set(accepted))
         if bad:
-            raise ConfigError(f"loss.terms[{i}] ({term.name}): unknown option(s) {bad}; it takes {', '.join(accepted) or 'none'}")
+            raise ConfigError(f"loss.terms[{i}] ({term.name}): unknown option(s) {bad}; it takes {', '.join(accepted) or 'none'} "
+                              "(and every term: weight, start_epoch, ramp_epochs)")
 
 
 def build_loss(loss: LossConfig) -> CompositeLoss:
-    """The weighted sum of the config's loss terms.
+    """The weighted sum of the config's loss terms, with each term's warm-up schedule
+    (``start_epoch``, ``ramp_epochs``; the trainer calls ``set_epoch`` every epoch).
 
     Raises:
         ConfigError: an unknown term or option, or a value the term rejects.
@@ -166,7 +182,7 @@ def build_loss(loss: LossConfig) -> CompositeLoss:
             terms.append((term.name, term.weight, LOSSES[term.name].build(**term.options)))
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"loss.terms[{i}] ({term.name}): {exc}") from None
-    return CompositeLoss(terms)
+    return CompositeLoss(terms, [(term.start_epoch, term.ramp_epochs) for term in loss.terms])
 
 
 def build_network(exp: Experiment, model_cfg: ModelConfig) -> nn.Module:

@@ -37,7 +37,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         else:
             entry_note = ""
         print(f"{name:<{width}} {','.join(map(str, entry.dims)):<6} {n:>12}  {entry.description}{entry_note}")
-    print("\nloss terms (loss.terms: [{name, weight, ...options}]):")
+    print("\nloss terms (loss.terms: [{name, weight, ...options}]; any term may add start_epoch, ramp_epochs: "
+          "a warm-up schedule of its weight):")
     loss_width = max(10, *(len(name) for name in LOSSES))
     for name, entry in LOSSES.items():
         print(f"  {name:<{loss_width}} {entry.description}")

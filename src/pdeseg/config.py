@@ -207,17 +207,40 @@ class ModelConfig(Section):
 
 class LossTerm(BaseModel):
     """One weighted term of the loss: a registered loss name (``pdeseg.registry.LOSSES``), its
-    weight, and its own options (checked against the loss's constructor when resolved)."""
+    weight, an optional warm-up schedule, and its own options (checked against the loss's
+    constructor when resolved).
+
+    The schedule switches a term on after some epochs or ramps it in. With epochs counted
+    from 0, the term's weight in epoch ``e`` is ``weight * factor(e)``::
+
+        factor(e) = 0                                         if e < start_epoch
+                  = 1                                         if e >= start_epoch and ramp_epochs == 0
+                  = min(1, (e - start_epoch + 1) / ramp_epochs)   otherwise
+
+    e.g. ``start_epoch: 5, ramp_epochs: 4`` gives factors 0 in epochs 0-4, then 0.25, 0.5,
+    0.75 in epochs 5-7 and 1 from epoch 8 on; ``start_epoch: 5`` alone gives 0 in epochs
+    0-4 and 1 from epoch 5 (shown as epoch 6 in logs and ``metrics.csv``, which count from
+    1). The factor depends on the epoch number only, so a resumed run continues the same
+    schedule. A term whose factor is 0 is not computed at all
+    (:class:`pdeseg.losses.composite.CompositeLoss`).
+    """
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
 
     name: str
     weight: NonNegativeFloat = 1.0
+    start_epoch: Annotated[int, Field(ge=0)] = 0  # weight 0 before this epoch (0-based)
+    ramp_epochs: Annotated[int, Field(ge=0)] = 0  # then linear from 1/ramp_epochs to 1 over this many epochs
 
     @property
     def options(self) -> dict[str, Any]:
-        """The term's own keyword arguments (everything but name and weight)."""
+        """The term's own keyword arguments (everything but name, weight and the schedule)."""
         return dict(self.model_extra or {})
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether the term has a warm-up schedule (``start_epoch`` or ``ramp_epochs`` set)."""
+        return self.start_epoch > 0 or self.ramp_epochs > 0
 
 
 def _default_terms() -> list[LossTerm]:
@@ -242,6 +265,10 @@ class LossConfig(Section):
     def _some_weight(self) -> LossConfig:
         if sum(t.weight for t in self.terms) <= 0:
             raise ValueError("every loss term has weight 0: give at least one a positive weight")
+        if not any(t.weight > 0 and t.start_epoch == 0 for t in self.terms):
+            starts = ", ".join(f"{t.name} {t.start_epoch}" for t in self.terms if t.weight > 0)
+            raise ValueError(f"no term with a positive weight starts at epoch 0 (start_epoch: {starts}), so the first "
+                             "epoch would have no loss; give at least one of them start_epoch: 0")
         return self
 
 

@@ -230,13 +230,15 @@ def scored_splits(predictor: Predictor) -> tuple[str, ...]:
 
 
 def score_split(predictor: Predictor, cfg: ExperimentConfig, data: PreparedData, split: str) -> tuple[dict[str, float], list[dict]]:
-    """Loss (the config's loss) and case-mean metrics of a checkpoint on ``split``, and the
+    """Loss (the config's loss, with the term weights of the last training epoch where terms
+    have warm-up schedules) and case-mean metrics of a checkpoint on ``split``, and the
     per-case rows. Volumetric models are scored on whole volumes, with HD95 on the test split
     (surface distances on every training case would cost more than they tell)."""
     volume = default_scope(predictor.spec) == "volume"
-    result = score(predictor, data.cases(split), "volume" if volume else "slices",
-                   build_loss(cfg.loss).to(predictor.device), with_hd95=volume and split == "test",
-                   batch_size=cfg.train.val_batch_size)
+    loss_fn = build_loss(cfg.loss).to(predictor.device)
+    loss_fn.set_epoch(cfg.train.epochs - 1)
+    result = score(predictor, data.cases(split), "volume" if volume else "slices", loss_fn,
+                   with_hd95=volume and split == "test", batch_size=cfg.train.val_batch_size)
     return {"loss": result.loss, **result.means(), "cases": len(result.rows)}, result.rows
 
 

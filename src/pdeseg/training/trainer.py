@@ -1,12 +1,13 @@
 """The training loop: a :class:`Trainer` that receives built objects and runs small steps.
 
-Per epoch: :func:`train_step` over the training loader (mixed precision, gradient
-clipping, the scheduler stepped per batch), per-case training metrics on the augmented
-batches, then validation through the one scoring path, ``best.pt`` when the monitored
-score improves and ``last.pt`` (model, optimiser, scheduler, grad scaler, every RNG state)
-so that ``--resume`` continues bit for bit. Under ``torchrun`` each process trains on its
-shard (DistributedDataParallel), every process scores its share of the validation cases,
-and rank 0 writes the run folder.
+Per epoch: the loss's warm-up schedule set to the epoch (``loss_fn.set_epoch``, a
+function of the epoch number only), :func:`train_step` over the training loader (mixed
+precision, gradient clipping, the scheduler stepped per batch), per-case training metrics
+on the augmented batches, then validation through the one scoring path, ``best.pt`` when
+the monitored score improves and ``last.pt`` (model, optimiser, scheduler, grad scaler,
+every RNG state) so that ``--resume`` continues bit for bit. Under ``torchrun`` each
+process trains on its shard (DistributedDataParallel), every process scores its share of
+the validation cases, and rank 0 writes the run folder.
 """
 
 from __future__ import annotations
@@ -90,7 +91,10 @@ class Trainer:
 
     Args:
         model: the network (on ``device``).
-        loss_fn: ``loss_fn(model output, target) -> scalar``.
+        loss_fn: ``loss_fn(model output, target) -> scalar``; if it has ``set_epoch`` (a
+            :class:`~pdeseg.losses.composite.CompositeLoss`), it is called with the 0-based
+            epoch before each epoch, so that the epoch's training and validation losses use
+            the same scheduled weights.
         optimizer, scheduler: built for this model (the scheduler may be None).
         train_set: training samples (``{"image", "label", "case"}`` items).
         validate: ``validate(model) -> Scores`` on the validation cases, or None to select
@@ -163,7 +167,10 @@ class Trainer:
         return DataLoader(self.train_set, batch_size=t.batch_size, sampler=sampler, num_workers=self.num_workers)
 
     def train_epoch(self) -> dict[str, Any]:
-        """One pass over the training set; returns the epoch's row (loss, metrics, time)."""
+        """One pass over the training set; returns the epoch's row (loss, metrics, time, and the
+        current factor of each loss term on a warm-up schedule, ``loss_factor_<name>``)."""
+        if hasattr(self.loss_fn, "set_epoch"):  # loss weights of this epoch, for training and this epoch's validation
+            self.loss_fn.set_epoch(self.epoch)
         loader = self._loader()
         self.wrapped.train()
         acc = self.rules.accumulator()  # per-epoch training metrics, on the augmented batches as trained
@@ -185,6 +192,8 @@ class Trainer:
         row: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.global_step, "lr": self.optimizer.param_groups[0]["lr"],
                                "train_loss": running / max(seen, 1), "train_time_s": time.perf_counter() - t0}
         row.update({f"train_{k}": v for k, v in self._epoch_metrics(acc.summary()).items()})
+        if hasattr(self.loss_fn, "scheduled_factors"):
+            row.update({f"loss_factor_{k}": v for k, v in self.loss_fn.scheduled_factors().items()})
         return row
 
     def _epoch_metrics(self, summary: dict[str, dict[str, float]]) -> dict[str, float]:
