@@ -176,3 +176,28 @@ def test_bad_penalty_options_are_refused():
         ReactionDiffusionLoss(a=1.5)
     with pytest.raises(ValueError, match="unknown reaction"):
         ReactionDiffusionLoss(reaction="gray_scott")
+
+
+def test_union_channels_penalise_the_cell_not_its_boundary_class():
+    """With ``channels: union`` a 3-class (background / interior / boundary) output is
+    penalised through 1 - P(background): the same value as a 2-class output with that
+    foreground probability, whatever the split between interior and boundary."""
+    import torch
+
+    from pdeseg.losses.pde import PhaseFieldLoss, ReactionDiffusionLoss, TotalVariationLoss
+
+    torch.manual_seed(0)
+    logits3 = torch.randn(2, 3, 16, 16)
+    p3 = torch.softmax(logits3, 1)
+    fg = 1 - p3[:, :1]
+    logits2 = torch.cat([torch.log(p3[:, :1]), torch.log(fg)], 1)  # softmax gives (P(bg), 1 - P(bg))
+    for loss in (PhaseFieldLoss(1.0, channels="union"), ReactionDiffusionLoss(channels="union"),
+                 TotalVariationLoss(channels="union")):
+        two = type(loss)(**({"eps": loss.eps} if hasattr(loss, "eps") else {}))
+        assert torch.allclose(loss(logits3, None), two(logits2, None), atol=1e-6)
+    shuffled = torch.stack([logits3[:, 0], logits3[:, 2], logits3[:, 1]], 1)  # swap interior and boundary
+    assert torch.allclose(PhaseFieldLoss(channels="union")(logits3, None), PhaseFieldLoss(channels="union")(shuffled, None))
+    # per class (the default), interior and boundary are penalised on their own: a different value
+    assert not torch.allclose(PhaseFieldLoss()(logits3, None), PhaseFieldLoss(channels="union")(logits3, None))
+    with pytest.raises(ValueError, match="channels"):
+        PhaseFieldLoss(channels="cells")

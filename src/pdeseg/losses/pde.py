@@ -111,10 +111,27 @@ def mean_per_voxel(integrals: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     return integrals.sum() / p[:, :1].numel() / p.shape[1]
 
 
-def foreground_probabilities(logits: torch.Tensor) -> torch.Tensor:
+#: What a penalty acts on: ``classes``, each foreground class's probability on its own;
+#: ``union``, the probability of any foreground class, ``1 - P(background)`` (one channel:
+#: a cell's interior and boundary classes together, so the penalty shapes the cell's outline
+#: and not the thin boundary class).
+TARGET_CHANNELS = ("classes", "union")
+
+
+def foreground_probabilities(logits: torch.Tensor, channels: str = "classes") -> torch.Tensor:
     """``(B, K, *S)`` logits -> ``(B, C - 1, *S)`` probabilities of the foreground classes
-    (softmax channels 1..C-1, or ``sigmoid(z)`` for a one-channel head)."""
-    return class_probabilities(logits)[:, 1:]
+    (softmax channels 1..C-1, or ``sigmoid(z)`` for a one-channel head), or with
+    ``channels="union"`` ``(B, 1, *S)``: ``1 - P(background)``."""
+    p = class_probabilities(logits)
+    if channels == "union":
+        return p[:, 1:] if p.shape[1] == 2 else 1 - p[:, :1]
+    return p[:, 1:]
+
+
+def _check_channels(channels: str, name: str) -> str:
+    if channels not in TARGET_CHANNELS:
+        raise ValueError(f"{name} channels must be one of {', '.join(TARGET_CHANNELS)}, got {channels!r}")
+    return channels
 
 
 class TotalVariationLoss(nn.Module):
@@ -122,19 +139,20 @@ class TotalVariationLoss(nn.Module):
 
     Args:
         eps: smoothing ``e`` (in probability per voxel), ``> 0``.
+        channels: ``classes`` or ``union`` (see :data:`TARGET_CHANNELS`).
 
     Shapes:
         ``logits (B, K, *S)``, ``target`` unused -> scalar.
     """
 
-    def __init__(self, eps: float = 0.01):
+    def __init__(self, eps: float = 0.01, channels: str = "classes"):
         super().__init__()
         if not eps > 0:
             raise ValueError(f"tv eps must be > 0, got {eps}")
-        self.eps = float(eps)
+        self.eps, self.channels = float(eps), _check_channels(channels, "tv")
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        p = foreground_probabilities(logits)
+        p = foreground_probabilities(logits, self.channels)
         return mean_per_voxel(total_variation(p, None, self.eps), p)
 
 
@@ -143,19 +161,20 @@ class PhaseFieldLoss(nn.Module):
 
     Args:
         eps: interface width ``eps`` in voxels, ``> 0``.
+        channels: ``classes`` or ``union`` (see :data:`TARGET_CHANNELS`).
 
     Shapes:
         ``logits (B, K, *S)``, ``target`` unused -> scalar.
     """
 
-    def __init__(self, eps: float = 1.0):
+    def __init__(self, eps: float = 1.0, channels: str = "classes"):
         super().__init__()
         if not eps > 0:
             raise ValueError(f"phase_field eps must be > 0, got {eps}")
-        self.eps = float(eps)
+        self.eps, self.channels = float(eps), _check_channels(channels, "phase_field")
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        p = foreground_probabilities(logits)
+        p = foreground_probabilities(logits, self.channels)
         return mean_per_voxel(phase_field_energy(p, self.eps), p)
 
 
@@ -167,12 +186,13 @@ class ReactionDiffusionLoss(nn.Module):
         diffusion: ``D > 0`` (voxels^2 per unit time).
         a: the reaction's parameter (Allen–Cahn threshold in (0, 1), Fisher–KPP rate > 0).
         reaction: ``allen_cahn`` or ``fisher_kpp``.
+        channels: ``classes`` or ``union`` (see :data:`TARGET_CHANNELS`).
 
     Shapes:
         ``logits (B, K, *S)``, ``target`` unused -> scalar.
     """
 
-    def __init__(self, diffusion: float = 1.0, a: float = 0.5, reaction: str = "allen_cahn"):
+    def __init__(self, diffusion: float = 1.0, a: float = 0.5, reaction: str = "allen_cahn", channels: str = "classes"):
         super().__init__()
         if not diffusion > 0:
             raise ValueError(f"reaction_diffusion diffusion must be > 0, got {diffusion}")
@@ -183,9 +203,10 @@ class ReactionDiffusionLoss(nn.Module):
         if reaction == "fisher_kpp" and not a > 0:
             raise ValueError(f"the Fisher–KPP rate a must be > 0, got {a}")
         self.diffusion, self.a, self.kind = float(diffusion), float(a), reaction
+        self.channels = _check_channels(channels, "reaction_diffusion")
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        p = foreground_probabilities(logits)
+        p = foreground_probabilities(logits, self.channels)
         return reaction_diffusion_residual(p, self.diffusion, self.a, self.kind).pow(2).mean()
 
 
