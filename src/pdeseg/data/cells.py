@@ -79,16 +79,15 @@ def read_image_file(path: Path) -> np.ndarray:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
 
-            data = np.asarray(tifffile.imread(path))
+            try:
+                data = np.asarray(tifffile.imread(path))
+            except Exception as tiff_error:
+                try:  # Pillow decodes LZW (DRIVE's images) where tifffile would need imagecodecs
+                    data = _read_with_pillow(path)
+                except Exception:
+                    raise tiff_error from None
         else:
-            from PIL import Image
-
-            with Image.open(path) as im:
-                if im.mode == "P":  # palette images (DRIVE's GIFs): the palette's intensities
-                    im = im.convert("RGB") if _palette_is_colour(im) else im.convert("L")
-                elif im.mode in ("I;16", "I;16B", "I;16L"):
-                    im = im.convert("I")
-                data = np.asarray(im)
+            data = _read_with_pillow(path)
     except CellDataError:
         raise
     except Exception as exc:  # PIL and tifffile raise many types for broken files
@@ -106,6 +105,17 @@ def read_image_file(path: Path) -> np.ndarray:
     if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
         raise CellDataError(f"{path}: NaN/inf pixels")
     return data
+
+
+def _read_with_pillow(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.mode == "P":  # palette images (DRIVE's GIFs): the palette's intensities
+            im = im.convert("RGB") if _palette_is_colour(im) else im.convert("L")
+        elif im.mode in ("I;16", "I;16B", "I;16L"):
+            im = im.convert("I")
+        return np.asarray(im)
 
 
 def _palette_is_colour(im) -> bool:
