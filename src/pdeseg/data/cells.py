@@ -96,6 +96,8 @@ def read_image_file(path: Path) -> np.ndarray:
         raise CellDataError(f"{path}: no pixels (truncated or corrupt file)")
     if data.ndim == 3 and data.shape[0] in (3, 4) and data.shape[-1] not in (3, 4):  # planar TIFF (C, H, W)
         data = np.moveaxis(data, 0, -1)
+    if data.ndim == 3 and data.shape[-1] == 2:  # grey + alpha
+        data = data[..., :1]
     if not (data.ndim == 2 or (data.ndim == 3 and data.shape[-1] in (1, 3, 4))):
         raise CellDataError(f"{path}: expected a 2D grey or RGB(A) image, got shape {data.shape}")
     if data.ndim == 3 and data.shape[-1] == 1:
