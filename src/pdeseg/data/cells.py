@@ -79,16 +79,15 @@ def read_image_file(path: Path) -> np.ndarray:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
 
-            data = np.asarray(tifffile.imread(path))
+            try:
+                data = np.asarray(tifffile.imread(path))
+            except Exception as tiff_error:
+                try:  # Pillow decodes LZW (DRIVE's images) where tifffile would need imagecodecs
+                    data = _read_with_pillow(path)
+                except Exception:
+                    raise tiff_error from None
         else:
-            from PIL import Image
-
-            with Image.open(path) as im:
-                if im.mode == "P":  # palette images (DRIVE's GIFs): the palette's intensities
-                    im = im.convert("RGB") if _palette_is_colour(im) else im.convert("L")
-                elif im.mode in ("I;16", "I;16B", "I;16L"):
-                    im = im.convert("I")
-                data = np.asarray(im)
+            data = _read_with_pillow(path)
     except CellDataError:
         raise
     except Exception as exc:  # PIL and tifffile raise many types for broken files
@@ -97,6 +96,8 @@ def read_image_file(path: Path) -> np.ndarray:
         raise CellDataError(f"{path}: no pixels (truncated or corrupt file)")
     if data.ndim == 3 and data.shape[0] in (3, 4) and data.shape[-1] not in (3, 4):  # planar TIFF (C, H, W)
         data = np.moveaxis(data, 0, -1)
+    if data.ndim == 3 and data.shape[-1] == 2:  # grey + alpha
+        data = data[..., :1]
     if not (data.ndim == 2 or (data.ndim == 3 and data.shape[-1] in (1, 3, 4))):
         raise CellDataError(f"{path}: expected a 2D grey or RGB(A) image, got shape {data.shape}")
     if data.ndim == 3 and data.shape[-1] == 1:
@@ -106,6 +107,17 @@ def read_image_file(path: Path) -> np.ndarray:
     if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
         raise CellDataError(f"{path}: NaN/inf pixels")
     return data
+
+
+def _read_with_pillow(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.mode == "P":  # palette images (DRIVE's GIFs): the palette's intensities
+            im = im.convert("RGB") if _palette_is_colour(im) else im.convert("L")
+        elif im.mode in ("I;16", "I;16B", "I;16L"):
+            im = im.convert("I")
+        return np.asarray(im)
 
 
 def _palette_is_colour(im) -> bool:
@@ -266,6 +278,27 @@ def find_image_files(folder: Path) -> list[Path]:
                   and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+#: Predicted objects smaller than this (pixels) are dropped: specks that no annotator would
+#: draw as a cell (the smallest DSB 2018 nuclei have some 20-30 pixels).
+MIN_OBJECT_PIXELS = 10
+
+
+def predicted_instances(classes: np.ndarray, min_size: int = MIN_OBJECT_PIXELS) -> np.ndarray:
+    """Cells of a predicted class map ``(H, W)``: marker watershed on the boundary class (the
+    interior's components seeded, flooded over interior + boundary) when the map has boundary
+    pixels, else connected components of the foreground; objects below ``min_size`` pixels
+    dropped. Without any boundary pixel both rules give the same cells.
+
+    Returns:
+        int32 ``(H, W)``, 0 background, cells 1..N.
+    """
+    from pdeseg.metrics.instances import instances_from_boundary_classes, instances_from_mask
+
+    if classes.max(initial=0) > 1:
+        return instances_from_boundary_classes(classes, min_size=min_size)
+    return instances_from_mask(classes > 0, min_size=min_size)
+
+
 # --------------------------------------------------------------------------------------
 # writing predictions
 # --------------------------------------------------------------------------------------
@@ -279,15 +312,12 @@ def output_paths(case_id: str, out_dir: Path, instances: bool = True) -> list[Pa
 
 def write_prediction(classes: np.ndarray, loaded: LoadedCase, out_dir: Path, instances: bool = True) -> Path:
     """Write a predicted class map ``(H, W, 1)`` at the image's own size: a 0/255 mask of the
-    cells and, when ``instances``, the cells as a label image (watershed on the boundary class
-    for ``boundary`` targets, connected components otherwise).
+    cells and, when ``instances``, the cells as a label image (:func:`predicted_instances`).
 
     Returns:
         the mask file.
     """
     from PIL import Image
-
-    from pdeseg.metrics.instances import instances_from_boundary_classes, instances_from_mask
 
     out_dir.mkdir(parents=True, exist_ok=True)
     cls = np.asarray(classes)[..., 0] if classes.ndim == 3 else np.asarray(classes)
@@ -297,8 +327,7 @@ def write_prediction(classes: np.ndarray, loaded: LoadedCase, out_dir: Path, ins
     if instances:
         import tifffile
 
-        # without any boundary pixel, the watershed of the boundary rule equals the components
-        objects = instances_from_boundary_classes(cls) if cls.max(initial=0) > 1 else instances_from_mask(cls > 0)
+        objects = predicted_instances(cls)
         dtype = np.uint16 if objects.max(initial=0) < 65536 else np.uint32
         write_atomically(paths[1], lambda tmp: tifffile.imwrite(tmp, objects.astype(dtype)))
     return paths[0]

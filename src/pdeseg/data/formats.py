@@ -290,7 +290,7 @@ def _microscopy() -> list[DataFormat]:
                       "pdeseg.data.image_sets.find_drive_cases", default_modalities=("red", "green", "blue")),
         _cells_format("cell_folder", "generic image folder: images/ + masks/ with matching names (PNG/TIFF; binary "
                       "masks or label images), optional domains.tsv", "pdeseg.data.image_sets.find_folder_cases",
-                      {"label_kind": ("auto", "binary", "instances")}),
+                      {"label_kind": ("auto", "binary", "instances"), "domains": None}),
         _cells_format("livecell", "LIVECell-style COCO: images/ + COCO json (polygons or RLE) per split or cell type",
                       "pdeseg.data.livecell.find_livecell_cases", {"annotations": None, "overlap": ("first", "smallest")}),
     ]

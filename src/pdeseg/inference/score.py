@@ -10,7 +10,8 @@ Scopes:
   as the spec says) and scored in its own dimensions; HD95 and surface Dice optional.
   Formats of 2D object images (microscopy, ``object_metrics``) add boundary F1 at 1, 2 and
   3 px of the foreground and, where the case has objects, the instance metrics of the
-  predicted cells (watershed on the boundary class, or connected components): DSB score,
+  predicted cells (:func:`pdeseg.data.cells.predicted_instances`: watershed on the boundary
+  class, or connected components; specks below 10 pixels dropped): DSB score,
   AP50, split and merged cells (:mod:`pdeseg.metrics.instances`). Pixels outside a case's
   field of view (DRIVE) are set to background in truth and prediction before any metric.
 
@@ -176,8 +177,8 @@ def _score_volumes(predictor: Predictor, cases: list[CachedCase], loss_fn, with_
 def object_metrics(classes: np.ndarray, label: np.ndarray, case: CachedCase) -> dict[str, Any]:
     """Boundary F1 of the foreground at 1, 2 and 3 px and, when ``case`` has objects, the
     instance metrics of the predicted cells, for a one-slice case ``(X, Y, 1)``."""
-    from pdeseg.metrics.instances import boundary_f1_scores, instance_metrics, instances_from_boundary_classes, \
-        instances_from_mask
+    from pdeseg.data.cells import predicted_instances
+    from pdeseg.metrics.instances import boundary_f1_scores, instance_metrics
 
     pred, true = classes[..., 0], label[..., 0]
     row: dict[str, Any] = {"domain": case.domain} if case.domain else {}
@@ -186,8 +187,7 @@ def object_metrics(classes: np.ndarray, label: np.ndarray, case: CachedCase) -> 
         truth = np.asarray(case.instances[0])
         if case.valid is not None:
             truth = np.where(np.asarray(case.valid[0]), truth, 0)
-        found = instances_from_boundary_classes(pred) if pred.max(initial=0) > 1 else instances_from_mask(pred > 0)
-        row.update(instance_metrics(found, truth))
+        row.update(instance_metrics(predicted_instances(pred), truth))
     return row
 
 
