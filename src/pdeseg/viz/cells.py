@@ -32,18 +32,14 @@ import torch  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from scipy import ndimage as ndi  # noqa: E402
 
+from pdeseg.data.cells import predicted_instances  # noqa: E402
 from pdeseg.data.files import write_atomically  # noqa: E402
 from pdeseg.losses.pde import (  # noqa: E402
     phase_field_density,
     reaction_diffusion_residual,
     total_variation_density,
 )
-from pdeseg.metrics.instances import (  # noqa: E402
-    boundary_f1,
-    boundary_targets,
-    instances_from_boundary_classes,
-    instances_from_mask,
-)
+from pdeseg.metrics.instances import boundary_f1, boundary_targets  # noqa: E402
 from pdeseg.viz.overlays import _to_gray_rgb  # noqa: E402
 
 #: Colours of :func:`boundary_error_overlay` (RGB, 0..255) and their legend labels.
@@ -153,13 +149,6 @@ def case_image(image: Any, modalities: Any = None) -> np.ndarray:
     return x[0]
 
 
-def predicted_instances(pred_classes: Any) -> np.ndarray:
-    """The predicted cells of a class map, as the scoring finds them: watershed on the
-    boundary class where the map has one (classes ``> 1``), else connected components."""
-    pred = np.asarray(pred_classes)
-    return instances_from_boundary_classes(pred) if pred.max(initial=0) > 1 else instances_from_mask(pred > 0)
-
-
 def boundary_error_overlay(image: Any, truth_classes: Any, pred_classes: Any, tolerance: float = 2,
                            instances: bool = False) -> np.ndarray:
     """The image with the boundary errors of the foreground (classes ``> 0``, as the case's
@@ -170,9 +159,10 @@ def boundary_error_overlay(image: Any, truth_classes: Any, pred_classes: Any, to
         image: ``(H, W)`` grey (any range) or ``(H, W, 3)`` RGB.
         truth_classes, pred_classes: ``(H, W)`` integer class maps (0 background).
         tolerance: matching distance in pixels (see :func:`boundary_errors`).
-        instances: first draw the outlines of the predicted cells (:func:`predicted_instances`)
-            in :data:`OUTLINE` yellow; the error colours are drawn over them, so yellow shows
-            where touching predicted cells meet.
+        instances: first draw the outlines of the predicted cells as the scoring finds them
+            (:func:`pdeseg.data.cells.predicted_instances`) in :data:`OUTLINE` yellow; the
+            error colours are drawn over them, so yellow shows where touching predicted
+            cells meet.
 
     Returns:
         ``(H, W, 3)`` uint8.
