@@ -43,6 +43,9 @@ from pdeseg.data.splits import save_split
 from pdeseg.experiments.compare import (
     OBJECT_COLUMNS,
     display_slice,
+    domain_markdown,
+    domain_report_tables,
+    domain_table,
     slice_prediction,
     environment,
     flat_rows,
@@ -420,7 +423,14 @@ def results_markdown(result: AblationResult, cfg: ExperimentConfig) -> str:
         name = f"**{r['variant']}** (best)" if r["best"] else r["variant"]
         cells = " | ".join(_cell(r.get(k), _digits(k)) for _, k in columns)
         lines.append(f"| {name} | {cells} | {', '.join(map(str, r['best_epochs']))} |")
-    return "\n".join(lines) + "\n"
+    domains = domain_markdown(variant_domains(result), "variant")
+    return "\n".join(lines) + "\n" + ("\n" + domains if domains else "")
+
+
+def variant_domains(result: AblationResult) -> list[dict[str, Any]]:
+    """Test metrics per (variant, domain) of object data with domains
+    (:func:`~pdeseg.experiments.compare.domain_table`); empty without domains."""
+    return domain_table(result.cases, "variant", names=[v.name for v in result.variants])
 
 
 def _subject(result: AblationResult, cfg: ExperimentConfig) -> str:
@@ -547,4 +557,5 @@ def write_report(result: AblationResult, cfg: ExperimentConfig, figures: list[tu
         + [n.sentence() for n in result.main_effects + result.noise]
     env = json.loads((result.out_dir / "environment.json").read_text())
     return render_report(result.out_dir / "report.html", f"pdeseg ablate: {cfg.name}", intro, cells, cols, verdicts,
-                         figures, {**env, "config": "config.yaml", "results": "results.csv", "runs": "runs.csv"})
+                         figures, {**env, "config": "config.yaml", "results": "results.csv", "runs": "runs.csv"},
+                         tables=domain_report_tables(variant_domains(result), "variant"))

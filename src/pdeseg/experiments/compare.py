@@ -67,6 +67,94 @@ class CompareResult:
 OBJECT_COLUMNS = (("test BF1@2px", "test_bf1_2"), ("test DSB score", "test_dsb_score"), ("test AP50", "test_ap50"))
 
 
+#: Columns of :func:`domain_table`: (heading, per-case row key).
+DOMAIN_COLUMNS = (("Dice", "dice_mean"), ("BF1@2px", "bf1_2"), ("DSB score", "dsb_score"), ("AP50", "ap50"))
+DOMAIN_HEADING = "Test metrics per domain"
+NO_DOMAIN = "(none)"
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return value is not None and value != "" and bool(np.isfinite(float(value)))
+    except (TypeError, ValueError):
+        return False
+
+
+def domain_table(rows: list[dict[str, Any]], by: str = "model", split: str = "test",
+                 names: list[str] | None = None) -> list[dict[str, Any]]:
+    """Per-case metrics of ``split`` by (model or variant, domain): mean over seeds of each
+    seed's mean over that domain's cases, for the :data:`DOMAIN_COLUMNS`.
+
+    Args:
+        rows: per-case rows with ``by``, ``seed``, ``split``, ``case`` and metrics; the
+            ``domain`` string of object data (cell type, imaging modality).
+        by: the row field that names the compared thing (``model``, ``variant``).
+        names: order of the models (default: as they first appear).
+
+    Returns:
+        ``{by, "domain", "cases", "seeds", <metric key>: float or None}`` per (name, domain)
+        with cases, names in order and domains sorted; a metric no case of the domain has
+        (DSB score where the data have no objects) is None. Empty when no row of ``split``
+        carries a domain string, so callers show the table only for data with domains.
+    """
+    mine = [r for r in rows if r.get("split", split) == split]
+    if not any(r.get("domain") for r in mine):
+        return []
+    names = names or list(dict.fromkeys(r[by] for r in mine))
+    domains = sorted({str(r.get("domain") or "") for r in mine})
+    table = []
+    for name in names:
+        for domain in domains:
+            cases = [r for r in mine if r[by] == name and str(r.get("domain") or "") == domain]
+            if not cases:
+                continue
+            seeds = sorted({r["seed"] for r in cases})
+            row: dict[str, Any] = {by: name, "domain": domain or NO_DOMAIN, "cases": len({r["case"] for r in cases}),
+                                   "seeds": len(seeds)}
+            for _, key in DOMAIN_COLUMNS:
+                per_seed = [np.mean(vals) for s in seeds
+                            if (vals := [float(r[key]) for r in cases if r["seed"] == s and _finite(r.get(key))])]
+                row[key] = float(np.mean(per_seed)) if per_seed else None
+            table.append(row)
+    return table
+
+
+def _domain_cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+DOMAIN_NOTE = ("Test cases grouped by their domain (cell type or imaging modality): each seed's mean over the "
+               "domain's cases, averaged over seeds; BF1@2px = boundary F1 of the foreground at 2 px; DSB score "
+               "and AP50 of the predicted cells (- where the cases have no objects).")
+
+
+def domain_columns(by: str = "model") -> list[tuple[str, str]]:
+    """``(heading, key)`` columns of a :func:`domain_table` for a report."""
+    return [(by, by), ("domain", "domain")] + list(DOMAIN_COLUMNS) + [("n cases", "cases")]
+
+
+def domain_cells(table: list[dict[str, Any]], by: str = "model") -> list[dict[str, Any]]:
+    """A :func:`domain_table` with its numbers formatted for a report."""
+    return [{**r, **{k: _domain_cell(r.get(k)) for _, k in DOMAIN_COLUMNS}, "cases": str(r["cases"])} for r in table]
+
+
+def domain_markdown(table: list[dict[str, Any]], by: str = "model") -> str:
+    """The :func:`domain_table` as a Markdown section (empty text for an empty table)."""
+    if not table:
+        return ""
+    cols = domain_columns(by)
+    lines = [f"## {DOMAIN_HEADING}", "", DOMAIN_NOTE, "", "| " + " | ".join(h for h, _ in cols) + " |",
+             "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r[k]) for _, k in cols) + " |" for r in domain_cells(table, by)]
+    return "\n".join(lines) + "\n"
+
+
+def domain_report_tables(table: list[dict[str, Any]], by: str = "model") -> list[tuple[str, str, list[dict], list]]:
+    """The ``tables`` argument of :func:`~pdeseg.viz.report.render_report` for a domain table
+    (none when it is empty)."""
+    return [(DOMAIN_HEADING, DOMAIN_NOTE, domain_cells(table, by), domain_columns(by))] if table else []
+
+
 def table_columns(class_names: list[str], regions: dict[str, list[int]], objects: bool = False) -> list[tuple[str, str]]:
     """Metric columns of the comparison table: mean Dice / IoU over the foreground classes on
     validation and test, then test Dice per region (BraTS WT/TC/ET) or, for data sets without
@@ -242,7 +330,8 @@ def write_outputs(result: CompareResult, scope: str) -> None:
     write_csv(out / "per_case.csv", result.rows)
     write_csv(out / "runs.csv", result.runs)
     write_csv(out / "table.csv", flat_rows(result.table, ("mean", "sd", "lo", "hi")))
-    (out / "table.md").write_text(table_markdown(result, scope))
+    domains = domain_markdown(domain_table(result.rows, "model", names=[r["model"] for r in result.table]))
+    (out / "table.md").write_text(table_markdown(result, scope) + ("\n" + domains if domains else ""))
     (out / "comparison.md").write_text("\n".join(p.sentence() for p in result.paired) + "\n")
 
 
@@ -342,6 +431,24 @@ def pde_layer_figures(result: CompareResult, cfg: ExperimentConfig, scope: str, 
     return figures, summaries
 
 
+def cell_figures(out: Path, predictors: dict[str, Predictor], case: CachedCase, seed: int) -> list[tuple[str, str]]:
+    """One figure per model on one 2D object image (microscopy): boundary errors at 2 px and
+    the PDE penalty maps of its foreground probability (:func:`pdeseg.inference.evaluate.write_cell_figure`)."""
+    from pdeseg.inference.evaluate import write_cell_figure
+    from pdeseg.viz.pde_effect import file_part
+
+    figures = []
+    for name, predictor in predictors.items():
+        rel = f"figures/cells_{file_part(name)}.png"
+        write_cell_figure(predictor, case, out / rel, title=f"{case.case_id}"
+                          f"{f', {case.domain}' if case.domain else ''}: {name} (seed {seed})")
+        figures.append((rel, f"{name} on {case.case_id} (seed {seed}): the image; boundary errors of the foreground at "
+                             "2 px (green matched, red false, blue missed, yellow the predicted cells' outlines); the "
+                             "foreground probability p = 1 - P(background); the phase-field energy density and the "
+                             "reaction-diffusion residual of p (options of the run's loss terms, else the defaults)."))
+    return figures
+
+
 def make_figures(result: CompareResult, cfg: ExperimentConfig, scope: str) -> list[tuple[str, str]]:
     """Loss curves, segmentation panel, the cable block's effect and coefficients (PDE-UNet)
     and the PDE layers' stencils, moments and features (PDE3D-UNet); returns (relative path,
@@ -375,6 +482,8 @@ def make_figures(result: CompareResult, cfg: ExperimentConfig, scope: str) -> li
         fmt = get_format(cfg.data.format)
         plot_segmentation_panel(rows, fig_dir / "segmentations.png", _class_names(predictors), fmt.display_rotate)
         figures.append(("figures/segmentations.png", f"Test cases: {mods[shown_channel]}, ground truth and each model's prediction (seed {seed0}); cf. Fig. 5."))
+    if shown and get_format(cfg.data.format).object_metrics:
+        figures += cell_figures(out, predictors, shown[0], seed0)
 
     # dispatch on what the model's ``pde`` is: PDE-UNet's cable block, or PDE3D-UNet's PDE layers
     cable_models = [n for n, p in predictors.items() if cable_block(p.model) is not None]
@@ -434,5 +543,7 @@ def write_report(result: CompareResult, figures: list[tuple[str, str]], cfg: Exp
     )
     env = json.loads((result.out_dir / "environment.json").read_text())
     verdicts = [p.sentence() for p in result.paired] or ["Only one model: nothing to compare."]
+    domains = domain_table(result.rows, "model", names=[r["model"] for r in result.table])
     return render_report(result.out_dir / "report.html", f"pdeseg compare: {cfg.name}", intro, cells, cols, verdicts,
-                         figures, {**env, "config": "config.yaml", "per-case metrics": "per_case.csv"})
+                         figures, {**env, "config": "config.yaml", "per-case metrics": "per_case.csv"},
+                         tables=domain_report_tables(domains, "model"))

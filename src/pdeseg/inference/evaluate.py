@@ -70,7 +70,9 @@ def evaluate_checkpoint(
     ``figures=N`` (volume scope) also writes, for the first N cases, the slice with the most
     true foreground: ``figures/overlays/<case>_z<z>.png`` (truth red, prediction green; paper
     002) and ``figures/class_masks.png`` (image, manual mask, each predicted class and the
-    composite; paper 003 Fig. 3). ``figure_cases`` names the cases to draw instead.
+    composite; paper 003 Fig. 3). ``figure_cases`` names the cases to draw instead. For 2D
+    object images (microscopy formats) each drawn case also gets ``figures/cells/<case>.png``
+    (:func:`write_cell_figure`: boundary errors at 2 px and the PDE penalty maps).
 
     ``overlap``, ``tta`` and ``stitch`` are the inference options of :class:`Predictor`;
     ``surface_tolerance_mm`` adds ``surface_dice_<region>`` at that tolerance (volume scope).
@@ -112,6 +114,8 @@ def evaluate_checkpoint(
         loaded = reader_case[entry.case_id].load(predictor.modalities)
         if entry.case_id in drawn:
             panels.append(_panel(loaded, classes))
+            if fmt.object_metrics:
+                write_cell_figure(predictor, entry, out_dir / "figures" / "cells" / f"{entry.case_id}.png", classes, loaded)
         if save_predictions:
             fmt.write_prediction(classes, loaded, out_dir / "predictions")
 
@@ -138,6 +142,42 @@ def _panel(loaded, classes) -> dict[str, Any]:
         image = loaded.image[mods.index("flair") if "flair" in mods else 0, ..., z]
     return {"case": f"{loaded.case.case_id} z={z}", "id": f"{loaded.case.case_id}_z{z}", "image": image,
             "truth": loaded.label[..., z], "prediction": classes[..., z]}
+
+
+def write_cell_figure(predictor: Predictor, case, path: Path, classes: np.ndarray | None = None, loaded=None,
+                      title: str | None = None) -> Path:
+    """The figure of one 2D object image (:func:`pdeseg.viz.cells.plot_cell_case`): image,
+    boundary errors at 2 px, foreground probability and the PDE penalty maps, with the
+    penalty options of the run's loss terms.
+
+    Args:
+        predictor: the model; its logits of the case give the probabilities (one more
+            forward pass where the caller has the classes already: only for the cases drawn).
+        case: the cached case (``(H, W, 1)`` as one slice).
+        path: the PNG to write.
+        classes: the predicted classes ``(H, W, 1)`` as scored; default: the argmax of the
+            same logits. Outside a field of view both truth and prediction are background,
+            as in the scoring.
+        loaded: the read case, whose raw image is shown (default: the normalised cached one).
+        title: default ``"<case>, <domain>: <model>"``.
+    """
+    from pdeseg.data.sampling import case_volume
+    from pdeseg.nn.output import class_probabilities, predicted_classes
+    from pdeseg.viz.cells import case_image, penalty_options_from_config, plot_cell_case
+
+    image, label = case_volume(case)
+    logits = predictor.predict_logits(image)[None]
+    probabilities = class_probabilities(logits)[0, ..., 0]  # (C, H, W)
+    pred = np.asarray(classes if classes is not None else predicted_classes(logits)[0].numpy())[..., 0]
+    truth = np.asarray(label[..., 0])
+    if case.valid is not None:  # as the scoring: nothing outside the field of view is scored
+        inside = np.asarray(case.valid[0])
+        truth, pred = np.where(inside, truth, 0), np.where(inside, pred, 0)
+    shown = loaded.image if loaded is not None and tuple(loaded.image.shape[1:3]) == truth.shape else image
+    domain = f", {case.domain}" if getattr(case, "domain", "") else ""
+    return plot_cell_case(case_image(shown, predictor.modalities), truth, pred, probabilities, path,
+                          title=title or f"{case.case_id}{domain}: {predictor.name}",
+                          penalty_options=penalty_options_from_config(getattr(predictor, "config", {})))
 
 
 def write_case_figures(panels: list[dict[str, Any]], fmt, out_dir: Path, class_names) -> list[Path]:

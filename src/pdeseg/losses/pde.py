@@ -49,10 +49,25 @@ def total_variation(p: torch.Tensor, spacing: Sequence[float] | None = None, eps
         ``(B, C)``: ``sum_x (sqrt(|grad p|^2 + e^2) - e) * prod h``.
     """
     h = check_spacing(spacing, p.dim() - 2)
+    return total_variation_density(p, h, eps).flatten(2).sum(-1) * _cell_volume(h)
+
+
+def _cell_volume(h: Sequence[float]) -> float:
+    """``prod h_i``: the area (volume) of one grid cell."""
+    return float(torch.tensor(h).prod())
+
+
+def total_variation_density(p: torch.Tensor, spacing: Sequence[float] | None = None, eps: float = 0.0) -> torch.Tensor:
+    """The integrand of :func:`total_variation`, per voxel: ``sqrt(|grad p|^2 + e^2) - e``
+    (forward differences, replicate boundary; per unit area, i.e. not multiplied by the cell
+    size), for maps of where the variation is.
+
+    Shapes:
+        ``(B, C, *S)`` -> ``(B, C, *S)``.
+    """
+    h = check_spacing(spacing, p.dim() - 2)
     g2 = sum(g.pow(2) for g in forward_gradient(p, h))
-    density = torch.sqrt(g2 + eps**2) - eps
-    cell = float(torch.tensor(h).prod())
-    return density.flatten(2).sum(-1) * cell
+    return torch.sqrt(g2 + eps**2) - eps
 
 
 def double_well(p: torch.Tensor) -> torch.Tensor:
@@ -70,12 +85,22 @@ def phase_field_energy(p: torch.Tensor, eps: float, spacing: Sequence[float] | N
     Shapes:
         ``(B, C, *S)`` -> ``(B, C)``.
     """
+    h = check_spacing(spacing, p.dim() - 2)
+    return phase_field_density(p, eps, h).flatten(2).sum(-1) * _cell_volume(h)
+
+
+def phase_field_density(p: torch.Tensor, eps: float, spacing: Sequence[float] | None = None) -> torch.Tensor:
+    """The integrand of :func:`phase_field_energy`, per voxel: ``eps/2 |grad p|^2 + W(p)/eps``
+    (forward differences, replicate boundary; per unit area), for maps of where the energy is.
+
+    Shapes:
+        ``(B, C, *S)`` -> ``(B, C, *S)``.
+    """
     if not eps > 0:
         raise ValueError(f"phase-field eps must be > 0, got {eps}")
     h = check_spacing(spacing, p.dim() - 2)
     g2 = sum(g.pow(2) for g in forward_gradient(p, h))
-    density = 0.5 * eps * g2 + double_well(p) / eps
-    return density.flatten(2).sum(-1) * float(torch.tensor(h).prod())
+    return 0.5 * eps * g2 + double_well(p) / eps
 
 
 REACTIONS = ("allen_cahn", "fisher_kpp")

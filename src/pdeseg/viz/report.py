@@ -7,6 +7,7 @@ no scripts and no network, and so opens offline in any browser.
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ def render_report(
     verdicts: list[str],
     figures: list[tuple[str, str]],
     meta: dict[str, Any],
+    tables: Sequence[tuple[str, str, list[dict[str, Any]], list[tuple[str, str]]]] = (),
 ) -> Path:
     """Write ``report.html``.
 
@@ -43,6 +45,8 @@ def render_report(
         verdicts: one sentence per paired comparison.
         figures: ``(relative image path, caption)``.
         meta: run facts shown at the bottom (environment, config).
+        tables: further tables after the results, ``(heading, note, rows, columns)`` each
+            (cells already formatted; ``note`` a sentence under the heading, may be empty).
 
     Raises:
         FileNotFoundError: a referenced figure does not exist next to the report.
@@ -52,14 +56,14 @@ def render_report(
     if missing:
         raise FileNotFoundError(f"report figures not found next to {path}: {missing}")
     esc = html.escape
-    head = "".join(f"<th>{esc(h)}</th>" for h, _ in columns)
-    body = "".join("<tr>" + "".join(f"<td>{esc(str(r.get(k, '-')))}</td>" for _, k in columns) + "</tr>" for r in table)
     parts = [
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{esc(title)}</h1><p>{esc(intro)}</p>",
         "<h2>Verdict</h2>" + "".join(f"<p class='verdict'>{esc(v)}</p>" for v in verdicts),
-        f"<h2>Results</h2><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>",
+        f"<h2>Results</h2>{_table_html(table, columns)}",
     ]
+    for heading, note, rows, cols in tables:
+        parts.append(f"<h2>{esc(heading)}</h2>" + (f"<p>{esc(note)}</p>" if note else "") + _table_html(rows, cols))
     for src, caption in figures:
         parts.append(f"<figure><img src='{esc(src)}' alt='{esc(caption)}'><figcaption>{esc(caption)}</figcaption></figure>")
     parts.append("<h2>Run</h2><table>" + "".join(
@@ -67,6 +71,13 @@ def render_report(
     parts.append("</body></html>")
     path.write_text("\n".join(parts), encoding="utf-8")
     return path
+
+
+def _table_html(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
+    esc = html.escape
+    head = "".join(f"<th>{esc(h)}</th>" for h, _ in columns)
+    body = "".join("<tr>" + "".join(f"<td>{esc(str(r.get(k, '-')))}</td>" for _, k in columns) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def referenced_files(path: str | Path) -> list[Path]:
