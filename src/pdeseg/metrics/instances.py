@@ -56,6 +56,7 @@ __all__ = [
     "DSB_THRESHOLDS",
     "ap50",
     "boundary_f1",
+    "boundary_matches",
     "boundary_f1_scores",
     "boundary_targets",
     "dsb_score",
@@ -499,28 +500,47 @@ def boundary_f1(pred_mask: Any, true_mask: Any, tolerance: float, spacing: Any =
         ValueError: on shape mismatch, float dtype, negative labels, input that is not 2-D
             or 3-D, a negative or non-finite tolerance, or invalid spacing.
     """
+    bp, bt, p_ok, t_ok = boundary_matches(pred_mask, true_mask, tolerance, spacing, image_border)
+    has_p, has_t = bool(bp.any()), bool(bt.any())
+    if not has_p and not has_t:
+        return {"precision": 1.0, "recall": 1.0, "f1": 1.0}
+    if has_p != has_t:
+        return {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+    precision = float(np.count_nonzero(p_ok) / np.count_nonzero(bp))
+    recall = float(np.count_nonzero(t_ok) / np.count_nonzero(bt))
+    f1 = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+    return {"precision": precision, "recall": recall, "f1": float(f1)}
+
+
+def boundary_matches(pred_mask: Any, true_mask: Any, tolerance: float, spacing: Any = None,
+                     image_border: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The boundary pixels of both masks and which of them :func:`boundary_f1` matches.
+
+    Returns:
+        bool maps of the masks' shape ``(B_p, B_t, matched_p, matched_t)``: the predicted and
+        true boundary pixels, the predicted ones within ``tolerance`` of a true one, and the
+        true ones within ``tolerance`` of a predicted one (none matched when the other
+        boundary is empty).
+
+    Raises:
+        ValueError: as :func:`boundary_f1`.
+    """
     _check_tolerance(tolerance)
     p = _labels(pred_mask, "pred_mask")
     t = _labels(true_mask, "true_mask")
     _check_pair(p, t, "pred_mask", "true_mask")
     sp = _check_spacing(spacing, p.ndim)
     bp, bt = _boundary(p, image_border), _boundary(t, image_border)
-    has_p, has_t = bool(bp.any()), bool(bt.any())
-    if not has_p and not has_t:
-        return {"precision": 1.0, "recall": 1.0, "f1": 1.0}
-    if has_p != has_t:
-        return {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+    p_ok, t_ok = np.zeros_like(bp), np.zeros_like(bt)
+    if not (bp.any() and bt.any()):
+        return bp, bt, p_ok, t_ok
     # every nearest boundary pixel lies in the bounding box of both boundaries: crop (exact)
     nz = np.nonzero(bp | bt)
     box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in nz)
-    bp, bt = bp[box], bt[box]
-    d_to_t = ndi.distance_transform_edt(~bt, sampling=sp)
-    d_to_p = ndi.distance_transform_edt(~bp, sampling=sp)
     tol = float(tolerance) * (1 + 1e-9)  # distances such as sqrt(2) * s are not exact in floats
-    precision = float(np.count_nonzero(d_to_t[bp] <= tol) / np.count_nonzero(bp))
-    recall = float(np.count_nonzero(d_to_p[bt] <= tol) / np.count_nonzero(bt))
-    f1 = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
-    return {"precision": precision, "recall": recall, "f1": float(f1)}
+    p_ok[box] = bp[box] & (ndi.distance_transform_edt(~bt[box], sampling=sp) <= tol)
+    t_ok[box] = bt[box] & (ndi.distance_transform_edt(~bp[box], sampling=sp) <= tol)
+    return bp, bt, p_ok, t_ok
 
 
 def boundary_f1_scores(pred_mask: Any, true_mask: Any, tolerances: Sequence[float] = (1, 2, 3),

@@ -19,7 +19,6 @@ gives them for one image; a trailing slice axis of size 1 is dropped). Distances
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -30,7 +29,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
-from scipy import ndimage as ndi  # noqa: E402
 
 from pdeseg.data.cells import predicted_instances  # noqa: E402
 from pdeseg.data.files import write_atomically  # noqa: E402
@@ -39,7 +37,7 @@ from pdeseg.losses.pde import (  # noqa: E402
     reaction_diffusion_residual,
     total_variation_density,
 )
-from pdeseg.metrics.instances import boundary_f1, boundary_targets  # noqa: E402
+from pdeseg.metrics.instances import boundary_f1, boundary_matches, boundary_targets  # noqa: E402
 from pdeseg.viz.overlays import _to_gray_rgb  # noqa: E402
 
 #: Colours of :func:`boundary_error_overlay` (RGB, 0..255) and their legend labels.
@@ -73,20 +71,12 @@ def boundary_pixels(mask: Any) -> np.ndarray:
     return boundary_targets(mask) == 2
 
 
-def _check_tolerance(tolerance: Any) -> float:
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(tolerance) or tolerance < 0:
-        raise ValueError(f"tolerance must be a finite distance >= 0, got {tolerance!r}")
-    return float(tolerance)
-
-
 def boundary_errors(truth_mask: Any, pred_mask: Any, tolerance: float = 2) -> BoundaryErrors:
     """Which boundary pixels :func:`~pdeseg.metrics.instances.boundary_f1` counts as right or wrong.
 
-    Same boundary pixels (:func:`boundary_pixels`) and the same distance rule (Euclidean
-    distance in pixels to the nearest boundary pixel of the other mask, ``<= tolerance``, with
-    boundary_f1's relative slack of ``1e-9`` for distances such as ``sqrt(2)``), so that for
-    ``B_p``, ``B_t`` the predicted and true boundary pixels
+    Computed by :func:`~pdeseg.metrics.instances.boundary_matches`, the matching behind
+    boundary_f1 (same boundary pixels, same distance rule), so that for ``B_p``, ``B_t`` the
+    predicted and true boundary pixels
 
         precision = matched.sum() / B_p.sum(),    recall = 1 - missed.sum() / B_t.sum(),
 
@@ -105,18 +95,8 @@ def boundary_errors(truth_mask: Any, pred_mask: Any, tolerance: float = 2) -> Bo
     Raises:
         ValueError: shapes differ, float or negative labels, or a bad tolerance.
     """
-    tol = _check_tolerance(tolerance) * (1 + 1e-9)  # as boundary_f1: sqrt(2) * s is not exact in floats
-    if np.shape(truth_mask) != np.shape(pred_mask):
-        raise ValueError(f"truth_mask and pred_mask must have the same shape, got {np.shape(truth_mask)} and "
-                         f"{np.shape(pred_mask)}")
-    bt, bp = boundary_pixels(truth_mask), boundary_pixels(pred_mask)
-    if not bt.any():
-        return BoundaryErrors(np.zeros_like(bp), bp, np.zeros_like(bt))
-    if not bp.any():
-        return BoundaryErrors(np.zeros_like(bp), bp, bt)
-    near_truth = ndi.distance_transform_edt(~bt) <= tol
-    near_pred = ndi.distance_transform_edt(~bp) <= tol
-    return BoundaryErrors(bp & near_truth, bp & ~near_truth, bt & ~near_pred)
+    bp, bt, p_ok, t_ok = boundary_matches(pred_mask, truth_mask, tolerance)
+    return BoundaryErrors(p_ok, bp & ~p_ok, bt & ~t_ok)
 
 
 def display_rgb(image: Any) -> np.ndarray:
