@@ -69,7 +69,9 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 #: Table columns per split: loss plus paper 003's metrics.
-SCORES = ("loss",) + EPOCH_METRICS + ("hd95_mean",)
+#: Object data (microscopy) add boundary F1 and the instance scores (see pdeseg.inference.score).
+OBJECT_SCORES = ("bf1_1", "bf1_2", "bf1_3", "dsb_score", "ap50", "n_split", "n_merged")
+SCORES = ("loss",) + EPOCH_METRICS + ("hd95_mean",) + OBJECT_SCORES
 #: Paired tests of each variant against the baseline on test cases: (row key, label).
 PAIRED_METRICS = (("dice_mean", "Dice"), ("hd95_mean", "HD95 (mm)"), ("bf1_2", "boundary F1@2px"),
                   ("dsb_score", "DSB score"))
@@ -320,10 +322,11 @@ def summarise(result: AblationResult, monitor: str = "dice_mean") -> None:
     """Fill ``table`` (mean/sd/CI over seeds), ``best`` (by validation) and ``noise`` (each
     variant vs the first, on validation and test Dice)."""
     result.table = []
+    keys = SCORES + (() if monitor in SCORES else (monitor,))  # the monitor picks the best variant
     for v in result.variants:
         row: dict[str, Any] = {"variant": v.name, **{k: _show(x) for k, x in v.settings.items()}}
         for split in SPLITS:
-            for key in SCORES:
+            for key in keys:
                 vals = _per_seed(result, v.name, split, key)
                 if vals:
                     row[f"{split}_{key}"] = mean_ci(vals)
@@ -499,7 +502,7 @@ def make_figures(result: AblationResult, cfg: ExperimentConfig, data: PreparedDa
     fig_dir.mkdir(exist_ok=True)
     hist = _histories(result)
     figures = []
-    best = next(v for v in result.variants if v.name == result.best)
+    best = next((v for v in result.variants if v.name == result.best), result.variants[0])
     plot_epoch_metrics(hist[best.name][0], fig_dir / "best_curves.png", title=best.name)
     figures.append(("figures/best_curves.png", f"Best variant ({best.name}), first seed: loss, pixel accuracy, mean IoU and "
                                                "Dice per epoch on train and validation; cf. paper 003 Fig. 2."))
