@@ -253,11 +253,11 @@ def _rows():
         for seed in (0, 1):
             for case, domain, dice in (("a", "nuclei", 0.5), ("b", "nuclei", 0.7), ("c", "em", 0.2)):
                 row = {"model": model, "seed": seed, "split": "test", "case": case, "domain": domain,
-                       "dice_mean": dice + offset + 0.1 * seed, "bf1_2": 0.4 + seed * 0.2}
+                       "dice_fg": dice + offset + 0.1 * seed, "bf1_2": 0.4 + seed * 0.2}
                 if domain == "nuclei":
                     row.update(dsb_score=0.3 * (seed + 1), ap50=0.6)
                 rows.append(row)
-            rows.append({"model": model, "seed": seed, "split": "val", "case": "v", "domain": "nuclei", "dice_mean": 0.0})
+            rows.append({"model": model, "seed": seed, "split": "val", "case": "v", "domain": "nuclei", "dice_fg": 0.0})
     return rows
 
 
@@ -269,8 +269,8 @@ def test_domain_table_means_over_seeds_of_case_means():
                                                           ("pde", "nuclei")]
     em, nuclei = table[0], table[1]
     assert nuclei["cases"] == 2 and nuclei["seeds"] == 2 and em["cases"] == 1
-    assert nuclei["dice_mean"] == pytest.approx(0.65)  # seeds 0.6 and 0.7; the val case is left out
-    assert em["dice_mean"] == pytest.approx(0.25) and table[2]["dice_mean"] == pytest.approx(0.35)
+    assert nuclei["dice_fg"] == pytest.approx(0.65)  # seeds 0.6 and 0.7; the val case is left out
+    assert em["dice_fg"] == pytest.approx(0.25) and table[2]["dice_fg"] == pytest.approx(0.35)
     assert nuclei["bf1_2"] == pytest.approx(0.5) and nuclei["dsb_score"] == pytest.approx(0.45)
     assert nuclei["ap50"] == pytest.approx(0.6)
     assert em["dsb_score"] is None and em["ap50"] is None  # no objects: no instance metrics

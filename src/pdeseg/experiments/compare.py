@@ -63,12 +63,13 @@ class CompareResult:
     unit: str = "slice"  # what the inference time is per: slice (slices scope) or case (volume scope)
 
 
-#: Test columns of object data (microscopy): boundary F1 at 2 px, DSB score, AP50.
-OBJECT_COLUMNS = (("test BF1@2px", "test_bf1_2"), ("test DSB score", "test_dsb_score"), ("test AP50", "test_ap50"))
+#: Test columns of object data (microscopy): Dice of the cells (all foreground classes),
+#: boundary F1 at 2 px, DSB score, AP50.
+OBJECT_COLUMNS = (("test cell Dice", "test_dice_fg"), ("test BF1@2px", "test_bf1_2"), ("test DSB score", "test_dsb_score"), ("test AP50", "test_ap50"))
 
 
 #: Columns of :func:`domain_table`: (heading, per-case row key).
-DOMAIN_COLUMNS = (("Dice", "dice_mean"), ("BF1@2px", "bf1_2"), ("DSB score", "dsb_score"), ("AP50", "ap50"))
+DOMAIN_COLUMNS = (("cell Dice", "dice_fg"), ("BF1@2px", "bf1_2"), ("DSB score", "dsb_score"), ("AP50", "ap50"))
 DOMAIN_HEADING = "Test metrics per domain"
 NO_DOMAIN = "(none)"
 

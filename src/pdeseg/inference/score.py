@@ -175,13 +175,17 @@ def _score_volumes(predictor: Predictor, cases: list[CachedCase], loss_fn, with_
 
 
 def object_metrics(classes: np.ndarray, label: np.ndarray, case: CachedCase) -> dict[str, Any]:
-    """Boundary F1 of the foreground at 1, 2 and 3 px and, when ``case`` has objects, the
-    instance metrics of the predicted cells, for a one-slice case ``(X, Y, 1)``."""
+    """Dice of the foreground (``dice_fg``: every non-background class counts, so the
+    cells' Dice for semantic and boundary outputs alike), its boundary F1 at 1, 2 and 3 px
+    and, when ``case`` has objects, the instance metrics of the predicted cells, for a
+    one-slice case ``(X, Y, 1)``."""
     from pdeseg.data.cells import predicted_instances
     from pdeseg.metrics.instances import boundary_f1_scores, instance_metrics
 
     pred, true = classes[..., 0], label[..., 0]
     row: dict[str, Any] = {"domain": case.domain} if case.domain else {}
+    both = np.count_nonzero(pred > 0) + np.count_nonzero(true > 0)  # Dice of the cells, whatever the classes
+    row["dice_fg"] = 2 * np.count_nonzero((pred > 0) & (true > 0)) / both if both else 1.0
     row.update(boundary_f1_scores(pred > 0, true > 0, (1, 2, 3)))
     if case.instances is not None:
         truth = np.asarray(case.instances[0])
