@@ -65,6 +65,18 @@ def cmd_phantom(args: argparse.Namespace) -> int:
         return 0
     if args.kind != "mri" or args.layout != "msd" or args.spacing:
         raise ConfigError("phantom: --kind, --layout and --spacing apply to --format msd only")
+    if args.format == "livecell":
+        from pdeseg.data.phantom_cells import CELL_TYPES, write_cell_phantom
+
+        if args.shape is not None:
+            raise ConfigError("phantom: --shape is a volume size; the cell phantom's images are 128x128")
+        try:
+            out = write_cell_phantom(args.out, n_per_type=args.cases, seed=args.seed)
+        except ValueError as exc:
+            raise ConfigError(f"phantom: {exc}") from None
+        print(f"wrote {args.cases} synthetic cell images per type ({', '.join(CELL_TYPES)}) with LIVECell-style COCO "
+              f"annotations to {out.resolve()}")
+        return 0
     args.shape = args.shape or [128, 128, 48]
     if args.format == "lgg":
         paths = write_lgg_phantom_dataset(args.out, n_cases=args.cases, seed=args.seed, shape=tuple(args.shape))
@@ -333,14 +345,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_robustness)
 
-    s = sub.add_parser("phantom", help="write a synthetic data set (BraTS-like, LGG-like, or an MSD-layout MRI or CT task)")
+    s = sub.add_parser("phantom", help="write a synthetic data set (BraTS-like, LGG-like, an MSD-layout MRI or CT task, "
+                                       "or cell images with COCO json)")
     s.add_argument("--out", required=True)
-    s.add_argument("--cases", type=int, default=12)
+    s.add_argument("--cases", type=int, default=12, help="cases (livecell: images per cell type)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--shape", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"),
                    help="volume size (default 128 128 48; msd: 36 48 36 for mri, 96 96 32 for ct)")
-    s.add_argument("--format", default="brats", choices=["brats", "lgg", "msd"],
-                   help="the phantom's layout: BraTS NIfTI folders, LGG kaggle_3m TIFF slices, or an MSD / nnU-Net task folder")
+    s.add_argument("--format", default="brats", choices=["brats", "lgg", "msd", "livecell"],
+                   help="the phantom's layout: BraTS NIfTI folders, LGG kaggle_3m TIFF slices, an MSD / nnU-Net task "
+                        "folder, or LIVECell-style cell images (3 cell types) with COCO json")
     s.add_argument("--kind", default="mri", choices=["mri", "ct"],
                    help="msd: a hippocampus-like MRI task, or a liver-CT-like task in Hounsfield units on an anisotropic grid")
     s.add_argument("--layout", default="msd", choices=["msd", "nnunet"], help="msd: MSD (nnU-Net v1) dataset.json; nnunet: nnU-Net v2")
