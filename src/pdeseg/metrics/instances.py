@@ -52,6 +52,9 @@ from scipy import ndimage as ndi
 from scipy.optimize import linear_sum_assignment
 from skimage.segmentation import find_boundaries, watershed
 
+from pdeseg.metrics.segmentation import _check_spacing as segmentation_spacing
+from pdeseg.metrics.segmentation import _to_numpy
+
 __all__ = [
     "DSB_THRESHOLDS",
     "ap50",
@@ -76,18 +79,6 @@ DSB_THRESHOLDS: tuple[float, ...] = tuple(float(t) for t in np.round(np.arange(0
 # --------------------------------------------------------------------------------------
 # input handling
 # --------------------------------------------------------------------------------------
-
-
-def _to_numpy(x: Any, name: str) -> np.ndarray:
-    """``x`` as a numpy array; torch tensors (duck-typed, torch is not imported) go to the CPU."""
-    if hasattr(x, "detach") and hasattr(x, "cpu"):
-        return x.detach().cpu().numpy()
-    if isinstance(x, np.ndarray):
-        return x
-    try:
-        return np.asarray(x)
-    except Exception as exc:  # pragma: no cover - exotic inputs
-        raise ValueError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}") from exc
 
 
 def _check_ndim(x: np.ndarray, name: str, ndims: tuple[int, ...] = (2, 3)) -> None:
@@ -161,19 +152,11 @@ def _check_connectivity(connectivity: Any, ndim: int) -> int:
 
 
 def _check_spacing(spacing: Any, ndim: int) -> np.ndarray:
-    """One positive, finite voxel size per axis (``None`` -> all 1, distances in pixels)."""
+    """One positive, finite voxel size per axis (``None`` -> all 1, distances in pixels); the
+    rules of :func:`pdeseg.metrics.segmentation` (one number for every axis, or one per axis)."""
     if spacing is None:
         return np.ones(ndim)
-    sp = np.atleast_1d(np.asarray(_to_numpy(spacing, "spacing"), dtype=np.float64))
-    if sp.ndim != 1:
-        raise ValueError(f"spacing must be a number or a 1-D sequence, got shape {sp.shape}")
-    if sp.size == 1:
-        sp = np.repeat(sp, ndim)
-    if sp.size != ndim:
-        raise ValueError(f"spacing has {sp.size} entries but the masks have {ndim} dimensions")
-    if not np.all(np.isfinite(sp)) or np.any(sp <= 0):
-        raise ValueError(f"spacing must be positive and finite, got {tuple(sp.tolist())}")
-    return sp
+    return np.asarray(segmentation_spacing(spacing, ndim))
 
 
 # --------------------------------------------------------------------------------------
