@@ -189,3 +189,35 @@ def test_bad_targets_option_is_a_clear_cli_error(tmp_path):
     run = subprocess.run([sys.executable, "-m", "pdeseg", "train", "--config", str(cfg), "--data", str(root), "--out",
                           str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "targets" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_pixels_outside_the_field_of_view_reach_no_loss(tmp_path):
+    """DRIVE-style field of view: the dataset marks outside pixels IGNORE_LABEL, and CE / Dice
+    (softmax and sigmoid heads) then equal the losses over the inside pixels alone."""
+    from pdeseg.config import IGNORE_LABEL
+    from pdeseg.data.cache import cache_case
+    from pdeseg.data.cells import ImageCase, label_image_reader
+    from pdeseg.data.sampling import SliceDataset
+    from pdeseg.losses.segmentation import CrossEntropyLoss, soft_dice_loss
+
+    img, lab, fov = tmp_path / "i.png", tmp_path / "l.png", tmp_path / "f.png"
+    label = np.zeros((32, 32), np.uint8)
+    label[8:16, 8:16] = 255
+    inside = np.zeros((32, 32), np.uint8)
+    inside[:, :20] = 255
+    for path, arr in ((img, label), (lab, label), (fov, inside)):
+        Image.fromarray(arr).save(path)
+    case = ImageCase("c", tmp_path, img, "fundus", "semantic", label_image_reader(lab, "binary"), (lab,), fov, True)
+    cached = cache_case(case, tmp_path / "cache", _spec(format="drive"))
+    item = SliceDataset([cached], "all")[0]
+    assert (item["label"][:, 20:] == IGNORE_LABEL).all() and set(item["label"][:, :20].unique().tolist()) == {0, 1}
+
+    torch.manual_seed(0)
+    y = item["label"][None]
+    for logits in (torch.randn(1, 2, 32, 32, requires_grad=True), torch.randn(1, 1, 32, 32, requires_grad=True)):
+        ce = CrossEntropyLoss()(logits, y)
+        inside_only = CrossEntropyLoss()(logits[..., :20], y[..., :20])
+        assert torch.allclose(ce, inside_only, atol=1e-6)
+        assert torch.allclose(soft_dice_loss(logits, y), soft_dice_loss(logits[..., :20], y[..., :20]), atol=1e-6)
+        (ce + soft_dice_loss(logits, y)).backward()
+        assert logits.grad[..., 20:].abs().max() == 0 and logits.grad[..., :20].abs().max() > 0

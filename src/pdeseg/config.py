@@ -34,6 +34,9 @@ class ConfigError(PdesegError, ValueError):
     """A configuration key or value is invalid; the message names it and what is allowed."""
 
 
+#: Target value of pixels that no loss or training metric sees (outside a field of view).
+IGNORE_LABEL = 255
+
 SAMPLING_MODES = ("slices", "patches", "whole")
 NORMALIZATIONS = ("zscore", "zscore_all", "minmax", "scale255", "ct")
 SLICE_SELECTIONS = ("middle", "tumour_middle", "range", "brain", "tumour", "all")

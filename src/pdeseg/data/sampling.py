@@ -25,7 +25,7 @@ import torch
 from monai import transforms as mt
 from torch.utils.data import Dataset
 
-from pdeseg.config import AugmentConfig, DataConfig, PreprocessSpec
+from pdeseg.config import IGNORE_LABEL, AugmentConfig, DataConfig, PreprocessSpec
 from pdeseg.data.cache import CachedCase
 from pdeseg.data.transforms import build_train_transform
 from pdeseg.errors import ConfigError, DataError
@@ -139,7 +139,8 @@ class PerItemDraws:
 class SliceDataset(PerItemDraws, Dataset):
     """Axial slices of cached cases.
 
-    Each item is ``{"image": (C, H, W) float32, "label": (H, W) int64, "case": str, "z": int}``.
+    Each item is ``{"image": (C, H, W) float32, "label": (H, W) int64, "case": str, "z": int}``;
+    pixels outside a case's field of view (DRIVE) carry :data:`~pdeseg.config.IGNORE_LABEL`.
 
     Args:
         cases: cached, labelled cases.
@@ -194,6 +195,8 @@ class SliceDataset(PerItemDraws, Dataset):
         case = self.cases[ci]
         image = torch.from_numpy(np.asarray(case.image[z], dtype=np.float32))
         label = torch.from_numpy(np.asarray(case.label[z], dtype=np.int64))
+        if case.valid is not None:  # outside the field of view: seen by no loss (IGNORE_LABEL)
+            label = label.masked_fill(~torch.from_numpy(np.asarray(case.valid[z], dtype=bool)), IGNORE_LABEL)
         rng = self.item_rng(index)
         if self.crop == "random":
             image, label = random_window(image, label, self.spatial_size, rng)

@@ -37,6 +37,7 @@ from pdeseg.data.formats import get_format
 from pdeseg.data.sampling import case_volume, evaluation_slices
 from pdeseg.errors import ConfigError
 from pdeseg.inference.predict import Predictor
+from pdeseg.losses.segmentation import split_ignored
 from pdeseg.metrics.segmentation import ScoringRules, summarize
 from pdeseg.nn.output import predicted_classes
 from pdeseg.progress import track
@@ -143,7 +144,8 @@ def _score_slices(predictor: Predictor, cases: list[CachedCase], loss_fn, batch_
         if loss_fn is not None:
             total += float(loss_fn(logits, y)) * y.shape[0]
             count += y.shape[0]
-        acc.update(predicted_classes(logits), y, list(batch["case"]))
+        pred, (y, keep) = predicted_classes(logits), split_ignored(y)  # outside a field of view: not scored
+        acc.update(pred if keep is None else pred * keep, y, list(batch["case"]))
     return Scores(acc.per_case(), total / count if count else None, units=len(loader.dataset))
 
 

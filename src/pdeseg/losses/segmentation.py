@@ -7,6 +7,9 @@ pixel and class (eq. 4, squared denominators as in the V-Net / paper formulation
 A one-channel (sigmoid) head is a binary task: the CE term is the binary cross-entropy
 on ``sigmoid(z)`` and the Dice term uses ``p = [1 - sigmoid(z), sigmoid(z)]``
 (:mod:`pdeseg.nn.output`).
+
+Target pixels equal to :data:`~pdeseg.config.IGNORE_LABEL` (outside a field of view) are left
+out of both terms: CE averages over the other pixels, Dice sums over them only.
 """
 
 from __future__ import annotations
@@ -15,7 +18,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pdeseg.config import IGNORE_LABEL
 from pdeseg.nn.output import class_probabilities
+
+
+def split_ignored(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(target with ignored pixels set to class 0, bool mask of the pixels that count)``;
+    the mask is None when no pixel is ignored."""
+    ignored = target == IGNORE_LABEL
+    if not bool(ignored.any()):
+        return target, None
+    return target.masked_fill(ignored, 0), ~ignored
 
 
 def soft_dice_loss(
@@ -36,7 +49,11 @@ def soft_dice_loss(
         scalar loss in ``[0, 1]``.
     """
     probs = class_probabilities(logits)
-    onehot = F.one_hot(target.long(), probs.shape[1]).movedim(-1, 1).to(probs.dtype)
+    target, keep = split_ignored(target.long())
+    onehot = F.one_hot(target, probs.shape[1]).movedim(-1, 1).to(probs.dtype)
+    if keep is not None:
+        keep = keep[:, None].to(probs.dtype)
+        probs, onehot = probs * keep, onehot * keep
     if not include_background:
         probs, onehot = probs[:, 1:], onehot[:, 1:]
     inter = (probs * onehot).sum()
@@ -65,9 +82,15 @@ class CrossEntropyLoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits, target = logits.float(), target.long()
         if logits.shape[1] > 1:
-            return F.cross_entropy(logits, target, weight=self.class_weights)
+            if not bool((target != IGNORE_LABEL).any()):
+                return logits.sum() * 0.0  # every pixel ignored: nothing to learn from this batch
+            return F.cross_entropy(logits, target, weight=self.class_weights, ignore_index=IGNORE_LABEL)
+        target, keep = split_ignored(target)
         weight = self.class_weights[target] if self.class_weights is not None else None
-        return F.binary_cross_entropy_with_logits(logits[:, 0], target.float(), weight=weight)
+        if keep is None:
+            return F.binary_cross_entropy_with_logits(logits[:, 0], target.float(), weight=weight)
+        per_pixel = F.binary_cross_entropy_with_logits(logits[:, 0], target.float(), weight=weight, reduction="none")
+        return (per_pixel * keep).sum() / keep.sum().clamp(min=1)
 
 
 class SoftDiceLoss(nn.Module):

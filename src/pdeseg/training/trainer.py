@@ -34,6 +34,7 @@ from pdeseg.checkpoint import plain_state_dict, save_checkpoint
 from pdeseg.config import TrainConfig
 from pdeseg.inference.score import Scores
 from pdeseg.losses.composite import main_logits
+from pdeseg.losses.segmentation import split_ignored
 from pdeseg.metrics.segmentation import ScoringRules
 from pdeseg.nn.output import predicted_classes
 from pdeseg.progress import track
@@ -185,7 +186,8 @@ class Trainer:
             if self.scheduler is not None:
                 self.scheduler.step()
             self.global_step += 1
-            acc.update(predicted_classes(logits), target, list(batch["case"]))
+            pred, (target, keep) = predicted_classes(logits), split_ignored(target)
+            acc.update(pred if keep is None else pred * keep, target, list(batch["case"]))
             running += loss.item() * logits.shape[0]
             seen += logits.shape[0]
             bar.set_postfix(loss=f"{running / seen:.4f}")
