@@ -140,12 +140,13 @@ def image_channels(pixels: np.ndarray, modalities: Sequence[str], path: Path) ->
 
 
 def binary_mask(pixels: np.ndarray, path: Path, what: str = "mask") -> np.ndarray:
-    """A 0/non-zero mask file as bool ``(H, W)``; colour masks use their first channel.
+    """A 0/non-zero mask file as bool ``(H, W)``; a colour mask counts a pixel that is non-zero
+    in any colour channel (alpha ignored).
 
     Raises:
         CellDataError: more than two values (a label image where a binary mask is expected).
     """
-    data = pixels[..., 0] if pixels.ndim == 3 else pixels
+    data = pixels[..., :3].max(axis=-1) if pixels.ndim == 3 else pixels
     values = np.unique(data)
     if len(values) > 2 or (len(values) == 2 and values[0] != 0):
         raise CellDataError(f"{path}: a binary {what} must hold 0 and one other value, found {values[:6].tolist()}"
