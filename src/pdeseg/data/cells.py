@@ -15,8 +15,8 @@ A case holds:
   - ``semantic``: 0 background, 1 cell (any object);
   - ``boundary``: 0 background, 1 interior, 2 boundary, where boundary pixels are an
     object's own pixels that touch the background or another object (4-neighbourhood,
-    :func:`pdeseg.metrics.instances.boundary_targets`). Touching cells are then separated by
-    a line of boundary class, and :func:`pdeseg.metrics.instances.instances_from_boundary_classes`
+    :func:`pdeseg.data.objects.boundary_targets`). Touching cells are then separated by
+    a line of boundary class, and :func:`pdeseg.data.objects.instances_from_boundary_classes`
     splits a prediction back into cells by watershed;
 
 * its ``domain`` (cell type or imaging modality), so that splits can group by it;
@@ -37,6 +37,7 @@ import numpy as np
 
 from pdeseg.data.case import LoadedCase
 from pdeseg.data.files import write_atomically
+from pdeseg.data.objects import boundary_targets, instances_from_mask, predicted_instances
 from pdeseg.errors import DataError
 
 #: Channels a microscopy case can offer.
@@ -166,8 +167,6 @@ def instances_from_label_image(pixels: np.ndarray, path: Path, kind: str = "auto
         CellDataError: colour label images, negative or non-integer values, or a binary
             ``kind`` with more than two values.
     """
-    from pdeseg.metrics.instances import instances_from_mask
-
     if pixels.ndim == 3:
         if not (pixels[..., :3] == pixels[..., :1]).all():
             raise CellDataError(f"{path}: a label image must be grey (one value per pixel), got colour pixels")
@@ -189,8 +188,6 @@ def classes_from_instances(instances: np.ndarray, targets: str) -> np.ndarray:
     """Training classes ``(H, W)`` uint8 from an instance image (see the module docstring)."""
     if check_targets(targets) == "semantic":
         return (instances > 0).astype(np.uint8)
-    from pdeseg.metrics.instances import boundary_targets
-
     return boundary_targets(instances).astype(np.uint8)
 
 
@@ -277,27 +274,6 @@ def find_image_files(folder: Path) -> list[Path]:
     """Image files directly in ``folder``, sorted by name (hidden files left out)."""
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
                   and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-#: Predicted objects smaller than this (pixels) are dropped: specks that no annotator would
-#: draw as a cell (the smallest DSB 2018 nuclei have some 20-30 pixels).
-MIN_OBJECT_PIXELS = 10
-
-
-def predicted_instances(classes: np.ndarray, min_size: int = MIN_OBJECT_PIXELS) -> np.ndarray:
-    """Cells of a predicted class map ``(H, W)``: marker watershed on the boundary class (the
-    interior's components seeded, flooded over interior + boundary) when the map has boundary
-    pixels, else connected components of the foreground; objects below ``min_size`` pixels
-    dropped. Without any boundary pixel both rules give the same cells.
-
-    Returns:
-        int32 ``(H, W)``, 0 background, cells 1..N.
-    """
-    from pdeseg.metrics.instances import instances_from_boundary_classes, instances_from_mask
-
-    if classes.max(initial=0) > 1:
-        return instances_from_boundary_classes(classes, min_size=min_size)
-    return instances_from_mask(classes > 0, min_size=min_size)
 
 
 # --------------------------------------------------------------------------------------

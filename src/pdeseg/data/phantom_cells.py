@@ -14,7 +14,7 @@ Three cell types that differ in size, shape, texture and contact:
 
 Every cell is kept clean for a boundary output: no part narrower than 3 pixels, one piece,
 and an interior (the cell less its boundary pixels, the rule of
-:func:`pdeseg.metrics.instances.boundary_targets`) in one piece, so that the watershed of the
+:func:`pdeseg.data.objects.boundary_targets`) in one piece, so that the watershed of the
 true 3-class target gives the cells back.
 Separate objects (single cells, clusters) keep at least ``GAP`` pixels of background between
 them, and every cell lies wholly inside the image. Rendering imitates phase contrast: a grey
@@ -104,7 +104,7 @@ def _clean(m: np.ndarray) -> np.ndarray | None:
     """A cell shape a boundary output can describe, or None: no part narrower than 3 pixels
     (opened by a 3x3 square), one 4-connected piece of at least 30 pixels, and an interior
     (the cell less its pixels with a face neighbour outside it, the rule of
-    :func:`pdeseg.metrics.instances.boundary_targets`) that is one 4-connected piece too."""
+    :func:`pdeseg.data.objects.boundary_targets`) that is one 4-connected piece too."""
     m = ndimage.binary_opening(m, structure=np.ones((3, 3), bool))
     lab, k = ndimage.label(m)
     if k > 1:

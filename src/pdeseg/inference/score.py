@@ -10,7 +10,7 @@ Scopes:
   as the spec says) and scored in its own dimensions; HD95 and surface Dice optional.
   Formats of 2D object images (microscopy, ``object_metrics``) add boundary F1 at 1, 2 and
   3 px of the foreground and, where the case has objects, the instance metrics of the
-  predicted cells (:func:`pdeseg.data.cells.predicted_instances`: watershed on the boundary
+  predicted cells (:func:`pdeseg.data.objects.predicted_instances`: watershed on the boundary
   class, or connected components; specks below 10 pixels dropped): DSB score,
   AP50, split and merged cells (:mod:`pdeseg.metrics.instances`). Pixels outside a case's
   field of view (DRIVE) are set to background in truth and prediction before any metric.
@@ -181,7 +181,7 @@ def object_metrics(classes: np.ndarray, label: np.ndarray, case: CachedCase) -> 
     cells' Dice for semantic and boundary outputs alike), its boundary F1 at 1, 2 and 3 px
     and, when ``case`` has objects, the instance metrics of the predicted cells, for a
     one-slice case ``(X, Y, 1)``."""
-    from pdeseg.data.cells import predicted_instances
+    from pdeseg.data.objects import predicted_instances
     from pdeseg.metrics.instances import boundary_f1_scores, instance_metrics
 
     pred, true = classes[..., 0], label[..., 0]

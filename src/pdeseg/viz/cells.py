@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from pdeseg.data.cells import predicted_instances  # noqa: E402
+from pdeseg.data.objects import predicted_instances  # noqa: E402
 from pdeseg.data.files import write_atomically  # noqa: E402
 from pdeseg.losses.pde import (  # noqa: E402
     phase_field_density,
@@ -140,7 +140,7 @@ def boundary_error_overlay(image: Any, truth_classes: Any, pred_classes: Any, to
         truth_classes, pred_classes: ``(H, W)`` integer class maps (0 background).
         tolerance: matching distance in pixels (see :func:`boundary_errors`).
         instances: first draw the outlines of the predicted cells as the scoring finds them
-            (:func:`pdeseg.data.cells.predicted_instances`) in :data:`OUTLINE` yellow; the
+            (:func:`pdeseg.data.objects.predicted_instances`) in :data:`OUTLINE` yellow; the
             error colours are drawn over them, so yellow shows where touching predicted
             cells meet.
 
