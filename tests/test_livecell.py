@@ -193,7 +193,14 @@ def _bad(kind: str, root: Path):
 
 BAD_KINDS = ["not_json", "no_images", "no_annotations", "unknown_image", "form_string", "form_flat", "form_number",
              "short_polygon", "rle_size", "rle_size_uncompressed", "rle_counts", "missing_image",
-             "duplicate_id_in_file", "duplicate_id_across", "duplicate_name_across"]
+             "duplicate_id_in_file", "duplicate_name_across"]
+
+
+def test_image_ids_are_per_file(tmp_path):
+    """Ids link annotations to images within one file; two files may both number from 1."""
+    _bad("duplicate_id_across", tmp_path)
+    cases = find_livecell_cases(tmp_path)
+    assert sorted(c.case_id for c in cases) == ["A172_1", "A172_2"]
 
 
 @pytest.mark.parametrize("kind", BAD_KINDS)

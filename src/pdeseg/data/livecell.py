@@ -45,7 +45,7 @@ Errors (:class:`~pdeseg.data.cells.CellDataError`, naming the json file and the 
 annotation id): not JSON, no ``images`` or ``annotations``, an annotation of an unknown
 image, a segmentation of unknown form, a polygon of fewer than 3 points, an RLE whose size is
 not the image's, RLE counts that do not decode, a missing image file, the same image id or
-file name twice (within or across files). With a ``skipped`` dict, problems of one image
+file name twice (within or across files), the same image id twice within one file. With a ``skipped`` dict, problems of one image
 (its file, its annotations) record the case there and leave it out; problems of a whole file
 always raise.
 """
@@ -410,22 +410,17 @@ def find_livecell_cases(root: str | Path, modalities: Sequence[str] = ("grey",),
                                 "them with data.format_options.annotations")
         return _unlabelled_cases(root, targets, overlap)
     cases: list[LivecellCase] = []
-    seen_ids: dict[Any, Path] = {}
-    seen_names: dict[str, tuple[Path, Any]] = {}
+    seen_names: dict[str, tuple[Path, Any]] = {}  # ids link annotations within one file only: names must be unique
     for path in files:
         images, per_image = read_coco(path)
         for entry in images:
             image_id, file_name = entry["id"], entry["file_name"]
-            if image_id in seen_ids:
-                raise CellDataError(f"{path}: image id {image_id!r} is also in {seen_ids[image_id]}; each image may be "
-                                    "annotated once (name the files to read with data.format_options.annotations)")
             stem = Path(file_name).stem
             if stem in seen_names:
                 other, other_id = seen_names[stem]
                 raise CellDataError(f"{path}: image {image_id} ({file_name}) has the same name as image {other_id} of "
                                     f"{other}; each image may be annotated once (name the files to read with "
                                     "data.format_options.annotations)")
-            seen_ids[image_id] = path
             seen_names[stem] = (path, image_id)
             try:
                 cases.append(_case(entry, per_image[image_id], path, locate, targets, overlap))
