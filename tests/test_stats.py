@@ -50,3 +50,14 @@ def test_monte_carlo_sign_flip_p_value_is_never_zero():
     d = np.full(40, 0.05) + np.linspace(-0.001, 0.001, 40)  # 40 cases: Monte-Carlo, every flip is less extreme
     p = sign_flip_p_value(d, max_exact=16, n_perm=1000)
     assert p == pytest.approx(1 / 1001)
+
+
+def test_a_case_consistent_difference_that_seeds_could_reverse_is_not_significant():
+    """Every case improves by the same small amount under two seeds, but a third seed loses
+    much more on every case: the sign-flip test over seed-averaged cases is extreme, the
+    interval that resamples seeds includes 0, and the verdict says which."""
+    base = np.zeros((3, 12))
+    model = np.stack([np.full(12, 0.05), np.full(12, 0.05), np.full(12, -0.09)]) + np.linspace(0, 0.001, 12)
+    r = paired_comparison(model, base, "A", "B")
+    assert r.p_value == pytest.approx(2 / 2**12) and r.lo < 0 < r.hi
+    assert not r.significant and "interval over seeds and cases includes 0" in r.sentence()

@@ -61,14 +61,29 @@ class PairedResult:
     confidence: float = 0.95
 
     @property
+    def seed_consistent(self) -> bool:
+        """The interval, which resamples seeds as well as cases, excludes 0."""
+        return self.lo > 0 or self.hi < 0
+
+    @property
     def significant(self) -> bool:
-        """p below 1 - confidence. With n test cases the sign-flip test cannot go below
-        2 / 2^n, so fewer than 6 cases can never be significant at 0.05."""
-        return self.p_value < 1 - self.confidence
+        """p below 1 - confidence *and* an interval that excludes 0. The sign-flip test works
+        on the seed-averaged difference per case, so it holds the seeds fixed; the bootstrap
+        interval also resamples seeds. A difference that every case shows for these seeds but
+        that another draw of seeds could reverse is not called significant (the sentence says
+        so). With n test cases the sign-flip test cannot go below 2 / 2^n, so fewer than 6
+        cases can never be significant at 0.05."""
+        return self.p_value < 1 - self.confidence and self.seed_consistent
 
     def sentence(self) -> str:
         """One plain sentence, e.g. ``PDE-UNet vs UNet: +0.012 Dice, 95% CI [-0.010, 0.034], not significant``."""
-        verdict = f"significant (p = {self.p_value:.3g})" if self.significant else f"not significant (p = {self.p_value:.3g})"
+        if self.significant:
+            verdict = f"significant (p = {self.p_value:.3g})"
+        elif self.p_value < 1 - self.confidence:
+            verdict = (f"not significant: consistent over cases for these seeds (p = {self.p_value:.3g}), but the "
+                       "interval over seeds and cases includes 0")
+        else:
+            verdict = f"not significant (p = {self.p_value:.3g})"
         pct = int(round(self.confidence * 100))
         seeds = f"{self.n_seeds} seed{'s' if self.n_seeds != 1 else ''}"
         caveat = " Too few test cases for a reliable interval or test." if self.n_cases < 6 else ""
