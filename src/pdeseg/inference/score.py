@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from pdeseg.config import PreprocessSpec
+from pdeseg.config import IGNORE_LABEL, PreprocessSpec
 from pdeseg.data.cache import CachedCase
 from pdeseg.data.formats import get_format
 from pdeseg.data.sampling import case_volume, evaluation_slices
@@ -158,12 +158,12 @@ def _score_volumes(predictor: Predictor, cases: list[CachedCase], loss_fn, with_
     for case in track(cases, "scoring", "case", enabled=progress):
         image, label = case_volume(case)
         logits = predictor.predict_logits(image)[None]
-        target = torch.from_numpy(label.astype(np.int64))[None]
+        outside = None if case.valid is None else ~np.asarray(case.valid).transpose(1, 2, 0)  # field of view
         if loss_fn is not None:
-            losses.append(float(loss_fn(logits, target)))
+            target = label.astype(np.int64) if outside is None else np.where(outside, IGNORE_LABEL, label)
+            losses.append(float(loss_fn(logits, torch.from_numpy(target)[None])))
         classes = predicted_classes(logits)[0].numpy().astype(np.uint8)
-        if case.valid is not None:  # field of view: outside it, nothing is scored
-            outside = ~np.asarray(case.valid).transpose(1, 2, 0)
+        if outside is not None:  # outside the field of view nothing is scored
             classes[outside], label = 0, np.where(outside, 0, label).astype(label.dtype)
         row = {"case": case.case_id, **rules.case_metrics(classes, label, case.meta["spacing"], with_hd95,
                                                           surface_tolerance_mm)}
