@@ -44,7 +44,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"  {name:<{loss_width}} {entry.description}")
     print("\ndata formats (data.format):")
     for name, fmt in FORMATS.items():
-        print(f"  {name:<10} {fmt.description}")
+        print(f"  {name:<11} {fmt.description}")
     return 0
 
 

@@ -264,7 +264,7 @@ LOSSES: dict[str, LossEntry] = {
     "ce": LossEntry(CrossEntropyLoss, "cross-entropy (binary CE for a one-channel sigmoid head); option class_weights"),
     "dice": LossEntry(SoftDiceLoss, "soft Dice with squared denominators (paper 000 eq. 4); options eps, include_background"),
     "pde_consistency": LossEntry(PDEConsistencyLoss, "PDE layers' implicit-step residual reported by the model (paper 001); 0 without PDE layers"),
-    "tv": LossEntry(TotalVariationLoss, "smoothed isotropic total variation of the foreground probabilities; option eps"),
-    "phase_field": LossEntry(PhaseFieldLoss, "Modica-Mortola interface energy of the foreground probabilities (paper 004); option eps"),
-    "reaction_diffusion": LossEntry(ReactionDiffusionLoss, "squared residual of D lap(p) + f(p), Allen-Cahn or Fisher-KPP (paper 004); options diffusion, a, reaction"),
+    "tv": LossEntry(TotalVariationLoss, "smoothed isotropic total variation of the foreground probabilities; options eps, channels (classes|union)"),
+    "phase_field": LossEntry(PhaseFieldLoss, "Modica-Mortola interface energy of the foreground probabilities (paper 004); options eps, channels (classes|union)"),
+    "reaction_diffusion": LossEntry(ReactionDiffusionLoss, "squared residual of D lap(p) + f(p), Allen-Cahn or Fisher-KPP (paper 004); options diffusion, a, reaction, channels"),
 }
