@@ -221,3 +221,15 @@ def test_pixels_outside_the_field_of_view_reach_no_loss(tmp_path):
         assert torch.allclose(soft_dice_loss(logits, y), soft_dice_loss(logits[..., :20], y[..., :20]), atol=1e-6)
         (ce + soft_dice_loss(logits, y)).backward()
         assert logits.grad[..., 20:].abs().max() == 0 and logits.grad[..., :20].abs().max() > 0
+
+
+def test_contrast_inversion_negates_the_image_and_keeps_the_label():
+    from pdeseg.config import AugmentConfig
+    from pdeseg.data.transforms import build_train_transform
+
+    off = AugmentConfig(flip_prob=0, affine_prob=0, brightness=0, contrast=0, intensity_prob=0)
+    image, label = torch.randn(1, 16, 16), torch.randint(0, 2, (1, 16, 16))
+    out = build_train_transform(off.model_copy(update={"invert_prob": 1.0}), (16, 16), 2)({"image": image, "label": label})
+    assert torch.allclose(torch.as_tensor(out["image"]), -image) and torch.equal(torch.as_tensor(out["label"]), label)
+    same = build_train_transform(off, (16, 16), 2)({"image": image, "label": label})
+    assert torch.allclose(torch.as_tensor(same["image"]), image)

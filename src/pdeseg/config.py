@@ -129,6 +129,7 @@ class AugmentConfig(Section):
     gamma: Annotated[float, Field(ge=0, lt=1)] = 0.0  # gamma in [1 - g, 1 + g] (intensity statistics kept); 0: off
     noise_std: NonNegativeFloat = 0.0  # additive Gaussian noise, sd drawn from [0, noise_std]; 0: off
     intensity_prob: Probability = 0.5  # probability of each intensity transform
+    invert_prob: Probability = 0.0  # negate the normalised image (contrast inversion for z-scored data); 0: off
     elastic: bool = False  # smooth random elastic deformation (slow in 3D: a smoothed displacement field per patch)
     elastic_prob: Probability = 0.2
 

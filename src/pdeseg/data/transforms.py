@@ -7,7 +7,11 @@ brings in space from outside the sample).
 
 Order: a flip per spatial axis; one affine transform (rotation about each axis in 3D, shift,
 zoom); optionally an elastic deformation; then intensity changes on the image only:
-brightness (additive), contrast (multiplicative), optionally gamma and Gaussian noise.
+brightness (additive), contrast (multiplicative), optionally gamma and Gaussian noise, and
+optionally a contrast inversion (``invert_prob``: every channel negated, which for the
+zero-centred normalisations ``zscore`` / ``zscore_all`` is the image with bright and dark
+swapped: fluorescence nuclei, bright on dark, then look like stained or brightfield nuclei,
+dark on bright).
 
 The elastic deformation (``augment.elastic``) has a fixed, moderate strength:
 
@@ -87,4 +91,6 @@ def build_train_transform(cfg: AugmentConfig, spatial_size: Sequence[int], spati
                                             retain_stats=True))
     if cfg.noise_std > 0:
         steps.append(mt.RandGaussianNoised("image", prob=cfg.intensity_prob, std=cfg.noise_std))
+    if cfg.invert_prob > 0:  # v * (1 + f) with f = -2: the negated image
+        steps.append(mt.RandScaleIntensityd("image", factors=(-2.0, -2.0), prob=cfg.invert_prob))
     return mt.Compose(steps)
