@@ -196,7 +196,7 @@ class SliceDataset(PerItemDraws, Dataset):
         image = torch.from_numpy(np.asarray(case.image[z], dtype=np.float32))
         label = torch.from_numpy(np.asarray(case.label[z], dtype=np.int64))
         if case.valid is not None:  # outside the field of view: seen by no loss (IGNORE_LABEL)
-            label = label.masked_fill(~torch.from_numpy(np.asarray(case.valid[z], dtype=bool)), IGNORE_LABEL)
+            label = label.masked_fill(~torch.from_numpy(np.array(case.valid[z], dtype=bool)), IGNORE_LABEL)
         rng = self.item_rng(index)
         if self.crop == "random":
             image, label = random_window(image, label, self.spatial_size, rng)
