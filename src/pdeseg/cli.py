@@ -110,6 +110,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     models = [m for m in cfg.models if args.model is None or m.name == args.model]
     if not models:
         raise ConfigError(f"--model {args.model}: not in the config's models ({', '.join(m.name for m in cfg.models)})")
+    if args.folds is not None:
+        from pdeseg.experiments.crossval import check_crossval_config, run_crossval
+
+        check_crossval_config(cfg, args.folds)
+        if args.stop_after is not None or args.overwrite:
+            raise ConfigError("--folds continues its folds by itself (rerun the same command); it takes no --stop-after "
+                              "or --overwrite: use another output folder to start afresh")
+        for m in models:
+            out = Path(cfg.output_dir) / cfg.name / m.name / f"cv{args.folds}"
+            run_crossval(cfg, m, out, args.folds, progress=not args.no_progress, exp=exp)
+            if is_main_process():
+                print((out / "summary.md").read_text())
+                print(f"out-of-fold rows: {out / 'oof_cases.csv'}")
+        return 0
     for m in models:
         run_dir = Path(cfg.output_dir) / cfg.name / m.name
         result = train_model(cfg, m, run_dir, resume=args.resume, progress=not args.no_progress, stop_after=args.stop_after,
@@ -371,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=2")
     s.add_argument("--overwrite", action="store_true", help="start afresh in run folders that already hold a run")
     s.add_argument("--stop-after", type=int, metavar="N", help="stop after N epochs in this call (continue later with --resume)")
+    s.add_argument("--folds", type=_positive_int, metavar="K",
+                   help="patient-level K-fold cross-validation: train K runs in <run>/cv<K>/fold<i>/ and score every case "
+                        "once, out of fold (rerun the same command to continue)")
     s.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     s.set_defaults(func=cmd_train)
 

@@ -108,6 +108,48 @@ def split_by_domain(
             "test": sorted(inner["test"] + pick(test_domains))}
 
 
+def kfold_splits(case_ids: list[str], k: int, seed: int = 0, val_fraction: float = 0.1) -> list[dict[str, list[str]]]:
+    """Patient-level k-fold cross-validation: the cases, in a seeded permutation of their sorted
+    ids, are cut into ``k`` folds of sizes differing by at most one; fold ``i`` tests on part
+    ``i``, and validates on ``round(val_fraction * n)`` cases (at least 1 when
+    ``val_fraction > 0``) drawn with the same seed from the other parts, which train on the rest.
+    Every case is a test case in exactly one fold, and no case is on two sides of a fold.
+
+    Args:
+        case_ids: unique patient/case ids.
+        k: number of folds, ``2 <= k <= len(case_ids)``.
+        val_fraction: share of all cases used for validation in each fold, in ``[0, 1)``.
+
+    Returns:
+        one ``{"train", "val", "test"}`` split per fold, each list sorted.
+
+    Raises:
+        ValueError: duplicate ids, ``k`` out of range, or no training case left.
+    """
+    ids = sorted(case_ids)
+    n = len(ids)
+    if len(set(ids)) != n:
+        raise ValueError("kfold_splits: duplicate case ids")
+    if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= n:
+        raise ValueError(f"folds must be a whole number from 2 to the number of cases ({n}), got {k!r}")
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    rng = np.random.default_rng(seed)
+    shuffled = [ids[i] for i in rng.permutation(n)]
+    parts = [shuffled[i::k] for i in range(k)]
+    n_val = max(1, int(round(val_fraction * n))) if val_fraction > 0 else 0
+    folds = []
+    for i, test in enumerate(parts):
+        rest = [c for j, part in enumerate(parts) if j != i for c in part]
+        if len(rest) - n_val < 1:
+            raise ValueError(f"fold {i} leaves no training case ({n} cases, {k} folds, {n_val} for validation)")
+        order = np.random.default_rng([seed, i]).permutation(len(rest))
+        val = [rest[j] for j in order[:n_val]]
+        train = [rest[j] for j in order[n_val:]]
+        folds.append({"train": sorted(train), "val": sorted(val), "test": sorted(test)})
+    return folds
+
+
 def save_split(split: dict[str, list[str]], path: str | Path) -> None:
     Path(path).write_text(json.dumps(split, indent=1))
 
