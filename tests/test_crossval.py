@@ -78,3 +78,59 @@ def test_train_folds_refuses_settings_that_fix_the_split(phantom_root, tmp_path,
     path.write_text(yaml.safe_dump(cfg))
     assert main(["train", "--config", str(path), "--folds", "3", "--stop-after", "1", "--no-progress"]) == 2
     assert "takes no --stop-after" in caplog.text
+
+
+def _checkpoint(cfg_dict: dict, path, seed: int, model_index: int = 0):
+    """A freshly initialised model saved as a pdeseg checkpoint (no training needed)."""
+    from pdeseg.build import build_network, checkpoint_meta, resolve
+    from pdeseg.checkpoint import plain_state_dict, save_checkpoint
+    from pdeseg.config import config_from_dict
+    from pdeseg.runtime import seed_everything
+
+    exp = resolve(config_from_dict(cfg_dict))
+    m = exp.cfg.models[model_index]
+    seed_everything(seed)
+    model = build_network(exp, m)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint({**checkpoint_meta(exp, m, model), "state_dict": plain_state_dict(model), "training": {"epoch": 0}}, path)
+    return path
+
+
+def test_an_ensemble_averages_class_probabilities(phantom_root, tmp_path):
+    import numpy as np
+    import torch
+
+    from pdeseg.errors import CheckpointError
+    from pdeseg.inference.predict import EnsembleModel, Predictor
+    from pdeseg.nn.output import class_probabilities
+
+    cfg = tiny_config_dict(phantom_root, tmp_path)
+    a = _checkpoint(cfg, tmp_path / "runs" / "fold0" / "best.pt", seed=1)
+    b = _checkpoint(cfg, tmp_path / "runs" / "fold1" / "best.pt", seed=2)
+    image = np.random.default_rng(0).normal(size=(4, 40, 36, 3)).astype(np.float32)
+    kw = dict(device="cpu", precision="32")
+    pa, pb = (Predictor.from_checkpoint(p, **kw).predict_logits(image) for p in (a, b))
+    ensemble = Predictor.from_checkpoints(tmp_path / "runs", **kw)  # a folder: every best.pt below it
+    assert isinstance(ensemble.model, EnsembleModel) and len(ensemble.model.members) == 2
+    mean = (class_probabilities(pa[None]) + class_probabilities(pb[None])) / 2
+    assert torch.allclose(class_probabilities(ensemble.predict_logits(image)[None]), mean, atol=1e-5)
+    assert not torch.allclose(class_probabilities(pa[None]), mean, atol=1e-3)  # the members really differ
+    one = Predictor.from_checkpoints([a], **kw)
+    assert not isinstance(one.model, EnsembleModel) and torch.allclose(one.predict_logits(image), pa)
+    other = dict(cfg, data={**cfg["data"], "modalities": ["flair", "t1ce"]})
+    c = _checkpoint(other, tmp_path / "c.pt", seed=3)
+    with pytest.raises(CheckpointError, match="modalities.*an ensemble needs one preprocessing"):
+        Predictor.from_checkpoints([a, c], **kw)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="must hold best.pt files"):
+        Predictor.from_checkpoints(tmp_path / "empty", **kw)
+
+
+def test_predict_cli_takes_several_checkpoints(phantom_root, tmp_path):
+    cfg = tiny_config_dict(phantom_root, tmp_path)
+    a = _checkpoint(cfg, tmp_path / "a.pt", seed=1)
+    b = _checkpoint(cfg, tmp_path / "b.pt", seed=2)
+    case = sorted(p for p in phantom_root.iterdir() if p.is_dir())[0]
+    assert main(["predict", "--checkpoint", str(a), str(b), "--input", str(case), "--output", str(tmp_path / "out"),
+                 "--no-progress"]) == 0
+    assert list((tmp_path / "out").glob("*_seg.nii.gz"))

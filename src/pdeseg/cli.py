@@ -412,7 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("predict", help="segment volumes into <case>_seg.nii.gz, or slices into mask images")
-    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--checkpoint", required=True, nargs="+", metavar="CKPT",
+                   help="a checkpoint; several, or a folder of runs (every best.pt below it, e.g. the folds of "
+                        "train --folds), for an ensemble whose class probabilities are averaged")
     s.add_argument("--input", required=True, help="a case folder or a folder of case folders")
     s.add_argument("--output", required=True)
     s.add_argument("--device", default="auto")

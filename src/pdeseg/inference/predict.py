@@ -48,7 +48,7 @@ from pdeseg.config import STITCH_MODES, ConfigError, PreprocessSpec
 from pdeseg.data.case import LoadedCase
 from pdeseg.data.formats import DataFormat, get_format
 from pdeseg.data.preprocess import Preprocessing
-from pdeseg.errors import DataError, PdesegError, RunFolderError
+from pdeseg.errors import CheckpointError, DataError, PdesegError, RunFolderError
 from pdeseg.nn.output import class_probabilities, logits_from_probabilities, predicted_classes
 from pdeseg.progress import counter, track
 from pdeseg.runtime import autocast, resolve_device
@@ -167,6 +167,41 @@ class Predictor:
             model = model.to(memory_format=torch.channels_last)
         predictor = cls(model, spec, dev, precision, batch_size, ckpt["model"]["name"], overlap, tta, stitch)
         predictor.checkpoint, predictor.config = ckpt, ckpt.get("config", {})
+        return predictor
+
+    @classmethod
+    def from_checkpoints(cls, checkpoints: Sequence[str | Path] | str | Path, device: str = "auto", precision: str = "auto",
+                         batch_size: int = 16, overlap: float = WINDOW_OVERLAP, tta: bool = False,
+                         stitch: str = "auto") -> Predictor:
+        """One checkpoint, or an ensemble of several (:class:`EnsembleModel`: their class
+        probabilities averaged). A folder stands for every ``best.pt`` below it (the folds of
+        ``pdeseg train --folds K``, or the seeds of a comparison). The other arguments as for
+        :class:`Predictor`.
+
+        Raises:
+            CheckpointError: a folder without ``best.pt``, or checkpoints whose preprocessing,
+                classes or output differ (the message names the field and both files).
+        """
+        paths = ensemble_members(checkpoints)
+        if len(paths) == 1:
+            return cls.from_checkpoint(paths[0], device, precision, batch_size, overlap, tta, stitch)
+        check_inference_options(batch_size, overlap, tta, stitch)
+        dev = resolve_device(device)
+        ckpts = [load_checkpoint(p) for p in paths]
+        specs = [preprocessing_spec(c, p) for c, p in zip(ckpts, paths)]
+        first = specs[0].model_dump()
+        for spec, path in zip(specs[1:], paths[1:]):
+            differs = [k for k, v in spec.model_dump().items() if first.get(k) != v]
+            if differs:
+                raise CheckpointError(f"{path}: its {differs[0]} ({spec.model_dump()[differs[0]]!r}) differs from "
+                                      f"{paths[0]}'s ({first[differs[0]]!r}); an ensemble needs one preprocessing and output")
+        members = [model_from_checkpoint(c, where=p).to(dev) for c, p in zip(ckpts, paths)]
+        if specs[0].spatial_dims == 2:
+            members = [m.to(memory_format=torch.channels_last) for m in members]
+        names = sorted({c["model"]["name"] for c in ckpts})
+        predictor = cls(EnsembleModel(members, specs[0].output), specs[0], dev, precision, batch_size,
+                        f"ensemble of {len(members)} ({', '.join(names)})", overlap, tta, stitch)
+        predictor.checkpoint, predictor.config = ckpts[0], ckpts[0].get("config", {})
         return predictor
 
     @property
@@ -427,8 +462,57 @@ def _make_folder(out_dir: Path) -> None:
         raise RunFolderError(f"--output {out_dir}: cannot create the folder ({exc})") from exc
 
 
+def ensemble_members(checkpoints: Sequence[str | Path] | str | Path) -> list[Path]:
+    """The checkpoint files named: files as given, a folder as every ``best.pt`` below it
+    (sorted).
+
+    Raises:
+        CheckpointError: nothing named, or a folder holding no ``best.pt``.
+    """
+    items = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
+    paths: list[Path] = []
+    for item in items:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found = sorted(path.rglob("best.pt"))
+            if not found:
+                raise CheckpointError(f"{path}: a folder given as a checkpoint must hold best.pt files (e.g. the fold*/ "
+                                      "runs of pdeseg train --folds), found none")
+            paths += found
+        else:
+            paths.append(path)
+    if not paths:
+        raise CheckpointError("no checkpoint given")
+    return paths
+
+
+class EnsembleModel(nn.Module):
+    """Several trained models of one preprocessing spec used as one: the logits of the mean of
+    their class probabilities (softmax, or sigmoid for a one-channel head), as test-time
+    augmentation averages its passes (see the module docstring), so stitching, mirroring and
+    argmax work unchanged.
+
+    Shapes:
+        ``x (B, C, *S)`` -> logits ``(B, K, *S)``.
+    """
+
+    def __init__(self, members: Sequence[nn.Module], output: str):
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one model")
+        self.members = nn.ModuleList(members)
+        self.output = output
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total = None
+        for member in self.members:
+            probs = class_probabilities(member(x).float())
+            total = probs if total is None else total + probs
+        return logits_from_probabilities(total / len(self.members), self.output)
+
+
 def predict_folder(
-    checkpoint: str | Path,
+    checkpoint: str | Path | Sequence[str | Path],
     input_dir: str | Path,
     output_dir: str | Path,
     device: str = "auto",
@@ -453,7 +537,8 @@ def predict_folder(
     reported; the others are written. Labels are never read.
 
     Args:
-        checkpoint: a pdeseg checkpoint (model, weights, preprocessing, data format).
+        checkpoint: a pdeseg checkpoint (model, weights, preprocessing, data format), or
+            several, or a folder of runs: an ensemble (:meth:`Predictor.from_checkpoints`).
         input_dir: a case folder or a folder of cases.
         output_dir: where predictions go (created).
         device, precision, batch_size, overlap, tta, stitch: see :class:`Predictor`.
@@ -471,7 +556,9 @@ def predict_folder(
         CheckpointError, DeviceError, ConfigError: unusable checkpoint, device or option.
         DataError: the input folder is missing or holds no cases at all.
     """
-    predictor = Predictor.from_checkpoint(checkpoint, device, precision, batch_size, overlap, tta, stitch)
+    predictor = Predictor.from_checkpoints(checkpoint, device, precision, batch_size, overlap, tta, stitch)
+    if isinstance(predictor.model, EnsembleModel):
+        log.info("%s: class probabilities averaged", predictor.name)
     if tta:
         log.info("test-time augmentation: probabilities averaged over %d mirrorings per forward pass",
                  len(flip_sets(predictor.spec.spatial_dims)))
