@@ -60,39 +60,31 @@ class CachedCase:
     path: Path
     meta: dict
 
+    def _array(self, name: str) -> np.ndarray:
+        """``<name>.npy`` of the entry, memory-mapped on first access."""
+        if not hasattr(self, f"_{name}"):
+            setattr(self, f"_{name}", np.load(self.path / f"{name}.npy", mmap_mode="r"))
+        return getattr(self, f"_{name}")
+
     @property
     def image(self) -> np.ndarray:
         """float16 ``(Z, C, X, Y)``."""
-        if not hasattr(self, "_image"):
-            self._image = np.load(self.path / "image.npy", mmap_mode="r")
-        return self._image
+        return self._array("image")
 
     @property
     def label(self) -> np.ndarray | None:
         """uint8 ``(Z, X, Y)`` or None."""
-        if not self.meta["has_label"]:
-            return None
-        if not hasattr(self, "_label"):
-            self._label = np.load(self.path / "label.npy", mmap_mode="r")
-        return self._label
+        return self._array("label") if self.meta["has_label"] else None
 
     @property
     def instances(self) -> np.ndarray | None:
         """int32 ``(Z, X, Y)`` objects (0 background), or None for data without objects."""
-        if not self.meta.get("has_instances"):
-            return None
-        if not hasattr(self, "_instances"):
-            self._instances = np.load(self.path / "instances.npy", mmap_mode="r")
-        return self._instances
+        return self._array("instances") if self.meta.get("has_instances") else None
 
     @property
     def valid(self) -> np.ndarray | None:
         """bool ``(Z, X, Y)`` field of view (pixels outside it are not scored), or None."""
-        if not self.meta.get("has_valid"):
-            return None
-        if not hasattr(self, "_valid"):
-            self._valid = np.load(self.path / "valid.npy", mmap_mode="r")
-        return self._valid
+        return self._array("valid") if self.meta.get("has_valid") else None
 
     @property
     def domain(self) -> str:

@@ -37,7 +37,6 @@ import numpy as np
 
 from pdeseg.data.case import LoadedCase
 from pdeseg.data.files import write_atomically
-from pdeseg.data.objects import boundary_targets, instances_from_mask, predicted_instances
 from pdeseg.errors import DataError
 
 #: Channels a microscopy case can offer.
@@ -178,6 +177,8 @@ def instances_from_label_image(pixels: np.ndarray, path: Path, kind: str = "auto
     if pixels.min() < 0:
         raise CellDataError(f"{path}: negative label values")
     if kind == "binary" or (kind == "auto" and len(np.unique(pixels)) <= 2):
+        from pdeseg.data.objects import instances_from_mask  # scikit-image: not at import (the CLI lists formats)
+
         return instances_from_mask(binary_mask(pixels, path, "label image")).astype(np.int32)
     _, relabelled = np.unique(pixels, return_inverse=True)
     out = relabelled.reshape(pixels.shape).astype(np.int32)
@@ -188,6 +189,8 @@ def classes_from_instances(instances: np.ndarray, targets: str) -> np.ndarray:
     """Training classes ``(H, W)`` uint8 from an instance image (see the module docstring)."""
     if check_targets(targets) == "semantic":
         return (instances > 0).astype(np.uint8)
+    from pdeseg.data.objects import boundary_targets
+
     return boundary_targets(instances).astype(np.uint8)
 
 
@@ -303,6 +306,8 @@ def write_prediction(classes: np.ndarray, loaded: LoadedCase, out_dir: Path, ins
     write_atomically(paths[0], lambda tmp: Image.fromarray(mask).save(tmp, format="PNG"))
     if instances:
         import tifffile
+
+        from pdeseg.data.objects import predicted_instances
 
         objects = predicted_instances(cls)
         dtype = np.uint16 if objects.max(initial=0) < 65536 else np.uint32
