@@ -25,7 +25,7 @@ from torch import nn
 from pdeseg.config import ConfigError, ExperimentConfig, LossConfig, ModelConfig, PreprocessSpec, TrainConfig
 from pdeseg.data.formats import DataFormat, DatasetInfo, get_format
 from pdeseg.losses.composite import CompositeLoss
-from pdeseg.nn.output import output_channels
+from pdeseg.nn.output import OutputHead, head_of, make_head, output_channels
 from pdeseg.nn.params import parameter_groups
 from pdeseg.registry import LOSSES, build_model, check_model, count_parameters
 
@@ -51,6 +51,11 @@ class Experiment:
     info: DatasetInfo
     spec: PreprocessSpec
 
+    @property
+    def head(self) -> OutputHead:
+        """What the networks' logit channels mean (softmax, sigmoid or regions)."""
+        return head_of(self.spec)
+
     def model_kwargs(self, model_cfg: ModelConfig) -> dict[str, Any]:
         """Constructor kwargs: the data fix dimensions and channels in/out, the config adds the rest."""
         return model_kwargs(self.spec, model_cfg)
@@ -66,7 +71,7 @@ class Experiment:
 def model_kwargs(spec: PreprocessSpec, model_cfg: ModelConfig) -> dict[str, Any]:
     """``spatial_dims``, ``in_channels`` and ``out_channels`` from the data, then the model's own kwargs."""
     fixed = {"spatial_dims": spec.spatial_dims, "in_channels": len(spec.modalities),
-             "out_channels": output_channels(spec.num_classes, spec.output)}
+             "out_channels": output_channels(spec.num_classes, spec.output, spec.regions)}
     clash = sorted(set(fixed) & set(model_cfg.kwargs))
     if clash:
         raise ConfigError(f"models: {model_cfg.name} kwargs {clash} are set by the data (modalities, classes, "
@@ -95,6 +100,10 @@ def resolve(cfg: ExperimentConfig) -> Experiment:
                           f"({', '.join(info.class_names)}); leave num_classes out to take the data's")
     if cfg.output == "sigmoid" and info.num_classes != 2:
         raise ConfigError(f"output: sigmoid is for binary tasks (2 classes); {fmt.name} has {info.num_classes}")
+    try:
+        make_head(cfg.output, info.num_classes, info.regions)
+    except ValueError as exc:
+        raise ConfigError(f"{exc} (data.format {fmt.name})") from None
     dims = 2 if d.mode == "slices" else info.spatial_dims
     if d.spatial_dims is not None and d.spatial_dims != dims:
         why = "slices are 2D" if d.mode == "slices" else f"{fmt.name} cases are {info.spatial_dims}D"
@@ -161,16 +170,17 @@ def check_loss(loss: LossConfig) -> None:
     for i, term in enumerate(loss.terms):
         if term.name not in LOSSES:
             raise ConfigError(f"loss.terms[{i}].name {term.name!r} is not a registered loss; choose one of {', '.join(LOSSES)}")
-        accepted = [p for p in inspect.signature(LOSSES[term.name].build).parameters if p != "self"]
+        accepted = [p for p in inspect.signature(LOSSES[term.name].build).parameters if p not in ("self", "head")]
         bad = sorted(set(term.options) - set(accepted))
         if bad:
             raise ConfigError(f"loss.terms[{i}] ({term.name}): unknown option(s) {bad}; it takes {', '.join(accepted) or 'none'} "
                               "(and every term: weight, start_epoch, ramp_epochs)")
 
 
-def build_loss(loss: LossConfig) -> CompositeLoss:
+def build_loss(loss: LossConfig, head: OutputHead | None = None) -> CompositeLoss:
     """The weighted sum of the config's loss terms, with each term's warm-up schedule
-    (``start_epoch``, ``ramp_epochs``; the trainer calls ``set_epoch`` every epoch).
+    (``start_epoch``, ``ramp_epochs``; the trainer calls ``set_epoch`` every epoch). Terms
+    that take a ``head`` (the segmentation and PDE penalty terms) get the run's output head.
 
     Raises:
         ConfigError: an unknown term or option, or a value the term rejects.
@@ -179,7 +189,9 @@ def build_loss(loss: LossConfig) -> CompositeLoss:
     terms = []
     for i, term in enumerate(loss.terms):
         try:
-            terms.append((term.name, term.weight, LOSSES[term.name].build(**term.options)))
+            build = LOSSES[term.name].build
+            extra = {"head": head} if head is not None and "head" in inspect.signature(build).parameters else {}
+            terms.append((term.name, term.weight, build(**term.options, **extra)))
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"loss.terms[{i}] ({term.name}): {exc}") from None
     return CompositeLoss(terms, [(term.start_epoch, term.ramp_epochs) for term in loss.terms])

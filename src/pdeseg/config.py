@@ -40,7 +40,7 @@ IGNORE_LABEL = 255
 SAMPLING_MODES = ("slices", "patches", "whole")
 NORMALIZATIONS = ("zscore", "zscore_all", "minmax", "scale255", "ct")
 SLICE_SELECTIONS = ("middle", "tumour_middle", "range", "brain", "tumour", "all")
-OUTPUTS = ("softmax", "sigmoid")
+OUTPUTS = ("softmax", "sigmoid", "regions")
 PRECISIONS = ("auto", "32", "bf16-mixed", "16-mixed")
 SCHEDULERS = ("onecycle", "cosine", "none")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -335,7 +335,8 @@ class ExperimentConfig(Section):
     name: Annotated[str, Field(min_length=1)] = "experiment"
     output_dir: str = "runs"
     num_classes: Annotated[int, Field(ge=2)] | None = None  # None: the data set's own classes
-    output: Literal["softmax", "sigmoid"] = "softmax"  # sigmoid: one logit channel, binary tasks
+    # sigmoid: one logit channel, binary tasks; regions: one sigmoid per nested region (BraTS WT/TC/ET)
+    output: Literal["softmax", "sigmoid", "regions"] = "softmax"
     data: DataConfig = Field(default_factory=DataConfig)
     models: Annotated[list[ModelConfig], Field(min_length=1)] = Field(default_factory=lambda: [ModelConfig()])
     loss: LossConfig = Field(default_factory=LossConfig)
@@ -371,7 +372,7 @@ class PreprocessSpec(Section):
     slices: Literal["middle", "tumour_middle", "range", "brain", "tumour", "all"] = "tumour"
     slice_range: list[int] | None = None
     num_classes: Annotated[int, Field(ge=2)]
-    output: Literal["softmax", "sigmoid"] = "softmax"
+    output: Literal["softmax", "sigmoid", "regions"] = "softmax"
     class_names: list[str]
     regions: dict[str, list[int]] = Field(default_factory=dict)
 

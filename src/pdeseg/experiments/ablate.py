@@ -240,7 +240,7 @@ def score_split(predictor: Predictor, cfg: ExperimentConfig, data: PreparedData,
     per-case rows. Volumetric models are scored on whole volumes, with HD95 on the test split
     (surface distances on every training case would cost more than they tell)."""
     volume = default_scope(predictor.spec) == "volume"
-    loss_fn = build_loss(cfg.loss).to(predictor.device)
+    loss_fn = build_loss(cfg.loss, predictor.head).to(predictor.device)
     loss_fn.set_epoch(cfg.train.epochs - 1)
     result = score(predictor, data.cases(split), "volume" if volume else "slices", loss_fn,
                    with_hd95=volume and split == "test", batch_size=cfg.train.val_batch_size)

@@ -167,8 +167,8 @@ def write_cell_figure(predictor: Predictor, case, path: Path, classes: np.ndarra
 
     image, label = case_volume(case)
     logits = predictor.predict_logits(image)[None]
-    probabilities = class_probabilities(logits)[0, ..., 0]  # (C, H, W)
-    pred = np.asarray(classes if classes is not None else predicted_classes(logits)[0].numpy())[..., 0]
+    probabilities = class_probabilities(logits, predictor.head)[0, ..., 0]  # (C, H, W)
+    pred = np.asarray(classes if classes is not None else predicted_classes(logits, predictor.head)[0].numpy())[..., 0]
     truth = np.asarray(label[..., 0])
     if case.valid is not None:  # as the scoring: nothing outside the field of view is scored
         inside = np.asarray(case.valid[0])

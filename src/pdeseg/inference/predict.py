@@ -49,7 +49,7 @@ from pdeseg.data.case import LoadedCase
 from pdeseg.data.formats import DataFormat, get_format
 from pdeseg.data.preprocess import Preprocessing
 from pdeseg.errors import CheckpointError, DataError, PdesegError, RunFolderError
-from pdeseg.nn.output import class_probabilities, logits_from_probabilities, predicted_classes
+from pdeseg.nn.output import OutputHead, class_probabilities, head_of, logits_from_probabilities, predicted_classes
 from pdeseg.progress import counter, track
 from pdeseg.runtime import autocast, resolve_device
 
@@ -145,6 +145,7 @@ class Predictor:
         self.overlap, self.tta, self.stitch = float(overlap), bool(tta), stitch
         self.channels_last = spec.spatial_dims == 2
         self.format: DataFormat = get_format(spec.format)
+        self.head: OutputHead = head_of(spec)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, device: str = "auto", precision: str = "auto", batch_size: int = 16,
@@ -199,7 +200,7 @@ class Predictor:
         if specs[0].spatial_dims == 2:
             members = [m.to(memory_format=torch.channels_last) for m in members]
         names = sorted({c["model"]["name"] for c in ckpts})
-        predictor = cls(EnsembleModel(members, specs[0].output), specs[0], dev, precision, batch_size,
+        predictor = cls(EnsembleModel(members, head_of(specs[0])), specs[0], dev, precision, batch_size,
                         f"ensemble of {len(members)} ({', '.join(names)})", overlap, tta, stitch)
         predictor.checkpoint, predictor.config = ckpts[0], ckpts[0].get("config", {})
         return predictor
@@ -236,10 +237,10 @@ class Predictor:
         sets = flip_sets(x.dim() - 2)
         total = None
         for dims in sets:
-            probs = class_probabilities(self.logits(x.flip(dims) if dims else x))
+            probs = class_probabilities(self.logits(x.flip(dims) if dims else x), self.head)
             probs = probs.flip(dims) if dims else probs
             total = probs if total is None else total.add_(probs)
-        return logits_from_probabilities(total / len(sets), self.spec.output)
+        return logits_from_probabilities(total / len(sets), self.head)
 
     @torch.no_grad()
     def predict_logits(self, image: np.ndarray, progress: bool = False) -> torch.Tensor:
@@ -317,7 +318,7 @@ class Predictor:
         return out
 
     def _logit_channels(self) -> int:
-        return 1 if self.spec.output == "sigmoid" else self.spec.num_classes
+        return self.head.channels
 
     def predict_volume(self, image: np.ndarray, progress: bool = False) -> np.ndarray:
         """Segment a normalised case.
@@ -328,7 +329,7 @@ class Predictor:
         Returns:
             classes ``(*spatial)`` uint8 (use :meth:`predict_logits` for the scores).
         """
-        return predicted_classes(self.predict_logits(image, progress)[None])[0].numpy().astype(np.uint8)
+        return predicted_classes(self.predict_logits(image, progress)[None], self.head)[0].numpy().astype(np.uint8)
 
     def predict_case(self, case, progress: bool = False) -> tuple[LoadedCase, np.ndarray]:
         """Read (images only: labels are not needed, so a broken label file cannot stop a
@@ -346,7 +347,7 @@ class Predictor:
         shape = tuple(loaded.image.shape[1:])
         if tuple(logits.shape[2:]) != shape:  # trained at target_spacing: logits back to the input's grid
             logits = F.interpolate(logits, size=shape, mode="trilinear" if len(shape) == 3 else "bilinear", align_corners=False)
-        return loaded, predicted_classes(logits)[0].numpy().astype(np.uint8)
+        return loaded, predicted_classes(logits, self.head)[0].numpy().astype(np.uint8)
 
 
 @dataclass
@@ -496,19 +497,19 @@ class EnsembleModel(nn.Module):
         ``x (B, C, *S)`` -> logits ``(B, K, *S)``.
     """
 
-    def __init__(self, members: Sequence[nn.Module], output: str):
+    def __init__(self, members: Sequence[nn.Module], head: OutputHead):
         super().__init__()
         if not members:
             raise ValueError("an ensemble needs at least one model")
         self.members = nn.ModuleList(members)
-        self.output = output
+        self.head = head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         total = None
         for member in self.members:
-            probs = class_probabilities(member(x).float())
+            probs = class_probabilities(member(x).float(), self.head)
             total = probs if total is None else total + probs
-        return logits_from_probabilities(total / len(self.members), self.output)
+        return logits_from_probabilities(total / len(self.members), self.head)
 
 
 def predict_folder(

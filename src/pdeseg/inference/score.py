@@ -144,7 +144,7 @@ def _score_slices(predictor: Predictor, cases: list[CachedCase], loss_fn, batch_
         if loss_fn is not None:
             total += float(loss_fn(logits, y)) * y.shape[0]
             count += y.shape[0]
-        pred, (y, keep) = predicted_classes(logits), split_ignored(y)  # outside a field of view: not scored
+        pred, (y, keep) = predicted_classes(logits, predictor.head), split_ignored(y)  # outside a field of view: not scored
         acc.update(pred if keep is None else pred * keep, y, list(batch["case"]))
     return Scores(acc.per_case(), total / count if count else None, units=len(loader.dataset))
 
@@ -162,7 +162,7 @@ def _score_volumes(predictor: Predictor, cases: list[CachedCase], loss_fn, with_
         if loss_fn is not None:
             target = label.astype(np.int64) if outside is None else np.where(outside, IGNORE_LABEL, label)
             losses.append(float(loss_fn(logits, torch.from_numpy(target)[None])))
-        classes = predicted_classes(logits)[0].numpy().astype(np.uint8)
+        classes = predicted_classes(logits, predictor.head)[0].numpy().astype(np.uint8)
         if outside is not None:  # outside the field of view nothing is scored
             classes[outside], label = 0, np.where(outside, 0, label).astype(label.dtype)
         row = {"case": case.case_id, **rules.case_metrics(classes, label, case.meta["spacing"], with_hd95,

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pdeseg.nn.output import class_probabilities
+from pdeseg.nn.output import OutputHead, class_probabilities
 from pdeseg.nn.pde.stencils import check_spacing, forward_gradient, laplacian
 
 
@@ -143,11 +143,12 @@ def mean_per_voxel(integrals: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
 TARGET_CHANNELS = ("classes", "union")
 
 
-def foreground_probabilities(logits: torch.Tensor, channels: str = "classes") -> torch.Tensor:
+def foreground_probabilities(logits: torch.Tensor, channels: str = "classes", head: OutputHead | None = None) -> torch.Tensor:
     """``(B, K, *S)`` logits -> ``(B, C - 1, *S)`` probabilities of the foreground classes
-    (softmax channels 1..C-1, or ``sigmoid(z)`` for a one-channel head), or with
-    ``channels="union"`` ``(B, 1, *S)``: ``1 - P(background)``."""
-    p = class_probabilities(logits)
+    (softmax channels 1..C-1, ``sigmoid(z)`` for a one-channel head, the chain's class
+    probabilities for a region ``head``), or with ``channels="union"`` ``(B, 1, *S)``:
+    ``1 - P(background)``."""
+    p = class_probabilities(logits, head)
     if channels == "union":
         return p[:, 1:] if p.shape[1] == 2 else 1 - p[:, :1]
     return p[:, 1:]
@@ -165,19 +166,20 @@ class TotalVariationLoss(nn.Module):
     Args:
         eps: smoothing ``e`` (in probability per voxel), ``> 0``.
         channels: ``classes`` or ``union`` (see :data:`TARGET_CHANNELS`).
+        head: the output head (set by the run, not a config option).
 
     Shapes:
         ``logits (B, K, *S)``, ``target`` unused -> scalar.
     """
 
-    def __init__(self, eps: float = 0.01, channels: str = "classes"):
+    def __init__(self, eps: float = 0.01, channels: str = "classes", head: OutputHead | None = None):
         super().__init__()
         if not eps > 0:
             raise ValueError(f"tv eps must be > 0, got {eps}")
-        self.eps, self.channels = float(eps), _check_channels(channels, "tv")
+        self.eps, self.channels, self.head = float(eps), _check_channels(channels, "tv"), head
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        p = foreground_probabilities(logits, self.channels)
+        p = foreground_probabilities(logits, self.channels, self.head)
         return mean_per_voxel(total_variation(p, None, self.eps), p)
 
 
@@ -187,19 +189,20 @@ class PhaseFieldLoss(nn.Module):
     Args:
         eps: interface width ``eps`` in voxels, ``> 0``.
         channels: ``classes`` or ``union`` (see :data:`TARGET_CHANNELS`).
+        head: the output head (set by the run, not a config option).
 
     Shapes:
         ``logits (B, K, *S)``, ``target`` unused -> scalar.
     """
 
-    def __init__(self, eps: float = 1.0, channels: str = "classes"):
+    def __init__(self, eps: float = 1.0, channels: str = "classes", head: OutputHead | None = None):
         super().__init__()
         if not eps > 0:
             raise ValueError(f"phase_field eps must be > 0, got {eps}")
-        self.eps, self.channels = float(eps), _check_channels(channels, "phase_field")
+        self.eps, self.channels, self.head = float(eps), _check_channels(channels, "phase_field"), head
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        p = foreground_probabilities(logits, self.channels)
+        p = foreground_probabilities(logits, self.channels, self.head)
         return mean_per_voxel(phase_field_energy(p, self.eps), p)
 
 
@@ -212,12 +215,14 @@ class ReactionDiffusionLoss(nn.Module):
         a: the reaction's parameter (Allen–Cahn threshold in (0, 1), Fisher–KPP rate > 0).
         reaction: ``allen_cahn`` or ``fisher_kpp``.
         channels: ``classes`` or ``union`` (see :data:`TARGET_CHANNELS`).
+        head: the output head (set by the run, not a config option).
 
     Shapes:
         ``logits (B, K, *S)``, ``target`` unused -> scalar.
     """
 
-    def __init__(self, diffusion: float = 1.0, a: float = 0.5, reaction: str = "allen_cahn", channels: str = "classes"):
+    def __init__(self, diffusion: float = 1.0, a: float = 0.5, reaction: str = "allen_cahn", channels: str = "classes",
+                 head: OutputHead | None = None):
         super().__init__()
         if not diffusion > 0:
             raise ValueError(f"reaction_diffusion diffusion must be > 0, got {diffusion}")
@@ -228,10 +233,10 @@ class ReactionDiffusionLoss(nn.Module):
         if reaction == "fisher_kpp" and not a > 0:
             raise ValueError(f"the Fisher–KPP rate a must be > 0, got {a}")
         self.diffusion, self.a, self.kind = float(diffusion), float(a), reaction
-        self.channels = _check_channels(channels, "reaction_diffusion")
+        self.channels, self.head = _check_channels(channels, "reaction_diffusion"), head
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        p = foreground_probabilities(logits, self.channels)
+        p = foreground_probabilities(logits, self.channels, self.head)
         return reaction_diffusion_residual(p, self.diffusion, self.a, self.kind).pow(2).mean()
 
 

@@ -1,73 +1,233 @@
 """How network logits become class probabilities and labels: the one place that knows
-about softmax (``C`` channels) versus sigmoid (one channel for a binary task).
+about the three heads.
 
-A logits tensor ``(B, K, *spatial)`` with ``K == 1`` is a sigmoid head for two classes
-(``p(foreground) = sigmoid(z)``); with ``K >= 2`` a softmax head over ``K`` classes. Losses,
-metrics, prediction and figures all go through these functions, so binary tasks need
-no special cases elsewhere.
+* ``softmax``: ``K = C`` channels, ``P = softmax(z)``, label = argmax.
+* ``sigmoid``: one channel for a binary task, ``P = [1 - sigmoid(z), sigmoid(z)]``, label =
+  ``z > 0``.
+* ``regions``: one sigmoid channel per region of a *nested* chain of regions (BraTS
+  ``WT ⊃ TC ⊃ ET``), each region one class larger than the next, the outermost every class
+  but background. Channel ``k`` is the probability of region ``k`` *given* region ``k - 1``
+  (``q_k = sigmoid(z_k)``), so the region probabilities
+
+      ``m_k = P(R_k) = q_1 q_2 ... q_k``
+
+  are nested by construction (``m_1 >= m_2 >= ...``), and the class probabilities are a proper
+  distribution: ``P(background) = 1 - m_1``, ``P(own class of R_k) = m_k - m_{k+1}`` (the
+  own class of ``R_k`` is the one class in ``R_k`` but not in ``R_{k+1}``; the innermost
+  region's own class is all of it). The label map is rebuilt the BraTS way, region by region:
+  each voxel takes the own class of the innermost region with ``m_k > 0.5`` (background where
+  ``m_1 <= 0.5``). This is not the argmax of the class probabilities (``m = (0.6, 0.35, 0.2)``
+  is ED by regions, but its class probabilities 0.4, 0.25, 0.15, 0.2 make background the
+  argmax); it is what the region losses train.
+  Because ``m_k`` is a sum of class probabilities, averaging class probabilities (test-time
+  augmentation, ensembles) averages region probabilities, and the rule applies unchanged.
+
+Losses, metrics, prediction and figures all go through these functions with the run's
+:class:`OutputHead` (or, for the first two heads, with none: a one-channel logits tensor is a
+sigmoid head, more channels a softmax head).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Union
+
 import torch
+import torch.nn.functional as F
+
+from pdeseg.config import OUTPUTS
 
 
-def output_channels(num_classes: int, output: str = "softmax") -> int:
-    """Logit channels of a head: ``num_classes`` for softmax, 1 for a binary sigmoid.
+@dataclass(frozen=True)
+class OutputHead:
+    """What a network's logit channels mean.
+
+    Attributes:
+        kind: ``softmax``, ``sigmoid`` or ``regions``.
+        num_classes: ``C``, the classes of the label maps.
+        regions: ``regions`` only: the nested chain, outermost first, as class-id tuples.
+        region_names: their names (``WT``, ``TC``, ``ET``).
+        levels: ``regions`` only: the class of each depth, ``levels[0]`` background and
+            ``levels[k]`` the own class of region ``k`` (1-based), a tuple of ``K + 1`` ids.
+    """
+
+    kind: str
+    num_classes: int
+    regions: tuple[tuple[int, ...], ...] = ()
+    region_names: tuple[str, ...] = ()
+    levels: tuple[int, ...] = ()
+
+    @property
+    def channels(self) -> int:
+        """Logit channels ``K``."""
+        return {"softmax": self.num_classes, "sigmoid": 1, "regions": len(self.regions)}[self.kind]
+
+
+HeadLike = Union[OutputHead, str, None]
+
+
+def make_head(output: str, num_classes: int, regions: Mapping[str, Sequence[int]] | None = None) -> OutputHead:
+    """The :class:`OutputHead` of ``output`` for ``num_classes`` classes and the data set's
+    ``regions`` (name -> class ids; used by ``regions`` only, sorted outermost first).
 
     Raises:
-        ValueError: sigmoid with ``num_classes != 2``, or an unknown ``output``.
+        ValueError: an unknown ``output``; sigmoid with ``num_classes != 2``; ``regions``
+            whose regions are missing or do not form a chain in which each region holds one
+            class more than the next and the outermost all but one class.
     """
     if output == "softmax":
-        return num_classes
+        return OutputHead("softmax", num_classes)
     if output == "sigmoid":
         if num_classes != 2:
             raise ValueError(f"a sigmoid head is for 2 classes, got num_classes={num_classes}")
-        return 1
-    raise ValueError(f"output must be softmax or sigmoid, got {output!r}")
+        return OutputHead("sigmoid", 2)
+    if output != "regions":
+        raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
+    if not regions:
+        raise ValueError("output: regions needs a data set that defines regions (e.g. BraTS WT, TC, ET); this one defines none")
+    named = sorted(((name, tuple(sorted(set(int(c) for c in ids)))) for name, ids in regions.items()), key=lambda r: -len(r[1]))
+    sets = [set(ids) for _, ids in named]
+    everything = set(range(num_classes))
+    outer_missing = everything - sets[0]
+    if not sets[0] <= everything or len(outer_missing) != 1:
+        raise ValueError(f"output: regions needs an outermost region with every class but background; "
+                         f"{named[0][0]} holds {sorted(sets[0])} of classes 0..{num_classes - 1}")
+    levels = [outer_missing.pop()]
+    for (name, ids), (inner_name, _), s, inner in zip(named, named[1:], sets, sets[1:]):
+        if not inner < s or len(s - inner) != 1:
+            raise ValueError(f"output: regions needs nested regions, each one class larger than the next; "
+                             f"{inner_name} {sorted(inner)} is not {name} {sorted(s)} less one class")
+        levels.append(next(iter(s - inner)))
+    if len(sets) > 1 and len(sets[-1]) != 1 or len(sets) == 1 and len(sets[0]) != 1:
+        raise ValueError(f"output: regions needs an innermost region of one class; {named[-1][0]} holds {sorted(sets[-1])}")
+    levels.append(next(iter(sets[-1])))
+    if len(levels) != num_classes:
+        raise ValueError(f"output: regions {', '.join(n for n, _ in named)} cover {len(levels)} of {num_classes} classes")
+    return OutputHead("regions", num_classes, tuple(ids for _, ids in named), tuple(n for n, _ in named), tuple(levels))
 
 
-def num_classes_of(logits: torch.Tensor) -> int:
-    """Classes represented by ``logits (B, K, ...)``: 2 for ``K == 1``, else ``K``."""
+def head_of(spec: Any) -> OutputHead:
+    """The head of a preprocessing spec (anything with ``output``, ``num_classes``, ``regions``)."""
+    return make_head(getattr(spec, "output", "softmax"), spec.num_classes, getattr(spec, "regions", None))
+
+
+def _resolve(head: HeadLike, logits_or_probs: torch.Tensor | None = None, num_classes: int | None = None) -> OutputHead:
+    if isinstance(head, OutputHead):
+        return head
+    if head is None:
+        k = logits_or_probs.shape[1]
+        return OutputHead("sigmoid", 2) if k == 1 else OutputHead("softmax", k)
+    c = num_classes if num_classes is not None else logits_or_probs.shape[1]
+    return make_head(head, c)
+
+
+def output_channels(num_classes: int, output: str = "softmax", regions: Mapping[str, Sequence[int]] | None = None) -> int:
+    """Logit channels of a head: ``num_classes`` for softmax, 1 for a binary sigmoid, one per
+    region for ``regions``.
+
+    Raises:
+        ValueError: see :func:`make_head`.
+    """
+    return make_head(output, num_classes, regions).channels
+
+
+def num_classes_of(logits: torch.Tensor, head: HeadLike = None) -> int:
+    """Classes represented by ``logits (B, K, ...)``: 2 for ``K == 1``, else ``K`` (or the head's)."""
+    if isinstance(head, OutputHead):
+        return head.num_classes
     return 2 if logits.shape[1] == 1 else logits.shape[1]
 
 
-def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
+def _float(logits: torch.Tensor) -> torch.Tensor:
+    return logits if logits.dtype == torch.float64 else logits.float()  # bf16/fp16 autocast outputs promoted
+
+
+def log_region_probabilities(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Region-head logits ``(B, K, *S)`` -> ``(log m, log(1 - m))``, each ``(B, K, *S)``, with
+    ``log m_k = sum_{j<=k} log sigmoid(z_j)`` (computed in log space, so a confident region
+    never rounds to 0 or 1)."""
+    z = _float(logits)
+    log_m = F.logsigmoid(z).cumsum(dim=1)
+    # log(1 - exp(a)) for a <= 0, stable at both ends (Maechler's log1mexp)
+    a = log_m.clamp(max=-torch.finfo(z.dtype).tiny)
+    log_not = torch.where(a > -0.6931471805599453, torch.log(-torch.expm1(a)), torch.log1p(-torch.exp(a)))
+    return log_m, log_not
+
+
+def region_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Region-head logits ``(B, K, *S)`` -> nested region probabilities ``m (B, K, *S)``."""
+    return torch.sigmoid(_float(logits)).cumprod(dim=1)
+
+
+def class_probabilities(logits: torch.Tensor, head: HeadLike = None) -> torch.Tensor:
     """``(B, K, *S)`` logits -> ``(B, C, *S)`` class probabilities summing to 1 over ``C``.
 
-    Sigmoid head: ``[1 - sigmoid(z), sigmoid(z)]``; softmax head: ``softmax(z)``.
+    Sigmoid head: ``[1 - sigmoid(z), sigmoid(z)]``; softmax head: ``softmax(z)``; region
+    head: the chain of the module docstring.
     """
-    if logits.dtype != torch.float64:
-        logits = logits.float()  # at least float32 (bf16/fp16 autocast outputs are promoted)
-    if logits.shape[1] == 1:
-        p = torch.sigmoid(logits)
+    h = _resolve(head, logits)
+    z = _float(logits)
+    if h.kind == "sigmoid":
+        p = torch.sigmoid(z)
         return torch.cat([1 - p, p], dim=1)
-    return logits.softmax(dim=1)
+    if h.kind == "softmax":
+        return z.softmax(dim=1)
+    m = region_probabilities(z)
+    ones = torch.ones_like(m[:, :1])
+    outer = torch.cat([ones, m], dim=1)  # m_0 = 1
+    inner = torch.cat([m, torch.zeros_like(ones)], dim=1)  # m_{K+1} = 0
+    per_level = outer - inner  # (B, K + 1, *S): P(level k)
+    out = torch.empty_like(per_level)
+    out[:, list(h.levels)] = per_level
+    return out
 
 
-def logits_from_probabilities(probs: torch.Tensor, output: str = "softmax") -> torch.Tensor:
+def regions_from_class_probabilities(probs: torch.Tensor, head: OutputHead) -> torch.Tensor:
+    """``(B, C, *S)`` class probabilities -> ``(B, K, *S)`` region probabilities (sums over
+    each region's classes)."""
+    return torch.stack([probs[:, list(ids)].sum(dim=1) for ids in head.regions], dim=1)
+
+
+def logits_from_probabilities(probs: torch.Tensor, head: HeadLike = "softmax") -> torch.Tensor:
     """Inverse of :func:`class_probabilities`: ``(B, C, *S)`` class probabilities -> logits of
-    the head ``output`` (``log p`` for softmax, ``(B, C, *S)``; ``log(p1 / p0)`` for a binary
-    sigmoid head, ``(B, 1, *S)``), so that ``class_probabilities`` of the result gives ``probs``
-    back (up to the clamp of probabilities at the smallest float32 number, which keeps every
-    logit finite).
+    the head (``log p`` for softmax, ``(B, C, *S)``; ``log(p1 / p0)`` for a binary sigmoid
+    head, ``(B, 1, *S)``; for a region head ``z_k = logit(m_k / m_{k-1})``, ``(B, K, *S)``), so
+    that ``class_probabilities`` of the result gives ``probs`` back (up to the clamp of
+    probabilities at the smallest float32 number, which keeps every logit finite).
 
     Raises:
-        ValueError: an unknown ``output``, or a sigmoid head with ``C != 2``.
+        ValueError: an unknown head, or a sigmoid head with ``C != 2``.
     """
-    logp = probs.float().clamp_min(torch.finfo(torch.float32).tiny).log()
-    if output == "softmax":
+    h = _resolve(head, probs)
+    tiny = torch.finfo(torch.float32).tiny
+    if h.kind == "regions":
+        m = regions_from_class_probabilities(probs.float(), h).clamp(tiny, 1.0)
+        prev = torch.cat([torch.ones_like(m[:, :1]), m[:, :-1]], dim=1)
+        q = (m / prev.clamp_min(tiny)).clamp(tiny, 1.0)
+        return q.log() - (1 - q).clamp_min(tiny).log()
+    logp = probs.float().clamp_min(tiny).log()
+    if h.kind == "softmax":
         return logp
-    if output == "sigmoid":
-        if probs.shape[1] != 2:
-            raise ValueError(f"a sigmoid head has 2 class probabilities, got {probs.shape[1]}")
-        return logp[:, 1:2] - logp[:, 0:1]
-    raise ValueError(f"output must be softmax or sigmoid, got {output!r}")
+    if probs.shape[1] != 2:
+        raise ValueError(f"a sigmoid head has 2 class probabilities, got {probs.shape[1]}")
+    return logp[:, 1:2] - logp[:, 0:1]
 
 
-def predicted_classes(logits: torch.Tensor) -> torch.Tensor:
-    """``(B, K, *S)`` logits -> ``(B, *S)`` int64 labels (``z > 0`` for a sigmoid head,
-    argmax otherwise)."""
-    if logits.shape[1] == 1:
+def labels_from_region_probabilities(m: torch.Tensor, head: OutputHead, threshold: float = 0.5) -> torch.Tensor:
+    """Nested region probabilities ``(B, K, *S)`` -> ``(B, *S)`` int64 labels: the own class of
+    the innermost region above ``threshold`` (background where none is)."""
+    depth = (m > threshold).long()
+    depth = depth.cumprod(dim=1).sum(dim=1)  # innermost k with every region up to k above threshold
+    return torch.tensor(head.levels, device=m.device)[depth]
+
+
+def predicted_classes(logits: torch.Tensor, head: HeadLike = None) -> torch.Tensor:
+    """``(B, K, *S)`` logits -> ``(B, *S)`` int64 labels (``z > 0`` for a sigmoid head, argmax
+    for softmax, the region rule of the module docstring for a region head)."""
+    h = _resolve(head, logits)
+    if h.kind == "sigmoid":
         return (logits[:, 0] > 0).long()
-    return logits.argmax(dim=1)
+    if h.kind == "softmax":
+        return logits.argmax(dim=1)
+    return labels_from_region_probabilities(region_probabilities(logits), h)

@@ -189,7 +189,7 @@ def _train(exp: Experiment, model_cfg: ModelConfig, run_dir: Path, device: torch
     channels_last = t.channels_last and spec.spatial_dims == 2
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    loss_fn = build_loss(cfg.loss).to(device)
+    loss_fn = build_loss(cfg.loss, exp.head).to(device)
     optimizer = build_optimizer(t, model)
     scheduler = build_scheduler(t, optimizer, steps_per_epoch(len(train_set), t.batch_size, world))
     meta = checkpoint_meta(exp, model_cfg, model)
@@ -202,7 +202,7 @@ def _train(exp: Experiment, model_cfg: ModelConfig, run_dir: Path, device: torch
 
     trainer = Trainer(model, loss_fn, optimizer, scheduler, train_set, validate if val_cases else None, scoring_rules(spec),
                       run_dir, t, meta, device, precision, rank, world, channels_last, cfg.data.num_workers, progress,
-                      model_cfg.name)
+                      model_cfg.name, exp.head)
     if state is not None:
         trainer.load_state(state)
         log.info("resuming %s from epoch %d", run_dir, trainer.epoch)

@@ -36,7 +36,7 @@ from pdeseg.inference.score import Scores
 from pdeseg.losses.composite import main_logits
 from pdeseg.losses.segmentation import split_ignored
 from pdeseg.metrics.segmentation import ScoringRules
-from pdeseg.nn.output import predicted_classes
+from pdeseg.nn.output import OutputHead, predicted_classes
 from pdeseg.progress import track
 from pdeseg.runtime import autocast, barrier, rng_state, set_rng_state
 
@@ -107,17 +107,20 @@ class Trainer:
         device, precision: resolved device and precision.
         rank, world: this process's rank and the number of processes.
         channels_last: feed 2D batches in channels-last memory format (the model already is).
+        head: what the logit channels mean (None: inferred from their number, softmax or sigmoid).
     """
 
     def __init__(self, model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, scheduler, train_set: Dataset,
                  validate: Callable[[nn.Module], Scores] | None, rules: ScoringRules, run_dir: Path, settings: TrainConfig,
                  meta: dict[str, Any], device: torch.device, precision: str, rank: int = 0, world: int = 1,
-                 channels_last: bool = False, num_workers: int = 0, progress: bool = True, name: str = "model"):
+                 channels_last: bool = False, num_workers: int = 0, progress: bool = True, name: str = "model",
+                 head: OutputHead | None = None):
         self.model, self.loss_fn, self.optimizer, self.scheduler = model, loss_fn, optimizer, scheduler
         self.train_set, self.validate, self.rules = train_set, validate, rules
         self.run_dir, self.t, self.meta = Path(run_dir), settings, meta
         self.device, self.precision, self.rank, self.world = device, precision, rank, world
         self.num_workers, self.progress, self.name = num_workers, progress, name
+        self.head = head
         self.channels_last = channels_last
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
         self.epoch, self.global_step, self.best_score, self.best_epoch = 0, 0, -math.inf, -1
@@ -186,7 +189,7 @@ class Trainer:
             if self.scheduler is not None:
                 self.scheduler.step()
             self.global_step += 1
-            pred, (target, keep) = predicted_classes(logits), split_ignored(target)
+            pred, (target, keep) = predicted_classes(logits, self.head), split_ignored(target)
             acc.update(pred if keep is None else pred * keep, target, list(batch["case"]))
             running += loss.item() * logits.shape[0]
             seen += logits.shape[0]
