@@ -139,12 +139,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pdeseg.inference.evaluate import evaluate_checkpoint, summary_markdown
 
-    out = args.out or str(Path(args.checkpoint).parent / f"eval_{args.split}_{args.scope}")
+    first = Path(args.checkpoint[0])
+    single = len(args.checkpoint) == 1 and not first.is_dir()
+    out = args.out or str((first.parent if single else first if first.is_dir() else first.parent) / f"eval_{args.split}_{args.scope}")
     summary = evaluate_checkpoint(
-        args.checkpoint, out, args.data, args.split, args.scope, args.hd95, args.device, args.precision,
+        args.checkpoint if len(args.checkpoint) > 1 else args.checkpoint[0], out, args.data, args.split, args.scope, args.hd95, args.device, args.precision,
         args.save_predictions, progress=not args.no_progress, figures=args.figures,
         figure_cases=args.figure_cases.split(",") if args.figure_cases else None,
         overlap=args.overlap, tta=args.tta, stitch=args.stitch, surface_tolerance_mm=args.surface_tolerance,
+        postprocess=not args.no_postprocess,
     )
     print(summary_markdown(summary))
     print(f"per-case metrics: {Path(out) / 'per_case.csv'}\nsummary: {Path(out) / 'summary.json'}")
@@ -160,7 +163,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     report = predict_folder(args.checkpoint, args.input, args.output, args.device, args.precision, args.batch_size,
                             progress=not args.no_progress, overwrite=args.overwrite, overlap=args.overlap, tta=args.tta,
-                            stitch=args.stitch, convention=args.label_convention, mask_format=args.mask_format)
+                            stitch=args.stitch, postprocess=not args.no_postprocess, convention=args.label_convention,
+                            mask_format=args.mask_format)
     if not report.written:
         log.error("no segmentation written: every case was skipped (%s)", report.summary())
         return 2
@@ -169,6 +173,38 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"skipped {len(report.skipped)} case(s) that could not be read or segmented: {', '.join(report.skipped)} (reasons logged above)")
         return 1
     return 0
+
+
+def cmd_crossval(args: argparse.Namespace) -> int:
+    from pdeseg.experiments.crossval import rescore_crossval
+
+    result = rescore_crossval(args.cv_dir, args.name, args.tta, args.min_component_fraction, args.min_innermost_voxels,
+                              args.against, args.data, progress=not args.no_progress)
+    print((result.out_dir / "summary.md").read_text())
+    print(f"per-case metrics: {result.out_dir / 'oof_cases.csv'}")
+    return 0
+
+
+def _innermost(text: str):
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1 or auto, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}")
+    return value
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -285,6 +321,9 @@ def _add_inference_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average the class probabilities over every mirroring of the spatial "
                         "axes (4 passes for 2D slices, 8 for 3D)")
+    s.add_argument("--no-postprocess", action="store_true",
+                   help="leave out the post-processing the checkpoint's config names (postprocess: main components, "
+                        "small innermost region)")
     s.add_argument("--stitch", choices=STITCH_MODES, default="auto",
                    help="where sliding-window outputs are added up: on the GPU (device), in main memory (cpu, for "
                         "volumes too large for the GPU), or auto (the GPU when the output fits in its free memory)")
@@ -391,8 +430,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("evaluate", help="score a checkpoint on a split or folder")
-    s.add_argument("--checkpoint", required=True)
+    s = sub.add_parser("crossval", help="score the out-of-fold cases of a finished train --folds again with test-time "
+                                        "augmentation or post-processing; paired tests against another table")
+    s.add_argument("cv_dir", help="the cv<K> folder of pdeseg train --folds K")
+    s.add_argument("--name", required=True, help="sub-folder of cv_dir for this variant's oof_cases.csv and summary.md")
+    s.add_argument("--tta", action="store_true", help="mirror test-time augmentation (the fold models segment again)")
+    s.add_argument("--min-component-fraction", type=_fraction, metavar="F",
+                   help="remove foreground components smaller than F times the largest (0 < F <= 1)")
+    s.add_argument("--min-innermost-voxels", type=_innermost, metavar="N|auto",
+                   help="relabel the innermost region (BraTS ET -> NCR) when under N voxels; auto: N chosen per fold "
+                        "on the other folds' cases")
+    s.add_argument("--against", metavar="PATH",
+                   help="reference oof_cases.csv (or its folder) for the paired tests (default: the cross-validation's)")
+    s.add_argument("--data", help="data folder (default: the one the runs were trained on)")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_crossval)
+
+    s = sub.add_parser("evaluate", help="score a checkpoint (or an ensemble) on a split or folder")
+    s.add_argument("--checkpoint", required=True, nargs="+", metavar="CKPT",
+                   help="a checkpoint; several, or a folder of runs (every best.pt below it), for an ensemble whose "
+                        "class probabilities are averaged (then with --split all --data FOLDER)")
     s.add_argument("--data", help="BraTS folder (default: the one the model was trained on)")
     s.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     s.add_argument("--scope", default="volume", choices=["volume", "slices"],

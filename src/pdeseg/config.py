@@ -276,6 +276,14 @@ class LossConfig(Section):
         return self
 
 
+class PostprocessConfig(Section):
+    """Rules applied to whole-case label maps after prediction (:mod:`pdeseg.inference.postprocess`);
+    None: off."""
+
+    min_component_fraction: Annotated[float, Field(gt=0, le=1)] | None = None  # drop foreground islands < f x largest
+    min_innermost_voxels: PositiveInt | None = None  # innermost region (BraTS ET) under n voxels -> next class (NCR)
+
+
 class TrainConfig(Section):
     epochs: PositiveInt = 10
     batch_size: PositiveInt = 8
@@ -342,6 +350,7 @@ class ExperimentConfig(Section):
     loss: LossConfig = Field(default_factory=LossConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     ablation: AblationConfig | None = None  # named variants for pdeseg ablate
+    postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)  # applied by predict and evaluate
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (YAML/JSON-ready), as saved with every run."""

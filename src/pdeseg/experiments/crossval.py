@@ -11,8 +11,16 @@ k-fold gives every case one out-of-fold prediction. For each model of the config
 * each fold's ``best.pt`` segments its own test cases whole (volume scope, HD95 on), so every
   case is scored exactly once, by a model that never saw it.
 
-Outputs in ``<out>``: ``folds.json``, ``oof_cases.csv`` (one row per case: fold and metrics)
-and ``summary.md`` (mean ± sd over cases with a t 95 % interval, and each fold's mean Dice).
+Outputs in ``<out>``: ``folds.json``, ``oof_cases.csv`` (one row per case: fold and metrics),
+``summary.md`` (mean ± sd over cases with a t 95 % interval, and each fold's mean Dice) and
+``predictions/<case>.npz`` (each case's out-of-fold label map, before any post-processing).
+
+:func:`rescore_crossval` (``pdeseg crossval DIR``) then measures inference-time choices on the
+same out-of-fold cases without training again: test-time augmentation (the fold models run
+again), the post-processing rules of :mod:`pdeseg.inference.postprocess` (on the saved label
+maps), and a paired comparison with another out-of-fold table (``--against``). The small-ET
+threshold can be chosen per fold on the *other* folds' cases (``auto``), so no case takes part
+in choosing the rule applied to it.
 """
 
 from __future__ import annotations
@@ -106,13 +114,31 @@ def run_crossval(cfg: ExperimentConfig, model_cfg: ModelConfig, out_dir: str | P
         data = PreparedData(split, everything.cached)
         run_dir = out / f"fold{i}"
         train_or_resume(exp.cfg, model_cfg, run_dir, data, progress, exp)
-        predictor = Predictor.from_checkpoint(run_dir / "best.pt", precision=exp.cfg.train.precision)
-        scored = score(predictor, data.cases("test"), "volume", with_hd95=True, progress=progress)
+        predictor = Predictor.from_checkpoint(run_dir / "best.pt", precision=exp.cfg.train.precision, postprocess=False)
+        scored = score(predictor, data.cases("test"), "volume", with_hd95=True, progress=progress,
+                       each_case=lambda case, classes: save_labels(out / PREDICTIONS / f"{case.case_id}.npz", classes))
         result.rows += [{"case": r["case"], "fold": i, **{k: v for k, v in r.items() if k != "case"}} for r in scored.rows]
     result.rows.sort(key=lambda r: r["case"])
     write_csv(out / "oof_cases.csv", result.rows)
     (out / "summary.md").write_text(summary_markdown(result, model_cfg.name))
+    post = exp.cfg.postprocess
+    if post.min_component_fraction is not None or post.min_innermost_voxels is not None:
+        rescore_crossval(out, "postprocessed", min_component_fraction=post.min_component_fraction,
+                         min_innermost_voxels=post.min_innermost_voxels, progress=progress)
     return result
+
+
+def save_labels(path: Path, classes: np.ndarray) -> None:
+    """A label map as a compressed ``.npz`` (key ``classes``), written through a temporary name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, classes=np.asarray(classes, dtype=np.uint8))
+    tmp.replace(path)
+
+
+def load_labels(path: Path) -> np.ndarray:
+    with np.load(path) as f:
+        return f["classes"]
 
 
 def summary_markdown(result: CrossValResult, model: str) -> str:
@@ -127,4 +153,176 @@ def summary_markdown(result: CrossValResult, model: str) -> str:
             lines.append(f"| {key} | {format_mean_ci(ci, unit='case')} |")
     per_fold = [np.mean([r["dice_mean"] for r in result.rows if r["fold"] == i]) for i in range(k)]
     lines += ["", "Mean Dice per fold: " + ", ".join(f"fold {i} {d:.3f}" for i, d in enumerate(per_fold))]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------
+# inference-time choices measured out of fold
+# --------------------------------------------------------------------------------------
+
+PREDICTIONS = "predictions"
+#: Metrics compared by :func:`rescore_crossval` when present (per-region Dice and HD95 first).
+COMPARED = ("dice_WT", "dice_TC", "dice_ET", "hd95_WT", "hd95_TC", "hd95_ET", "dice_mean", "hd95_mean")
+
+
+@dataclass
+class Rescored:
+    """What :func:`rescore_crossval` measured: per-case rows, the paired comparisons with the
+    reference table, and the small-innermost thresholds used per fold."""
+
+    out_dir: Path
+    rows: list[dict[str, Any]]
+    comparisons: list[Any]
+    thresholds: list[int | None]
+    against: str
+
+
+def _fold_predictor(cv_dir: Path, i: int, tta: bool) -> Predictor:
+    ckpt = cv_dir / f"fold{i}" / "best.pt"
+    if not ckpt.is_file():
+        raise ConfigError(f"{ckpt} not found: run the cross-validation to the end first (pdeseg train --folds K)")
+    return Predictor.from_checkpoint(ckpt, tta=tta, postprocess=False)
+
+
+def _read_rows(path: Path) -> dict[str, dict[str, Any]]:
+    import csv
+
+    with path.open() as fh:
+        rows = list(csv.DictReader(fh))
+    out = {}
+    for r in rows:
+        out[r["case"]] = {k: (float(v) if k not in ("case", "domain") and v not in ("", None) else v) for k, v in r.items()}
+    return out
+
+
+def reference_table(path: str | Path) -> Path:
+    """The ``oof_cases.csv`` meant by ``path``: the file itself, or the one in a folder."""
+    p = Path(path)
+    table = p / "oof_cases.csv" if p.is_dir() else p
+    if not table.is_file():
+        raise ConfigError(f"{path}: no oof_cases.csv there (give a cross-validation folder, a rescored folder or the csv)")
+    return table
+
+
+def rescore_crossval(cv_dir: str | Path, name: str, tta: bool = False, min_component_fraction: float | None = None,
+                     min_innermost_voxels: int | str | None = None, against: str | Path | None = None,
+                     data_root: str | None = None, progress: bool = True) -> Rescored:
+    """Score the out-of-fold cases of a finished cross-validation again with inference-time
+    choices, into ``<cv_dir>/<name>/`` (``oof_cases.csv``, ``summary.md``).
+
+    Args:
+        cv_dir: the ``cv<K>`` folder of ``pdeseg train --folds K``.
+        name: the sub-folder for this variant.
+        tta: mirror test-time augmentation (each fold's model segments its cases again);
+            otherwise the saved ``predictions/`` are used (or, where a case has none, its
+            fold's model segments it again without augmentation).
+        min_component_fraction: see :class:`~pdeseg.inference.postprocess.PostProcessing`.
+        min_innermost_voxels: a whole number, or ``"auto"``: for fold ``i`` the threshold that
+            maximises the innermost region's mean Dice over the other folds' cases
+            (:func:`~pdeseg.inference.postprocess.choose_min_innermost_voxels`).
+        against: the reference table for the paired comparisons (a folder with
+            ``oof_cases.csv`` or the csv); default the cross-validation's own.
+        data_root: the data folder, if not the one the runs were trained on.
+
+    Raises:
+        ConfigError: no finished cross-validation at ``cv_dir``, a bad option, a reference
+            table without these cases.
+    """
+    from pdeseg.data.sampling import case_volume
+    from pdeseg.data.setup import cached_cases
+    from pdeseg.experiments.stats import paired_comparison
+    from pdeseg.inference.postprocess import PostProcessing, choose_min_innermost_voxels, region_chain
+    from pdeseg.inference.score import scoring_rules
+    from pdeseg.nn.output import predicted_classes
+    from pdeseg.progress import track
+
+    cv = Path(cv_dir)
+    if not (cv / "folds.json").is_file():
+        raise ConfigError(f"{cv}: not a cross-validation folder (no folds.json); give the cv<K> folder of pdeseg train --folds K")
+    if not name or "/" in name or name in (PREDICTIONS, ".", "..") or name.startswith("fold"):
+        raise ConfigError(f"--name {name!r}: give a plain folder name other than {PREDICTIONS} and fold*")
+    auto = min_innermost_voxels == "auto"
+    if not auto and min_innermost_voxels is not None and (isinstance(min_innermost_voxels, (bool, str))
+                                                          or int(min_innermost_voxels) < 1):
+        raise ConfigError(f"--min-innermost-voxels must be a whole number >= 1 or auto, got {min_innermost_voxels!r}")
+    fixed = PostProcessing(min_component_fraction, None if auto else min_innermost_voxels)
+    folds = json.loads((cv / "folds.json").read_text())
+    ref_path = reference_table(against if against is not None else cv)
+    reference = _read_rows(ref_path)
+
+    cases: dict[str, tuple[int, Any, np.ndarray]] = {}  # case -> (fold, cached case, classes after the fixed rules)
+    rules = chain = None
+    spec = None
+    for i, fold in enumerate(folds):
+        predictor = _fold_predictor(cv, i, tta)
+        spec = predictor.spec
+        rules = scoring_rules(spec)
+        data_cfg = predictor.config.get("data", {})
+        root = data_root or data_cfg.get("root")
+        if not root:
+            raise ConfigError("no data folder: pass --data (the runs' config names none)")
+        entries = cached_cases(root, spec, data_cfg.get("cache_dir", "~/.cache/pdeseg"), list(fold["test"]), progress,
+                               data_cfg.get("format_options") if root == data_cfg.get("root") else None)
+        for _, entry in track(entries, f"fold {i}", "case", enabled=progress):
+            saved = cv / PREDICTIONS / f"{entry.case_id}.npz"
+            if not tta and saved.is_file():
+                classes = load_labels(saved)
+            else:  # with tta, or a cross-validation that kept no label maps: the fold's model segments again
+                image, _ = case_volume(entry)
+                classes = predicted_classes(predictor.predict_logits(image)[None], predictor.head)[0].numpy().astype(np.uint8)
+            cases[entry.case_id] = (i, entry, fixed.apply(classes, spec.num_classes, spec.regions))
+    missing = sorted(set(cases) - set(reference))
+    if missing:
+        raise ConfigError(f"{ref_path} has no rows for cases {missing[:3]}{'...' if len(missing) > 3 else ''}")
+
+    def metrics(entry, classes) -> dict[str, Any]:
+        _, label = case_volume(entry)
+        return rules.case_metrics(classes, label, entry.meta["spacing"], True)
+
+    rows = {c: {"case": c, "fold": f, **metrics(e, cl)} for c, (f, e, cl) in cases.items()}
+    thresholds: list[int | None] = [fixed.min_innermost_voxels] * len(folds)
+    if auto:
+        chain = region_chain(spec.num_classes, spec.regions)
+        inner, key = chain.levels[-1], f"dice_{chain.region_names[-1]}"
+        stats = {c: (int((cl == inner).sum()), not bool((np.asarray(e.label) == inner).any()), rows[c][key])
+                 for c, (f, e, cl) in cases.items()}
+        for i in range(len(folds)):
+            others = [stats[c] for c, (f, _, _) in cases.items() if f != i]
+            thresholds[i], _ = choose_min_innermost_voxels(*zip(*others))
+            if thresholds[i] is None:
+                continue
+            rule = PostProcessing(None, thresholds[i])
+            for c, (f, e, cl) in cases.items():
+                if f == i:
+                    rows[c] = {"case": c, "fold": f, **metrics(e, rule.apply(cl, spec.num_classes, spec.regions))}
+    ordered = [rows[c] for c in sorted(rows)]
+    comparisons = []
+    for key in COMPARED:
+        if key in ordered[0] and all(isinstance(reference[r["case"]].get(key), float) for r in ordered):
+            a = [r[key] for r in ordered]
+            b = [reference[r["case"]][key] for r in ordered]
+            if np.all(np.isfinite(a)) and np.all(np.isfinite(b)):
+                comparisons.append(paired_comparison(a, b, name, ref_path.parent.name, key))
+    out = cv / name
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "oof_cases.csv", ordered)
+    options = {"tta": tta, "postprocess": PostProcessing(min_component_fraction, None).describe(),
+               "min_innermost_voxels": min_innermost_voxels}
+    result = Rescored(out, ordered, comparisons, thresholds, str(ref_path))
+    (out / "summary.md").write_text(rescored_markdown(result, options))
+    return result
+
+
+def rescored_markdown(result: Rescored, options: dict[str, Any]) -> str:
+    """Mean ± sd over cases [95 % interval] of the compared metrics and the paired tests."""
+    lines = [f"Out-of-fold cases scored again: tta {options['tta']}; components: {options['postprocess']}; "
+             f"small innermost region: {options['min_innermost_voxels'] or 'off'}"
+             + (f" (per fold: {', '.join(str(t) for t in result.thresholds)})" if options["min_innermost_voxels"] == "auto" else ""),
+             "", "| metric | mean ± sd over cases [95% interval] |", "|---|---|"]
+    for key in COMPARED:
+        vals = [r[key] for r in result.rows if key in r and np.isfinite(r[key])]
+        if vals:
+            lines.append(f"| {key} | {format_mean_ci(mean_ci(vals), unit='case')} |")
+    lines += ["", f"Paired against `{result.against}` (same cases):", ""]
+    lines += [f"* {c.sentence()}" for c in result.comparisons]
     return "\n".join(lines) + "\n"

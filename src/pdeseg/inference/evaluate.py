@@ -27,7 +27,7 @@ import numpy as np
 from pdeseg.data.setup import cached_cases
 from pdeseg.data.splits import load_split
 from pdeseg.errors import ConfigError, DataError
-from pdeseg.inference.predict import WINDOW_OVERLAP, Predictor
+from pdeseg.inference.predict import WINDOW_OVERLAP, Predictor, ensemble_members
 from pdeseg.inference.score import score
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ def evaluate_checkpoint(
     tta: bool = False,
     stitch: str = "auto",
     surface_tolerance_mm: float | None = None,
+    postprocess: bool = True,
 ) -> dict[str, Any]:
     """Score ``checkpoint`` and write ``per_case.csv``, ``summary.json``, ``summary.md`` to ``out_dir``.
 
@@ -75,6 +76,7 @@ def evaluate_checkpoint(
     (:func:`write_cell_figure`: boundary errors at 2 px and the PDE penalty maps).
 
     ``overlap``, ``tta`` and ``stitch`` are the inference options of :class:`Predictor`;
+    ``postprocess`` applies the checkpoint config's post-processing to whole cases (volume scope);
     ``surface_tolerance_mm`` adds ``surface_dice_<region>`` at that tolerance (volume scope).
 
     Returns:
@@ -85,10 +87,15 @@ def evaluate_checkpoint(
         ConfigError: a bad inference option or tolerance, figures or distance metrics
             outside volume scope, or no data folder.
     """
-    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    members = ensemble_members(checkpoint)
+    if len(members) > 1 and split != "all":
+        raise ConfigError(f"{len(members)} checkpoints (an ensemble) have no common held-out split {split!r}: every case "
+                          "was seen by some member; score the ensemble on other data with --split all --data FOLDER")
+    checkpoint, out_dir = members[0], Path(out_dir)
     if surface_tolerance_mm is not None and scope != "volume":
         raise ConfigError("surface Dice needs whole volumes: use scope volume")
-    predictor = Predictor.from_checkpoint(checkpoint, device, precision, overlap=overlap, tta=tta, stitch=stitch)
+    predictor = Predictor.from_checkpoints(members, device, precision, overlap=overlap, tta=tta, stitch=stitch,
+                                           postprocess=postprocess)
     cfg = predictor.config
     root = data_root or cfg.get("data", {}).get("root")
     if not root:
@@ -125,8 +132,9 @@ def evaluate_checkpoint(
     if panels:
         write_case_figures(panels, fmt, out_dir / "figures", predictor.spec.class_names)
     inference = {"tta": predictor.tta, "overlap": predictor.overlap, "stitch": predictor.stitch,
-                 "surface_tolerance_mm": surface_tolerance_mm}
-    summary = {"scope": scope, "split": split, "checkpoint": str(checkpoint), "cases": len(rows), "inference": inference,
+                 "surface_tolerance_mm": surface_tolerance_mm, "postprocess": predictor.postprocessing.describe(),
+                 "models": predictor.name}
+    summary = {"scope": scope, "split": split, "checkpoint": str(checkpoint) if len(members) == 1 else [str(m) for m in members], "cases": len(rows), "inference": inference,
                "metrics": result.summary()}
     write_results(rows, summary, out_dir)
     return summary

@@ -50,6 +50,7 @@ from pdeseg.data.formats import DataFormat, get_format
 from pdeseg.data.preprocess import Preprocessing
 from pdeseg.errors import CheckpointError, DataError, PdesegError, RunFolderError
 from pdeseg.nn.output import OutputHead, class_probabilities, head_of, logits_from_probabilities, predicted_classes
+from pdeseg.inference.postprocess import PostProcessing
 from pdeseg.progress import counter, track
 from pdeseg.runtime import autocast, resolve_device
 
@@ -146,12 +147,15 @@ class Predictor:
         self.channels_last = spec.spatial_dims == 2
         self.format: DataFormat = get_format(spec.format)
         self.head: OutputHead = head_of(spec)
+        self.postprocessing = PostProcessing()  # off; from_checkpoint takes the checkpoint's
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, device: str = "auto", precision: str = "auto", batch_size: int = 16,
-                        overlap: float = WINDOW_OVERLAP, tta: bool = False, stitch: str = "auto") -> Predictor:
+                        overlap: float = WINDOW_OVERLAP, tta: bool = False, stitch: str = "auto",
+                        postprocess: bool = True) -> Predictor:
         """Load a checkpoint (model, weights and spec) onto ``device``; the other arguments as
-        for :class:`Predictor` (checked before the checkpoint is read).
+        for :class:`Predictor` (checked before the checkpoint is read). ``postprocess``: apply
+        the post-processing of the checkpoint's config (``postprocess``) to every whole case.
 
         Raises:
             ConfigError: a bad batch size, overlap, tta or stitch.
@@ -168,16 +172,18 @@ class Predictor:
             model = model.to(memory_format=torch.channels_last)
         predictor = cls(model, spec, dev, precision, batch_size, ckpt["model"]["name"], overlap, tta, stitch)
         predictor.checkpoint, predictor.config = ckpt, ckpt.get("config", {})
+        if postprocess:
+            predictor.postprocessing = PostProcessing.from_config(predictor.config.get("postprocess"))
         return predictor
 
     @classmethod
     def from_checkpoints(cls, checkpoints: Sequence[str | Path] | str | Path, device: str = "auto", precision: str = "auto",
                          batch_size: int = 16, overlap: float = WINDOW_OVERLAP, tta: bool = False,
-                         stitch: str = "auto") -> Predictor:
+                         stitch: str = "auto", postprocess: bool = True) -> Predictor:
         """One checkpoint, or an ensemble of several (:class:`EnsembleModel`: their class
         probabilities averaged). A folder stands for every ``best.pt`` below it (the folds of
         ``pdeseg train --folds K``, or the seeds of a comparison). The other arguments as for
-        :class:`Predictor`.
+        :meth:`from_checkpoint` (an ensemble post-processes as its first member's config says).
 
         Raises:
             CheckpointError: a folder without ``best.pt``, or checkpoints whose preprocessing,
@@ -185,7 +191,7 @@ class Predictor:
         """
         paths = ensemble_members(checkpoints)
         if len(paths) == 1:
-            return cls.from_checkpoint(paths[0], device, precision, batch_size, overlap, tta, stitch)
+            return cls.from_checkpoint(paths[0], device, precision, batch_size, overlap, tta, stitch, postprocess)
         check_inference_options(batch_size, overlap, tta, stitch)
         dev = resolve_device(device)
         ckpts = [load_checkpoint(p) for p in paths]
@@ -203,6 +209,8 @@ class Predictor:
         predictor = cls(EnsembleModel(members, head_of(specs[0])), specs[0], dev, precision, batch_size,
                         f"ensemble of {len(members)} ({', '.join(names)})", overlap, tta, stitch)
         predictor.checkpoint, predictor.config = ckpts[0], ckpts[0].get("config", {})
+        if postprocess:
+            predictor.postprocessing = PostProcessing.from_config(predictor.config.get("postprocess"))
         return predictor
 
     @property
@@ -327,9 +335,9 @@ class Predictor:
             image: ``(C, *spatial)`` normalised float32.
 
         Returns:
-            classes ``(*spatial)`` uint8 (use :meth:`predict_logits` for the scores).
+            classes ``(*spatial)`` uint8, post-processed (use :meth:`predict_logits` for the scores).
         """
-        return predicted_classes(self.predict_logits(image, progress)[None], self.head)[0].numpy().astype(np.uint8)
+        return self.finish(predicted_classes(self.predict_logits(image, progress)[None], self.head)[0].numpy().astype(np.uint8))
 
     def predict_case(self, case, progress: bool = False) -> tuple[LoadedCase, np.ndarray]:
         """Read (images only: labels are not needed, so a broken label file cannot stop a
@@ -347,7 +355,13 @@ class Predictor:
         shape = tuple(loaded.image.shape[1:])
         if tuple(logits.shape[2:]) != shape:  # trained at target_spacing: logits back to the input's grid
             logits = F.interpolate(logits, size=shape, mode="trilinear" if len(shape) == 3 else "bilinear", align_corners=False)
-        return loaded, predicted_classes(logits, self.head)[0].numpy().astype(np.uint8)
+        return loaded, self.finish(predicted_classes(logits, self.head)[0].numpy().astype(np.uint8))
+
+    def finish(self, classes: np.ndarray) -> np.ndarray:
+        """A whole case's label map after the predictor's post-processing (unchanged when off)."""
+        if not self.postprocessing.enabled:
+            return classes
+        return self.postprocessing.apply(classes, self.spec.num_classes, self.spec.regions)
 
 
 @dataclass
@@ -524,6 +538,7 @@ def predict_folder(
     overlap: float = WINDOW_OVERLAP,
     tta: bool = False,
     stitch: str = "auto",
+    postprocess: bool = True,
     **write_options,
 ) -> PredictionReport:
     """Segment one case folder or a folder of cases, writing each in the input's own format
@@ -543,6 +558,8 @@ def predict_folder(
         input_dir: a case folder or a folder of cases.
         output_dir: where predictions go (created).
         device, precision, batch_size, overlap, tta, stitch: see :class:`Predictor`.
+        postprocess: apply the checkpoint config's post-processing (see
+            :mod:`pdeseg.inference.postprocess`).
         progress: show progress (over cases, and over the windows or slices of each case).
         overwrite: replace existing output files (input files are never replaced).
         write_options: the data format's output options (``convention`` for BraTS,
@@ -557,7 +574,9 @@ def predict_folder(
         CheckpointError, DeviceError, ConfigError: unusable checkpoint, device or option.
         DataError: the input folder is missing or holds no cases at all.
     """
-    predictor = Predictor.from_checkpoints(checkpoint, device, precision, batch_size, overlap, tta, stitch)
+    predictor = Predictor.from_checkpoints(checkpoint, device, precision, batch_size, overlap, tta, stitch, postprocess)
+    if predictor.postprocessing.enabled:
+        log.info("post-processing: %s", predictor.postprocessing.describe())
     if isinstance(predictor.model, EnsembleModel):
         log.info("%s: class probabilities averaged", predictor.name)
     if tta:

@@ -162,7 +162,7 @@ def _score_volumes(predictor: Predictor, cases: list[CachedCase], loss_fn, with_
         if loss_fn is not None:
             target = label.astype(np.int64) if outside is None else np.where(outside, IGNORE_LABEL, label)
             losses.append(float(loss_fn(logits, torch.from_numpy(target)[None])))
-        classes = predicted_classes(logits, predictor.head)[0].numpy().astype(np.uint8)
+        classes = predictor.finish(predicted_classes(logits, predictor.head)[0].numpy().astype(np.uint8))
         if outside is not None:  # outside the field of view nothing is scored
             classes[outside], label = 0, np.where(outside, 0, label).astype(label.dtype)
         row = {"case": case.case_id, **rules.case_metrics(classes, label, case.meta["spacing"], with_hd95,
