@@ -70,7 +70,7 @@ class Experiment:
 
 def model_kwargs(spec: PreprocessSpec, model_cfg: ModelConfig) -> dict[str, Any]:
     """``spatial_dims``, ``in_channels`` and ``out_channels`` from the data, then the model's own kwargs."""
-    fixed = {"spatial_dims": spec.spatial_dims, "in_channels": len(spec.modalities),
+    fixed = {"spatial_dims": spec.spatial_dims, "in_channels": len(spec.modalities) * (2 * spec.context_slices + 1),
              "out_channels": output_channels(spec.num_classes, spec.output, spec.regions)}
     clash = sorted(set(fixed) & set(model_cfg.kwargs))
     if clash:
@@ -123,6 +123,7 @@ def resolve(cfg: ExperimentConfig) -> Experiment:
     spec = PreprocessSpec(
         format=fmt.name, modalities=modalities, normalization=d.normalization, ct_window=d.ct_window, mode=d.mode,
         spatial_dims=dims, spatial_size=d.spatial_size, resize=d.resize, tile_inference=d.tile_inference,
+        context_slices=d.context_slices,
         target_spacing=d.target_spacing, slices=d.slices, slice_range=d.slice_range,
         num_classes=info.num_classes, output=cfg.output, class_names=list(info.class_names),
         regions={k: list(v) for k, v in info.regions.items()},

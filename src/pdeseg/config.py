@@ -162,6 +162,9 @@ class DataConfig(Section):
     # slices mode, inference: segment a slice larger than spatial_size by overlapping windows of that size
     # (Gaussian-weighted, as in patches mode) instead of in one pass; bounds memory on large images
     tile_inference: bool = False
+    # slices mode: 2.5D input, the n slices above and below each slice as extra channels (edges repeat the last
+    # slice); the model sees len(modalities) x (2n + 1) channels, neighbours first-to-last, modalities within each
+    context_slices: Annotated[int, Field(ge=0)] = 0
     # resample every case to this voxel size (mm per axis) before training; predictions go back to the input grid
     target_spacing: Annotated[list[PositiveFloat], Field(min_length=2, max_length=3)] | None = None
     samples_per_case: PositiveInt = 4  # patches mode, or slices mode with crop: random: windows per case (slice) per epoch
@@ -192,6 +195,8 @@ class DataConfig(Section):
             raise ValueError(f"ct_window must be [lo, hi] with lo < hi, got {self.ct_window}")
         if (self.crop == "random" or self.tile_inference) and (self.mode != "slices" or self.spatial_size is None or self.resize):
             raise ValueError("crop: random and tile_inference need mode: slices with a spatial_size and resize: false")
+        if self.context_slices and self.mode != "slices":
+            raise ValueError("context_slices (2.5D input) is for mode: slices; patches and whole models see 3D context")
         if self.mode == "patches" and self.spatial_size is None:
             raise ValueError("mode: patches needs spatial_size (the patch size)")
         if self.train_cases is not None and self.train_cases >= 1 and self.train_cases != int(self.train_cases):
@@ -377,6 +382,7 @@ class PreprocessSpec(Section):
     spatial_size: list[int] | None = None
     resize: bool = False
     tile_inference: bool = False
+    context_slices: int = 0
     target_spacing: list[float] | None = None
     slices: Literal["middle", "tumour_middle", "range", "brain", "tumour", "all"] = "tumour"
     slice_range: list[int] | None = None

@@ -136,11 +136,21 @@ class PerItemDraws:
         return _augment(self.transform, image, label)
 
 
+def context_indices(z, depth: int, n: int) -> np.ndarray:
+    """Slice indices of 2.5D input: for each ``z`` the slices ``z - n .. z + n``, clipped to
+    ``[0, depth)`` (a volume's first and last slice repeat past its ends), shape
+    ``(len(z), 2n + 1)`` (or ``(2n + 1,)`` for one ``z``)."""
+    offsets = np.arange(-n, n + 1)
+    return np.clip(np.asarray(z)[..., None] + offsets, 0, depth - 1)
+
+
 class SliceDataset(PerItemDraws, Dataset):
     """Axial slices of cached cases.
 
     Each item is ``{"image": (C, H, W) float32, "label": (H, W) int64, "case": str, "z": int}``;
     pixels outside a case's field of view (DRIVE) carry :data:`~pdeseg.config.IGNORE_LABEL`.
+    With ``context = n`` (2.5D) the image is ``(C (2n + 1), H, W)``: the modalities of slices
+    ``z - n .. z + n`` (see :func:`context_indices`), the label that of slice ``z``.
 
     Args:
         cases: cached, labelled cases.
@@ -152,6 +162,7 @@ class SliceDataset(PerItemDraws, Dataset):
             item and epoch (:class:`PerItemDraws`); a smaller axis is padded about the centre.
         repeats: items per selected slice and epoch (with a random crop: that many windows,
             each drawn on its own).
+        context: neighbouring slices on each side stacked as channels (2.5D input).
 
     Raises:
         DataError: no cases, no slices selected, or slices of different sizes to batch.
@@ -167,12 +178,13 @@ class SliceDataset(PerItemDraws, Dataset):
         transform: Callable | None = None,
         crop: str = "center",
         repeats: int = 1,
+        context: int = 0,
     ):
         if crop not in ("center", "random"):
             raise ConfigError(f"crop must be center or random, got {crop!r}")
         if crop == "random" and (spatial_size is None or resize):
             raise ConfigError("a random crop needs a spatial_size and no resize")
-        self.crop = crop
+        self.crop, self.context = crop, int(context)
         if not cases:
             raise DataError("no cases to draw slices from (empty split?)")
         sizes = {tuple(c.meta["shape"][:2]) for c in cases}
@@ -193,7 +205,11 @@ class SliceDataset(PerItemDraws, Dataset):
     def __getitem__(self, index: int) -> dict:
         ci, z = self.items[index]
         case = self.cases[ci]
-        image = torch.from_numpy(np.asarray(case.image[z], dtype=np.float32))
+        if self.context:
+            stack = np.asarray(case.image[context_indices(z, case.image.shape[0], self.context)], dtype=np.float32)
+            image = torch.from_numpy(stack.reshape(-1, *stack.shape[2:]))
+        else:
+            image = torch.from_numpy(np.asarray(case.image[z], dtype=np.float32))
         label = torch.from_numpy(np.asarray(case.label[z], dtype=np.int64))
         if case.valid is not None:  # outside the field of view: seen by no loss (IGNORE_LABEL)
             label = label.masked_fill(~torch.from_numpy(np.array(case.valid[z], dtype=bool)), IGNORE_LABEL)
@@ -315,7 +331,7 @@ def training_dataset(cases: list[CachedCase], spec: PreprocessSpec, data: DataCo
     """The training samples of ``spec.mode`` with the config's augmentation."""
     if spec.mode == "slices":
         ds = SliceDataset(cases, spec.slices, spec.slice_range, spec.spatial_size, spec.resize, crop=data.crop,
-                          repeats=data.samples_per_case if data.crop == "random" else 1)
+                          repeats=data.samples_per_case if data.crop == "random" else 1, context=spec.context_slices)
         size = spec.spatial_size or list(ds[0]["image"].shape[1:])
         ds.transform, ds.seed = _train_transform(data.augment, spec.spatial_dims, size), seed
         return ds
@@ -335,4 +351,4 @@ def _train_transform(augment: AugmentConfig, spatial_dims: int, size: Sequence[i
 
 def evaluation_slices(cases: list[CachedCase], spec: PreprocessSpec) -> SliceDataset:
     """The slices the config selects, fitted as in training, without augmentation."""
-    return SliceDataset(cases, spec.slices, spec.slice_range, spec.spatial_size, spec.resize)
+    return SliceDataset(cases, spec.slices, spec.slice_range, spec.spatial_size, spec.resize, context=spec.context_slices)

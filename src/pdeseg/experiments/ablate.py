@@ -522,7 +522,7 @@ def make_figures(result: AblationResult, cfg: ExperimentConfig, data: PreparedDa
 def _case_panel(predictor: Predictor, case, cfg: ExperimentConfig) -> dict[str, Any]:
     """The selected slice of ``case`` with the most tumour, fitted as in training, with its
     prediction (a volumetric model segments the whole volume; its slice is shown)."""
-    if predictor.spec.mode != "slices":
+    if predictor.spec.mode != "slices" or predictor.spec.context_slices:
         z = display_slice(case, cfg, "volume")
         image = np.asarray(case.image[z], dtype=np.float32)
         return {"case": f"{case.case_id} z={z}", "image": image[0], "truth": np.asarray(case.label[z]),

@@ -305,18 +305,30 @@ class Predictor:
                                            sw_device=self.device, device=where)
         return (out.as_tensor() if hasattr(out, "as_tensor") else out)[0].float().cpu()
 
+    def slice_input(self, image: np.ndarray, z0: int, z1: int) -> torch.Tensor:
+        """Slices ``z0 .. z1 - 1`` of a normalised case ``(C, H, W, D)`` as a batch ``(B, C', H, W)``:
+        ``C' = C`` or, with the spec's ``context_slices = n`` (2.5D), ``C (2n + 1)`` (each slice's
+        neighbours stacked as in training, :func:`~pdeseg.data.sampling.context_indices`)."""
+        n = self.spec.context_slices
+        if not n:
+            return torch.from_numpy(np.ascontiguousarray(image[..., z0:z1].transpose(3, 0, 1, 2))).float()
+        from pdeseg.data.sampling import context_indices
+
+        idx = context_indices(np.arange(z0, z1), image.shape[-1], n)  # (B, 2n + 1)
+        stack = image[..., idx]  # (C, H, W, B, 2n + 1)
+        return torch.from_numpy(np.ascontiguousarray(stack.transpose(3, 4, 0, 1, 2)).reshape(z1 - z0, -1, *image.shape[1:3])).float()
+
     def _by_slices(self, image: np.ndarray, progress: bool) -> torch.Tensor:
         _, h, w, depth = image.shape
         size, resize = self.spec.spatial_size, self.spec.resize
         out = torch.empty((self._logit_channels(), h, w, depth), dtype=torch.float32)
         if self.spec.tile_inference and size and (h > size[0] or w > size[1]):
             for z in track(range(depth), "slices", "slice", enabled=progress):
-                x = torch.from_numpy(np.ascontiguousarray(image[..., z]))[None].float()
-                out[..., z] = self._by_windows(x, progress=False)
+                out[..., z] = self._by_windows(self.slice_input(image, z, z + 1), progress=False)
             return out
         for z0 in track(range(0, depth, self.batch_size), "slices", "batch", enabled=progress):
             z1 = min(z0 + self.batch_size, depth)
-            x = torch.from_numpy(np.ascontiguousarray(image[..., z0:z1].transpose(3, 0, 1, 2))).float()
+            x = self.slice_input(image, z0, z1)
             if resize and size:
                 x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
             logits = self.predict_batch(x)
