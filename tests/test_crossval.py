@@ -41,14 +41,19 @@ def test_bad_fold_settings_are_refused():
         kfold_splits(["a", "b"], 2, val_fraction=0.5)
 
 
-def test_train_folds_scores_every_case_out_of_fold(phantom_root, tmp_path, capsys):
+def train_tiny_folds(phantom_root, tmp_path, folds: int = 3):
+    """``pdeseg train --folds`` on the phantom with the tiny UNet, one epoch: ``(config path, cv folder)``."""
     cfg = tiny_config_dict(phantom_root, tmp_path, epochs=1)
     cfg["models"] = cfg["models"][:1]
     cfg["data"]["split"] = {"fractions": [0.7, 0.15, 0.15], "seed": 0}
     path = tmp_path / "cv.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    assert main(["train", "--config", str(path), "--folds", "3", "--no-progress"]) == 0
-    out = tmp_path / "tiny" / "unet" / "cv3"
+    assert main(["train", "--config", str(path), "--folds", str(folds), "--no-progress"]) == 0
+    return path, tmp_path / "tiny" / "unet" / f"cv{folds}"
+
+
+def test_train_folds_scores_every_case_out_of_fold(phantom_root, tmp_path, capsys):
+    path, out = train_tiny_folds(phantom_root, tmp_path)
     folds = json.loads((out / "folds.json").read_text())
     rows = list(csv.DictReader((out / "oof_cases.csv").open()))
     assert sorted(r["case"] for r in rows) == sorted(c for f in folds for c in f["test"])

@@ -7,7 +7,6 @@ import csv
 
 import numpy as np
 import pytest
-import yaml
 
 from conftest import tiny_config_dict
 from pdeseg.build import resolve
@@ -85,13 +84,9 @@ def _rows(path) -> dict[str, dict[str, str]]:
 
 
 def test_crossval_rescoring_reuses_the_saved_maps_and_applies_the_rules(phantom_root, tmp_path, capsys):
-    cfg = tiny_config_dict(phantom_root, tmp_path, epochs=1)
-    cfg["models"] = cfg["models"][:1]
-    cfg["data"]["split"] = {"fractions": [0.7, 0.15, 0.15], "seed": 0}
-    path = tmp_path / "cv.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    assert main(["train", "--config", str(path), "--folds", "3", "--no-progress"]) == 0
-    cv = tmp_path / "tiny" / "unet" / "cv3"
+    from test_crossval import train_tiny_folds
+
+    _, cv = train_tiny_folds(phantom_root, tmp_path)
     assert len(list((cv / "predictions").glob("*.npz"))) == 6  # every out-of-fold label map is kept
     # no rules: the saved maps give the cross-validation's own table back
     assert main(["crossval", str(cv), "--name", "same", "--no-progress"]) == 0
@@ -106,6 +101,7 @@ def test_crossval_rescoring_reuses_the_saved_maps_and_applies_the_rules(phantom_
     text = (cv / "pp" / "summary.md").read_text()
     assert "per fold:" in text and "pp vs same:" in text and "dice_WT" in text
     assert set(_rows(cv / "pp" / "oof_cases.csv")) == set(oof)
+    assert len(list((cv / "predictions_tta").glob("*.npz"))) == 6  # kept for the next variant with --tta
     assert main(["crossval", str(cv), "--name", "fold0", "--no-progress"]) == 2  # a run folder's name
     assert main(["crossval", str(tmp_path), "--name", "x", "--no-progress"]) == 2  # not a cross-validation
 

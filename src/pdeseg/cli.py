@@ -311,6 +311,12 @@ _overlap = _checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)",
 _distance_mm = _checked(float, lambda v: math.isfinite(v) and v >= 0, "a distance in mm", "must be a finite distance >= 0 (mm)")
 
 
+def _add_checkpoints(s: argparse.ArgumentParser, note: str = "") -> None:
+    s.add_argument("--checkpoint", required=True, nargs="+", metavar="CKPT",
+                   help="a checkpoint; several, or a folder of runs (every best.pt below it, e.g. the folds of "
+                        f"train --folds), for an ensemble whose class probabilities are averaged{note}")
+
+
 def _add_inference_options(s: argparse.ArgumentParser) -> None:
     """``--overlap``, ``--tta`` and ``--stitch`` (see :class:`pdeseg.inference.predict.Predictor`)."""
     from pdeseg.config import STITCH_MODES  # the leaf config: parsing arguments needs no torch
@@ -447,9 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_crossval)
 
     s = sub.add_parser("evaluate", help="score a checkpoint (or an ensemble) on a split or folder")
-    s.add_argument("--checkpoint", required=True, nargs="+", metavar="CKPT",
-                   help="a checkpoint; several, or a folder of runs (every best.pt below it), for an ensemble whose "
-                        "class probabilities are averaged (then with --split all --data FOLDER)")
+    _add_checkpoints(s, " (then with --split all --data FOLDER)")
     s.add_argument("--data", help="BraTS folder (default: the one the model was trained on)")
     s.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     s.add_argument("--scope", default="volume", choices=["volume", "slices"],
@@ -469,9 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("predict", help="segment volumes into <case>_seg.nii.gz, or slices into mask images")
-    s.add_argument("--checkpoint", required=True, nargs="+", metavar="CKPT",
-                   help="a checkpoint; several, or a folder of runs (every best.pt below it, e.g. the folds of "
-                        "train --folds), for an ensemble whose class probabilities are averaged")
+    _add_checkpoints(s)
     s.add_argument("--input", required=True, help="a case folder or a folder of case folders")
     s.add_argument("--output", required=True)
     s.add_argument("--device", default="auto")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,7 @@ def run_crossval(cfg: ExperimentConfig, model_cfg: ModelConfig, out_dir: str | P
                        each_case=lambda case, classes: save_labels(out / PREDICTIONS / f"{case.case_id}.npz", classes))
         result.rows += [{"case": r["case"], "fold": i, **{k: v for k, v in r.items() if k != "case"}} for r in scored.rows]
     result.rows.sort(key=lambda r: r["case"])
+    shutil.rmtree(out / PREDICTIONS_TTA, ignore_errors=True)  # maps of earlier fold models, if any, are stale now
     write_csv(out / "oof_cases.csv", result.rows)
     (out / "summary.md").write_text(summary_markdown(result, model_cfg.name))
     post = exp.cfg.postprocess
@@ -161,6 +163,7 @@ def summary_markdown(result: CrossValResult, model: str) -> str:
 # --------------------------------------------------------------------------------------
 
 PREDICTIONS = "predictions"
+PREDICTIONS_TTA = "predictions_tta"  # the out-of-fold maps with test-time mirroring, kept for the next rescoring
 #: Metrics compared by :func:`rescore_crossval` when present (per-region Dice and HD95 first).
 COMPARED = ("dice_WT", "dice_TC", "dice_ET", "hd95_WT", "hd95_TC", "hd95_ET", "dice_mean", "hd95_mean")
 
@@ -213,9 +216,10 @@ def rescore_crossval(cv_dir: str | Path, name: str, tta: bool = False, min_compo
     Args:
         cv_dir: the ``cv<K>`` folder of ``pdeseg train --folds K``.
         name: the sub-folder for this variant.
-        tta: mirror test-time augmentation (each fold's model segments its cases again);
-            otherwise the saved ``predictions/`` are used (or, where a case has none, its
-            fold's model segments it again without augmentation).
+        tta: mirror test-time augmentation: each fold's model segments its cases again, and
+            the maps are kept in ``predictions_tta/`` for later calls; otherwise the saved
+            ``predictions/`` are used (where a case has none, its fold's model segments it
+            again, and the map is kept).
         min_component_fraction: see :class:`~pdeseg.inference.postprocess.PostProcessing`.
         min_innermost_voxels: a whole number, or ``"auto"``: for fold ``i`` the threshold that
             maximises the innermost region's mean Dice over the other folds' cases
@@ -239,8 +243,8 @@ def rescore_crossval(cv_dir: str | Path, name: str, tta: bool = False, min_compo
     cv = Path(cv_dir)
     if not (cv / "folds.json").is_file():
         raise ConfigError(f"{cv}: not a cross-validation folder (no folds.json); give the cv<K> folder of pdeseg train --folds K")
-    if not name or "/" in name or name in (PREDICTIONS, ".", "..") or name.startswith("fold"):
-        raise ConfigError(f"--name {name!r}: give a plain folder name other than {PREDICTIONS} and fold*")
+    if not name or "/" in name or name in (PREDICTIONS, PREDICTIONS_TTA, ".", "..") or name.startswith("fold"):
+        raise ConfigError(f"--name {name!r}: give a plain folder name other than {PREDICTIONS}, {PREDICTIONS_TTA} and fold*")
     auto = min_innermost_voxels == "auto"
     if not auto and min_innermost_voxels is not None and (isinstance(min_innermost_voxels, (bool, str))
                                                           or int(min_innermost_voxels) < 1):
@@ -264,12 +268,13 @@ def rescore_crossval(cv_dir: str | Path, name: str, tta: bool = False, min_compo
         entries = cached_cases(root, spec, data_cfg.get("cache_dir", "~/.cache/pdeseg"), list(fold["test"]), progress,
                                data_cfg.get("format_options") if root == data_cfg.get("root") else None)
         for _, entry in track(entries, f"fold {i}", "case", enabled=progress):
-            saved = cv / PREDICTIONS / f"{entry.case_id}.npz"
-            if not tta and saved.is_file():
+            saved = cv / (PREDICTIONS_TTA if tta else PREDICTIONS) / f"{entry.case_id}.npz"
+            if saved.is_file():
                 classes = load_labels(saved)
-            else:  # with tta, or a cross-validation that kept no label maps: the fold's model segments again
+            else:  # the fold's model segments again (with tta, or for a cross-validation that kept no maps)
                 image, _ = case_volume(entry)
                 classes = predicted_classes(predictor.predict_logits(image)[None], predictor.head)[0].numpy().astype(np.uint8)
+                save_labels(saved, classes)
             cases[entry.case_id] = (i, entry, fixed.apply(classes, spec.num_classes, spec.regions))
     missing = sorted(set(cases) - set(reference))
     if missing:
