@@ -139,3 +139,20 @@ def test_predict_cli_takes_several_checkpoints(phantom_root, tmp_path):
     assert main(["predict", "--checkpoint", str(a), str(b), "--input", str(case), "--output", str(tmp_path / "out"),
                  "--no-progress"]) == 0
     assert list((tmp_path / "out").glob("*_seg.nii.gz"))
+
+
+def test_evaluate_scores_an_ensemble_on_other_data_only(phantom_root, tmp_path, caplog):
+    cfg = tiny_config_dict(phantom_root, tmp_path)
+    a = _checkpoint(cfg, tmp_path / "runs" / "fold0" / "best.pt", seed=1)
+    _checkpoint(cfg, tmp_path / "runs" / "fold1" / "best.pt", seed=2)
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "runs"), "--split", "test", "--no-progress"]) == 2
+    assert "no common held-out split" in caplog.text
+    out = tmp_path / "ens_eval"
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "runs"), "--split", "all", "--data", str(phantom_root),
+                 "--out", str(out), "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["cases"] == 6 and len(summary["checkpoint"]) == 2
+    assert summary["inference"]["models"].startswith("ensemble of 2")
+    assert main(["evaluate", "--checkpoint", str(a), "--split", "all", "--data", str(phantom_root), "--out",
+                 str(tmp_path / "one"), "--no-progress"]) == 0
+    assert json.loads((tmp_path / "one" / "summary.json").read_text())["checkpoint"] == str(a)
