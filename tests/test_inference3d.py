@@ -34,10 +34,11 @@ SHAPE = (13, 11, 9)  # odd sizes on purpose
 
 
 def _spec(mode: str = "patches", dims: int = 3, size=(6, 5, 4), output: str = "softmax") -> PreprocessSpec:
-    classes = CLASSES if output == "softmax" else ["background", "tumour"]
+    classes = ["background", "tumour"] if output == "sigmoid" else CLASSES
+    regions = {"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]} if output == "regions" else {}
     return PreprocessSpec(format="brats", modalities=MODALITIES, normalization="zscore", mode=mode, spatial_dims=dims,
                           spatial_size=list(size) if size is not None else None, num_classes=len(classes),
-                          output=output, class_names=classes)
+                          output=output, class_names=classes, regions=regions)
 
 
 def _conv_net(dims: int = 3, kernel: int = 3, out: int = 4, symmetric: bool = False, seed: int = 0) -> nn.Module:
@@ -190,20 +191,23 @@ def test_tta_of_a_flip_equivariant_net_equals_no_tta_in_slice_mode():
     torch.testing.assert_close(class_probabilities(tta[None]), class_probabilities(plain[None]), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("output", ["softmax", "sigmoid"])
+@pytest.mark.parametrize("output", ["softmax", "sigmoid", "regions"])
 def test_tta_averages_probabilities_over_the_mirrorings(output):
     """Whole mode, an asymmetric net: the result is the mean of the mirrored passes'
     probabilities, handed on as logits; it keeps the input's shape."""
-    k = 4 if output == "softmax" else 1
+    from pdeseg.nn.output import head_of
+
+    k = {"softmax": 4, "sigmoid": 1, "regions": 3}[output]
     net, image = _conv_net(kernel=3, out=k), _image()
     spec = _spec("whole", size=None, output=output)
+    head = head_of(spec)
     tta = _predictor(net, spec, tta=True).predict_logits(image)
     assert tta.shape == (k, *SHAPE)
     x = torch.from_numpy(image)[None]
     with torch.no_grad():
-        ref = sum(class_probabilities(net(x.flip(d) if d else x)).flip(d) if d else class_probabilities(net(x))
+        ref = sum(class_probabilities(net(x.flip(d) if d else x), head).flip(d) if d else class_probabilities(net(x), head)
                   for d in flip_sets(3)) / 8
-    torch.testing.assert_close(class_probabilities(tta[None]), ref, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(class_probabilities(tta[None], head), ref, rtol=1e-4, atol=1e-6)
     plain = _predictor(net, spec).predict_logits(image)
     assert not torch.allclose(tta, plain, atol=1e-3)  # an asymmetric net does change
 
@@ -325,7 +329,8 @@ def test_cli_predict_and_evaluate_a_3d_patch_model_with_tta_on_files(tmp_path, c
     assert main(["evaluate", "--checkpoint", str(tmp_path / "m.pt"), "--split", "all", "--out", str(ev), "--device", "cpu",
                  "--precision", "32", "--tta", "--hd95", "--surface-tolerance", "2", "--no-progress"]) == 0
     summary = json.loads((ev / "summary.json").read_text())
-    assert summary["inference"] == {"tta": True, "overlap": 0.5, "stitch": "auto", "surface_tolerance_mm": 2.0}
+    assert summary["inference"] == {"tta": True, "overlap": 0.5, "stitch": "auto", "surface_tolerance_mm": 2.0,
+                                    "postprocess": "none", "models": summary["inference"]["models"]}
     for key in ("precision_mean", "recall_mean", "precision_WT", "recall_ET", "surface_dice_WT", "hd95_TC"):
         assert summary["metrics"][key]["n"] == 2, key
     printed = capsys.readouterr().out
