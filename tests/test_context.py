@@ -91,3 +91,58 @@ def test_a_2p5d_model_trains_and_segments(phantom_root, tmp_path):
     assert main(["predict", "--checkpoint", str(ckpt), "--input", str(case), "--output", str(tmp_path / "seg"),
                  "--no-progress"]) == 0
     assert list((tmp_path / "seg").glob("*_seg.nii.gz"))
+
+
+def test_slices_along_each_axis_are_cut_from_the_volume_as_it_is():
+    rng = np.random.default_rng(2)
+    image = rng.normal(size=(5, 2, 6, 7)).astype(np.float16)  # (Z, C, X, Y) as cached
+    label = rng.integers(0, 3, size=(5, 6, 7)).astype(np.uint8)
+    volume = image.astype(np.float32).transpose(1, 2, 3, 0)  # (C, X, Y, Z)
+    truth = label.transpose(1, 2, 0)  # (X, Y, Z)
+    ds = SliceDataset([_Case(image, label)], "all", axes=(0, 1, 2), spatial_size=[8, 8])
+    assert len(ds) == 6 + 7 + 5
+    by_axis = {}
+    for k in range(len(ds)):
+        item = ds[k]
+        by_axis.setdefault(item["axis"], []).append(item)
+    sagittal, coronal = by_axis[0][3], by_axis[1][4]  # x = 3, y = 4, before fitting to 8 x 8 (zero padding)
+    assert torch.equal(sagittal["image"][:, 0:7, 1:6], torch.from_numpy(volume[:, 3]))  # (C, Y, Z)
+    assert torch.equal(coronal["image"][:, 1:7, 1:6], torch.from_numpy(volume[:, :, 4]))  # (C, X, Z)
+    assert torch.equal(coronal["label"][1:7, 1:6], torch.from_numpy(truth[:, 4].astype(np.int64)))
+    with pytest.raises(Exception, match="set data.spatial_size"):
+        SliceDataset([_Case(image, label)], "all", axes=(0, 2))
+
+
+def test_a_triplanar_model_averages_its_three_passes(phantom_root, tmp_path):
+    from test_crossval import _checkpoint
+
+    from pdeseg.inference.predict import Predictor
+    from pdeseg.nn.output import class_probabilities, head_of
+
+    cfg = tiny_config_dict(phantom_root, tmp_path)
+    cfg["data"].update(slice_axes=[0, 1, 2], spatial_size=[32, 32])
+    predictor = Predictor.from_checkpoint(_checkpoint(cfg, tmp_path / "t.pt", seed=1), "cpu", "32")
+    image = np.random.default_rng(3).normal(size=(4, 12, 10, 8)).astype(np.float32)
+    out = predictor.predict_logits(image)
+    assert out.shape == (4, 12, 10, 8)
+    head = head_of(predictor.spec)
+    passes = []
+    for axis in (0, 1, 2):
+        predictor.spec.slice_axes = [axis]
+        passes.append(class_probabilities(predictor.predict_logits(image)[None], head))
+    torch.testing.assert_close(class_probabilities(out[None], head), sum(passes) / 3, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(passes[0], passes[2], atol=1e-3)  # the orientations really differ
+
+
+def test_a_triplanar_model_trains_and_segments(phantom_root, tmp_path):
+    cfg = tiny_config_dict(phantom_root, tmp_path, epochs=1)
+    cfg["models"] = cfg["models"][:1]
+    cfg["data"].update(slice_axes=[0, 1, 2], spatial_size=[32, 32])
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["train", "--config", str(path), "--no-progress"]) == 0
+    ckpt = tmp_path / "tiny" / "unet" / "best.pt"
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--hd95", "--no-progress"]) == 0
+    cfg["data"].update(slices="range", slice_range=[1, 3])
+    with pytest.raises(ConfigError, match="range"):
+        config_from_dict(cfg)

@@ -123,7 +123,7 @@ def resolve(cfg: ExperimentConfig) -> Experiment:
     spec = PreprocessSpec(
         format=fmt.name, modalities=modalities, normalization=d.normalization, ct_window=d.ct_window, mode=d.mode,
         spatial_dims=dims, spatial_size=d.spatial_size, resize=d.resize, tile_inference=d.tile_inference,
-        context_slices=d.context_slices,
+        context_slices=d.context_slices, slice_axes=list(d.slice_axes),
         target_spacing=d.target_spacing, slices=d.slices, slice_range=d.slice_range,
         num_classes=info.num_classes, output=cfg.output, class_names=list(info.class_names),
         regions={k: list(v) for k, v in info.regions.items()},

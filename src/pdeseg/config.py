@@ -165,6 +165,9 @@ class DataConfig(Section):
     # slices mode: 2.5D input, the n slices above and below each slice as extra channels (edges repeat the last
     # slice); the model sees len(modalities) x (2n + 1) channels, neighbours first-to-last, modalities within each
     context_slices: Annotated[int, Field(ge=0)] = 0
+    # slices mode: the volume axes (0 X, 1 Y, 2 Z) slices are cut along; [0, 1, 2] is triplanar: one model trained on
+    # sagittal, coronal and axial slices, whose three passes are averaged (class probabilities) in 3D at inference
+    slice_axes: Annotated[list[Literal[0, 1, 2]], Field(min_length=1, max_length=3)] = Field(default_factory=lambda: [2])
     # resample every case to this voxel size (mm per axis) before training; predictions go back to the input grid
     target_spacing: Annotated[list[PositiveFloat], Field(min_length=2, max_length=3)] | None = None
     samples_per_case: PositiveInt = 4  # patches mode, or slices mode with crop: random: windows per case (slice) per epoch
@@ -197,6 +200,12 @@ class DataConfig(Section):
             raise ValueError("crop: random and tile_inference need mode: slices with a spatial_size and resize: false")
         if self.context_slices and self.mode != "slices":
             raise ValueError("context_slices (2.5D input) is for mode: slices; patches and whole models see 3D context")
+        if len(set(self.slice_axes)) != len(self.slice_axes):
+            raise ValueError(f"slice_axes lists an axis twice: {self.slice_axes}")
+        if self.slice_axes != [2] and self.mode != "slices":
+            raise ValueError("slice_axes is for mode: slices")
+        if self.slice_axes != [2] and self.slices == "range":
+            raise ValueError("slices: range counts axial slices; it does not combine with other slice_axes")
         if self.mode == "patches" and self.spatial_size is None:
             raise ValueError("mode: patches needs spatial_size (the patch size)")
         if self.train_cases is not None and self.train_cases >= 1 and self.train_cases != int(self.train_cases):
@@ -383,6 +392,7 @@ class PreprocessSpec(Section):
     resize: bool = False
     tile_inference: bool = False
     context_slices: int = 0
+    slice_axes: list[int] = Field(default_factory=lambda: [2])
     target_spacing: list[float] | None = None
     slices: Literal["middle", "tumour_middle", "range", "brain", "tumour", "all"] = "tumour"
     slice_range: list[int] | None = None

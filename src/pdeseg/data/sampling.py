@@ -35,6 +35,46 @@ log = logging.getLogger(__name__)
 FOREGROUND_SAMPLING = ("classes", "any")
 
 
+#: Names of the slice axes of a volume ``(X, Y, Z)`` (for RAS-like brain MRI).
+AXIS_NAMES = {0: "sagittal", 1: "coronal", 2: "axial"}
+
+
+def axis_slices(case: CachedCase, axis: int, selection: str, slice_range: Sequence[int] | None = None) -> list[int]:
+    """Slice indices along ``axis`` (0, 1 or 2 of ``(X, Y, Z)``) of one case; the selections of
+    :func:`select_slices`, read from the arrays for the non-axial axes (``range`` is axial only)."""
+    if axis == 2:
+        return select_slices(case, selection, slice_range)
+    n = int(case.meta["shape"][axis])
+    if selection == "all":
+        return list(range(n))
+    if selection == "middle":
+        return [n // 2]
+    if selection == "range":
+        raise ConfigError("slice selection 'range' counts axial slices; use it with data.slice_axes: [2]")
+    other = (0, 2) if axis == 0 else (0, 1)  # the cached label is (Z, X, Y)
+    if selection in ("tumour", "tumour_middle"):
+        if case.label is None:
+            raise DataError(f"case {case.case_id} has no label, so 'tumour' slices cannot be selected")
+        found = np.flatnonzero(np.asarray(case.label).any(axis=other)).tolist()
+        if selection == "tumour_middle":
+            return [found[len(found) // 2] if found else n // 2]
+        return found
+    if selection == "brain":
+        return np.flatnonzero((np.asarray(case.image) != 0).any(axis=(0, 1, 3 - axis))).tolist()
+    raise ConfigError(f"unknown slice selection {selection!r}")
+
+
+def slice_stack(volume: np.ndarray, axis: int, indices, context: int = 0) -> np.ndarray:
+    """Slices of a volume ``(C, X, Y, Z)`` along ``axis`` as a float32 batch ``(B, C (2n + 1), A, B')``:
+    the two other axes in their order, and with ``context = n`` (2.5D) the modalities of the
+    slices ``i - n .. i + n`` (neighbours first-to-last, the modalities within each; see
+    :func:`context_indices`). The one way slices are cut, in training and in inference."""
+    idx = context_indices(np.atleast_1d(indices), volume.shape[1 + axis], context)  # (B, 2n + 1)
+    taken = np.take(volume, idx, axis=1 + axis)  # (C, ..., B, 2n + 1, ...)
+    taken = np.moveaxis(taken, (1 + axis, 2 + axis), (0, 1))  # (B, 2n + 1, C, A, B')
+    return np.ascontiguousarray(taken, dtype=np.float32).reshape(idx.shape[0], -1, *taken.shape[3:])
+
+
 def select_slices(case: CachedCase, selection: str, slice_range: Sequence[int] | None = None) -> list[int]:
     """Slice indices (along the last, axial, axis) of one case.
 
@@ -145,7 +185,7 @@ def context_indices(z, depth: int, n: int) -> np.ndarray:
 
 
 class SliceDataset(PerItemDraws, Dataset):
-    """Axial slices of cached cases.
+    """Slices of cached cases: axial, or along each of ``axes`` (triplanar training).
 
     Each item is ``{"image": (C, H, W) float32, "label": (H, W) int64, "case": str, "z": int}``;
     pixels outside a case's field of view (DRIVE) carry :data:`~pdeseg.config.IGNORE_LABEL`.
@@ -163,6 +203,9 @@ class SliceDataset(PerItemDraws, Dataset):
         repeats: items per selected slice and epoch (with a random crop: that many windows,
             each drawn on its own).
         context: neighbouring slices on each side stacked as channels (2.5D input).
+        axes: the volume axes ``(X, Y, Z)`` to cut slices along, ``(2,)`` axial only; with
+            several, every selected slice along each axis is an item (one model sees the
+            three orientations), cut by :func:`slice_stack`.
 
     Raises:
         DataError: no cases, no slices selected, or slices of different sizes to batch.
@@ -179,6 +222,7 @@ class SliceDataset(PerItemDraws, Dataset):
         crop: str = "center",
         repeats: int = 1,
         context: int = 0,
+        axes: Sequence[int] = (2,),
     ):
         if crop not in ("center", "random"):
             raise ConfigError(f"crop must be center or random, got {crop!r}")
@@ -187,15 +231,17 @@ class SliceDataset(PerItemDraws, Dataset):
         self.crop, self.context = crop, int(context)
         if not cases:
             raise DataError("no cases to draw slices from (empty split?)")
-        sizes = {tuple(c.meta["shape"][:2]) for c in cases}
+        self.axes = tuple(int(a) for a in axes)
+        sizes = {tuple(s for k, s in enumerate(c.meta["shape"][:3]) if k != a) for c in cases for a in self.axes}
         if spatial_size is None and len(sizes) > 1:
             raise DataError(
-                f"cases have different slice sizes {sorted(sizes)} (e.g. BraTS 2020 and 2023 grids mixed); "
-                "set data.spatial_size: [H, W] so that slices can be batched"
+                f"cases (or slice axes) give different slice sizes {sorted(sizes)} (e.g. BraTS 2020 and 2023 grids "
+                "mixed, or slices along several axes); set data.spatial_size: [H, W] so that slices can be batched"
             )
         self.cases = cases
         self.spatial_size, self.resize, self.transform = spatial_size, resize, transform
-        self.items = [(i, z) for i, c in enumerate(cases) for z in select_slices(c, selection, slice_range)] * int(repeats)
+        self.items = [(i, a, z) for i, c in enumerate(cases) for a in self.axes
+                      for z in axis_slices(c, a, selection, slice_range)] * int(repeats)
         if not self.items:
             raise DataError(f"slice selection {selection!r} gives no slices for cases {[c.case_id for c in cases]}")
 
@@ -203,22 +249,22 @@ class SliceDataset(PerItemDraws, Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int) -> dict:
-        ci, z = self.items[index]
+        ci, axis, z = self.items[index]
         case = self.cases[ci]
-        if self.context:
-            stack = np.asarray(case.image[context_indices(z, case.image.shape[0], self.context)], dtype=np.float32)
-            image = torch.from_numpy(stack.reshape(-1, *stack.shape[2:]))
-        else:
+        if axis == 2 and not self.context:  # the common case, read straight from the (Z, C, X, Y) cache
             image = torch.from_numpy(np.asarray(case.image[z], dtype=np.float32))
-        label = torch.from_numpy(np.asarray(case.label[z], dtype=np.int64))
+        else:
+            image = torch.from_numpy(slice_stack(np.asarray(case.image).transpose(1, 2, 3, 0), axis, z, self.context)[0])
+        label = torch.from_numpy(np.take(np.asarray(case.label).transpose(1, 2, 0), z, axis=axis).astype(np.int64))
         if case.valid is not None:  # outside the field of view: seen by no loss (IGNORE_LABEL)
-            label = label.masked_fill(~torch.from_numpy(np.array(case.valid[z], dtype=bool)), IGNORE_LABEL)
+            inside = np.take(np.asarray(case.valid).transpose(1, 2, 0), z, axis=axis).astype(bool)
+            label = label.masked_fill(~torch.from_numpy(inside), IGNORE_LABEL)
         rng = self.item_rng(index)
         if self.crop == "random":
             image, label = random_window(image, label, self.spatial_size, rng)
         image, label = fit_spatial(image, label, self.spatial_size, self.resize)
         image, label = self.augment_item(rng, image, label)
-        return {"image": image.contiguous(), "label": label.contiguous(), "case": case.case_id, "z": z}
+        return {"image": image.contiguous(), "label": label.contiguous(), "case": case.case_id, "z": z, "axis": axis}
 
 
 def case_volume(case: CachedCase) -> tuple[np.ndarray, np.ndarray | None]:
@@ -331,7 +377,8 @@ def training_dataset(cases: list[CachedCase], spec: PreprocessSpec, data: DataCo
     """The training samples of ``spec.mode`` with the config's augmentation."""
     if spec.mode == "slices":
         ds = SliceDataset(cases, spec.slices, spec.slice_range, spec.spatial_size, spec.resize, crop=data.crop,
-                          repeats=data.samples_per_case if data.crop == "random" else 1, context=spec.context_slices)
+                          repeats=data.samples_per_case if data.crop == "random" else 1, context=spec.context_slices,
+                          axes=spec.slice_axes)
         size = spec.spatial_size or list(ds[0]["image"].shape[1:])
         ds.transform, ds.seed = _train_transform(data.augment, spec.spatial_dims, size), seed
         return ds
@@ -351,4 +398,5 @@ def _train_transform(augment: AugmentConfig, spatial_dims: int, size: Sequence[i
 
 def evaluation_slices(cases: list[CachedCase], spec: PreprocessSpec) -> SliceDataset:
     """The slices the config selects, fitted as in training, without augmentation."""
-    return SliceDataset(cases, spec.slices, spec.slice_range, spec.spatial_size, spec.resize, context=spec.context_slices)
+    return SliceDataset(cases, spec.slices, spec.slice_range, spec.spatial_size, spec.resize, context=spec.context_slices,
+                        axes=spec.slice_axes)

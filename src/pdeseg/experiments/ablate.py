@@ -522,15 +522,15 @@ def make_figures(result: AblationResult, cfg: ExperimentConfig, data: PreparedDa
 def _case_panel(predictor: Predictor, case, cfg: ExperimentConfig) -> dict[str, Any]:
     """The selected slice of ``case`` with the most tumour, fitted as in training, with its
     prediction (a volumetric model segments the whole volume; its slice is shown)."""
-    if predictor.spec.mode != "slices" or predictor.spec.context_slices:
+    if predictor.spec.mode != "slices" or predictor.spec.context_slices or list(predictor.spec.slice_axes) != [2]:
         z = display_slice(case, cfg, "volume")
         image = np.asarray(case.image[z], dtype=np.float32)
         return {"case": f"{case.case_id} z={z}", "image": image[0], "truth": np.asarray(case.label[z]),
                 "prediction": slice_prediction(predictor, case, z)}
     ds = evaluation_slices([case], predictor.spec)
     label = np.asarray(case.label)
-    z = max((z for _, z in ds.items), key=lambda z: int((label[z] > 0).sum()))
-    item = ds[[z for _, z in ds.items].index(z)]
+    z = max((z for _, _, z in ds.items), key=lambda z: int((label[z] > 0).sum()))
+    item = ds[[z for _, _, z in ds.items].index(z)]
     image = item["image"].numpy()
     classes = predictor.predict_volume(image[..., None])[..., 0]
     return {"case": f"{case.case_id} z={z}", "image": image[0], "truth": item["label"].numpy(), "prediction": classes}

@@ -370,9 +370,9 @@ def display_slice(case: CachedCase, cfg: ExperimentConfig, scope: str) -> int:
 
 def slice_prediction(predictor: Predictor, case: CachedCase, z: int) -> np.ndarray:
     """Predicted classes of slice ``z`` of a cached case: a slice model sees that slice alone
-    (a 2.5D one with its neighbours), a volumetric one segments the whole volume (its context)
+    (a 2.5D one with its neighbours), a volumetric or triplanar one segments the whole volume
     and the slice is taken from it."""
-    if predictor.spec.mode == "slices":
+    if predictor.spec.mode == "slices" and list(predictor.spec.slice_axes) == [2]:
         n, depth = predictor.spec.context_slices, case.image.shape[0]
         lo, hi = max(0, z - n), min(depth, z + n + 1)  # beyond these the edges repeat, as for the whole volume
         image = np.asarray(case.image[lo:hi], dtype=np.float32).transpose(1, 2, 3, 0)  # (C, X, Y, hi - lo)

@@ -305,36 +305,45 @@ class Predictor:
                                            sw_device=self.device, device=where)
         return (out.as_tensor() if hasattr(out, "as_tensor") else out)[0].float().cpu()
 
-    def slice_input(self, image: np.ndarray, z0: int, z1: int) -> torch.Tensor:
-        """Slices ``z0 .. z1 - 1`` of a normalised case ``(C, H, W, D)`` as a batch ``(B, C', H, W)``:
-        ``C' = C`` or, with the spec's ``context_slices = n`` (2.5D), ``C (2n + 1)`` (each slice's
-        neighbours stacked as in training, :func:`~pdeseg.data.sampling.context_indices`)."""
-        n = self.spec.context_slices
-        if not n:
-            return torch.from_numpy(np.ascontiguousarray(image[..., z0:z1].transpose(3, 0, 1, 2))).float()
-        from pdeseg.data.sampling import context_indices
+    def slice_input(self, image: np.ndarray, z0: int, z1: int, axis: int = 2) -> torch.Tensor:
+        """Slices ``z0 .. z1 - 1`` along ``axis`` of a normalised case ``(C, X, Y, Z)`` as a batch
+        ``(B, C', A, B')``: ``C' = C`` or, with the spec's ``context_slices = n`` (2.5D),
+        ``C (2n + 1)``, cut as in training (:func:`~pdeseg.data.sampling.slice_stack`)."""
+        from pdeseg.data.sampling import slice_stack
 
-        idx = context_indices(np.arange(z0, z1), image.shape[-1], n)  # (B, 2n + 1)
-        stack = image[..., idx]  # (C, H, W, B, 2n + 1)
-        return torch.from_numpy(np.ascontiguousarray(stack.transpose(3, 4, 0, 1, 2)).reshape(z1 - z0, -1, *image.shape[1:3])).float()
+        return torch.from_numpy(slice_stack(image, axis, np.arange(z0, z1), self.spec.context_slices))
 
     def _by_slices(self, image: np.ndarray, progress: bool) -> torch.Tensor:
-        _, h, w, depth = image.shape
+        """Logits ``(K, X, Y, Z)`` of a slice model: along the spec's one slice axis, or (triplanar,
+        several axes) the logits of the mean of the class probabilities of the passes along each."""
+        axes = list(self.spec.slice_axes)
+        if len(axes) == 1:
+            return self._along(image, axes[0], progress)
+        total = None
+        for axis in axes:
+            probs = class_probabilities(self._along(image, axis, progress)[None], self.head)
+            total = probs if total is None else total.add_(probs)
+        return logits_from_probabilities(total / len(axes), self.head)[0]
+
+    def _along(self, image: np.ndarray, axis: int, progress: bool) -> torch.Tensor:
+        depth = image.shape[1 + axis]
         size, resize = self.spec.spatial_size, self.spec.resize
-        out = torch.empty((self._logit_channels(), h, w, depth), dtype=torch.float32)
+        out = torch.empty((self._logit_channels(), *image.shape[1:]), dtype=torch.float32)
+        view = out.movedim(1 + axis, 1)  # (K, depth, A, B'): writing into it writes into out
+        h, w = view.shape[2:]
         if self.spec.tile_inference and size and (h > size[0] or w > size[1]):
             for z in track(range(depth), "slices", "slice", enabled=progress):
-                out[..., z] = self._by_windows(self.slice_input(image, z, z + 1), progress=False)
+                view[:, z] = self._by_windows(self.slice_input(image, z, z + 1, axis), progress=False)
             return out
         for z0 in track(range(0, depth, self.batch_size), "slices", "batch", enabled=progress):
             z1 = min(z0 + self.batch_size, depth)
-            x = self.slice_input(image, z0, z1)
+            x = self.slice_input(image, z0, z1, axis)
             if resize and size:
                 x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
             logits = self.predict_batch(x)
             if resize and size:
                 logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-            out[..., z0:z1] = logits.permute(1, 2, 3, 0).cpu()
+            view[:, z0:z1] = logits.transpose(0, 1).cpu()
         return out
 
     def _logit_channels(self) -> int:
