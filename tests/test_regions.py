@@ -149,3 +149,21 @@ def test_a_region_model_trains_scores_and_writes_brats_labels(phantom_root, tmp_
     assert torch.equal(torch.from_numpy(classes.astype(np.int64)), predicted_classes(logits, predictor.head)[0])
     written = np.asarray(nib.load(next(out.glob(f"{case.case_id}*.nii.gz"))).dataobj)
     assert np.array_equal(written, np.array([0, 1, 2, 4])[classes])  # BraTS 2020 label values, not region channels
+
+
+def test_region_bce_is_finite_with_finite_gradients_for_confident_logits(head):
+    # confident logits either way (what a trained bf16 model emits): the loss and its gradient stay finite
+    z = torch.tensor([40.0, -40.0, 30.0, -30.0, 0.0, 90.0]).view(1, 1, 6, 1).repeat(1, 3, 1, 1)
+    z[0, 1] *= -1
+    z.requires_grad_(True)
+    target = torch.tensor([[[0], [1], [2], [3], [1], [0]]])
+    loss = region_bce_loss(z, target, head)
+    loss.backward()
+    assert torch.isfinite(loss) and bool(torch.isfinite(z.grad).all())
+    # against a float64 computation where float64 can still tell 1 - m from 0 (|z| <= 30)
+    z = (torch.rand(2, 3, 5, 5, generator=torch.Generator().manual_seed(3)) - 0.5) * 60
+    target = torch.randint(0, 4, (2, 5, 5), generator=torch.Generator().manual_seed(4))
+    m = region_probabilities(z.double())
+    y = torch.stack([(target > 0), (target == 1) | (target == 3), target == 3], 1).double()
+    exact = -(y * m.log() + (1 - y) * (1 - m).log()).mean()
+    assert abs(float(region_bce_loss(z, target, head)) - float(exact)) < 1e-4 * float(exact)

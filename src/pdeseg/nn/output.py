@@ -144,15 +144,18 @@ def _float(logits: torch.Tensor) -> torch.Tensor:
 
 
 def log_region_probabilities(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Region-head logits ``(B, K, *S)`` -> ``(log m, log(1 - m))``, each ``(B, K, *S)``, with
-    ``log m_k = sum_{j<=k} log sigmoid(z_j)`` (computed in log space, so a confident region
-    never rounds to 0 or 1)."""
+    """Region-head logits ``(B, K, *S)`` -> ``(log m, log(1 - m))``, each ``(B, K, *S)``, in log
+    space so that a confident region never rounds to 0 or 1 and every gradient stays finite:
+    ``log m_k = sum_{j<=k} log sigmoid(z_j)`` and, since ``1 - m_k = (1 - m_{k-1}) + m_{k-1}
+    (1 - q_k)`` (a sum of positive terms), ``log(1 - m_k) = logaddexp(log(1 - m_{k-1}),
+    log m_{k-1} + log sigmoid(-z_k))`` with ``log(1 - m_1) = log sigmoid(-z_1)``."""
     z = _float(logits)
-    log_m = F.logsigmoid(z).cumsum(dim=1)
-    # log(1 - exp(a)) for a <= 0, stable at both ends (Maechler's log1mexp)
-    a = log_m.clamp(max=-torch.finfo(z.dtype).tiny)
-    log_not = torch.where(a > -0.6931471805599453, torch.log(-torch.expm1(a)), torch.log1p(-torch.exp(a)))
-    return log_m, log_not
+    log_q, log_not_q = F.logsigmoid(z), F.logsigmoid(-z)
+    log_m = log_q.cumsum(dim=1)
+    nots = [log_not_q[:, 0]]
+    for k in range(1, z.shape[1]):
+        nots.append(torch.logaddexp(nots[-1], log_m[:, k - 1] + log_not_q[:, k]))
+    return log_m, torch.stack(nots, dim=1)
 
 
 def region_probabilities(logits: torch.Tensor) -> torch.Tensor:
