@@ -69,10 +69,16 @@ def slice_stack(volume: np.ndarray, axis: int, indices, context: int = 0) -> np.
     the two other axes in their order, and with ``context = n`` (2.5D) the modalities of the
     slices ``i - n .. i + n`` (neighbours first-to-last, the modalities within each; see
     :func:`context_indices`). The one way slices are cut, in training and in inference."""
-    idx = context_indices(np.atleast_1d(indices), volume.shape[1 + axis], context)  # (B, 2n + 1)
-    taken = np.take(volume, idx, axis=1 + axis)  # (C, ..., B, 2n + 1, ...)
-    taken = np.moveaxis(taken, (1 + axis, 2 + axis), (0, 1))  # (B, 2n + 1, C, A, B')
-    return np.ascontiguousarray(taken, dtype=np.float32).reshape(idx.shape[0], -1, *taken.shape[3:])
+    return stack_rows(np.moveaxis(volume, 1 + axis, 0), indices, context)
+
+
+def stack_rows(front: np.ndarray, indices, context: int = 0) -> np.ndarray:
+    """:func:`slice_stack` of a volume whose slicing axis is already first, ``(D, C, A, B')``
+    (the cache's ``(Z, C, X, Y)`` for axial slices; make it contiguous once per case, and the
+    batches are row reads instead of strided gathers)."""
+    idx = context_indices(np.atleast_1d(indices), front.shape[0], context)  # (B, 2n + 1)
+    taken = front[idx]  # (B, 2n + 1, C, A, B')
+    return np.ascontiguousarray(taken, dtype=np.float32).reshape(idx.shape[0], -1, *front.shape[2:])
 
 
 def select_slices(case: CachedCase, selection: str, slice_range: Sequence[int] | None = None) -> list[int]:
@@ -251,8 +257,8 @@ class SliceDataset(PerItemDraws, Dataset):
     def __getitem__(self, index: int) -> dict:
         ci, axis, z = self.items[index]
         case = self.cases[ci]
-        if axis == 2 and not self.context:  # the common case, read straight from the (Z, C, X, Y) cache
-            image = torch.from_numpy(np.asarray(case.image[z], dtype=np.float32))
+        if axis == 2:  # axial: rows of the (Z, C, X, Y) cache
+            image = torch.from_numpy(stack_rows(case.image, z, self.context)[0])
         else:
             image = torch.from_numpy(slice_stack(np.asarray(case.image).transpose(1, 2, 3, 0), axis, z, self.context)[0])
         label = torch.from_numpy(np.take(np.asarray(case.label).transpose(1, 2, 0), z, axis=axis).astype(np.int64))

@@ -326,7 +326,10 @@ class Predictor:
         return logits_from_probabilities(total / len(axes), self.head)[0]
 
     def _along(self, image: np.ndarray, axis: int, progress: bool) -> torch.Tensor:
+        from pdeseg.data.sampling import stack_rows
+
         depth = image.shape[1 + axis]
+        front = np.ascontiguousarray(np.moveaxis(image, 1 + axis, 0))  # (depth, C, A, B'): batches are row reads
         size, resize = self.spec.spatial_size, self.spec.resize
         out = torch.empty((self._logit_channels(), *image.shape[1:]), dtype=torch.float32)
         view = out.movedim(1 + axis, 1)  # (K, depth, A, B'): writing into it writes into out
@@ -337,7 +340,7 @@ class Predictor:
             return out
         for z0 in track(range(0, depth, self.batch_size), "slices", "batch", enabled=progress):
             z1 = min(z0 + self.batch_size, depth)
-            x = self.slice_input(image, z0, z1, axis)
+            x = torch.from_numpy(stack_rows(front, np.arange(z0, z1), self.spec.context_slices))
             if resize and size:
                 x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
             logits = self.predict_batch(x)
