@@ -105,10 +105,12 @@ def resolve(cfg: ExperimentConfig) -> Experiment:
     except ValueError as exc:
         raise ConfigError(f"{exc} (data.format {fmt.name})") from None
     if cfg.postprocess.min_innermost_voxels is not None:
+        from pdeseg.inference.postprocess import region_chain
+
         try:
-            make_head("regions", info.num_classes, info.regions)
-        except ValueError as exc:
-            raise ConfigError(f"postprocess.min_innermost_voxels needs nested regions: {exc} (data.format {fmt.name})") from None
+            region_chain(info.num_classes, info.regions)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (data.format {fmt.name})") from None
     dims = 2 if d.mode == "slices" else info.spatial_dims
     if d.spatial_dims is not None and d.spatial_dims != dims:
         why = "slices are 2D" if d.mode == "slices" else f"{fmt.name} cases are {info.spatial_dims}D"

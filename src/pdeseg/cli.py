@@ -139,11 +139,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pdeseg.inference.evaluate import evaluate_checkpoint, summary_markdown
 
-    first = Path(args.checkpoint[0])
-    single = len(args.checkpoint) == 1 and not first.is_dir()
-    out = args.out or str((first.parent if single else first if first.is_dir() else first.parent) / f"eval_{args.split}_{args.scope}")
+    first = Path(args.checkpoint[0])  # results go next to the checkpoint, or into the folder of runs
+    out = args.out or str((first if first.is_dir() else first.parent) / f"eval_{args.split}_{args.scope}")
     summary = evaluate_checkpoint(
-        args.checkpoint if len(args.checkpoint) > 1 else args.checkpoint[0], out, args.data, args.split, args.scope, args.hd95, args.device, args.precision,
+        args.checkpoint, out, args.data, args.split, args.scope, args.hd95, args.device, args.precision,
         args.save_predictions, progress=not args.no_progress, figures=args.figures,
         figure_cases=args.figure_cases.split(",") if args.figure_cases else None,
         overlap=args.overlap, tta=args.tta, stitch=args.stitch, surface_tolerance_mm=args.surface_tolerance,

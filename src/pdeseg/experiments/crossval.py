@@ -255,8 +255,7 @@ def rescore_crossval(cv_dir: str | Path, name: str, tta: bool = False, min_compo
     reference = _read_rows(ref_path)
 
     cases: dict[str, tuple[int, Any, np.ndarray]] = {}  # case -> (fold, cached case, classes after the fixed rules)
-    rules = chain = None
-    spec = None
+    rules = spec = None
     for i, fold in enumerate(folds):
         predictor = _fold_predictor(cv, i, tta)
         spec = predictor.spec
@@ -287,7 +286,7 @@ def rescore_crossval(cv_dir: str | Path, name: str, tta: bool = False, min_compo
     rows = {c: {"case": c, "fold": f, **metrics(e, cl)} for c, (f, e, cl) in cases.items()}
     thresholds: list[int | None] = [fixed.min_innermost_voxels] * len(folds)
     if auto:
-        chain = region_chain(spec.num_classes, spec.regions)
+        chain = region_chain(spec.num_classes, spec.regions)  # the innermost region and its name
         inner, key = chain.levels[-1], f"dice_{chain.region_names[-1]}"
         stats = {c: (int((cl == inner).sum()), not bool((np.asarray(e.label) == inner).any()), rows[c][key])
                  for c, (f, e, cl) in cases.items()}

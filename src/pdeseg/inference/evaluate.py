@@ -44,7 +44,7 @@ def _case_ids(checkpoint: Path, split: str) -> list[str] | None:
 
 
 def evaluate_checkpoint(
-    checkpoint: str | Path,
+    checkpoint: str | Path | list[str | Path],
     out_dir: str | Path,
     data_root: str | None = None,
     split: str = "test",
@@ -134,7 +134,8 @@ def evaluate_checkpoint(
     inference = {"tta": predictor.tta, "overlap": predictor.overlap, "stitch": predictor.stitch,
                  "surface_tolerance_mm": surface_tolerance_mm, "postprocess": predictor.postprocessing.describe(),
                  "models": predictor.name}
-    summary = {"scope": scope, "split": split, "checkpoint": str(checkpoint) if len(members) == 1 else [str(m) for m in members], "cases": len(rows), "inference": inference,
+    named = str(checkpoint) if len(members) == 1 else [str(m) for m in members]
+    summary = {"scope": scope, "split": split, "checkpoint": named, "cases": len(rows), "inference": inference,
                "metrics": result.summary()}
     write_results(rows, summary, out_dir)
     return summary

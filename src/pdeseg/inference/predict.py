@@ -336,7 +336,7 @@ class Predictor:
         h, w = view.shape[2:]
         if self.spec.tile_inference and size and (h > size[0] or w > size[1]):
             for z in track(range(depth), "slices", "slice", enabled=progress):
-                view[:, z] = self._by_windows(self.slice_input(image, z, z + 1, axis), progress=False)
+                view[:, z] = self._by_windows(torch.from_numpy(stack_rows(front, [z], self.spec.context_slices)), progress=False)
             return out
         for z0 in track(range(0, depth, self.batch_size), "slices", "batch", enabled=progress):
             z1 = min(z0 + self.batch_size, depth)

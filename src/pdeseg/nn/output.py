@@ -112,14 +112,15 @@ def head_of(spec: Any) -> OutputHead:
     return make_head(getattr(spec, "output", "softmax"), spec.num_classes, getattr(spec, "regions", None))
 
 
-def _resolve(head: HeadLike, logits_or_probs: torch.Tensor | None = None, num_classes: int | None = None) -> OutputHead:
+def _resolve(head: HeadLike, logits_or_probs: torch.Tensor) -> OutputHead:
+    """The head meant: as given, by name (with the tensor's channels as classes), or from the
+    channel count (1: sigmoid, more: softmax)."""
     if isinstance(head, OutputHead):
         return head
+    k = logits_or_probs.shape[1]
     if head is None:
-        k = logits_or_probs.shape[1]
         return OutputHead("sigmoid", 2) if k == 1 else OutputHead("softmax", k)
-    c = num_classes if num_classes is not None else logits_or_probs.shape[1]
-    return make_head(head, c)
+    return make_head(head, k)
 
 
 def output_channels(num_classes: int, output: str = "softmax", regions: Mapping[str, Sequence[int]] | None = None) -> int:
@@ -130,13 +131,6 @@ def output_channels(num_classes: int, output: str = "softmax", regions: Mapping[
         ValueError: see :func:`make_head`.
     """
     return make_head(output, num_classes, regions).channels
-
-
-def num_classes_of(logits: torch.Tensor, head: HeadLike = None) -> int:
-    """Classes represented by ``logits (B, K, ...)``: 2 for ``K == 1``, else ``K`` (or the head's)."""
-    if isinstance(head, OutputHead):
-        return head.num_classes
-    return 2 if logits.shape[1] == 1 else logits.shape[1]
 
 
 def _float(logits: torch.Tensor) -> torch.Tensor:
