@@ -309,9 +309,14 @@ class Predictor:
         """Slices ``z0 .. z1 - 1`` along ``axis`` of a normalised case ``(C, X, Y, Z)`` as a batch
         ``(B, C', A, B')``: ``C' = C`` or, with the spec's ``context_slices = n`` (2.5D),
         ``C (2n + 1)``, cut as in training (:func:`~pdeseg.data.sampling.slice_stack`)."""
-        from pdeseg.data.sampling import slice_stack
+        return self._rows(np.moveaxis(image, 1 + axis, 0), np.arange(z0, z1))
 
-        return torch.from_numpy(slice_stack(image, axis, np.arange(z0, z1), self.spec.context_slices))
+    def _rows(self, front: np.ndarray, indices) -> torch.Tensor:
+        """The batch of slices ``indices`` of a case whose slicing axis is first, ``(D, C, A, B')``,
+        with the spec's 2.5D context (:func:`~pdeseg.data.sampling.stack_rows`)."""
+        from pdeseg.data.sampling import stack_rows
+
+        return torch.from_numpy(stack_rows(front, indices, self.spec.context_slices))
 
     def _by_slices(self, image: np.ndarray, progress: bool) -> torch.Tensor:
         """Logits ``(K, X, Y, Z)`` of a slice model: along the spec's one slice axis, or (triplanar,
@@ -326,8 +331,6 @@ class Predictor:
         return logits_from_probabilities(total / len(axes), self.head)[0]
 
     def _along(self, image: np.ndarray, axis: int, progress: bool) -> torch.Tensor:
-        from pdeseg.data.sampling import stack_rows
-
         depth = image.shape[1 + axis]
         front = np.ascontiguousarray(np.moveaxis(image, 1 + axis, 0))  # (depth, C, A, B'): batches are row reads
         size, resize = self.spec.spatial_size, self.spec.resize
@@ -336,11 +339,11 @@ class Predictor:
         h, w = view.shape[2:]
         if self.spec.tile_inference and size and (h > size[0] or w > size[1]):
             for z in track(range(depth), "slices", "slice", enabled=progress):
-                view[:, z] = self._by_windows(torch.from_numpy(stack_rows(front, [z], self.spec.context_slices)), progress=False)
+                view[:, z] = self._by_windows(self._rows(front, [z]), progress=False)
             return out
         for z0 in track(range(0, depth, self.batch_size), "slices", "batch", enabled=progress):
             z1 = min(z0 + self.batch_size, depth)
-            x = torch.from_numpy(stack_rows(front, np.arange(z0, z1), self.spec.context_slices))
+            x = self._rows(front, np.arange(z0, z1))
             if resize and size:
                 x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
             logits = self.predict_batch(x)
