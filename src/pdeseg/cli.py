@@ -98,6 +98,78 @@ def _load_cfg(args: argparse.Namespace):
     return load_config(args.config, overrides)
 
 
+def _plan_args(args: argparse.Namespace):
+    """The plan of ``pdeseg plan`` and ``train --data`` without a config (see :mod:`pdeseg.planning`)."""
+    from pdeseg.planning import plan_dataset
+
+    options = {}
+    for item in args.format_option or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            from pdeseg.config import ConfigError
+
+            raise ConfigError(f"--format-option {item!r} must look like key=value")
+        options[key] = value
+    return plan_dataset(args.data, args.format, args.device or "auto", args.time_budget or "1h", options or None,
+                        cache_dir=args.cache_dir, progress=not args.no_progress)
+
+
+def cmd_fingerprint(args: argparse.Namespace) -> int:
+    from pdeseg.data.detect import detect_format
+    from pdeseg.data.fingerprint import fingerprint_dataset
+
+    fmt = args.format or detect_format(args.data)
+    fp = fingerprint_dataset(fmt, args.data, None, None, args.cache_dir, progress=not args.no_progress, refresh=args.refresh)
+    print(fp.summary())
+    if args.json:
+        import json
+
+        Path(args.json).write_text(json.dumps(fp.to_dict(), indent=1))
+        print(f"fingerprint: {Path(args.json).resolve()}")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from pdeseg.planning import write_plan
+
+    plan = _plan_args(args)
+    out = write_plan(plan, args.out)
+    print(plan.summary())
+    print(f"plan: {out.resolve()}")
+    print(f"train it: pdeseg train --config {out}")
+    return 0
+
+
+def cmd_export_nnunet(args: argparse.Namespace) -> int:
+    from pdeseg.config import load_config
+    from pdeseg.data.detect import detect_format
+    from pdeseg.data.export_nnunet import export_nnunet
+    from pdeseg.config import DataConfig, SplitConfig
+    from pdeseg.data.formats import get_format
+    from pdeseg.data.setup import draw_split
+    from pdeseg.data.splits import DEFAULT_FRACTIONS
+
+    if args.config:
+        if args.format:
+            from pdeseg.config import ConfigError
+
+            raise ConfigError("--format with --config: the config's data.format decides")
+        d = load_config(args.config, [f"data.root={args.data}"]).data
+    else:
+        d = DataConfig(root=args.data, format=args.format or detect_format(args.data),
+                       split=SplitConfig(fractions=list(DEFAULT_FRACTIONS), seed=0))
+    fmt = get_format(d.format)
+    fmt.check_read_options(d.format_options)
+    info = fmt.dataset_info(d.root, d.format_options)
+    modalities = list(d.modalities or fmt.default_modalities or info.modalities)
+    split = draw_split(d, fmt.find_cases(d.root, modalities, True, **d.format_options))
+    fmt_name, options = d.format, dict(d.format_options)
+    report = export_nnunet(fmt_name, args.data, args.out, split, modalities, options, overwrite=args.overwrite,
+                           progress=not args.no_progress)
+    print(report.summary() if hasattr(report, "summary") else report)
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from pdeseg.build import resolve
     from pdeseg.config import ConfigError
@@ -105,6 +177,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pdeseg.training.run import train_model
     from pdeseg.viz.figures import plot_epoch_metrics
 
+    if args.config is None:
+        if not args.data:
+            raise ConfigError("train needs --config FILE, or --data DIR to plan a run from the data (pdeseg plan)")
+        from pdeseg.planning import write_plan
+
+        plan = _plan_args(args)
+        out_dir = Path(args.out or plan.config["output_dir"]) / plan.config["name"]
+        args.config = str(write_plan(plan, out_dir / "plan.yaml"))
+        print(plan.summary(), flush=True)
+        print(f"plan: {Path(args.config).resolve()} (edit it and train with --config to change it)", flush=True)
+    elif args.time_budget is not None or args.format is not None or args.format_option or args.device is not None:
+        raise ConfigError("--time-budget, --device, --format and --format-option plan a run from the data; with --config "
+                          "the config decides (set train.epochs, train.device, data.format, data.format_options there)")
     exp = resolve(_load_cfg(args))
     cfg = exp.cfg
     models = [m for m in cfg.models if args.model is None or m.name == args.model]
@@ -334,6 +419,20 @@ def _add_inference_options(s: argparse.ArgumentParser) -> None:
                         "volumes too large for the GPU), or auto (the GPU when the output fits in its free memory)")
 
 
+def _add_format_options(s: argparse.ArgumentParser, plan: bool, defaults: bool = True) -> None:
+    """``--format``, ``--format-option`` and the cache folder; with ``plan``, ``--device`` and ``--time-budget``."""
+    from pdeseg.data.formats import FORMATS
+
+    s.add_argument("--format", choices=sorted(FORMATS), help="the data format (default: detected from the layout)")
+    s.add_argument("--format-option", nargs="*", metavar="KEY=VALUE", help="reading options of the format, e.g. targets=boundary")
+    s.add_argument("--cache-dir", default="~/.cache/pdeseg", help="where cached cases and fingerprints go")
+    if plan:
+        s.add_argument("--device", default="auto" if defaults else None, choices=["auto", "cpu", "cuda"],
+                       help="the device the plan is measured on and trains on (default auto)")
+        s.add_argument("--time-budget", default="1h" if defaults else None, metavar="DURATION",
+                       help="wall-clock training budget, e.g. 2h, 90m, 1h30m (default 1h); the epochs are chosen to fit it")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pdeseg.data.formats import FORMATS  # not the registry: parsing arguments needs no torch
 
@@ -420,9 +519,39 @@ def build_parser() -> argparse.ArgumentParser:
                    help="msd: voxel size in mm (default 1 1 1 for mri, 0.8 0.8 2.5 for ct)")
     s.set_defaults(func=cmd_phantom)
 
-    s = sub.add_parser("train", help="train the config's models (one run folder each)")
-    s.add_argument("--config", required=True, help="YAML experiment config (see configs/)")
+    s = sub.add_parser("fingerprint", help="measure a data set: shapes, spacings, intensities, classes, objects")
+    s.add_argument("--data", required=True, help="data folder (any format pdeseg reads; detected from its layout)")
+    _add_format_options(s, plan=False)
+    s.add_argument("--refresh", action="store_true", help="measure again instead of reading the cached fingerprint")
+    s.add_argument("--json", metavar="PATH", help="also write the fingerprint as JSON")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_fingerprint)
+
+    s = sub.add_parser("plan", help="configure training from the data and this device: a YAML config with a reason "
+                                    "beside every choice, and the expected time")
+    s.add_argument("--data", required=True, help="data folder (any format pdeseg reads; detected from its layout)")
+    _add_format_options(s, plan=True)
+    s.add_argument("--out", default="plan.yaml", help="the config to write (default plan.yaml)")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_plan)
+
+    s = sub.add_parser("export-nnunet", help="write a data set as an nnU-Net v2 raw folder (dataset.json, imagesTr, "
+                                             "labelsTr) with pdeseg's split as splits_final.json")
+    s.add_argument("--data", required=True, help="data folder (any format pdeseg reads)")
+    s.add_argument("--out", required=True, metavar="nnUNet_raw/DatasetNNN_Name", help="the folder to write")
+    s.add_argument("--config", help="take format, channels and split from this config (default: the plan's split, "
+                                    "0.7/0.1/0.2 by case, seed 0)")
+    s.add_argument("--format", choices=sorted(FORMATS), help="the data format (default: detected from the layout)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing export")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_export_nnunet)
+
+    s = sub.add_parser("train", help="train the config's models (one run folder each); with --data and no --config, "
+                                     "plan the run from the data first")
+    s.add_argument("--config", help="YAML experiment config (see configs/, or pdeseg plan); without it, --data is "
+                                    "planned (pdeseg plan) and the plan trained")
     s.add_argument("--data", help="data folder (overrides data.root)")
+    _add_format_options(s, plan=True, defaults=False)
     s.add_argument("--out", help="output folder (overrides output_dir)")
     s.add_argument("--model", help="train only this model of the config")
     s.add_argument("--resume", action="store_true", help="continue each run from its last.pt")

@@ -49,6 +49,28 @@ def subsample_training(train: list[str], train_cases: float | None, seed: int) -
     return sorted(train[i] for i in order[:n])
 
 
+def draw_split(d: DataConfig, cases: list) -> dict[str, list[str]]:
+    """The patient-level split ``d.split`` gives these cases (by domain where it names domains),
+    with the training side subsampled by ``d.train_cases``; the same for training, ``export-nnunet``
+    and every study.
+
+    Raises:
+        ConfigError: a split setting that does not fit the cases.
+    """
+    s = d.split
+    try:
+        if s.domains is not None:
+            domains = {c.case_id: str(getattr(c, "domain", "")) for c in cases}
+            split = split_by_domain(domains, s.domains.train, s.domains.test, s.domains.val, s.fractions, s.counts,
+                                    s.seed, s.scale_counts)
+        else:
+            split = split_cases([c.case_id for c in cases], s.fractions, s.counts, s.seed, s.scale_counts)
+    except ValueError as exc:
+        raise ConfigError(f"data.split: {exc}") from None
+    split["train"] = subsample_training(split["train"], d.train_cases, s.seed)
+    return split
+
+
 def prepare_data(d: DataConfig, spec: PreprocessSpec, split_file: str | Path | None = None, progress: bool = True) -> PreparedData:
     """Find, validate and cache the cases of ``d.root`` and split them by patient.
 
@@ -75,17 +97,7 @@ def prepare_data(d: DataConfig, spec: PreprocessSpec, split_file: str | Path | N
         if missing:
             raise DataError(f"{split_file}: the split names cases not found under {d.root}: {missing[:5]}")
     else:
-        s = d.split
-        try:
-            if s.domains is not None:
-                domains = {c.case_id: str(getattr(c, "domain", "")) for c in cases}
-                split = split_by_domain(domains, s.domains.train, s.domains.test, s.domains.val, s.fractions, s.counts,
-                                        s.seed, s.scale_counts)
-            else:
-                split = split_cases(ids, s.fractions, s.counts, s.seed, s.scale_counts)
-        except ValueError as exc:
-            raise ConfigError(f"data.split: {exc}") from None
-        split["train"] = subsample_training(split["train"], d.train_cases, s.seed)
+        split = draw_split(d, cases)
     log.info("cases: %d (train %d, val %d, test %d)", len(ids), *(len(split[k]) for k in ("train", "val", "test")))
     wanted = set(sum(split.values(), []))
     if spec.normalization == "ct" and spec.ct_window is None:

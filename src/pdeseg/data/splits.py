@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 
 SPLITS = ("train", "val", "test")
+#: The split of planned runs and of ``export-nnunet`` without a config: train / val / test by case.
+DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)
 
 
 def _scaled_counts(counts: list[int], n: int) -> list[int]:

@@ -1,0 +1,73 @@
+"""Planning a training run from the data: fingerprint -> measured step costs -> config.
+
+:func:`plan_dataset` is the front door (``pdeseg plan``, and ``pdeseg train --data`` without a
+config): it detects the data format (unless given), fingerprints the data set
+(:mod:`pdeseg.data.fingerprint`), measures real training steps on the device
+(:mod:`pdeseg.planning.cost`), applies the rules of :mod:`pdeseg.planning.planner` and
+validates the result with the same resolve step every config goes through.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from pdeseg.planning.planner import Plan, fmt_duration, parse_duration
+
+__all__ = ["Plan", "fmt_duration", "parse_duration", "plan_dataset", "write_plan"]
+log = logging.getLogger(__name__)
+
+DEFAULT_BUDGET = "1h"
+
+
+def plan_dataset(root: str | Path, fmt: str | None = None, device: str = "auto", time_budget: str | float = DEFAULT_BUDGET,
+                 format_options: dict[str, Any] | None = None, modalities: list[str] | None = None,
+                 cache_dir: str = "~/.cache/pdeseg", progress: bool = True) -> Plan:
+    """Plan a training run for the labelled cases under ``root``.
+
+    Raises:
+        ConfigError: a bad budget or option, a budget too short for one epoch.
+        DataError: no data set, or one the reader rejects (the file is named).
+        DeviceError: the device is not there, or cannot fit the smallest patch.
+    """
+    from pdeseg.build import resolve
+    from pdeseg.config import config_from_dict
+    from pdeseg.data.detect import detect_format
+    from pdeseg.data.fingerprint import fingerprint_dataset
+    from pdeseg.errors import ConfigError
+    from pdeseg.planning.cost import CostModel, memory_budget
+    from pdeseg.planning.planner import Costs, plan_from_fingerprint
+    from pdeseg.runtime import resolve_device, resolve_precision
+
+    if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise ConfigError(f"--device must be auto, cpu or cuda, got {device!r}")
+    budget_s = parse_duration(time_budget)
+    name = fmt or detect_format(root)
+    fp = fingerprint_dataset(name, root, modalities, format_options, cache_dir, progress=progress)
+    log.info("fingerprint:\n%s", fp.summary())
+    dev = resolve_device(device)
+    precision = resolve_precision("auto", dev)
+    cost = CostModel(dev, precision, len(fp.channels), len(fp.classes))
+    plan = plan_from_fingerprint(fp, Costs(cost.predict, cost.cost), budget_s, memory_budget(dev), dev.type)
+    plan.config["data"]["cache_dir"] = cache_dir
+    plan.measurements = cost.log
+    resolve(config_from_dict(plan.config))  # the plan passes every check a hand-written config does
+    return plan
+
+
+def write_plan(plan: Plan, path: str | Path) -> Path:
+    """Write the plan's YAML (with reasons) atomically; returns the path."""
+    from pdeseg.data.files import write_atomically
+    from pdeseg.planning.emit import plan_yaml
+
+    fp, e = plan.fingerprint, plan.estimate
+    header = [f"planned by pdeseg plan from {fp.n_cases} cases of {fp.root} ({fp.format})",
+              f"device {e['device']}: {e['step_s']:.2f} s per training step (measured), about {fmt_duration(e['epoch_s'])} "
+              f"per epoch, {fmt_duration(e['total_s'])} in all for a budget of {fmt_duration(e['budget_s'])}",
+              "edit freely, then: pdeseg train --config THIS_FILE", ""]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = plan_yaml(plan.config, plan.reasons, header)
+    write_atomically(path, lambda tmp: tmp.write_text(text))
+    return path
