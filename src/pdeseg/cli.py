@@ -166,7 +166,13 @@ def cmd_export_nnunet(args: argparse.Namespace) -> int:
     fmt_name, options = d.format, dict(d.format_options)
     report = export_nnunet(fmt_name, args.data, args.out, split, modalities, options, overwrite=args.overwrite,
                            progress=not args.no_progress)
-    print(report.summary() if hasattr(report, "summary") else report)
+    print(f"wrote {report.num_cases} cases ({len(report.channel_names)} channel(s), {len(report.labels)} labels) to "
+          f"{Path(report.out_dir).resolve()}" + (f"; {len(report.renamed)} case ids renamed for nnU-Net (see dataset.json)"
+                                                if report.renamed else ""))
+    if report.splits_file:
+        print(f"pdeseg's split: {len(split['train'])} train / {len(split['val'])} val / {len(split['test'])} test cases; "
+              f"copy {report.splits_file} to $nnUNet_preprocessed/{Path(report.out_dir).name}/ after "
+              "nnUNetv2_plan_and_preprocess and train fold 0 to use it")
     return 0
 
 
