@@ -14,8 +14,8 @@ batch size, and records
   gradients and optimiser state included).
 
 Both grow about linearly with the voxels of a batch ``N = batch x prod(patch)`` for a fixed
-network, so each network (dimensions and widths) is probed at batch 1 and 2 of the candidate
-patch, shrunk (halving its largest axis) to at most :data:`PROBE_VOXELS`, and the line
+network, so each network (dimensions and widths) is probed once, at batch 1 and 2 of the first
+patch asked for, shrunk (halving its largest axis) to at most :data:`PROBE_VOXELS`, and the line
 ``cost(N) = a + b N`` through them predicts the others; a candidate predicted to take at
 most :data:`DIRECT_LIMIT_S` per step is then measured itself, and that measurement
 replaces the prediction. The planner searches on predictions (:meth:`CostModel.predict`) and
@@ -175,16 +175,20 @@ class CostModel:
         return cost
 
     def _line(self, dims: int, features: tuple[int, ...], patch: tuple[int, ...]) -> tuple[float, float, float, float]:
-        m = 2 ** (len(features) - 1)
-        small = list(patch)
-        while math.prod(small) > PROBE_VOXELS[dims] and max(small) >= 4 * m:
-            i = small.index(max(small))
-            small[i] = max(2 * m, (small[i] // 2 // m) * m)
-        small = tuple(small)
-        key = (dims, features, small)
+        """``(t0, t1, m0, m1)`` of ``seconds = t0 + t1 N`` and ``bytes = m0 + m1 N``, probed once per
+        network at the first patch asked for (shrunk to :data:`PROBE_VOXELS`)."""
+        key = (dims, features)
         if key not in self._lines:
+            m = 2 ** (len(features) - 1)
+            small = list(patch)
+            while math.prod(small) > PROBE_VOXELS[dims] and max(small) >= 4 * m:
+                i = small.index(max(small))
+                small[i] = max(2 * m, (small[i] // 2 // m) * m)
+            small = tuple(small)
             a = self.measure(dims, features, small, 1)
             b = self.measure(dims, features, small, 2)
+            self._direct[(dims, features, small, 1)] = a
+            self._direct[(dims, features, small, 2)] = b
             n = math.prod(small)
             slope_t = max((b.seconds - a.seconds) / n, a.seconds / (2 * n))
             slope_m = max((b.peak_bytes - a.peak_bytes) / n, a.peak_bytes / (2 * n))

@@ -280,9 +280,7 @@ def plan_from_fingerprint(fp: Fingerprint, cost: Costs, budget_s: float, memory_
         else:
             reasons["data.mode"] = (f"volumes of {'x'.join(f'{s:g}' for s in shape_t)} voxels (median), spacing "
                                     f"{fp.anisotropy:.1f}x anisotropic: 3D patches")
-            reasons["data.spatial_size"] = (f"patch {'x'.join(map(str, choice.patch))}: the median case "
-                                            f"{'x'.join(f'{s:g}' for s in shape_t)} rounded up to a multiple of "
-                                            f"{2 ** (len(choice.features) - 1)} (cap {MAX_PATCH[3]})")
+            reasons["data.spatial_size"] = _patch_reason(choice, shape_t, MAX_PATCH[3], "case")
     plane = [a for a in range(3) if a != slice_axis][:2] if slice_axis is not None else [0, 1]
     if mode == "slices":
         shape2 = [shape3[a] for a in plane]
@@ -296,9 +294,7 @@ def plan_from_fingerprint(fp: Fingerprint, cost: Costs, budget_s: float, memory_
                 raise DeviceError(f"the device cannot fit the smallest 2D patch ({why2}); free memory or use another device")
             raise ConfigError(f"time budget {fmt_duration(budget_s)} is too short for a useful training run ({why2}); "
                               "give a longer --time-budget")
-        reasons["data.spatial_size"] = (f"{'x'.join(map(str, choice.patch))}: the median image "
-                                        f"{'x'.join(f'{s:g}' for s in shape2)} rounded to a multiple of "
-                                        f"{2 ** (len(choice.features) - 1)} (cap {MAX_PATCH[2]})")
+        reasons["data.spatial_size"] = _patch_reason(choice, shape2, MAX_PATCH[2], "image")
     assert choice is not None
     data["mode"] = mode
     data["spatial_size"] = list(choice.patch)
@@ -434,6 +430,16 @@ def plan_from_fingerprint(fp: Fingerprint, cost: Costs, budget_s: float, memory_
                 "epoch_s": epoch_s, "epochs": float(epochs), "total_s": epochs * epoch_s, "budget_s": budget_s,
                 "peak_mib": choice.peak / 2**20 if math.isfinite(choice.peak) else float("nan"), "device": device_name}
     return Plan(config, reasons, estimate, fp)
+
+
+def _patch_reason(choice: _Choice, shape: list[float], cap: int, what: str) -> str:
+    m = 2 ** (len(choice.features) - 1)
+    full = [min(_round_up(s, m), cap) for s in shape]
+    text = (f"patch {'x'.join(map(str, choice.patch))}: the median {what} {'x'.join(f'{s:g}' for s in shape)} rounded up "
+            f"to a multiple of {m} (cap {cap})")
+    if list(choice.patch) != full:
+        text += f", shrunk from {'x'.join(map(str, full))} to fit the memory and time budget"
+    return text
 
 
 def _regions(fp: Fingerprint) -> list[list[int]]:
