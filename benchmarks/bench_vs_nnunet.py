@@ -177,7 +177,8 @@ def main() -> int:
     raw, pre, res = out / "nnUNet_raw", out / "nnUNet_preprocessed", out / "nnUNet_results"
     nn_env = {"nnUNet_raw": str(raw), "nnUNet_preprocessed": str(pre), "nnUNet_results": str(res),
               "nnUNet_compile": "f", "NNUNET_WALLCLOCK_S": str(budget_s), "NNUNET_SKIP_FINAL_VAL": "1",
-              "nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "2")}
+              "nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "2"),
+              "nnUNet_def_n_proc": os.environ.get("nnUNet_def_n_proc", "1")}
     pdeseg = [sys.executable, "-m", "pdeseg"]
     import torch
 

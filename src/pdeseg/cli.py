@@ -98,18 +98,24 @@ def _load_cfg(args: argparse.Namespace):
     return load_config(args.config, overrides)
 
 
-def _plan_args(args: argparse.Namespace):
-    """The plan of ``pdeseg plan`` and ``train --data`` without a config (see :mod:`pdeseg.planning`)."""
-    from pdeseg.planning import plan_dataset
+def _format_options(args: argparse.Namespace) -> dict | None:
+    """``--format-option key=value ...`` as a dict (None when none is given)."""
+    from pdeseg.config import ConfigError
 
     options = {}
     for item in args.format_option or []:
         key, sep, value = item.partition("=")
-        if not sep:
-            from pdeseg.config import ConfigError
-
+        if not sep or not key:
             raise ConfigError(f"--format-option {item!r} must look like key=value")
         options[key] = value
+    return options or None
+
+
+def _plan_args(args: argparse.Namespace):
+    """The plan of ``pdeseg plan`` and ``train --data`` without a config (see :mod:`pdeseg.planning`)."""
+    from pdeseg.planning import plan_dataset
+
+    options = _format_options(args)
     return plan_dataset(args.data, args.format, args.device or "auto", args.time_budget or "1h", options or None,
                         cache_dir=args.cache_dir, progress=not args.no_progress)
 
@@ -119,7 +125,8 @@ def cmd_fingerprint(args: argparse.Namespace) -> int:
     from pdeseg.data.fingerprint import fingerprint_dataset
 
     fmt = args.format or detect_format(args.data)
-    fp = fingerprint_dataset(fmt, args.data, None, None, args.cache_dir, progress=not args.no_progress, refresh=args.refresh)
+    fp = fingerprint_dataset(fmt, args.data, None, _format_options(args), args.cache_dir, progress=not args.no_progress,
+                             refresh=args.refresh)
     print(fp.summary())
     if args.json:
         import json

@@ -5,7 +5,8 @@
 on every deep-supervision head, backward, AdamW step) on random inputs of a given patch and
 batch size, and records
 
-* the **seconds per step** (median of the timed steps after one warm-up step), and
+* the **seconds per step** (the fastest of the timed steps after one warm-up step: other work on
+  the machine only ever slows a step down, so the minimum is the steadiest estimate), and
 * the **peak memory** of the step: on CUDA ``torch.cuda.max_memory_allocated`` (reset
   before the network is built, so weights count); on a CPU the rise of the process's peak resident set
   (``VmHWM``, which :func:`reset_peak_rss` resets through ``/proc/self/clear_refs``) over
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import math
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 #: Candidates predicted to step faster than this are measured directly.
 DIRECT_LIMIT_S = 4.0
-TIMED_STEPS = 2
+TIMED_STEPS = 3
 WARMUP_STEPS = 1
 #: Largest probe patch (voxels): 64^3 in 3D, 256^2 in 2D.
 PROBE_VOXELS = {3: 64**3, 2: 256**2}
@@ -168,7 +168,7 @@ class CostModel:
         del model, opt, x, y
         if cuda:
             torch.cuda.empty_cache()
-        cost = StepCost(statistics.median(times), peak, True)
+        cost = StepCost(min(times), peak, True)
         self.log.append({"dims": dims, "features": list(features), "patch": list(patch), "batch": batch,
                          "seconds": round(cost.seconds, 4), "peak_mib": round(peak / 2**20, 1)})
         log.debug("step %s x%d widths %s: %.3f s, %.0f MiB", patch, batch, features, cost.seconds, peak / 2**20)
