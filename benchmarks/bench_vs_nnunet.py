@@ -78,6 +78,8 @@ def _run(cmd: list[str], log_file: Path, env: dict | None = None) -> tuple[float
         rss = float(Path(str(log_file) + ".rss").read_text().split()[-1]) / 1024.0
     except (OSError, ValueError, IndexError):
         pass
+    load = os.getloadavg()
+    _log(f"took {wall:.1f} s; load average now {load[0]:.2f} (1 min) {load[2]:.2f} (15 min) on {os.cpu_count()} CPUs")
     return wall, rss
 
 
@@ -137,6 +139,10 @@ def _mean_ci(values: list[float]) -> tuple[float, float]:
         return float("nan"), float("nan")
     half = 1.96 * v.std(ddof=1) / math.sqrt(v.size) if v.size > 1 else float("nan")
     return float(v.mean()), float(half)
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:14.3f}" if b and math.isfinite(a) and math.isfinite(b) else f"{'n/a':>14}"
 
 
 def _wilcoxon(a: list[float], b: list[float]) -> float:
@@ -242,6 +248,7 @@ def main() -> int:
             "what": f"{args.nnunet_config}, patch {'x'.join(map(str, plans['patch_size']))}, batch {plans['batch_size']}, "
                     f"widths {plans.get('architecture', {}).get('arch_kwargs', {}).get('features_per_stage', '?')}",
             "loop": json.loads(wc.read_text()) if wc else {},
+            "patches": (json.loads(wc.read_text())["iterations_this_run"] * plans["batch_size"]) if wc else float("nan"),
             "cases": _score(out / "nnunet_pred", "{case}.nii.gz", export / "labelsTr", test, class_names),
         }
 
@@ -293,7 +300,11 @@ def main() -> int:
         pattern = "{case}_seg.nii.gz" if fmt == "brats" else "{case}.nii.gz"
         value_map = {4: 3} if fmt == "brats" else None
         d = cfg["data"]
+        history = list(csv.DictReader(open(next(runs.rglob("metrics.csv"))))) if next(runs.rglob("metrics.csv"), None) else []
+        n_train = len(split["train"])
+        per_epoch = (n_train * d.get("samples_per_case", 1)) if d["mode"] == "patches" else float("nan")
         results["pdeseg"] = {
+            "patches": len(history) * per_epoch,
             "train_s": tr["wall_s"], "train_rss_mib": tr["rss_mib"], "predict_s_per_case": pr["wall_s"] / len(test),
             "predict_rss_mib": pr["rss_mib"],
             "what": f"{plan_step['config']}: {d['mode']} {'x'.join(map(str, d.get('spatial_size') or []))}, batch "
@@ -322,12 +333,12 @@ def main() -> int:
         if len(tools) == 2:
             a = [results["pdeseg"]["cases"][c][m] for c in test]
             b = [results["nnU-Net"]["cases"][c][m] for c in test]
-            extra = f" | {means[tools.index('pdeseg')] / means[tools.index('nnU-Net')]:14.3f} | {_wilcoxon(a, b):12.3g} |"
+            extra = f" | {_ratio(means[tools.index('pdeseg')], means[tools.index('nnU-Net')])} | {_wilcoxon(a, b):12.3g} |"
         print(f"| {m + (' (mm)' if m.startswith('hd95') else ''):<22} | " + " | ".join(f"{c:>18}" for c in cells) + (extra or " |"))
-    for key, label in (("train_s", "training wall (s)"), ("predict_s_per_case", "inference s / case"),
+    for key, label in (("patches", "patches trained on"), ("train_s", "training wall (s)"), ("predict_s_per_case", "inference s / case"),
                        ("train_rss_mib", "train peak RSS (MiB)"), ("predict_rss_mib", "predict peak RSS (MiB)")):
         vals = [results[t][key] for t in tools]
-        ratio = f" | {vals[tools.index('pdeseg')] / vals[tools.index('nnU-Net')]:14.3f} |              |" if len(tools) == 2 else " |"
+        ratio = f" | {_ratio(vals[tools.index('pdeseg')], vals[tools.index('nnU-Net')])} |              |" if len(tools) == 2 else " |"
         print(f"| {label:<22} | " + " | ".join(f"{v:18.1f}" for v in vals) + ratio)
     print(f"\n{len(test)} test cases (never seen in training by either tool); +- is a 95% normal interval of the mean "
           "over cases; HD95 = 373.13 mm where a class is empty in exactly one of truth and prediction.")

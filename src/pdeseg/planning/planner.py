@@ -380,8 +380,9 @@ def plan_from_fingerprint(fp: Fingerprint, cost: Costs, budget_s: float, memory_
         data["samples_per_case"] = per_unit
         steps_per_epoch = math.ceil(units * per_unit / choice.batch)
         reasons["data.samples_per_case"] = (f"{per_unit} per {'case' if units == n_train else 'slice'} and epoch: "
-                                            f"{steps_per_epoch} steps an epoch, so that validation (about "
-                                            f"{fmt_duration(val_s)}) takes about {100 * VAL_SHARE:.0f}% of the time")
+                                            f"{steps_per_epoch} steps an epoch, at least 50 and long enough that "
+                                            f"validation (about {fmt_duration(val_s)} an epoch) stays near "
+                                            f"{100 * VAL_SHARE:.0f}% of the time")
     else:
         steps_per_epoch = math.ceil(units / choice.batch)
     epoch_s = steps_per_epoch * step_eff + val_s
