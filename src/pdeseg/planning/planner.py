@@ -173,26 +173,28 @@ def _round_up(v: float, m: int) -> int:
 
 
 def _search(dims: int, shape: list[float], batch_start: int, cost: Costs, budget_s: float, memory: float,
-            useful: Callable[[tuple[int, ...]], bool], epoch_items: float | None = None) -> tuple[_Choice | None, str]:
-    """The first candidate of rule 5 that fits; or None and why not. ``epoch_items``: the
-    samples of one epoch where that is fixed (every slice once), which must fit the budget too."""
+            useful: Callable[[tuple[int, ...]], bool], epoch_items: float | None = None
+            ) -> tuple[_Choice | None, str, str]:
+    """The first candidate of rule 5 that fits, or None; the limit the last candidate hit
+    (``memory`` or ``time``) and why. ``epoch_items``: the samples of one epoch where that is
+    fixed (every slice once), which must fit the budget too."""
     levels = _levels(shape, dims)
     m = 2 ** (levels - 1)
     patch = [min(_round_up(s, m), MAX_PATCH[dims]) for s in shape]
     patch = [max(m, (p // m) * m) for p in patch]
     overhead = LOADER_OVERHEAD[dims]
-    why = ""
+    limit, why = "", ""
 
     def fits(c: Any, features: tuple[int, ...], batch: int) -> bool:
-        nonlocal why
+        nonlocal limit, why
         size = f"patch {'x'.join(map(str, patch))} x{batch}"
         if c.peak_bytes > memory:
-            why = f"{size} needs {c.peak_bytes / 2**30:.1f} GiB of {memory / 2**30:.1f} GiB"
+            limit, why = "memory", f"{size} needs {c.peak_bytes / 2**30:.1f} GiB of {memory / 2**30:.1f} GiB"
             return False
         steps = budget_s * (1 - VAL_SHARE) / (c.seconds * overhead)
         need = max(MIN_STEPS, math.ceil(epoch_items / batch) if epoch_items else 0)
         if steps < need:
-            why = (f"{size} at widths from {features[0]} gives {steps:.0f} steps in the budget (< {need}"
+            limit, why = "time", (f"{size} at widths from {features[0]} gives {steps:.0f} steps in the budget (< {need}"
                    + (", one epoch)" if need > MIN_STEPS else ")"))
             return False
         return True
@@ -205,10 +207,10 @@ def _search(dims: int, shape: list[float], batch_start: int, cost: Costs, budget
                 if fits(cost.predict(*key), features, batch):
                     c = cost.measure(*key)  # the candidate itself (a prediction where too slow to measure)
                     if fits(c, features, batch):
-                        return _Choice(dims, tuple(patch), batch, features, c.seconds, c.peak_bytes, c.measured), ""
+                        return _Choice(dims, tuple(patch), batch, features, c.seconds, c.peak_bytes, c.measured), "", ""
         i = max(range(dims), key=lambda a: patch[a] / max(shape[a], 1))
         if patch[i] <= m or not useful(tuple(p if k != i else p - m for k, p in enumerate(patch))):
-            return None, why
+            return None, limit, why
         patch[i] -= m
 
 
@@ -265,7 +267,7 @@ def plan_from_fingerprint(fp: Fingerprint, cost: Costs, budget_s: float, memory_
     total_voxels = fp.n_cases * math.prod(shape_t)
     median_voxels = math.prod(shape_t)
 
-    choice, why3 = None, ""
+    choice: _Choice | None = None
     if mode == "patches":
         start = int(min(MAX_BATCH[3], max(2, math.floor(0.05 * total_voxels / math.prod(
             [min(_round_up(s, 2 ** (_levels(shape_t, 3) - 1)), MAX_PATCH[3]) for s in shape_t])))))
@@ -273,7 +275,7 @@ def plan_from_fingerprint(fp: Fingerprint, cost: Costs, budget_s: float, memory_
         def useful(p: tuple[int, ...]) -> bool:
             return math.prod(p) >= median_voxels / 8 or min(p) >= 96
 
-        choice, why3 = _search(3, shape_t, start, cost, budget_s, memory_bytes, useful)
+        choice, _, why3 = _search(3, shape_t, start, cost, budget_s, memory_bytes, useful)
         if choice is None:
             mode, slice_axis = "slices", 2
             reasons["data.mode"] = f"no useful 3D patch fits ({why3}): 2D slices"
@@ -288,14 +290,13 @@ def plan_from_fingerprint(fp: Fingerprint, cost: Costs, budget_s: float, memory_
         items = n_train * max(1.0, n_slices)
         start = int(min(MAX_BATCH[2], max(2, math.floor(0.05 * fp.n_cases * math.prod(shape3) / math.prod(shape2)))))
         fixed = items if fp.spatial_dims == 3 else None  # every slice once per epoch; 2D images: windows per image
-        choice, why2 = _search(2, shape2, start, cost, budget_s, memory_bytes, lambda p: min(p) >= 64, fixed)
+        choice, limit, why2 = _search(2, shape2, start, cost, budget_s, memory_bytes, lambda p: min(p) >= 64, fixed)
         if choice is None:
-            if why2 and "GiB" in why2 and "steps" not in why2:
+            if limit == "memory":
                 raise DeviceError(f"the device cannot fit the smallest 2D patch ({why2}); free memory or use another device")
             raise ConfigError(f"time budget {fmt_duration(budget_s)} is too short for a useful training run ({why2}); "
                               "give a longer --time-budget")
         reasons["data.spatial_size"] = _patch_reason(choice, shape2, MAX_PATCH[2], "image")
-    assert choice is not None
     data["mode"] = mode
     data["spatial_size"] = list(choice.patch)
     if mode == "slices":
