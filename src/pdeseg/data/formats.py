@@ -206,10 +206,10 @@ def _lgg() -> DataFormat:
     )
 
 
-def _find_msd(root, modalities, require_label=True, skipped=None):
+def _find_msd(root, modalities, require_label=True, skipped=None, declared=None):
     from pdeseg.data.msd import find_msd_cases
 
-    return find_msd_cases(root, modalities, require_label, skipped)
+    return find_msd_cases(root, modalities, require_label, skipped, declared)
 
 
 def _msd_outputs(case, out_dir: Path) -> list[Path]:
@@ -235,7 +235,7 @@ def _msd() -> DataFormat:
     return DataFormat(
         name="msd", description="Medical Segmentation Decathlon / nnU-Net raw task (dataset.json, imagesTr, labelsTr); "
         "classes and channels from dataset.json", modalities=(), class_names=(), find_cases=_find_msd, write=_write_msd,
-        outputs=_msd_outputs, info=_msd_info,
+        outputs=_msd_outputs, info=_msd_info, read_options={"declared": ("strict", "on_disk")},
     )
 
 
@@ -292,7 +292,8 @@ def _microscopy() -> list[DataFormat]:
                       "masks or label images), optional domains.tsv", "pdeseg.data.image_sets.find_folder_cases",
                       {"label_kind": ("auto", "binary", "instances"), "domains": None}),
         _cells_format("livecell", "LIVECell-style COCO: images/ + COCO json (polygons or RLE) per split or cell type",
-                      "pdeseg.data.livecell.find_livecell_cases", {"annotations": None, "overlap": ("first", "smallest")}),
+                      "pdeseg.data.livecell.find_livecell_cases",
+                      {"annotations": None, "overlap": ("first", "smallest"), "empty_annotations": ("error", "skip")}),
     ]
 
 

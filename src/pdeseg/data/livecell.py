@@ -18,8 +18,13 @@ Rules:
   file is parsed once, by :func:`find_livecell_cases`; a case keeps only its own image's
   annotations.
 * **Form** of a file: a COCO object with ``images`` and ``annotations``, each a list or (as in
-  the official LIVECell files) an object keyed by id. ``categories`` are ignored: every
-  annotation is one cell, ``iscrowd`` ones included.
+  the official LIVECell files) an object keyed by id. Every annotation is one cell,
+  ``iscrowd`` ones included; when the file has ``categories``, an annotation whose
+  ``category_id`` is not among them is an error.
+* **Objects inside the image**: an annotation whose segmentation covers no pixel of its image
+  (a polygon wholly outside it, at negative coordinates, or too thin to cover a pixel centre;
+  an empty RLE) is an error naming it; with ``empty_annotations: skip`` it is left out and
+  logged. (Pixels an annotation loses to an overlapping one are no such case.)
 * **Segmentations**: polygons (a list of ``[x1, y1, x2, y2, ...]``, at least 3 points each,
   several parts joined), uncompressed RLE (``counts`` a list of run lengths) or compressed
   RLE (``counts`` a string, which must be pycocotools' own encoding of a whole mask: it
@@ -53,6 +58,7 @@ always raise.
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -63,7 +69,12 @@ import numpy as np
 
 from pdeseg.data.cells import IMAGE_SUFFIXES, CellDataError, ImageCase, check_channels, check_targets
 
+log = logging.getLogger(__name__)
+
 OVERLAP_RULES = ("smallest", "first")
+#: What an annotation that covers no pixel of its image is: an error, or left out and logged.
+EMPTY_RULES = ("error", "skip")
+
 #: The whole-set split files; when present among the default candidates only they are read.
 SPLIT_FILES = ("livecell_coco_train.json", "livecell_coco_val.json", "livecell_coco_test.json")
 #: Folders (relative to the root) where LIVECell keeps its images.
@@ -75,10 +86,12 @@ class LivecellCase(ImageCase):
     """An :class:`~pdeseg.data.cells.ImageCase` whose cache key also holds the overlap rule."""
 
     overlap: str = "smallest"
+    empty_annotations: str = "error"
 
     @property
-    def convention(self) -> str:
-        return f"cells-{self.targets}-overlap-{self.overlap}"
+    def convention(self) -> str:  # the cache key: what the label image depends on
+        skip = "-skip-empty" if self.empty_annotations == "skip" else ""
+        return f"cells-{self.targets}-overlap-{self.overlap}{skip}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -99,13 +112,15 @@ class CocoObjects:
     size: tuple[int, int] | None
     annotations: tuple[tuple[Any, Any], ...]
     overlap: str = "smallest"
+    empty_annotations: str = "error"
 
     def __call__(self, shape: tuple[int, int]) -> np.ndarray:
         shape = (int(shape[0]), int(shape[1]))
         if self.size is not None and self.size != shape:
             raise CellDataError(f"{self.json_path}: image {self.image_id} is {self.size[0]}x{self.size[1]} (height x "
                                 f"width) in the annotations, but its file is {shape[0]}x{shape[1]}")
-        return decode_instances(self.annotations, shape, self.overlap, self.json_path, self.image_id)
+        return decode_instances(self.annotations, shape, self.overlap, self.json_path, self.image_id,
+                                self.empty_annotations)
 
 
 def _rle(segmentation: Any, shape: tuple[int, int], where: str) -> dict:
@@ -144,12 +159,17 @@ def _decode(rle: dict, segmentation: Any, where: str) -> np.ndarray:
 
 
 def decode_instances(annotations: Sequence[tuple[Any, Any]], shape: tuple[int, int], overlap: str = "smallest",
-                     json_path: Path | str = "", image_id: Any = None) -> np.ndarray:
+                     json_path: Path | str = "", image_id: Any = None, empty_annotations: str = "error") -> np.ndarray:
     """Instance image ``(H, W)`` int32 of one image's ``(annotation id, segmentation)`` pairs
     (segmentations checked by :func:`check_segmentation`), overlaps resolved by ``overlap``.
 
+    Args:
+        empty_annotations: an annotation that covers no pixel of the image: ``error``, or
+            ``skip`` (left out, logged).
+
     Raises:
-        CellDataError: an RLE of another size than ``shape`` or counts that do not decode.
+        CellDataError: an RLE of another size than ``shape`` or counts that do not decode; an
+            annotation that covers no pixel (with ``empty_annotations: error``).
     """
     from pycocotools import mask as mask_utils
 
@@ -160,6 +180,20 @@ def decode_instances(annotations: Sequence[tuple[Any, Any]], shape: tuple[int, i
         return out
     rles = [_rle(seg, shape, f"{json_path}: annotation {ann_id} of image {image_id}") for ann_id, seg in annotations]
     areas = mask_utils.area(rles).astype(np.int64)
+    empty = [i for i in range(len(rles)) if areas[i] == 0]
+    if empty:
+        described = [f"{json_path}: annotation {annotations[i][0]} of image {image_id} covers no pixel of the "
+                     f"{shape[0]}x{shape[1]} image{_extent(annotations[i][1])}" for i in empty]
+        if empty_annotations != "skip":
+            more = f" (and {len(empty) - 1} more such annotation(s) in this image)" if len(empty) > 1 else ""
+            raise CellDataError(f"{described[0]}{more}; fix or remove it, or set data.format_options.empty_annotations: "
+                                "skip to leave such annotations out (each is logged)")
+        for line in described:
+            log.warning("empty_annotations skip: %s (left out)", line)
+        keep = [i for i in range(len(rles)) if areas[i] > 0]
+        annotations, rles, areas = [annotations[i] for i in keep], [rles[i] for i in keep], areas[keep]
+        if not rles:
+            return out
     n = len(rles)
     # paint so that the winner of every pixel is painted last
     if overlap == "first":
@@ -177,6 +211,15 @@ def decode_instances(annotations: Sequence[tuple[Any, Any]], shape: tuple[int, i
         lut[labels] = np.arange(len(labels), dtype=np.int32)
         out = lut[out]
     return out
+
+
+def _extent(segmentation: Any) -> str:
+    """`` (polygon x a..b, y c..d)`` for a polygon, ``""`` otherwise (for messages)."""
+    if isinstance(segmentation, dict):
+        return " (an empty RLE)"
+    xs = [v for part in segmentation for v in part[0::2]]
+    ys = [v for part in segmentation for v in part[1::2]]
+    return f" (polygon x {min(xs):g}..{max(xs):g}, y {min(ys):g}..{max(ys):g})" if xs and ys else ""
 
 
 def check_segmentation(segmentation: Any, size: tuple[int, int] | None, where: str) -> None:
@@ -287,8 +330,9 @@ def read_coco(path: Path) -> tuple[list[dict], dict[Any, list[tuple[Any, Any]]]]
 
     Raises:
         CellDataError: not JSON, no ``images``/``annotations``, image entries without ``id``
-            or ``file_name`` or with an id twice, an annotation without ``segmentation`` or
-            of an unknown image.
+            or ``file_name`` or with an id twice, an annotation without ``segmentation``, of
+            an unknown image, or (when the file has ``categories``) whose ``category_id`` is
+            not one of them.
     """
     try:
         with open(path, "rb") as f:
@@ -305,6 +349,9 @@ def read_coco(path: Path) -> tuple[list[dict], dict[Any, list[tuple[Any, Any]]]]
         raise CellDataError(f"{path}: not a COCO instance file: no {' or '.join(repr(k) for k in missing)} "
                             "(name the annotation files with data.format_options.annotations)")
     images = _entries(data, "images", path)
+    categories = None
+    if data.get("categories") is not None:
+        categories = {c.get("id") for c in _entries(data, "categories", path)}
     per_image: dict[Any, list[tuple[Any, Any]]] = {}
     for entry in images:
         if "id" not in entry or not isinstance(entry.get("file_name"), str) or not entry["file_name"]:
@@ -320,6 +367,10 @@ def read_coco(path: Path) -> tuple[list[dict], dict[Any, list[tuple[Any, Any]]]]
                                 "among the file's images")
         if "segmentation" not in ann:
             raise CellDataError(f"{path}: annotation {ann_id} of image {ann['image_id']} has no 'segmentation'")
+        if categories is not None and ann.get("category_id") not in categories:
+            raise CellDataError(f"{path}: annotation {ann_id} of image {ann['image_id']} has category_id "
+                                f"{ann.get('category_id')!r}, which is not among the file's categories "
+                                f"({', '.join(map(str, sorted(categories, key=str)))}); fix the annotation or its categories")
         per_image[ann["image_id"]].append((ann_id, ann["segmentation"]))
     return images, per_image
 
@@ -375,7 +426,7 @@ class _ImageLocator:
 def find_livecell_cases(root: str | Path, modalities: Sequence[str] = ("grey",), require_label: bool = True,
                         skipped: dict[str, str] | None = None, targets: str = "semantic",
                         annotations: str | Path | Sequence[str | Path] | None = None,
-                        overlap: str | None = "smallest") -> list[LivecellCase]:
+                        overlap: str | None = "smallest", empty_annotations: str | None = "error") -> list[LivecellCase]:
     """The images of LIVECell-style COCO files under ``root``, one case each (rules in the
     module docstring).
 
@@ -388,6 +439,8 @@ def find_livecell_cases(root: str | Path, modalities: Sequence[str] = ("grey",),
         targets: ``semantic`` or ``boundary`` (:mod:`pdeseg.data.cells`).
         annotations: json file(s) relative to ``root`` or absolute; None: the default rule.
         overlap: ``smallest`` or ``first``; None means ``smallest``.
+        empty_annotations: ``error`` (default) or ``skip``: an annotation that covers no pixel
+            of its image (see the module docstring).
 
     Raises:
         CellDataError: a missing root, no annotation files (with ``require_label``), a
@@ -399,6 +452,10 @@ def find_livecell_cases(root: str | Path, modalities: Sequence[str] = ("grey",),
     overlap = overlap or "smallest"
     if overlap not in OVERLAP_RULES:
         raise CellDataError(f"data.format_options.overlap must be one of {', '.join(OVERLAP_RULES)}, got {overlap!r}")
+    empty_annotations = empty_annotations or "error"
+    if empty_annotations not in EMPTY_RULES:
+        raise CellDataError(f"data.format_options.empty_annotations must be one of {', '.join(EMPTY_RULES)}, "
+                            f"got {empty_annotations!r}")
     root = Path(root).expanduser()
     if not root.is_dir():
         raise CellDataError(f"data folder not found: {root}")
@@ -423,7 +480,7 @@ def find_livecell_cases(root: str | Path, modalities: Sequence[str] = ("grey",),
                                     "data.format_options.annotations)")
             seen_names[stem] = (path, image_id)
             try:
-                cases.append(_case(entry, per_image[image_id], path, locate, targets, overlap))
+                cases.append(_case(entry, per_image[image_id], path, locate, targets, overlap, empty_annotations))
             except CellDataError as exc:
                 if skipped is None:
                     raise
@@ -434,7 +491,7 @@ def find_livecell_cases(root: str | Path, modalities: Sequence[str] = ("grey",),
 
 
 def _case(entry: dict, annotations: list[tuple[Any, Any]], path: Path, locate: _ImageLocator, targets: str,
-          overlap: str) -> LivecellCase:
+          overlap: str, empty_annotations: str = "error") -> LivecellCase:
     image_id, file_name = entry["id"], entry["file_name"]
     size = _image_size(entry, path)
     for ann_id, seg in annotations:
@@ -443,9 +500,10 @@ def _case(entry: dict, annotations: list[tuple[Any, Any]], path: Path, locate: _
     if image is None:
         raise CellDataError(f"{path}: image {image_id}: file {file_name} not found under {locate.root} (looked in "
                             f"{', '.join(IMAGE_DIRS[:-1])}, the root and below)")
-    objects = CocoObjects(path, image_id, size, tuple(annotations), overlap)
+    objects = CocoObjects(path, image_id, size, tuple(annotations), overlap, empty_annotations)
     return LivecellCase(Path(file_name).stem, image.parent, image, cell_type_of(file_name, entry), targets, objects,
-                        (path,), extra={"image_id": image_id, "annotation_file": path.name}, overlap=overlap)
+                        (path,), extra={"image_id": image_id, "annotation_file": path.name}, overlap=overlap,
+                        empty_annotations=empty_annotations)
 
 
 def _unlabelled_cases(root: Path, targets: str, overlap: str) -> list[LivecellCase]:

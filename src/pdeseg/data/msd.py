@@ -31,6 +31,7 @@ file names (``_0000`` suffixes: nnU-Net v2).
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -45,6 +46,8 @@ from pdeseg.errors import ConfigError, DataError
 LAYOUTS = ("msd", "nnunet")
 _ENDINGS = (".nii.gz", ".nii")
 _CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+log = logging.getLogger(__name__)
 
 
 class MsdDataError(DataError):
@@ -73,6 +76,8 @@ class MsdDataset:
     channel_kinds: tuple[str, ...]
     class_names: tuple[str, ...]
     file_ending: str = ".nii.gz"
+    training: tuple[str, ...] | None = None  # case ids of the ``training`` list (MSD), None when there is none
+    num_training: int | None = None  # ``numTraining``, None when absent
 
     @property
     def is_ct(self) -> bool:
@@ -152,7 +157,35 @@ def read_dataset_json(root: str | Path) -> MsdDataset:
         raise MsdDataError(f"{path}: neither 'modality' (MSD) nor 'channel_names' (nnU-Net v2); is this a task's dataset.json?")
     if len(classes) < 2:
         raise MsdDataError(f"{path}: 'labels' lists {len(classes)} class; a segmentation task needs background and at least one more")
-    return MsdDataset(root, layout, str(meta.get("name") or root.name), _unique_names(kinds), tuple(kinds), tuple(classes), ending)
+    num = meta.get("numTraining")
+    if num is not None and (isinstance(num, bool) or not isinstance(num, int) or num < 0):
+        raise MsdDataError(f"{path}: numTraining must be a whole number >= 0, got {num!r}")
+    return MsdDataset(root, layout, str(meta.get("name") or root.name), _unique_names(kinds), tuple(kinds), tuple(classes),
+                      ending, _training_ids(meta.get("training"), path), num)
+
+
+def _training_ids(training: object, path: Path) -> tuple[str, ...] | None:
+    """Case ids of a ``training`` list of ``{"image": "./imagesTr/<case>.nii.gz", "label": ...}``
+    entries (None without one).
+
+    Raises:
+        MsdDataError: a list that is not of that form, or a case listed twice.
+    """
+    if training is None:
+        return None
+    if not isinstance(training, list):
+        raise MsdDataError(f"{path}: 'training' must be a list of {{image, label}} entries, got a {type(training).__name__}")
+    ids: list[str] = []
+    for i, entry in enumerate(training):
+        image = entry.get("image") if isinstance(entry, dict) else None
+        parts = _strip_ending(Path(image).name) if isinstance(image, str) else None
+        if parts is None:
+            raise MsdDataError(f"{path}: training[{i}] must be an entry with an 'image' NIfTI path "
+                               f"(./imagesTr/<case>.nii.gz), got {entry!r}")
+        if parts[0] in ids:
+            raise MsdDataError(f"{path}: training[{i}] lists case {parts[0]} a second time")
+        ids.append(parts[0])
+    return tuple(ids)
 
 
 @dataclass
@@ -291,7 +324,7 @@ def _dataset_for(root: Path) -> MsdDataset | None:
 
 
 def find_msd_cases(root: str | Path, modalities: Sequence[str] | None = None, require_label: bool = True,
-                   skipped: dict | None = None) -> list[MsdCase]:
+                   skipped: dict | None = None, declared: str | None = "strict") -> list[MsdCase]:
     """Cases of an MSD / nnU-Net task folder: ``imagesTr`` with ``labelsTr``, or, when
     ``require_label`` is False (prediction), ``imagesTs`` if the task has one (else
     ``imagesTr``). ``root`` may also be an images folder itself (``imagesTr``, ``imagesTs``,
@@ -302,10 +335,16 @@ def find_msd_cases(root: str | Path, modalities: Sequence[str] | None = None, re
         require_label: every case must have its label file.
         skipped: when given, cases with a missing channel or label are recorded here
             (case id -> reason) and left out instead of raising.
+        declared: reading a task's training set (``imagesTr`` with labels), how what
+            ``dataset.json`` declares is reconciled with the files (:func:`reconcile`):
+            ``strict`` (default) refuses every mismatch naming the file; ``on_disk`` reads
+            the cases on disk and logs each declared entry or file it leaves out.
 
     Raises:
         MsdDataError: no such folder, no cases, a bad ``dataset.json``, a missing channel
-            or label file (without ``skipped``), unknown channels.
+            or label file (without ``skipped``), unknown channels, or (``strict``) a case
+            that ``dataset.json`` lists without its image, an image it does not list, a
+            label without an image, or a ``numTraining`` that is not the number of cases.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -334,6 +373,9 @@ def find_msd_cases(root: str | Path, modalities: Sequence[str] | None = None, re
         grouped = _group_channels(images_dir, files, len(channels), skipped)
     else:
         grouped = {stem: (path,) for stem, _, path in files}
+    if require_label and dataset is not None and images_dir == dataset.root / "imagesTr":
+        on_disk = {(m["case"] if layout == "nnunet" and (m := _CHANNEL_SUFFIX.match(stem)) else stem) for stem, _, _ in files}
+        reconcile(dataset, on_disk, labels_dir, declared)
     ending_of = {stem: ending for stem, ending, _ in files}
     cases = []
     for case_id, paths in grouped.items():
@@ -357,6 +399,48 @@ def find_msd_cases(root: str | Path, modalities: Sequence[str] | None = None, re
     if modalities:
         cases[0]._indices(modalities)  # unknown channel names: one clear error before any file is read
     return cases
+
+
+DECLARED_RULES = ("strict", "on_disk")
+
+
+def reconcile(dataset: MsdDataset, on_disk: set[str], labels_dir: Path | None, declared: str | None = "strict") -> None:
+    """Account for every case ``dataset.json`` declares and every file of ``imagesTr`` and
+    ``labelsTr``: a case in the ``training`` list without an image, an image not in the list, a
+    label file without an image, and a ``numTraining`` other than the number of cases are
+    mismatches.
+
+    Args:
+        on_disk: the case ids of the images in ``imagesTr``.
+        declared: ``strict`` refuses the first mismatch (naming the file and the count of the
+            others); ``on_disk`` logs each, and the cases on disk are read (declared cases
+            without files and labels without images are left out, images the list omits read).
+
+    Raises:
+        MsdDataError: ``strict`` and a mismatch; or an unknown ``declared`` value.
+    """
+    declared = declared or "strict"
+    if declared not in DECLARED_RULES:
+        raise MsdDataError(f"data.format_options.declared must be one of {', '.join(DECLARED_RULES)}, got {declared!r}")
+    path, images = dataset.root / "dataset.json", dataset.root / "imagesTr"
+    problems = []
+    if dataset.training is not None:
+        problems += [f"{path}: training lists case {c} but {images / (c + dataset.file_ending)} does not exist"
+                     for c in dataset.training if c not in on_disk]
+        problems += [f"{images}: case {c} is not in the training list of {path}" for c in sorted(on_disk - set(dataset.training))]
+    if labels_dir is not None and labels_dir.is_dir():
+        problems += [f"{p}: a label file with no image in {images} (case {stem})"
+                     for stem, _, p in _image_files(labels_dir) if stem not in on_disk]
+    if dataset.num_training is not None and dataset.num_training != len(on_disk):
+        problems.append(f"{path}: numTraining is {dataset.num_training} but {images} holds {len(on_disk)} case(s)")
+    if not problems:
+        return
+    if declared == "strict":
+        more = f" (and {len(problems) - 1} more mismatch(es))" if len(problems) > 1 else ""
+        raise MsdDataError(f"{problems[0]}{more}; restore the files or correct dataset.json, or set "
+                           "data.format_options.declared: on_disk to read the cases on disk (each mismatch is logged)")
+    for problem in problems:
+        log.warning("data.format_options.declared on_disk: %s", problem)
 
 
 def output_path(case_id: str, out_dir: Path, ending: str = ".nii.gz") -> Path:
