@@ -183,11 +183,13 @@ class Predictor:
         """One checkpoint, or an ensemble of several (:class:`EnsembleModel`: their class
         probabilities averaged). A folder stands for every ``best.pt`` below it (the folds of
         ``pdeseg train --folds K``, or the seeds of a comparison). The other arguments as for
-        :meth:`from_checkpoint` (an ensemble post-processes as its first member's config says).
+        :meth:`from_checkpoint` (the members' configs must name the same post-processing,
+        unless ``postprocess`` is off).
 
         Raises:
             CheckpointError: a folder without ``best.pt``, or checkpoints whose preprocessing,
-                classes or output differ (the message names the field and both files).
+                classes, output or (with ``postprocess``) post-processing rules differ (the
+                message names the field and both files).
         """
         paths = ensemble_members(checkpoints)
         if len(paths) == 1:
@@ -202,6 +204,14 @@ class Predictor:
             if differs:
                 raise CheckpointError(f"{path}: its {differs[0]} ({spec.model_dump()[differs[0]]!r}) differs from "
                                       f"{paths[0]}'s ({first[differs[0]]!r}); an ensemble needs one preprocessing and output")
+        if postprocess:  # the rules change the output as much as the preprocessing does
+            rules = [_postprocess_rules(c) for c in ckpts]
+            for rule, path in zip(rules[1:], paths[1:]):
+                differs = sorted(k for k in {*rules[0], *rule} if rules[0].get(k) != rule.get(k))
+                if differs:
+                    raise CheckpointError(f"{path}: its postprocess.{differs[0]} ({rule.get(differs[0])!r}) differs from "
+                                          f"{paths[0]}'s ({rules[0].get(differs[0])!r}); an ensemble needs one "
+                                          "post-processing: pass --no-postprocess, or use members trained with the same rules")
         members = [model_from_checkpoint(c, where=p).to(dev) for c, p in zip(ckpts, paths)]
         if specs[0].spatial_dims == 2:
             members = [m.to(memory_format=torch.channels_last) for m in members]
@@ -526,6 +536,12 @@ def ensemble_members(checkpoints: Sequence[str | Path] | str | Path) -> list[Pat
     if not paths:
         raise CheckpointError("no checkpoint given")
     return paths
+
+
+def _postprocess_rules(checkpoint: dict) -> dict:
+    """The post-processing rules a checkpoint's config turns on (unset rules left out)."""
+    rules = (checkpoint.get("config") or {}).get("postprocess") or {}
+    return {k: v for k, v in rules.items() if v is not None} if isinstance(rules, dict) else {"rules": rules}
 
 
 class EnsembleModel(nn.Module):
