@@ -50,7 +50,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_phantom(args: argparse.Namespace) -> int:
     from pdeseg.config import ConfigError
+    from pdeseg.data.files import check_output_folder
     from pdeseg.data.phantom import write_lgg_phantom_dataset, write_phantom_dataset
+
+    check_output_folder(args.out, "--out")  # not below a file, writable: before any case is made
 
     if args.format == "msd":
         from pdeseg.data.phantom_msd import write_msd_phantom_dataset
@@ -267,7 +270,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return 2
     print(f"wrote {len(report.written)} segmentation(s) to {Path(args.output).resolve()}")
     if report.skipped:
-        print(f"skipped {len(report.skipped)} case(s) that could not be read or segmented: {', '.join(report.skipped)} (reasons logged above)")
+        print(f"skipped {len(report.skipped)} case(s) that could not be read, segmented or written: "
+              f"{', '.join(report.skipped)} (reasons logged above)")
         return 1
     return 0
 

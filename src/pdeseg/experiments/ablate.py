@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader
 
 from pdeseg.config import ConfigError, ExperimentConfig, ModelConfig, apply_overrides, config_from_dict, save_config
 from pdeseg.build import EPOCH_METRICS, Experiment, build_loss, build_network, resolve
+from pdeseg.data.files import make_folders
 from pdeseg.data.formats import get_format
 from pdeseg.data.sampling import evaluation_slices
 from pdeseg.data.setup import PreparedData, prepare_data
@@ -277,12 +278,12 @@ def run_ablation(
     configs = [variant_config(cfg, model, v) for v in variants]  # fail on a bad variant before any training
     base = resolve(cfg)
     cfg = base.cfg
-    out.mkdir(parents=True, exist_ok=True)
+    data = prepare_data(base.cfg.data, base.spec, out / "split.json", progress=progress)  # before any file is written
+    make_folders(out, "ablation folder")
     save_config(cfg, out / "config.yaml")
     (out / "grid.json").write_text(json.dumps({"model": model, "grid": grid, "seeds": seeds,
                                                "variants": [v.settings for v in variants]}, indent=1))
     (out / "environment.json").write_text(json.dumps(environment(), indent=1))
-    data = prepare_data(base.cfg.data, base.spec, out / "split.json", progress=progress)
     save_split(data.split, out / "split.json")
     result = AblationResult(out, variants)
     # seed-major: an interrupted grid still has every variant at the same number of seeds

@@ -36,6 +36,7 @@ from pdeseg.build import Experiment, resolve
 from pdeseg.checkpoint import load_checkpoint
 from pdeseg.config import ExperimentConfig, save_config
 from pdeseg.data.cache import CachedCase
+from pdeseg.data.files import make_folders
 from pdeseg.data.formats import get_format
 from pdeseg.data.sampling import case_volume
 from pdeseg.data.setup import PreparedData, prepare_data
@@ -208,10 +209,10 @@ def run_compare(
     baseline = baseline or names[0]
     if baseline not in names:
         raise ConfigError(f"baseline {baseline!r} is not among the config's models {names}")
-    out.mkdir(parents=True, exist_ok=True)
+    data = prepare_data(cfg.data, exp.spec, out / "split.json", progress=progress)  # before any file is written
+    make_folders(out, "comparison folder")
     save_config(cfg, out / "config.yaml")
     (out / "environment.json").write_text(json.dumps(environment(), indent=1))
-    data = prepare_data(cfg.data, exp.spec, out / "split.json", progress=progress)
     save_split(data.split, out / "split.json")
     scope = scope or default_scope(exp.spec)
     result = CompareResult(out, data=data, columns=table_columns(exp.spec.class_names, exp.spec.regions, exp.fmt.object_metrics),

@@ -36,6 +36,7 @@ import numpy as np
 
 from pdeseg.build import Experiment, resolve
 from pdeseg.config import ConfigError, ExperimentConfig, ModelConfig
+from pdeseg.data.files import make_folders
 from pdeseg.data.setup import PreparedData, prepare_data
 from pdeseg.data.splits import kfold_splits
 from pdeseg.experiments.compare import write_csv
@@ -90,7 +91,6 @@ def run_crossval(cfg: ExperimentConfig, model_cfg: ModelConfig, out_dir: str | P
     val_fraction = check_crossval_config(cfg, folds)
     exp = exp or resolve(cfg)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     everything = prepare_data(exp.cfg.data.model_copy(update={"split": exp.cfg.data.split.model_copy(
         update={"fractions": [1.0, 0.0, 0.0]})}), exp.spec, None, progress=progress)
     ids = sorted(everything.cached)
@@ -106,9 +106,11 @@ def run_crossval(cfg: ExperimentConfig, model_cfg: ModelConfig, out_dir: str | P
             splits = kfold_splits(ids, folds, exp.cfg.data.split.seed, val_fraction)
         except ValueError as exc:
             raise ConfigError(f"--folds: {exc}") from None
-        folds_path.write_text(json.dumps(splits, indent=1))
     if exp.cfg.train.monitor != "train_loss" and any(not f["val"] for f in splits):
         raise ConfigError(f"train.monitor {exp.cfg.train.monitor!r} needs validation cases: set data.split.fractions[1] > 0")
+    if not folds_path.is_file():  # the folder is made once every check has passed: a refused run leaves no cv<K>/
+        make_folders(out, "cross-validation folder")
+        folds_path.write_text(json.dumps(splits, indent=1))
     result = CrossValResult(out, splits)
     for i, split in enumerate(splits):
         log.info("fold %d/%d: %d train, %d val, %d test cases", i + 1, folds, *(len(split[k]) for k in ("train", "val", "test")))
@@ -190,12 +192,25 @@ def _fold_predictor(cv_dir: Path, i: int, tta: bool) -> Predictor:
 def _read_rows(path: Path) -> dict[str, dict[str, Any]]:
     import csv
 
-    with path.open() as fh:
-        rows = list(csv.DictReader(fh))
+    try:
+        with path.open() as fh:
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(f"{path}: cannot read it as a csv table ({exc})") from None
+    if "case" not in (reader.fieldnames or []):
+        raise ConfigError(f"{path}: no 'case' column; give the oof_cases.csv of a cross-validation")
     out = {}
     for r in rows:
-        out[r["case"]] = {k: (float(v) if k not in ("case", "domain") and v not in ("", None) else v) for k, v in r.items()}
+        out[r["case"]] = {k: _number(v) if k not in ("case", "domain") and v not in ("", None) else v for k, v in r.items()}
     return out
+
+
+def _number(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def reference_table(path: str | Path) -> Path:
@@ -230,7 +245,8 @@ def rescore_crossval(cv_dir: str | Path, name: str, tta: bool = False, min_compo
 
     Raises:
         ConfigError: no finished cross-validation at ``cv_dir``, a bad option, a reference
-            table without these cases.
+            table without these cases or without any of the compared metrics (checked
+            before any case is segmented).
     """
     from pdeseg.data.sampling import case_volume
     from pdeseg.data.setup import cached_cases
@@ -253,6 +269,10 @@ def rescore_crossval(cv_dir: str | Path, name: str, tta: bool = False, min_compo
     folds = json.loads((cv / "folds.json").read_text())
     ref_path = reference_table(against if against is not None else cv)
     reference = _read_rows(ref_path)
+    shared = [k for k in COMPARED if reference and all(isinstance(r.get(k), float) for r in reference.values())]
+    if not shared:  # refused before any case is segmented: an empty comparison is no result
+        raise ConfigError(f"--against {ref_path}: holds none of the compared metrics ({', '.join(COMPARED)}) for every "
+                          "case; give the oof_cases.csv of a cross-validation of the same task")
 
     cases: dict[str, tuple[int, Any, np.ndarray]] = {}  # case -> (fold, cached case, classes after the fixed rules)
     rules = spec = None

@@ -81,6 +81,7 @@ import numpy as np
 from pdeseg.build import Experiment, resolve
 from pdeseg.config import ConfigError, ExperimentConfig, save_config
 from pdeseg.data.cache import CachedCase
+from pdeseg.data.files import make_folders
 from pdeseg.data.formats import get_format
 from pdeseg.data.preprocess import Preprocessing, nonzero_mask
 from pdeseg.data.setup import PreparedData, prepare_data, subsample_training
@@ -409,15 +410,15 @@ def run_robustness(
                           "per run; remove it (--set data.train_cases=null)")
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    (out / "environment.json").write_text(json.dumps(environment(), indent=1))
     data = prepare_data(cfg.data, exp.spec, out / "split.json", progress=progress)
-    save_split(data.split, out / "split.json")
     if not data.split["test"]:
         raise ConfigError("the split has no test cases: the robustness study scores the test cases (data.split)")
     n_train = len(data.split["train"])
     counts = fraction_counts(fractions, n_train) if do_fraction else {}
+    make_folders(out, "study folder")  # only once every check has passed: a refused study leaves nothing
+    save_config(cfg, out / "config.yaml")
+    (out / "environment.json").write_text(json.dumps(environment(), indent=1))
+    save_split(data.split, out / "split.json")
     log.info("robustness study %s: models %s (baseline %s), seeds %s%s%s", study, ", ".join(names), baseline, seeds,
              f"; noise {', '.join(kinds)} at levels {', '.join(f'{v:g}' for v in levels)}" if do_noise else "",
              f"; fractions {', '.join(f'{f:g} ({counts[f]} cases)' for f in fractions)}" if do_fraction else "")

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from pdeseg.data.files import check_output_folder
 from pdeseg.data.setup import cached_cases
 from pdeseg.data.splits import load_split
 from pdeseg.errors import ConfigError, DataError
@@ -86,6 +87,7 @@ def evaluate_checkpoint(
     Raises:
         ConfigError: a bad inference option or tolerance, figures or distance metrics
             outside volume scope, or no data folder.
+        RunFolderError: ``out_dir`` cannot be created or written (checked before scoring).
     """
     members = ensemble_members(checkpoint)
     if len(members) > 1 and split != "all":
@@ -102,6 +104,7 @@ def evaluate_checkpoint(
         raise ConfigError("no data folder: pass --data (the checkpoint's config names none)")
     if (figures or figure_cases) and scope != "volume":
         raise ConfigError("figures are drawn from whole volumes: use scope volume")
+    check_output_folder(out_dir, "--out")  # before the scoring, not after it
     fmt = predictor.format
     data_cfg = cfg.get("data", {})
     entries = cached_cases(root, predictor.spec, data_cfg.get("cache_dir", "~/.cache/pdeseg"), _case_ids(checkpoint, split),

@@ -46,6 +46,7 @@ from torch import nn
 from pdeseg.checkpoint import load_checkpoint, model_from_checkpoint, preprocessing_spec
 from pdeseg.config import STITCH_MODES, ConfigError, PreprocessSpec
 from pdeseg.data.case import LoadedCase
+from pdeseg.data.files import blocking_path, describe_blocker
 from pdeseg.data.formats import DataFormat, get_format
 from pdeseg.data.preprocess import Preprocessing
 from pdeseg.errors import CheckpointError, DataError, PdesegError, RunFolderError
@@ -407,7 +408,8 @@ class PredictionReport:
 
     Attributes:
         written: for each segmented case, in order, the file or case folder written.
-        skipped: case -> reason, for each case that could not be read or segmented.
+        skipped: case -> reason, for each case that could not be read or segmented, or was not
+            written because a write failed (disk full) after earlier cases were written.
     """
 
     written: list[Path] = field(default_factory=list)
@@ -425,21 +427,14 @@ def _first_line(text: str) -> str:
     return str(text).strip().splitlines()[0] if str(text).strip() else ""
 
 
-def _file_in_the_way(folder: Path) -> Path | None:
-    """The nearest existing path at or above ``folder`` when it is not a folder, else None."""
-    for path in (folder, *folder.parents):
-        if path.exists():
-            return None if path.is_dir() else path
-    return None
-
-
 def _check_folders(out_dir: Path, outputs: Iterable[Path]) -> None:
-    """Raises RunFolderError when ``out_dir`` or an output's folder lies below a file."""
+    """Raises RunFolderError when ``out_dir`` or an output's folder lies below a file (or a
+    link to nothing)."""
     for folder in dict.fromkeys([out_dir, *(p.parent for p in outputs)]):
-        blocker = _file_in_the_way(folder)
+        blocker = blocking_path(folder)
         if blocker is not None:
-            raise RunFolderError(f"--output {out_dir}: {blocker} is a file, not a folder, so {folder} cannot be created; "
-                                 "choose another --output")
+            raise RunFolderError(f"--output {out_dir}: {blocker} {describe_blocker(blocker)}, so {folder} cannot be "
+                                 "created; choose another --output")
 
 
 def _check_inputs_untouched(planned: dict[str, list[Path]], inputs: dict[Path, str]) -> None:
@@ -505,6 +500,17 @@ def _write(fmt: DataFormat, classes: np.ndarray, loaded: LoadedCase, out_dir: Pa
         return fmt.write_prediction(classes, loaded, out_dir, **write_options)
     except OSError as exc:
         raise RunFolderError(f"cannot write the prediction of {loaded.case.case_id} under {out_dir}: {exc}") from exc
+
+
+def _stop_after_fault(report: PredictionReport, cases: list, failed: str, exc: Exception) -> None:
+    """A write failed (disk full, folder gone) after some cases were written: the case and
+    every one after it are reported as not written (the run then exits 1, not 2, since
+    files were written), and the error names what was written."""
+    ids = [c.case_id for c in cases]
+    left = ids[ids.index(failed):]
+    log.error("%s; stopped after writing %d of %d case(s); not written: %s", exc, len(report.written), len(ids), ", ".join(left))
+    for case_id in left:
+        report.skipped[case_id] = f"not written: {exc}" if case_id == failed else "not written: the run stopped at an earlier fault"
 
 
 def _make_folder(out_dir: Path) -> None:
@@ -613,7 +619,9 @@ def predict_folder(
         (nothing written when every case was skipped).
 
     Raises:
-        RunFolderError: see :func:`check_outputs`; or an output cannot be written.
+        RunFolderError: see :func:`check_outputs`; or the first output cannot be written (a
+            later write that fails stops the run, and the case and those after it are
+            reported as skipped beside the written ones).
         CheckpointError, DeviceError, ConfigError: unusable checkpoint, device or option.
         DataError: the input folder is missing or holds no cases at all.
     """
@@ -639,7 +647,13 @@ def predict_folder(
         except PdesegError as exc:
             _skip(report, case.case_id, str(exc))
             continue
-        path = _write(fmt, classes, loaded, out_dir, write_options)
+        try:
+            path = _write(fmt, classes, loaded, out_dir, write_options)
+        except RunFolderError as exc:
+            if not report.written:
+                raise  # nothing written: the run is refused as a whole (exit 2)
+            _stop_after_fault(report, cases, case.case_id, exc)
+            break
         counts = np.bincount(classes.ravel(), minlength=predictor.spec.num_classes)
         log.info("%s -> %s (%s)", case.case_id, path, ", ".join(f"{n}: {v}" for n, v in zip(predictor.spec.class_names, counts)))
         report.written.append(path)

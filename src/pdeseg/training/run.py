@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import torch
 from pdeseg.build import Experiment, build_loss, checkpoint_meta, build_network, build_optimizer, build_scheduler, resolve
 from pdeseg.checkpoint import load_checkpoint, remove_stale_temporaries
 from pdeseg.config import ExperimentConfig, ModelConfig, save_config
+from pdeseg.data.files import make_folders, remove_empty
 from pdeseg.data.sampling import training_dataset
 from pdeseg.data.setup import PreparedData, prepare_data, steps_per_epoch
 from pdeseg.data.splits import save_split
@@ -57,57 +59,28 @@ def _check_run_folder(run_dir: Path, resume: bool, overwrite: bool, epochs: int)
     return state
 
 
-def _make_folders(run_dir: Path) -> list[Path]:
-    """Create ``run_dir`` and its missing parents; returns the folders created, outermost first.
-
-    Raises:
-        RunFolderError: a path on the way is a file, or a folder cannot be created.
-    """
-    missing, folder = [], run_dir
-    while not folder.is_dir() and folder != folder.parent:
-        missing.append(folder)
-        folder = folder.parent
-    created: list[Path] = []
-    for folder in reversed(missing):
-        try:
-            folder.mkdir()
-            created.append(folder)
-        except FileExistsError:
-            if not folder.is_dir():
-                _remove_empty(created)
-                raise RunFolderError(f"cannot create run folder {run_dir}: {folder} is a file") from None
-        except OSError as exc:
-            _remove_empty(created)
-            raise RunFolderError(f"cannot create run folder {run_dir}: {exc.strerror or exc}") from None
-    return created
-
-
-def _remove_empty(created: list[Path]) -> None:
-    """Remove the folders of :func:`_make_folders` again, innermost first, while they are empty."""
-    for folder in reversed(created):
-        try:
-            folder.rmdir()
-        except OSError:  # something was written: keep it and the folders above it
-            return
-
-
 @contextlib.contextmanager
 def _locked_run_folder(run_dir: Path) -> Iterator[None]:
     """Hold ``run_dir``'s :class:`~pdeseg.runlock.RunLock` for the body.
 
-    The folder (and missing parents) is created for the lock file. If the body fails, the
-    folders created here are removed again as long as they are empty, so a run that fails
-    its checks before writing anything leaves no folder behind.
+    The folder (and missing parents) is created for the lock file. If the body fails before
+    the run's first checkpoint, a run folder created here is removed again with what the run
+    wrote in it (config, split, logs), and so are the parents created here, so a refused or
+    failed start leaves nothing behind. A folder that existed before is left as it was found
+    (apart from what the run itself replaced).
 
     Raises:
         RunFolderError: ``run_dir`` is a file or cannot be created, or another run holds it.
     """
-    created = _make_folders(run_dir)
+    created = make_folders(run_dir, "run folder")
     try:
         with RunLock(run_dir):
             yield
     except BaseException:
-        _remove_empty(created)
+        if created and created[-1] == run_dir and not (run_dir / "last.pt").exists():
+            for path in run_dir.iterdir():  # all of it written by this call, and no checkpoint to resume from
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        remove_empty(created)
         raise
 
 
@@ -152,6 +125,7 @@ def train_model(
     exp = exp or resolve(cfg)
     run_dir = Path(run_dir)
     device = resolve_device(exp.cfg.train.device)  # a missing GPU is a config matter: say so before touching any folder
+    resolve_precision(exp.cfg.train.precision, device)  # and a precision it cannot run
     with _locked_run_folder(run_dir) if launch_rank() == 0 else contextlib.nullcontext():
         return _train(exp, model_cfg, run_dir, device, resume, data, progress, stop_after, overwrite)
 
