@@ -2,9 +2,10 @@
 
 :func:`resolve` runs once the data format is known and does every cross-check that the
 leaf config cannot (the format exists; the model exists, supports the data's dimensions
-and accepts its keyword arguments; the classes match the data set; the modalities exist;
-the loss terms exist and accept their options; ``train.monitor`` names a metric that will
-exist, or ``train_loss``). It fills what the data set decides (modalities, classes,
+and accepts its keyword arguments, and its constructor accepts their values; the classes
+match the data set; the modalities exist; the loss terms exist and accept their options
+and values; ``train.monitor`` names a metric that will exist, or ``train_loss``; the
+device and precision exist here), before any data are read. It fills what the data set decides (modalities, classes,
 dimensions) and returns an :class:`Experiment` holding the resolved config, the data
 format and the :class:`~pdeseg.config.PreprocessSpec` that every checkpoint carries.
 
@@ -28,6 +29,7 @@ from pdeseg.losses.composite import CompositeLoss
 from pdeseg.nn.output import OutputHead, head_of, make_head, output_channels
 from pdeseg.nn.params import parameter_groups
 from pdeseg.registry import LOSSES, build_model, check_model, count_parameters
+from pdeseg.runtime import resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -140,11 +142,44 @@ def resolve(cfg: ExperimentConfig) -> Experiment:
             check_model(m.name, dims, m.kwargs)
         except (KeyError, ValueError) as exc:
             raise ConfigError(f"models[{i}] ({m.name}): {exc}") from None
-        exp.model_kwargs(m)
-    check_loss(cfg.loss)
+        check_network(exp, m)
+    build_loss(cfg.loss, exp.head)  # every term's options, values included (class_weights against the classes)
+    _check_device(cfg.train)
     _check_monitor(exp)
     _check_loss_schedule(exp.cfg)
     return exp
+
+
+def _check_device(t: TrainConfig) -> None:
+    """``train.device`` and ``train.precision`` against the hardware (a CUDA device that is not
+    here; 16-mixed, which needs CUDA), before any data are read or any folder is made, for
+    every command that trains.
+
+    Raises:
+        DeviceError: the device is not here, or the precision does not run on it.
+    """
+    resolve_precision(t.precision, resolve_device(t.device))
+
+
+def check_network(exp: Experiment, model_cfg: ModelConfig) -> None:
+    """Build ``model_cfg`` once without keeping it, so that a value its constructor rejects
+    (``dropout: 1.5``, a width it cannot use) is a :class:`ConfigError` before any data are
+    read. The build runs on the meta device (no memory, no draws from the RNG); when that
+    fails (a refused value, or a constructor that needs real tensors, e.g. one that reads a
+    value with ``.item()``), a real build on the CPU, with the RNG state restored afterwards,
+    decides.
+
+    Raises:
+        ConfigError: the constructor rejects a value.
+    """
+    try:
+        with torch.device("meta"):
+            build_network(exp, model_cfg)
+        return
+    except (ConfigError, RuntimeError, NotImplementedError):  # a refusal, or a constructor that needs real tensors:
+        pass  # decided by a real build, so that a limit of meta tensors is never reported as the user's mistake
+    with torch.random.fork_rng(devices=[]):
+        build_network(exp, model_cfg)
 
 
 def _check_loss_schedule(cfg: ExperimentConfig) -> None:

@@ -81,11 +81,14 @@ def cmd_phantom(args: argparse.Namespace) -> int:
               f"annotations to {out.resolve()}")
         return 0
     args.shape = args.shape or [128, 128, 48]
+    write = write_lgg_phantom_dataset if args.format == "lgg" else write_phantom_dataset
+    try:
+        paths = write(args.out, n_cases=args.cases, seed=args.seed, shape=tuple(args.shape))
+    except ValueError as exc:
+        raise ConfigError(f"phantom: {exc}") from None
     if args.format == "lgg":
-        paths = write_lgg_phantom_dataset(args.out, n_cases=args.cases, seed=args.seed, shape=tuple(args.shape))
         print(f"wrote {len(paths)} synthetic LGG patients (kaggle_3m TIFF layout) to {(Path(args.out) / 'kaggle_3m').resolve()}")
         return 0
-    paths = write_phantom_dataset(args.out, n_cases=args.cases, seed=args.seed, shape=tuple(args.shape))
     print(f"wrote {len(paths)} synthetic BraTS-like cases to {Path(args.out).resolve()}")
     return 0
 
@@ -407,6 +410,10 @@ def _checked(parse, ok, expected: str, rule: str):
 
 
 _positive_int = _checked(int, lambda v: v >= 1, "a whole number >= 1", "must be >= 1")
+_non_negative_int = _checked(int, lambda v: v >= 0, "a whole number >= 0", "must be >= 0")
+# the same rule and words as pdeseg.experiments.crossval.check_crossval_config
+_folds = _checked(int, lambda v: v >= 2, "a whole number >= 2", "must be a whole number >= 2 (k-fold needs two folds or more)")
+_spacing_mm = _checked(float, lambda v: math.isfinite(v) and v > 0, "a voxel size in mm", "must be a finite size > 0 (mm)")
 _overlap = _checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)",
                     "must be >= 0 and < 1 (the share of a window its neighbour covers)")
 _distance_mm = _checked(float, lambda v: math.isfinite(v) and v >= 0, "a distance in mm", "must be a finite distance >= 0 (mm)")
@@ -464,16 +471,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "trained on two and tested on the unseen third, plain loss vs PDE penalties")
     s.add_argument("--no-progress", action="store_true")
     s.add_argument("--epochs", type=_positive_int, default=None, help="default 6 (8 with --cells)")
-    s.add_argument("--cases", type=int, default=12)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--cases", type=_positive_int, default=12)
+    s.add_argument("--seed", type=_non_negative_int, default=0)
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("compare", help="train every model of a config over several seeds; table, statistics, report")
     s.add_argument("--config", required=True)
     s.add_argument("--out", required=True, help="comparison folder (rerun the same command to continue it)")
     s.add_argument("--data", help="data folder (overrides data.root)")
-    s.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
-    s.add_argument("--first-seed", type=int, default=0)
+    s.add_argument("--seeds", type=_positive_int, default=3, help="number of seeds (default 3)")
+    s.add_argument("--first-seed", type=_non_negative_int, default=0)
     s.add_argument("--models", help="comma-separated registered models (default: the config's)")
     s.add_argument("--baseline", help="model the others are compared with (default: the first)")
     s.add_argument("--scope", default=None, choices=["slices", "volume"],
@@ -493,8 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run only these named variants of the config's ablation section, the first as the baseline")
     s.add_argument("--data", help="data folder (overrides data.root)")
     s.add_argument("--model", help="model to vary (default: the config's first)")
-    s.add_argument("--seeds", type=int, default=1, help="seeds per variant (>= 2 to measure seed noise)")
-    s.add_argument("--first-seed", type=int, default=0)
+    s.add_argument("--seeds", type=_positive_int, default=1, help="seeds per variant (>= 2 to measure seed noise)")
+    s.add_argument("--first-seed", type=_non_negative_int, default=0)
     s.add_argument("--set", nargs="*", metavar="KEY=VALUE")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_ablate)
@@ -504,8 +511,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", required=True)
     s.add_argument("--out", required=True, help="study folder (rerun the same command to continue it)")
     s.add_argument("--data", help="data folder (overrides data.root)")
-    s.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
-    s.add_argument("--first-seed", type=int, default=0)
+    s.add_argument("--seeds", type=_positive_int, default=3, help="number of seeds (default 3)")
+    s.add_argument("--first-seed", type=_non_negative_int, default=0)
     s.add_argument("--study", default="both", choices=["noise", "fraction", "both"],
                    help="test-time perturbations, training-label fractions, or both (default)")
     s.add_argument("--noise", metavar="KIND,...",
@@ -514,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "percentile intensity, or sd of the log bias field (default 0,0.05,0.1,0.2)")
     s.add_argument("--fractions", metavar="F,...", help="training fractions in (0, 1] (default 0.1,0.25,0.5,1)")
     s.add_argument("--baseline", help="model the others are compared with (default: the first)")
-    s.add_argument("--noise-seed", type=int, default=0, help="seed of the perturbations (with case id and kind)")
+    s.add_argument("--noise-seed", type=_non_negative_int, default=0, help="seed of the perturbations (with case id and kind)")
     s.add_argument("--set", nargs="*", metavar="KEY=VALUE")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_robustness)
@@ -522,9 +529,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("phantom", help="write a synthetic data set (BraTS-like, LGG-like, an MSD-layout MRI or CT task, "
                                        "or cell images with COCO json)")
     s.add_argument("--out", required=True)
-    s.add_argument("--cases", type=int, default=12, help="cases (livecell: images per cell type)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--shape", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"),
+    s.add_argument("--cases", type=_positive_int, default=12, help="cases (livecell: images per cell type)")
+    s.add_argument("--seed", type=_non_negative_int, default=0)
+    s.add_argument("--shape", type=_positive_int, nargs=3, default=None, metavar=("X", "Y", "Z"),
                    help="volume size (default 128 128 48; msd: 36 48 36 for mri, 96 96 32 for ct)")
     s.add_argument("--format", default="brats", choices=["brats", "lgg", "msd", "livecell"],
                    help="the phantom's layout: BraTS NIfTI folders, LGG kaggle_3m TIFF slices, an MSD / nnU-Net task "
@@ -532,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--kind", default="mri", choices=["mri", "ct"],
                    help="msd: a hippocampus-like MRI task, or a liver-CT-like task in Hounsfield units on an anisotropic grid")
     s.add_argument("--layout", default="msd", choices=["msd", "nnunet"], help="msd: MSD (nnU-Net v1) dataset.json; nnunet: nnU-Net v2")
-    s.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("SX", "SY", "SZ"),
+    s.add_argument("--spacing", type=_spacing_mm, nargs=3, default=None, metavar=("SX", "SY", "SZ"),
                    help="msd: voxel size in mm (default 1 1 1 for mri, 0.8 0.8 2.5 for ct)")
     s.set_defaults(func=cmd_phantom)
 
@@ -574,8 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue each run from its last.pt")
     s.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=2")
     s.add_argument("--overwrite", action="store_true", help="start afresh in run folders that already hold a run")
-    s.add_argument("--stop-after", type=int, metavar="N", help="stop after N epochs in this call (continue later with --resume)")
-    s.add_argument("--folds", type=_positive_int, metavar="K",
+    s.add_argument("--stop-after", type=_positive_int, metavar="N", help="stop after N epochs in this call (continue later with --resume)")
+    s.add_argument("--folds", type=_folds, metavar="K",
                    help="patient-level K-fold cross-validation: train K runs in <run>/cv<K>/fold<i>/ and score every case "
                         "once, out of fold (rerun the same command to continue)")
     s.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
@@ -610,7 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--precision", default="auto", choices=["auto", "32", "bf16-mixed"])
     s.add_argument("--save-predictions", action="store_true", help="also write <case>_seg.nii.gz (or per-slice masks)")
-    s.add_argument("--figures", type=int, default=0, metavar="N",
+    s.add_argument("--figures", type=_non_negative_int, default=0, metavar="N",
                    help="overlays (truth red, prediction green) and class-mask figure for the first N cases")
     s.add_argument("--figure-cases", metavar="ID,ID", help="the same figures for these cases (comma-separated ids)")
     _add_inference_options(s)

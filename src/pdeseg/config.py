@@ -16,6 +16,7 @@ what is allowed.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -50,6 +51,27 @@ PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 Probability = Annotated[float, Field(ge=0, le=1)]
+
+
+#: A number that YAML 1.1 (PyYAML) leaves as text: ``1e-5``, ``+2E3``, ``.5e1`` (no dot before the
+#: exponent). The top-level keys accept it through pydantic's number parsing; :func:`yaml_numbers`
+#: gives the free-form nested options (model keywords, loss-term options, ablation variants) the
+#: same rule.
+_YAML_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def yaml_numbers(value: Any) -> Any:
+    """``value`` with every text that is a number in scientific notation (``1e-5``, which
+    PyYAML reads as a string) turned into a float, recursively through lists and mappings;
+    everything else unchanged. The one place where nested free-form options get the YAML
+    number handling of the typed keys."""
+    if isinstance(value, str) and _YAML_FLOAT.match(value.strip()):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: yaml_numbers(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(yaml_numbers(v) for v in value)
+    return value
 
 
 class Section(BaseModel):
@@ -222,6 +244,11 @@ class ModelConfig(Section):
     def __init__(self, name: str = "unet", kwargs: dict[str, Any] | None = None, **data: Any):
         super().__init__(name=name, kwargs=kwargs or {}, **data)
 
+    @field_validator("kwargs", mode="before")
+    @classmethod
+    def _numbers(cls, v: Any) -> Any:
+        return yaml_numbers(v)
+
 
 class LossTerm(BaseModel):
     """One weighted term of the loss: a registered loss name (``pdeseg.registry.LOSSES``), its
@@ -249,6 +276,13 @@ class LossTerm(BaseModel):
     weight: NonNegativeFloat = 1.0
     start_epoch: Annotated[int, Field(ge=0)] = 0  # weight 0 before this epoch (0-based)
     ramp_epochs: Annotated[int, Field(ge=0)] = 0  # then linear from 1/ramp_epochs to 1 over this many epochs
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers(cls, data: Any) -> Any:
+        if isinstance(data, dict):  # the free-form options get the typed keys' YAML number handling
+            return {k: v if k == "name" else yaml_numbers(v) for k, v in data.items()}
+        return data
 
     @property
     def options(self) -> dict[str, Any]:
@@ -338,6 +372,13 @@ class AblationConfig(Section):
     of the variant's model. The first variant is the baseline of the paired tests."""
 
     variants: Annotated[list[dict[str, Any]], Field(min_length=2)]
+
+    @field_validator("variants", mode="before")
+    @classmethod
+    def _numbers(cls, v: Any) -> Any:
+        if isinstance(v, list):  # a variant's name stays text
+            return [{k: x if k == "name" else yaml_numbers(x) for k, x in d.items()} if isinstance(d, dict) else d for d in v]
+        return v
 
     @model_validator(mode="after")
     def _named(self) -> AblationConfig:

@@ -53,7 +53,13 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
     CUDA: ``bf16-mixed`` where supported, else ``16-mixed``; CPU: ``bf16-mixed`` only on
     CPUs with bf16 instructions, else ``32``. Other values pass through.
+
+    Raises:
+        DeviceError: ``16-mixed`` on a device other than CUDA.
     """
+    if precision == "16-mixed" and device.type != "cuda":
+        raise DeviceError(f"train.precision 16-mixed needs a CUDA device (float16 autocast); the device here is "
+                          f"{device.type}: use precision bf16-mixed, 32 or auto")
     if precision != "auto":
         return precision
     if device.type == "cuda":
@@ -67,8 +73,6 @@ def autocast(device: torch.device, precision: str):
     if precision == "32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float16
-    if dtype is torch.float16 and device.type != "cuda":
-        raise ValueError("precision 16-mixed needs a CUDA device; use bf16-mixed or 32 on CPU")
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 

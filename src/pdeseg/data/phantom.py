@@ -410,9 +410,14 @@ def write_lgg_phantom_dataset(
 
     Returns:
         The patient folders, sorted.
+
+    Raises:
+        ValueError: if ``n_cases < 1`` or the shape is invalid.
     """
     import tifffile
 
+    if isinstance(n_cases, bool) or not isinstance(n_cases, (int, np.integer)) or n_cases < 1:
+        raise ValueError(f"n_cases must be an integer >= 1, got {n_cases!r}")
     dims = _check_shape(shape)
     root = pathlib.Path(out_dir) / "kaggle_3m"
     root.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ import yaml
 from torch.utils.data import DataLoader
 
 from pdeseg.config import ConfigError, ExperimentConfig, ModelConfig, apply_overrides, config_from_dict, save_config
-from pdeseg.build import EPOCH_METRICS, Experiment, build_loss, build_network, resolve
+from pdeseg.build import EPOCH_METRICS, Experiment, build_loss, resolve
 from pdeseg.data.files import make_folders
 from pdeseg.data.formats import get_format
 from pdeseg.data.sampling import evaluation_slices
@@ -108,13 +108,19 @@ def _value(raw: str) -> Any:
     return v
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Whether two grid values give the same variant (``0`` and ``0.0`` do; ``1`` and ``true`` do not)."""
+    return isinstance(a, bool) == isinstance(b, bool) and a == b
+
+
 def parse_grid(tokens: list[str]) -> list[tuple[str, list[Any]]]:
     """``["activation=relu,prelu", "dropout=0,0.1"]`` -> ``[("activation", ["relu", "prelu"]), ("dropout", [0, 0.1])]``.
 
     Values are parsed as YAML (numbers, booleans, ``[enc4,bottleneck]`` lists).
 
     Raises:
-        ConfigError: a token without ``=``, an empty value, or a key given twice.
+        ConfigError: a token without ``=``, an empty value, a key given twice, or a value
+            given twice for one key.
     """
     axes: list[tuple[str, list[Any]]] = []
     for token in tokens:
@@ -126,6 +132,10 @@ def parse_grid(tokens: list[str]) -> list[tuple[str, list[Any]]]:
             raise ConfigError(f"grid entry {token!r} has an empty key or value")
         if key in [k for k, _ in axes]:
             raise ConfigError(f"grid key {key!r} given twice")
+        repeated = [_show(v) for i, v in enumerate(values) if any(_same(v, w) for w in values[:i])]
+        if repeated:
+            raise ConfigError(f"grid entry {token!r} lists {', '.join(repeated)} twice: each value once (the same "
+                              "variant would be trained twice)")
         axes.append((key, values))
     if not axes:
         raise ConfigError("the grid is empty: give at least one key=value1,value2")
@@ -203,8 +213,7 @@ def variant_config(cfg: ExperimentConfig, model_name: str, variant: Variant) -> 
     model_cfg = ModelConfig(model_name, {**base.kwargs, **keywords})
     out.models = [model_cfg]
     try:
-        exp = resolve(out)
-        build_network(exp, model_cfg)
+        exp = resolve(out)  # builds the variant's model once: a value it rejects fails here
     except ConfigError as exc:
         raise ConfigError(f"variant {variant.name}: {exc}") from None
     return exp, model_cfg
@@ -268,10 +277,10 @@ def run_ablation(
         only: with the config's named variants, run just these (the first is the baseline).
     """
     out = Path(out_dir)
+    if model is not None and model not in [m.name for m in cfg.models]:
+        raise ConfigError(f"--model {model}: not in the config's models ({', '.join(m.name for m in cfg.models)}); "
+                          "add it to models: (with its kwargs) to vary it")
     model = model or cfg.models[0].name
-    if model not in [m.name for m in cfg.models]:
-        cfg = copy.deepcopy(cfg)
-        cfg.models.append(ModelConfig(model))
     if grid and only:
         raise ConfigError("--variants selects named variants of the config's ablation section; it cannot go with --grid")
     variants = grid_variants(parse_grid(grid)) if grid else config_variants(cfg, only)

@@ -119,10 +119,14 @@ class CrossEntropyLoss(nn.Module):
 
     def __init__(self, class_weights: list[float] | None = None, head: OutputHead | None = None):
         super().__init__()
-        if class_weights is not None and (not class_weights or min(class_weights) < 0):
+        if class_weights is not None and (not isinstance(class_weights, (list, tuple)) or not class_weights or not all(
+                isinstance(w, (int, float)) and not isinstance(w, bool) for w in class_weights) or min(class_weights) < 0):
             raise ValueError(f"class_weights must be a non-empty list of weights >= 0, got {class_weights}")
         if class_weights and head is not None and head.kind == "regions":
             raise ValueError("class_weights weigh classes of a softmax or sigmoid head; output: regions weighs its regions equally")
+        if class_weights and head is not None and len(class_weights) != head.num_classes:
+            raise ValueError(f"class_weights has {len(class_weights)} weight(s) but the data set has {head.num_classes} "
+                             "classes: give one weight per class, background first")
         self.register_buffer("class_weights", torch.tensor(class_weights, dtype=torch.float32) if class_weights else None)
         self.head = head
 
