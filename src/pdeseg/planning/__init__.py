@@ -48,12 +48,26 @@ def plan_dataset(root: str | Path, fmt: str | None = None, device: str = "auto",
     log.info("fingerprint:\n%s", fp.summary())
     dev = resolve_device(device)
     precision = resolve_precision("auto", dev)
+    _warn_if_busy(dev)
     cost = CostModel(dev, precision, len(fp.channels), len(fp.classes))
     plan = plan_from_fingerprint(fp, Costs(cost.predict, cost.cost), budget_s, memory_budget(dev), dev.type)
     plan.config["data"]["cache_dir"] = cache_dir
     plan.measurements = cost.log
     resolve(config_from_dict(plan.config))  # the plan passes every check a hand-written config does
     return plan
+
+
+def _warn_if_busy(device) -> None:
+    """The plan measures real steps: on a CPU shared with other work they are slower, and the
+    plan is then sized for a busy machine. Say so."""
+    import os
+
+    if device.type != "cpu" or not hasattr(os, "getloadavg"):
+        return
+    load, cpus = os.getloadavg()[0], os.cpu_count() or 1
+    if load > 0.5 * cpus:
+        log.warning("the CPU is busy (load average %.1f on %d CPUs): the measured step times, and so the plan's "
+                    "epochs and sizes, assume it stays this busy; plan on an idle machine for a faster plan", load, cpus)
 
 
 def write_plan(plan: Plan, path: str | Path) -> Path:
