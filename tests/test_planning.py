@@ -117,6 +117,9 @@ def test_2d_rgb_photographs_and_mixed_polarity_microscopy():
     assert d["crop"] == "random" and d["tile_inference"] is True  # 584x565 images, a smaller patch
     assert "invert_prob" not in d["augment"]  # one polarity
     _check(plan)
+    # DRIVE-like: the red channel is mixed, the green (vessel) channel dark-on-bright: no inversion
+    rgb.channels[0].bright_on_dark = 0.35
+    assert "invert_prob" not in plan_from_fingerprint(rgb, costs, 3600, 8 * 2**30).config["data"]["augment"]
     cells = _fp(fmt="dsb2018", dims=2, shape=(256, 320, 1), p90=(520, 696, 1), kinds=("grey8",), names=("background", "cell"),
                 n=223, known=False, channel_names=["grey"], polarity=0.45, largest=0.1)
     plan = plan_from_fingerprint(cells, costs, 3600, 8 * 2**30)

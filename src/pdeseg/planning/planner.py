@@ -30,7 +30,7 @@ and keeps a one-line reason beside each (written as YAML comments by
    then z-score with its mean and sd (nnU-Net). MR and other images with many zero voxels
    (>= 25 %, skull-stripped or padded): z-score over the non-zero voxels; without: over
    every voxel. Microscopy: per-image z-score, and random contrast inversion when the
-   images disagree in polarity (between 10 % and 90 % of them bright-on-dark).
+   images disagree in polarity (between 10 % and 90 % of them bright-on-dark, in every channel).
 7. **Mirroring.** Every axis with probability 0.5, except when a class is named by side or
    position (left/right, anterior/posterior, superior/inferior, ...): mirroring would swap
    such classes, so there is none.
@@ -326,9 +326,10 @@ def plan_from_fingerprint(fp: Fingerprint, cost: Costs, budget_s: float, memory_
                                          "training foreground's percentiles, then its mean and sd (nnU-Net)")
     elif fp.microscopy:
         data["normalization"] = "zscore_all"
-        share = fp.channels[0].bright_on_dark
+        shares = [c.bright_on_dark for c in fp.channels]
+        share = shares[0]
         reasons["data.normalization"] = "microscopy: z-score per image over every pixel"
-        if 0.1 < share < 0.9:
+        if all(0.1 < s < 0.9 for s in shares):  # one channel of a single polarity (DRIVE's green) keeps the contrast
             augment["invert_prob"] = 0.5
             reasons["data.augment.invert_prob"] = (f"{100 * share:.0f}% of images are bright-on-dark, the rest dark-on-bright: "
                                                    "random contrast inversion makes the model see both")
@@ -381,7 +382,7 @@ def plan_from_fingerprint(fp: Fingerprint, cost: Costs, budget_s: float, memory_
         data["samples_per_case"] = per_unit
         steps_per_epoch = math.ceil(units * per_unit / choice.batch)
         reasons["data.samples_per_case"] = (f"{per_unit} per {'case' if units == n_train else 'slice'} and epoch: "
-                                            f"{steps_per_epoch} steps an epoch, at least 50 and long enough that "
+                                            f"{steps_per_epoch} steps an epoch, about 50 or more and long enough that "
                                             f"validation (about {fmt_duration(val_s)} an epoch) stays near "
                                             f"{100 * VAL_SHARE:.0f}% of the time")
     else:
