@@ -137,7 +137,13 @@ def cmd_fingerprint(args: argparse.Namespace) -> int:
     if args.json:
         import json
 
-        Path(args.json).write_text(json.dumps(fp.to_dict(), indent=1))
+        from pdeseg.data.files import write_atomically
+        from pdeseg.errors import RunFolderError
+
+        try:
+            write_atomically(Path(args.json), lambda tmp: tmp.write_text(json.dumps(fp.to_dict(), indent=1)))
+        except OSError as exc:
+            raise RunFolderError(f"--json {args.json}: cannot write ({exc.strerror or exc})") from None
         print(f"fingerprint: {Path(args.json).resolve()}")
     return 0
 

@@ -71,7 +71,11 @@ def _warn_if_busy(device) -> None:
 
 
 def write_plan(plan: Plan, path: str | Path) -> Path:
-    """Write the plan's YAML (with reasons) atomically; returns the path."""
+    """Write the plan's YAML (with reasons) atomically; returns the path.
+
+    Raises:
+        RunFolderError: the folder cannot be made or written (below a file, read-only).
+    """
     from pdeseg.data.files import write_atomically
     from pdeseg.planning.emit import plan_yaml
 
@@ -80,8 +84,13 @@ def write_plan(plan: Plan, path: str | Path) -> Path:
               f"device {e['device']}: {e['step_s']:.2f} s per training step (measured), about {fmt_duration(e['epoch_s'])} "
               f"per epoch, {fmt_duration(e['total_s'])} in all for a budget of {fmt_duration(e['budget_s'])}",
               "edit freely, then: pdeseg train --config THIS_FILE", ""]
+    from pdeseg.errors import RunFolderError
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = plan_yaml(plan.config, plan.reasons, header)
-    write_atomically(path, lambda tmp: tmp.write_text(text))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, lambda tmp: tmp.write_text(text))
+    except OSError as exc:
+        raise RunFolderError(f"{path}: cannot write the plan ({exc.strerror or exc})") from None
     return path
