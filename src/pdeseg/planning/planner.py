@@ -33,7 +33,8 @@ and keeps a one-line reason beside each (written as YAML comments by
    images disagree in polarity (between 10 % and 90 % of them bright-on-dark, in every channel).
 7. **Mirroring.** Every axis with probability 0.5, except when a class is named by side or
    position (left/right, anterior/posterior, superior/inferior, ...): mirroring would swap
-   such classes, so there is none.
+   such classes, so there is none (on Hippocampus, mirroring cost 0.034 / 0.028 Dice, p < 1e-7
+   over 40 test cases, issue 27).
 8. **Output, sampling, post-processing.** Softmax classes (region heads measured worse at
    CPU budgets, issue 13); a third of patches centred on a foreground class (nnU-Net);
    removal of components under 10 % of the largest when the foreground is mostly one
@@ -344,7 +345,8 @@ def plan_from_fingerprint(fp: Fingerprint, cost: Costs, budget_s: float, memory_
     # 7: mirroring and the rest of the augmentation
     positional = positional_classes(names)
     augment["flip_prob"] = 0.0 if positional else 0.5
-    reasons["data.augment.flip_prob"] = (f"classes {', '.join(positional)} are named by position: mirroring would swap them"
+    reasons["data.augment.flip_prob"] = (f"classes {', '.join(positional)} are named by position: mirroring would swap them "
+                                         "(measured on Hippocampus: -0.03 Dice with mirroring)"
                                          if positional else "no class is named by side or position: mirror every axis")
     micro2d = fp.microscopy and fp.spatial_dims == 2
     augment["rotate_deg"] = 180.0 if micro2d else 15.0
