@@ -123,8 +123,6 @@ def _score(pred_dir: Path, pattern: str, label_dir: Path, cases: list[str], clas
 
 
 def _remap(a, mapping: dict[int, int]):
-    import numpy as np
-
     out = a.copy()
     for src, dst in mapping.items():
         out[a == src] = dst

@@ -91,12 +91,7 @@ def resolve(cfg: ExperimentConfig) -> Experiment:
     fmt = get_format(d.format)
     fmt.check_read_options(d.format_options)
     info = fmt.dataset_info(d.root or None, d.format_options)
-    modalities = list(d.modalities) if d.modalities is not None else list(fmt.default_modalities or info.modalities)
-    odd = [m for m in modalities if m not in info.modalities]
-    if odd:
-        raise ConfigError(f"data.modalities {odd} are not {fmt.name} channels; choose from {', '.join(info.modalities)}")
-    if len(set(modalities)) != len(modalities):
-        raise ConfigError(f"data.modalities lists a channel twice: {modalities}")
+    modalities = fmt.channels(info, d.modalities)
     if cfg.num_classes is not None and cfg.num_classes != info.num_classes:
         raise ConfigError(f"num_classes is {cfg.num_classes} but data.format {fmt.name} has {info.num_classes} classes "
                           f"({', '.join(info.class_names)}); leave num_classes out to take the data's")

@@ -180,7 +180,7 @@ def cmd_export_nnunet(args: argparse.Namespace) -> int:
     fmt = get_format(d.format)
     fmt.check_read_options(d.format_options)
     info = fmt.dataset_info(d.root, d.format_options)
-    modalities = list(d.modalities or fmt.default_modalities or info.modalities)
+    modalities = fmt.channels(info, d.modalities)
     split = draw_split(d, fmt.find_cases(d.root, modalities, True, **d.format_options))
     fmt_name, options = d.format, dict(d.format_options)
     report = export_nnunet(fmt_name, args.data, args.out, split, modalities, options, overwrite=args.overwrite,

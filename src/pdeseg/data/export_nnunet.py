@@ -401,7 +401,7 @@ def export_nnunet(
     info = fmt.dataset_info(root, options)
     if isinstance(modalities, str):
         modalities = [modalities]
-    modalities = list(modalities) if modalities else list(fmt.default_modalities or info.modalities)
+    modalities = fmt.channels(info, modalities)
     if not modalities:
         raise ConfigError(f"{fmt_name}: no channels to export; name them (data.modalities)")
     cases = fmt.find_cases(root, modalities, True, **options)

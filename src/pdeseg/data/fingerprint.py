@@ -41,7 +41,7 @@ import numpy as np
 
 from pdeseg.data.files import write_atomically
 from pdeseg.data.formats import get_format
-from pdeseg.errors import ConfigError, DataError
+from pdeseg.errors import DataError
 from pdeseg.progress import track
 
 log = logging.getLogger(__name__)
@@ -315,10 +315,7 @@ def find_labelled_cases(fmt_name: str, root: str | Path, modalities: Sequence[st
     if not root.is_dir():
         raise DataError(f"data folder not found: {root}")
     info = fmt.dataset_info(root, options)
-    mods = list(modalities) if modalities else list(fmt.default_modalities or info.modalities)
-    odd = [m for m in mods if m not in info.modalities]
-    if odd:
-        raise ConfigError(f"modalities {odd} are not {fmt.name} channels; choose from {', '.join(info.modalities)}")
+    mods = fmt.channels(info, modalities)
     cases = fmt.find_cases(root, mods, True, **options)
     if not cases:
         raise DataError(f"{root}: no labelled {fmt.name} cases found")

@@ -102,6 +102,21 @@ class DataFormat:
             return self.info(Path(root).expanduser() if root else None, dict(options or {}))
         return DatasetInfo(self.class_names, dict(self.regions), self.modalities, self.spatial_dims)
 
+    def channels(self, info: DatasetInfo, requested: Sequence[str] | None = None) -> list[str]:
+        """The channels to read: ``requested``, else the format's defaults, else every channel
+        of the data set (``info``). One rule for training, fingerprints and exports.
+
+        Raises:
+            ConfigError: a channel the data set does not have, or one named twice.
+        """
+        chosen = list(requested) if requested else list(self.default_modalities or info.modalities)
+        odd = [m for m in chosen if m not in info.modalities]
+        if odd:
+            raise ConfigError(f"data.modalities {odd} are not {self.name} channels; choose from {', '.join(info.modalities)}")
+        if len(set(chosen)) != len(chosen):
+            raise ConfigError(f"data.modalities lists a channel twice: {chosen}")
+        return chosen
+
     def check_read_options(self, options: Mapping[str, Any]) -> None:
         """Raises ConfigError for a ``data.format_options`` key or value this format does not take."""
         for key, value in options.items():

@@ -134,7 +134,7 @@ class CostModel:
         from pdeseg.training.trainer import train_step
 
         cuda = self.device.type == "cuda"
-        if cuda:
+        if cuda:  # the previous measurement's network is gone: hand its cached blocks back first
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
@@ -165,9 +165,6 @@ class CostModel:
             step()
             times.append(time.perf_counter() - start)
         peak = float(torch.cuda.max_memory_allocated(self.device)) if cuda else max(0.0, _rss("VmHWM") - base)
-        del model, opt, x, y
-        if cuda:
-            torch.cuda.empty_cache()
         cost = StepCost(min(times), peak, True)
         self.log.append({"dims": dims, "features": list(features), "patch": list(patch), "batch": batch,
                          "seconds": round(cost.seconds, 4), "peak_mib": round(peak / 2**20, 1)})

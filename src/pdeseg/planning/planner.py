@@ -317,7 +317,6 @@ def plan_from_fingerprint(fp: Fingerprint, cost: Costs, budget_s: float, memory_
                                     "the patch: random windows in training, overlapping tiles at inference")
     # 6: normalisation
     kinds = {c.kind for c in fp.channels}
-    flip_axes_note = ""
     augment: dict[str, Any] = {"enabled": True}
     if "ct" in kinds:
         data["normalization"] = "ct"
