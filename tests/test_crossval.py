@@ -5,10 +5,11 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 import yaml
 
-from conftest import tiny_config_dict
+from conftest import TINY_FEATURES, tiny_config_dict
 from pdeseg.cli import main
 from pdeseg.data.splits import kfold_splits
 
@@ -156,3 +157,63 @@ def test_evaluate_scores_an_ensemble_on_other_data_only(phantom_root, tmp_path, 
     assert main(["evaluate", "--checkpoint", str(a), "--split", "all", "--data", str(phantom_root), "--out",
                  str(tmp_path / "one"), "--no-progress"]) == 0
     assert json.loads((tmp_path / "one" / "summary.json").read_text())["checkpoint"] == str(a)
+
+
+def _drive_folder(root, n: int = 6, size: int = 48):
+    """A DRIVE-layout folder: noisy images with bright vessel-like lines, their masks, and a
+    disk-shaped field of view that leaves the corners outside."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for sub in ("images", "1st_manual", "mask"):
+        (root / sub).mkdir(parents=True)
+    yy, xx = np.mgrid[:size, :size]
+    fov = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2 <= (size * 0.42) ** 2).astype(np.uint8) * 255
+    for i in range(21, 21 + n):
+        vessel = np.zeros((size, size), np.uint8)
+        vessel[rng.integers(4, size - 4), :] = 255
+        vessel[:, rng.integers(4, size - 4)] = 255
+        image = (rng.normal(80, 20, (size, size, 3)) + (vessel[..., None] > 0) * 90).clip(0, 255).astype(np.uint8)
+        Image.fromarray(image).save(root / "images" / f"{i:02d}_training.tif")
+        Image.fromarray(vessel).save(root / "1st_manual" / f"{i:02d}_manual1.gif")
+        Image.fromarray(fov).save(root / "mask" / f"{i:02d}_training_mask.gif")
+    return root
+
+
+def test_crossval_rescoring_and_evaluate_agree_on_a_field_of_view(tmp_path):
+    """The kept out-of-fold maps, scored again by ``pdeseg crossval``, give each case the
+    same row as ``pdeseg evaluate`` of its fold's model: field of view and boundary F1 too."""
+    root = _drive_folder(tmp_path / "drive")
+    cfg = {"name": "drive", "output_dir": str(tmp_path / "runs"),
+           "data": {"root": str(root), "format": "drive", "modalities": ["red", "green", "blue"],
+                    "normalization": "zscore_all", "mode": "slices", "slices": "all", "spatial_size": [48, 48],
+                    "cache_dir": str(tmp_path / "cache"), "split": {"fractions": [0.7, 0.15, 0.15], "seed": 0}},
+           "models": [{"name": "unet", "kwargs": {"features": TINY_FEATURES}}],
+           "train": {"epochs": 1, "batch_size": 2, "lr": 1e-2, "precision": "32", "seed": 0}}
+    path = tmp_path / "drive.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["train", "--config", str(path), "--folds", "2", "--no-progress"]) == 0
+    cv = tmp_path / "runs" / "drive" / "unet" / "cv2"
+    assert main(["crossval", str(cv), "--name", "again", "--tta", "--no-progress"]) == 0  # the fold models segment again
+    from PIL import Image
+
+    from pdeseg.experiments.crossval import load_labels
+
+    fov = np.asarray(Image.open(root / "mask" / "21_training_mask.gif")) > 0
+    rescored = {r["case"]: r for r in csv.DictReader((cv / "again" / "oof_cases.csv").open())}
+    folds = json.loads((cv / "folds.json").read_text())
+    outside_foreground = 0
+    for i, fold in enumerate(folds):
+        out = tmp_path / f"eval{i}"
+        assert main(["evaluate", "--checkpoint", str(cv / f"fold{i}" / "best.pt"), "--split", "test", "--hd95",
+                     "--tta", "--out", str(out), "--no-progress"]) == 0
+        for row in csv.DictReader((out / "per_case.csv").open()):
+            mine = rescored[row["case"]]
+            assert set(row) <= set(mine), sorted(set(row) - set(mine))  # bf1_* included
+            for key, value in row.items():
+                if key not in ("case", "domain"):
+                    assert float(mine[key]) == pytest.approx(float(value), abs=1e-9), (row["case"], key)
+        for case in fold["test"]:
+            kept = load_labels(cv / "predictions_tta" / f"{case}.npz")[..., 0]
+            outside_foreground += int(kept[~fov].sum())
+    assert outside_foreground  # the kept maps hold foreground outside the field of view: it matters to the scores

@@ -252,7 +252,7 @@ def rescore_crossval(cv_dir: str | Path, name: str, tta: bool = False, min_compo
     from pdeseg.data.setup import cached_cases
     from pdeseg.experiments.stats import paired_comparison
     from pdeseg.inference.postprocess import PostProcessing, choose_min_innermost_voxels, region_chain
-    from pdeseg.inference.score import scoring_rules
+    from pdeseg.inference.score import score_label_maps
     from pdeseg.nn.output import predicted_classes
     from pdeseg.progress import track
 
@@ -275,11 +275,10 @@ def rescore_crossval(cv_dir: str | Path, name: str, tta: bool = False, min_compo
                           "case; give the oof_cases.csv of a cross-validation of the same task")
 
     cases: dict[str, tuple[int, Any, np.ndarray]] = {}  # case -> (fold, cached case, classes after the fixed rules)
-    rules = spec = None
+    spec = None
     for i, fold in enumerate(folds):
         predictor = _fold_predictor(cv, i, tta)
         spec = predictor.spec
-        rules = scoring_rules(spec)
         data_cfg = predictor.config.get("data", {})
         root = data_root or data_cfg.get("root")
         if not root:
@@ -299,11 +298,16 @@ def rescore_crossval(cv_dir: str | Path, name: str, tta: bool = False, min_compo
     if missing:
         raise ConfigError(f"{ref_path} has no rows for cases {missing[:3]}{'...' if len(missing) > 3 else ''}")
 
-    def metrics(entry, classes) -> dict[str, Any]:
-        _, label = case_volume(entry)
-        return rules.case_metrics(classes, label, entry.meta["spacing"], True)
+    def scored(ids: list[str], rule: PostProcessing | None = None) -> dict[str, dict[str, Any]]:
+        """Rows of the kept maps of ``ids`` (after ``rule``), through the one scoring path."""
+        def label_map(entry) -> np.ndarray:
+            classes = cases[entry.case_id][2]
+            return classes if rule is None else rule.apply(classes, spec.num_classes, spec.regions)
 
-    rows = {c: {"case": c, "fold": f, **metrics(e, cl)} for c, (f, e, cl) in cases.items()}
+        result = score_label_maps(spec, [cases[c][1] for c in ids], label_map, with_hd95=True)
+        return {r["case"]: {"case": r["case"], "fold": cases[r["case"]][0], **r} for r in result.rows}
+
+    rows = scored(sorted(cases))
     thresholds: list[int | None] = [fixed.min_innermost_voxels] * len(folds)
     if auto:
         chain = region_chain(spec.num_classes, spec.regions)  # the innermost region and its name
@@ -313,12 +317,8 @@ def rescore_crossval(cv_dir: str | Path, name: str, tta: bool = False, min_compo
         for i in range(len(folds)):
             others = [stats[c] for c, (f, _, _) in cases.items() if f != i]
             thresholds[i], _ = choose_min_innermost_voxels(*zip(*others))
-            if thresholds[i] is None:
-                continue
-            rule = PostProcessing(None, thresholds[i])
-            for c, (f, e, cl) in cases.items():
-                if f == i:
-                    rows[c] = {"case": c, "fold": f, **metrics(e, rule.apply(cl, spec.num_classes, spec.regions))}
+            if thresholds[i] is not None:
+                rows.update(scored([c for c, (f, _, _) in cases.items() if f == i], PostProcessing(None, thresholds[i])))
     ordered = [rows[c] for c in sorted(rows)]
     comparisons = []
     for key in COMPARED:

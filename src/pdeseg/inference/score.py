@@ -35,7 +35,7 @@ from pdeseg.config import IGNORE_LABEL, PreprocessSpec
 from pdeseg.data.cache import CachedCase
 from pdeseg.data.formats import get_format
 from pdeseg.data.sampling import case_volume, evaluation_slices
-from pdeseg.errors import ConfigError
+from pdeseg.errors import ConfigError, DataError
 from pdeseg.inference.predict import Predictor
 from pdeseg.losses.segmentation import split_ignored
 from pdeseg.metrics.segmentation import ScoringRules, summarize
@@ -158,22 +158,74 @@ def _score_volumes(predictor: Predictor, cases: list[CachedCase], loss_fn, with_
     for case in track(cases, "scoring", "case", enabled=progress):
         image, label = case_volume(case)
         logits = predictor.predict_logits(image)[None]
-        outside = None if case.valid is None else ~np.asarray(case.valid).transpose(1, 2, 0)  # field of view
         if loss_fn is not None:
+            outside = _outside(case)
             target = label.astype(np.int64) if outside is None else np.where(outside, IGNORE_LABEL, label)
             losses.append(float(loss_fn(logits, torch.from_numpy(target)[None])))
         classes = predictor.finish(predicted_classes(logits, predictor.head)[0].numpy().astype(np.uint8))
-        if outside is not None:  # outside the field of view nothing is scored
-            classes[outside], label = 0, np.where(outside, 0, label).astype(label.dtype)
-        row = {"case": case.case_id, **rules.case_metrics(classes, label, case.meta["spacing"], with_hd95,
-                                                          surface_tolerance_mm)}
-        if objects:
-            row.update(object_metrics(classes, label, case))
-        rows.append(row)
+        rows.append(case_row(rules, objects, case, classes, label, with_hd95, surface_tolerance_mm))
         if each_case is not None:
             each_case(case, classes)
         units += image.shape[-1] if predictor.spec.mode == "slices" else 1
     return Scores(rows, float(np.mean(losses)) if losses else None, units=units)
+
+
+def _outside(case: CachedCase) -> np.ndarray | None:
+    """Bool ``(X, Y, Z)``: the voxels outside the case's field of view (DRIVE), or None."""
+    return None if case.valid is None else ~np.asarray(case.valid).transpose(1, 2, 0)
+
+
+def case_row(rules: ScoringRules, objects: bool, case: CachedCase, classes: np.ndarray, label: np.ndarray,
+             with_hd95: bool = False,
+             surface_tolerance_mm: float | None = None) -> dict[str, Any]:
+    """The metrics of one whole case's predicted label map: the one place where a label map
+    becomes a score row.
+
+    Pixels outside the case's field of view are set to background in truth and in
+    ``classes`` (in place, so that callers that keep the map keep what was scored); then the
+    class and region metrics of ``rules`` and, for 2D object images (``objects``), the
+    foreground's boundary F1 and the instance metrics (:func:`object_metrics`).
+
+    Args:
+        classes: uint8 ``(X, Y, Z)`` on the cached case's grid.
+        label: the case's true classes, same shape (:func:`~pdeseg.data.sampling.case_volume`).
+
+    Returns:
+        ``{"case": id, metric: value, ...}``.
+    """
+    outside = _outside(case)
+    if outside is not None:  # outside the field of view nothing is scored
+        classes[outside], label = 0, np.where(outside, 0, label).astype(label.dtype)
+    row = {"case": case.case_id, **rules.case_metrics(classes, label, case.meta["spacing"], with_hd95, surface_tolerance_mm)}
+    if objects:
+        row.update(object_metrics(classes, label, case))
+    return row
+
+
+def score_label_maps(spec: PreprocessSpec, cases: list[CachedCase], label_map: Callable[[CachedCase], np.ndarray],
+                     with_hd95: bool = False, surface_tolerance_mm: float | None = None,
+                     progress: bool = False) -> Scores:
+    """Per-case metrics of label maps that were kept (``crossval``'s out-of-fold maps, a
+    post-processing rule applied to them), scored exactly as :func:`score` scores a model's
+    maps in volume scope: field of view, regions, HD95, object metrics and all.
+
+    Args:
+        spec: the preprocessing spec of the model that made the maps (classes, regions, format).
+        cases: the cached, labelled cases.
+        label_map: ``label_map(case)`` -> uint8 ``(X, Y, Z)`` on the cached case's grid.
+
+    Raises:
+        DataError: a map whose shape is not the case's.
+    """
+    rules, objects = scoring_rules(spec), get_format(spec.format).object_metrics
+    rows = []
+    for case in track(cases, "scoring", "case", enabled=progress):
+        classes = np.array(label_map(case), dtype=np.uint8)
+        _, label = case_volume(case)
+        if classes.shape != label.shape:
+            raise DataError(f"case {case.case_id}: the label map is {classes.shape}, the case {label.shape}")
+        rows.append(case_row(rules, objects, case, classes, label, with_hd95, surface_tolerance_mm))
+    return Scores(rows, units=len(rows))
 
 
 def object_metrics(classes: np.ndarray, label: np.ndarray, case: CachedCase) -> dict[str, Any]:
