@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from matplotlib.figure import Figure
 
 from pdeseg.config import PreprocessSpec
 from pdeseg.nn.pde3d_unet import PDE3DUNet
@@ -133,7 +134,8 @@ def test_features_figure_shows_the_most_changed_channels(tmp_path, monkeypatch):
     after[3] += 2.0 * rng.normal(size=(12, 10, 6))
     after[0] += 0.5 * rng.normal(size=(12, 10, 6))
     figs = []
-    monkeypatch.setattr(pde_effect.plt, "close", figs.append)
+    save = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (figs.append(fig), save(fig, *a, **k))[1])
     path = plot_pde_features(before, after, tmp_path / "f3d.png", channels=2)
     _png(path)
     titles = [ax.get_title() for ax in figs[0].axes if ax.get_title()]

@@ -22,23 +22,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.patches import Patch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-
-from pdeseg.data.objects import predicted_instances  # noqa: E402
-from pdeseg.data.files import write_atomically  # noqa: E402
-from pdeseg.losses.pde import (  # noqa: E402
+from pdeseg.data.objects import predicted_instances
+from pdeseg.data.files import write_atomically
+from pdeseg.losses.pde import (
     phase_field_density,
     reaction_diffusion_residual,
     total_variation_density,
 )
-from pdeseg.metrics.instances import boundary_f1, boundary_matches, boundary_targets  # noqa: E402
-from pdeseg.viz.overlays import _to_gray_rgb  # noqa: E402
+from pdeseg.metrics.instances import boundary_f1, boundary_matches, boundary_targets
+from pdeseg.viz.figures import subplots as _subplots
+from pdeseg.viz.overlays import _to_gray_rgb
 
 #: Colours of :func:`boundary_error_overlay` (RGB, 0..255) and their legend labels.
 MATCHED, FALSE, MISSED, OUTLINE = (0, 230, 0), (255, 30, 30), (40, 120, 255), (255, 215, 0)
@@ -293,7 +290,7 @@ def plot_cell_case(image: Any, truth: Any, pred: Any, probabilities: Any, path: 
 
     h, w = truth.shape
     panel = 3.3
-    fig, axes = plt.subplots(1, 5, figsize=(5 * panel, panel * h / w + 1.3), squeeze=False)
+    fig, axes = _subplots(1, 5, figsize=(5 * panel, panel * h / w + 1.3), squeeze=False)
     axes = axes[0]
     shown = display_rgb(image)
     axes[0].imshow(shown, interpolation="nearest")
@@ -321,8 +318,5 @@ def plot_cell_case(image: Any, truth: Any, pred: Any, probabilities: Any, path: 
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    finally:
-        plt.close(fig)
+    write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     return path

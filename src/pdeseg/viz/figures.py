@@ -1,26 +1,44 @@
-"""Figures a person can look at: loss curves and segmentation panels (matplotlib, Agg)."""
+"""Figures a person can look at: loss curves and segmentation panels (matplotlib).
+
+Every figure is a :class:`matplotlib.figure.Figure` of its own, written with ``savefig``
+(:func:`subplots`): no pyplot state and no GUI backend is used, and importing these
+modules leaves the user's backend (a notebook's inline one, say) as it was.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import numpy as np
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 # background transparent, NCR red, ED green, ET yellow (the usual BraTS overlay colours)
 CLASS_COLOURS = ListedColormap([(0, 0, 0, 0), (0.9, 0.1, 0.1, 0.8), (0.1, 0.8, 0.2, 0.6), (1.0, 0.9, 0.1, 0.9)])
 
 
+def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], **options: Any) -> tuple[Figure, Any]:
+    """A new figure and its grid of axes, as ``matplotlib.pyplot.subplots`` gives them, but
+    a :class:`~matplotlib.figure.Figure` of its own: pyplot never sees it (nothing to close,
+    no figure manager) and ``fig.savefig`` renders it without any backend being selected.
+
+    Args:
+        nrows, ncols: the grid; figsize: inches (width, height).
+        options: ``Figure.subplots`` options (``squeeze``, ``sharex``, ``sharey``, ...).
+
+    Returns:
+        ``(figure, axes)``: one Axes, or an array of them (see ``squeeze``).
+    """
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **options)
+
+
 def plot_loss_curves(histories: dict[str, list[dict[str, Any]]], path: str | Path) -> Path:
     """Training and validation loss per epoch, one panel per model (paper 000, Fig. 4)."""
     n = len(histories)
-    fig, axes = plt.subplots(1, n, figsize=(4.5 * n, 3.4), squeeze=False, sharey=True)
+    fig, axes = subplots(1, n, figsize=(4.5 * n, 3.4), squeeze=False, sharey=True)
     for ax, (name, hist) in zip(axes[0], histories.items()):
         epochs = [r["epoch"] for r in hist]
         ax.plot(epochs, [r["train_loss"] for r in hist], "o-", label="train")
@@ -34,7 +52,6 @@ def plot_loss_curves(histories: dict[str, list[dict[str, Any]]], path: str | Pat
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -58,7 +75,7 @@ def plot_segmentation_panel(
     """
     models = list(rows[0]["predictions"])
     ncol = 2 + len(models)
-    fig, axes = plt.subplots(len(rows), ncol, figsize=(2.6 * ncol, 2.6 * len(rows)), squeeze=False)
+    fig, axes = subplots(len(rows), ncol, figsize=(2.6 * ncol, 2.6 * len(rows)), squeeze=False)
     for r, row in enumerate(rows):
         turn = np.rot90 if rotate else np.asarray
         img = turn(row["image"])
@@ -78,14 +95,12 @@ def plot_segmentation_panel(
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     path = Path(path)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
 def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -99,7 +114,7 @@ def plot_epoch_metrics(history: list[dict[str, Any]], path: str | Path, title: s
     Args:
         history: the per-epoch rows of a run (``train_<metric>``, ``val_<metric>``).
     """
-    fig, axes = plt.subplots(1, len(EPOCH_PANELS), figsize=(4.2 * len(EPOCH_PANELS), 3.4), squeeze=False)
+    fig, axes = subplots(1, len(EPOCH_PANELS), figsize=(4.2 * len(EPOCH_PANELS), 3.4), squeeze=False)
     epochs = [r["epoch"] for r in history]
     for ax, (key, label) in zip(axes[0], EPOCH_PANELS):
         for split, marker in (("train", "o-"), ("val", "s-")):
@@ -119,7 +134,7 @@ def plot_epoch_metrics(history: list[dict[str, Any]], path: str | Path, title: s
 
 def plot_variant_curves(histories: dict[str, list[list[dict[str, Any]]]], path: str | Path, key: str = "val_dice_mean") -> Path:
     """``key`` per epoch for every variant, averaged over its seeds (a band shows min..max)."""
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = subplots(figsize=(8, 4.5))
     for name, runs in histories.items():
         n = min(len(h) for h in runs)
         values = np.array([[r.get(key, np.nan) for r in h[:n]] for h in runs], dtype=float)
@@ -151,7 +166,7 @@ def plot_class_masks(
     ncol = 3 + len(fg)
     vmax = max(len(class_names) - 1, 1)
     cmap = CLASS_COLOURS if len(class_names) <= 4 else "tab10"
-    fig, axes = plt.subplots(len(rows), ncol, figsize=(2.5 * ncol, 2.6 * len(rows)), squeeze=False)
+    fig, axes = subplots(len(rows), ncol, figsize=(2.5 * ncol, 2.6 * len(rows)), squeeze=False)
     for r, row in enumerate(rows):
         panels = [("image", row["image"], "image"), ("manual mask", row["truth"], "classes")]
         panels += [(f"predicted {class_names[c]}", row["prediction"] == c, "binary") for c in fg]
@@ -185,7 +200,7 @@ def plot_against(panels: list[tuple[str, dict[str, tuple]]], x_label: str, path:
             where ``lows`` / ``highs`` are finite (not for a single seed).
         log_x: logarithmic x axis (fractions), ticks at the values.
     """
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    fig, axes = subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
     for ax, (label, curves) in zip(axes[0], panels):
         for name, (xs, means, lows, highs) in curves.items():
             line, = ax.plot(xs, means, "o-", label=name, markersize=4)

@@ -16,19 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.patches import Rectangle
+from torch import nn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
-from torch import nn  # noqa: E402
-
-from pdeseg.config import PreprocessSpec  # noqa: E402
-from pdeseg.nn.pde.cable import CableBlock  # noqa: E402
-from pdeseg.nn.pde.layer import PDELayer  # noqa: E402
-from pdeseg.nn.pde.moments import MomentKernels  # noqa: E402
+from pdeseg.config import PreprocessSpec
+from pdeseg.nn.pde.cable import CableBlock
+from pdeseg.nn.pde.layer import PDELayer
+from pdeseg.nn.pde.moments import MomentKernels
+from pdeseg.viz.figures import subplots as _subplots
 
 AXES = "xyz"
 
@@ -45,7 +43,7 @@ def plot_cable_effect(block: CableBlock, image: np.ndarray, modalities: list[str
     x = torch.from_numpy(np.asarray(image, dtype=np.float32))[None]
     y = block.float().eval()(x)[0].numpy()
     phys = block.physical()
-    fig, axes = plt.subplots(len(modalities), 3, figsize=(8, 2.6 * len(modalities)), squeeze=False)
+    fig, axes = _subplots(len(modalities), 3, figsize=(8, 2.6 * len(modalities)), squeeze=False)
     for c, mod in enumerate(modalities):
         diff = y[c] - image[c]
         lim = float(np.abs(diff).max()) or 1.0
@@ -62,7 +60,6 @@ def plot_cable_effect(block: CableBlock, image: np.ndarray, modalities: list[str
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
@@ -72,7 +69,7 @@ def plot_cable_coefficients(values: dict[int, dict[str, list[float]]], modalitie
     Args:
         values: ``{seed: {"phi": [...], "psi": [...], "tau": [...]}}``.
     """
-    fig, axes = plt.subplots(1, 3, figsize=(10, 3))
+    fig, axes = _subplots(1, 3, figsize=(10, 3))
     xs = np.arange(len(modalities))
     for ax, key, label in zip(axes, ("phi", "psi", "tau"), ("Phi (horizontal)", "Psi (vertical)", "tau (decay)")):
         for i, (seed, v) in enumerate(sorted(values.items())):
@@ -84,7 +81,6 @@ def plot_cable_coefficients(values: dict[int, dict[str, list[float]]], modalitie
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
@@ -284,7 +280,7 @@ def plot_pde_kernels(layer: PDELayer, path: str | Path, title: str | None = None
     lines = _wrap(f"{head}: {layer.solver}, {layer.operator}, {layer.steps} steps of dt {layer.dt:g}; "
                   f"{bank.size}-tap stencils of order {bank.order}{groups}, grid units", width) + _wrap(layer_caption(layer), width)
     top = 0.2 * len(lines) + 0.2
-    fig, axes = plt.subplots(n_kernels, cols, figsize=(width, cell * n_kernels + top), squeeze=False)
+    fig, axes = _subplots(n_kernels, cols, figsize=(width, cell * n_kernels + top), squeeze=False)
     for t in range(n_kernels):
         alpha = bank.derivatives[t]
         name = derivative_name(alpha)
@@ -304,7 +300,7 @@ def plot_pde_kernels(layer: PDELayer, path: str | Path, title: str | None = None
         mlim = float(np.abs(free_vals).max()) if free_vals.size else 0.0
         mlim = mlim or 1.0
         shown = np.ma.masked_array(panel.values, mask=panel.fixed)
-        cmap = plt.get_cmap("PuOr_r").with_extremes(bad="#e6e6e6")
+        cmap = matplotlib.colormaps["PuOr_r"].with_extremes(bad="#e6e6e6")
         ax.imshow(shown, cmap=cmap, vmin=-mlim, vmax=mlim)
         for i, j in np.argwhere(panel.fixed):
             strong = (int(i), int(j)) == panel.alpha
@@ -324,7 +320,6 @@ def plot_pde_kernels(layer: PDELayer, path: str | Path, title: str | None = None
     fig.tight_layout(rect=(0, 0, 1, 1 - top / (cell * n_kernels + top)))
     path = Path(path)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
@@ -388,7 +383,7 @@ def plot_pde_features(before, after, path: str | Path, channels: int = 4, rotate
     show = (lambda x: np.rot90(x)) if rotate else (lambda x: x)
     lines = (_wrap(title, 8.4) if title else []) + [f"{len(picked)} of {change.shape[0]} channels, most changed first; {where}"]
     top = 0.2 * len(lines) + 0.2
-    fig, axes = plt.subplots(len(picked), 3, figsize=(8.4, 2.55 * len(picked) + top), squeeze=False)
+    fig, axes = _subplots(len(picked), 3, figsize=(8.4, 2.55 * len(picked) + top), squeeze=False)
     norms = np.sqrt((_array(before).astype(np.float64) ** 2).reshape(change.shape[0], -1).sum(axis=1))
     for r, c in enumerate(picked):
         lo, hi = float(min(b[c].min(), a[c].min())), float(max(b[c].max(), a[c].max()))
@@ -414,7 +409,6 @@ def plot_pde_features(before, after, path: str | Path, channels: int = 4, rotate
     fig.tight_layout(rect=(0, 0, 1, 1 - top / (2.55 * len(picked) + top)))
     path = Path(path)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
