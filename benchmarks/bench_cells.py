@@ -195,6 +195,7 @@ class _InferWorker(WorkerBase):
         import torch
 
         from pdeseg.config import PreprocessSpec
+        from pdeseg.inference.options import InferenceOptions
         from pdeseg.inference.predict import Predictor, window_count
         from pdeseg.registry import build_model
 
@@ -213,7 +214,8 @@ class _InferWorker(WorkerBase):
         spec = PreprocessSpec(format="dsb2018", modalities=["grey"], normalization="zscore", mode="slices", spatial_dims=2,
                               spatial_size=[window, window], resize=False, tile_inference=tiled,
                               num_classes=len(classes), class_names=classes)
-        self.predictor = Predictor(model, spec, self.device, opts["precision"], opts["infer_batch"], "unet", overlap)
+        self.predictor = Predictor(model, spec, self.device, InferenceOptions(precision=opts["precision"],
+                                   batch_size=opts["infer_batch"], overlap=overlap), "unet")
         self.model = model
         windows = window_count((h, w), (window, window), overlap) if tiled and (h > window or w > window) else 1
         self.info = {"size": [h, w], "mode": mode, "overlap": overlap if tiled else None, "windows": windows,

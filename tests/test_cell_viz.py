@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from pdeseg.config import config_from_dict
+from pdeseg.inference.options import InferenceOptions
+
 from pdeseg.losses.pde import phase_field_energy, reaction_diffusion_residual, total_variation
 from pdeseg.metrics.instances import boundary_f1, boundary_targets
 from pdeseg.viz.cells import (
@@ -213,9 +216,9 @@ def cell_case(tmp_path):
     cached = cache_case(case, tmp_path / "cache", spec)
     torch.manual_seed(0)
     model = UNet(2, 1, 3, features=(4, 8, 8, 8, 8)).eval()
-    predictor = Predictor(model, spec, torch.device("cpu"), precision="32", name="tiny")
-    predictor.config = {"data": {"root": str(tmp_path)},
-                        "loss": {"terms": [{"name": "phase_field", "eps": 2.0}]}}
+    predictor = Predictor(model, spec, torch.device("cpu"), InferenceOptions(precision="32"), name="tiny")
+    predictor.config = config_from_dict({"data": {"root": str(tmp_path), "format": "cell_folder"},
+                                         "loss": {"terms": [{"name": "phase_field", "eps": 2.0}]}})
     return case, cached, predictor
 
 

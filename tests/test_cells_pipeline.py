@@ -16,6 +16,7 @@ from PIL import Image
 
 from pdeseg.config import ConfigError, PreprocessSpec, config_from_dict
 from pdeseg.data.splits import split_by_domain
+from pdeseg.inference.options import InferenceOptions
 
 
 def test_split_by_domain_puts_each_domain_on_its_side():
@@ -73,10 +74,10 @@ def test_tiled_slice_inference_equals_one_pass_for_a_pointwise_model():
     torch.manual_seed(0)
     model = torch.nn.Conv2d(1, 2, 1)
     image = np.random.default_rng(0).normal(size=(1, 80, 70, 2)).astype(np.float32)
-    whole = Predictor(model, _spec(), torch.device("cpu"), precision="32").predict_logits(image)
+    whole = Predictor(model, _spec(), torch.device("cpu"), InferenceOptions(precision="32")).predict_logits(image)
     calls = []
     model.register_forward_hook(lambda m, i, o: calls.append(tuple(i[0].shape[2:])))
-    tiled = Predictor(model, _spec(tile_inference=True), torch.device("cpu"), precision="32").predict_logits(image)
+    tiled = Predictor(model, _spec(tile_inference=True), torch.device("cpu"), InferenceOptions(precision="32")).predict_logits(image)
     assert tiled.shape == whole.shape == (2, 80, 70, 2)
     assert torch.allclose(tiled, whole, atol=1e-5)
     assert calls and set(calls) == {(32, 32)}  # every forward pass saw training-size windows
@@ -114,7 +115,7 @@ def test_cache_keeps_objects_domain_and_scoring_adds_object_metrics(tmp_path):
             y = torch.from_numpy(np.asarray(cached.label[0], np.int64))
             return torch.nn.functional.one_hot(y, 3).permute(2, 0, 1)[None].float().expand(x.shape[0], -1, -1, -1) * 20
 
-    rows = score(Predictor(Oracle(), spec, torch.device("cpu"), precision="32"), [cached], "volume").rows
+    rows = score(Predictor(Oracle(), spec, torch.device("cpu"), InferenceOptions(precision="32")), [cached], "volume").rows
     row = rows[0]
     assert row["domain"] == "b" and row["dice_cell"] == pytest.approx(1.0)
     assert row["bf1_1"] == row["bf1_2"] == pytest.approx(1.0)
@@ -148,7 +149,7 @@ def test_field_of_view_limits_the_metrics(tmp_path):
             fg[:, 24:] = 1
             return torch.stack([1 - fg, fg])[None].expand(x.shape[0], -1, -1, -1) * 20
 
-    row = score(Predictor(RightHalfToo(), spec, torch.device("cpu"), precision="32"), [cached], "volume").rows[0]
+    row = score(Predictor(RightHalfToo(), spec, torch.device("cpu"), InferenceOptions(precision="32")), [cached], "volume").rows[0]
     assert row["dice_mean"] == pytest.approx(1.0) and row["bf1_2"] == pytest.approx(1.0)
     assert "dsb_score" not in row  # vessels: no instance metrics
 

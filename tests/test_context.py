@@ -13,6 +13,7 @@ from pdeseg.build import resolve
 from pdeseg.cli import main
 from pdeseg.config import ConfigError, config_from_dict
 from pdeseg.data.sampling import SliceDataset, context_indices
+from pdeseg.inference.options import InferenceOptions
 
 
 def test_context_indices_repeat_the_edge_slices():
@@ -53,7 +54,7 @@ def test_inference_stacks_the_neighbours_as_training_does(phantom_root, tmp_path
     cfg["data"]["context_slices"] = 2
     exp = resolve(config_from_dict(cfg))
     assert exp.model_kwargs(exp.cfg.models[0])["in_channels"] == 4 * 5
-    predictor = Predictor.from_checkpoint(_checkpoint(cfg, tmp_path / "c.pt", seed=1), "cpu", "32")
+    predictor = Predictor.from_checkpoint(_checkpoint(cfg, tmp_path / "c.pt", seed=1), InferenceOptions("cpu", "32"))
     rng = np.random.default_rng(1)
     volume = rng.normal(size=(7, 4, 32, 32)).astype(np.float16)  # (Z, C, X, Y) as cached
     ds = SliceDataset([_Case(volume, np.zeros((7, 32, 32), np.uint8))], "all", context=2)
@@ -121,7 +122,7 @@ def test_a_triplanar_model_averages_its_three_passes(phantom_root, tmp_path):
 
     cfg = tiny_config_dict(phantom_root, tmp_path)
     cfg["data"].update(slice_axes=[0, 1, 2], spatial_size=[32, 32])
-    predictor = Predictor.from_checkpoint(_checkpoint(cfg, tmp_path / "t.pt", seed=1), "cpu", "32")
+    predictor = Predictor.from_checkpoint(_checkpoint(cfg, tmp_path / "t.pt", seed=1), InferenceOptions("cpu", "32"))
     image = np.random.default_rng(3).normal(size=(4, 12, 10, 8)).astype(np.float32)
     out = predictor.predict_logits(image)
     assert out.shape == (4, 12, 10, 8)

@@ -12,6 +12,7 @@ import yaml
 from conftest import TINY_FEATURES, tiny_config_dict
 from pdeseg.cli import main
 from pdeseg.data.splits import kfold_splits
+from pdeseg.inference.options import InferenceOptions
 
 
 @pytest.mark.parametrize("n, k", [(16, 5), (12, 4), (7, 7), (5, 2)])
@@ -114,22 +115,22 @@ def test_an_ensemble_averages_class_probabilities(phantom_root, tmp_path):
     a = _checkpoint(cfg, tmp_path / "runs" / "fold0" / "best.pt", seed=1)
     b = _checkpoint(cfg, tmp_path / "runs" / "fold1" / "best.pt", seed=2)
     image = np.random.default_rng(0).normal(size=(4, 40, 36, 3)).astype(np.float32)
-    kw = dict(device="cpu", precision="32")
-    pa, pb = (Predictor.from_checkpoint(p, **kw).predict_logits(image) for p in (a, b))
-    ensemble = Predictor.from_checkpoints(tmp_path / "runs", **kw)  # a folder: every best.pt below it
+    options = InferenceOptions(device="cpu", precision="32")
+    pa, pb = (Predictor.from_checkpoint(p, options).predict_logits(image) for p in (a, b))
+    ensemble = Predictor.from_checkpoints(tmp_path / "runs", options)  # a folder: every best.pt below it
     assert isinstance(ensemble.model, EnsembleModel) and len(ensemble.model.members) == 2
     mean = (class_probabilities(pa[None]) + class_probabilities(pb[None])) / 2
     assert torch.allclose(class_probabilities(ensemble.predict_logits(image)[None]), mean, atol=1e-5)
     assert not torch.allclose(class_probabilities(pa[None]), mean, atol=1e-3)  # the members really differ
-    one = Predictor.from_checkpoints([a], **kw)
+    one = Predictor.from_checkpoints([a], options)
     assert not isinstance(one.model, EnsembleModel) and torch.allclose(one.predict_logits(image), pa)
     other = dict(cfg, data={**cfg["data"], "modalities": ["flair", "t1ce"]})
     c = _checkpoint(other, tmp_path / "c.pt", seed=3)
     with pytest.raises(CheckpointError, match="modalities.*an ensemble needs one preprocessing"):
-        Predictor.from_checkpoints([a, c], **kw)
+        Predictor.from_checkpoints([a, c], options)
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="must hold best.pt files"):
-        Predictor.from_checkpoints(tmp_path / "empty", **kw)
+        Predictor.from_checkpoints(tmp_path / "empty", options)
 
 
 def test_predict_cli_takes_several_checkpoints(phantom_root, tmp_path):

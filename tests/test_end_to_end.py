@@ -18,6 +18,7 @@ from pdeseg.inference.predict import predict_folder
 from pdeseg.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from pdeseg.errors import CheckpointError, RunFolderError
 from pdeseg.training.run import train_model
+from pdeseg.inference.options import InferenceOptions
 
 
 def _weights(path):
@@ -139,7 +140,7 @@ def test_checkpoint_round_trip_through_the_predictor_gives_identical_logits(phan
 
     cfg = config_from_dict(tiny_config_dict(phantom_root, tmp_path, epochs=1))
     train_model(cfg, cfg.models[1], tmp_path / "run", progress=False)
-    predictor = Predictor.from_checkpoint(tmp_path / "run" / "best.pt", precision="32")
+    predictor = Predictor.from_checkpoint(tmp_path / "run" / "best.pt", InferenceOptions(precision="32"))
     exp = resolve(cfg)
     model = build_network(exp, cfg.models[1])
     model.load_state_dict(load_checkpoint(tmp_path / "run" / "best.pt")["state_dict"])

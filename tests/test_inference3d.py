@@ -27,6 +27,7 @@ from pdeseg.inference.predict import (
 )
 from pdeseg.nn.output import class_probabilities, logits_from_probabilities, predicted_classes
 from pdeseg.progress import counter
+from pdeseg.inference.options import InferenceOptions
 
 MODALITIES = ["flair", "t1", "t1ce", "t2"]
 CLASSES = ["background", "NCR", "ED", "ET"]
@@ -60,7 +61,7 @@ def _image(shape=SHAPE, seed: int = 1) -> np.ndarray:
 
 
 def _predictor(net: nn.Module, spec: PreprocessSpec, **options) -> Predictor:
-    return Predictor(net, spec, torch.device("cpu"), precision="32", batch_size=options.pop("batch_size", 3), **options)
+    return Predictor(net, spec, torch.device("cpu"), InferenceOptions(precision="32", batch_size=options.pop("batch_size", 3), **options))
 
 
 @torch.no_grad()
@@ -155,13 +156,13 @@ def test_auto_stitch_follows_free_gpu_memory(monkeypatch):
     shape = (240, 240, 155)
     need = stitch_bytes(shape, 4, 4)
     assert need == (4 + 1 + 4) * math.prod(shape) * 4
-    p = Predictor(_conv_net(), _spec(), gpu, stitch="auto")
+    p = Predictor(_conv_net(), _spec(), gpu, InferenceOptions(stitch="auto"))
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(need / AUTO_STITCH_SHARE) + 1, 80 * 2**30))
     assert p.stitch_device(shape, 4) == gpu
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (need, 80 * 2**30))
     assert p.stitch_device(shape, 4) == torch.device("cpu")
-    assert Predictor(_conv_net(), _spec(), gpu, stitch="device").stitch_device(shape, 4) == gpu
-    assert Predictor(_conv_net(), _spec(), gpu, stitch="cpu").stitch_device(shape, 4) == torch.device("cpu")
+    assert Predictor(_conv_net(), _spec(), gpu, InferenceOptions(stitch="device")).stitch_device(shape, 4) == gpu
+    assert Predictor(_conv_net(), _spec(), gpu, InferenceOptions(stitch="cpu")).stitch_device(shape, 4) == torch.device("cpu")
 
 
 # ----------------------------------------------------------------------------- test-time augmentation
@@ -251,12 +252,12 @@ def test_from_checkpoint_checks_options_before_reading_and_keeps_them(tmp_path):
     from pdeseg.registry import build_model
 
     with pytest.raises(ConfigError, match="overlap"):  # the file does not even exist
-        Predictor.from_checkpoint(tmp_path / "missing.pt", overlap=1.0)
+        Predictor.from_checkpoint(tmp_path / "missing.pt", InferenceOptions(overlap=1.0))
     kwargs = {"spatial_dims": 3, "in_channels": 4, "out_channels": 4, "features": [4, 8, 8, 8, 8], "norm": "none"}
     model = build_model("unet", **kwargs)
     save_checkpoint({"model": {"name": "unet", "kwargs": kwargs}, "preprocessing": _spec(size=(8, 8, 8)).model_dump(mode="json"),
                      "state_dict": plain_state_dict(model)}, tmp_path / "m.pt")
-    p = Predictor.from_checkpoint(tmp_path / "m.pt", "cpu", "32", 2, overlap=0.25, tta=True, stitch="cpu")
+    p = Predictor.from_checkpoint(tmp_path / "m.pt", InferenceOptions("cpu", "32", 2, overlap=0.25, tta=True, stitch="cpu"))
     assert (p.overlap, p.tta, p.stitch, p.batch_size) == (0.25, True, "cpu", 2)
     assert p.predict_volume(_image((9, 10, 8))).shape == (9, 10, 8)
 
@@ -268,12 +269,12 @@ def test_cli_passes_inference_options_and_rejects_bad_ones(monkeypatch, tmp_path
 
     seen = {}
 
-    def fake_predict(*args, **kwargs):
-        seen["predict"] = kwargs
+    def fake_predict(checkpoint, input_dir, output_dir, options, **kwargs):
+        seen["predict"] = vars(options)
         return predict.PredictionReport(written=[tmp_path / "a"])
 
-    def fake_evaluate(*args, **kwargs):
-        seen["evaluate"] = kwargs
+    def fake_evaluate(checkpoint, out_dir, options, **kwargs):
+        seen["evaluate"] = {**vars(options), **kwargs}
         return {"scope": "volume", "split": "test", "checkpoint": "c.pt", "cases": 0, "metrics": {}}
 
     monkeypatch.setattr(predict, "predict_folder", fake_predict)
@@ -329,7 +330,7 @@ def test_cli_predict_and_evaluate_a_3d_patch_model_with_tta_on_files(tmp_path, c
     assert main(["evaluate", "--checkpoint", str(tmp_path / "m.pt"), "--split", "all", "--out", str(ev), "--device", "cpu",
                  "--precision", "32", "--tta", "--hd95", "--surface-tolerance", "2", "--no-progress"]) == 0
     summary = json.loads((ev / "summary.json").read_text())
-    assert summary["inference"] == {"tta": True, "overlap": 0.5, "stitch": "auto", "surface_tolerance_mm": 2.0,
+    assert summary["inference"] == {"tta": True, "overlap": 0.5, "stitch": "auto", "precision": "32", "surface_tolerance_mm": 2.0,
                                     "postprocess": "none", "models": summary["inference"]["models"]}
     for key in ("precision_mean", "recall_mean", "precision_WT", "recall_ET", "surface_dice_WT", "hd95_TC"):
         assert summary["metrics"][key]["n"] == 2, key

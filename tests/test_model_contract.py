@@ -14,6 +14,7 @@ from pdeseg.nn.params import NORM_LAYERS, parameter_groups
 from pdeseg.nn.pde.cable import CableBlock
 from pdeseg.nn.unet import UNet
 from pdeseg.registry import MODELS, build_model, check_model
+from pdeseg.inference.options import InferenceOptions
 
 TINY = [4, 8, 16, 32, 64]
 IN, OUT, BATCH = 3, 5, 2
@@ -253,7 +254,7 @@ def test_checkpoint_round_trip_through_the_predictor_gives_identical_logits(name
     kwargs = {"spatial_dims": dim, "in_channels": IN, "out_channels": OUT, **tiny_model_kwargs(name, TINY)}
     save_checkpoint({"model": {"name": name, "kwargs": kwargs}, "preprocessing": spec.model_dump(mode="json"),
                      "state_dict": plain_state_dict(model)}, tmp_path / "m.pt")
-    predictor = Predictor.from_checkpoint(tmp_path / "m.pt", device="cpu", precision="32")
+    predictor = Predictor.from_checkpoint(tmp_path / "m.pt", InferenceOptions(device="cpu", precision="32"))
     x = _odd_input(dim)
     if dim == 2:  # the predictor runs 2D models channels-last; compare like with like
         model = model.to(memory_format=torch.channels_last)

@@ -15,6 +15,7 @@ from conftest import tiny_config_dict
 from pdeseg.build import build_loss, resolve
 from pdeseg.cli import main
 from pdeseg.config import ConfigError, config_from_dict
+from pdeseg.inference.options import InferenceOptions
 from pdeseg.losses.segmentation import region_bce_loss, soft_dice_loss
 from pdeseg.nn.output import (class_probabilities, logits_from_probabilities, make_head, predicted_classes,
                               region_probabilities, regions_from_class_probabilities)
@@ -141,7 +142,7 @@ def test_a_region_model_trains_scores_and_writes_brats_labels(phantom_root, tmp_
 
     from pdeseg.inference.predict import Predictor
 
-    predictor = Predictor.from_checkpoint(ckpt, "cpu")
+    predictor = Predictor.from_checkpoint(ckpt, InferenceOptions("cpu"))
     assert predictor.head.kind == "regions" and predictor.head.channels == 3
     case = predictor.format.find_cases(phantom_root, predictor.modalities, False)[0]
     loaded, classes = predictor.predict_case(case)

@@ -20,6 +20,7 @@ from pdeseg.experiments.robustness import (
 from pdeseg.inference.predict import Predictor
 from pdeseg.inference.score import score
 from pdeseg.viz.report import referenced_files
+from pdeseg.inference.options import InferenceOptions
 
 
 def _image(shape=(2, 40, 36, 24), seed=0):
@@ -206,7 +207,7 @@ def test_level_zero_reproduces_the_plain_scores(study):
     data = prepare_data(exp.cfg.data, exp.spec, out / "split.json", progress=False)
     for model in ("unet", "pde_unet"):
         for seed in (1,):
-            plain = score(Predictor.from_checkpoint(out / "runs" / model / f"seed{seed}" / "best.pt", "cpu", "32"),
+            plain = score(Predictor.from_checkpoint(out / "runs" / model / f"seed{seed}" / "best.pt", InferenceOptions("cpu", "32")),
                           data.cases("test"), "volume", with_hd95=True).rows
             for kind in ("gaussian", "bias"):
                 zero = [r for r in result.rows if r["study"] == "noise" and r["model"] == model and r["seed"] == seed

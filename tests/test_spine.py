@@ -14,6 +14,7 @@ import yaml
 
 from conftest import TINY_FEATURES, tiny_config_dict
 from pdeseg.cli import main
+from pdeseg.inference.options import InferenceOptions
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "pdeseg"
 
@@ -160,7 +161,7 @@ def test_one_checkpoint_scores_the_same_through_evaluate_and_compare(phantom_roo
     exp = resolve(cfg)
     data = prepare_data(exp.cfg.data, exp.spec, tmp_path / "run" / "split.json", progress=False)
     rows, _ = score_run(tmp_path / "run" / "best.pt", data.cases("test"), "volume", "32")
-    summary = evaluate_checkpoint(tmp_path / "run" / "best.pt", tmp_path / "eval", split="test", precision="32", progress=False)
+    summary = evaluate_checkpoint(tmp_path / "run" / "best.pt", tmp_path / "eval", InferenceOptions(precision="32"), split="test", progress=False)
     for key in ("dice_mean", "dice_WT", "dice_ET", "accuracy"):
         assert summary["metrics"][key]["mean"] == pytest.approx(np.mean([r[key] for r in rows]), abs=0), key
 

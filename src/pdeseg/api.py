@@ -81,26 +81,11 @@ def load(
         DeviceError: ``device`` is not available here.
         ConfigError: a bad ``overlap`` or ``tta``.
     """
+    from pdeseg.inference.options import InferenceOptions
     from pdeseg.inference.predict import Predictor
 
-    options = inference_options(device=device, precision=precision, overlap=overlap, tta=tta, postprocess=postprocess)
-    return Segmenter(Predictor.from_checkpoints(checkpoint, **options))
-
-
-def inference_options(**options: Any) -> dict[str, Any]:
-    """The keyword arguments that hand ``options`` (``device``, ``precision``, ``overlap``,
-    ``tta``, ``postprocess``, ...) to :class:`~pdeseg.inference.predict.Predictor` and its
-    constructors: ``{"options": InferenceOptions(...)}`` where the predictor takes one
-    checked record, else the options themselves (by keyword, never by position).
-
-    Raises:
-        ConfigError: a value out of range (checked by ``InferenceOptions``).
-    """
-    try:
-        from pdeseg.inference.options import InferenceOptions
-    except ImportError:  # a Predictor that takes its options one by one
-        return dict(options)
-    return {"options": InferenceOptions(**options)}
+    options = InferenceOptions(device=device, precision=precision, overlap=overlap, tta=tta, postprocess=postprocess)
+    return Segmenter(Predictor.from_checkpoints(checkpoint, options))
 
 
 @dataclass

@@ -34,7 +34,7 @@ from torch import nn
 from pydantic import ValidationError
 
 from pdeseg import __version__
-from pdeseg.config import PreprocessSpec
+from pdeseg.config import ConfigError, ExperimentConfig, PreprocessSpec, config_from_dict
 from pdeseg.errors import CheckpointError, RunFolderError
 from pdeseg.registry import build_model
 
@@ -218,6 +218,25 @@ def preprocessing_spec(ckpt: dict[str, Any], path: str | Path = "checkpoint") ->
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise CheckpointError(f"{path}: bad preprocessing entry {where}: {first['msg']}") from None
+
+
+def checkpoint_config(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> ExperimentConfig | None:
+    """The experiment config a checkpoint was trained with, validated, or None when it carries
+    none (a checkpoint written by hand or by another tool).
+
+    Raises:
+        CheckpointError: the stored config does not validate (e.g. written by a pdeseg whose
+            config keys this version no longer reads); the message names the key.
+    """
+    stored = ckpt.get("config")
+    if stored is None:
+        return None
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"{path}: the stored config must be a mapping, got {type(stored).__name__}")
+    try:
+        return config_from_dict(stored)
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: its stored config is not valid for pdeseg {__version__}: {exc}") from None
 
 
 def model_from_checkpoint(ckpt: dict[str, Any] | str | Path, map_location: str | torch.device = "cpu",

@@ -246,17 +246,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inference_options(args: argparse.Namespace):
+    """The one :class:`~pdeseg.inference.options.InferenceOptions` of a predict or evaluate call."""
+    from pdeseg.inference.options import InferenceOptions
+
+    return InferenceOptions(device=args.device, precision=args.precision, batch_size=getattr(args, "batch_size", 16),
+                            overlap=args.overlap, tta=args.tta, stitch=args.stitch, postprocess=not args.no_postprocess)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pdeseg.inference.evaluate import evaluate_checkpoint, summary_markdown
 
     first = Path(args.checkpoint[0])  # results go next to the checkpoint, or into the folder of runs
     out = args.out or str((first if first.is_dir() else first.parent) / f"eval_{args.split}_{args.scope}")
     summary = evaluate_checkpoint(
-        args.checkpoint, out, args.data, args.split, args.scope, args.hd95, args.device, args.precision,
-        args.save_predictions, progress=not args.no_progress, figures=args.figures,
-        figure_cases=args.figure_cases.split(",") if args.figure_cases else None,
-        overlap=args.overlap, tta=args.tta, stitch=args.stitch, surface_tolerance_mm=args.surface_tolerance,
-        postprocess=not args.no_postprocess,
+        args.checkpoint, out, _inference_options(args), data_root=args.data, split=args.split, scope=args.scope,
+        with_hd95=args.hd95, save_predictions=args.save_predictions, progress=not args.no_progress,
+        figures=args.figures, figure_cases=args.figure_cases.split(",") if args.figure_cases else None,
+        surface_tolerance_mm=args.surface_tolerance,
     )
     print(summary_markdown(summary))
     print(f"per-case metrics: {Path(out) / 'per_case.csv'}\nsummary: {Path(out) / 'summary.json'}")
@@ -270,9 +277,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     others written, 2 when none could be written (or the run was refused)."""
     from pdeseg.inference.predict import predict_folder
 
-    report = predict_folder(args.checkpoint, args.input, args.output, args.device, args.precision, args.batch_size,
-                            progress=not args.no_progress, overwrite=args.overwrite, overlap=args.overlap, tta=args.tta,
-                            stitch=args.stitch, postprocess=not args.no_postprocess, convention=args.label_convention,
+    report = predict_folder(args.checkpoint, args.input, args.output, _inference_options(args),
+                            progress=not args.no_progress, overwrite=args.overwrite, convention=args.label_convention,
                             mask_format=args.mask_format)
     if not report.written:
         log.error("no segmentation written: every case was skipped (%s)", report.summary())

@@ -62,6 +62,7 @@ from pdeseg.experiments.stats import (
     paired_comparison,
     seed_noise_comparison,
 )
+from pdeseg.inference.options import InferenceOptions
 from pdeseg.inference.predict import Predictor
 from pdeseg.inference.score import default_scope, score
 from pdeseg.training.run import train_or_resume
@@ -308,7 +309,7 @@ def run_ablation(
             if scores_path.is_file() and cases_path.is_file():
                 scores, test_rows = json.loads(scores_path.read_text()), json.loads(cases_path.read_text())
             else:
-                predictor = Predictor.from_checkpoint(run_dir / "best.pt", precision=run_cfg.train.precision)
+                predictor = Predictor.from_checkpoint(run_dir / "best.pt", InferenceOptions(precision=run_cfg.train.precision))
                 scored = {s: score_split(predictor, run_cfg, data, s) for s in scored_splits(predictor) if data.split[s]}
                 scores = {s: means for s, (means, _) in scored.items()}
                 test_rows = scored["test"][1] if "test" in scored else []
@@ -521,7 +522,8 @@ def make_figures(result: AblationResult, cfg: ExperimentConfig, data: PreparedDa
     fmt = get_format(cfg.data.format)
     cases = data.cases("test") or data.cases("val")
     seed0 = min(r["seed"] for r in result.runs)
-    predictor = Predictor.from_checkpoint(result.out_dir / "runs" / best.slug / f"seed{seed0}" / "best.pt", precision=cfg.train.precision)
+    predictor = Predictor.from_checkpoint(result.out_dir / "runs" / best.slug / f"seed{seed0}" / "best.pt",
+                                         InferenceOptions(precision=cfg.train.precision))
     rows = [_case_panel(predictor, case, cfg) for case in cases[:3]]
     plot_class_masks(rows, predictor.spec.class_names, fig_dir / "class_masks.png", fmt.display_rotate)
     figures.append(("figures/class_masks.png", f"Best variant on test cases: {(cfg.data.modalities or ['channel 0'])[0]}, manual mask, each predicted "

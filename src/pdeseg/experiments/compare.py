@@ -43,6 +43,8 @@ from pdeseg.data.setup import PreparedData, prepare_data
 from pdeseg.data.splits import save_split
 from pdeseg.errors import ConfigError
 from pdeseg.experiments.stats import PairedResult, format_mean_ci, mean_ci, paired_comparison
+from pdeseg.checkpoint import model_from_checkpoint
+from pdeseg.inference.options import InferenceOptions
 from pdeseg.inference.predict import Predictor
 from pdeseg.inference.score import default_scope, score
 from pdeseg.training.run import train_or_resume
@@ -183,7 +185,7 @@ def environment() -> dict[str, Any]:
 
 def score_run(checkpoint: Path, cases: list[CachedCase], scope: str, precision: str = "auto", device: str = "auto"):
     """Per-case rows of a checkpoint on cached cases, and inference seconds per slice (or case)."""
-    result = score(Predictor.from_checkpoint(checkpoint, device, precision), cases, scope)
+    result = score(Predictor.from_checkpoint(checkpoint, InferenceOptions(device=device, precision=precision)), cases, scope)
     return result.rows, result.seconds / max(result.units, 1)
 
 
@@ -473,7 +475,7 @@ def make_figures(result: CompareResult, cfg: ExperimentConfig, scope: str) -> li
     figures.append(("figures/loss_curves.png", f"Training and validation loss per epoch (seed {seed0}); cf. paper 000 Fig. 4."))
 
     shown = result.data.cases("test")[:4] or result.data.cases("val")[:4]
-    predictors = {n: Predictor.from_checkpoint(run(n) / "best.pt", precision=cfg.train.precision) for n in names}
+    predictors = {n: Predictor.from_checkpoint(run(n) / "best.pt", InferenceOptions(precision=cfg.train.precision)) for n in names}
     rows = []
     mods = list(cfg.data.modalities)
     shown_channel = mods.index("flair") if "flair" in mods else 0
@@ -502,7 +504,7 @@ def make_figures(result: CompareResult, cfg: ExperimentConfig, scope: str) -> li
         coeffs = {}
         for r in result.runs:
             if r["model"] == name:
-                coeffs[r["seed"]] = cable_block(Predictor.from_checkpoint(run(name, r["seed"]) / "best.pt", "cpu").model).physical()
+                coeffs[r["seed"]] = cable_block(model_from_checkpoint(run(name, r["seed"]) / "best.pt")).physical()
         plot_cable_coefficients(coeffs, list(cfg.data.modalities), fig_dir / "cable_coefficients.png")
         figures.append(("figures/cable_coefficients.png", f"Learned Phi, Psi and tau of {name} per modality, one marker per seed."))
         (out / "cable_coefficients.json").write_text(json.dumps({str(k): v for k, v in coeffs.items()}, indent=1))

@@ -41,6 +41,7 @@ from pdeseg.data.setup import PreparedData, prepare_data
 from pdeseg.data.splits import kfold_splits
 from pdeseg.experiments.compare import write_csv
 from pdeseg.experiments.stats import format_mean_ci, mean_ci
+from pdeseg.inference.options import InferenceOptions
 from pdeseg.inference.predict import Predictor
 from pdeseg.inference.score import score
 from pdeseg.training.run import train_or_resume
@@ -117,7 +118,7 @@ def run_crossval(cfg: ExperimentConfig, model_cfg: ModelConfig, out_dir: str | P
         data = PreparedData(split, everything.cached)
         run_dir = out / f"fold{i}"
         train_or_resume(exp.cfg, model_cfg, run_dir, data, progress, exp)
-        predictor = Predictor.from_checkpoint(run_dir / "best.pt", precision=exp.cfg.train.precision, postprocess=False)
+        predictor = Predictor.from_checkpoint(run_dir / "best.pt", InferenceOptions(precision=exp.cfg.train.precision, postprocess=False))
         scored = score(predictor, data.cases("test"), "volume", with_hd95=True, progress=progress,
                        each_case=lambda case, classes: save_labels(out / PREDICTIONS / f"{case.case_id}.npz", classes))
         result.rows += [{"case": r["case"], "fold": i, **{k: v for k, v in r.items() if k != "case"}} for r in scored.rows]
@@ -186,7 +187,7 @@ def _fold_predictor(cv_dir: Path, i: int, tta: bool) -> Predictor:
     ckpt = cv_dir / f"fold{i}" / "best.pt"
     if not ckpt.is_file():
         raise ConfigError(f"{ckpt} not found: run the cross-validation to the end first (pdeseg train --folds K)")
-    return Predictor.from_checkpoint(ckpt, tta=tta, postprocess=False)
+    return Predictor.from_checkpoint(ckpt, InferenceOptions(tta=tta, postprocess=False))
 
 
 def _read_rows(path: Path) -> dict[str, dict[str, Any]]:
@@ -249,7 +250,7 @@ def rescore_crossval(cv_dir: str | Path, name: str, tta: bool = False, min_compo
             before any case is segmented).
     """
     from pdeseg.data.sampling import case_volume
-    from pdeseg.data.setup import cached_cases
+    from pdeseg.inference.evaluate import cases_of
     from pdeseg.experiments.stats import paired_comparison
     from pdeseg.inference.postprocess import PostProcessing, choose_min_innermost_voxels, region_chain
     from pdeseg.inference.score import score_label_maps
@@ -279,12 +280,10 @@ def rescore_crossval(cv_dir: str | Path, name: str, tta: bool = False, min_compo
     for i, fold in enumerate(folds):
         predictor = _fold_predictor(cv, i, tta)
         spec = predictor.spec
-        data_cfg = predictor.config.get("data", {})
-        root = data_root or data_cfg.get("root")
+        root = data_root or (predictor.config.data.root if predictor.config is not None else None)
         if not root:
             raise ConfigError("no data folder: pass --data (the runs' config names none)")
-        entries = cached_cases(root, spec, data_cfg.get("cache_dir", "~/.cache/pdeseg"), list(fold["test"]), progress,
-                               data_cfg.get("format_options") if root == data_cfg.get("root") else None)
+        entries = cases_of(predictor, root, list(fold["test"]), progress)
         for _, entry in track(entries, f"fold {i}", "case", enabled=progress):
             saved = cv / (PREDICTIONS_TTA if tta else PREDICTIONS) / f"{entry.case_id}.npz"
             if saved.is_file():

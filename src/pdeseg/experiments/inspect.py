@@ -21,8 +21,10 @@ import json
 import logging
 from pathlib import Path
 
+from pdeseg.checkpoint import load_checkpoint
 from pdeseg.data.case import LoadedCase
 from pdeseg.errors import CheckpointError, DataError, RunFolderError
+from pdeseg.inference.options import InferenceOptions
 from pdeseg.inference.predict import Predictor
 
 log = logging.getLogger(__name__)
@@ -93,7 +95,7 @@ def inspect_checkpoint(checkpoint: str | Path, out_dir: str | Path, input_path: 
                                        plot_pde_features, plot_pde_kernels)
 
     path = Path(checkpoint)
-    predictor = Predictor.from_checkpoint(path, device, precision="32")
+    predictor = Predictor.from_checkpoint(path, InferenceOptions(device=device, precision="32"))
     model, name = predictor.model, predictor.name
     layers, cable = pde_layers(model), cable_block(model)
     if not layers and cable is None:
@@ -105,7 +107,7 @@ def inspect_checkpoint(checkpoint: str | Path, out_dir: str | Path, input_path: 
         image = predictor.preprocess(loaded)  # (C, X, Y, Z)
         shown_case = loaded.case.case_id
     out = _out_folder(out_dir)
-    epoch = (predictor.checkpoint.get("training") or {}).get("epoch")
+    epoch = (load_checkpoint(path).get("training") or {}).get("epoch")
     head = {"checkpoint": str(path.resolve()), "model": name, "epoch": epoch}
     written: list[Path] = []
     if layers:

@@ -88,6 +88,7 @@ from pdeseg.data.setup import PreparedData, prepare_data, subsample_training
 from pdeseg.data.splits import save_split
 from pdeseg.experiments.compare import environment, paired_grids, write_csv, write_curves
 from pdeseg.experiments.stats import PairedResult, format_mean_ci, mean_ci, paired_comparison
+from pdeseg.inference.options import InferenceOptions
 from pdeseg.inference.predict import Predictor
 from pdeseg.inference.score import score
 from pdeseg.training.run import train_or_resume
@@ -564,7 +565,7 @@ def noise_rows(runs: dict[tuple[str, int], Path], test: list[CachedCase], cfg: E
             prepared: dict[str, CachedCase] = {}
             for _, _, name, seed in group:
                 if (name, seed) not in predictors:
-                    predictors[(name, seed)] = Predictor.from_checkpoint(runs[(name, seed)] / "best.pt", device, precision)
+                    predictors[(name, seed)] = Predictor.from_checkpoint(runs[(name, seed)] / "best.pt", InferenceOptions(device=device, precision=precision))
                 predictor = predictors[(name, seed)]
                 prep = Preprocessing.of(predictor.spec)
                 if prep.key() not in prepared:
@@ -598,7 +599,7 @@ def fraction_rows(runs: dict[tuple[str, float, int], Path], test: list[CachedCas
             if row is None:
                 if predictor is None:
                     log.info("fraction study: scoring %s", run_dir)
-                    predictor = Predictor.from_checkpoint(ckpt, device, precision)
+                    predictor = Predictor.from_checkpoint(ckpt, InferenceOptions(device=device, precision=precision))
                 row = _score_one(predictor, case)
                 memo.put(key, row)
             rows.append({"study": "fraction", "model": name, "seed": seed, "fraction": fraction, "n_train": counts[fraction],

@@ -28,10 +28,26 @@ from pdeseg.data.files import check_output_folder
 from pdeseg.data.setup import cached_cases
 from pdeseg.data.splits import load_split
 from pdeseg.errors import ConfigError, DataError
-from pdeseg.inference.predict import WINDOW_OVERLAP, Predictor, ensemble_members
+from pdeseg.config import DataConfig
+from pdeseg.inference.options import WINDOW_OVERLAP, InferenceOptions
+from pdeseg.inference.predict import Predictor, ensemble_members
 from pdeseg.inference.score import score
 
 log = logging.getLogger(__name__)
+
+
+def cases_of(predictor: Predictor, root: str | Path, case_ids: list[str] | None, progress: bool = False) -> list:
+    """``(reader case, cached case)`` pairs of ``case_ids`` (None: every case) under ``root``,
+    read and normalised as the predictor's model was trained (its config's cache folder, and
+    its format options when ``root`` is the folder it was trained on).
+
+    Raises:
+        DataError: unreadable cases (see :func:`~pdeseg.data.setup.cached_cases`).
+    """
+    cfg = predictor.config
+    data = cfg.data if cfg is not None else DataConfig()
+    same_root = cfg is not None and str(root) == str(data.root)
+    return cached_cases(root, predictor.spec, data.cache_dir, case_ids, progress, data.format_options if same_root else None)
 
 
 def _case_ids(checkpoint: Path, split: str) -> list[str] | None:
@@ -47,21 +63,16 @@ def _case_ids(checkpoint: Path, split: str) -> list[str] | None:
 def evaluate_checkpoint(
     checkpoint: str | Path | list[str | Path],
     out_dir: str | Path,
+    options: InferenceOptions | None = None,
     data_root: str | None = None,
     split: str = "test",
     scope: str = "volume",
     with_hd95: bool = False,
-    device: str = "auto",
-    precision: str = "auto",
     save_predictions: bool = False,
     progress: bool = True,
     figures: int = 0,
     figure_cases: list[str] | None = None,
-    overlap: float = WINDOW_OVERLAP,
-    tta: bool = False,
-    stitch: str = "auto",
     surface_tolerance_mm: float | None = None,
-    postprocess: bool = True,
 ) -> dict[str, Any]:
     """Score ``checkpoint`` and write ``per_case.csv``, ``summary.json``, ``summary.md`` to ``out_dir``.
 
@@ -76,9 +87,9 @@ def evaluate_checkpoint(
     object images (microscopy formats) each drawn case also gets ``figures/cells/<case>.png``
     (:func:`write_cell_figure`: boundary errors at 2 px and the PDE penalty maps).
 
-    ``overlap``, ``tta`` and ``stitch`` are the inference options of :class:`Predictor`;
-    ``postprocess`` applies the checkpoint config's post-processing to whole cases (volume scope);
-    ``surface_tolerance_mm`` adds ``surface_dice_<region>`` at that tolerance (volume scope).
+    ``options`` are the inference options (:class:`~pdeseg.inference.options.InferenceOptions`;
+    its ``postprocess`` applies the checkpoint config's post-processing to whole cases in volume
+    scope); ``surface_tolerance_mm`` adds ``surface_dice_<region>`` at that tolerance (volume scope).
 
     Returns:
         the summary: ``metrics`` (``{metric: {mean, std, median, n}}``) plus ``cases``,
@@ -96,19 +107,16 @@ def evaluate_checkpoint(
     checkpoint, out_dir = members[0], Path(out_dir)
     if surface_tolerance_mm is not None and scope != "volume":
         raise ConfigError("surface Dice needs whole volumes: use scope volume")
-    predictor = Predictor.from_checkpoints(members, device, precision, overlap=overlap, tta=tta, stitch=stitch,
-                                           postprocess=postprocess)
+    predictor = Predictor.from_checkpoints(members, options)
     cfg = predictor.config
-    root = data_root or cfg.get("data", {}).get("root")
+    root = data_root or (cfg.data.root if cfg is not None else None)
     if not root:
         raise ConfigError("no data folder: pass --data (the checkpoint's config names none)")
     if (figures or figure_cases) and scope != "volume":
         raise ConfigError("figures are drawn from whole volumes: use scope volume")
     check_output_folder(out_dir, "--out")  # before the scoring, not after it
     fmt = predictor.format
-    data_cfg = cfg.get("data", {})
-    entries = cached_cases(root, predictor.spec, data_cfg.get("cache_dir", "~/.cache/pdeseg"), _case_ids(checkpoint, split),
-                           progress, data_cfg.get("format_options") if root == data_cfg.get("root") else None)
+    entries = cases_of(predictor, root, _case_ids(checkpoint, split), progress)
     if not entries:
         raise DataError(f"no cases to evaluate in split {split!r}")
     unknown = sorted(set(figure_cases or []) - {c.case_id for c, _ in entries})
@@ -135,7 +143,7 @@ def evaluate_checkpoint(
     if panels:
         write_case_figures(panels, fmt, out_dir / "figures", predictor.spec.class_names)
     inference = {"tta": predictor.tta, "overlap": predictor.overlap, "stitch": predictor.stitch,
-                 "surface_tolerance_mm": surface_tolerance_mm, "postprocess": predictor.postprocessing.describe(),
+                 "precision": predictor.precision, "surface_tolerance_mm": surface_tolerance_mm, "postprocess": predictor.postprocessing.describe(),
                  "models": predictor.name}
     named = str(checkpoint) if len(members) == 1 else [str(m) for m in members]
     summary = {"scope": scope, "split": split, "checkpoint": named, "cases": len(rows), "inference": inference,
@@ -189,7 +197,7 @@ def write_cell_figure(predictor: Predictor, case, path: Path, classes: np.ndarra
     domain = f", {case.domain}" if getattr(case, "domain", "") else ""
     return plot_cell_case(case_image(shown, predictor.modalities), truth, pred, probabilities, path,
                           title=title or f"{case.case_id}{domain}: {predictor.name}",
-                          penalty_options=penalty_options_from_config(getattr(predictor, "config", {})))
+                          penalty_options=penalty_options_from_config(predictor.config))
 
 
 def write_case_figures(panels: list[dict[str, Any]], fmt, out_dir: Path, class_names) -> list[Path]:

@@ -43,22 +43,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pdeseg.checkpoint import load_checkpoint, model_from_checkpoint, preprocessing_spec
-from pdeseg.config import STITCH_MODES, ConfigError, PreprocessSpec
+from pdeseg.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint, preprocessing_spec
+from pdeseg.config import ExperimentConfig, PreprocessSpec
 from pdeseg.data.case import LoadedCase
 from pdeseg.data.files import blocking_path, describe_blocker
 from pdeseg.data.formats import DataFormat, get_format
 from pdeseg.data.preprocess import Preprocessing
 from pdeseg.errors import CheckpointError, DataError, PdesegError, RunFolderError
 from pdeseg.nn.output import OutputHead, class_probabilities, head_of, logits_from_probabilities, predicted_classes
+from pdeseg.inference.options import WINDOW_OVERLAP, InferenceOptions
 from pdeseg.inference.postprocess import PostProcessing
 from pdeseg.progress import counter, track
 from pdeseg.runtime import autocast, resolve_device
 
 log = logging.getLogger(__name__)
-
-#: Default overlap of neighbouring windows in sliding-window inference (patches mode).
-WINDOW_OVERLAP = 0.5
 
 # Where sliding-window outputs are stitched (STITCH_MODES, from the config leaf so that the
 # command line can list them without importing torch): ``auto`` (the compute device when the
@@ -67,21 +65,6 @@ WINDOW_OVERLAP = 0.5
 #: ``stitch="auto"`` stitches on the GPU only when the stitching buffers take at most this
 #: share of its free memory (the rest is left for the windows' forward passes).
 AUTO_STITCH_SHARE = 0.8
-
-
-def check_inference_options(batch_size: int = 16, overlap: float = WINDOW_OVERLAP, tta: bool = False,
-                            stitch: str = "auto") -> None:
-    """Raises ConfigError (one line naming the option) on a bad batch size, overlap, tta or stitch."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ConfigError(f"batch size must be a whole number >= 1, got {batch_size!r}")
-    if isinstance(overlap, bool) or not isinstance(overlap, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(overlap) or not 0 <= overlap < 1:
-        raise ConfigError(f"overlap must be a number with 0 <= overlap < 1 (share of a window shared with its "
-                          f"neighbour), got {overlap!r}")
-    if not isinstance(tta, (bool, np.bool_)):
-        raise ConfigError(f"tta must be true or false, got {tta!r}")
-    if stitch not in STITCH_MODES:
-        raise ConfigError(f"stitch must be one of {', '.join(STITCH_MODES)}, got {stitch!r}")
 
 
 def window_count(image_size: Sequence[int], roi_size: Sequence[int], overlap: float) -> int:
@@ -116,97 +99,94 @@ class Predictor:
     Args:
         model: a network returning logits ``(B, K, *spatial)``.
         spec: its preprocessing and sampling spec.
-        device: where to run (``torch.device``).
-        precision: ``auto`` (bf16 autocast on GPUs and bf16-capable CPUs, else fp32), ``32``
-            or ``bf16-mixed``.
-        batch_size: slices (or windows) per forward pass.
+        device: where to run (``torch.device``; ``options.device`` is what
+            :meth:`from_checkpoint` resolves it from).
+        options: precision, batch size, window overlap, test-time augmentation, stitching
+            and post-processing (:class:`~pdeseg.inference.options.InferenceOptions`, checked
+            when made). Stitching: ``device`` adds the windows' outputs up on the compute
+            device (fastest); ``cpu`` in main memory (for volumes whose output does not fit
+            on the GPU); ``auto`` on the compute device when :func:`stitch_bytes` is at most
+            :data:`AUTO_STITCH_SHARE` of its free memory, else the CPU. On a CPU device
+            everything is on the CPU.
         name: for messages.
-        overlap: patches mode: share of a window that overlaps its neighbour along each axis,
-            ``0 <= overlap < 1`` (0.5: every voxel away from the borders is seen by 2 windows
-            per axis, 8 in 3D).
-        tta: average the class probabilities over all mirrorings of the spatial axes
-            (``2 ** spatial_dims`` forward passes per batch; see the module docstring).
-        stitch: patches mode: where the windows' outputs are added up. ``device``: on the
-            compute device (fastest); ``cpu``: in main memory (for volumes whose output does
-            not fit on the GPU; each window's output is copied over); ``auto``: the compute
-            device when :func:`stitch_bytes` is at most :data:`AUTO_STITCH_SHARE` of its free
-            memory (``torch.cuda.mem_get_info``), else the CPU. On a CPU device everything
-            is on the CPU.
 
-    Raises:
-        ConfigError: a batch size below 1, an overlap outside ``[0, 1)``, a non-boolean
-            ``tta`` or an unknown ``stitch``.
+    Attributes:
+        config: the validated config the checkpoint was trained with (``None`` for a
+            predictor made from a bare model, or a checkpoint that carries none).
+        postprocessing: the rules applied to whole cases (off unless made from a checkpoint
+            whose config has some and ``options.postprocess`` is on).
     """
 
-    def __init__(self, model: nn.Module, spec: PreprocessSpec, device: torch.device, precision: str = "auto",
-                 batch_size: int = 16, name: str = "model", overlap: float = WINDOW_OVERLAP, tta: bool = False,
-                 stitch: str = "auto"):
-        check_inference_options(batch_size, overlap, tta, stitch)
-        self.model, self.spec, self.device = model, spec, device
-        self.precision, self.batch_size, self.name = precision, int(batch_size), name
-        self.overlap, self.tta, self.stitch = float(overlap), bool(tta), stitch
+    def __init__(self, model: nn.Module, spec: PreprocessSpec, device: torch.device,
+                 options: InferenceOptions | None = None, name: str = "model"):
+        self.model, self.spec, self.device, self.name = model, spec, device, name
+        self.options = options or InferenceOptions()
         self.channels_last = spec.spatial_dims == 2
         self.format: DataFormat = get_format(spec.format)
         self.head: OutputHead = head_of(spec)
         self.postprocessing = PostProcessing()  # off; from_checkpoint takes the checkpoint's
+        self.config: ExperimentConfig | None = None
+
+    precision = property(lambda self: self.options.precision)
+    batch_size = property(lambda self: self.options.batch_size)
+    overlap = property(lambda self: self.options.overlap)
+    tta = property(lambda self: self.options.tta)
+    stitch = property(lambda self: self.options.stitch)
+
+    def _take_config(self, config: ExperimentConfig | None) -> Predictor:
+        """Keep the checkpoint's validated config, and its post-processing when asked for."""
+        self.config = config
+        if self.options.postprocess and config is not None:
+            self.postprocessing = PostProcessing.from_config(config.postprocess.model_dump())
+        return self
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | Path, device: str = "auto", precision: str = "auto", batch_size: int = 16,
-                        overlap: float = WINDOW_OVERLAP, tta: bool = False, stitch: str = "auto",
-                        postprocess: bool = True) -> Predictor:
-        """Load a checkpoint (model, weights and spec) onto ``device``; the other arguments as
-        for :class:`Predictor` (checked before the checkpoint is read). ``postprocess``: apply
-        the post-processing of the checkpoint's config (``postprocess``) to every whole case.
+    def from_checkpoint(cls, checkpoint: str | Path, options: InferenceOptions | None = None) -> Predictor:
+        """Load a checkpoint (model, weights, spec and validated config) onto ``options.device``.
 
         Raises:
-            ConfigError: a bad batch size, overlap, tta or stitch.
-            CheckpointError: unreadable, or not a usable pdeseg checkpoint.
-            DeviceError: ``device`` is not available.
+            CheckpointError: unreadable, or not a usable pdeseg checkpoint (its config included).
+            DeviceError: ``options.device`` is not available.
         """
-        check_inference_options(batch_size, overlap, tta, stitch)
+        options = options or InferenceOptions()
         path = Path(checkpoint)
         ckpt = load_checkpoint(path)
-        spec = preprocessing_spec(ckpt, path)
-        dev = resolve_device(device)
+        spec, config = preprocessing_spec(ckpt, path), checkpoint_config(ckpt, path)
+        dev = resolve_device(options.device)
         model = model_from_checkpoint(ckpt, where=path).to(dev)
         if spec.spatial_dims == 2:
             model = model.to(memory_format=torch.channels_last)
-        predictor = cls(model, spec, dev, precision, batch_size, ckpt["model"]["name"], overlap, tta, stitch)
-        predictor.checkpoint, predictor.config = ckpt, ckpt.get("config", {})
-        if postprocess:
-            predictor.postprocessing = PostProcessing.from_config(predictor.config.get("postprocess"))
-        return predictor
+        return cls(model, spec, dev, options, ckpt["model"]["name"])._take_config(config)
 
     @classmethod
-    def from_checkpoints(cls, checkpoints: Sequence[str | Path] | str | Path, device: str = "auto", precision: str = "auto",
-                         batch_size: int = 16, overlap: float = WINDOW_OVERLAP, tta: bool = False,
-                         stitch: str = "auto", postprocess: bool = True) -> Predictor:
+    def from_checkpoints(cls, checkpoints: Sequence[str | Path] | str | Path,
+                         options: InferenceOptions | None = None) -> Predictor:
         """One checkpoint, or an ensemble of several (:class:`EnsembleModel`: their class
         probabilities averaged). A folder stands for every ``best.pt`` below it (the folds of
-        ``pdeseg train --folds K``, or the seeds of a comparison). The other arguments as for
-        :meth:`from_checkpoint` (the members' configs must name the same post-processing,
-        unless ``postprocess`` is off).
+        ``pdeseg train --folds K``, or the seeds of a comparison). With ``options.postprocess``
+        the members' configs must name the same post-processing.
 
         Raises:
             CheckpointError: a folder without ``best.pt``, or checkpoints whose preprocessing,
                 classes, output or (with ``postprocess``) post-processing rules differ (the
                 message names the field and both files).
         """
+        options = options or InferenceOptions()
         paths = ensemble_members(checkpoints)
         if len(paths) == 1:
-            return cls.from_checkpoint(paths[0], device, precision, batch_size, overlap, tta, stitch, postprocess)
-        check_inference_options(batch_size, overlap, tta, stitch)
-        dev = resolve_device(device)
+            return cls.from_checkpoint(paths[0], options)
+        dev = resolve_device(options.device)
         ckpts = [load_checkpoint(p) for p in paths]
         specs = [preprocessing_spec(c, p) for c, p in zip(ckpts, paths)]
+        configs = [checkpoint_config(c, p) for c, p in zip(ckpts, paths)]
         first = specs[0].model_dump()
         for spec, path in zip(specs[1:], paths[1:]):
             differs = [k for k, v in spec.model_dump().items() if first.get(k) != v]
             if differs:
                 raise CheckpointError(f"{path}: its {differs[0]} ({spec.model_dump()[differs[0]]!r}) differs from "
                                       f"{paths[0]}'s ({first[differs[0]]!r}); an ensemble needs one preprocessing and output")
-        if postprocess:  # the rules change the output as much as the preprocessing does
-            rules = [_postprocess_rules(c) for c in ckpts]
+        if options.postprocess:  # the rules change the output as much as the preprocessing does
+            rules = [_postprocess_rules(c) for c in configs]
             for rule, path in zip(rules[1:], paths[1:]):
                 differs = sorted(k for k in {*rules[0], *rule} if rules[0].get(k) != rule.get(k))
                 if differs:
@@ -217,12 +197,9 @@ class Predictor:
         if specs[0].spatial_dims == 2:
             members = [m.to(memory_format=torch.channels_last) for m in members]
         names = sorted({c["model"]["name"] for c in ckpts})
-        predictor = cls(EnsembleModel(members, head_of(specs[0])), specs[0], dev, precision, batch_size,
-                        f"ensemble of {len(members)} ({', '.join(names)})", overlap, tta, stitch)
-        predictor.checkpoint, predictor.config = ckpts[0], ckpts[0].get("config", {})
-        if postprocess:
-            predictor.postprocessing = PostProcessing.from_config(predictor.config.get("postprocess"))
-        return predictor
+        predictor = cls(EnsembleModel(members, head_of(specs[0])), specs[0], dev, options,
+                        f"ensemble of {len(members)} ({', '.join(names)})")
+        return predictor._take_config(configs[0])
 
     @property
     def modalities(self) -> list[str]:
@@ -544,10 +521,10 @@ def ensemble_members(checkpoints: Sequence[str | Path] | str | Path) -> list[Pat
     return paths
 
 
-def _postprocess_rules(checkpoint: dict) -> dict:
+def _postprocess_rules(config: ExperimentConfig | None) -> dict:
     """The post-processing rules a checkpoint's config turns on (unset rules left out)."""
-    rules = (checkpoint.get("config") or {}).get("postprocess") or {}
-    return {k: v for k, v in rules.items() if v is not None} if isinstance(rules, dict) else {"rules": rules}
+    rules = config.postprocess.model_dump() if config is not None else {}
+    return {k: v for k, v in rules.items() if v is not None}
 
 
 class EnsembleModel(nn.Module):
@@ -579,15 +556,9 @@ def predict_folder(
     checkpoint: str | Path | Sequence[str | Path],
     input_dir: str | Path,
     output_dir: str | Path,
-    device: str = "auto",
-    precision: str = "auto",
-    batch_size: int = 16,
+    options: InferenceOptions | None = None,
     progress: bool = True,
     overwrite: bool = False,
-    overlap: float = WINDOW_OVERLAP,
-    tta: bool = False,
-    stitch: str = "auto",
-    postprocess: bool = True,
     **write_options,
 ) -> PredictionReport:
     """Segment one case folder or a folder of cases, writing each in the input's own format
@@ -606,9 +577,8 @@ def predict_folder(
             several, or a folder of runs: an ensemble (:meth:`Predictor.from_checkpoints`).
         input_dir: a case folder or a folder of cases.
         output_dir: where predictions go (created).
-        device, precision, batch_size, overlap, tta, stitch: see :class:`Predictor`.
-        postprocess: apply the checkpoint config's post-processing (see
-            :mod:`pdeseg.inference.postprocess`).
+        options: device, precision, batch size, overlap, tta, stitching and post-processing
+            (:class:`~pdeseg.inference.options.InferenceOptions`).
         progress: show progress (over cases, and over the windows or slices of each case).
         overwrite: replace existing output files (input files are never replaced).
         write_options: the data format's output options (``convention`` for BraTS,
@@ -625,12 +595,12 @@ def predict_folder(
         CheckpointError, DeviceError, ConfigError: unusable checkpoint, device or option.
         DataError: the input folder is missing or holds no cases at all.
     """
-    predictor = Predictor.from_checkpoints(checkpoint, device, precision, batch_size, overlap, tta, stitch, postprocess)
+    predictor = Predictor.from_checkpoints(checkpoint, options)
     if predictor.postprocessing.enabled:
         log.info("post-processing: %s", predictor.postprocessing.describe())
     if isinstance(predictor.model, EnsembleModel):
         log.info("%s: class probabilities averaged", predictor.name)
-    if tta:
+    if predictor.tta:
         log.info("test-time augmentation: probabilities averaged over %d mirrorings per forward pass",
                  len(flip_sets(predictor.spec.spatial_dims)))
     fmt, out_dir = predictor.format, Path(output_dir).expanduser()

@@ -25,11 +25,12 @@ from pdeseg.data.sampling import training_dataset
 from pdeseg.data.setup import PreparedData, prepare_data, steps_per_epoch
 from pdeseg.data.splits import save_split
 from pdeseg.errors import ConfigError, RunFolderError
+from pdeseg.inference.options import InferenceOptions
 from pdeseg.inference.predict import Predictor
 from pdeseg.inference.score import default_scope, score, scoring_rules
 from pdeseg.runlock import RunLock
 from pdeseg.runtime import barrier, init_distributed, launch_rank, resolve_device, resolve_precision, seed_everything
-from pdeseg.training.trainer import Trainer, TrainResult
+from pdeseg.training.trainer import RunContext, Trainer, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -171,12 +172,13 @@ def _train(exp: Experiment, model_cfg: ModelConfig, run_dir: Path, device: torch
     scope = default_scope(spec)
 
     def validate(net) -> object:
-        predictor = Predictor(net, spec, device, precision, t.val_batch_size, model_cfg.name)
+        predictor = Predictor(net, spec, device, InferenceOptions(precision=precision, batch_size=t.val_batch_size), model_cfg.name)
         return score(predictor, val_cases, scope, loss_fn)
 
-    trainer = Trainer(model, loss_fn, optimizer, scheduler, train_set, validate if val_cases else None, scoring_rules(spec),
-                      run_dir, t, meta, device, precision, rank, world, channels_last, cfg.data.num_workers, progress,
-                      model_cfg.name, exp.head)
+    run = RunContext(run_dir, t, meta, device, precision, rank, world, channels_last, cfg.data.num_workers, progress,
+                     model_cfg.name, exp.head)
+    trainer = Trainer(model, loss_fn, optimizer, scheduler, train_set, validate=validate if val_cases else None,
+                      rules=scoring_rules(spec), run=run)
     if state is not None:
         trainer.load_state(state)
         log.info("resuming %s from epoch %d", run_dir, trainer.epoch)

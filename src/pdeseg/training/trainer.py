@@ -87,11 +87,43 @@ def _float(out: Any) -> Any:
     return out
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """Where and how one training run executes (everything the trainer needs besides the
+    built objects it trains).
+
+    Attributes:
+        run_dir: where ``best.pt``, ``last.pt``, ``metrics.csv`` and ``tb/`` go (rank 0).
+        settings: the config's ``train`` section.
+        meta: what every checkpoint carries besides weights (model, preprocessing, config).
+        device, precision: the resolved device and precision.
+        rank, world: this process's rank and the number of processes.
+        channels_last: feed 2D batches in channels-last memory format (the model already is).
+        num_workers: data-loader worker processes.
+        progress: show progress bars (else log lines).
+        name: the model's name, for messages.
+        head: what the logit channels mean (None: inferred from their number).
+    """
+
+    run_dir: Path
+    settings: TrainConfig
+    meta: dict[str, Any]
+    device: torch.device
+    precision: str
+    rank: int = 0
+    world: int = 1
+    channels_last: bool = False
+    num_workers: int = 0
+    progress: bool = True
+    name: str = "model"
+    head: OutputHead | None = None
+
+
 class Trainer:
     """Runs epochs of a built model, loss, optimiser and scheduler over a training set.
 
     Args:
-        model: the network (on ``device``).
+        model: the network (on ``run.device``).
         loss_fn: ``loss_fn(model output, target) -> scalar``; if it has ``set_epoch`` (a
             :class:`~pdeseg.losses.composite.CompositeLoss`), it is called with the 0-based
             epoch before each epoch, so that the epoch's training and validation losses use
@@ -101,31 +133,22 @@ class Trainer:
         validate: ``validate(model) -> Scores`` on the validation cases, or None to select
             by training loss (``settings.monitor`` must then be ``train_loss``).
         rules: classes and regions, for the per-epoch training metrics.
-        run_dir: where ``best.pt``, ``last.pt``, ``metrics.csv`` and ``tb/`` go (rank 0).
-        settings: the config's ``train`` section.
-        meta: what every checkpoint carries besides weights (model, preprocessing, config).
-        device, precision: resolved device and precision.
-        rank, world: this process's rank and the number of processes.
-        channels_last: feed 2D batches in channels-last memory format (the model already is).
-        head: what the logit channels mean (None: inferred from their number, softmax or sigmoid).
+        run: where and how the run executes (:class:`RunContext`).
     """
 
     def __init__(self, model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, scheduler, train_set: Dataset,
-                 validate: Callable[[nn.Module], Scores] | None, rules: ScoringRules, run_dir: Path, settings: TrainConfig,
-                 meta: dict[str, Any], device: torch.device, precision: str, rank: int = 0, world: int = 1,
-                 channels_last: bool = False, num_workers: int = 0, progress: bool = True, name: str = "model",
-                 head: OutputHead | None = None):
+                 *, validate: Callable[[nn.Module], Scores] | None, rules: ScoringRules, run: RunContext):
         self.model, self.loss_fn, self.optimizer, self.scheduler = model, loss_fn, optimizer, scheduler
         self.train_set, self.validate, self.rules = train_set, validate, rules
-        self.run_dir, self.t, self.meta = Path(run_dir), settings, meta
-        self.device, self.precision, self.rank, self.world = device, precision, rank, world
-        self.num_workers, self.progress, self.name = num_workers, progress, name
-        self.head = head
-        self.channels_last = channels_last
-        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
+        self.run_dir, self.t, self.meta = Path(run.run_dir), run.settings, run.meta
+        self.device, self.precision, self.rank, self.world = run.device, run.precision, run.rank, run.world
+        self.num_workers, self.progress, self.name = run.num_workers, run.progress, run.name
+        self.head = run.head
+        self.channels_last = run.channels_last
+        self.scaler = torch.amp.GradScaler(run.device.type, enabled=run.precision == "16-mixed")
         self.epoch, self.global_step, self.best_score, self.best_epoch = 0, 0, -math.inf, -1
         self.history: list[dict[str, Any]] = []
-        self.wrapped = DistributedDataParallel(model) if world > 1 else model
+        self.wrapped = DistributedDataParallel(model) if run.world > 1 else model
 
     @property
     def main(self) -> bool:

@@ -1,0 +1,82 @@
+"""The options of one inference call, as one checked record.
+
+Every caller (``predict``, ``evaluate``, ``crossval``, the studies, the Python front door)
+builds one :class:`InferenceOptions`; it is checked once, when it is made, and handed on by
+name, so no function below it takes or re-checks seven loose arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from pdeseg.config import PRECISIONS, STITCH_MODES
+from pdeseg.errors import ConfigError
+
+#: Default overlap of neighbouring windows in sliding-window inference (patches mode).
+WINDOW_OVERLAP = 0.5
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """How a trained model segments cases.
+
+    Attributes:
+        device: ``auto`` (a GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``.
+        precision: ``auto`` (bf16 autocast on GPUs and bf16-capable CPUs, else fp32),
+            ``32``, ``bf16-mixed`` or ``16-mixed`` (CUDA only).
+        batch_size: slices (or windows) per forward pass, >= 1.
+        overlap: patches mode: share of a window that overlaps its neighbour along each
+            axis, ``0 <= overlap < 1`` (0.5: every voxel away from the borders is seen by 2
+            windows per axis, 8 in 3D).
+        tta: average the class probabilities over every mirroring of the spatial axes
+            (``2 ** spatial_dims`` forward passes per batch).
+        stitch: patches mode: where the windows' outputs are added up: ``auto``, ``device``
+            or ``cpu`` (see :class:`~pdeseg.inference.predict.Predictor`).
+        postprocess: apply the post-processing rules of the checkpoint's config to whole cases.
+
+    Raises:
+        ConfigError: (when made) a value outside the ranges above, naming the option.
+    """
+
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int = 16
+    overlap: float = WINDOW_OVERLAP
+    tta: bool = False
+    stitch: str = "auto"
+    postprocess: bool = True
+
+    def __post_init__(self) -> None:
+        b = self.batch_size
+        if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1:
+            raise ConfigError(f"batch size must be a whole number >= 1, got {b!r}")
+        o = self.overlap
+        if isinstance(o, bool) or not isinstance(o, (int, float, np.integer, np.floating)) or not math.isfinite(o) \
+                or not 0 <= o < 1:
+            raise ConfigError(f"overlap must be a number with 0 <= overlap < 1 (share of a window shared with its "
+                              f"neighbour), got {o!r}")
+        for name in ("tta", "postprocess"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.stitch not in STITCH_MODES:
+            raise ConfigError(f"stitch must be one of {', '.join(STITCH_MODES)}, got {self.stitch!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if not isinstance(self.device, str) or not self.device:
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        object.__setattr__(self, "batch_size", int(b))
+        object.__setattr__(self, "overlap", float(o))
+        object.__setattr__(self, "tta", bool(self.tta))
+        object.__setattr__(self, "postprocess", bool(self.postprocess))
+
+    def replace(self, **changes) -> InferenceOptions:
+        """A copy with ``changes`` (checked again)."""
+        return dataclasses.replace(self, **changes)
+
+    def describe(self) -> dict[str, object]:
+        """The options as a plain mapping (for summaries and logs)."""
+        return dataclasses.asdict(self)
