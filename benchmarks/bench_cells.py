@@ -194,7 +194,7 @@ class _InferWorker(WorkerBase):
     def __init__(self, name: str, opts: dict):
         import torch
 
-        from pdeseg.config import PreprocessSpec
+        from pdeseg.config import TaskSpec
         from pdeseg.inference.options import InferenceOptions
         from pdeseg.inference.predict import Predictor, window_count
         from pdeseg.registry import build_model
@@ -211,9 +211,9 @@ class _InferWorker(WorkerBase):
         model = build_model("unet", spatial_dims=2, in_channels=1, out_channels=len(classes)).to(self.device)
         centre_head(model, window, self.device)
         model = model.to(memory_format=torch.channels_last)  # as Predictor.from_checkpoint does for 2D
-        spec = PreprocessSpec(format="dsb2018", modalities=["grey"], normalization="zscore", mode="slices", spatial_dims=2,
-                              spatial_size=[window, window], resize=False, tile_inference=tiled,
-                              num_classes=len(classes), class_names=classes)
+        spec = TaskSpec(format="dsb2018", modalities=["grey"], normalization="zscore", mode="slices", spatial_dims=2,
+                        spatial_size=[window, window], resize=False, tile_inference=tiled,
+                        num_classes=len(classes), class_names=classes)
         self.predictor = Predictor(model, spec, self.device, InferenceOptions(precision=opts["precision"],
                                    batch_size=opts["infer_batch"], overlap=overlap), "unet")
         self.model = model

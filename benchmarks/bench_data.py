@@ -1,17 +1,17 @@
 #!/usr/bin/env python
 """Slice loading speed: the memory-mapped case cache against re-reading NIfTI.
 
-Writes ``--cases`` phantom cases (:func:`pdeseg.data.phantom.write_phantom_dataset`,
+Writes ``--cases`` phantom cases (:func:`pdeseg.data.phantoms.brats.write_phantom_dataset`,
 BraTS layout, ``--shape`` voxels) to a temporary folder, builds the cache with
-:func:`pdeseg.data.cache.cache_cases`, then measures slices/second of one epoch over the
+:func:`pdeseg.data.pipeline.cache.write_cache`, then measures slices/second of one epoch over the
 selected slices (``--selection``, default ``tumour`` as in training), iterated through a
 ``DataLoader`` with batch ``--batch`` and ``num_workers=0``:
 
-(a) cache: :class:`pdeseg.data.slices.SliceDataset` over the cached cases (memory-mapped
+(a) cache: :class:`pdeseg.data.pipeline.sampling.SliceDataset` over the cached cases (memory-mapped
     float16), shuffled like training, without and with the training augmentation
     (``build_train_transform(AugmentConfig(), spatial_size)``);
 (b) NIfTI, read once per volume per epoch: the best a loader without a cache can do.
-    Every case is read (``pdeseg.data.brats.load_case``) and normalised
+    Every case is read (``pdeseg.data.readers.brats.load_case``) and normalised
     (``normalize``) once per epoch, then its selected slices go through
     ``SliceDataset``'s own per-slice code (fit, optional augmentation), over the volume
     held in memory; slices are shuffled within a volume only. Measured end to end;
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--selection", default="tumour", choices=["tumour", "brain", "all", "middle"],
-                   help="slices used per volume per epoch (see pdeseg.data.slices.select_slices)")
+                   help="slices used per volume per epoch (see pdeseg.data.pipeline.sampling.select_slices)")
     p.add_argument("--spatial-size", type=int, nargs=2, default=None, metavar=("H", "W"),
                    help="training slice size (default: the shape's first two dims)")
     p.add_argument("--repeats", type=int, default=3, help="timed epochs per pipeline (the median is reported)")
@@ -75,12 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     from torch.utils.data import DataLoader, IterableDataset
 
     from pdeseg.config import AugmentConfig
-    from pdeseg.data.brats import find_cases, load_case
-    from pdeseg.data.cache import CachedCase, cache_cases
-    from pdeseg.data.phantom import MODALITIES, write_phantom_dataset
-    from pdeseg.data.preprocess import normalize
-    from pdeseg.data.sampling import SliceDataset, select_slices
-    from pdeseg.data.transforms import build_train_transform
+    from pdeseg.data.phantoms.brats import MODALITIES, write_phantom_dataset
+    from pdeseg.data.pipeline.cache import CachedCase, write_cache
+    from pdeseg.data.pipeline.preprocess import normalize
+    from pdeseg.data.pipeline.sampling import SliceDataset, select_slices
+    from pdeseg.data.pipeline.transforms import build_train_transform
+    from pdeseg.data.readers.brats import find_cases, load_case
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         cases = find_cases(raw_dir, modalities)
         shutil.rmtree(cache_dir, ignore_errors=True)
         t0 = time.perf_counter()
-        cached = cache_cases(cases, cache_dir, modalities, progress=False)
+        cached = write_cache(cases, cache_dir, modalities, progress=False)
         t_cache = time.perf_counter() - t0
         selected = [select_slices(c, args.selection) for c in cached]
         n_slices = sum(len(s) for s in selected)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pdeseg.config import config_from_dict
-from pdeseg.data.phantom import write_phantom_dataset
+from pdeseg.data.phantoms.brats import write_phantom_dataset
 
 # the real samples live beside the checkout (../shared/data); PDESEG_SHARED_DATA points elsewhere
 SHARED_DATA = Path(os.environ.get("PDESEG_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))

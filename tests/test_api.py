@@ -120,12 +120,12 @@ def _volume_segmenter(**spec_changes):
     """A Segmenter around an untrained 3D UNet (whole-volume mode), no checkpoint needed."""
     import torch
 
+    from pdeseg.config import TaskSpec
     from pdeseg.inference.options import InferenceOptions
-    from pdeseg.config import PreprocessSpec
     from pdeseg.inference.predict import Predictor
 
-    spec = PreprocessSpec(format="brats", modalities=["flair", "t1"], normalization="zscore", mode="whole",
-                          spatial_dims=3, num_classes=2, class_names=["background", "tumour"], **spec_changes)
+    spec = TaskSpec(format="brats", modalities=["flair", "t1"], normalization="zscore", mode="whole",
+                    spatial_dims=3, num_classes=2, class_names=["background", "tumour"], **spec_changes)
     net = pdeseg.create_model("unet", spatial_dims=3, in_channels=2, out_channels=2, features=[2, 4, 4, 4, 4])
     return pdeseg.Segmenter(Predictor(net, spec, torch.device("cpu"), InferenceOptions(precision="32")))
 

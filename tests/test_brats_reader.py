@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import shared_data
-from pdeseg.data.brats import (
+from pdeseg.data.readers.brats import (
     BratsDataError,
     classes_to_labels,
     find_cases,

@@ -14,10 +14,10 @@ import tifffile
 from PIL import Image
 
 from conftest import shared_data
-from pdeseg.data.cells import CellDataError
-from pdeseg.data.dsb import assemble_nuclei, find_dsb_cases
 from pdeseg.data.formats import get_format
-from pdeseg.data.image_sets import find_drive_cases, find_folder_cases, find_isbi_cases
+from pdeseg.data.readers.cells import CellDataError
+from pdeseg.data.readers.dsb import assemble_nuclei, find_dsb_cases
+from pdeseg.data.readers.image_sets import find_drive_cases, find_folder_cases, find_isbi_cases
 from pdeseg.errors import DataError
 
 ID = "a1b2c3"

@@ -194,9 +194,9 @@ def cell_case(tmp_path):
     and a tiny untrained 3-class (boundary targets) UNet predictor for it."""
     from PIL import Image
 
-    from pdeseg.config import PreprocessSpec
-    from pdeseg.data.cache import cache_case
-    from pdeseg.data.cells import ImageCase, label_image_reader
+    from pdeseg.config import TaskSpec
+    from pdeseg.data.pipeline.cache import cache_case
+    from pdeseg.data.readers.cells import ImageCase, label_image_reader
     from pdeseg.inference.predict import Predictor
     from pdeseg.nn.unet import UNet
 
@@ -210,9 +210,9 @@ def cell_case(tmp_path):
     case = ImageCase("c1", tmp_path, tmp_path / "img.png", domain="nuclei", targets="boundary",
                      objects=label_image_reader(tmp_path / "lab.png", "instances"), label_files=(tmp_path / "lab.png",),
                      fov=tmp_path / "fov.png")
-    spec = PreprocessSpec(format="cell_folder", modalities=["grey"], normalization="zscore", mode="slices",
-                          spatial_dims=2, spatial_size=[64, 64], num_classes=3,
-                          class_names=["background", "interior", "boundary"])
+    spec = TaskSpec(format="cell_folder", modalities=["grey"], normalization="zscore", mode="slices",
+                    spatial_dims=2, spatial_size=[64, 64], num_classes=3,
+                    class_names=["background", "interior", "boundary"])
     cached = cache_case(case, tmp_path / "cache", spec)
     torch.manual_seed(0)
     model = UNet(2, 1, 3, features=(4, 8, 8, 8, 8)).eval()
@@ -227,7 +227,7 @@ def test_evaluate_figures_of_an_object_format_draw_the_cell_figure(cell_case, tm
 
     case, cached, predictor = cell_case
     monkeypatch.setattr(evaluate.Predictor, "from_checkpoint", classmethod(lambda cls, *a, **k: predictor))
-    monkeypatch.setattr(evaluate, "cached_cases", lambda *a, **k: [(case, cached)])
+    monkeypatch.setattr(evaluate, "load_cached_cases", lambda *a, **k: [(case, cached)])
     out = tmp_path / "eval"
     summary = evaluate.evaluate_checkpoint(tmp_path / "none.pt", out, split="all", figures=1, progress=False)
     assert summary["cases"] == 1 and "bf1_2" in summary["metrics"]

@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pdeseg.config import ConfigError, PreprocessSpec, config_from_dict
-from pdeseg.data.splits import split_by_domain
+from pdeseg.config import ConfigError, TaskSpec, config_from_dict
+from pdeseg.data.pipeline.splits import split_by_domain
 from pdeseg.inference.options import InferenceOptions
 
 
@@ -43,7 +43,7 @@ def test_domain_split_config_is_checked():
 
 
 def test_random_windows_cover_the_image_and_are_reproducible():
-    from pdeseg.data.sampling import random_window
+    from pdeseg.data.pipeline.sampling import random_window
 
     image, label = torch.arange(100 * 80, dtype=torch.float32).reshape(1, 100, 80), torch.zeros(100, 80, dtype=torch.long)
     starts = set()
@@ -60,10 +60,10 @@ def test_random_windows_cover_the_image_and_are_reproducible():
     assert small.shape == (1, 20, 32)  # a short axis stays whole (fit_spatial pads it)
 
 
-def _spec(**kw) -> PreprocessSpec:
+def _spec(**kw) -> TaskSpec:
     base = dict(format="cell_folder", modalities=["grey"], normalization="zscore_all", mode="slices", spatial_dims=2,
                 spatial_size=[32, 32], num_classes=2, class_names=["background", "cell"])
-    return PreprocessSpec(**{**base, **kw})
+    return TaskSpec(**{**base, **kw})
 
 
 def test_tiled_slice_inference_equals_one_pass_for_a_pointwise_model():
@@ -98,8 +98,8 @@ def _cell_folder(root: Path, n: int = 3, size=(40, 48)) -> Path:
 
 
 def test_cache_keeps_objects_domain_and_scoring_adds_object_metrics(tmp_path):
-    from pdeseg.data.cache import cache_case
     from pdeseg.data.formats import get_format
+    from pdeseg.data.pipeline.cache import cache_case
     from pdeseg.inference.predict import Predictor
     from pdeseg.inference.score import score
 
@@ -124,8 +124,8 @@ def test_cache_keeps_objects_domain_and_scoring_adds_object_metrics(tmp_path):
 
 
 def test_field_of_view_limits_the_metrics(tmp_path):
-    from pdeseg.data.cache import cache_case
-    from pdeseg.data.cells import ImageCase, label_image_reader
+    from pdeseg.data.pipeline.cache import cache_case
+    from pdeseg.data.readers.cells import ImageCase, label_image_reader
     from pdeseg.inference.predict import Predictor
     from pdeseg.inference.score import score
 
@@ -196,9 +196,9 @@ def test_pixels_outside_the_field_of_view_reach_no_loss(tmp_path):
     """DRIVE-style field of view: the dataset marks outside pixels IGNORE_LABEL, and CE / Dice
     (softmax and sigmoid heads) then equal the losses over the inside pixels alone."""
     from pdeseg.config import IGNORE_LABEL
-    from pdeseg.data.cache import cache_case
-    from pdeseg.data.cells import ImageCase, label_image_reader
-    from pdeseg.data.sampling import SliceDataset
+    from pdeseg.data.pipeline.cache import cache_case
+    from pdeseg.data.pipeline.sampling import SliceDataset
+    from pdeseg.data.readers.cells import ImageCase, label_image_reader
     from pdeseg.losses.segmentation import CrossEntropyLoss, soft_dice_loss
 
     img, lab, fov = tmp_path / "i.png", tmp_path / "l.png", tmp_path / "f.png"
@@ -226,7 +226,7 @@ def test_pixels_outside_the_field_of_view_reach_no_loss(tmp_path):
 
 def test_contrast_inversion_negates_the_image_and_keeps_the_label():
     from pdeseg.config import AugmentConfig
-    from pdeseg.data.transforms import build_train_transform
+    from pdeseg.data.pipeline.transforms import build_train_transform
 
     off = AugmentConfig(flip_prob=0, affine_prob=0, brightness=0, contrast=0, intensity_prob=0)
     image, label = torch.randn(1, 16, 16), torch.randint(0, 2, (1, 16, 16))

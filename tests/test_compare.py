@@ -5,11 +5,11 @@ import csv
 import pytest
 
 from conftest import tiny_config_dict
-from pdeseg.config import config_from_dict
-from pdeseg.data.setup import PreparedData, prepare_data
-from pdeseg.experiments.compare import run_compare
-from pdeseg.checkpoint import load_checkpoint
 from pdeseg.build import resolve
+from pdeseg.checkpoint import load_checkpoint
+from pdeseg.config import config_from_dict
+from pdeseg.data.pipeline.prepare import PreparedData, prepare_data
+from pdeseg.experiments.compare import run_compare
 from pdeseg.training.run import train_model
 from pdeseg.viz.report import referenced_files
 
@@ -88,11 +88,11 @@ def test_table_columns_follow_the_data_set_not_brats():
     hippo = table_columns(["background", "Anterior", "Posterior"], {})
     assert [h for h, _ in hippo][4:] == ["test Anterior", "test Posterior"]
     assert len(table_columns(["background", "tumour"], {})) == 4  # binary: the mean is the class
-    from pdeseg.config import PreprocessSpec
+    from pdeseg.config import TaskSpec
 
     def spec(fmt, mode):
-        return PreprocessSpec(format=fmt, modalities=["grey"], normalization="zscore_all", mode=mode, spatial_dims=2,
-                              num_classes=2, class_names=["background", "cell"])
+        return TaskSpec(format=fmt, modalities=["grey"], normalization="zscore_all", mode=mode, spatial_dims=2,
+                        num_classes=2, class_names=["background", "cell"])
 
     assert default_scope(spec("brats", "patches")) == "volume" and default_scope(spec("brats", "slices")) == "slices"
     assert default_scope(spec("dsb2018", "slices")) == "volume"  # microscopy: whole images with object metrics

@@ -12,7 +12,7 @@ from conftest import tiny_config_dict
 from pdeseg.build import resolve
 from pdeseg.cli import main
 from pdeseg.config import ConfigError, config_from_dict
-from pdeseg.data.sampling import SliceDataset, context_indices
+from pdeseg.data.pipeline.sampling import SliceDataset, context_indices
 from pdeseg.inference.options import InferenceOptions
 
 

@@ -11,7 +11,7 @@ import yaml
 
 from conftest import TINY_FEATURES, tiny_config_dict
 from pdeseg.cli import main
-from pdeseg.data.splits import kfold_splits
+from pdeseg.data.pipeline.splits import kfold_splits
 from pdeseg.inference.options import InferenceOptions
 
 

@@ -5,16 +5,16 @@ import pytest
 import torch
 
 from pdeseg.config import AugmentConfig
-from pdeseg.data.brats import find_cases
-from pdeseg.data.cache import cache_case, cache_cases
-from pdeseg.data.preprocess import nonzero_mask, normalize
-from pdeseg.data.sampling import PatchDataset, SliceDataset, VolumeDataset, fit_spatial, select_slices
-from pdeseg.data.transforms import build_train_transform
+from pdeseg.data.pipeline.cache import cache_case, write_cache
+from pdeseg.data.pipeline.preprocess import nonzero_mask, normalize
+from pdeseg.data.pipeline.sampling import PatchDataset, SliceDataset, VolumeDataset, fit_spatial, select_slices
+from pdeseg.data.pipeline.transforms import build_train_transform
+from pdeseg.data.readers.brats import find_cases
 
 
 @pytest.fixture
 def cached(phantom_root, tmp_path):
-    return cache_cases(find_cases(phantom_root), tmp_path / "cache", ["flair", "t1", "t1ce", "t2"], progress=False)
+    return write_cache(find_cases(phantom_root), tmp_path / "cache", ["flair", "t1", "t1ce", "t2"], progress=False)
 
 
 def test_zscore_inside_brain_mask_and_zero_outside():
@@ -144,7 +144,7 @@ def test_damaged_cache_entries_are_named_and_rebuilt(phantom_root, tmp_path, cap
 
 
 def test_blank_or_constant_channels_and_labels_on_an_empty_image_are_warned(caplog):
-    from pdeseg.data.cache import warn_about_signal
+    from pdeseg.data.pipeline.cache import warn_about_signal
 
     image = np.random.default_rng(0).normal(size=(3, 8, 8, 4)).astype(np.float32)
     image[1] = 0

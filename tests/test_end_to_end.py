@@ -11,14 +11,14 @@ import pytest
 import torch
 
 from conftest import tiny_config_dict
-from pdeseg.config import config_from_dict
-from pdeseg.data.brats import find_cases
-from pdeseg.inference.evaluate import evaluate_checkpoint
-from pdeseg.inference.predict import predict_folder
 from pdeseg.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
+from pdeseg.config import config_from_dict
+from pdeseg.data.readers.brats import find_cases
 from pdeseg.errors import CheckpointError, RunFolderError
-from pdeseg.training.run import train_model
+from pdeseg.inference.evaluate import evaluate_checkpoint
 from pdeseg.inference.options import InferenceOptions
+from pdeseg.inference.predict import predict_folder
+from pdeseg.training.run import train_model
 
 
 def _weights(path):
@@ -167,7 +167,7 @@ def test_no_validation_split_needs_monitor_train_loss(phantom_root, tmp_path):
 
 def test_train_cases_subsamples_training_side_only(phantom_root, tmp_path):
     from pdeseg.build import resolve
-    from pdeseg.data.setup import prepare_data
+    from pdeseg.data.pipeline.prepare import prepare_data
 
     data = tiny_config_dict(phantom_root, tmp_path, epochs=1)
     data["data"]["split"] = {"fractions": [0.5, 0.17, 0.33]}

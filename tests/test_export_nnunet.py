@@ -21,9 +21,9 @@ from pdeseg.data.export_nnunet import (
     storage_dtype,
 )
 from pdeseg.data.formats import get_format
-from pdeseg.data.phantom import write_phantom_dataset
-from pdeseg.data.phantom_cells import write_cell_phantom
-from pdeseg.data.phantom_msd import write_msd_phantom_dataset
+from pdeseg.data.phantoms.brats import write_phantom_dataset
+from pdeseg.data.phantoms.cells import write_cell_phantom
+from pdeseg.data.phantoms.msd import write_msd_phantom_dataset
 from pdeseg.errors import ConfigError, DataError, RunFolderError
 
 

@@ -78,9 +78,9 @@ def test_mr_and_parallel_workers_agree(tmp_path):
 
 
 def test_detect_format_from_layouts(tmp_path):
-    from pdeseg.data.phantom import write_lgg_phantom_dataset, write_phantom_dataset
-    from pdeseg.data.phantom_cells import write_cell_phantom
-    from pdeseg.data.phantom_msd import write_msd_phantom_dataset
+    from pdeseg.data.phantoms.brats import write_lgg_phantom_dataset, write_phantom_dataset
+    from pdeseg.data.phantoms.cells import write_cell_phantom
+    from pdeseg.data.phantoms.msd import write_msd_phantom_dataset
 
     write_phantom_dataset(tmp_path / "brats", n_cases=1, shape=(32, 32, 16))
     write_lgg_phantom_dataset(tmp_path / "lgg", n_cases=1, shape=(32, 32, 16))
@@ -135,7 +135,7 @@ def test_plan_and_train_one_epoch_on_a_phantom(tmp_path, capsys):
     validates; train --config runs it (one epoch here)."""
     import yaml
 
-    from pdeseg.data.phantom_msd import write_msd_phantom_dataset
+    from pdeseg.data.phantoms.msd import write_msd_phantom_dataset
 
     task = write_msd_phantom_dataset(tmp_path / "task", n_cases=6, shape=(24, 24, 16))
     out = tmp_path / "plan.yaml"

@@ -17,7 +17,8 @@ import pytest
 import torch
 from torch import nn
 
-from pdeseg.config import ConfigError, PreprocessSpec
+from pdeseg.config import ConfigError, TaskSpec
+from pdeseg.inference.options import InferenceOptions
 from pdeseg.inference.predict import (
     AUTO_STITCH_SHARE,
     Predictor,
@@ -27,19 +28,18 @@ from pdeseg.inference.predict import (
 )
 from pdeseg.nn.output import class_probabilities, logits_from_probabilities, predicted_classes
 from pdeseg.progress import counter
-from pdeseg.inference.options import InferenceOptions
 
 MODALITIES = ["flair", "t1", "t1ce", "t2"]
 CLASSES = ["background", "NCR", "ED", "ET"]
 SHAPE = (13, 11, 9)  # odd sizes on purpose
 
 
-def _spec(mode: str = "patches", dims: int = 3, size=(6, 5, 4), output: str = "softmax") -> PreprocessSpec:
+def _spec(mode: str = "patches", dims: int = 3, size=(6, 5, 4), output: str = "softmax") -> TaskSpec:
     classes = ["background", "tumour"] if output == "sigmoid" else CLASSES
     regions = {"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]} if output == "regions" else {}
-    return PreprocessSpec(format="brats", modalities=MODALITIES, normalization="zscore", mode=mode, spatial_dims=dims,
-                          spatial_size=list(size) if size is not None else None, num_classes=len(classes),
-                          output=output, class_names=classes, regions=regions)
+    return TaskSpec(format="brats", modalities=MODALITIES, normalization="zscore", mode=mode, spatial_dims=dims,
+                    spatial_size=list(size) if size is not None else None, num_classes=len(classes),
+                    output=output, class_names=classes, regions=regions)
 
 
 def _conv_net(dims: int = 3, kernel: int = 3, out: int = 4, symmetric: bool = False, seed: int = 0) -> nn.Module:
@@ -60,7 +60,7 @@ def _image(shape=SHAPE, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(4, *shape)).astype(np.float32)
 
 
-def _predictor(net: nn.Module, spec: PreprocessSpec, **options) -> Predictor:
+def _predictor(net: nn.Module, spec: TaskSpec, **options) -> Predictor:
     return Predictor(net, spec, torch.device("cpu"), InferenceOptions(precision="32", batch_size=options.pop("batch_size", 3), **options))
 
 
@@ -308,15 +308,15 @@ def test_cli_predict_and_evaluate_a_3d_patch_model_with_tta_on_files(tmp_path, c
 
     from pdeseg.checkpoint import plain_state_dict, save_checkpoint
     from pdeseg.cli import main
-    from pdeseg.data.phantom import write_phantom_dataset
+    from pdeseg.data.phantoms.brats import write_phantom_dataset
     from pdeseg.registry import build_model
 
     root = tmp_path / "data"
     write_phantom_dataset(root, n_cases=2, seed=1, shape=(20, 18, 16))
     kwargs = {"spatial_dims": 3, "in_channels": 4, "out_channels": 4, "features": [4, 8, 8, 8, 8], "norm": "none"}
-    spec = PreprocessSpec(format="brats", modalities=MODALITIES, normalization="zscore", mode="patches", spatial_dims=3,
-                          spatial_size=[16, 16, 8], num_classes=4, class_names=CLASSES,
-                          regions={"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]})
+    spec = TaskSpec(format="brats", modalities=MODALITIES, normalization="zscore", mode="patches", spatial_dims=3,
+                    spatial_size=[16, 16, 8], num_classes=4, class_names=CLASSES,
+                    regions={"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]})
     torch.manual_seed(0)
     save_checkpoint({"model": {"name": "unet", "kwargs": kwargs}, "preprocessing": spec.model_dump(mode="json"),
                      "state_dict": plain_state_dict(build_model("unet", **kwargs)),

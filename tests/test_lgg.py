@@ -12,8 +12,8 @@ from PIL import Image
 
 from pdeseg.config import config_from_dict
 from pdeseg.data.formats import FORMATS
-from pdeseg.data.lgg import LggDataError, find_lgg_cases, load_lgg_case
-from pdeseg.data.phantom import write_lgg_phantom_dataset
+from pdeseg.data.phantoms.brats import write_lgg_phantom_dataset
+from pdeseg.data.readers.lgg import LggDataError, find_lgg_cases, load_lgg_case
 from conftest import ce_dice as CEDiceLoss  # noqa: N812
 from pdeseg.nn.output import class_probabilities, output_channels, predicted_classes
 from pdeseg.viz.overlays import GREEN, RED, YELLOW, overlay

@@ -1,5 +1,5 @@
-"""LIVECell-style COCO reader (pdeseg.data.livecell) and the synthetic cell phantom
-(pdeseg.data.phantom_cells): every data set here is written by the tests."""
+"""LIVECell-style COCO reader (pdeseg.data.readers.livecell) and the synthetic cell phantom
+(pdeseg.data.phantoms.cells): every data set here is written by the tests."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import pytest
 import tifffile
 from pycocotools import mask as mask_utils
 
-from pdeseg.data.cells import CellDataError, read_image_file
 from pdeseg.data.formats import get_format
-from pdeseg.data.livecell import decode_instances, default_annotation_files, find_livecell_cases
-from pdeseg.data.phantom_cells import (CELL_TYPES, compressed_rle, make_cell_image, phantom_case, polygons,
-                                       uncompressed_rle, write_cell_phantom)
+from pdeseg.data.phantoms.cells import (CELL_TYPES, compressed_rle, make_cell_image, phantom_case, polygons,
+                                        uncompressed_rle, write_cell_phantom)
+from pdeseg.data.readers.cells import CellDataError, read_image_file
+from pdeseg.data.readers.livecell import decode_instances, default_annotation_files, find_livecell_cases
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools, numpy 2
 

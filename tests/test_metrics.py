@@ -10,8 +10,8 @@ import torch
 from scipy import ndimage
 from scipy.spatial.distance import cdist
 
-from pdeseg.data.brats import CLASS_NAMES, HD95_ONE_EMPTY_MM
-from pdeseg.data.brats import REGIONS as BRATS_REGIONS
+from pdeseg.data.readers.brats import CLASS_NAMES, HD95_ONE_EMPTY_MM
+from pdeseg.data.readers.brats import REGIONS as BRATS_REGIONS
 from pdeseg.metrics import (
     MetricAccumulator,
     ScoringRules,

@@ -15,8 +15,8 @@ import pytest
 from scipy import ndimage
 from scipy.spatial.distance import cdist
 
-from pdeseg.data.brats import CLASS_NAMES, HD95_ONE_EMPTY_MM
-from pdeseg.data.brats import REGIONS as BRATS_REGIONS
+from pdeseg.data.readers.brats import CLASS_NAMES, HD95_ONE_EMPTY_MM
+from pdeseg.data.readers.brats import REGIONS as BRATS_REGIONS
 from pdeseg.metrics.segmentation import (
     MetricAccumulator,
     ScoringRules,

@@ -8,13 +8,13 @@ import torch
 from torch import nn
 
 from conftest import model_marks, tiny_model_kwargs
+from pdeseg.inference.options import InferenceOptions
 from pdeseg.losses.composite import main_logits
 from pdeseg.nn.padding import crop_to, pad_to_multiple
 from pdeseg.nn.params import NORM_LAYERS, parameter_groups
 from pdeseg.nn.pde.cable import CableBlock
 from pdeseg.nn.unet import UNet
 from pdeseg.registry import MODELS, build_model, check_model
-from pdeseg.inference.options import InferenceOptions
 
 TINY = [4, 8, 16, 32, 64]
 IN, OUT, BATCH = 3, 5, 2
@@ -241,16 +241,16 @@ def test_registry_dims_are_what_the_models_build_for():
 def test_checkpoint_round_trip_through_the_predictor_gives_identical_logits(name, dim, tmp_path):
     """Save as training does, load as inference does (registry + spec, no training code)."""
     from pdeseg.checkpoint import plain_state_dict, save_checkpoint
-    from pdeseg.config import PreprocessSpec
+    from pdeseg.config import TaskSpec
     from pdeseg.inference.predict import Predictor
 
     model = _build(name, dim)
     with torch.no_grad():  # move BatchNorm statistics away from their initial values
         model.train()(_odd_input(dim) * 3 + 1)
     model.eval()
-    spec = PreprocessSpec(format="brats", modalities=["flair", "t1", "t1ce"], normalization="zscore",
-                          mode="slices" if dim == 2 else "whole", spatial_dims=dim, num_classes=OUT,
-                          class_names=[f"c{i}" for i in range(OUT)])
+    spec = TaskSpec(format="brats", modalities=["flair", "t1", "t1ce"], normalization="zscore",
+                    mode="slices" if dim == 2 else "whole", spatial_dims=dim, num_classes=OUT,
+                    class_names=[f"c{i}" for i in range(OUT)])
     kwargs = {"spatial_dims": dim, "in_channels": IN, "out_channels": OUT, **tiny_model_kwargs(name, TINY)}
     save_checkpoint({"model": {"name": name, "kwargs": kwargs}, "preprocessing": spec.model_dump(mode="json"),
                      "state_dict": plain_state_dict(model)}, tmp_path / "m.pt")

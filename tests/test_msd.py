@@ -12,7 +12,7 @@ import pytest
 
 from conftest import shared_data
 from pdeseg.data.formats import get_format
-from pdeseg.data.msd import MsdDataError, find_msd_cases, read_dataset_json
+from pdeseg.data.readers.msd import MsdDataError, find_msd_cases, read_dataset_json
 from pdeseg.errors import ConfigError, DataError
 
 SHAPE = (6, 7, 5)
@@ -214,9 +214,9 @@ def test_every_shared_hippocampus_case_reads():
 def test_ct_phantom_statistics_follow_the_training_foreground(tmp_path):
     """nnU-Net's CT rule: the window comes from the labelled voxels (liver ~60 HU, lesions ~15 HU),
     not from air (-1000) or bone (+700); one affine map for every case."""
-    from pdeseg.data.phantom_msd import write_msd_phantom_dataset
-    from pdeseg.data.preprocess import normalize
-    from pdeseg.data.setup import training_ct_statistics
+    from pdeseg.data.phantoms.msd import write_msd_phantom_dataset
+    from pdeseg.data.pipeline.prepare import training_ct_statistics
+    from pdeseg.data.pipeline.preprocess import normalize
 
     root = write_msd_phantom_dataset(tmp_path / "ct", n_cases=3, kind="ct", shape=(48, 48, 16), n_test=0)
     cases = find_msd_cases(root, ["CT"])
@@ -235,7 +235,7 @@ def test_ct_phantom_train_resume_predict_round_trip(tmp_path):
     the input grid with its header."""
     from pdeseg.checkpoint import load_checkpoint
     from pdeseg.config import config_from_dict
-    from pdeseg.data.phantom_msd import write_msd_phantom_dataset
+    from pdeseg.data.phantoms.msd import write_msd_phantom_dataset
     from pdeseg.inference.predict import predict_folder
     from pdeseg.training.run import train_model
 
@@ -269,7 +269,7 @@ def test_ct_phantom_train_resume_predict_round_trip(tmp_path):
 
 
 def test_resampling_keeps_the_field_of_view_and_label_values():
-    from pdeseg.data.preprocess import Preprocessing, resample, resampled_shape
+    from pdeseg.data.pipeline.preprocess import Preprocessing, resample, resampled_shape
 
     assert resampled_shape((40, 40, 16), (0.8, 0.8, 2.5), (1.6, 1.6, 2.5)) == (20, 20, 16)
     label = np.zeros((40, 40, 16), np.uint8)

@@ -13,8 +13,8 @@ from pdeseg.experiments.ablate import config_variants, variant_config
 from pdeseg.losses.composite import CompositeLoss
 from pdeseg.losses.pde import PDEConsistencyLoss, TotalVariationLoss, total_variation
 from pdeseg.losses.segmentation import SoftDiceLoss
-from pdeseg.nn.pde3d_unet import PDE3DUNet
 from pdeseg.nn.pde.stencils import forward_gradient, laplacian
+from pdeseg.nn.pde3d_unet import PDE3DUNet
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -79,7 +79,7 @@ def test_consistency_term_reads_the_model_residual_and_is_zero_without_one():
 
 @pytest.fixture(scope="module")
 def msd_task(tmp_path_factory) -> Path:
-    from pdeseg.data.phantom_msd import write_msd_phantom_dataset
+    from pdeseg.data.phantoms.msd import write_msd_phantom_dataset
 
     return write_msd_phantom_dataset(tmp_path_factory.mktemp("msd") / "task", n_cases=3, kind="mri", shape=(16, 16, 16), n_test=0)
 

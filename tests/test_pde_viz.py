@@ -12,7 +12,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from pdeseg.config import PreprocessSpec
+from pdeseg.config import TaskSpec
 from pdeseg.nn.pde3d_unet import PDE3DUNet
 from pdeseg.nn.unet3d import UNet3D
 from pdeseg.viz import pde_effect
@@ -190,9 +190,9 @@ def test_layer_input_follows_the_sampling_mode():
     image = np.arange(2 * 20 * 18 * 10, dtype=np.float32).reshape(2, 20, 18, 10)
 
     def spec(mode, size=None, resize=False):
-        return PreprocessSpec(format="brats", modalities=["t1", "t2"], normalization="zscore", mode=mode,
-                              spatial_dims=2 if mode == "slices" else 3, spatial_size=size, resize=resize, num_classes=2,
-                              class_names=["background", "tumour"])
+        return TaskSpec(format="brats", modalities=["t1", "t2"], normalization="zscore", mode=mode,
+                        spatial_dims=2 if mode == "slices" else 3, spatial_size=size, resize=resize, num_classes=2,
+                        class_names=["background", "tumour"])
 
     x = layer_input(image, spec("patches", [8, 8, 8]), centre=[18, 2, 5])
     assert x.shape == (1, 2, 8, 8, 8)
@@ -213,9 +213,9 @@ def _checkpoint(path, name: str, kwargs: dict, mode: str = "patches", dims: int 
     torch.manual_seed(0)
     model = build_model(name, **kwargs)
     _trained(model)
-    spec = PreprocessSpec(format="brats", modalities=MODALITIES, normalization="zscore", mode=mode, spatial_dims=dims,
-                          spatial_size=list(size), num_classes=4, class_names=CLASSES,
-                          regions={"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]})
+    spec = TaskSpec(format="brats", modalities=MODALITIES, normalization="zscore", mode=mode, spatial_dims=dims,
+                    spatial_size=list(size), num_classes=4, class_names=CLASSES,
+                    regions={"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]})
     save_checkpoint({"model": {"name": name, "kwargs": kwargs}, "preprocessing": spec.model_dump(mode="json"),
                      "state_dict": plain_state_dict(model), "training": {"epoch": 3}}, path)
     return model
@@ -223,7 +223,7 @@ def _checkpoint(path, name: str, kwargs: dict, mode: str = "patches", dims: int 
 
 @pytest.fixture(scope="module")
 def cases(tmp_path_factory):
-    from pdeseg.data.phantom import write_phantom_dataset
+    from pdeseg.data.phantoms.brats import write_phantom_dataset
 
     root = tmp_path_factory.mktemp("inspect_cases")
     write_phantom_dataset(root, n_cases=2, seed=1, shape=(20, 18, 16))

@@ -1,4 +1,4 @@
-"""Tests for the synthetic BraTS-like phantom (pdeseg.data.phantom)."""
+"""Tests for the synthetic BraTS-like phantom (pdeseg.data.phantoms.brats)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pdeseg.data.phantom import (
+from pdeseg.data.phantoms.brats import (
     MODALITIES,
-    _case_seed,
     _make_phantom_case_with_tissue,
     make_phantom_case,
+    phantom_case_seed,
     write_phantom_dataset,
 )
 
@@ -117,7 +117,7 @@ def test_tissue_contrasts():
 
 
 def test_write_dataset_layout(tmp_path, caplog, capsys):
-    with caplog.at_level(logging.INFO, logger="pdeseg.data.phantom"):
+    with caplog.at_level(logging.INFO, logger="pdeseg.data.phantoms.brats"):
         paths = write_phantom_dataset(tmp_path / "ds", n_cases=2, seed=3, shape=SHAPE)
     assert capsys.readouterr().out == "", "library code must not print"
     assert any("phantom case" in r.getMessage() for r in caplog.records)
@@ -127,7 +127,7 @@ def test_write_dataset_layout(tmp_path, caplog, capsys):
         [[-1, 0, 0, 0], [0, -1, 0, SHAPE[1] - 1], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=float
     )
     for i, case in enumerate(paths, start=1):
-        ref_img, ref_lab = make_phantom_case(SHAPE, seed=_case_seed(3, i))
+        ref_img, ref_lab = make_phantom_case(SHAPE, seed=phantom_case_seed(3, i))
         for key in (*MODALITIES, "seg"):
             f = case / f"{case.name}_{key}.nii.gz"
             assert f.is_file()

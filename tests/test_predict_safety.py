@@ -19,7 +19,7 @@ from conftest import TINY_FEATURES, tiny_config_dict
 from pdeseg.cli import main
 from pdeseg.config import config_from_dict
 from pdeseg.data.files import write_atomically
-from pdeseg.data.phantom import write_lgg_phantom_dataset
+from pdeseg.data.phantoms.brats import write_lgg_phantom_dataset
 from pdeseg.errors import RunFolderError
 from pdeseg.inference.predict import PredictionReport, predict_folder
 from pdeseg.training.run import train_model
@@ -232,7 +232,7 @@ def test_lgg_masks_obey_the_same_rules(lgg_checkpoint, tmp_path, caplog):
 
 
 def test_refusals_happen_before_any_case_is_read(brats_checkpoint, phantom_root, tmp_path, monkeypatch):
-    from pdeseg.data import brats
+    from pdeseg.data.readers import brats
 
     (case,) = _copy_cases(phantom_root, tmp_path / "data", 1)
     monkeypatch.setattr(brats, "load_case", lambda *a, **k: pytest.fail("a case was read before the refusal"))

@@ -52,14 +52,14 @@ def checkpoint(brats_cfg, work) -> Path:
 
 @pytest.fixture(scope="module")
 def msd_task(work) -> Path:
-    from pdeseg.data.phantom_msd import write_msd_phantom_dataset
+    from pdeseg.data.phantoms.msd import write_msd_phantom_dataset
 
     return write_msd_phantom_dataset(work / "msd_task", n_cases=3, seed=0, shape=(16, 16, 16))
 
 
 @pytest.fixture(scope="module")
 def cells(work) -> Path:
-    from pdeseg.data.phantom_cells import write_cell_phantom
+    from pdeseg.data.phantoms.cells import write_cell_phantom
 
     return write_cell_phantom(work / "cells", n_per_type=2, seed=0)
 
@@ -251,7 +251,7 @@ def test_msd_declared_and_on_disk_must_agree(breakage, names, msd_task, work, ca
 
 
 def test_msd_on_disk_option_reads_what_is_there_and_logs_the_rest(msd_task, work, caplog):
-    from pdeseg.data.msd import find_msd_cases
+    from pdeseg.data.readers.msd import find_msd_cases
 
     root = _msd_copy(msd_task, work / "msd_partial")
     (root / "imagesTr" / "hippophantom_002.nii.gz").unlink()
@@ -295,7 +295,7 @@ def test_coco_annotations_that_cannot_be_a_cell_are_named(edit, names, cells, wo
 
 
 def test_coco_skip_option_leaves_empty_annotations_out_and_logs_them(cells, work, caplog):
-    from pdeseg.data.livecell import find_livecell_cases
+    from pdeseg.data.readers.livecell import find_livecell_cases
 
     root = _coco_copy(cells, work / "cells_skip", lambda d: _move_first_polygon(d, 500, 0))
     first = find_livecell_cases(root)[0]

@@ -11,16 +11,16 @@ import yaml
 from conftest import tiny_config_dict
 from pdeseg.cli import main
 from pdeseg.config import ConfigError, config_from_dict, load_config
-from pdeseg.data.phantom import write_phantom_dataset
-from pdeseg.data.setup import PreparedData
+from pdeseg.data.phantoms.brats import write_phantom_dataset
+from pdeseg.data.pipeline.prepare import PreparedData
 from pdeseg.experiments.robustness import (
     KINDS, bias_log_field, check_fraction, check_kind, check_level, fraction_counts, fraction_data, intensity_scale,
     parse_numbers, perturb, perturbation_rng, run_robustness,
 )
+from pdeseg.inference.options import InferenceOptions
 from pdeseg.inference.predict import Predictor
 from pdeseg.inference.score import score
 from pdeseg.viz.report import referenced_files
-from pdeseg.inference.options import InferenceOptions
 
 
 def _image(shape=(2, 40, 36, 24), seed=0):
@@ -201,7 +201,7 @@ def test_study_writes_tables_figures_and_report(study):
 def test_level_zero_reproduces_the_plain_scores(study):
     cfg, out, result = study
     from pdeseg.build import resolve
-    from pdeseg.data.setup import prepare_data
+    from pdeseg.data.pipeline.prepare import prepare_data
 
     exp = resolve(cfg)
     data = prepare_data(exp.cfg.data, exp.spec, out / "split.json", progress=False)
@@ -273,8 +273,8 @@ def test_perturbed_cases_are_the_cached_cases_at_level_zero(small_phantom, tmp_p
     arrays at level 0 (the scores at level 0 are then the plain scores), and other arrays above."""
     from pdeseg.build import resolve
     from pdeseg.data.formats import get_format
-    from pdeseg.data.preprocess import Preprocessing
-    from pdeseg.data.setup import prepare_data
+    from pdeseg.data.pipeline.prepare import prepare_data
+    from pdeseg.data.pipeline.preprocess import Preprocessing
     from pdeseg.experiments.robustness import perturbation_region, preprocessed_case
 
     exp = resolve(config_from_dict(_tiny_cfg(small_phantom, tmp_path)))

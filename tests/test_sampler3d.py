@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-import pdeseg.data.cache as cache_mod
+import pdeseg.data.pipeline.cache as cache_mod
 from pdeseg.config import AugmentConfig, ConfigError, config_from_dict
-from pdeseg.data.brats import find_cases
-from pdeseg.data.cache import cache_case, foreground_locations
-from pdeseg.data.phantom import write_phantom_dataset
-from pdeseg.data.sampling import PatchDataset
-from pdeseg.data.transforms import build_train_transform
+from pdeseg.data.phantoms.brats import write_phantom_dataset
+from pdeseg.data.pipeline.cache import cache_case, foreground_locations
+from pdeseg.data.pipeline.sampling import PatchDataset
+from pdeseg.data.pipeline.transforms import build_train_transform
+from pdeseg.data.readers.brats import find_cases
 
 MODS = ["flair", "t1", "t1ce", "t2"]
 SHAPE = (48, 48, 32)
@@ -235,8 +235,8 @@ def test_slice_augmentation_is_drawn_per_item_whatever_the_read_order(phantom_ro
     comes back the same when read in another order, and changes with the epoch."""
     from pdeseg.build import resolve
     from pdeseg.config import config_from_dict
-    from pdeseg.data.sampling import training_dataset
-    from pdeseg.data.setup import prepare_data
+    from pdeseg.data.pipeline.prepare import prepare_data
+    from pdeseg.data.pipeline.sampling import training_dataset
     from conftest import tiny_config_dict
 
     d = tiny_config_dict(phantom_root, tmp_path)

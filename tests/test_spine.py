@@ -151,7 +151,7 @@ def test_one_checkpoint_scores_the_same_through_evaluate_and_compare(phantom_roo
     """One scoring path: evaluate (reads the files) and compare's scorer (the cache) agree exactly."""
     from pdeseg.build import resolve
     from pdeseg.config import config_from_dict
-    from pdeseg.data.setup import prepare_data
+    from pdeseg.data.pipeline.prepare import prepare_data
     from pdeseg.experiments.compare import score_run
     from pdeseg.inference.evaluate import evaluate_checkpoint
     from pdeseg.training.run import train_model

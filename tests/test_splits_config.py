@@ -4,7 +4,7 @@ import pytest
 
 from pdeseg.build import resolve
 from pdeseg.config import ConfigError, load_config
-from pdeseg.data.splits import split_cases
+from pdeseg.data.pipeline.splits import split_cases
 
 IDS = [f"case_{i:03d}" for i in range(20)]
 
@@ -69,9 +69,9 @@ def test_every_shipped_config_loads_and_builds_its_models(path, tmp_path):
     """MSD configs read their classes from a task's dataset.json: a phantom task of the
     config's kind (CT for a CT normalisation, else MRI) stands in for the real one. Named
     ablation variants must build too."""
-    from pdeseg.config import load_config
     from pdeseg.build import build_network
-    from pdeseg.data.phantom_msd import write_msd_phantom_dataset
+    from pdeseg.config import load_config
+    from pdeseg.data.phantoms.msd import write_msd_phantom_dataset
 
     cfg = load_config(path)
     if cfg.data.format == "msd":
@@ -89,7 +89,7 @@ def test_every_shipped_config_loads_and_builds_its_models(path, tmp_path):
 
 def test_paper_003_config_protocol():
     from pdeseg.config import load_config
-    from pdeseg.data.splits import split_cases
+    from pdeseg.data.pipeline.splits import split_cases
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "unet_casestudy_brats2020.yaml")
     d = cfg.data

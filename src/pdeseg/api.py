@@ -36,7 +36,7 @@ from pdeseg.errors import DataError, PdesegError
 if TYPE_CHECKING:
     import torch
 
-    from pdeseg.config import ExperimentConfig, PreprocessSpec
+    from pdeseg.config import ExperimentConfig, TaskSpec
     from pdeseg.data.case import LoadedCase
     from pdeseg.inference.predict import Predictor
     from pdeseg.training.trainer import TrainResult
@@ -136,7 +136,7 @@ class Segmenter:
         return self.predictor.model
 
     @property
-    def spec(self) -> PreprocessSpec:
+    def spec(self) -> TaskSpec:
         """The preprocessing and sampling spec stored in the checkpoint."""
         return self.predictor.spec
 

@@ -7,7 +7,7 @@ match the data set; the modalities exist; the loss terms exist and accept their 
 and values; ``train.monitor`` names a metric that will exist, or ``train_loss``; the
 device and precision exist here), before any data are read. It fills what the data set decides (modalities, classes,
 dimensions) and returns an :class:`Experiment` holding the resolved config, the data
-format and the :class:`~pdeseg.config.PreprocessSpec` that every checkpoint carries.
+format and the :class:`~pdeseg.config.TaskSpec` that every checkpoint carries.
 
 The ``build_*`` functions make the objects the trainer receives: model, loss, optimiser,
 scheduler.
@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pdeseg.config import ConfigError, ExperimentConfig, LossConfig, ModelConfig, PreprocessSpec, TrainConfig
+from pdeseg.config import ConfigError, ExperimentConfig, LossConfig, ModelConfig, TaskSpec, TrainConfig
 from pdeseg.data.formats import DataFormat, DatasetInfo, get_format
 from pdeseg.losses.composite import CompositeLoss
 from pdeseg.nn.output import OutputHead, head_of, make_head, output_channels
@@ -51,7 +51,7 @@ class Experiment:
     cfg: ExperimentConfig
     fmt: DataFormat
     info: DatasetInfo
-    spec: PreprocessSpec
+    spec: TaskSpec
 
     @property
     def head(self) -> OutputHead:
@@ -70,7 +70,7 @@ class Experiment:
         return list(dict.fromkeys(names))
 
 
-def model_kwargs(spec: PreprocessSpec, model_cfg: ModelConfig) -> dict[str, Any]:
+def model_kwargs(spec: TaskSpec, model_cfg: ModelConfig) -> dict[str, Any]:
     """``spatial_dims``, ``in_channels`` and ``out_channels`` from the data, then the model's own kwargs."""
     fixed = {"spatial_dims": spec.spatial_dims, "in_channels": len(spec.modalities) * (2 * spec.context_slices + 1),
              "out_channels": output_channels(spec.num_classes, spec.output, spec.regions)}
@@ -119,7 +119,7 @@ def resolve(cfg: ExperimentConfig) -> Experiment:
                           f"{fmt.name} case)")
     if d.resize and d.mode != "slices":
         raise ConfigError("data.resize applies to data.mode slices only")
-    spec = PreprocessSpec(
+    spec = TaskSpec(
         format=fmt.name, modalities=modalities, normalization=d.normalization, ct_window=d.ct_window, mode=d.mode,
         spatial_dims=dims, spatial_size=d.spatial_size, resize=d.resize, tile_inference=d.tile_inference,
         context_slices=d.context_slices, slice_axes=list(d.slice_axes),

@@ -5,7 +5,7 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts::
     format, format_version, pdeseg_version
     model:         {"name": registry name, "kwargs": constructor kwargs}
     state_dict:    model weights (contiguous fp32 tensors)
-    preprocessing: a :class:`~pdeseg.config.PreprocessSpec` as a dict (format, modalities,
+    preprocessing: a :class:`~pdeseg.config.TaskSpec` as a dict (format, modalities,
                    normalisation, sampling mode, spatial dims and size, classes, regions)
     config:        the resolved experiment config
     training:      {"epoch", "global_step", "best_score", "best_epoch", "history"}
@@ -34,14 +34,14 @@ from torch import nn
 from pydantic import ValidationError
 
 from pdeseg import __version__
-from pdeseg.config import ConfigError, ExperimentConfig, PreprocessSpec, config_from_dict
+from pdeseg.config import ConfigError, ExperimentConfig, TaskSpec, config_from_dict
 from pdeseg.errors import CheckpointError, RunFolderError
 from pdeseg.registry import build_model
 
 log = logging.getLogger(__name__)
 
 FORMAT = "pdeseg-checkpoint"
-#: 2: ``preprocessing`` is a full PreprocessSpec (format, mode, spatial dims, classes).
+#: 2: ``preprocessing`` is a full TaskSpec (format, mode, spatial dims, classes).
 FORMAT_VERSION = 2
 
 
@@ -206,14 +206,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
-def preprocessing_spec(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> PreprocessSpec:
+def preprocessing_spec(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> TaskSpec:
     """The validated preprocessing and sampling spec a checkpoint carries.
 
     Raises:
         CheckpointError: the spec is missing or invalid (no silent default format).
     """
     try:
-        return PreprocessSpec.model_validate(ckpt.get("preprocessing"))
+        return TaskSpec.model_validate(ckpt.get("preprocessing"))
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])

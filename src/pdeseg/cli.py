@@ -51,12 +51,12 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_phantom(args: argparse.Namespace) -> int:
     from pdeseg.config import ConfigError
     from pdeseg.data.files import check_output_folder
-    from pdeseg.data.phantom import write_lgg_phantom_dataset, write_phantom_dataset
+    from pdeseg.data.phantoms.brats import write_lgg_phantom_dataset, write_phantom_dataset
 
     check_output_folder(args.out, "--out")  # not below a file, writable: before any case is made
 
     if args.format == "msd":
-        from pdeseg.data.phantom_msd import write_msd_phantom_dataset
+        from pdeseg.data.phantoms.msd import write_msd_phantom_dataset
 
         try:
             out = write_msd_phantom_dataset(args.out, n_cases=args.cases, seed=args.seed, kind=args.kind, layout=args.layout,
@@ -69,7 +69,7 @@ def cmd_phantom(args: argparse.Namespace) -> int:
     if args.kind != "mri" or args.layout != "msd" or args.spacing:
         raise ConfigError("phantom: --kind, --layout and --spacing apply to --format msd only")
     if args.format == "livecell":
-        from pdeseg.data.phantom_cells import CELL_TYPES, write_cell_phantom
+        from pdeseg.data.phantoms.cells import CELL_TYPES, write_cell_phantom
 
         if args.shape is not None:
             raise ConfigError("phantom: --shape is a volume size; the cell phantom's images are 128x128")
@@ -161,12 +161,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_export_nnunet(args: argparse.Namespace) -> int:
     from pdeseg.config import load_config
+    from pdeseg.config import DataConfig, SplitConfig
     from pdeseg.data.detect import detect_format
     from pdeseg.data.export_nnunet import export_nnunet
-    from pdeseg.config import DataConfig, SplitConfig
     from pdeseg.data.formats import get_format
-    from pdeseg.data.setup import draw_split
-    from pdeseg.data.splits import DEFAULT_FRACTIONS
+    from pdeseg.data.pipeline.prepare import draw_split
+    from pdeseg.data.pipeline.splits import DEFAULT_FRACTIONS
 
     if args.config:
         if args.format:

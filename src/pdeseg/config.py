@@ -137,7 +137,7 @@ class AugmentConfig(Section):
 
     Geometric transforms resample labels by nearest neighbour. In 3D the rotation range
     applies about each axis. ``gamma``, ``noise_std`` and ``elastic`` are off by default;
-    the elastic deformation's strength is fixed (see :mod:`pdeseg.data.transforms`).
+    the elastic deformation's strength is fixed (see :mod:`pdeseg.data.pipeline.transforms`).
     """
 
     enabled: bool = True
@@ -416,8 +416,11 @@ class ExperimentConfig(Section):
         return config_from_dict({**self.to_dict(), **{k: _plain(v) for k, v in changes.items()}})
 
 
-class PreprocessSpec(Section):
-    """Everything inference needs to treat new data as training did; stored in every checkpoint.
+class TaskSpec(Section):
+    """The task a trained model was made for: what it takes in (format, modalities), how that
+    was preprocessed (normalisation, spacing, size) and sampled (mode, slices, context), and
+    what it puts out (classes, output head, regions). Everything inference needs to treat new
+    data as training did; stored in every checkpoint under the key ``"preprocessing"``.
 
     Filled by :func:`pdeseg.build.resolve` from the config and the data set.
     """
@@ -425,7 +428,7 @@ class PreprocessSpec(Section):
     format: str
     modalities: list[str]
     normalization: Literal["zscore", "zscore_all", "minmax", "scale255", "ct"]
-    ct_window: list[float] | None = None  # ct: None until taken from the training cases (data.setup)
+    ct_window: list[float] | None = None  # ct: None until taken from the training cases (data.pipeline.prepare)
     ct_stats: list[float] | None = None  # ct: [mean, sd] of the training foreground (nnU-Net rule), or None
     mode: Literal["slices", "patches", "whole"]
     spatial_dims: Literal[2, 3]
@@ -441,6 +444,11 @@ class PreprocessSpec(Section):
     output: Literal["softmax", "sigmoid", "regions"] = "softmax"
     class_names: list[str]
     regions: dict[str, list[int]] = Field(default_factory=dict)
+
+
+#: The old name of :class:`TaskSpec` (it also carries classes, head, regions and sampling,
+#: not only preprocessing); kept for one release, then removed.
+PreprocessSpec = TaskSpec
 
 
 def _plain(v: Any) -> Any:

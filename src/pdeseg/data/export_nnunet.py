@@ -262,7 +262,7 @@ def _channel_names(fmt_name: str, root: Path, modalities: Sequence[str]) -> list
     normalisation from them (``CT``: clipping and global statistics)."""
     if fmt_name != "msd":
         return list(modalities)
-    from pdeseg.data.msd import read_dataset_json
+    from pdeseg.data.readers.msd import read_dataset_json
 
     ds = read_dataset_json(root)
     kind = dict(zip(ds.channels, ds.channel_kinds))

@@ -337,7 +337,7 @@ def fingerprint_dataset(fmt_name: str, root: str | Path, modalities: Sequence[st
     Raises:
         ConfigError, DataError: see :func:`find_labelled_cases`; a case the reader rejects.
     """
-    from pdeseg.data.cache import source_key
+    from pdeseg.data.pipeline.cache import source_key
 
     cases, mods, class_names = find_labelled_cases(fmt_name, root, modalities, options)
     options = dict(options or {})

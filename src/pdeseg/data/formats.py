@@ -169,7 +169,7 @@ class DataFormat:
 
 
 def _find_brats(root, modalities, require_label=True, label_convention=None, skipped=None):
-    from pdeseg.data.brats import find_cases
+    from pdeseg.data.readers.brats import find_cases
 
     return find_cases(root, modalities, require_label, label_convention, skipped)
 
@@ -179,13 +179,13 @@ def _brats_outputs(case, out_dir: Path, convention: str | None = None) -> list[P
 
 
 def _write_brats(classes, loaded, out_dir: Path, convention: str | None = None) -> Path:
-    from pdeseg.data.brats import write_segmentation
+    from pdeseg.data.readers.brats import write_segmentation
 
     return write_segmentation(classes, loaded, _brats_outputs(loaded.case, out_dir)[0], convention)
 
 
 def _find_lgg(root, modalities, require_label=True, skipped=None):
-    from pdeseg.data.lgg import find_lgg_cases
+    from pdeseg.data.readers.lgg import find_lgg_cases
 
     return find_lgg_cases(root, modalities, require_label, skipped)
 
@@ -200,7 +200,7 @@ def _write_lgg(classes, loaded, out_dir: Path, mask_format: str = "png") -> Path
 
 
 def _brats() -> DataFormat:
-    from pdeseg.data import brats
+    from pdeseg.data.readers import brats
 
     return DataFormat(
         name="brats", description="BraTS 2018-2023 NIfTI case folders; classes NCR, ED, ET; regions WT, TC, ET",
@@ -212,7 +212,7 @@ def _brats() -> DataFormat:
 
 
 def _lgg() -> DataFormat:
-    from pdeseg.data import lgg
+    from pdeseg.data.readers import lgg
 
     return DataFormat(
         name="lgg", description="Kaggle LGG kaggle_3m: RGB TIFF slices and 0/255 masks per patient; binary",
@@ -222,25 +222,25 @@ def _lgg() -> DataFormat:
 
 
 def _find_msd(root, modalities, require_label=True, skipped=None, declared=None):
-    from pdeseg.data.msd import find_msd_cases
+    from pdeseg.data.readers.msd import find_msd_cases
 
     return find_msd_cases(root, modalities, require_label, skipped, declared)
 
 
 def _msd_outputs(case, out_dir: Path) -> list[Path]:
-    from pdeseg.data.msd import output_path
+    from pdeseg.data.readers.msd import output_path
 
     return [output_path(case.case_id, out_dir, case.ending)]
 
 
 def _write_msd(classes, loaded, out_dir: Path) -> Path:
-    from pdeseg.data.nifti import write_label_volume
+    from pdeseg.data.readers.nifti import write_label_volume
 
     return write_label_volume(classes, loaded, _msd_outputs(loaded.case, out_dir)[0])
 
 
 def _msd_info(root: Path | None, options: Mapping[str, Any]) -> DatasetInfo:
-    from pdeseg.data.msd import check_root
+    from pdeseg.data.readers.msd import check_root
 
     ds = check_root(root)
     return DatasetInfo(ds.class_names, {}, ds.channels, 3)
@@ -255,30 +255,30 @@ def _msd() -> DataFormat:
 
 
 def _cells_info(options: Mapping[str, Any], modalities: tuple[str, ...]) -> DatasetInfo:
-    from pdeseg.data.cells import CLASS_NAMES, REGIONS, check_targets
+    from pdeseg.data.readers.cells import CLASS_NAMES, REGIONS, check_targets
 
     targets = check_targets(options.get("targets") or "semantic")
     return DatasetInfo(CLASS_NAMES[targets], dict(REGIONS[targets]), modalities, 3)
 
 
 def _cells_outputs(case, out_dir: Path) -> list[Path]:
-    from pdeseg.data.cells import output_paths
+    from pdeseg.data.readers.cells import output_paths
 
     return output_paths(case.case_id, out_dir, not getattr(case, "semantic_only", False))
 
 
 def _write_cells(classes, loaded, out_dir: Path) -> Path:
-    from pdeseg.data.cells import write_prediction
+    from pdeseg.data.readers.cells import write_prediction
 
     return write_prediction(classes, loaded, out_dir, not getattr(loaded.case, "semantic_only", False))
 
 
 def _cells_format(name: str, description: str, finder: str, read_options: Mapping[str, Any] | None = None,
                   default_modalities: tuple[str, ...] = ("grey",)) -> DataFormat:
-    """A 2D microscopy format (see :mod:`pdeseg.data.cells`): one image per case, read as a
+    """A 2D microscopy format (see :mod:`pdeseg.data.readers.cells`): one image per case, read as a
     stack of one slice; classes from the ``targets`` read option; predictions written as a
     0/255 mask and an instance label image at the image's own size."""
-    from pdeseg.data.cells import CHANNELS, TARGETS
+    from pdeseg.data.readers.cells import CHANNELS, TARGETS
 
     module, _, function = finder.rpartition(".")
 
@@ -298,16 +298,17 @@ def _cells_format(name: str, description: str, finder: str, read_options: Mappin
 def _microscopy() -> list[DataFormat]:
     return [
         _cells_format("dsb2018", "Data Science Bowl 2018 nuclei: stage1_train/<id>/images + one mask PNG per nucleus; "
-                      "domain from domains.tsv", "pdeseg.data.dsb.find_dsb_cases", {"domains": None}),
+                      "domain from domains.tsv", "pdeseg.data.readers.dsb.find_dsb_cases", {"domains": None}),
         _cells_format("isbi_em", "ISBI 2012 EM stack: images/NN.png + labels/NN.png (255 cell interior, 0 membrane)",
-                      "pdeseg.data.image_sets.find_isbi_cases"),
+                      "pdeseg.data.readers.image_sets.find_isbi_cases"),
         _cells_format("drive", "DRIVE retinal vessels: images/*.tif, 1st_manual/*.gif, mask/*.gif (field of view)",
-                      "pdeseg.data.image_sets.find_drive_cases", default_modalities=("red", "green", "blue")),
+                      "pdeseg.data.readers.image_sets.find_drive_cases", default_modalities=("red", "green", "blue")),
         _cells_format("cell_folder", "generic image folder: images/ + masks/ with matching names (PNG/TIFF; binary "
-                      "masks or label images), optional domains.tsv", "pdeseg.data.image_sets.find_folder_cases",
+                      "masks or label images), optional domains.tsv",
+                      "pdeseg.data.readers.image_sets.find_folder_cases",
                       {"label_kind": ("auto", "binary", "instances"), "domains": None}),
         _cells_format("livecell", "LIVECell-style COCO: images/ + COCO json (polygons or RLE) per split or cell type",
-                      "pdeseg.data.livecell.find_livecell_cases",
+                      "pdeseg.data.readers.livecell.find_livecell_cases",
                       {"annotations": None, "overlap": ("first", "smallest"), "empty_annotations": ("error", "skip")}),
     ]
 

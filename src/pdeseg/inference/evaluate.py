@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from pdeseg.data.files import check_output_folder
-from pdeseg.data.setup import cached_cases
-from pdeseg.data.splits import load_split
-from pdeseg.errors import ConfigError, DataError
 from pdeseg.config import DataConfig
+from pdeseg.data.files import check_output_folder
+from pdeseg.data.pipeline.prepare import load_cached_cases
+from pdeseg.data.pipeline.splits import load_split
+from pdeseg.errors import ConfigError, DataError
 from pdeseg.inference.options import WINDOW_OVERLAP, InferenceOptions
 from pdeseg.inference.predict import Predictor, ensemble_members
 from pdeseg.inference.score import score
@@ -42,12 +42,13 @@ def cases_of(predictor: Predictor, root: str | Path, case_ids: list[str] | None,
     its format options when ``root`` is the folder it was trained on).
 
     Raises:
-        DataError: unreadable cases (see :func:`~pdeseg.data.setup.cached_cases`).
+        DataError: unreadable cases (see :func:`~pdeseg.data.pipeline.prepare.load_cached_cases`).
     """
     cfg = predictor.config
     data = cfg.data if cfg is not None else DataConfig()
     same_root = cfg is not None and str(root) == str(data.root)
-    return cached_cases(root, predictor.spec, data.cache_dir, case_ids, progress, data.format_options if same_root else None)
+    return load_cached_cases(root, predictor.spec, data.cache_dir, case_ids, progress,
+                             data.format_options if same_root else None)
 
 
 def _case_ids(checkpoint: Path, split: str) -> list[str] | None:
@@ -181,7 +182,7 @@ def write_cell_figure(predictor: Predictor, case, path: Path, classes: np.ndarra
         loaded: the read case, whose raw image is shown (default: the normalised cached one).
         title: default ``"<case>, <domain>: <model>"``.
     """
-    from pdeseg.data.sampling import case_volume
+    from pdeseg.data.pipeline.sampling import case_volume
     from pdeseg.nn.output import class_probabilities, predicted_classes
     from pdeseg.viz.cells import case_image, penalty_options_from_config, plot_cell_case
 

@@ -44,15 +44,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from pdeseg.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint, preprocessing_spec
-from pdeseg.config import ExperimentConfig, PreprocessSpec
+from pdeseg.config import ExperimentConfig, TaskSpec
 from pdeseg.data.case import LoadedCase
 from pdeseg.data.files import blocking_path, describe_blocker
 from pdeseg.data.formats import DataFormat, get_format
-from pdeseg.data.preprocess import Preprocessing
+from pdeseg.data.pipeline.preprocess import Preprocessing
 from pdeseg.errors import CheckpointError, DataError, PdesegError, RunFolderError
-from pdeseg.nn.output import OutputHead, class_probabilities, head_of, logits_from_probabilities, predicted_classes
 from pdeseg.inference.options import WINDOW_OVERLAP, InferenceOptions
 from pdeseg.inference.postprocess import PostProcessing
+from pdeseg.nn.output import OutputHead, class_probabilities, head_of, logits_from_probabilities, predicted_classes
 from pdeseg.progress import counter, track
 from pdeseg.runtime import autocast, resolve_device
 
@@ -117,7 +117,7 @@ class Predictor:
             whose config has some and ``options.postprocess`` is on).
     """
 
-    def __init__(self, model: nn.Module, spec: PreprocessSpec, device: torch.device,
+    def __init__(self, model: nn.Module, spec: TaskSpec, device: torch.device,
                  options: InferenceOptions | None = None, name: str = "model"):
         self.model, self.spec, self.device, self.name = model, spec, device, name
         self.options = options or InferenceOptions()
@@ -207,7 +207,7 @@ class Predictor:
 
     def preprocess(self, loaded: LoadedCase) -> np.ndarray:
         """Normalised image ``(C, *grid)`` float32, exactly as the training cache holds it
-        (same :class:`~pdeseg.data.preprocess.Preprocessing`, resampled to the spec's
+        (same :class:`~pdeseg.data.pipeline.preprocess.Preprocessing`, resampled to the spec's
         ``target_spacing`` if it has one, float16 storage), so that predict and evaluate agree."""
         image, _, _ = Preprocessing.of(self.spec).apply(loaded.image, loaded.spacing)
         return image.astype(np.float16).astype(np.float32)
@@ -296,13 +296,13 @@ class Predictor:
     def slice_input(self, image: np.ndarray, z0: int, z1: int, axis: int = 2) -> torch.Tensor:
         """Slices ``z0 .. z1 - 1`` along ``axis`` of a normalised case ``(C, X, Y, Z)`` as a batch
         ``(B, C', A, B')``: ``C' = C`` or, with the spec's ``context_slices = n`` (2.5D),
-        ``C (2n + 1)``, cut as in training (:func:`~pdeseg.data.sampling.slice_stack`)."""
+        ``C (2n + 1)``, cut as in training (:func:`~pdeseg.data.pipeline.sampling.slice_stack`)."""
         return self._rows(np.moveaxis(image, 1 + axis, 0), np.arange(z0, z1))
 
     def _rows(self, front: np.ndarray, indices) -> torch.Tensor:
         """The batch of slices ``indices`` of a case whose slicing axis is first, ``(D, C, A, B')``,
-        with the spec's 2.5D context (:func:`~pdeseg.data.sampling.stack_rows`)."""
-        from pdeseg.data.sampling import stack_rows
+        with the spec's 2.5D context (:func:`~pdeseg.data.pipeline.sampling.stack_rows`)."""
+        from pdeseg.data.pipeline.sampling import stack_rows
 
         return torch.from_numpy(stack_rows(front, indices, self.spec.context_slices))
 

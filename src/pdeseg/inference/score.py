@@ -10,7 +10,7 @@ Scopes:
   as the spec says) and scored in its own dimensions; HD95 and surface Dice optional.
   Formats of 2D object images (microscopy, ``object_metrics``) add boundary F1 at 1, 2 and
   3 px of the foreground and, where the case has objects, the instance metrics of the
-  predicted cells (:func:`pdeseg.data.objects.predicted_instances`: watershed on the boundary
+  predicted cells (:func:`pdeseg.data.pipeline.label_geometry.predicted_instances`: watershed on the boundary
   class, or connected components; specks below 10 pixels dropped): DSB score,
   AP50, split and merged cells (:mod:`pdeseg.metrics.instances`). Pixels outside a case's
   field of view (DRIVE) are set to background in truth and prediction before any metric.
@@ -31,10 +31,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from pdeseg.config import IGNORE_LABEL, PreprocessSpec
-from pdeseg.data.cache import CachedCase
+from pdeseg.config import IGNORE_LABEL, TaskSpec
 from pdeseg.data.formats import get_format
-from pdeseg.data.sampling import case_volume, evaluation_slices
+from pdeseg.data.pipeline.cache import CachedCase
+from pdeseg.data.pipeline.sampling import case_volume, evaluation_slices
 from pdeseg.errors import ConfigError, DataError
 from pdeseg.inference.predict import Predictor
 from pdeseg.losses.segmentation import split_ignored
@@ -45,14 +45,14 @@ from pdeseg.progress import track
 SCOPES = ("slices", "volume")
 
 
-def default_scope(spec: PreprocessSpec) -> str:
+def default_scope(spec: TaskSpec) -> str:
     """Scope used when none is asked for: the config's slice selection for slice models of
     volumes; whole cases for patch and whole-volume models and for 2D object images
     (microscopy), which are scored at their own size with their object metrics."""
     return "slices" if spec.mode == "slices" and not get_format(spec.format).object_metrics else "volume"
 
 
-def scoring_rules(spec: PreprocessSpec) -> ScoringRules:
+def scoring_rules(spec: TaskSpec) -> ScoringRules:
     """Classes, regions and empty-mask rule of a spec's data format."""
     return ScoringRules(tuple(spec.class_names), {k: tuple(v) for k, v in spec.regions.items()}, 1.0,
                         get_format(spec.format).hd95_one_empty)
@@ -188,7 +188,7 @@ def case_row(rules: ScoringRules, objects: bool, case: CachedCase, classes: np.n
 
     Args:
         classes: uint8 ``(X, Y, Z)`` on the cached case's grid.
-        label: the case's true classes, same shape (:func:`~pdeseg.data.sampling.case_volume`).
+        label: the case's true classes, same shape (:func:`~pdeseg.data.pipeline.sampling.case_volume`).
 
     Returns:
         ``{"case": id, metric: value, ...}``.
@@ -202,7 +202,7 @@ def case_row(rules: ScoringRules, objects: bool, case: CachedCase, classes: np.n
     return row
 
 
-def score_label_maps(spec: PreprocessSpec, cases: list[CachedCase], label_map: Callable[[CachedCase], np.ndarray],
+def score_label_maps(spec: TaskSpec, cases: list[CachedCase], label_map: Callable[[CachedCase], np.ndarray],
                      with_hd95: bool = False, surface_tolerance_mm: float | None = None,
                      progress: bool = False) -> Scores:
     """Per-case metrics of label maps that were kept (``crossval``'s out-of-fold maps, a
@@ -233,7 +233,7 @@ def object_metrics(classes: np.ndarray, label: np.ndarray, case: CachedCase) -> 
     cells' Dice for semantic and boundary outputs alike), its boundary F1 at 1, 2 and 3 px
     and, when ``case`` has objects, the instance metrics of the predicted cells, for a
     one-slice case ``(X, Y, 1)``."""
-    from pdeseg.data.objects import predicted_instances
+    from pdeseg.data.pipeline.label_geometry import predicted_instances
     from pdeseg.metrics.instances import boundary_f1_scores, instance_metrics
 
     pred, true = classes[..., 0], label[..., 0]

@@ -23,7 +23,7 @@ Scoring (see ``DESIGN.md``, "Cell-instance scoring"):
 * :func:`instance_metrics`: one row of numbers per image.
 
 Extraction (the network outputs a mask, or three classes background / interior / boundary),
-defined in :mod:`pdeseg.data.objects` (where the training targets are made) and re-exported
+defined in :mod:`pdeseg.data.pipeline.label_geometry` (where the training targets are made) and re-exported
 here:
 
 * :func:`instances_from_mask`: connected components of a binary mask.
@@ -54,7 +54,7 @@ from scipy import ndimage as ndi
 from scipy.optimize import linear_sum_assignment
 from skimage.segmentation import find_boundaries, watershed
 
-from pdeseg.data.objects import (
+from pdeseg.data.pipeline.label_geometry import (
     _binary,
     _boundary,
     _labels,

@@ -6,7 +6,7 @@ since the metrics only count voxels), holding the contiguous internal classes
 ``0 .. num_classes - 1``. Nothing here knows a data set: class names, evaluation
 regions (unions of classes, e.g. BraTS WT/TC/ET) and the empty-mask rule are arguments,
 supplied by a data format as :class:`ScoringRules` (BraTS's live in
-:mod:`pdeseg.data.brats`).
+:mod:`pdeseg.data.readers.brats`).
 
 Counting is done once, with :func:`numpy.bincount` (or :func:`torch.bincount` on the
 tensor's own device) over ``target * C + pred``, which gives the full ``(C, C)``

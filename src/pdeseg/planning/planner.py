@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from pdeseg.data.fingerprint import Fingerprint
-from pdeseg.data.splits import DEFAULT_FRACTIONS
+from pdeseg.data.pipeline.splits import DEFAULT_FRACTIONS
 from pdeseg.errors import ConfigError, DataError, DeviceError
 
 #: Fewest optimiser steps a plan accepts within its time budget.

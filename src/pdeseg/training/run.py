@@ -21,9 +21,9 @@ from pdeseg.build import Experiment, build_loss, checkpoint_meta, build_network,
 from pdeseg.checkpoint import load_checkpoint, remove_stale_temporaries
 from pdeseg.config import ExperimentConfig, ModelConfig, save_config
 from pdeseg.data.files import make_folders, remove_empty
-from pdeseg.data.sampling import training_dataset
-from pdeseg.data.setup import PreparedData, prepare_data, steps_per_epoch
-from pdeseg.data.splits import save_split
+from pdeseg.data.pipeline.prepare import PreparedData, prepare_data, steps_per_epoch
+from pdeseg.data.pipeline.sampling import training_dataset
+from pdeseg.data.pipeline.splits import save_split
 from pdeseg.errors import ConfigError, RunFolderError
 from pdeseg.inference.options import InferenceOptions
 from pdeseg.inference.predict import Predictor

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from matplotlib.patches import Patch
 
-from pdeseg.data.objects import predicted_instances
 from pdeseg.data.files import write_atomically
+from pdeseg.data.pipeline.label_geometry import predicted_instances
 from pdeseg.losses.pde import (
     phase_field_density,
     reaction_diffusion_residual,
@@ -137,7 +137,7 @@ def boundary_error_overlay(image: Any, truth_classes: Any, pred_classes: Any, to
         truth_classes, pred_classes: ``(H, W)`` integer class maps (0 background).
         tolerance: matching distance in pixels (see :func:`boundary_errors`).
         instances: first draw the outlines of the predicted cells as the scoring finds them
-            (:func:`pdeseg.data.objects.predicted_instances`) in :data:`OUTLINE` yellow; the
+            (:func:`pdeseg.data.pipeline.label_geometry.predicted_instances`) in :data:`OUTLINE` yellow; the
             error colours are drawn over them, so yellow shows where touching predicted
             cells meet.
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from matplotlib.patches import Rectangle
 from torch import nn
 
-from pdeseg.config import PreprocessSpec
+from pdeseg.config import TaskSpec
 from pdeseg.nn.pde.cable import CableBlock
 from pdeseg.nn.pde.layer import PDELayer
 from pdeseg.nn.pde.moments import MomentKernels
@@ -459,7 +459,7 @@ def pde_layer_summary(model: nn.Module) -> dict[str, dict]:
     return out
 
 
-def layer_input(image: np.ndarray, spec: PreprocessSpec, centre: Sequence[int] | None = None) -> torch.Tensor:
+def layer_input(image: np.ndarray, spec: TaskSpec, centre: Sequence[int] | None = None) -> torch.Tensor:
     """The model input on which a layer's features are shown, ``(1, C, *S)`` float32.
 
     Follows the model's sampling (``spec.mode``): ``slices``: the slice ``z = centre[-1]``
@@ -470,7 +470,7 @@ def layer_input(image: np.ndarray, spec: PreprocessSpec, centre: Sequence[int] |
 
     Args:
         image: ``(C, X, Y, Z)`` normalised case (as :meth:`Predictor.preprocess` returns it,
-            or :func:`pdeseg.data.sampling.case_volume`).
+            or :func:`pdeseg.data.pipeline.sampling.case_volume`).
         spec: the model's preprocessing spec.
         centre: a voxel ``(x, y, z)``.
 

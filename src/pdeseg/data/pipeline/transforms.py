@@ -26,7 +26,7 @@ The elastic deformation (``augment.elastic``) has a fixed, moderate strength:
 Outside the sample the elastic deformation repeats the border (no new label values).
 
 Randomness: the returned ``Compose`` is a MONAI ``Randomizable``; ``set_random_state`` reseeds
-every transform in it. The trainer reseeds it each epoch; :class:`~pdeseg.data.sampling.PatchDataset`
+every transform in it. The trainer reseeds it each epoch; :class:`~pdeseg.data.pipeline.sampling.PatchDataset`
 reseeds it for every patch from ``(seed, epoch, index)``.
 """
 

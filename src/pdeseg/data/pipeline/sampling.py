@@ -25,9 +25,9 @@ import torch
 from monai import transforms as mt
 from torch.utils.data import Dataset
 
-from pdeseg.config import IGNORE_LABEL, AugmentConfig, DataConfig, PreprocessSpec
-from pdeseg.data.cache import CachedCase
-from pdeseg.data.transforms import build_train_transform
+from pdeseg.config import IGNORE_LABEL, AugmentConfig, DataConfig, TaskSpec
+from pdeseg.data.pipeline.cache import CachedCase
+from pdeseg.data.pipeline.transforms import build_train_transform
 from pdeseg.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -379,7 +379,7 @@ class VolumeDataset(PerItemDraws, Dataset):
         return {"image": img.contiguous(), "label": lab.contiguous(), "case": case.case_id}
 
 
-def training_dataset(cases: list[CachedCase], spec: PreprocessSpec, data: DataConfig, seed: int = 0) -> Dataset:
+def training_dataset(cases: list[CachedCase], spec: TaskSpec, data: DataConfig, seed: int = 0) -> Dataset:
     """The training samples of ``spec.mode`` with the config's augmentation."""
     if spec.mode == "slices":
         ds = SliceDataset(cases, spec.slices, spec.slice_range, spec.spatial_size, spec.resize, crop=data.crop,
@@ -402,7 +402,7 @@ def _train_transform(augment: AugmentConfig, spatial_dims: int, size: Sequence[i
     return build_train_transform(augment, tuple(int(s) for s in size), spatial_dims)
 
 
-def evaluation_slices(cases: list[CachedCase], spec: PreprocessSpec) -> SliceDataset:
+def evaluation_slices(cases: list[CachedCase], spec: TaskSpec) -> SliceDataset:
     """The slices the config selects, fitted as in training, without augmentation."""
     return SliceDataset(cases, spec.slices, spec.slice_range, spec.spatial_size, spec.resize, context=spec.context_slices,
                         axes=spec.slice_axes)

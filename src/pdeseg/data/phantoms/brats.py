@@ -34,7 +34,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["MODALITIES", "make_phantom_case", "write_phantom_dataset"]
+__all__ = ["MODALITIES", "make_phantom_case", "phantom_case_seed", "write_lgg_phantom_dataset",
+           "write_phantom_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ def _check_shape(shape: Sequence[int]) -> tuple[int, int, int]:
     return dims  # type: ignore[return-value]
 
 
-def _case_seed(seed: int, index: int) -> int:
+def phantom_case_seed(seed: int, index: int) -> int:
     """Seed of case ``index`` derived deterministically from the dataset ``seed``."""
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
 
@@ -377,7 +378,7 @@ def write_phantom_dataset(
         name = f"{prefix}_{i:0{width}d}"
         case_dir = out / name
         case_dir.mkdir(exist_ok=True)
-        images, label = make_phantom_case(dims, seed=_case_seed(seed, i))
+        images, label = make_phantom_case(dims, seed=phantom_case_seed(seed, i))
         volumes = {m: np.clip(np.rint(images[m]), 0, np.iinfo(np.int16).max) for m in MODALITIES}
         volumes["seg"] = label
         for key, arr in volumes.items():
@@ -426,7 +427,7 @@ def write_lgg_phantom_dataset(
         name = f"TCGA_PH_{i:04d}_20260101"
         folder = root / name
         folder.mkdir(exist_ok=True)
-        images, label = make_phantom_case(dims, seed=_case_seed(seed, i))
+        images, label = make_phantom_case(dims, seed=phantom_case_seed(seed, i))
         rgb = []
         for m in ("t1", "flair", "t1ce"):
             v = images[m]

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pdeseg.config import ConfigError, DataConfig, PreprocessSpec
-from pdeseg.data.cache import CachedCase, cache_cases
+from pdeseg.config import ConfigError, DataConfig, TaskSpec
 from pdeseg.data.files import write_atomically
 from pdeseg.data.formats import get_format
-from pdeseg.data.splits import load_split, split_by_domain, split_cases
+from pdeseg.data.pipeline.cache import CachedCase, write_cache
+from pdeseg.data.pipeline.splits import load_split, split_by_domain, split_cases
 from pdeseg.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def draw_split(d: DataConfig, cases: list) -> dict[str, list[str]]:
     return split
 
 
-def prepare_data(d: DataConfig, spec: PreprocessSpec, split_file: str | Path | None = None, progress: bool = True) -> PreparedData:
+def prepare_data(d: DataConfig, spec: TaskSpec, split_file: str | Path | None = None, progress: bool = True) -> PreparedData:
     """Find, validate and cache the cases of ``d.root`` and split them by patient.
 
     An existing ``split_file`` is reused (resume, or several models on one split); else
@@ -106,21 +106,21 @@ def prepare_data(d: DataConfig, spec: PreprocessSpec, split_file: str | Path | N
                                                                d.cache_dir, progress)
         log.info("CT normalisation from the training foreground: window [%.1f, %.1f], mean %.1f, sd %.1f",
                  *spec.ct_window, *spec.ct_stats)
-    cached = cache_cases([c for c in cases if c.case_id in wanted], d.cache_dir, spec, progress)
+    cached = write_cache([c for c in cases if c.case_id in wanted], d.cache_dir, spec, progress)
     return PreparedData(split, {c.case_id: c for c in cached})
 
 
 def training_ct_statistics(cases: list, modalities: list[str], cache_dir: str | Path,
                            progress: bool = True) -> tuple[list[float], list[float]]:
     """nnU-Net's CT window and statistics over the labelled voxels of the training ``cases``
-    (:func:`pdeseg.data.preprocess.ct_statistics`), remembered in ``cache_dir`` under a key
+    (:func:`pdeseg.data.pipeline.preprocess.ct_statistics`), remembered in ``cache_dir`` under a key
     of the cases' files so that a resumed or repeated run does not read them again.
 
     Raises:
         DataError: the training cases have no labelled voxels, or one intensity only.
     """
-    from pdeseg.data.cache import source_key
-    from pdeseg.data.preprocess import ct_statistics, foreground_sample
+    from pdeseg.data.pipeline.cache import source_key
+    from pdeseg.data.pipeline.preprocess import ct_statistics, foreground_sample
     from pdeseg.progress import track
 
     key = hashlib.sha256("|".join(source_key(c, tuple(modalities)) for c in cases).encode()).hexdigest()[:16]
@@ -152,10 +152,11 @@ def steps_per_epoch(n_items: int, batch_size: int, world: int = 1) -> int:
     return max(1, math.ceil(math.ceil(n_items / world) / batch_size))
 
 
-def cached_cases(root: str | Path, spec: PreprocessSpec, cache_dir: str | Path, ids: list[str] | None = None,
-                 progress: bool = True, format_options: dict | None = None) -> list[tuple[object, CachedCase]]:
-    """``(reader case, cache entry)`` of the labelled cases under ``root`` (only ``ids``, in
-    that order, when given), normalised as ``spec`` says.
+def load_cached_cases(root: str | Path, spec: TaskSpec, cache_dir: str | Path, ids: list[str] | None = None,
+                      progress: bool = True, format_options: dict | None = None) -> list[tuple[object, CachedCase]]:
+    """Find the labelled cases under ``root`` (only ``ids``, in that order, when given), cache
+    them normalised as ``spec`` says (:func:`~pdeseg.data.pipeline.cache.write_cache`) and
+    return ``(reader case, cache entry)`` pairs, as evaluation scores them.
 
     Raises:
         DataError: bad data, or ``ids`` naming cases that are not under ``root``.
@@ -169,5 +170,5 @@ def cached_cases(root: str | Path, spec: PreprocessSpec, cache_dir: str | Path, 
         cases = [by_id[i] for i in ids]
     if spec.normalization == "ct" and spec.ct_window is None:
         raise DataError("this spec's CT window was never taken from training data (normalization ct without ct_window)")
-    entries = cache_cases(cases, cache_dir, spec, progress)
+    entries = write_cache(cases, cache_dir, spec, progress)
     return list(zip(cases, entries))

@@ -30,7 +30,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from pdeseg.data.phantom import _case_seed, _smooth_noise
+from pdeseg.data.phantoms.brats import _smooth_noise, phantom_case_seed
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def write_msd_phantom_dataset(out_dir: str | os.PathLike, n_cases: int = 12, see
     suffix = "_0000" if layout == "nnunet" else ""
     training = []
     for i in range(1, n_cases + n_test + 1):
-        case_seed = _case_seed(seed, i)
+        case_seed = phantom_case_seed(seed, i)
         image, label = make_ct_case(shape, spacing, case_seed) if kind == "ct" else make_mri_case(shape, case_seed)
         name = f"{task}_{i:03d}"
         labelled = i <= n_cases

@@ -8,7 +8,7 @@ Layout (``stage1_train``, with the community mask fixes)::
         <id>/images/<id>.png             RGBA or RGB (the alpha channel is dropped)
         <id>/masks/<mask-id>.png         one 0/255 mask per nucleus
 
-One image folder is one case (:class:`~pdeseg.data.cells.ImageCase`, id = the folder name).
+One image folder is one case (:class:`~pdeseg.data.readers.cells.ImageCase`, id = the folder name).
 Its objects are the nuclei: the mask files, in sorted file-name order, become ids 1..N of one
 instance image (:class:`DsbNuclei`). Rules:
 
@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pdeseg.data.cells import (
+from pdeseg.data.readers.cells import (
     CellDataError,
     ImageCase,
     binary_mask,
@@ -242,12 +242,12 @@ def find_dsb_cases(root: str | Path, modalities: Sequence[str] = ("grey",), requ
     folder), sorted by id.
 
     Args:
-        modalities: channels (see :data:`pdeseg.data.cells.CHANNELS`).
+        modalities: channels (see :data:`pdeseg.data.readers.cells.CHANNELS`).
         require_label: every image needs a ``masks/`` folder with at least one mask; without
             it, images without masks are unlabelled cases.
         skipped: when given, an inconsistent image folder is left out and recorded here
             (folder name -> reason) instead of stopping the listing.
-        targets: ``semantic`` or ``boundary`` (see :mod:`pdeseg.data.cells`).
+        targets: ``semantic`` or ``boundary`` (see :mod:`pdeseg.data.readers.cells`).
         domains: another domains table than ``domains.tsv`` (see the module docstring).
 
     Raises:

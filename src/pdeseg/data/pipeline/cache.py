@@ -17,7 +17,7 @@ Each case becomes a folder ``<cache_dir>/<case_id>-<key>/`` holding
 
 ``key`` hashes the source paths, sizes and modification times and the preprocessing
 (modalities, normalisation with its CT window and statistics, target spacing: see
-:class:`~pdeseg.data.preprocess.Preprocessing`), so a changed file or setting gets a fresh
+:class:`~pdeseg.data.pipeline.preprocess.Preprocessing`), so a changed file or setting gets a fresh
 entry; with a target spacing the arrays are on the resampled grid and ``meta`` keeps the
 ``source_shape`` and ``source_spacing``. Entries are written to a
 temporary folder and renamed into place (atomic), and are read with memory mapping. An
@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pdeseg.data.preprocess import Preprocessing
+from pdeseg.data.pipeline.preprocess import Preprocessing
 from pdeseg.errors import DataError
 from pdeseg.progress import track
 
@@ -149,8 +149,8 @@ def cache_case(case, cache_dir: str | Path, preprocessing) -> CachedCase:
     building it (reading and validating the files) if needed.
 
     Args:
-        preprocessing: a :class:`~pdeseg.data.preprocess.Preprocessing`, a
-            :class:`~pdeseg.config.PreprocessSpec`, or a list of modalities (z-score, own grid).
+        preprocessing: a :class:`~pdeseg.data.pipeline.preprocess.Preprocessing`, a
+            :class:`~pdeseg.config.TaskSpec`, or a list of modalities (z-score, own grid).
     """
     prep = Preprocessing.of(preprocessing)
     modalities = prep.modalities
@@ -223,7 +223,7 @@ def cache_case(case, cache_dir: str | Path, preprocessing) -> CachedCase:
     return CachedCase(case.case_id, target, json.loads(meta_path.read_text()))
 
 
-def _case_seed(case_id: str) -> int:
+def _case_id_seed(case_id: str) -> int:
     """A seed that depends only on the case id (stable across processes, unlike ``hash``)."""
     return int.from_bytes(hashlib.sha256(case_id.encode()).digest()[:8], "little")
 
@@ -244,7 +244,7 @@ def foreground_locations(label: np.ndarray, case_id: str, per_class: int | None 
         grouped by class in increasing order; the classes present (>= 1); rows per class.
     """
     per_class = FG_LOCATIONS_PER_CLASS if per_class is None else int(per_class)
-    rng = np.random.default_rng(_case_seed(case_id))
+    rng = np.random.default_rng(_case_id_seed(case_id))
     flat = np.asarray(label).ravel()
     present = [k for k in np.flatnonzero(np.bincount(flat)).tolist() if k >= 1]
     blocks, counts = [], []
@@ -329,8 +329,8 @@ def warn_about_signal(case_id: str, image: np.ndarray, label: np.ndarray | None,
     return found
 
 
-def cache_cases(cases: list, cache_dir: str | Path, preprocessing, progress: bool = True) -> list[CachedCase]:
-    """Cache every case (with progress shown); returns entries in the same order
-    (``preprocessing`` as for :func:`cache_case`)."""
+def write_cache(cases: list, cache_dir: str | Path, preprocessing, progress: bool = True) -> list[CachedCase]:
+    """Write the cache entry of every case (reusing entries already there, with progress
+    shown); returns the entries in the same order (``preprocessing`` as for :func:`cache_case`)."""
     return [cache_case(case, cache_dir, preprocessing)
             for case in track(cases, "caching cases", "case", enabled=progress)]

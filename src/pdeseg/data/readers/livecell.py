@@ -4,7 +4,7 @@ LIVECell ships grey phase-contrast images (704x520 ``.tif``, named
 ``<TYPE>_Phase_<well>_<loc>_<time>_<n>.tif``, so the cell type is the file-name prefix) and
 COCO json files: one per split (``livecell_coco_{train,val,test}.json``), one per cell type and
 split (``LIVECell_single_cells/<type>/{train,val,test}.json``) and training subsets by data size.
-Any folder laid out the same way reads too (:func:`pdeseg.data.phantom_cells.write_cell_phantom`
+Any folder laid out the same way reads too (:func:`pdeseg.data.phantoms.cells.write_cell_phantom`
 writes one).
 
 Rules:
@@ -46,7 +46,7 @@ Rules:
 * Without annotation files and with ``require_label=False`` (prediction), every image file
   below ``root`` is an unlabelled case.
 
-Errors (:class:`~pdeseg.data.cells.CellDataError`, naming the json file and the image or
+Errors (:class:`~pdeseg.data.readers.cells.CellDataError`, naming the json file and the image or
 annotation id): not JSON, no ``images`` or ``annotations``, an annotation of an unknown
 image, a segmentation of unknown form, a polygon of fewer than 3 points, an RLE whose size is
 not the image's, RLE counts that do not decode, a missing image file, the same image id or
@@ -67,7 +67,7 @@ from typing import Any
 
 import numpy as np
 
-from pdeseg.data.cells import IMAGE_SUFFIXES, CellDataError, ImageCase, check_channels, check_targets
+from pdeseg.data.readers.cells import IMAGE_SUFFIXES, CellDataError, ImageCase, check_channels, check_targets
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ IMAGE_DIRS = ("images", "images/livecell_train_val_images", "images/livecell_tes
 
 @dataclass
 class LivecellCase(ImageCase):
-    """An :class:`~pdeseg.data.cells.ImageCase` whose cache key also holds the overlap rule."""
+    """An :class:`~pdeseg.data.readers.cells.ImageCase` whose cache key also holds the overlap rule."""
 
     overlap: str = "smallest"
     empty_annotations: str = "error"
@@ -436,7 +436,7 @@ def find_livecell_cases(root: str | Path, modalities: Sequence[str] = ("grey",),
             as an unlabelled case (prediction); True raises.
         skipped: when given, an image whose file is missing or whose annotations are
             malformed is recorded here (case id -> reason) and left out.
-        targets: ``semantic`` or ``boundary`` (:mod:`pdeseg.data.cells`).
+        targets: ``semantic`` or ``boundary`` (:mod:`pdeseg.data.readers.cells`).
         annotations: json file(s) relative to ``root`` or absolute; None: the default rule.
         overlap: ``smallest`` or ``first``; None means ``smallest``.
         empty_annotations: ``error`` (default) or ``skip``: an annotation that covers no pixel

@@ -193,7 +193,7 @@ class Preprocessing:
 
     @classmethod
     def of(cls, spec_or_modalities) -> Preprocessing:
-        """From a :class:`~pdeseg.config.PreprocessSpec`, a Preprocessing, or a list of modalities
+        """From a :class:`~pdeseg.config.TaskSpec`, a Preprocessing, or a list of modalities
         (default normalisation)."""
         if isinstance(spec_or_modalities, Preprocessing):
             return spec_or_modalities

@@ -15,8 +15,8 @@ A case holds:
   - ``semantic``: 0 background, 1 cell (any object);
   - ``boundary``: 0 background, 1 interior, 2 boundary, where boundary pixels are an
     object's own pixels that touch the background or another object (4-neighbourhood,
-    :func:`pdeseg.data.objects.boundary_targets`). Touching cells are then separated by
-    a line of boundary class, and :func:`pdeseg.data.objects.instances_from_boundary_classes`
+    :func:`pdeseg.data.pipeline.label_geometry.boundary_targets`). Touching cells are then separated by
+    a line of boundary class, and :func:`pdeseg.data.pipeline.label_geometry.instances_from_boundary_classes`
     splits a prediction back into cells by watershed;
 
 * its ``domain`` (cell type or imaging modality), so that splits can group by it;
@@ -177,7 +177,8 @@ def instances_from_label_image(pixels: np.ndarray, path: Path, kind: str = "auto
     if pixels.min() < 0:
         raise CellDataError(f"{path}: negative label values")
     if kind == "binary" or (kind == "auto" and len(np.unique(pixels)) <= 2):
-        from pdeseg.data.objects import instances_from_mask  # scikit-image: not at import (the CLI lists formats)
+        # scikit-image: not at import (the CLI lists formats)
+        from pdeseg.data.pipeline.label_geometry import instances_from_mask
 
         return instances_from_mask(binary_mask(pixels, path, "label image")).astype(np.int32)
     _, relabelled = np.unique(pixels, return_inverse=True)
@@ -189,7 +190,7 @@ def classes_from_instances(instances: np.ndarray, targets: str) -> np.ndarray:
     """Training classes ``(H, W)`` uint8 from an instance image (see the module docstring)."""
     if check_targets(targets) == "semantic":
         return (instances > 0).astype(np.uint8)
-    from pdeseg.data.objects import boundary_targets
+    from pdeseg.data.pipeline.label_geometry import boundary_targets
 
     return boundary_targets(instances).astype(np.uint8)
 
@@ -307,7 +308,7 @@ def write_prediction(classes: np.ndarray, loaded: LoadedCase, out_dir: Path, ins
     if instances:
         import tifffile
 
-        from pdeseg.data.objects import predicted_instances
+        from pdeseg.data.pipeline.label_geometry import predicted_instances
 
         objects = predicted_instances(cls)
         dtype = np.uint16 if objects.max(initial=0) < 65536 else np.uint32

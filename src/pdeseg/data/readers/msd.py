@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from pdeseg.data.case import LoadedCase
-from pdeseg.data.nifti import check_finite, check_same_grid, integer_labels, read_volume, spatial_header
+from pdeseg.data.readers.nifti import check_finite, check_same_grid, integer_labels, read_volume, spatial_header
 from pdeseg.errors import ConfigError, DataError
 
 LAYOUTS = ("msd", "nnunet")

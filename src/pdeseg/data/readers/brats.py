@@ -27,7 +27,7 @@ import nibabel as nib
 import numpy as np
 
 from pdeseg.data.case import LoadedCase
-from pdeseg.data.nifti import check_same_grid, read_volume, write_label_volume
+from pdeseg.data.readers.nifti import check_same_grid, read_volume, write_label_volume
 from pdeseg.errors import DataError
 
 log = logging.getLogger(__name__)

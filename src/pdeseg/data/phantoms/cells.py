@@ -14,7 +14,7 @@ Three cell types that differ in size, shape, texture and contact:
 
 Every cell is kept clean for a boundary output: no part narrower than 3 pixels, one piece,
 and an interior (the cell less its boundary pixels, the rule of
-:func:`pdeseg.data.objects.boundary_targets`) in one piece, so that the watershed of the
+:func:`pdeseg.data.pipeline.label_geometry.boundary_targets`) in one piece, so that the watershed of the
 true 3-class target gives the cells back.
 Separate objects (single cells, clusters) keep at least ``GAP`` pixels of background between
 them, and every cell lies wholly inside the image. Rendering imitates phase contrast: a grey
@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from pdeseg.data.phantom import _case_seed, _smooth_noise
+from pdeseg.data.phantoms.brats import _smooth_noise, phantom_case_seed
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def _clean(m: np.ndarray) -> np.ndarray | None:
     """A cell shape a boundary output can describe, or None: no part narrower than 3 pixels
     (opened by a 3x3 square), one 4-connected piece of at least 30 pixels, and an interior
     (the cell less its pixels with a face neighbour outside it, the rule of
-    :func:`pdeseg.data.objects.boundary_targets`) that is one 4-connected piece too."""
+    :func:`pdeseg.data.pipeline.label_geometry.boundary_targets`) that is one 4-connected piece too."""
     m = ndimage.binary_opening(m, structure=np.ones((3, 3), bool))
     lab, k = ndimage.label(m)
     if k > 1:
@@ -309,7 +309,7 @@ def phantom_case(cell_type: str, index: int, seed: int = 0,
     :func:`write_cell_phantom` writes as ``<TYPE>_<index>.tif``): ``(image, instances)``."""
     if cell_type not in CELL_TYPES:
         raise ValueError(f"cell_type must be one of {', '.join(CELL_TYPES)}, got {cell_type!r}")
-    rng = np.random.default_rng(_case_seed(seed, 1000 * CELL_TYPES.index(cell_type) + int(index)))
+    rng = np.random.default_rng(phantom_case_seed(seed, 1000 * CELL_TYPES.index(cell_type) + int(index)))
     return make_cell_image(cell_type, rng, size)
 
 

@@ -1,4 +1,4 @@
-"""Readers for 2D image sets with one label file per image (see :mod:`pdeseg.data.cells`):
+"""Readers for 2D image sets with one label file per image (see :mod:`pdeseg.data.readers.cells`):
 
 * ISBI 2012 EM (:func:`find_isbi_cases`): ``images/NN.png`` and ``labels/NN.png`` (uint8,
   255 = cell interior, 0 = membrane); the objects are the 4-connected components of the
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pdeseg.data.cells import (
+from pdeseg.data.readers.cells import (
     IMAGE_SUFFIXES,
     CellDataError,
     ImageCase,
@@ -34,9 +34,9 @@ from pdeseg.data.cells import (
     label_image_reader,
     read_image_file,
 )
-from pdeseg.data.dsb import DOMAINS_FILE, apply_domains, read_domains_tsv, resolve_domains
+from pdeseg.data.readers.dsb import DOMAINS_FILE, apply_domains, read_domains_tsv, resolve_domains
 
-#: Label kinds of :func:`find_folder_cases` (see :func:`pdeseg.data.cells.instances_from_label_image`).
+#: Label kinds of :func:`find_folder_cases` (see :func:`pdeseg.data.readers.cells.instances_from_label_image`).
 LABEL_KINDS = ("auto", "binary", "instances")
 #: Lossless formats a mask may be stored in.
 MASK_SUFFIXES = (".png", ".tif", ".tiff", ".gif", ".bmp")
@@ -269,7 +269,7 @@ def find_folder_cases(root: str | Path, modalities: Sequence[str] = ("grey",), r
         targets: ``semantic`` or ``boundary``.
         label_kind: how masks are read: ``binary`` (connected components are the objects),
             ``instances`` (each value one object) or ``auto`` (binary when a file holds at
-            most two values); see :func:`pdeseg.data.cells.instances_from_label_image`.
+            most two values); see :func:`pdeseg.data.readers.cells.instances_from_label_image`.
         domains: a domains table other than ``<root>/domains.tsv`` (columns ``image``,
             ``image_id`` or ``id``, and ``domain``); missing images get domain ''.
 
