@@ -82,9 +82,12 @@ def test_tiny_ablation_end_to_end_chooses_by_validation_and_resumes(phantom_root
         ("norm=none", "norm=batch", 4, 4), ("dropout=0.2", "dropout=0", 4, 4)]
     refs = referenced_files(out / "report.html")
     assert len(refs) == 3 and all(p.is_file() for p in refs)
-    history = json.loads((out / "runs" / result.variants[0].slug / "seed0" / "scores.json").read_text())
-    assert set(history) == {"train", "val", "test"}
+    kept = [json.loads(line)["key"] for line in (out / "scores.jsonl").read_text().splitlines()]
+    first = f"runs/{result.variants[0].slug}/seed0/best.pt|"
+    assert {k.split("|")[3] for k in kept if k.startswith(first)} == {"train", "val", "test"}  # every split kept
     stamp = (out / "runs" / result.variants[0].slug / "seed0" / "last.pt").stat().st_mtime_ns
     again = run_ablation(cfg, out, ["norm=batch,none", "dropout=0,0.2"], seeds=[0, 1], progress=False)
     assert (out / "runs" / result.variants[0].slug / "seed0" / "last.pt").stat().st_mtime_ns == stamp  # not retrained
+    assert len((out / "scores.jsonl").read_text().splitlines()) == len(kept)  # and not scored again
+    assert [r["val_dice_mean"] for r in again.table] == [r["val_dice_mean"] for r in result.table]
     assert again.best == result.best

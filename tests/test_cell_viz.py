@@ -237,7 +237,7 @@ def test_evaluate_figures_of_an_object_format_draw_the_cell_figure(cell_case, tm
 
 
 def test_compare_cell_figures_one_per_model(cell_case, tmp_path):
-    from pdeseg.experiments.compare import cell_figures
+    from pdeseg.viz.study_figures import cell_figures
 
     _, cached, predictor = cell_case
     figures = cell_figures(tmp_path, {"tiny unet": predictor, "other": predictor}, cached, seed=0)
@@ -265,7 +265,7 @@ def _rows():
 
 
 def test_domain_table_means_over_seeds_of_case_means():
-    from pdeseg.experiments.compare import domain_markdown, domain_table
+    from pdeseg.experiments.tables import domain_markdown, domain_table
 
     table = domain_table(_rows(), "model")
     assert [(r["model"], r["domain"]) for r in table] == [("unet", "em"), ("unet", "nuclei"), ("pde", "em"),
@@ -289,7 +289,7 @@ def test_domain_table_means_over_seeds_of_case_means():
 
 def test_ablation_results_and_reports_show_the_domain_table(tmp_path):
     from pdeseg.experiments.ablate import AblationResult, Variant, variant_domains
-    from pdeseg.experiments.compare import domain_report_tables
+    from pdeseg.experiments.tables import domain_report_tables
     from pdeseg.viz.report import render_report
 
     cases = [{**r, "variant": r.pop("model")} for r in _rows() if r["split"] == "test"]

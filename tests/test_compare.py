@@ -81,7 +81,8 @@ def test_report_renders_in_headless_chromium(tmp_path):
 
 
 def test_table_columns_follow_the_data_set_not_brats():
-    from pdeseg.experiments.compare import default_scope, summary_table, table_columns
+    from pdeseg.experiments.compare import default_scope, table_columns
+    from pdeseg.experiments.tables import summary_table
 
     brats = table_columns(["background", "NCR", "ED", "ET"], {"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]})
     assert [k for _, k in brats][4:] == ["test_dice_WT", "test_dice_TC", "test_dice_ET"]

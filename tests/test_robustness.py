@@ -13,10 +13,8 @@ from pdeseg.cli import main
 from pdeseg.config import ConfigError, config_from_dict, load_config
 from pdeseg.data.phantoms.brats import write_phantom_dataset
 from pdeseg.data.pipeline.prepare import PreparedData
-from pdeseg.experiments.robustness import (
-    KINDS, bias_log_field, check_fraction, check_kind, check_level, fraction_counts, fraction_data, intensity_scale,
-    parse_numbers, perturb, perturbation_rng, run_robustness,
-)
+from pdeseg.data.pipeline.perturb import KINDS, bias_log_field, check_kind, check_level, intensity_scale, perturb, perturbation_rng
+from pdeseg.experiments.robustness import check_fraction, fraction_counts, fraction_data, parse_numbers, run_robustness
 from pdeseg.inference.options import InferenceOptions
 from pdeseg.inference.predict import Predictor
 from pdeseg.inference.score import score
@@ -275,7 +273,8 @@ def test_perturbed_cases_are_the_cached_cases_at_level_zero(small_phantom, tmp_p
     from pdeseg.data.formats import get_format
     from pdeseg.data.pipeline.prepare import prepare_data
     from pdeseg.data.pipeline.preprocess import Preprocessing
-    from pdeseg.experiments.robustness import perturbation_region, preprocessed_case
+    from pdeseg.data.pipeline.perturb import perturbation_region
+    from pdeseg.experiments.robustness import preprocessed_case
 
     exp = resolve(config_from_dict(_tiny_cfg(small_phantom, tmp_path)))
     data = prepare_data(exp.cfg.data, exp.spec, progress=False)

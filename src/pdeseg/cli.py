@@ -324,7 +324,7 @@ def _fraction(text: str) -> float:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from pdeseg.experiments.inspect import inspect_checkpoint
+    from pdeseg.experiments.inspect_pde import inspect_checkpoint
 
     written = inspect_checkpoint(args.checkpoint, args.out, args.input, args.case, args.device, args.channels)
     for path in written:

@@ -21,7 +21,6 @@ command continues an interrupted grid.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import json
 import logging
@@ -32,40 +31,24 @@ from typing import Any
 
 import numpy as np
 import yaml
-from torch.utils.data import DataLoader
 
-from pdeseg.config import ConfigError, ExperimentConfig, ModelConfig, apply_overrides, config_from_dict, save_config
 from pdeseg.build import EPOCH_METRICS, Experiment, build_loss, resolve
-from pdeseg.data.files import make_folders
-from pdeseg.data.formats import get_format
-from pdeseg.data.sampling import evaluation_slices
-from pdeseg.data.setup import PreparedData, prepare_data
-from pdeseg.data.splits import save_split
-from pdeseg.experiments.compare import (
-    OBJECT_COLUMNS,
-    display_slice,
-    domain_markdown,
-    domain_report_tables,
-    domain_table,
-    slice_prediction,
-    environment,
-    flat_rows,
-    paired_grids,
-    write_csv,
-    write_curves,
-)
+from pdeseg.config import ConfigError, ExperimentConfig, ModelConfig, apply_overrides, config_from_dict
+from pdeseg.data.pipeline.prepare import PreparedData
 from pdeseg.experiments.stats import (
     PairedResult,
     SeedNoiseResult,
     format_mean_ci,
     mean_ci,
     paired_comparison,
+    paired_grids,
     seed_noise_comparison,
 )
-from pdeseg.inference.options import InferenceOptions
+from pdeseg.experiments.study import Run, Study
+from pdeseg.experiments.tables import (OBJECT_COLUMNS, domain_markdown, domain_report_tables, domain_table, flat_rows,
+                                       write_csv)
 from pdeseg.inference.predict import Predictor
-from pdeseg.inference.score import default_scope, score
-from pdeseg.training.run import train_or_resume
+from pdeseg.inference.score import Scores, default_scope, score
 
 log = logging.getLogger(__name__)
 
@@ -238,24 +221,24 @@ class AblationResult:
     paired: list[PairedResult] = field(default_factory=list)  # each variant vs the first, on test cases
 
 
-def scored_splits(predictor: Predictor) -> tuple[str, ...]:
+def scored_splits(spec) -> tuple[str, ...]:
     """Splits a run is scored on: all three for slice models (paper 003 reports train,
     validation and test); validation and test for volumetric ones, where segmenting every
     training volume costs minutes per run and the per-epoch training loss is in metrics.csv."""
-    return SPLITS if default_scope(predictor.spec) == "slices" else ("val", "test")
+    return SPLITS if default_scope(spec) == "slices" else ("val", "test")
 
 
-def score_split(predictor: Predictor, cfg: ExperimentConfig, data: PreparedData, split: str) -> tuple[dict[str, float], list[dict]]:
-    """Loss (the config's loss, with the term weights of the last training epoch where terms
-    have warm-up schedules) and case-mean metrics of a checkpoint on ``split``, and the
-    per-case rows. Volumetric models are scored on whole volumes, with HD95 on the test split
-    (surface distances on every training case would cost more than they tell)."""
+def score_split(predictor: Predictor, run: Run, cases: list, split: str) -> Scores:
+    """Loss (the run's loss, with the term weights of the last training epoch where terms
+    have warm-up schedules) and per-case metrics of a checkpoint on the cases of ``split``.
+    Volumetric models are scored on whole volumes, with HD95 on the test split (surface
+    distances on every training case would cost more than they tell)."""
+    cfg = run.exp.cfg
     volume = default_scope(predictor.spec) == "volume"
     loss_fn = build_loss(cfg.loss, predictor.head).to(predictor.device)
     loss_fn.set_epoch(cfg.train.epochs - 1)
-    result = score(predictor, data.cases(split), "volume" if volume else "slices", loss_fn,
-                   with_hd95=volume and split == "test", batch_size=cfg.train.val_batch_size)
-    return {"loss": result.loss, **result.means(), "cases": len(result.rows)}, result.rows
+    return score(predictor, cases, "volume" if volume else "slices", loss_fn, with_hd95=volume and split == "test",
+                 batch_size=cfg.train.val_batch_size)
 
 
 def run_ablation(
@@ -286,40 +269,24 @@ def run_ablation(
         raise ConfigError("--variants selects named variants of the config's ablation section; it cannot go with --grid")
     variants = grid_variants(parse_grid(grid)) if grid else config_variants(cfg, only)
     configs = [variant_config(cfg, model, v) for v in variants]  # fail on a bad variant before any training
-    base = resolve(cfg)
-    cfg = base.cfg
-    data = prepare_data(base.cfg.data, base.spec, out / "split.json", progress=progress)  # before any file is written
-    make_folders(out, "ablation folder")
-    save_config(cfg, out / "config.yaml")
-    (out / "grid.json").write_text(json.dumps({"model": model, "grid": grid, "seeds": seeds,
-                                               "variants": [v.settings for v in variants]}, indent=1))
-    (out / "environment.json").write_text(json.dumps(environment(), indent=1))
-    save_split(data.split, out / "split.json")
-    result = AblationResult(out, variants)
+    study = Study.open(cfg, out, "ablate", progress=progress)
+    study.write_json("grid.json", {"model": model, "grid": grid, "seeds": seeds, "variants": [v.settings for v in variants]})
+    cfg, data = study.cfg, study.data
+    result = AblationResult(study.out, variants)
     # seed-major: an interrupted grid still has every variant at the same number of seeds
-    for seed in seeds:
-        for i, (variant, (vexp, model_cfg)) in enumerate(zip(variants, configs)):
-            run_cfg = copy.deepcopy(vexp.cfg)
-            run_cfg.train.seed = seed
-            run_dir = out / "runs" / variant.slug / f"seed{seed}"
-            log.info("variant %d/%d (%s), seed %d", i + 1, len(variants), variant.name, seed)
-            last = train_or_resume(run_cfg, model_cfg, run_dir, data, progress, Experiment(run_cfg, vexp.fmt, vexp.info, vexp.spec))
-            write_curves(run_dir, last, f"{variant.name}, seed {seed}")
-            scores_path, cases_path = run_dir / "scores.json", run_dir / "test_cases.json"
-            if scores_path.is_file() and cases_path.is_file():
-                scores, test_rows = json.loads(scores_path.read_text()), json.loads(cases_path.read_text())
-            else:
-                predictor = Predictor.from_checkpoint(run_dir / "best.pt", InferenceOptions(precision=run_cfg.train.precision))
-                scored = {s: score_split(predictor, run_cfg, data, s) for s in scored_splits(predictor) if data.split[s]}
-                scores = {s: means for s, (means, _) in scored.items()}
-                test_rows = scored["test"][1] if "test" in scored else []
-                cases_path.write_text(json.dumps(test_rows, indent=1))
-                scores_path.write_text(json.dumps(scores, indent=1))
-            for split, s in scores.items():
-                result.runs.append({"variant": variant.name, "seed": seed, "split": split,
-                                    "best_epoch": last["training"]["best_epoch"], "parameters": last["parameters"],
-                                    "train_time_s": sum(r["train_time_s"] for r in last["training"]["history"]), **s})
-            result.cases += [{"variant": variant.name, "seed": seed, "split": "test", **r} for r in test_rows]
+    runs = [study.run(variant.name, seed, Path("runs") / variant.slug / f"seed{seed}", exp=vexp, model_cfg=model_cfg)
+            for seed in seeds for variant, (vexp, model_cfg) in zip(variants, configs)]
+    study.train(runs, title=lambda run: f"{run.condition}, seed {run.seed}")
+    for run in runs:
+        scored = {s: study.scores(run, (s,), data.cases(s), lambda cases, s=s: score_split(study.predictor(run), run, cases, s),
+                                  whole=True)
+                  for s in scored_splits(run.exp.spec) if data.split[s]}
+        for split, scores in scored.items():
+            result.runs.append({"variant": run.condition, "seed": run.seed, "split": split, "best_epoch": run.best_epoch,
+                                "parameters": run.parameters, "train_time_s": run.train_time_s,
+                                "loss": scores.loss, **scores.means(), "cases": len(scores.rows)})
+        test_rows = scored["test"].rows if "test" in scored else []
+        result.cases += [{"variant": run.condition, "seed": run.seed, "split": "test", **r} for r in test_rows]
     summarise(result, cfg.train.monitor)
     write_outputs(result, cfg, data)
     return result
@@ -505,47 +472,14 @@ def _histories(result: AblationResult) -> dict[str, list[list[dict[str, Any]]]]:
 
 
 def make_figures(result: AblationResult, cfg: ExperimentConfig, data: PreparedData) -> list[tuple[str, str]]:
-    """Per-epoch curves of the best variant (paper 003 Fig. 2), validation Dice of every
-    variant, and class-by-class masks of the best variant on test cases (Fig. 3)."""
-    from pdeseg.viz.figures import plot_class_masks, plot_epoch_metrics, plot_variant_curves
+    """The figures of :func:`pdeseg.viz.study_figures.ablation_figures` for the best variant."""
+    from pdeseg.viz.study_figures import ablation_figures
 
-    fig_dir = result.out_dir / "figures"
-    fig_dir.mkdir(exist_ok=True)
-    hist = _histories(result)
-    figures = []
     best = next((v for v in result.variants if v.name == result.best), result.variants[0])
-    plot_epoch_metrics(hist[best.name][0], fig_dir / "best_curves.png", title=best.name)
-    figures.append(("figures/best_curves.png", f"Best variant ({best.name}), first seed: loss, pixel accuracy, mean IoU and "
-                                               "Dice per epoch on train and validation; cf. paper 003 Fig. 2."))
-    plot_variant_curves(hist, fig_dir / "variants_val_dice.png")
-    figures.append(("figures/variants_val_dice.png", "Validation Dice per epoch of every variant (mean over seeds)."))
-    fmt = get_format(cfg.data.format)
-    cases = data.cases("test") or data.cases("val")
     seed0 = min(r["seed"] for r in result.runs)
-    predictor = Predictor.from_checkpoint(result.out_dir / "runs" / best.slug / f"seed{seed0}" / "best.pt",
-                                         InferenceOptions(precision=cfg.train.precision))
-    rows = [_case_panel(predictor, case, cfg) for case in cases[:3]]
-    plot_class_masks(rows, predictor.spec.class_names, fig_dir / "class_masks.png", fmt.display_rotate)
-    figures.append(("figures/class_masks.png", f"Best variant on test cases: {(cfg.data.modalities or ['channel 0'])[0]}, manual mask, each predicted "
-                                               "class, and the composite; cf. paper 003 Fig. 3."))
-    return figures
-
-
-def _case_panel(predictor: Predictor, case, cfg: ExperimentConfig) -> dict[str, Any]:
-    """The selected slice of ``case`` with the most tumour, fitted as in training, with its
-    prediction (a volumetric model segments the whole volume; its slice is shown)."""
-    if predictor.spec.mode != "slices" or predictor.spec.context_slices or list(predictor.spec.slice_axes) != [2]:
-        z = display_slice(case, cfg, "volume")
-        image = np.asarray(case.image[z], dtype=np.float32)
-        return {"case": f"{case.case_id} z={z}", "image": image[0], "truth": np.asarray(case.label[z]),
-                "prediction": slice_prediction(predictor, case, z)}
-    ds = evaluation_slices([case], predictor.spec)
-    label = np.asarray(case.label)
-    z = max((z for _, _, z in ds.items), key=lambda z: int((label[z] > 0).sum()))
-    item = ds[[z for _, _, z in ds.items].index(z)]
-    image = item["image"].numpy()
-    classes = predictor.predict_volume(image[..., None])[..., 0]
-    return {"case": f"{case.case_id} z={z}", "image": image[0], "truth": item["label"].numpy(), "prediction": classes}
+    return ablation_figures(result.out_dir, cfg, _histories(result), best.name,
+                            result.out_dir / "runs" / best.slug / f"seed{seed0}" / "best.pt",
+                            data.cases("test") or data.cases("val"))
 
 
 def write_report(result: AblationResult, cfg: ExperimentConfig, figures: list[tuple[str, str]]) -> Path:

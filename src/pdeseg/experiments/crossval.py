@@ -3,7 +3,7 @@
 With few patients (16 BraTS cases, 12 LGG patients) one held-out test split says little;
 k-fold gives every case one out-of-fold prediction. For each model of the config:
 
-* the cases are cut into ``K`` folds by :func:`pdeseg.data.splits.kfold_splits` (seeded by
+* the cases are cut into ``K`` folds by :func:`pdeseg.data.pipeline.splits.kfold_splits` (seeded by
   ``data.split.seed``; validation share ``data.split.fractions[1]`` of all cases, drawn from
   the training folds), saved as ``folds.json`` and reused when the run continues;
 * fold ``i`` trains in ``<out>/fold<i>/`` (a normal run folder: ``best.pt`` chosen on the
@@ -36,15 +36,14 @@ import numpy as np
 
 from pdeseg.build import Experiment, resolve
 from pdeseg.config import ConfigError, ExperimentConfig, ModelConfig
-from pdeseg.data.files import make_folders
-from pdeseg.data.setup import PreparedData, prepare_data
-from pdeseg.data.splits import kfold_splits
-from pdeseg.experiments.compare import write_csv
+from pdeseg.data.pipeline.prepare import PreparedData, prepare_data
+from pdeseg.data.pipeline.splits import kfold_splits
+from pdeseg.experiments.study import Study
+from pdeseg.experiments.tables import write_csv
 from pdeseg.experiments.stats import format_mean_ci, mean_ci
 from pdeseg.inference.options import InferenceOptions
 from pdeseg.inference.predict import Predictor
 from pdeseg.inference.score import score
-from pdeseg.training.run import train_or_resume
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +84,10 @@ def run_crossval(cfg: ExperimentConfig, model_cfg: ModelConfig, out_dir: str | P
                  exp: Experiment | None = None) -> CrossValResult:
     """Train ``model_cfg`` on every fold and score each case out of fold (see the module docstring).
 
+    The folds are runs of a :class:`~pdeseg.experiments.study.Study`: an interrupted
+    cross-validation continues, and the cases already scored are read back from its
+    ``scores.jsonl``.
+
     Raises:
         ConfigError: see :func:`check_crossval_config`; more folds than cases; a ``folds.json``
             in ``out_dir`` made for other cases or another number of folds.
@@ -109,18 +112,22 @@ def run_crossval(cfg: ExperimentConfig, model_cfg: ModelConfig, out_dir: str | P
             raise ConfigError(f"--folds: {exc}") from None
     if exp.cfg.train.monitor != "train_loss" and any(not f["val"] for f in splits):
         raise ConfigError(f"train.monitor {exp.cfg.train.monitor!r} needs validation cases: set data.split.fractions[1] > 0")
-    if not folds_path.is_file():  # the folder is made once every check has passed: a refused run leaves no cv<K>/
-        make_folders(out, "cross-validation folder")
+    # the folder is made once every check has passed: a refused run leaves no cv<K>/
+    study = Study.open(exp, out, "crossval", progress=progress, data=everything, write_split=False, extra={"folds": folds})
+    if not folds_path.is_file():
         folds_path.write_text(json.dumps(splits, indent=1))
+    runs = [study.run(model_cfg.name, exp.cfg.train.seed, Path(f"fold{i}"), model_cfg=model_cfg,
+                      data=PreparedData(split, everything.cached), fold=i) for i, split in enumerate(splits)]
+    study.train(runs, title=lambda r: f"{exp.cfg.name}: {model_cfg.name}, fold {r.fields['fold']}")
     result = CrossValResult(out, splits)
-    for i, split in enumerate(splits):
-        log.info("fold %d/%d: %d train, %d val, %d test cases", i + 1, folds, *(len(split[k]) for k in ("train", "val", "test")))
-        data = PreparedData(split, everything.cached)
-        run_dir = out / f"fold{i}"
-        train_or_resume(exp.cfg, model_cfg, run_dir, data, progress, exp)
-        predictor = Predictor.from_checkpoint(run_dir / "best.pt", InferenceOptions(precision=exp.cfg.train.precision, postprocess=False))
-        scored = score(predictor, data.cases("test"), "volume", with_hd95=True, progress=progress,
-                       each_case=lambda case, classes: save_labels(out / PREDICTIONS / f"{case.case_id}.npz", classes))
+    t = exp.cfg.train
+    options = InferenceOptions(device=t.device, precision=t.precision, postprocess=False)
+    for run in runs:
+        i = run.fields["fold"]
+        log.info("fold %d/%d: %d train, %d val, %d test cases", i + 1, folds, *(len(run.data.split[k]) for k in ("train", "val", "test")))
+        scored = study.scores(run, ("test", "volume"), run.data.cases("test"), lambda cases, r=run: score(
+            study.predictor(r, options), cases, "volume", with_hd95=True, progress=progress,
+            each_case=lambda case, classes: save_labels(out / PREDICTIONS / f"{case.case_id}.npz", classes)))
         result.rows += [{"case": r["case"], "fold": i, **{k: v for k, v in r.items() if k != "case"}} for r in scored.rows]
     result.rows.sort(key=lambda r: r["case"])
     shutil.rmtree(out / PREDICTIONS_TTA, ignore_errors=True)  # maps of earlier fold models, if any, are stale now
@@ -249,7 +256,7 @@ def rescore_crossval(cv_dir: str | Path, name: str, tta: bool = False, min_compo
             table without these cases or without any of the compared metrics (checked
             before any case is segmented).
     """
-    from pdeseg.data.sampling import case_volume
+    from pdeseg.data.pipeline.sampling import case_volume
     from pdeseg.inference.evaluate import cases_of
     from pdeseg.experiments.stats import paired_comparison
     from pdeseg.inference.postprocess import PostProcessing, choose_min_innermost_voxels, region_chain

@@ -16,7 +16,7 @@ from typing import Any
 from pdeseg.build import build_network, checkpoint_meta, resolve
 from pdeseg.checkpoint import plain_state_dict, save_checkpoint
 from pdeseg.config import config_from_dict
-from pdeseg.data.phantom import write_phantom_dataset
+from pdeseg.data.phantoms.brats import write_phantom_dataset
 from pdeseg.experiments.compare import run_compare, score_run
 from pdeseg.runtime import seed_everything
 
@@ -101,7 +101,7 @@ def run_cells_demo(out: str | Path = "demo_cells_out", epochs: int = 8, n_per_ty
     """Write the cell phantom (images + COCO json, three cell types), train on two types and
     segment the unseen third through ``pdeseg ablate`` (plain loss vs PDE penalties, paired
     tests); returns the report, table and result."""
-    from pdeseg.data.phantom_cells import write_cell_phantom
+    from pdeseg.data.phantoms.cells import write_cell_phantom
     from pdeseg.experiments.ablate import run_ablation
 
     out = Path(out)

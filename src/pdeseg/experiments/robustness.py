@@ -5,10 +5,10 @@ Two studies (paper 001's robustness plan), either or both in one call:
 * **noise**: every model of the config is trained for each seed (as ``compare`` does, into
   ``runs/<model>/seed<k>/``), and each run's best checkpoint is scored on the fixed test cases
   after a perturbation of their *raw* intensities at several levels, followed by the model's
-  own preprocessing (:class:`~pdeseg.data.preprocess.Preprocessing`, as the cache and the
+  own preprocessing (:class:`~pdeseg.data.pipeline.preprocess.Preprocessing`, as the cache and the
   predictor apply it). The network sees what it would see from a noisier scanner.
 * **fraction**: every model is trained on fractions of the training cases
-  (``data.train_cases``, :func:`~pdeseg.data.setup.subsample_training`) into
+  (``data.train_cases``, :func:`~pdeseg.data.pipeline.prepare.subsample_training`) into
   ``runs/<model>/frac<f>/seed<k>/``, with the validation and test cases unchanged, and scored
   on the clean test cases. Fraction 1 is the noise study's runs (trained once).
 
@@ -65,8 +65,6 @@ come from the foreground of all training cases, also for the runs on a fraction 
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import itertools
 import json
 import logging
@@ -78,31 +76,24 @@ from typing import Any
 
 import numpy as np
 
-from pdeseg.build import Experiment, resolve
-from pdeseg.config import ConfigError, ExperimentConfig, save_config
-from pdeseg.data.cache import CachedCase
-from pdeseg.data.files import make_folders
+from pdeseg.build import resolve
+from pdeseg.config import ConfigError, ExperimentConfig
+from pdeseg.data.pipeline.cache import CachedCase
 from pdeseg.data.formats import get_format
-from pdeseg.data.preprocess import Preprocessing, nonzero_mask
-from pdeseg.data.setup import PreparedData, prepare_data, subsample_training
-from pdeseg.data.splits import save_split
-from pdeseg.experiments.compare import environment, paired_grids, write_csv, write_curves
-from pdeseg.experiments.stats import PairedResult, format_mean_ci, mean_ci, paired_comparison
-from pdeseg.inference.options import InferenceOptions
+from pdeseg.data.pipeline.perturb import KINDS, check_kind, check_level, perturb, perturbation_region
+from pdeseg.data.pipeline.preprocess import Preprocessing
+from pdeseg.data.pipeline.prepare import PreparedData, subsample_training
+from pdeseg.experiments.stats import PairedResult, format_mean_ci, mean_ci, paired_comparison, paired_grids
+from pdeseg.experiments.study import Run, Study
+from pdeseg.experiments.tables import write_csv
 from pdeseg.inference.predict import Predictor
 from pdeseg.inference.score import score
-from pdeseg.training.run import train_or_resume
 
 log = logging.getLogger(__name__)
 
-KINDS = ("gaussian", "rician", "bias")
 STUDIES = ("noise", "fraction", "both")
 DEFAULT_LEVELS = (0.0, 0.05, 0.1, 0.2)
 DEFAULT_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
-#: Highest total degree of the bias field's polynomial.
-BIAS_DEGREE = 3
-#: Normalisations for which exact zeros mean "outside the body": the perturbation leaves them 0.
-ZERO_IS_BACKGROUND = ("zscore", "minmax")
 #: The metrics of the tables: (row key, heading, range of values).
 METRICS = (("dice_mean", "Dice", (0.0, 1.0)), ("hd95_mean", "HD95 (mm)", (0.0, math.inf)))
 
@@ -110,116 +101,6 @@ METRICS = (("dice_mean", "Dice", (0.0, 1.0)), ("hd95_mean", "HD95 (mm)", (0.0, m
 # --------------------------------------------------------------------------------------
 # perturbations
 # --------------------------------------------------------------------------------------
-
-
-def check_kind(kind: str) -> str:
-    """Raises ConfigError for a perturbation kind that is not one of :data:`KINDS`."""
-    if kind not in KINDS:
-        raise ConfigError(f"--noise: unknown perturbation {kind!r}; use one or more of {', '.join(KINDS)}")
-    return kind
-
-
-def check_level(level: float) -> float:
-    """Raises ConfigError for a level that is not a finite number >= 0."""
-    if isinstance(level, bool) or not isinstance(level, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(level) or level < 0:
-        raise ConfigError(f"--levels: a perturbation level must be a finite number >= 0 (a share of the image's "
-                          f"intensity scale), got {level!r}")
-    return float(level)
-
-
-def intensity_scale(image: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """Robust intensity scale of each channel: the 99th percentile of ``|x|`` over the channel's
-    non-zero voxels (inside ``mask`` when given); 0 for a channel without any.
-
-    Args:
-        image: ``(C, *spatial)`` raw intensities; mask: bool ``(*spatial)`` or None.
-
-    Returns:
-        float64 ``(C,)``.
-    """
-    scales = np.zeros(image.shape[0])
-    for c in range(image.shape[0]):
-        values = np.abs(image[c][mask] if mask is not None else image[c]).astype(np.float64)
-        values = values[values != 0]
-        if values.size:
-            scales[c] = float(np.percentile(values, 99))
-    return scales
-
-
-def perturbation_rng(seed: int, case_id: str, kind: str) -> np.random.Generator:
-    """The random generator of one case's perturbation: a function of ``(seed, case id, kind)``
-    only (stable across processes and machines), shared by every level of that kind."""
-    digest = hashlib.sha256(f"pdeseg-robustness|{int(seed)}|{case_id}|{kind}".encode()).digest()
-    return np.random.default_rng(int.from_bytes(digest[:16], "little"))
-
-
-def bias_log_field(shape: Sequence[int], rng: np.random.Generator, degree: int = BIAS_DEGREE) -> np.ndarray:
-    """A standardised random polynomial ``f`` of total degree ``1..degree`` on a grid of ``shape``
-    (see the module docstring): mean 0 and sd 1 over the grid (all zeros where the grid has no
-    spread, e.g. a single voxel).
-
-    Returns:
-        float64 ``shape``.
-    """
-    shape = tuple(int(n) for n in shape)
-    axes = [(2 * np.arange(n) + 1) / n - 1 for n in shape]
-    field_ = np.zeros(shape)
-    for powers in itertools.product(range(degree + 1), repeat=len(shape)):
-        if not 1 <= sum(powers) <= degree:
-            continue
-        term = np.ones(shape)
-        for i, (u, p) in enumerate(zip(axes, powers)):
-            if p:
-                term = term * (u ** p).reshape([-1 if j == i else 1 for j in range(len(shape))])
-        field_ += rng.standard_normal() * term
-    sd = field_.std()
-    return (field_ - field_.mean()) / sd if sd > 1e-12 else np.zeros(shape)
-
-
-def perturb(image: np.ndarray, kind: str, level: float, *, seed: int = 0, case_id: str = "",
-            scale: Sequence[float] | np.ndarray | None = None, mask: np.ndarray | None = None) -> np.ndarray:
-    """Perturb raw intensities (formulas in the module docstring).
-
-    Args:
-        image: ``(C, *spatial)`` raw intensities.
-        kind: ``gaussian``, ``rician`` or ``bias``.
-        level: noise sd as a share of ``scale`` (``gaussian``, ``rician``), or sd of the log
-            bias field (``bias``); 0 returns ``image`` itself.
-        seed, case_id: select the random draw (:func:`perturbation_rng`); every level of one
-            ``(seed, case_id, kind)`` scales the same draw.
-        scale: intensity scale per channel (default :func:`intensity_scale` of ``image`` inside ``mask``).
-        mask: bool ``(*spatial)``: perturb only these voxels (the others keep their values), or None.
-
-    Returns:
-        float32 ``(C, *spatial)`` (``image`` unchanged when ``level`` is 0).
-
-    Raises:
-        ConfigError: an unknown kind, or a level that is negative or not finite.
-    """
-    check_kind(kind)
-    level = check_level(level)
-    if level == 0:
-        return image
-    rng = perturbation_rng(seed, case_id, kind)
-    x = np.asarray(image, dtype=np.float32)
-    if kind == "bias":
-        gain = np.stack([np.exp(level * bias_log_field(x.shape[1:], rng)) for _ in range(x.shape[0])]).astype(np.float32)
-        out = x * gain
-    else:
-        s = np.asarray(intensity_scale(x, mask) if scale is None else scale, dtype=np.float64).reshape(-1)
-        if s.size == 1:
-            s = np.repeat(s, x.shape[0])
-        sigma = (level * s).astype(np.float32).reshape((-1,) + (1,) * (x.ndim - 1))
-        real = x + sigma * rng.standard_normal(x.shape, dtype=np.float32)
-        if kind == "gaussian":
-            out = real
-        else:
-            imag = sigma * rng.standard_normal(x.shape, dtype=np.float32)
-            out = np.sqrt(real * real + imag * imag)
-    if mask is not None:
-        out = np.where(mask[None], out, x)
-    return out.astype(np.float32, copy=False)
 
 
 # --------------------------------------------------------------------------------------
@@ -259,7 +140,7 @@ def check_fraction(f: float) -> float:
 
 
 def fraction_counts(fractions: Sequence[float], n_train: int) -> dict[float, int]:
-    """Training cases each fraction keeps (as :func:`~pdeseg.data.setup.subsample_training`
+    """Training cases each fraction keeps (as :func:`~pdeseg.data.pipeline.prepare.subsample_training`
     rounds them); 1 keeps all.
 
     Raises:
@@ -318,36 +199,6 @@ class RobustnessResult:
     figures: list[tuple[str, str]] = field(default_factory=list)
 
 
-class ScoreMemo:
-    """Per-case scores already computed, in ``scores.jsonl`` (one JSON object a line), keyed by
-    the condition, the case and the checkpoint file's size and time, so that a rerun reuses
-    them and a retrained run is scored again."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.rows: dict[str, dict] = {}
-        if path.is_file():
-            for line in path.read_text().splitlines():
-                try:
-                    item = json.loads(line)
-                    self.rows[item["key"]] = item["row"]
-                except (ValueError, KeyError, TypeError):
-                    continue  # a line cut short by an interruption
-
-    @staticmethod
-    def key(checkpoint: Path, *parts: Any) -> str:
-        st = checkpoint.stat()
-        return "|".join(map(str, (*parts, checkpoint.resolve(), st.st_size, st.st_mtime_ns)))
-
-    def get(self, key: str) -> dict | None:
-        return self.rows.get(key)
-
-    def put(self, key: str, row: dict) -> None:
-        self.rows[key] = row
-        with self.path.open("a") as fh:
-            fh.write(json.dumps({"key": key, "row": row}) + "\n")
-
-
 def default_kinds(normalization: str) -> list[str]:
     """Every kind, except Rician noise for CT (it models magnitude MRI; on Hounsfield units it
     would fold negative intensities to positive ones)."""
@@ -384,6 +235,7 @@ def run_robustness(
             or one that leaves no training case, a baseline that is not among the models,
             Rician noise on CT, ``data.train_cases`` set for a fraction study, or no test cases.
     """
+    kind_of_study = study
     if study not in STUDIES:
         raise ConfigError(f"--study must be one of {', '.join(STUDIES)}, got {study!r}")
     if not seeds:
@@ -410,58 +262,50 @@ def run_robustness(
         raise ConfigError(f"data.train_cases is {cfg.data.train_cases:g} in the config, but the fraction study sets it "
                           "per run; remove it (--set data.train_cases=null)")
 
-    out = Path(out_dir)
-    data = prepare_data(cfg.data, exp.spec, out / "split.json", progress=progress)
-    if not data.split["test"]:
-        raise ConfigError("the split has no test cases: the robustness study scores the test cases (data.split)")
+    def check(data: PreparedData) -> None:
+        if not data.split["test"]:
+            raise ConfigError("the split has no test cases: the robustness study scores the test cases (data.split)")
+        if do_fraction:
+            fraction_counts(fractions, len(data.split["train"]))
+
+    study = Study.open(exp, out_dir, "robustness", progress=progress, check=check)
+    data = study.data
     n_train = len(data.split["train"])
     counts = fraction_counts(fractions, n_train) if do_fraction else {}
-    make_folders(out, "study folder")  # only once every check has passed: a refused study leaves nothing
-    save_config(cfg, out / "config.yaml")
-    (out / "environment.json").write_text(json.dumps(environment(), indent=1))
-    save_split(data.split, out / "split.json")
-    log.info("robustness study %s: models %s (baseline %s), seeds %s%s%s", study, ", ".join(names), baseline, seeds,
+    log.info("robustness study %s: models %s (baseline %s), seeds %s%s%s", kind_of_study, ", ".join(names), baseline, seeds,
              f"; noise {', '.join(kinds)} at levels {', '.join(f'{v:g}' for v in levels)}" if do_noise else "",
              f"; fractions {', '.join(f'{f:g} ({counts[f]} cases)' for f in fractions)}" if do_fraction else "")
 
     # training: the full runs (noise study and fraction 1), then the fraction runs
-    runs: dict[tuple[str, float, int], Path] = {}
-    best_epochs: dict[Path, int] = {}
     wanted = ([1.0] if do_noise or 1.0 in fractions else []) + ([f for f in fractions if f < 1] if do_fraction else [])
+    runs: list[Run] = []
     for fraction in wanted:
         run_data = fraction_data(data, fraction, cfg.data.split.seed)
         for seed in seeds:
             for m in cfg.models:
-                run_cfg = copy.deepcopy(cfg)
-                run_cfg.train.seed = seed
-                run_dir = out / "runs" / m.name / f"seed{seed}"
-                if fraction < 1:
-                    run_cfg.data.train_cases = fraction
-                    run_dir = out / "runs" / m.name / frac_name(fraction) / f"seed{seed}"
-                log.info("training %s, seed %d, %d training cases (%s)", m.name, seed, len(run_data.split["train"]), run_dir)
-                last = train_or_resume(run_cfg, m, run_dir, run_data, progress,
-                                       Experiment(run_cfg, exp.fmt, exp.info, exp.spec))
-                write_curves(run_dir, last, f"{cfg.name}: {m.name}, seed {seed}, {len(run_data.split['train'])} training cases")
-                runs[(m.name, fraction, seed)] = run_dir
-                best_epochs[run_dir] = int(last["training"]["best_epoch"])
+                folder = Path("runs") / m.name / (frac_name(fraction) if fraction < 1 else "") / f"seed{seed}"
+                extra = {"train_cases": fraction} if fraction < 1 else {}
+                runs.append(study.run(m.name, seed, folder, model_cfg=m, data=run_data, fraction=fraction,
+                                      n_train=len(run_data.split["train"]), **extra))
+    study.train(runs, title=lambda r: f"{cfg.name}: {r.condition}, seed {r.seed}, {r.fields['n_train']} training cases")
 
-    memo = ScoreMemo(out / "scores.jsonl")
-    result = RobustnessResult(out, baseline)
+    result = RobustnessResult(study.out, baseline)
     test = data.cases("test")
-    device, precision = cfg.train.device, cfg.train.precision
     if do_noise:
-        full = {(name, seed): runs[(name, 1.0, seed)] for name in names for seed in seeds}
-        result.rows += noise_rows(full, test, cfg, exp.spec, kinds, levels, noise_seed, memo, device,
-                                  precision, best_epochs, n_train)
+        full = sorted((r for r in runs if r.fields["fraction"] == 1.0), key=lambda r: (names.index(r.condition), r.seed))
+        result.rows += noise_rows(study, full, test, kinds, levels, noise_seed, n_train)
         result.noise_table, paired = cell_table(result.rows, "noise", ("kind", "level"), names, baseline)
         result.paired += paired
     if do_fraction:
-        chosen = {k: v for k, v in runs.items() if k[1] in fractions}
-        result.rows += fraction_rows(chosen, test, counts, memo, device, precision, best_epochs)
+        chosen = [r for r in runs if r.fields["fraction"] in fractions]
+        result.rows += fraction_rows(study, chosen, test, counts)
         result.fraction_table, paired = cell_table(result.rows, "fraction", ("fraction",), names, baseline)
         result.paired += paired
     write_outputs(result, do_noise, do_fraction)
-    result.figures = make_figures(result, names, kinds if do_noise else [], do_fraction)
+    from pdeseg.viz.study_figures import robustness_figures
+
+    result.figures = robustness_figures(result.out_dir, METRICS, result.noise_table, result.fraction_table, names,
+                                        kinds if do_noise else [], do_fraction)
     write_report(result, cfg, seeds, names, kinds if do_noise else [], levels if do_noise else [],
                  fractions if do_fraction else [], counts, noise_seed, n_train)
     return result
@@ -486,71 +330,42 @@ def field_of_view_diagonal(case: CachedCase) -> float:
     return float(np.linalg.norm(np.asarray(case.meta["shape"], float) * np.asarray(case.meta["spacing"], float)))
 
 
-def _score_one(predictor: Predictor, case: CachedCase) -> dict[str, Any]:
-    """The score row of one case, with ``hd95_mean``."""
-    (row,) = score(predictor, [case], "volume", with_hd95=True).rows
-    return {**row, "hd95_mean": hd95_mean(row, field_of_view_diagonal(case))}
-
-
-def in_memory_case(template: CachedCase, image: np.ndarray) -> CachedCase:
-    """A cached case (same id, meta and label as ``template``) holding another normalised
-    ``image (C, X, Y, Z)``, stored as the cache stores it (float16, slice-major); nothing is
-    written to disk.
-
-    Raises:
-        ValueError: the image's grid differs from the template's (a preprocessing mismatch).
-    """
-    if list(image.shape[1:]) != list(template.meta["shape"]):
-        raise ValueError(f"case {template.case_id}: preprocessed grid {image.shape[1:]} differs from the cached "
-                         f"{tuple(template.meta['shape'])}")
-    case = CachedCase(template.case_id, template.path, template.meta)
-    case._image = np.ascontiguousarray(image.transpose(3, 0, 1, 2)).astype(np.float16)
-    case._label = template.label
-    return case
-
-
-def perturbation_region(image: np.ndarray, normalization: str) -> tuple[np.ndarray | None, np.ndarray]:
-    """``(mask, scale)`` of a raw case for :func:`perturb`: the voxels where any channel is
-    non-zero for normalisations that treat zeros as background (:data:`ZERO_IS_BACKGROUND`),
-    else None (every voxel); and the per-channel :func:`intensity_scale` inside that mask."""
-    mask = nonzero_mask(image) if normalization in ZERO_IS_BACKGROUND else None
-    return mask, intensity_scale(image, mask)
+def _score_cases(predictor: Predictor, cases: list[CachedCase]):
+    """The score rows of cases (whole volumes, HD95), each with ``hd95_mean``."""
+    result = score(predictor, cases, "volume", with_hd95=True)
+    diagonals = {c.case_id: field_of_view_diagonal(c) for c in cases}
+    result.rows = [{**row, "hd95_mean": hd95_mean(row, diagonals[row["case"]])} for row in result.rows]
+    return result
 
 
 def preprocessed_case(template: CachedCase, raw: np.ndarray, spacing: Sequence[float], prep: Preprocessing) -> CachedCase:
     """``raw (C, X, Y, Z)`` intensities of ``template``'s case through ``prep`` (as the cache
-    does it), held in memory as a cached case (:func:`in_memory_case`)."""
+    does it), held in memory as the same cached case (:meth:`CachedCase.with_image`)."""
     image, _, _ = prep.apply(raw, spacing)
-    return in_memory_case(template, image)
+    return template.with_image(image)
 
 
-def condition_key(memo: ScoreMemo, checkpoint: Path, kind: str, level: float, noise_seed: int, case_id: str) -> str:
-    """Memo key of a checkpoint's score on a case: the clean image (level 0, whatever the kind
-    and noise seed; shared by the noise study's level 0 and the fraction study) or a perturbation."""
-    if level == 0:
-        return memo.key(checkpoint, "clean", case_id)
-    return memo.key(checkpoint, "noise", kind, repr(float(level)), int(noise_seed), case_id)
-
-
-def noise_rows(runs: dict[tuple[str, int], Path], test: list[CachedCase], cfg: ExperimentConfig, spec,
-               kinds: list[str], levels: list[float], noise_seed: int, memo: ScoreMemo, device: str, precision: str,
-               best_epochs: dict[Path, int], n_train: int) -> list[dict[str, Any]]:
+def noise_rows(study: Study, runs: list[Run], test: list[CachedCase], kinds: list[str], levels: list[float],
+               noise_seed: int, n_train: int) -> list[dict[str, Any]]:
     """Score rows of every run's best checkpoint on every test case under every (kind, level).
 
-    Each test case is read once from its source files (``spec``: the experiment's
-    :class:`~pdeseg.config.PreprocessSpec`, for the format and channels); the perturbed raw
-    image goes through each model's :class:`~pdeseg.data.preprocess.Preprocessing` (once per
-    distinct one) into an in-memory case, never into the cache. Level 0 is scored once and
-    reported under every kind."""
+    Each test case is read once from its source files; the perturbed raw image goes through
+    each model's :class:`~pdeseg.data.pipeline.preprocess.Preprocessing` (once per distinct one) into an
+    in-memory case, never into the cache. Level 0 (the clean image, whatever the kind and noise
+    seed) is scored once, shared with the fraction study, and reported under every kind."""
+    cfg, spec = study.cfg, study.exp.spec
     conditions = [(kind, level, "clean" if level == 0 else kind) for kind, level in itertools.product(kinds, levels)]
-    keys = {(name, seed, effective, level, case.case_id): condition_key(memo, run_dir / "best.pt", effective, level,
-                                                                        noise_seed, case.case_id)
-            for (name, seed), run_dir in runs.items() for _, level, effective in conditions for case in test}
-    predictors: dict[tuple[str, int], Predictor] = {}
+
+    def what(effective: str, level: float) -> tuple:
+        return ("clean",) if level == 0 else ("noise", effective, repr(float(level)), int(noise_seed))
+
+    def have(run: Run, effective: str, level: float, case: CachedCase) -> dict | None:
+        return study.store.get(study.store.key(run.best, *what(effective, level), case.case_id))
+
     sources: dict[str, Any] = {}
     for i, template in enumerate(test):
-        todo = sorted({(effective, level, name, seed) for (name, seed) in runs for _, level, effective in conditions
-                       if memo.get(keys[(name, seed, effective, level, template.case_id)]) is None})
+        todo = sorted({(effective, level, j) for j, run in enumerate(runs) for _, level, effective in conditions
+                       if have(run, effective, level, template) is None})
         if not todo:
             continue
         if not sources:
@@ -563,53 +378,33 @@ def noise_rows(runs: dict[tuple[str, int], Path], test: list[CachedCase], cfg: E
             raw = perturb(loaded.image, KINDS[0] if level == 0 else effective, level, seed=noise_seed,
                           case_id=template.case_id, scale=scale, mask=mask)
             prepared: dict[str, CachedCase] = {}
-            for _, _, name, seed in group:
-                if (name, seed) not in predictors:
-                    predictors[(name, seed)] = Predictor.from_checkpoint(runs[(name, seed)] / "best.pt", InferenceOptions(device=device, precision=precision))
-                predictor = predictors[(name, seed)]
+            for _, _, j in group:
+                predictor = study.predictor(runs[j])
                 prep = Preprocessing.of(predictor.spec)
                 if prep.key() not in prepared:
                     prepared[prep.key()] = preprocessed_case(template, raw, loaded.spacing, prep)
-                memo.put(keys[(name, seed, effective, level, template.case_id)], _score_one(predictor, prepared[prep.key()]))
+                study.scores(runs[j], what(effective, level), [prepared[prep.key()]],
+                             lambda cases, p=predictor: _score_cases(p, cases), summary=False)
     rows = []
     for kind, level, effective in conditions:
-        for (name, seed), run_dir in runs.items():
+        for run in runs:
             for case in test:
-                rows.append(_noise_row(memo.get(keys[(name, seed, effective, level, case.case_id)]), name, seed, kind, level,
-                                       case, best_epochs[run_dir], n_train))
+                rows.append({"study": "noise", "model": run.condition, "seed": run.seed, "kind": kind, "level": level,
+                             "fraction": 1.0, "n_train": n_train, "split": "test", "best_epoch": run.best_epoch,
+                             **have(run, effective, level, case), "case": case.case_id})
     return rows
 
 
-def _noise_row(row: dict, name: str, seed: int, kind: str, level: float, case: CachedCase, best_epoch: int,
-               n_train: int) -> dict[str, Any]:
-    return {"study": "noise", "model": name, "seed": seed, "kind": kind, "level": level, "fraction": 1.0,
-            "n_train": n_train, "split": "test", "best_epoch": best_epoch, **row, "case": case.case_id}
-
-
-def fraction_rows(runs: dict[tuple[str, float, int], Path], test: list[CachedCase], counts: dict[float, int],
-                  memo: ScoreMemo, device: str, precision: str, best_epochs: dict[Path, int]) -> list[dict[str, Any]]:
+def fraction_rows(study: Study, runs: list[Run], test: list[CachedCase], counts: dict[float, int]) -> list[dict[str, Any]]:
     """Score rows of every fraction run's best checkpoint on the clean test cases."""
     rows = []
-    for (name, fraction, seed), run_dir in sorted(runs.items()):
-        ckpt = run_dir / "best.pt"
-        predictor = None
-        for case in test:
-            key = condition_key(memo, ckpt, "clean", 0.0, 0, case.case_id)
-            row = memo.get(key)
-            if row is None:
-                if predictor is None:
-                    log.info("fraction study: scoring %s", run_dir)
-                    predictor = Predictor.from_checkpoint(ckpt, InferenceOptions(device=device, precision=precision))
-                row = _score_one(predictor, case)
-                memo.put(key, row)
-            rows.append({"study": "fraction", "model": name, "seed": seed, "fraction": fraction, "n_train": counts[fraction],
-                         "split": "test", "best_epoch": best_epochs[run_dir], **row, "case": case.case_id})
+    for run in sorted(runs, key=lambda r: (r.condition, r.fields["fraction"], r.seed)):
+        scored = study.scores(run, ("clean",), test, lambda cases, r=run: _score_cases(study.predictor(r), cases))
+        for row in scored.rows:
+            rows.append({"study": "fraction", "model": run.condition, "seed": run.seed, "fraction": run.fields["fraction"],
+                         "n_train": counts[run.fields["fraction"]], "split": "test", "best_epoch": run.best_epoch, **row,
+                         "case": row["case"]})
     return rows
-
-
-# --------------------------------------------------------------------------------------
-# aggregation
-# --------------------------------------------------------------------------------------
 
 
 def _seed_means(rows: list[dict], key: str) -> dict[int, float]:
@@ -744,43 +539,6 @@ def write_outputs(result: RobustnessResult, noise: bool, fraction: bool) -> None
             write_csv(out / f"{name}.csv", _flat(table))
             (out / f"{name}.md").write_text(table_markdown(table, name, result.baseline) + "\n" + "\n".join(
                 p.sentence() for p in result.paired if f"({name}:" in p.metric) + "\n")
-
-
-def _curves(table: list[dict], names: list[str], x_key: str, key: str, bounds: tuple[float, float], **where
-            ) -> dict[str, tuple]:
-    """``{model: (xs, means, los, his)}`` of ``key`` against ``x_key`` for the rows matching
-    ``where``; the interval clipped to the metric's ``bounds`` (a t-interval over 2 seeds can
-    reach far outside them)."""
-    curves = {}
-    for name in names:
-        mine = sorted((r for r in table if r["model"] == name and all(r.get(k) == v for k, v in where.items())),
-                      key=lambda r: r[x_key])
-        if mine:
-            xs, means, los, his = (np.array(vals, dtype=float) for vals in zip(
-                *[(r[x_key], r[key]["mean"], r[key]["lo"], r[key]["hi"]) for r in mine]))
-            curves[name] = (xs, means, np.clip(los, *bounds), np.clip(his, *bounds))
-    return curves
-
-
-def make_figures(result: RobustnessResult, names: list[str], kinds: list[str], fraction: bool) -> list[tuple[str, str]]:
-    """``figures/noise_<kind>.png`` and ``figures/fraction.png``; returns (relative path, caption)."""
-    from pdeseg.viz.figures import plot_against
-
-    fig_dir = result.out_dir / "figures"
-    fig_dir.mkdir(exist_ok=True)
-    figures = []
-    for kind in kinds:
-        panels = [(heading, _curves(result.noise_table, names, "level", key, bounds, kind=kind))
-                  for key, heading, bounds in METRICS]
-        plot_against(panels, "level", fig_dir / f"noise_{kind}.png", title=f"{kind} perturbation")
-        figures.append((f"figures/noise_{kind}.png", f"Test Dice and HD95 against the {kind} level, one line per model "
-                        "(mean over seeds; band: 95% t-interval, clipped to the metric's range)."))
-    if fraction:
-        panels = [(heading, _curves(result.fraction_table, names, "fraction", key, bounds)) for key, heading, bounds in METRICS]
-        plot_against(panels, "fraction of the training cases", fig_dir / "fraction.png", title="label fraction", log_x=True)
-        figures.append(("figures/fraction.png", "Test Dice and HD95 against the fraction of training cases, one line per "
-                        "model (mean over seeds; band: 95% t-interval, clipped to the metric's range)."))
-    return figures
 
 
 def write_report(result: RobustnessResult, cfg: ExperimentConfig, seeds: list[int], names: list[str], kinds: list[str],

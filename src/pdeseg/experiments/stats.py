@@ -208,3 +208,28 @@ def seed_noise_comparison(
         half = float(sps.t.ppf((1 + confidence) / 2, df)) * se
         lo, hi = diff - half, diff + half
     return SeedNoiseResult(model, baseline, metric, diff, lo, hi, a.size, b.size, confidence)
+
+
+# --------------------------------------------------------------------------------------
+# per-case score rows -> per-seed values and paired grids (every study's rows: one per
+# (condition, seed, split, case), the condition named by the field ``by``)
+# --------------------------------------------------------------------------------------
+
+
+def seed_means(rows: list[dict], by: str, name: str, split: str, key: str) -> list[float]:
+    """Mean over cases of ``key`` for each seed of ``name`` (the value of the rows' ``by``
+    field) on ``split``, seeds in increasing order; NaN for a seed whose rows lack ``key``."""
+    seeds = sorted({r["seed"] for r in rows if r[by] == name})
+    return [float(np.mean([r.get(key, np.nan) for r in rows if r[by] == name and r["seed"] == s and r["split"] == split]))
+            for s in seeds]
+
+
+def paired_grids(rows: list[dict], model: str, baseline: str, key: str, by: str = "model") -> tuple[np.ndarray, np.ndarray]:
+    """``(n_seeds, n_cases)`` test scores of ``model`` and ``baseline`` (values of the rows'
+    ``by`` field) on matching cases and seeds, for :func:`paired_comparison`."""
+    test = [r for r in rows if r["split"] == "test"]
+    seeds = sorted({r["seed"] for r in test if r[by] == model} & {r["seed"] for r in test if r[by] == baseline})
+    cases = sorted({r["case"] for r in test})
+    look = {(r[by], r["seed"], r["case"]): r[key] for r in test}
+    grid = lambda name: np.array([[look[(name, s, c)] for c in cases] for s in seeds])  # noqa: E731
+    return grid(model), grid(baseline)

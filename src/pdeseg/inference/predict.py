@@ -50,7 +50,7 @@ from pdeseg.data.files import blocking_path, describe_blocker
 from pdeseg.data.formats import DataFormat, get_format
 from pdeseg.data.pipeline.preprocess import Preprocessing
 from pdeseg.errors import CheckpointError, DataError, PdesegError, RunFolderError
-from pdeseg.inference.options import WINDOW_OVERLAP, InferenceOptions
+from pdeseg.inference.options import InferenceOptions
 from pdeseg.inference.postprocess import PostProcessing
 from pdeseg.nn.output import OutputHead, class_probabilities, head_of, logits_from_probabilities, predicted_classes
 from pdeseg.progress import counter, track

@@ -104,6 +104,27 @@ class CachedCase:
         """Foreground classes (>= 1) present in the label, increasing."""
         return list(self.meta.get("fg_classes", []))
 
+    def with_image(self, image: np.ndarray) -> CachedCase:
+        """The same case (id, meta, label, objects, field of view) holding another normalised
+        image in memory, stored as the cache stores it (float16, slice-major); nothing is
+        written to disk. For scoring a model on a perturbed copy of a case.
+
+        Args:
+            image: ``(C, X, Y, Z)`` normalised intensities on this case's grid.
+
+        Raises:
+            ValueError: the image's grid differs from the case's (a preprocessing mismatch).
+        """
+        if list(image.shape[1:]) != list(self.meta["shape"]):
+            raise ValueError(f"case {self.case_id}: preprocessed grid {tuple(image.shape[1:])} differs from the cached "
+                             f"{tuple(self.meta['shape'])}")
+        copy = CachedCase(self.case_id, self.path, self.meta)
+        copy._image = np.ascontiguousarray(np.asarray(image).transpose(3, 0, 1, 2)).astype(np.float16)
+        for name in ("label", "instances", "valid"):  # shared with this case (memory-mapped, read-only)
+            if hasattr(self, f"_{name}"):
+                setattr(copy, f"_{name}", getattr(self, f"_{name}"))
+        return copy
+
     def foreground(self, k: int) -> np.ndarray:
         """Stored ``(x, y, z)`` voxel coordinates of class ``k``, int32 ``(n, 3)``; ``n`` is 0
         when the class is absent."""
