@@ -21,7 +21,8 @@ patches ``--patch`` (the config's: 4 x 1 x 40x56x40, 3 classes):
 * peak memory: as in ``bench_3d.py`` (CUDA max allocated, or the peak-RSS increase of one
   spawned process per model; inference before training), for training.
 
-Figures are medians of ``--repeats`` after ``--warmup``. ``unet3d`` and ``default`` run
+Figures are medians of ``--repeats`` after ``--warmup``. ``unet3d``, ``default`` and ``default_unfused``
+(the same layer taking each step term by term, as before the step was fused) run
 together with their repeats interleaved (so the headline ratio, checked against issue 11's
 target of <= 10 % extra training time, shares the machine's load); the other variants run
 one after another; ``--interleave`` keeps them all in memory and interleaves everything.
@@ -52,6 +53,7 @@ BASELINE, DEFAULT = "unet3d", "default"
 VARIANTS = {
     BASELINE: None,
     DEFAULT: {},
+    "default_unfused": {},
     "k1": {"pde_steps": 1, "pde_solver": "semi_implicit"},
     "k4": {"pde_steps": 4, "pde_solver": "semi_implicit"},
     "explicit": {"pde_solver": "explicit"},
@@ -63,6 +65,9 @@ VARIANTS = {
     "all_levels": {"pde_positions": [0, 1, 2, "bottleneck"]},
     "kernel5": {"pde_kernel_size": 5},
 }
+#: Variants whose PDE layers take each step term by term (``PDELayer.fused = False``: the
+#: step before it was fused into one depthwise stencil), to measure what the fusion saves.
+UNFUSED = ("default_unfused",)
 TARGET = 1.10  # issue 11: the default configuration costs <= 10 % extra training time
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pde3d_hippocampus.yaml"
 QUICK = {"patch": [16, 24, 16], "batch": 1, "repeats": 1, "warmup": 0}
@@ -77,10 +82,12 @@ def variant_kwargs(pde_kwargs: dict, name: str) -> dict:
     return {**pde_kwargs, **change}
 
 
-def describe(kw: dict) -> str:
+def describe(kw: dict, name: str = "") -> str:
     """One line for the table: K, solver, inner sweeps, operator, stencil, positions."""
     if "pde_steps" not in kw:
         return "backbone, no PDE layer"
+    if name in UNFUSED:
+        return describe(kw) + ", step term by term (unfused)"
     n = kw.get("pde_inner_iterations", 1)
     inner = "" if kw.get("pde_solver") == "explicit" else f" ({n} {kw.get('pde_inner_method', 'jacobi')} sweep{'s' * (n > 1)})"
     k = kw.get("pde_kernel_size", 3)
@@ -111,6 +118,10 @@ class _Worker(WorkerBase):
 
         kwargs = {"spatial_dims": 3, "in_channels": c, "out_channels": k, **opts["kwargs"][name]}
         model = build_model(BASELINE if VARIANTS[name] is None else "pde3d_unet", **kwargs).to(device)
+        if name in UNFUSED:
+            for layer in model.modules():
+                if hasattr(layer, "fused"):
+                    layer.fused = False
         self.model = model
         self.info = {"variant": name, "kwargs": kwargs, "params": count_parameters(model), "threads": torch.get_num_threads()}
         loss_fn = build_loss(opts["loss"]).to(device)
@@ -173,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"memory: {mem_measure}\n", flush=True)
 
     t_start, load0 = time.perf_counter(), os.getloadavg()[0]
-    paired = [n for n in (BASELINE, DEFAULT) if n in args.variants]
+    paired = [n for n in (BASELINE, DEFAULT, *UNFUSED) if n in args.variants]
     groups = [list(args.variants)] if args.interleave else ([paired] if paired else []) + [[n] for n in args.variants if n not in paired]
     results = run_groups(_Worker, groups, opts, lambda workers: measure_phases(workers, args.warmup, args.repeats), join_timeout=60)
     for r in results.values():
@@ -191,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             "train_memory": r["train_peak_mib"] / base["train_peak_mib"] if base["train_peak_mib"] > 0 else None}
         extra = f" (+{r['params'] - base['params']:,})" if base is not None and name != BASELINE else ""
         cell = [f"{q[k]:.2f}" if q.get(k) is not None else "-" for k in ("train_time", "infer_time", "train_memory")]
-        print(f"| `{name}` | {describe(r['kwargs'])} | {r['params']:,}{extra} | {1e3 * r['train_median_s']:.0f} | {cell[0]} "
+        print(f"| `{name}` | {describe(r['kwargs'], name)} | {r['params']:,}{extra} | {1e3 * r['train_median_s']:.0f} | {cell[0]} "
               f"| {1e3 * r['infer_median_s']:.0f} | {cell[1]} | {r['train_peak_mib']:.0f} | {cell[2]} |")
 
     spread = largest_spread(results)

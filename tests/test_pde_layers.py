@@ -307,3 +307,66 @@ def test_pde3d_unet_positions_and_parameter_groups():
     for layer in net.pde.values():
         assert {id(p) for p in layer.coefficients.parameters()} | {id(p) for p in layer.stencils.parameters()} <= pde
     assert groups["pde"]["weight_decay"] == 0 and groups["pde"]["lr"] == pytest.approx(1e-2)
+
+
+@pytest.mark.parametrize("d,solver,operator,kernel,sweeps,reaction,groups", [
+    (3, "semi_implicit", "isotropic", 3, 1, "linear", 1),  # PDE3D-UNet's default
+    (3, "crank_nicolson", "anisotropic", 5, 3, "mlp", 2),
+    (3, "explicit", "general", 3, 1, "linear", 1),
+    (2, "semi_implicit", "general", 5, 2, "none", 2),
+    (2, "explicit", "anisotropic", 5, 1, "mlp", 1),
+])
+def test_the_fused_step_equals_the_step_term_by_term(d, solver, operator, kernel, sweeps, reaction, groups):
+    """In float64 the one-stencil step and the term-by-term step agree to rounding: the
+    output, the implicit residual, and the gradients of the input and of every parameter."""
+    torch.manual_seed(0)
+    layer = PDELayer(4, d, steps=2, solver=solver, operator=operator, kernel_size=kernel, order=2 if kernel == 3 else 3,
+                     inner_iterations=sweeps, reaction=reaction, groups=groups, spacing=(1.0, 1.5, 2.0)[:d],
+                     init_strength=0.3).double()
+    with torch.no_grad():  # away from the initial (near-identity) coefficients and zero reaction
+        for p in layer.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    u = torch.randn((2, 4) + ((7, 6, 5) if d == 3 else (9, 7)), dtype=torch.float64, requires_grad=True)
+    results = []
+    for fused in (True, False):
+        layer.fused = fused
+        layer.zero_grad()
+        u.grad = None
+        y, r = layer.evolve(u)
+        (y.pow(2).sum() + 10 * r).backward()
+        results.append([y.detach(), r.detach(), u.grad.clone()] + [p.grad.clone() for p in layer.parameters()
+                                                                    if p.grad is not None])
+    assert len(results[0]) == len(results[1]) > 3
+    for a, b in zip(*results):
+        assert float((a - b).abs().max() / b.abs().max().clamp_min(1e-12)) < 1e-9
+    if solver != "explicit":
+        assert float(results[1][1]) > 0  # the residual is compared where there is one
+
+
+def test_the_default_pde3d_unet_gives_the_same_logits_and_gradients_fused_or_not():
+    """float32, as trained: the default model's logits agree to 1e-6 and every gradient to
+    1e-5 (relative to the largest entry) whichever way its PDE layer takes a step."""
+    from pdeseg.registry import build_model
+
+    torch.manual_seed(0)
+    model = build_model("pde3d_unet", spatial_dims=3, in_channels=1, out_channels=3, features=[8, 16, 32, 64])
+    x = torch.randn(2, 1, 24, 32, 24)
+    out = []
+    for fused in (True, False):
+        for layer in model.modules():
+            if hasattr(layer, "fused"):
+                layer.fused = fused
+        model.zero_grad()
+        result = model(x)
+        logits = result["logits"]
+        logits = logits[0] if isinstance(logits, (list, tuple)) else logits
+        (logits.pow(2).mean() + result["pde_residual"]).backward()
+        out.append((logits.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    (a, ga), (b, gb) = out
+    assert float((a - b).abs().max() / b.abs().max()) < 1e-6
+    assert all(float((x - y).abs().max() / y.abs().max().clamp_min(1e-12)) < 1e-5 for x, y in zip(ga, gb))
+
+
+def test_red_black_sweeps_are_not_fused():
+    assert PDELayer(4, 3).fused and not PDELayer(4, 3, inner_method="gauss_seidel").fused
+    assert not PDELayer(4, 3, fused=False).fused
