@@ -277,9 +277,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     others written, 2 when none could be written (or the run was refused)."""
     from pdeseg.inference.predict import predict_folder
 
+    dicom_read = {"series": args.series, "gantry_tilt": args.gantry_tilt}
     report = predict_folder(args.checkpoint, args.input, args.output, _inference_options(args),
                             progress=not args.no_progress, overwrite=args.overwrite, convention=args.label_convention,
-                            mask_format=args.mask_format)
+                            mask_format=args.mask_format, input_format=args.input_format,
+                            read_options=dicom_read if any(v is not None for v in dicom_read.values()) else None,
+                            output_format=args.output_format, seg_type=args.seg_type)
     if not report.written:
         log.error("no segmentation written: every case was skipped (%s)", report.summary())
         return 2
@@ -649,6 +652,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-slice masks for slice data sets such as LGG (default png; 0/255 for binary tasks)")
     s.add_argument("--overwrite", action="store_true",
                    help="replace existing output files (an input case's own files are never replaced)")
+    s.add_argument("--input-format", choices=["dicom"],
+                   help="read --input as DICOM series (default: DICOM when it holds DICOM files, else the model's format)")
+    s.add_argument("--series", action="append", metavar="CHANNEL=PATTERN[,PATTERN]",
+                   help="DICOM, several channels: SeriesDescription glob patterns (case-insensitive) of a channel's series "
+                        "in each study (repeat per channel; default rules for the BraTS channels flair, t1, t1ce, t2)")
+    s.add_argument("--gantry-tilt", choices=FORMATS["dicom"].read_options["gantry_tilt"],
+                   help="DICOM: refuse a gantry-tilted stack (default) or resample it onto an orthogonal grid")
+    s.add_argument("--output-format", choices=FORMATS["dicom"].write_options["output_format"],
+                   help="DICOM input: write a DICOM-SEG per case (default), the NIfTI label map, or both")
+    s.add_argument("--seg-type", choices=FORMATS["dicom"].write_options["seg_type"],
+                   help="DICOM-SEG: binary masks (default) or fractional class probabilities")
     _add_inference_options(s)
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_predict)

@@ -313,7 +313,38 @@ def _microscopy() -> list[DataFormat]:
     ]
 
 
-FORMATS: dict[str, DataFormat] = {f.name: f for f in (_brats(), _lgg(), _msd(), *_microscopy())}
+def _find_dicom(root, modalities, require_label=False, skipped=None, **options):
+    from pdeseg.data.readers.dicom import find_dicom_cases
+
+    return find_dicom_cases(root, modalities, require_label, skipped, **options)
+
+
+def _dicom_outputs(case, out_dir: Path, output_format: str = "dicom-seg", seg_type: str | None = None) -> list[Path]:
+    from pdeseg.data.readers.dicom_seg import output_paths
+
+    return output_paths(case, out_dir, output_format)
+
+
+def _write_dicom(classes, loaded, out_dir: Path, output_format: str = "dicom-seg", seg_type: str = "binary") -> Path:
+    from pdeseg.data.readers.dicom_seg import write_prediction
+
+    return write_prediction(classes, loaded, out_dir, output_format, seg_type)
+
+
+def _dicom() -> DataFormat:
+    from pdeseg.data.readers.dicom import TILT_MODES
+    from pdeseg.data.readers.dicom_seg import OUTPUT_FORMATS, SEG_TYPES
+
+    return DataFormat(
+        name="dicom", description="DICOM image series (one case per series, or per study with series rules for several "
+        "channels); predictions as DICOM-SEG and/or NIfTI; prediction input only", modalities=(), class_names=(),
+        find_cases=_find_dicom, write=_write_dicom, outputs=_dicom_outputs,
+        write_options={"output_format": OUTPUT_FORMATS, "seg_type": SEG_TYPES},
+        read_options={"series": None, "gantry_tilt": TILT_MODES},
+    )
+
+
+FORMATS: dict[str, DataFormat] = {f.name: f for f in (_brats(), _lgg(), _msd(), *_microscopy(), _dicom())}
 
 
 def get_format(name: str) -> DataFormat:

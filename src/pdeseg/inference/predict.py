@@ -49,7 +49,7 @@ from pdeseg.data.case import LoadedCase
 from pdeseg.data.files import blocking_path, describe_blocker
 from pdeseg.data.formats import DataFormat, get_format
 from pdeseg.data.pipeline.preprocess import Preprocessing
-from pdeseg.errors import CheckpointError, DataError, PdesegError, RunFolderError
+from pdeseg.errors import CheckpointError, ConfigError, DataError, PdesegError, RunFolderError
 from pdeseg.inference.options import InferenceOptions
 from pdeseg.inference.postprocess import PostProcessing
 from pdeseg.nn.output import OutputHead, class_probabilities, head_of, logits_from_probabilities, predicted_classes
@@ -354,12 +354,18 @@ class Predictor:
         """
         return self.finish(predicted_classes(self.predict_logits(image, progress)[None], self.head)[0].numpy().astype(np.uint8))
 
-    def predict_case(self, case, progress: bool = False) -> tuple[LoadedCase, np.ndarray]:
+    def predict_case(self, case, progress: bool = False, with_probabilities: bool = False):
         """Read (images only: labels are not needed, so a broken label file cannot stop a
-        prediction), preprocess and segment one case of the spec's data format.
+        prediction), preprocess and segment one case (of the spec's data format, or any format
+        whose cases give the model's channels, such as DICOM series).
+
+        Args:
+            with_probabilities: also return the class probabilities ``(K, *spatial)`` float32
+                on the input's grid (before post-processing), e.g. for a fractional DICOM-SEG.
 
         Returns:
-            ``(loaded case without label, classes (*spatial))``.
+            ``(loaded case without label, classes (*spatial))``, and the probabilities with
+            ``with_probabilities``.
 
         Raises:
             DataError: a file of the case is unreadable or inconsistent, or its channels do
@@ -370,7 +376,10 @@ class Predictor:
         shape = tuple(loaded.image.shape[1:])
         if tuple(logits.shape[2:]) != shape:  # trained at target_spacing: logits back to the input's grid
             logits = F.interpolate(logits, size=shape, mode="trilinear" if len(shape) == 3 else "bilinear", align_corners=False)
-        return loaded, self.finish(predicted_classes(logits, self.head)[0].numpy().astype(np.uint8))
+        classes = self.finish(predicted_classes(logits, self.head)[0].numpy().astype(np.uint8))
+        if with_probabilities:
+            return loaded, classes, class_probabilities(logits, self.head)[0].numpy().astype(np.float32)
+        return loaded, classes
 
     def finish(self, classes: np.ndarray) -> np.ndarray:
         """A whole case's label map after the predictor's post-processing (unchanged when off)."""
@@ -471,6 +480,46 @@ def _skip(report: PredictionReport, case_id: str, reason: str) -> None:
     log.warning("skipped case %s: %s", case_id, _first_line(reason))
 
 
+def _input_format(predictor: Predictor, input_dir: str | Path, name: str | None) -> DataFormat:
+    """The format the input is read with: ``name``, else DICOM for a folder of DICOM files,
+    else the checkpoint's. A DICOM case gives any model its channels; other formats must be
+    the checkpoint's own (their classes and label values are the model's)."""
+    from pdeseg.data.readers.dicom import is_dicom_folder
+
+    if name is None:
+        name = "dicom" if predictor.format.name != "dicom" and is_dicom_folder(input_dir) else predictor.format.name
+    if name not in ("dicom", predictor.format.name):
+        raise ConfigError(f"input format {name!r}: this model reads {predictor.format.name} cases (or DICOM series)")
+    return get_format(name)
+
+
+def _placeable(cases: list, skipped: dict[str, str]) -> list:
+    """The DICOM cases a SEG can be derived from (the reference series has a frame of
+    reference); the others are put in ``skipped`` before any is segmented."""
+    kept = []
+    for case in cases:
+        if not case.reference.frame_of_reference:
+            skipped[case.case_id] = (f"{case.reference.label}: no FrameOfReferenceUID, so a DICOM-SEG cannot be placed on "
+                                     "it; use --output-format nifti")
+        else:
+            kept.append(case)
+    return kept
+
+
+def _write_dicom(predictor: Predictor, classes: np.ndarray, loaded: LoadedCase, out_dir: Path, write_options: dict,
+                 probabilities: list) -> Path:
+    """Write a DICOM case's prediction (SEG segments named by the model's classes or regions)."""
+    from pdeseg.data.readers.dicom_seg import segments_for, write_prediction
+
+    spec = predictor.spec
+    segments = segments_for(spec.class_names, spec.regions, spec.output)
+    try:
+        return write_prediction(classes, loaded, out_dir, segments=segments, probabilities=probabilities[0] if probabilities
+                                else None, description=f"pdeseg {predictor.name}", **write_options)
+    except OSError as exc:
+        raise RunFolderError(f"cannot write the prediction of {loaded.case.case_id} under {out_dir}: {exc}") from exc
+
+
 def _write(fmt: DataFormat, classes: np.ndarray, loaded: LoadedCase, out_dir: Path, write_options: dict) -> Path:
     """Write one prediction; an OSError (disk full, permissions) stops the run as a RunFolderError."""
     try:
@@ -559,6 +608,8 @@ def predict_folder(
     options: InferenceOptions | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    input_format: str | None = None,
+    read_options: dict | None = None,
     **write_options,
 ) -> PredictionReport:
     """Segment one case folder or a folder of cases, writing each in the input's own format
@@ -581,8 +632,14 @@ def predict_folder(
             (:class:`~pdeseg.inference.options.InferenceOptions`).
         progress: show progress (over cases, and over the windows or slices of each case).
         overwrite: replace existing output files (input files are never replaced).
+        input_format: ``dicom`` to read DICOM series (cases of the model's channels, see
+            :mod:`pdeseg.data.readers.dicom`); None: DICOM when the input folder holds DICOM
+            files, else the checkpoint's own data format.
+        read_options: the input format's reading options (DICOM: ``series`` rules,
+            ``gantry_tilt``); None values mean the default.
         write_options: the data format's output options (``convention`` for BraTS,
-            ``mask_format`` for LGG); None values mean the default.
+            ``mask_format`` for LGG, ``output_format`` and ``seg_type`` for DICOM); None
+            values mean the default.
 
     Returns:
         the written files or case folders and the skipped cases with their reasons
@@ -603,22 +660,38 @@ def predict_folder(
     if predictor.tta:
         log.info("test-time augmentation: probabilities averaged over %d mirrorings per forward pass",
                  len(flip_sets(predictor.spec.spatial_dims)))
-    fmt, out_dir = predictor.format, Path(output_dir).expanduser()
+    fmt, out_dir = _input_format(predictor, input_dir, input_format), Path(output_dir).expanduser()
+    read_options = {k: v for k, v in (read_options or {}).items() if v is not None}
+    fmt.check_read_options(read_options)
+    dicom = fmt.name == "dicom"
+    if dicom:
+        write_options = {"output_format": "dicom-seg", **{k: v for k, v in write_options.items() if v is not None}}
+        log.info("DICOM input: %s", "; ".join(f"{k}={v}" for k, v in {**read_options, **write_options}.items()))
     report = PredictionReport()
-    cases = fmt.find_cases(input_dir, predictor.modalities, require_label=False, skipped=report.skipped)
+    cases = fmt.find_cases(input_dir, predictor.modalities, require_label=False, skipped=report.skipped, **read_options)
+    if dicom and write_options["output_format"] != "nifti":
+        cases = _placeable(cases, report.skipped)
     for case_id, reason in report.skipped.items():
         log.warning("skipped case %s: %s", case_id, _first_line(reason))
     check_outputs(fmt, cases, predictor.modalities, out_dir, overwrite, **write_options)
     if cases:
         _make_folder(out_dir)
+    fractional = dicom and write_options.get("seg_type") == "fractional"
     for case in track(cases, "predicting", "case", enabled=progress):
         try:
-            loaded, classes = predictor.predict_case(case, progress)
+            loaded, classes, *probabilities = predictor.predict_case(case, progress, with_probabilities=fractional)
         except PdesegError as exc:
             _skip(report, case.case_id, str(exc))
             continue
         try:
-            path = _write(fmt, classes, loaded, out_dir, write_options)
+            if dicom:
+                try:
+                    path = _write_dicom(predictor, classes, loaded, out_dir, write_options, probabilities)
+                except DataError as exc:  # the source headers do not allow a SEG (reported, the others go on)
+                    _skip(report, case.case_id, str(exc))
+                    continue
+            else:
+                path = _write(fmt, classes, loaded, out_dir, write_options)
         except RunFolderError as exc:
             if not report.written:
                 raise  # nothing written: the run is refused as a whole (exit 2)
