@@ -251,7 +251,8 @@ def _inference_options(args: argparse.Namespace):
     from pdeseg.inference.options import InferenceOptions
 
     return InferenceOptions(device=args.device, precision=args.precision, batch_size=getattr(args, "batch_size", 16),
-                            overlap=args.overlap, tta=args.tta, stitch=args.stitch, postprocess=not args.no_postprocess)
+                            overlap=args.overlap, tta=args.tta, stitch=args.stitch, postprocess=not args.no_postprocess,
+                            skip_empty=not args.segment_empty_slices, compile=args.compile)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -456,6 +457,12 @@ def _add_inference_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--stitch", choices=STITCH_MODES, default="auto",
                    help="where sliding-window outputs are added up: on the GPU (device), in main memory (cpu, for "
                         "volumes too large for the GPU), or auto (the GPU when the output fits in its free memory)")
+    s.add_argument("--segment-empty-slices", action="store_true",
+                   help="slice models: also segment slices whose every channel is 0 (by default they are background "
+                        "without running the network)")
+    s.add_argument("--compile", action="store_true",
+                   help="run the network through torch.compile (compiled at the first batch; pays on long runs, see "
+                        "benchmarks/bench_predict.py)")
 
 
 def _add_format_options(s: argparse.ArgumentParser, plan: bool, defaults: bool = True) -> None:

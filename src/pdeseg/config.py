@@ -343,6 +343,7 @@ class TrainConfig(Section):
     warmup_epochs: NonNegativeFloat = 0.0  # cosine/none: linear warm-up to lr over this many epochs' steps
     precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = "auto"  # auto: bf16 on GPUs and bf16 CPUs
     channels_last: bool = True  # 2D models only (no effect on 3D)
+    compile: bool = False  # run the network through torch.compile while training (compiled at the first step)
     device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
     seed: Annotated[int, Field(ge=0)] = 0
     grad_clip: PositiveFloat | None = None

@@ -143,3 +143,34 @@ def barrier() -> None:
 
 def is_main_process() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def compile_model(model: torch.nn.Module, device: torch.device, what: str = "--compile") -> torch.nn.Module:
+    """``torch.compile(model)`` (TorchInductor), after :func:`check_compile`.
+
+    Compilation happens at the first call of each new input shape.
+    """
+    check_compile(device, what)
+    return torch.compile(model)
+
+
+def check_compile(device: torch.device, what: str = "--compile") -> None:
+    """Raises DeviceError when ``torch.compile`` cannot work here: this PyTorch has none, or
+    (on a CPU, where Inductor writes C++ kernels) no C++ compiler is on the PATH; the message
+    names ``what`` (the option that asked for it)."""
+    import shutil
+
+    if not hasattr(torch, "compile"):
+        raise DeviceError(f"{what}: this PyTorch ({torch.__version__}) has no torch.compile; leave {what} out")
+    if device.type == "cpu":
+        try:
+            from torch._inductor import config as inductor_config
+
+            cxx = inductor_config.cpp.cxx
+            candidates = [c for c in (cxx if isinstance(cxx, (tuple, list)) else (cxx,)) if c]
+        except (ImportError, AttributeError):
+            candidates = []
+        candidates = candidates or ["g++", "c++", "clang++"]
+        if not any(shutil.which(c) for c in candidates):
+            raise DeviceError(f"{what}: torch.compile on the CPU writes C++ kernels and needs a C++ compiler "
+                              f"({' or '.join(candidates)}), none found on the PATH; install one or leave {what} out")

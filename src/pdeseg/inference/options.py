@@ -37,6 +37,11 @@ class InferenceOptions:
         stitch: patches mode: where the windows' outputs are added up: ``auto``, ``device``
             or ``cpu`` (see :class:`~pdeseg.inference.predict.Predictor`).
         postprocess: apply the post-processing rules of the checkpoint's config to whole cases.
+        skip_empty: slice models: slices whose every input channel is exactly 0 (outside the
+            body of a skull-stripped or cropped scan) are not segmented and come out as
+            background; the other slices are segmented exactly as without it.
+        compile: run the network through ``torch.compile`` (compiled at the first batch of
+            each new shape; see :func:`pdeseg.runtime.compile_model`).
 
     Raises:
         ConfigError: (when made) a value outside the ranges above, naming the option.
@@ -49,6 +54,8 @@ class InferenceOptions:
     tta: bool = False
     stitch: str = "auto"
     postprocess: bool = True
+    skip_empty: bool = True
+    compile: bool = False
 
     def __post_init__(self) -> None:
         b = self.batch_size
@@ -59,7 +66,7 @@ class InferenceOptions:
                 or not 0 <= o < 1:
             raise ConfigError(f"overlap must be a number with 0 <= overlap < 1 (share of a window shared with its "
                               f"neighbour), got {o!r}")
-        for name in ("tta", "postprocess"):
+        for name in ("tta", "postprocess", "skip_empty", "compile"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.stitch not in STITCH_MODES:
@@ -72,6 +79,8 @@ class InferenceOptions:
         object.__setattr__(self, "overlap", float(o))
         object.__setattr__(self, "tta", bool(self.tta))
         object.__setattr__(self, "postprocess", bool(self.postprocess))
+        object.__setattr__(self, "skip_empty", bool(self.skip_empty))
+        object.__setattr__(self, "compile", bool(self.compile))
 
     def replace(self, **changes) -> InferenceOptions:
         """A copy with ``changes`` (checked again)."""

@@ -34,7 +34,9 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,9 +54,10 @@ from pdeseg.data.pipeline.preprocess import Preprocessing
 from pdeseg.errors import CheckpointError, ConfigError, DataError, PdesegError, RunFolderError
 from pdeseg.inference.options import InferenceOptions
 from pdeseg.inference.postprocess import PostProcessing
-from pdeseg.nn.output import OutputHead, class_probabilities, head_of, logits_from_probabilities, predicted_classes
+from pdeseg.nn.output import (OutputHead, background_logits, class_probabilities, head_of, logits_from_probabilities,
+                              predicted_classes)
 from pdeseg.progress import counter, track
-from pdeseg.runtime import autocast, resolve_device
+from pdeseg.runtime import autocast, compile_model, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +124,8 @@ class Predictor:
                  options: InferenceOptions | None = None, name: str = "model"):
         self.model, self.spec, self.device, self.name = model, spec, device, name
         self.options = options or InferenceOptions()
+        self.network = compile_model(model, device) if self.options.compile else model  # what runs the batches
+        self.compile_seconds: float | None = None  # the first (compiling) call, with options.compile
         self.channels_last = spec.spatial_dims == 2
         self.format: DataFormat = get_format(spec.format)
         self.head: OutputHead = head_of(spec)
@@ -219,8 +224,13 @@ class Predictor:
         x = x.to(self.device)
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
+        first = self.options.compile and self.compile_seconds is None
+        t0 = time.perf_counter()
         with autocast(self.device, self.precision):
-            out = self.model(x)
+            out = self.network(x)
+        if first:
+            self.compile_seconds = time.perf_counter() - t0
+            log.info("%s: compiled in %.1f s (torch.compile, first batch %s)", self.name, self.compile_seconds, tuple(x.shape))
         return out.float()
 
     @torch.no_grad()
@@ -319,25 +329,34 @@ class Predictor:
         return logits_from_probabilities(total / len(axes), self.head)[0]
 
     def _along(self, image: np.ndarray, axis: int, progress: bool) -> torch.Tensor:
+        """Logits ``(K, X, Y, Z)`` of the slices along ``axis``; with ``options.skip_empty`` the
+        slices whose every channel is 0 get :func:`~pdeseg.nn.output.background_logits` and
+        are not segmented (a 2.5D slice's neighbours still come from the whole volume)."""
         depth = image.shape[1 + axis]
         front = np.ascontiguousarray(np.moveaxis(image, 1 + axis, 0))  # (depth, C, A, B'): batches are row reads
         size, resize = self.spec.spatial_size, self.spec.resize
         out = torch.empty((self._logit_channels(), *image.shape[1:]), dtype=torch.float32)
         view = out.movedim(1 + axis, 1)  # (K, depth, A, B'): writing into it writes into out
         h, w = view.shape[2:]
+        wanted = np.arange(depth)
+        if self.options.skip_empty:
+            filled = front.reshape(depth, -1).any(axis=1)
+            if not filled.all():
+                view[:, torch.from_numpy(~filled)] = background_logits(self.head, self._logit_channels(), (h, w))[:, None]
+                wanted = wanted[filled]
         if self.spec.tile_inference and size and (h > size[0] or w > size[1]):
-            for z in track(range(depth), "slices", "slice", enabled=progress):
+            for z in track(wanted, "slices", "slice", enabled=progress):
                 view[:, z] = self._by_windows(self._rows(front, [z]), progress=False)
             return out
-        for z0 in track(range(0, depth, self.batch_size), "slices", "batch", enabled=progress):
-            z1 = min(z0 + self.batch_size, depth)
-            x = self._rows(front, np.arange(z0, z1))
+        for start in track(range(0, len(wanted), self.batch_size), "slices", "batch", enabled=progress):
+            batch = wanted[start:start + self.batch_size]
+            x = self._rows(front, batch)
             if resize and size:
                 x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
             logits = self.predict_batch(x)
             if resize and size:
                 logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-            view[:, z0:z1] = logits.transpose(0, 1).cpu()
+            view[:, torch.from_numpy(batch)] = logits.transpose(0, 1).cpu()
         return out
 
     def _logit_channels(self) -> int:
@@ -354,7 +373,14 @@ class Predictor:
         """
         return self.finish(predicted_classes(self.predict_logits(image, progress)[None], self.head)[0].numpy().astype(np.uint8))
 
-    def predict_case(self, case, progress: bool = False, with_probabilities: bool = False):
+    def read(self, case) -> tuple[LoadedCase, np.ndarray]:
+        """Read one case (images only) and preprocess it: ``(loaded case, normalised image
+        (C, *grid))``. Raises DataError for unreadable or inconsistent files."""
+        loaded = case.load(self.modalities, with_label=False)
+        return loaded, self.preprocess(loaded)
+
+    def predict_case(self, case, progress: bool = False, with_probabilities: bool = False,
+                     prepared: tuple[LoadedCase, np.ndarray] | None = None):
         """Read (images only: labels are not needed, so a broken label file cannot stop a
         prediction), preprocess and segment one case (of the spec's data format, or any format
         whose cases give the model's channels, such as DICOM series).
@@ -362,6 +388,8 @@ class Predictor:
         Args:
             with_probabilities: also return the class probabilities ``(K, *spatial)`` float32
                 on the input's grid (before post-processing), e.g. for a fractional DICOM-SEG.
+            prepared: ``case`` already read and preprocessed (:meth:`read`, e.g. in a
+                background thread while the case before it was segmented).
 
         Returns:
             ``(loaded case without label, classes (*spatial))``, and the probabilities with
@@ -371,8 +399,8 @@ class Predictor:
             DataError: a file of the case is unreadable or inconsistent, or its channels do
                 not match the model's.
         """
-        loaded = case.load(self.modalities, with_label=False)
-        logits = self.predict_logits(self.preprocess(loaded), progress)[None]
+        loaded, image = prepared if prepared is not None else self.read(case)
+        logits = self.predict_logits(image, progress)[None]
         shape = tuple(loaded.image.shape[1:])
         if tuple(logits.shape[2:]) != shape:  # trained at target_spacing: logits back to the input's grid
             logits = F.interpolate(logits, size=shape, mode="trilinear" if len(shape) == 3 else "bilinear", align_corners=False)
@@ -601,6 +629,21 @@ class EnsembleModel(nn.Module):
         return logits_from_probabilities(total / len(self.members), self.head)
 
 
+def read_ahead(read, items: Sequence) -> Iterator[Future]:
+    """Futures of ``read(item)`` in order, each started in a background thread while the
+    caller works on the item before it (one item ahead: reading and decompressing the next
+    case overlaps with segmenting this one; NumPy, zlib and PyTorch release the GIL).
+    ``future.result()`` returns the value or raises what ``read`` raised."""
+    if not items:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pdeseg-read") as pool:
+        ahead = pool.submit(read, items[0])
+        for item in items[1:]:
+            current, ahead = ahead, pool.submit(read, item)
+            yield current
+        yield ahead
+
+
 def predict_folder(
     checkpoint: str | Path | Sequence[str | Path],
     input_dir: str | Path,
@@ -610,6 +653,7 @@ def predict_folder(
     overwrite: bool = False,
     input_format: str | None = None,
     read_options: dict | None = None,
+    shard: tuple[int, int] | None = None,
     **write_options,
 ) -> PredictionReport:
     """Segment one case folder or a folder of cases, writing each in the input's own format
@@ -637,6 +681,8 @@ def predict_folder(
             files, else the checkpoint's own data format.
         read_options: the input format's reading options (DICOM: ``series`` rules,
             ``gantry_tilt``); None values mean the default.
+        shard: ``(i, n)``: segment only shard ``i`` of ``n`` of the cases (round robin over the
+            sorted case ids, :mod:`pdeseg.inference.shard`).
         write_options: the data format's output options (``convention`` for BraTS,
             ``mask_format`` for LGG, ``output_format`` and ``seg_type`` for DICOM); None
             values mean the default.
@@ -669,6 +715,10 @@ def predict_folder(
         log.info("DICOM input: %s", "; ".join(f"{k}={v}" for k, v in {**read_options, **write_options}.items()))
     report = PredictionReport()
     cases = fmt.find_cases(input_dir, predictor.modalities, require_label=False, skipped=report.skipped, **read_options)
+    if shard is not None:  # this copy's share of the cases (pdeseg.inference.shard)
+        from pdeseg.inference.shard import shard_cases
+
+        cases, report.skipped = shard_cases(cases, report.skipped, shard)
     if dicom and write_options["output_format"] != "nifti":
         cases = _placeable(cases, report.skipped)
     for case_id, reason in report.skipped.items():
@@ -677,9 +727,10 @@ def predict_folder(
     if cases:
         _make_folder(out_dir)
     fractional = dicom and write_options.get("seg_type") == "fractional"
-    for case in track(cases, "predicting", "case", enabled=progress):
+    for case, read in zip(track(cases, "predicting", "case", enabled=progress), read_ahead(predictor.read, cases)):
         try:
-            loaded, classes, *probabilities = predictor.predict_case(case, progress, with_probabilities=fractional)
+            loaded, classes, *probabilities = predictor.predict_case(case, progress, with_probabilities=fractional,
+                                                                     prepared=read.result())
         except PdesegError as exc:
             _skip(report, case.case_id, str(exc))
             continue

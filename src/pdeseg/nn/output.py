@@ -186,6 +186,23 @@ def regions_from_class_probabilities(probs: torch.Tensor, head: OutputHead) -> t
     return torch.stack([probs[:, list(ids)].sum(dim=1) for ids in head.regions], dim=1)
 
 
+#: Logit of "certainly not" in :func:`background_logits` (sigmoid(-30) ~ 1e-13).
+CERTAIN = 30.0
+
+
+def background_logits(head: HeadLike, channels: int, spatial: Sequence[int]) -> torch.Tensor:
+    """Logits ``(channels, *spatial)`` that say "background" with certainty: class 0 at 0 and
+    every other class at ``-CERTAIN`` (softmax), or every channel at ``-CERTAIN`` (a sigmoid
+    or region head, where background is "no region"). For regions a prediction skips (an
+    input that is all zero outside the body); their probabilities are background to ~1e-13.
+    """
+    kind = head.kind if isinstance(head, OutputHead) else ("sigmoid" if channels == 1 else "softmax")
+    out = torch.full((channels, *spatial), -CERTAIN)
+    if kind == "softmax":
+        out[0] = 0.0
+    return out
+
+
 def logits_from_probabilities(probs: torch.Tensor, head: HeadLike = "softmax") -> torch.Tensor:
     """Inverse of :func:`class_probabilities`: ``(B, C, *S)`` class probabilities -> logits of
     the head (``log p`` for softmax, ``(B, C, *S)``; ``log(p1 / p0)`` for a binary sigmoid

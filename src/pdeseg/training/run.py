@@ -29,7 +29,7 @@ from pdeseg.inference.options import InferenceOptions
 from pdeseg.inference.predict import Predictor
 from pdeseg.inference.score import default_scope, score, scoring_rules
 from pdeseg.runlock import RunLock
-from pdeseg.runtime import barrier, init_distributed, launch_rank, resolve_device, resolve_precision, seed_everything
+from pdeseg.runtime import barrier, check_compile, init_distributed, launch_rank, resolve_device, resolve_precision, seed_everything
 from pdeseg.training.trainer import RunContext, Trainer, TrainResult
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,8 @@ def train_model(
     run_dir = Path(run_dir)
     device = resolve_device(exp.cfg.train.device)  # a missing GPU is a config matter: say so before touching any folder
     resolve_precision(exp.cfg.train.precision, device)  # and a precision it cannot run
+    if exp.cfg.train.compile:
+        check_compile(device, "train.compile")  # and a torch.compile that cannot work here
     with _locked_run_folder(run_dir) if launch_rank() == 0 else contextlib.nullcontext():
         return _train(exp, model_cfg, run_dir, device, resume, data, progress, stop_after, overwrite)
 

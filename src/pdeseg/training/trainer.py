@@ -38,7 +38,7 @@ from pdeseg.losses.segmentation import split_ignored
 from pdeseg.metrics.segmentation import ScoringRules
 from pdeseg.nn.output import OutputHead, predicted_classes
 from pdeseg.progress import track
-from pdeseg.runtime import autocast, barrier, rng_state, set_rng_state
+from pdeseg.runtime import autocast, barrier, compile_model, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,8 @@ class Trainer:
         self.epoch, self.global_step, self.best_score, self.best_epoch = 0, 0, -math.inf, -1
         self.history: list[dict[str, Any]] = []
         self.wrapped = DistributedDataParallel(model) if run.world > 1 else model
+        if run.settings.compile:  # the step runs the compiled network; weights and checkpoints stay the model's
+            self.wrapped = compile_model(self.wrapped, run.device, "train.compile")
 
     @property
     def main(self) -> bool:
