@@ -159,6 +159,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from pdeseg.inference.export import export_checkpoint
+
+    model, manifest = export_checkpoint(args.checkpoint, args.format, args.out, overwrite=args.overwrite)
+    print(f"wrote {model.resolve()} and {manifest.resolve()}")
+    return 0
+
+
 def cmd_export_nnunet(args: argparse.Namespace) -> int:
     from pdeseg.config import load_config
     from pdeseg.config import DataConfig, SplitConfig
@@ -252,7 +260,7 @@ def _inference_options(args: argparse.Namespace):
 
     return InferenceOptions(device=args.device, precision=args.precision, batch_size=getattr(args, "batch_size", 16),
                             overlap=args.overlap, tta=args.tta, stitch=args.stitch, postprocess=not args.no_postprocess,
-                            skip_empty=not args.segment_empty_slices, compile=args.compile)
+                            skip_empty=not args.segment_empty_slices, compile=args.compile, backend=args.backend)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -463,6 +471,9 @@ def _add_inference_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--compile", action="store_true",
                    help="run the network through torch.compile (compiled at the first batch; pays on long runs, see "
                         "benchmarks/bench_predict.py)")
+    s.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
+                   help="run the network in PyTorch, or export it to ONNX when loaded and run it in ONNX Runtime (CPU, "
+                        "fp32; faster on CPUs, see benchmarks/bench_onnx.py)")
 
 
 def _add_format_options(s: argparse.ArgumentParser, plan: bool, defaults: bool = True) -> None:
@@ -580,6 +591,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="plan.yaml", help="the config to write (default plan.yaml)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_plan)
+
+    s = sub.add_parser("export", help="write a checkpoint's network for deployment (ONNX or TorchScript, any spatial "
+                                      "size) with pdeseg_export.json: preprocessing, classes, output head, windows")
+    s.add_argument("--checkpoint", required=True, help="a pdeseg checkpoint (best.pt)")
+    s.add_argument("--format", required=True, choices=["onnx", "torchscript"])
+    s.add_argument("--out", required=True, help="folder for model.onnx / model.pt and pdeseg_export.json")
+    s.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("export-nnunet", help="write a data set as an nnU-Net v2 raw folder (dataset.json, imagesTr, "
                                              "labelsTr) with pdeseg's split as splits_final.json")

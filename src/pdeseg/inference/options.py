@@ -18,6 +18,9 @@ from pdeseg.errors import ConfigError
 
 #: Default overlap of neighbouring windows in sliding-window inference (patches mode).
 WINDOW_OVERLAP = 0.5
+#: What runs the network: PyTorch, or its ONNX export in ONNX Runtime (CPU, fp32; measured faster
+#: on CPUs by ``benchmarks/bench_onnx.py``).
+BACKENDS = ("torch", "onnxruntime")
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,10 @@ class InferenceOptions:
             background; the other slices are segmented exactly as without it.
         compile: run the network through ``torch.compile`` (compiled at the first batch of
             each new shape; see :func:`pdeseg.runtime.compile_model`).
+        backend: ``torch``, or ``onnxruntime``: the network is exported to ONNX when loaded
+            (:mod:`pdeseg.inference.export`, checked against PyTorch) and run by ONNX Runtime on
+            the CPU in fp32; everything around it (preprocessing, windows, TTA, stitching) is
+            the same.
 
     Raises:
         ConfigError: (when made) a value outside the ranges above, naming the option.
@@ -56,6 +63,7 @@ class InferenceOptions:
     postprocess: bool = True
     skip_empty: bool = True
     compile: bool = False
+    backend: str = "torch"
 
     def __post_init__(self) -> None:
         b = self.batch_size
@@ -69,6 +77,11 @@ class InferenceOptions:
         for name in ("tta", "postprocess", "skip_empty", "compile"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.backend == "onnxruntime" and (self.compile or self.precision not in ("auto", "32")):
+            raise ConfigError("the onnxruntime backend runs the exported network in fp32 as it is: it takes no --compile "
+                              "and no --precision other than auto or 32")
         if self.stitch not in STITCH_MODES:
             raise ConfigError(f"stitch must be one of {', '.join(STITCH_MODES)}, got {self.stitch!r}")
         if self.precision not in PRECISIONS:

@@ -158,8 +158,8 @@ class Predictor:
         ckpt = load_checkpoint(path)
         spec, config = preprocessing_spec(ckpt, path), checkpoint_config(ckpt, path)
         dev = resolve_device(options.device)
-        model = model_from_checkpoint(ckpt, where=path).to(dev)
-        if spec.spatial_dims == 2:
+        model = _on_backend(model_from_checkpoint(ckpt, where=path).to(dev), spec, options, dev)
+        if spec.spatial_dims == 2 and options.backend == "torch":
             model = model.to(memory_format=torch.channels_last)
         return cls(model, spec, dev, options, ckpt["model"]["name"])._take_config(config)
 
@@ -198,8 +198,8 @@ class Predictor:
                     raise CheckpointError(f"{path}: its postprocess.{differs[0]} ({rule.get(differs[0])!r}) differs from "
                                           f"{paths[0]}'s ({rules[0].get(differs[0])!r}); an ensemble needs one "
                                           "post-processing: pass --no-postprocess, or use members trained with the same rules")
-        members = [model_from_checkpoint(c, where=p).to(dev) for c, p in zip(ckpts, paths)]
-        if specs[0].spatial_dims == 2:
+        members = [_on_backend(model_from_checkpoint(c, where=p).to(dev), specs[0], options, dev) for c, p in zip(ckpts, paths)]
+        if specs[0].spatial_dims == 2 and options.backend == "torch":
             members = [m.to(memory_format=torch.channels_last) for m in members]
         names = sorted({c["model"]["name"] for c in ckpts})
         predictor = cls(EnsembleModel(members, head_of(specs[0])), specs[0], dev, options,
@@ -506,6 +506,27 @@ def check_outputs(fmt: DataFormat, cases: list, modalities: list[str], out_dir: 
 def _skip(report: PredictionReport, case_id: str, reason: str) -> None:
     report.skipped[case_id] = reason
     log.warning("skipped case %s: %s", case_id, _first_line(reason))
+
+
+def _on_backend(model: nn.Module, spec: TaskSpec, options: InferenceOptions, device: torch.device) -> nn.Module:
+    """``model`` itself, or (``options.backend == "onnxruntime"``) its checked ONNX export in an
+    ONNX Runtime session (CPU only) that stands in for it.
+
+    Raises:
+        ConfigError: onnxruntime with a non-CPU device.
+        ExportError: onnx / onnxruntime missing, or the export does not reproduce the logits.
+    """
+    if options.backend == "torch":
+        return model
+    from pdeseg.inference.export import OnnxRuntimeModel, export_model, onnx_session
+
+    if device.type != "cpu":
+        raise ConfigError(f"the onnxruntime backend runs on the CPU; pass --device cpu (got {device})")
+    in_channels = len(spec.modalities) * (2 * spec.context_slices + 1)
+    graph, check = export_model(model, "onnx", in_channels, spec.spatial_dims, spec.spatial_size)
+    log.info("onnxruntime backend: exported %s, logits within %.2g of PyTorch's", type(model).__name__,
+             check["max_relative_difference"])
+    return OnnxRuntimeModel(onnx_session(graph, threads=torch.get_num_threads()))
 
 
 def _input_format(predictor: Predictor, input_dir: str | Path, name: str | None) -> DataFormat:

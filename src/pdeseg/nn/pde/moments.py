@@ -76,7 +76,8 @@ def _apply(t: torch.Tensor, mat: torch.Tensor, spatial_dims: int) -> torch.Tenso
     out = t
     first = t.dim() - spatial_dims
     for axis in range(first, t.dim()):
-        out = torch.movedim(torch.tensordot(out, mat, dims=([axis], [1])), -1, axis)
+        out = torch.tensordot(out, mat, dims=([axis], [1]))
+        out = torch.movedim(out, out.dim() - 1, axis)  # a non-negative source axis: ONNX export needs it
     return out
 
 
