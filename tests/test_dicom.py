@@ -296,3 +296,15 @@ def test_hippocampus_case_as_dicom_series_binary_and_fractional_seg(tmp_path):
     _, _, probs = predictor.predict_case(case, with_probabilities=True)
     assert np.abs(fractions - probs[1:]).max() <= 0.5 / 255 + 1e-6  # stored as round(255 p)
     assert fractions.max() > 0.5
+
+
+@pytest.mark.shared_data
+def test_python_api_reads_dicom_series():
+    import pdeseg
+
+    root = shared_data("dicom_series")
+    (loaded,) = pdeseg.read_dicom(root / "siemens_multiframe" / "anatomical" / "001")
+    ref = nib.load(root / "siemens_multiframe" / "anatomical" / "001_ground_truth.nii.gz")
+    assert loaded.image.shape == (1, 256, 256, 8) and np.abs(loaded.affine - ref.affine).max() < 1e-4
+    with pytest.raises(DataError, match="too few slices"):
+        pdeseg.read_dicom(root / "failing" / "slicecount" / "001")

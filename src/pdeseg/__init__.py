@@ -11,6 +11,8 @@ cheap and imports neither torch nor matplotlib)::
     net = pdeseg.create_model("unet", in_channels=4, out_channels=4)
     pdeseg.list_models()
     pdeseg.train("config.yaml", "runs/mine")
+    cases = pdeseg.read_dicom("scans/series_dir")  # DICOM series as volumes (RAS+ affine)
+    pdeseg.export("best.pt", "onnx", "deploy/")    # model.onnx + pdeseg_export.json
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.2.0"
 
-__all__ = ["Segmenter", "__version__", "create_model", "list_models", "load", "train"]
+__all__ = ["Segmenter", "__version__", "create_model", "export", "list_models", "load", "read_dicom", "train"]
 
-_API = frozenset({"Segmenter", "create_model", "list_models", "load", "train"})
+_API = frozenset({"Segmenter", "create_model", "export", "list_models", "load", "read_dicom", "train"})
 
 if TYPE_CHECKING:
-    from pdeseg.api import Segmenter, create_model, list_models, load, train  # noqa: F401
+    from pdeseg.api import Segmenter, create_model, export, list_models, load, read_dicom, train  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

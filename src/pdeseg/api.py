@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from pdeseg.inference.predict import Predictor
     from pdeseg.training.trainer import TrainResult
 
-__all__ = ["Segmenter", "create_model", "list_models", "load", "train"]
+__all__ = ["Segmenter", "create_model", "export", "list_models", "load", "read_dicom", "train"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -54,6 +54,7 @@ def load(
     tta: bool = False,
     overlap: float = 0.5,
     postprocess: bool = True,
+    backend: str = "torch",
 ) -> Segmenter:
     """Load a trained pdeseg model for prediction.
 
@@ -71,6 +72,8 @@ def load(
             each axis, ``0 <= overlap < 1``.
         postprocess: apply the post-processing rules of the checkpoint's config (its
             ``postprocess`` section) to every label map.
+        backend: ``torch``, or ``onnxruntime`` (the network exported to ONNX and run by
+            ONNX Runtime on the CPU, fp32).
 
     Returns:
         A :class:`Segmenter`.
@@ -84,7 +87,8 @@ def load(
     from pdeseg.inference.options import InferenceOptions
     from pdeseg.inference.predict import Predictor
 
-    options = InferenceOptions(device=device, precision=precision, overlap=overlap, tta=tta, postprocess=postprocess)
+    options = InferenceOptions(device=device, precision=precision, overlap=overlap, tta=tta, postprocess=postprocess,
+                               backend=backend)
     return Segmenter(Predictor.from_checkpoints(checkpoint, options))
 
 
@@ -170,6 +174,12 @@ class Segmenter:
         if not path.exists():
             raise DataError(f"{path}: no such file or folder")
         fmt, modalities = self.predictor.format, self.modalities
+        from pdeseg.data.readers.dicom import is_dicom_folder
+
+        if fmt.name != "dicom" and is_dicom_folder(path):  # a DICOM series (or study) gives any model its channels
+            from pdeseg.data.formats import get_format
+
+            fmt = get_format("dicom")
         try:
             cases = fmt.find_cases(path, modalities, require_label=False)
         except PdesegError as exc:
@@ -301,6 +311,37 @@ class Segmenter:
         header.set_zooms(spacing)
         return LoadedCase(case=_ArrayCase(), image=image, label=None, affine=np.diag([*spacing, 1.0]), header=header,
                           convention="", modalities=tuple(self.modalities))
+
+
+def read_dicom(path: PathLike, channels: Sequence[str] = ("image",), *, series: Any = None,
+               gantry_tilt: str = "refuse") -> list[LoadedCase]:
+    """Read the DICOM series below ``path`` as volumes (see :mod:`pdeseg.data.readers.dicom`
+    for the geometry convention: voxel order (column, row, slice), nibabel RAS+ affine).
+
+    Args:
+        channels: one name: every image series is a case; several: per study, the series
+            whose ``SeriesDescription`` matches each channel's ``series`` patterns (default
+            rules for the BraTS channels ``flair``, ``t1``, ``t1ce``, ``t2``).
+        series: ``{"channel": ["*pattern*", ...]}`` or ``["channel=pattern,pattern", ...]``.
+        gantry_tilt: ``refuse``, or ``resample`` a tilted stack onto an orthogonal grid.
+
+    Returns:
+        one :class:`~pdeseg.data.case.LoadedCase` per case (image ``(C, X, Y, Z)`` float32).
+
+    Raises:
+        DataError: a series that is not one volume (the message names it and what is wrong).
+    """
+    from pdeseg.data.readers.dicom import find_dicom_cases
+
+    return [case.load() for case in find_dicom_cases(path, list(channels), False, None, series, gantry_tilt)]
+
+
+def export(checkpoint: PathLike, format: str, out: PathLike, *, overwrite: bool = False) -> list[Path]:
+    """Export a checkpoint's network (``onnx`` or ``torchscript``) with ``pdeseg_export.json``
+    into ``out`` (see :mod:`pdeseg.inference.export`); returns the two files."""
+    from pdeseg.inference.export import export_checkpoint
+
+    return export_checkpoint(checkpoint, format, out, overwrite=overwrite)
 
 
 def list_models() -> list[str]:
