@@ -113,3 +113,28 @@ def test_compiled_and_eager_prediction_agree():
     a, b = eager.predict_logits(image), compiled.predict_logits(image)
     assert compiled.compile_seconds is not None and compiled.compile_seconds > 0
     assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_all_zero_windows_are_not_run_and_every_nonzero_voxel_keeps_its_logits():
+    """A 3D patch model's sliding window: windows of all-zero input add background logits; a
+    voxel with a non-zero input lies only in windows that run, so its logits are the full
+    sliding window's (the foreground here touches the volume's border)."""
+    torch.manual_seed(0)
+    spec = TaskSpec(format="msd", modalities=["MRI"], normalization="zscore", mode="patches", spatial_dims=3,
+                    spatial_size=[16, 16, 16], num_classes=3, class_names=["background", "a", "b"])
+    net = build_model("unet3d", spatial_dims=3, in_channels=1, out_channels=3, features=[4, 8, 8, 8]).eval()
+    image = np.zeros((1, 40, 36, 32), np.float32)
+    image[0, :14, :20, 5:21] = np.random.default_rng(3).normal(size=(14, 20, 16))
+    calls = []
+    real = net.forward
+    net.forward = lambda x: calls.append(x.shape[0]) or real(x)
+    new = Predictor(net, spec, torch.device("cpu"), InferenceOptions(precision="32", batch_size=4))
+    a = new.predict_logits(image)
+    run_new = sum(calls)
+    calls.clear()
+    b = Predictor(net, spec, torch.device("cpu"), InferenceOptions(precision="32", batch_size=4, skip_empty=False)).predict_logits(image)
+    assert run_new < sum(calls)  # fewer windows went through the network
+    inside = torch.from_numpy(image[0] != 0)
+    assert torch.allclose(a[:, inside], b[:, inside], atol=1e-5)
+    far = (slice(None), slice(30, None), slice(28, None), slice(None))  # a corner no window with input reaches
+    assert (a[far].argmax(0) == 0).all()

@@ -286,7 +286,11 @@ class Predictor:
 
     def _by_windows(self, x: torch.Tensor, progress: bool) -> torch.Tensor:
         """MONAI sliding window over ``x (1, C, *spatial)``: windows run on the compute device,
-        Gaussian-weighted outputs are added up on :meth:`stitch_device`."""
+        Gaussian-weighted outputs are added up on :meth:`stitch_device`. With
+        ``options.skip_empty``, a window whose every input value is 0 is not run through the
+        network: it adds :func:`~pdeseg.nn.output.background_logits`. Every voxel with a
+        non-zero input lies only in windows that are run, so its logits are exactly those of
+        the full sliding window; only voxels of all-zero input can differ (towards background)."""
         from monai.inferers import sliding_window_inference
 
         spatial, roi = tuple(x.shape[2:]), tuple(self.spec.spatial_size)
@@ -295,8 +299,16 @@ class Predictor:
         with counter("sliding window", "window", total, enabled=progress) as bar:
 
             def run(windows: torch.Tensor) -> torch.Tensor:
-                out = self.predict_batch(windows)
                 bar.update(windows.shape[0])
+                if not self.options.skip_empty:
+                    return self.predict_batch(windows)
+                filled = windows.flatten(1).ne(0).any(1)
+                if bool(filled.all()):
+                    return self.predict_batch(windows)
+                out = background_logits(self.head, self._logit_channels(), windows.shape[2:]).to(windows.device)
+                out = out.expand(windows.shape[0], *out.shape).clone()
+                if bool(filled.any()):
+                    out[filled] = self.predict_batch(windows[filled]).to(out.device)
                 return out
 
             out = sliding_window_inference(x.to(where), roi, self.batch_size, run, overlap=self.overlap, mode="gaussian",
