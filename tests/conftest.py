@@ -76,3 +76,11 @@ def tiny_config_dict(root: Path, out: Path, **train) -> dict:
 @pytest.fixture
 def tiny_config(phantom_root, tmp_path):
     return config_from_dict(tiny_config_dict(phantom_root, tmp_path))
+
+
+@pytest.fixture(scope="session")
+def cell_checkpoint(tmp_path_factory) -> Path:
+    """A tiny boundary-class UNet trained for 2 epochs on the cell phantom (tests/cell_model.py)."""
+    from cell_model import train_cell_model
+
+    return train_cell_model(tmp_path_factory.mktemp("cell_model"))
