@@ -284,14 +284,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     """Exit 0 when every case was written, 1 when some were skipped (bad input files) and
     others written, 2 when none could be written (or the run was refused)."""
+    from pdeseg.data.readers.ome import find_ome_images
     from pdeseg.inference.predict import predict_folder
+    from pdeseg.inference.shard import parse_shard
 
+    shard = parse_shard(args.shard)
+    if args.input_format is None and find_ome_images(args.input):
+        return _predict_ome(args, shard)
+    ome_set = [f"--{k.replace('_', '-')}" for k in ("channel", "level", "dask_workers", "dask_scheduler")
+               if getattr(args, k) is not None]
+    if ome_set:
+        from pdeseg.errors import ConfigError
+
+        raise ConfigError(f"{ome_set[0]} applies to OME-TIFF / OME-Zarr inputs; {args.input} holds none")
     dicom_read = {"series": args.series, "gantry_tilt": args.gantry_tilt}
     report = predict_folder(args.checkpoint, args.input, args.output, _inference_options(args),
-                            progress=not args.no_progress, overwrite=args.overwrite, convention=args.label_convention,
+                            progress=not args.no_progress, overwrite=args.overwrite, shard=shard,
+                            convention=args.label_convention,
                             mask_format=args.mask_format, input_format=args.input_format,
                             read_options=dicom_read if any(v is not None for v in dicom_read.values()) else None,
                             output_format=args.output_format, seg_type=args.seg_type)
+    if shard is not None and not report.written and not report.skipped:
+        print(f"shard {shard[0]}/{shard[1]}: no case falls to this shard")
+        return 0
     if not report.written:
         log.error("no segmentation written: every case was skipped (%s)", report.summary())
         return 2
@@ -301,6 +316,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
               f"{', '.join(report.skipped)} (reasons logged above)")
         return 1
     return 0
+
+
+def _predict_ome(args: argparse.Namespace, shard) -> int:
+    from pdeseg.inference.ome_predict import predict_ome
+
+    report = predict_ome(args.checkpoint, args.input, args.output, _inference_options(args), channels=args.channel,
+                         level=args.level, output=args.ome_output, labels_name=args.labels_name, tile=args.tile,
+                         halo=args.halo, shard=shard, overwrite=args.overwrite, dask_workers=args.dask_workers,
+                         dask_address=args.dask_scheduler, progress=not args.no_progress)
+    if shard is not None and not report.written and not report.skipped:
+        print(f"shard {shard[0]}/{shard[1]}: no image falls to this shard")
+        return 0
+    if not report.written:
+        log.error("no segmentation written: every image was skipped (%s)", report.summary())
+        return 2
+    print(f"wrote {len(report.written)} segmentation(s): {', '.join(str(p) for p in report.written)}")
+    return 1 if report.skipped else 0
 
 
 def cmd_crossval(args: argparse.Namespace) -> int:
@@ -474,6 +506,28 @@ def _add_inference_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
                    help="run the network in PyTorch, or export it to ONNX when loaded and run it in ONNX Runtime (CPU, "
                         "fp32; faster on CPUs, see benchmarks/bench_onnx.py)")
+
+
+def _add_ome_options(s: argparse.ArgumentParser) -> None:
+    """OME-TIFF / OME-Zarr inputs: segmented tile by tile, in one process or on Dask."""
+    g = s.add_argument_group("OME-TIFF / OME-Zarr inputs (segmented tile by tile in bounded memory; 2D slice models)")
+    g.add_argument("--channel", nargs="+", metavar="NAME",
+                   help="the image's channel(s) to read, by name, one per model channel (default: by the model's channel "
+                        "names, or the only channel)")
+    g.add_argument("--level", type=_non_negative_int, metavar="N",
+                   help="pyramid level to segment (default: the coarsest as fine as the model's training pixel size, "
+                        "else 0)")
+    g.add_argument("--ome-output", choices=("auto", "tiff", "zarr"), default="auto",
+                   help="zarr: a labels group inside the input OME-Zarr; tiff: <output>/<image>_instances.ome.tif "
+                        "(default: zarr for OME-Zarr inputs, tiff for OME-TIFF)")
+    g.add_argument("--labels-name", default="pdeseg", help="name of the labels group in an OME-Zarr (default pdeseg)")
+    g.add_argument("--tile", type=_positive_int, default=1024, metavar="PX", help="tile core size (default 1024)")
+    g.add_argument("--halo", type=_non_negative_int, default=64, metavar="PX",
+                   help="context segmented around each tile; cells must fit in it (default 64)")
+    g.add_argument("--dask-workers", type=_positive_int, metavar="N",
+                   help="run the tiles on a local Dask cluster of N worker processes")
+    g.add_argument("--dask-scheduler", metavar="ADDRESS",
+                   help="run the tiles on this dask.distributed scheduler (tcp://host:8786); workers must see the files")
 
 
 def _add_format_options(s: argparse.ArgumentParser, plan: bool, defaults: bool = True) -> None:
@@ -678,6 +732,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-slice masks for slice data sets such as LGG (default png; 0/255 for binary tasks)")
     s.add_argument("--overwrite", action="store_true",
                    help="replace existing output files (an input case's own files are never replaced)")
+    s.add_argument("--shard", metavar="I/N",
+                   help="segment only shard I of N (0 <= I < N) of the inputs: round robin over the sorted names, so N "
+                        "copies (e.g. a SLURM array, --shard $SLURM_ARRAY_TASK_ID/N) share a folder with no file twice")
+    _add_ome_options(s)
     s.add_argument("--input-format", choices=["dicom"],
                    help="read --input as DICOM series (default: DICOM when it holds DICOM files, else the model's format)")
     s.add_argument("--series", action="append", metavar="CHANNEL=PATTERN[,PATTERN]",
