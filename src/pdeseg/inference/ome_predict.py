@@ -188,6 +188,11 @@ def predict_ome(checkpoint, input_path: str | Path, output_dir: str | Path | Non
         plans.append(plan_image(predictor, image, out_dir, channels=channels, level=level, output=output,
                                 name=labels_name, instances=instances))
     _check_targets(plans, overwrite)
+    if out_dir is not None and any(p.kind == "tiff" for p in plans):
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunFolderError(f"--output {out_dir}: cannot create the folder ({exc})") from exc
     runner = DaskRunner(dask_workers, 1, dask_address) if (dask_workers or dask_address) else LocalRunner()
     try:
         for plan in plans:

@@ -766,7 +766,7 @@ def predict_tiled(
     if instances is None:
         instances = bool(predictor.format.object_metrics and predictor.format.name != "drive")
     grid = TileGrid(source.shape[0], source.shape[1], tile, halo, band, size_multiple(predictor.model))
-    scratch = Path(tempfile.mkdtemp(prefix="pdeseg-tiles-", dir=str(scratch_dir) if scratch_dir else None))
+    scratch = Path(tempfile.mkdtemp(prefix=".pdeseg-tiles-", dir=str(scratch_dir) if scratch_dir else None))
     import zarr
 
     labels = zarr.create_array(store=str(scratch / "labels.zarr"), shape=(grid.height, grid.width),
