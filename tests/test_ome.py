@@ -155,3 +155,26 @@ def test_shards_together_write_what_one_run_writes(cell_checkpoint, tmp_path, ca
             assert not set(files) & set(seen)  # no file written by two shards
             seen.update(files)
         assert seen == expected
+
+
+def test_napari_reader_opens_pdeseg_outputs_with_their_scale(tmp_path):
+    """The plugin's reader (no napari needed to call it): an instance OME-TIFF with its pixel
+    size in um, a NIfTI prediction with its voxel size in mm; other files are declined."""
+    import nibabel as nib
+
+    from pdeseg.data.readers.ome import write_ome_tiff
+    from pdeseg.napari_plugin._reader import get_reader
+
+    labels = np.zeros((40, 50), np.uint32)
+    labels[5:15, 5:20] = 7
+    path = write_ome_tiff(tmp_path / "x_instances.ome.tif", iter([np.pad(labels, ((0, 8), (0, 14)))]), labels.shape,
+                          labels.dtype, 64, pixel_size=(0.0005, 0.00025))
+    [(data, meta, kind)] = get_reader(str(path))(str(path))
+    assert kind == "labels" and meta["scale"] == pytest.approx((0.5, 0.25))
+    np.testing.assert_array_equal(data, labels)
+    vol = np.zeros((6, 7, 8), np.uint8)
+    vol[2:4, 2:4, 2:4] = 2
+    nib.save(nib.Nifti1Image(vol, np.diag([0.8, 0.9, 2.5, 1.0])), tmp_path / "case_seg.nii.gz")
+    [(data, meta, kind)] = get_reader(str(tmp_path / "case_seg.nii.gz"))(str(tmp_path / "case_seg.nii.gz"))
+    assert meta["scale"] == pytest.approx((0.8, 0.9, 2.5)) and (data == vol).all()
+    assert get_reader(str(tmp_path / "image.tif")) is None
