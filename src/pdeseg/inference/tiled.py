@@ -596,6 +596,12 @@ class LocalRunner:
         return out
 
 
+def _peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 class DaskRunner:
     """Runs tasks on a ``dask.distributed`` scheduler: a ``LocalCluster`` of ``workers``
     processes (``threads`` torch threads each) made here, or the scheduler at ``address``
@@ -634,6 +640,10 @@ class DaskRunner:
                 bar.update(1)
         return out
 
+    def worker_peaks_mib(self) -> list[float]:
+        """Peak resident memory (MiB) of each worker process so far."""
+        return sorted(self.client.run(_peak_rss_mib).values())
+
     def close(self) -> None:
         self.client.close()
         if self.cluster is not None:
@@ -657,6 +667,7 @@ class TiledResult:
         grid: the tiles.
         runner: which engine ran it.
         scratch: the scratch folder.
+        worker_peaks: Dask: each worker's peak resident memory (MiB).
     """
 
     labels: Any
@@ -665,6 +676,7 @@ class TiledResult:
     grid: TileGrid
     runner: str
     scratch: Path
+    worker_peaks: list[float] = field(default_factory=list)
 
     def cleanup(self) -> None:
         shutil.rmtree(self.scratch, ignore_errors=True)
@@ -807,6 +819,7 @@ def predict_tiled(
         shutil.rmtree(scratch, ignore_errors=True)
         raise
     finally:
+        peaks = engine.worker_peaks_mib() if isinstance(engine, DaskRunner) else []
         if owned:
             engine.close()
-    return TiledResult(labels, n, instances, grid, engine.name, scratch)
+    return TiledResult(labels, n, instances, grid, engine.name, scratch, peaks)

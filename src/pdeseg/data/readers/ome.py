@@ -222,11 +222,8 @@ class OmeImage:
     def read(self, level: int, channels: Sequence[tuple[int, ...]], window: Sequence[slice] | None = None) -> np.ndarray:
         """Pixels of ``level`` in ``window`` (one slice per spatial axis; None: all), channels
         made by ``channels`` (:meth:`channel_indices`), as ``(C, *window)`` float32.
-        Only the chunks or tiles under the window are read.
-
-        Raises:
-            DataError: a time series or a stack where a single plane is expected is not
-                refused here; see :func:`plane_index`.
+        Only the chunks or tiles under the window are read; a time series or stack gives its
+        first time point (:func:`plane_shape` refuses those for tiled prediction).
         """
         arr = self.array(level)
         index, order = [], []
@@ -240,7 +237,8 @@ class OmeImage:
                 order.append("c")
             else:  # t (checked by plane_index to be 1 long)
                 index.append(0)
-        block = np.asarray(arr[tuple(index)])
+        # in this thread (also inside a Dask worker, where the default would ship the graph to the cluster)
+        block = np.asarray(arr[tuple(index)].compute(scheduler="synchronous"))
         if "c" in order:
             block = np.moveaxis(block, order.index("c"), 0)
         else:
