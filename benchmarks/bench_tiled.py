@@ -102,9 +102,10 @@ def _export(result, path: str) -> None:
         np.save(path, labels[:])
         return
     dst = zarr.create_array(store=path, shape=labels.shape, chunks=labels.chunks, dtype=labels.dtype, fill_value=0)
-    ch = labels.chunks[0]
-    for y in range(0, labels.shape[0], ch):
-        dst[y: y + ch] = labels[y: y + ch]
+    cy, cx = labels.chunks
+    for y in range(0, labels.shape[0], cy):  # one chunk at a time, as the OME writers do
+        for x in range(0, labels.shape[1], cx):
+            dst[y: y + cy, x: x + cx] = labels[y: y + cy, x: x + cx]
 
 
 def run_child(mode: str, args: argparse.Namespace, mosaic: Path, labels: Path, env_threads: int | None = None) -> dict:
@@ -155,17 +156,21 @@ def _differences(whole: np.ndarray, tiled: np.ndarray, grid, margin: int) -> dic
 
 
 def _chunks_equal_and_unique(a_path: Path, b_path: Path, objects: int) -> tuple[bool, bool]:
+    """Whether two label arrays are equal, and the first holds exactly the ids 1..objects,
+    read one chunk at a time."""
     import zarr
 
     a, b = zarr.open_array(str(a_path), mode="r"), zarr.open_array(str(b_path), mode="r")
     seen = np.zeros(objects + 1, bool)
-    equal = a.shape == b.shape
-    ch = a.chunks[0]
-    for y in range(0, a.shape[0], ch):
-        x, z = a[y: y + ch], b[y: y + ch]
-        equal = equal and bool((x == z).all())
-        seen[np.unique(x)] = True
-    return equal, bool(seen[1:].all()) and int(a[:].max() if False else objects) == objects
+    equal, top = a.shape == b.shape, 0
+    cy, cx = a.chunks
+    for y in range(0, a.shape[0], cy):
+        for x in range(0, a.shape[1], cx):
+            u, v = a[y: y + cy, x: x + cx], b[y: y + cy, x: x + cx]
+            equal = equal and bool((u == v).all())
+            top = max(top, int(u.max()))
+            seen[np.unique(u)] = True
+    return equal, bool(seen[1:].all()) and top == objects
 
 
 # ----------------------------------------------------------------------------- parent
