@@ -612,6 +612,7 @@ class DaskRunner:
     def __init__(self, workers: int | None = None, threads: int = 1, address: str | None = None):
         from distributed import Client, LocalCluster
 
+        logging.getLogger("distributed").setLevel(max(logging.WARNING, logging.getLogger("distributed").level))
         self.cluster = None
         if address:
             self.client = Client(address)
