@@ -304,15 +304,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
                             mask_format=args.mask_format, input_format=args.input_format,
                             read_options=dicom_read if any(v is not None for v in dicom_read.values()) else None,
                             output_format=args.output_format, seg_type=args.seg_type)
+    return _prediction_exit(report, shard, "case", f"to {Path(args.output).resolve()}")
+
+
+def _prediction_exit(report, shard, unit: str, where: str) -> int:
+    """Exit code of a prediction run (and its last lines): 0 every ``unit`` written (or a shard
+    that holds none), 1 some skipped beside written ones, 2 nothing written."""
     if shard is not None and not report.written and not report.skipped:
-        print(f"shard {shard[0]}/{shard[1]}: no case falls to this shard")
+        print(f"shard {shard[0]}/{shard[1]}: no {unit} falls to this shard")
         return 0
     if not report.written:
-        log.error("no segmentation written: every case was skipped (%s)", report.summary())
+        log.error("no segmentation written: every %s was skipped (%s)", unit, report.summary())
         return 2
-    print(f"wrote {len(report.written)} segmentation(s) to {Path(args.output).resolve()}")
+    print(f"wrote {len(report.written)} segmentation(s) {where}")
     if report.skipped:
-        print(f"skipped {len(report.skipped)} case(s) that could not be read, segmented or written: "
+        print(f"skipped {len(report.skipped)} {unit}(s) that could not be read, segmented or written: "
               f"{', '.join(report.skipped)} (reasons logged above)")
         return 1
     return 0
@@ -325,14 +331,7 @@ def _predict_ome(args: argparse.Namespace, shard) -> int:
                          level=args.level, output=args.ome_output, labels_name=args.labels_name, tile=args.tile,
                          halo=args.halo, shard=shard, overwrite=args.overwrite, dask_workers=args.dask_workers,
                          dask_address=args.dask_scheduler, progress=not args.no_progress)
-    if shard is not None and not report.written and not report.skipped:
-        print(f"shard {shard[0]}/{shard[1]}: no image falls to this shard")
-        return 0
-    if not report.written:
-        log.error("no segmentation written: every image was skipped (%s)", report.summary())
-        return 2
-    print(f"wrote {len(report.written)} segmentation(s): {', '.join(str(p) for p in report.written)}")
-    return 1 if report.skipped else 0
+    return _prediction_exit(report, shard, "image", ": " + ", ".join(str(p) for p in report.written))
 
 
 def cmd_crossval(args: argparse.Namespace) -> int:
