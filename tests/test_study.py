@@ -116,3 +116,19 @@ def test_a_folder_of_another_study_is_refused(phantom_root, tmp_path):
     (out / "study.json").write_text(json.dumps({"kind": "ablate", "layout": 2}))
     with pytest.raises(RunFolderError, match="holds a ablate study, not a compare study"):
         _runners(phantom_root, tmp_path)["compare"](out)
+
+
+def test_a_study_folder_of_0_1_0_keeps_its_runs_and_is_scored_again(phantom_root, tmp_path, caplog):
+    """A folder without study.json (pdeseg 0.1.0) is taken over: its trained runs are reused,
+    its scores computed once more into scores.jsonl, with a warning that says so."""
+    out = tmp_path / "old"
+    run = _runners(phantom_root, tmp_path)["compare"]
+    first = run(out)
+    (out / "study.json").unlink()
+    (out / "scores.jsonl").unlink()
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/**/last.pt")}
+    again = run(out)
+    assert "a study folder of pdeseg 0.1.0" in caplog.text
+    assert {p: p.stat().st_mtime_ns for p in out.glob("runs/**/last.pt")} == stamps  # nothing trained again
+    assert (out / "scores.jsonl").is_file() and json.loads((out / "study.json").read_text())["kind"] == "compare"
+    assert _table("compare", again) == _table("compare", first)
