@@ -234,28 +234,16 @@ class Segmenter:
             loaded = self.read(x)
             return self._segment(loaded, probabilities)
         image, spacing, squeeze = self._check_array(x, spacing)
-        labels, probs = self._segment(self._as_loaded(image, spacing), True)
+        out = self._segment(self._as_loaded(image, spacing), probabilities)
         if squeeze:
-            labels, probs = labels[..., 0], probs[..., 0]
-        return (labels, probs) if probabilities else labels
+            out = tuple(a[..., 0] for a in out) if probabilities else out[..., 0]
+        return out
 
     def _segment(self, loaded: LoadedCase, probabilities: bool):
-        """Labels (and probabilities) of a case on its own grid, as ``Predictor.predict_case``."""
-        import torch.nn.functional as F
-
-        from pdeseg.nn.output import class_probabilities, predicted_classes
-
+        """Labels (and probabilities) of a case on its own grid (:meth:`Predictor.segment`)."""
         p = self.predictor
-        logits = p.predict_logits(p.preprocess(loaded))[None]
-        shape = tuple(loaded.image.shape[1:])
-        if tuple(logits.shape[2:]) != shape:  # trained at target_spacing: back to the input's grid
-            logits = F.interpolate(logits, size=shape, mode="trilinear" if len(shape) == 3 else "bilinear",
-                                   align_corners=False)
-        labels = p.finish(predicted_classes(logits, p.head)[0].numpy().astype(np.uint8))
-        if not probabilities:
-            return labels
-        probs = class_probabilities(logits, p.head)[0].numpy().astype(np.float32, copy=False)
-        return labels, probs
+        out = p.segment(loaded, p.preprocess(loaded), with_probabilities=probabilities)
+        return out if probabilities else out[0]
 
     def _check_array(self, x: Any, spacing: Sequence[float] | None) -> tuple[np.ndarray, tuple[float, ...], bool]:
         """``(image (C, X, Y, Z) float32, spacing (3 values), whether a slice axis was added)``."""

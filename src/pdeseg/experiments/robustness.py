@@ -359,8 +359,10 @@ def noise_rows(study: Study, runs: list[Run], test: list[CachedCase], kinds: lis
     def what(effective: str, level: float) -> tuple:
         return ("clean",) if level == 0 else ("noise", effective, repr(float(level)), int(noise_seed))
 
+    identities = {run.best: study.store.identity(run.best) for run in runs}  # each checkpoint stat-ed once
+
     def have(run: Run, effective: str, level: float, case: CachedCase) -> dict | None:
-        return study.store.get(study.store.key(run.best, *what(effective, level), case.case_id))
+        return study.store.get(study.store.key(identities[run.best], *what(effective, level), case.case_id))
 
     sources: dict[str, Any] = {}
     for i, template in enumerate(test):

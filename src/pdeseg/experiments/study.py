@@ -136,13 +136,19 @@ class ScoreStore:
                 except (ValueError, KeyError, TypeError):
                     continue
 
-    def key(self, checkpoint: Path, *parts: Any) -> str:
+    def key(self, checkpoint: Path | str, *parts: Any) -> str:
+        """The key of ``parts`` scored by ``checkpoint`` (a path, or its :meth:`identity`)."""
+        return "|".join(map(str, (checkpoint if isinstance(checkpoint, str) else self.identity(checkpoint), *parts)))
+
+    def identity(self, checkpoint: Path) -> str:
+        """``path|size|mtime`` of a checkpoint (path relative to the study folder): read once
+        per scoring call, not once per case."""
         st = checkpoint.stat()
         try:
             name = checkpoint.resolve().relative_to(self.root.resolve())
         except ValueError:
             name = checkpoint.resolve()
-        return "|".join(map(str, (name, st.st_size, st.st_mtime_ns, *parts)))
+        return f"{name}|{st.st_size}|{st.st_mtime_ns}"
 
     def get(self, key: str) -> dict | None:
         return self.rows.get(key)
@@ -271,7 +277,8 @@ class Study:
             per unit of the scoring that made them (``seconds``, ``units``; without
             ``summary``, of this call).
         """
-        split_key = self.store.key(run.best, *what, "(split)")
+        identity = self.store.identity(run.best)
+        split_key = self.store.key(identity, *what, "(split)")
         if whole:
             kept = self.store.get(split_key)
             if kept is None or [r["case"] for r in kept["rows"]] != [c.case_id for c in cases]:
@@ -279,7 +286,7 @@ class Study:
                 kept = {"loss": result.loss, "seconds": result.seconds, "units": result.units, "rows": result.rows}
                 self.store.put(split_key, kept)
             return Scores(kept["rows"], kept["loss"], kept["seconds"], kept["units"])
-        keys = {c.case_id: self.store.key(run.best, *what, c.case_id) for c in cases}
+        keys = {c.case_id: self.store.key(identity, *what, c.case_id) for c in cases}
         rows = {cid: self.store.get(k) for cid, k in keys.items()}
         kept = self.store.get(split_key) if summary else {"loss": None, "seconds": 0.0, "units": 0}
         missing = [c for c in cases if rows[c.case_id] is None]

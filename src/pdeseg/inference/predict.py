@@ -412,14 +412,22 @@ class Predictor:
                 not match the model's.
         """
         loaded, image = prepared if prepared is not None else self.read(case)
+        return (loaded, *self.segment(loaded, image, progress, with_probabilities))
+
+    def segment(self, loaded: LoadedCase, image: np.ndarray, progress: bool = False,
+                with_probabilities: bool = False) -> tuple[np.ndarray, ...]:
+        """The label map of a read case on its own grid, from its normalised ``image``
+        (:meth:`read`): ``(classes,)`` post-processed, and with ``with_probabilities`` also the
+        class probabilities ``(K, *spatial)`` float32 before post-processing. A model trained at
+        a ``target_spacing`` has its logits resampled back to the input's grid first."""
         logits = self.predict_logits(image, progress)[None]
         shape = tuple(loaded.image.shape[1:])
         if tuple(logits.shape[2:]) != shape:  # trained at target_spacing: logits back to the input's grid
             logits = F.interpolate(logits, size=shape, mode="trilinear" if len(shape) == 3 else "bilinear", align_corners=False)
         classes = self.finish(predicted_classes(logits, self.head)[0].numpy().astype(np.uint8))
         if with_probabilities:
-            return loaded, classes, class_probabilities(logits, self.head)[0].numpy().astype(np.float32)
-        return loaded, classes
+            return classes, class_probabilities(logits, self.head)[0].numpy().astype(np.float32)
+        return (classes,)
 
     def finish(self, classes: np.ndarray) -> np.ndarray:
         """A whole case's label map after the predictor's post-processing (unchanged when off)."""
