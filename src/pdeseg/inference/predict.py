@@ -61,10 +61,6 @@ from pdeseg.runtime import autocast, compile_model, resolve_device
 
 log = logging.getLogger(__name__)
 
-# Where sliding-window outputs are stitched (STITCH_MODES, from the config leaf so that the
-# command line can list them without importing torch): ``auto`` (the compute device when the
-# output fits in its free memory, else the CPU), ``device`` or ``cpu``.
-
 #: ``stitch="auto"`` stitches on the GPU only when the stitching buffers take at most this
 #: share of its free memory (the rest is left for the windows' forward passes).
 AUTO_STITCH_SHARE = 0.8
