@@ -293,7 +293,7 @@ def test_hippocampus_case_as_dicom_series_binary_and_fractional_seg(tmp_path):
     assert seg.SegmentationType == "FRACTIONAL"
     predictor = Predictor.from_checkpoint(ckpt, InferenceOptions(device="cpu", precision="32"))
     (case,) = find_dicom_cases(tmp_path / "dicom", ["MRI"])
-    _, _, probs = predictor.predict_case(case, with_probabilities=True)
+    probs = predictor.predict_case(case, with_probabilities=True)[1].probabilities
     assert np.abs(fractions - probs[1:]).max() <= 0.5 / 255 + 1e-6  # stored as round(255 p)
     assert fractions.max() > 0.5
 

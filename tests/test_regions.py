@@ -145,7 +145,8 @@ def test_a_region_model_trains_scores_and_writes_brats_labels(phantom_root, tmp_
     predictor = Predictor.from_checkpoint(ckpt, InferenceOptions("cpu"))
     assert predictor.head.kind == "regions" and predictor.head.channels == 3
     case = predictor.format.find_cases(phantom_root, predictor.modalities, False)[0]
-    loaded, classes = predictor.predict_case(case)
+    loaded, seg = predictor.predict_case(case)
+    classes = seg.classes
     logits = predictor.predict_logits(predictor.preprocess(loaded))[None]
     assert torch.equal(torch.from_numpy(classes.astype(np.int64)), predicted_classes(logits, predictor.head)[0])
     written = np.asarray(nib.load(next(out.glob(f"{case.case_id}*.nii.gz"))).dataobj)

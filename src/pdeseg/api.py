@@ -204,7 +204,7 @@ class Segmenter:
     # --- predicting ------------------------------------------------------------------
 
     def predict(self, x: np.ndarray | PathLike, *, spacing: Sequence[float] | None = None,
-                probabilities: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+                probabilities: bool = False, cells: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Segment one image or volume.
 
         Args:
@@ -217,6 +217,9 @@ class Segmenter:
                 array. Needed only when the model was trained resampled to a
                 ``target_spacing``; otherwise 1 per axis. Ignored for a path (the files say).
             probabilities: also return the class probabilities.
+            cells: a cell model: return its cells (int32, 0 background, ids 1..N per slice,
+                found by the model's instance representation, as ``pdeseg predict`` writes
+                them) in place of the class map.
 
         Returns:
             labels: uint8 class map with the input's spatial shape (a path: the shape of
@@ -229,21 +232,26 @@ class Segmenter:
         Raises:
             DataError: the wrong number of channels or dimensions, non-finite values, a
                 bad ``spacing``, or (a path) nothing this format reads.
+            ValueError: ``cells`` for a model whose data have no objects.
         """
+        if cells and self.predictor.representation is None:
+            raise ValueError(f"cells=True: this model segments {self.predictor.format.name} classes, which have no "
+                             "objects; cell models are trained on a microscopy format")
         if isinstance(x, (str, os.PathLike)):
             loaded = self.read(x)
-            return self._segment(loaded, probabilities)
+            return self._segment(loaded, probabilities, cells)
         image, spacing, squeeze = self._check_array(x, spacing)
-        out = self._segment(self._as_loaded(image, spacing), probabilities)
+        out = self._segment(self._as_loaded(image, spacing), probabilities, cells)
         if squeeze:
             out = tuple(a[..., 0] for a in out) if probabilities else out[..., 0]
         return out
 
-    def _segment(self, loaded: LoadedCase, probabilities: bool):
-        """Labels (and probabilities) of a case on its own grid (:meth:`Predictor.segment`)."""
+    def _segment(self, loaded: LoadedCase, probabilities: bool, cells: bool = False):
+        """Labels or cells (and probabilities) of a case on its own grid (:meth:`Predictor.segment`)."""
         p = self.predictor
-        out = p.segment(loaded, p.preprocess(loaded), with_probabilities=probabilities)
-        return out if probabilities else out[0]
+        seg = p.segment(loaded, p.preprocess(loaded), with_probabilities=probabilities)
+        first = seg.instances if cells else seg.classes
+        return (first, seg.probabilities) if probabilities else first
 
     def _check_array(self, x: Any, spacing: Sequence[float] | None) -> tuple[np.ndarray, tuple[float, ...], bool]:
         """``(image (C, X, Y, Z) float32, spacing (3 values), whether a slice axis was added)``."""

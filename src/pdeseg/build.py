@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,13 +68,15 @@ class Experiment:
         names = list(EPOCH_METRICS)
         names += [f"{m}_{c}" for m in ("dice", "iou") for c in self.info.class_names]
         names += [f"{m}_{r}" for m in ("dice", "iou") for r in self.info.regions]
+        if self.fmt.object_metrics:  # whole images scored with their cells (inference.score.object_metrics)
+            names += ["dice_fg", "dsb_score", "ap50"]
         return list(dict.fromkeys(names))
 
 
 def model_kwargs(spec: TaskSpec, model_cfg: ModelConfig) -> dict[str, Any]:
     """``spatial_dims``, ``in_channels`` and ``out_channels`` from the data, then the model's own kwargs."""
     fixed = {"spatial_dims": spec.spatial_dims, "in_channels": len(spec.modalities) * (2 * spec.context_slices + 1),
-             "out_channels": output_channels(spec.num_classes, spec.output, spec.regions)}
+             "out_channels": output_channels(spec.num_classes, spec.output, spec.regions) + len(spec.maps)}
     clash = sorted(set(fixed) & set(model_cfg.kwargs))
     if clash:
         raise ConfigError(f"models: {model_cfg.name} kwargs {clash} are set by the data (modalities, classes, "
@@ -119,6 +122,7 @@ def resolve(cfg: ExperimentConfig) -> Experiment:
                           f"{fmt.name} case)")
     if d.resize and d.mode != "slices":
         raise ConfigError("data.resize applies to data.mode slices only")
+    representation = _representation(fmt, d.format_options, d.slice_axes, cfg.output)
     spec = TaskSpec(
         format=fmt.name, modalities=modalities, normalization=d.normalization, ct_window=d.ct_window, mode=d.mode,
         spatial_dims=dims, spatial_size=d.spatial_size, resize=d.resize, tile_inference=d.tile_inference,
@@ -126,6 +130,9 @@ def resolve(cfg: ExperimentConfig) -> Experiment:
         target_spacing=d.target_spacing, slices=d.slices, slice_range=d.slice_range,
         num_classes=info.num_classes, output=cfg.output, class_names=list(info.class_names),
         regions={k: list(v) for k, v in info.regions.items()},
+        instance_targets=representation.name if representation else None,
+        boundary_width=representation.boundary_width if representation else 1,
+        maps=list(representation.maps) if representation else [],
     )
     resolved = cfg.model_copy(deep=True)
     resolved.data.modalities = modalities
@@ -141,8 +148,40 @@ def resolve(cfg: ExperimentConfig) -> Experiment:
     build_loss(cfg.loss, exp.head)  # every term's options, values included (class_weights against the classes)
     _check_device(cfg.train)
     _check_monitor(exp)
+    _check_instance_maps(exp)
     _check_loss_schedule(exp.cfg)
     return exp
+
+
+def _representation(fmt: DataFormat, options: Mapping[str, Any], slice_axes: Sequence[int], output: str):
+    """The instance representation of a microscopy format's ``targets`` (None for other formats).
+
+    Raises:
+        ConfigError: extra maps with triplanar slices or a region head.
+    """
+    if not fmt.object_metrics:
+        return None
+    from pdeseg.data.pipeline.representations import Representation
+
+    rep = Representation(options.get("targets") or "semantic", int(options.get("boundary_width") or 1))
+    if rep.maps and len(slice_axes) > 1:
+        raise ConfigError(f"data.format_options.targets {rep.name} puts out maps along the slice's own axes; "
+                          "it trains on one slice axis (data.slice_axes: [2])")
+    if rep.maps and output == "regions":
+        raise ConfigError(f"data.format_options.targets {rep.name} goes with output softmax or sigmoid, not regions")
+    return rep
+
+
+def _check_instance_maps(exp: Experiment) -> None:
+    """A representation with extra maps needs the loss term that trains them, and that term
+    needs such a representation."""
+    names = [t.name for t in exp.cfg.loss.terms if t.weight > 0]
+    if exp.spec.maps and "instance_maps" not in names:
+        raise ConfigError(f"data.format_options.targets {exp.spec.instance_targets} trains the maps "
+                          f"{', '.join(exp.spec.maps)}: add {{name: instance_maps, weight: 1.0}} to loss.terms")
+    if not exp.spec.maps and "instance_maps" in names:
+        raise ConfigError("loss term instance_maps trains the extra maps of data.format_options.targets distance or "
+                          f"flows; this task has none (targets {exp.spec.instance_targets or 'not set'})")
 
 
 def _check_device(t: TrainConfig) -> None:
@@ -232,7 +271,8 @@ def build_loss(loss: LossConfig, head: OutputHead | None = None) -> CompositeLos
             terms.append((term.name, term.weight, build(**term.options, **extra)))
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"loss.terms[{i}] ({term.name}): {exc}") from None
-    return CompositeLoss(terms, [(term.start_epoch, term.ramp_epochs) for term in loss.terms])
+    return CompositeLoss(terms, [(term.start_epoch, term.ramp_epochs) for term in loss.terms],
+                         head.class_channels if head is not None and head.maps else None)
 
 
 def build_network(exp: Experiment, model_cfg: ModelConfig) -> nn.Module:

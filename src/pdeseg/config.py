@@ -445,6 +445,11 @@ class TaskSpec(Section):
     output: Literal["softmax", "sigmoid", "regions"] = "softmax"
     class_names: list[str]
     regions: dict[str, list[int]] = Field(default_factory=dict)
+    # cell images: the instance representation (data.pipeline.representations), its boundary
+    # width and the regression maps the network puts out after its class logits
+    instance_targets: str | None = None
+    boundary_width: Annotated[int, Field(ge=1)] = 1
+    maps: list[str] = Field(default_factory=list)
 
 
 #: The old name of :class:`TaskSpec` (it also carries classes, head, regions and sampling,

@@ -19,7 +19,7 @@ from torch import nn
 
 from pdeseg.data.formats import FORMATS  # noqa: F401  (re-exported: the data-format registry)
 from pdeseg.losses.pde import PDEConsistencyLoss, PhaseFieldLoss, ReactionDiffusionLoss, TotalVariationLoss
-from pdeseg.losses.segmentation import CrossEntropyLoss, SoftDiceLoss
+from pdeseg.losses.segmentation import CrossEntropyLoss, InstanceMapsLoss, SoftDiceLoss
 from pdeseg.nn.pde3d_unet import PDE3DUNet
 from pdeseg.nn.pde_unet import PDEUNet
 from pdeseg.nn.unet import UNet
@@ -266,5 +266,6 @@ LOSSES: dict[str, LossEntry] = {
     "pde_consistency": LossEntry(PDEConsistencyLoss, "PDE layers' implicit-step residual reported by the model (paper 001); 0 without PDE layers"),
     "tv": LossEntry(TotalVariationLoss, "smoothed isotropic total variation of the foreground probabilities; options eps, channels (classes|union)"),
     "phase_field": LossEntry(PhaseFieldLoss, "Modica-Mortola interface energy of the foreground probabilities (paper 004); options eps, channels (classes|union)"),
+    "instance_maps": LossEntry(InstanceMapsLoss, "mean squared error of the extra maps of cell targets distance or flows (the representation's regression channels)"),
     "reaction_diffusion": LossEntry(ReactionDiffusionLoss, "squared residual of D lap(p) + f(p), Allen-Cahn or Fisher-KPP (paper 004); options diffusion, a, reaction, channels"),
 }

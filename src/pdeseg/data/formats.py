@@ -21,6 +21,9 @@ from pdeseg.data.case import LoadedCase
 from pdeseg.data.files import write_atomically
 from pdeseg.errors import ConfigError
 
+#: ``read_options`` value for an option that takes any integer >= 1 (e.g. a boundary width).
+POSITIVE_INT = "an integer >= 1"
+
 
 @dataclass(frozen=True)
 class DatasetInfo:
@@ -53,7 +56,7 @@ class DataFormat:
             for ``case`` (known before the case is read); ``write`` uses the same names.
         write_options: option name -> allowed values (offered by ``pdeseg predict``).
         read_options: option name -> allowed values of ``data.format_options`` (passed to
-            ``find_cases``).
+            ``find_cases``), or :data:`POSITIVE_INT`, or None (any string or list).
         regions: evaluation regions as unions of classes (BraTS WT/TC/ET), or empty.
         hd95_one_empty: HD95 when a region is empty in exactly one of truth and prediction.
         spatial_dims: dimensionality of a case (3: volumes; slice sets are stacked).
@@ -124,6 +127,10 @@ class DataFormat:
                 raise ConfigError(f"data.format_options: {self.name} takes no option {key!r}"
                                   + (f"; it takes {', '.join(self.read_options)}" if self.read_options else ""))
             allowed = self.read_options[key]
+            if allowed is POSITIVE_INT:
+                if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                    raise ConfigError(f"data.format_options.{key} must be an integer >= 1, got {value!r}")
+                continue
             if allowed is None:
                 if value is not None and not isinstance(value, (str, list)):
                     raise ConfigError(f"data.format_options.{key} must be a string or a list, got {value!r}")
@@ -146,9 +153,14 @@ class DataFormat:
                 raise ConfigError(f"{key} must be one of {', '.join(self.write_options[key])} for {self.name}, got {value!r}")
         return {k: v for k, v in options.items() if v is not None}
 
-    def write_prediction(self, classes: np.ndarray, loaded: LoadedCase, out_dir: str | Path, **options: Any) -> Path:
+    def write_prediction(self, classes: np.ndarray, loaded: LoadedCase, out_dir: str | Path,
+                         objects: np.ndarray | None = None, **options: Any) -> Path:
         """Write ``classes`` for ``loaded`` under ``out_dir``, each file through a temporary
         name (see :mod:`pdeseg.data.files`).
+
+        Args:
+            objects: a cell format's instances ``(H, W, 1)`` int32 as the model found them
+                (None: found from ``classes``).
 
         Returns:
             the file or case folder written.
@@ -156,7 +168,12 @@ class DataFormat:
         Raises:
             ConfigError: an option this format does not take, or a value it does not allow.
         """
-        return self.write(classes, loaded, Path(out_dir), **self.check_options(**options))
+        checked = self.check_options(**options)
+        if objects is not None:
+            if not self.object_metrics:
+                raise ConfigError(f"data format {self.name} has no objects to write")
+            checked["objects"] = objects
+        return self.write(classes, loaded, Path(out_dir), **checked)
 
     def output_paths(self, case: Any, out_dir: str | Path, **options: Any) -> list[Path]:
         """Every file :meth:`write_prediction` would write for ``case`` (a case object of this
@@ -267,10 +284,10 @@ def _cells_outputs(case, out_dir: Path) -> list[Path]:
     return output_paths(case.case_id, out_dir, not getattr(case, "semantic_only", False))
 
 
-def _write_cells(classes, loaded, out_dir: Path) -> Path:
+def _write_cells(classes, loaded, out_dir: Path, objects=None) -> Path:
     from pdeseg.data.readers.cells import write_prediction
 
-    return write_prediction(classes, loaded, out_dir, not getattr(loaded.case, "semantic_only", False))
+    return write_prediction(classes, loaded, out_dir, not getattr(loaded.case, "semantic_only", False), objects)
 
 
 def _cells_format(name: str, description: str, finder: str, read_options: Mapping[str, Any] | None = None,
@@ -282,14 +299,18 @@ def _cells_format(name: str, description: str, finder: str, read_options: Mappin
 
     module, _, function = finder.rpartition(".")
 
-    def find(root, modalities, require_label=True, skipped=None, **options):
+    def find(root, modalities, require_label=True, skipped=None, boundary_width=None, **options):
         import importlib
 
-        return getattr(importlib.import_module(module), function)(root, modalities, require_label, skipped, **options)
+        cases = getattr(importlib.import_module(module), function)(root, modalities, require_label, skipped, **options)
+        for case in cases:  # one place for every microscopy reader
+            case.boundary_width = int(boundary_width or 1)
+        return cases
 
     return DataFormat(
         name=name, description=description, modalities=CHANNELS, class_names=("background", "cell"), find_cases=find,
-        write=_write_cells, outputs=_cells_outputs, read_options={"targets": TARGETS, **(read_options or {})},
+        write=_write_cells, outputs=_cells_outputs,
+        read_options={"targets": TARGETS, "boundary_width": POSITIVE_INT, **(read_options or {})},
         hd95_one_empty=math.inf, display_rotate=False, default_modalities=default_modalities, object_metrics=True,
         info=lambda root, options: _cells_info(options, CHANNELS),
     )

@@ -127,7 +127,7 @@ def run_crossval(cfg: ExperimentConfig, model_cfg: ModelConfig, out_dir: str | P
         log.info("fold %d/%d: %d train, %d val, %d test cases", i + 1, folds, *(len(run.data.split[k]) for k in ("train", "val", "test")))
         scored = study.scores(run, ("test", "volume"), run.data.cases("test"), lambda cases, r=run: score(
             study.predictor(r, options), cases, "volume", with_hd95=True, progress=progress,
-            each_case=lambda case, classes: save_labels(out / PREDICTIONS / f"{case.case_id}.npz", classes)))
+            each_case=lambda case, classes, cells: save_labels(out / PREDICTIONS / f"{case.case_id}.npz", classes)))
         result.rows += [{"case": r["case"], "fold": i, **{k: v for k, v in r.items() if k != "case"}} for r in scored.rows]
     result.rows.sort(key=lambda r: r["case"])
     shutil.rmtree(out / PREDICTIONS_TTA, ignore_errors=True)  # maps of earlier fold models, if any, are stale now
@@ -287,6 +287,10 @@ def rescore_crossval(cv_dir: str | Path, name: str, tta: bool = False, min_compo
     for i, fold in enumerate(folds):
         predictor = _fold_predictor(cv, i, tta)
         spec = predictor.spec
+        if spec.maps:  # kept label maps lose the maps these cells are found from
+            raise ConfigError(f"{cv}: rescoring kept label maps does not apply to cell models trained with "
+                              f"targets {spec.instance_targets} (their cells come from the maps {', '.join(spec.maps)}); "
+                              "score each fold with pdeseg evaluate instead")
         root = data_root or (predictor.config.data.root if predictor.config is not None else None)
         if not root:
             raise ConfigError("no data folder: pass --data (the runs' config names none)")

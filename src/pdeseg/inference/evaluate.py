@@ -126,16 +126,17 @@ def evaluate_checkpoint(
     reader_case = {entry.case_id: case for case, entry in entries}
     panels = []
 
-    def draw_or_save(entry, classes) -> None:  # each case is segmented once, by the scoring itself
+    def draw_or_save(entry, classes, cells) -> None:  # each case is segmented once, by the scoring itself
         if entry.case_id not in drawn and not save_predictions:
             return
         loaded = reader_case[entry.case_id].load(predictor.modalities)
         if entry.case_id in drawn:
             panels.append(case_panel(loaded, classes))
             if fmt.object_metrics:
-                write_cell_figure(predictor, entry, out_dir / "figures" / "cells" / f"{entry.case_id}.png", classes, loaded)
+                write_cell_figure(predictor, entry, out_dir / "figures" / "cells" / f"{entry.case_id}.png", classes, loaded,
+                                  cells=cells)
         if save_predictions:
-            fmt.write_prediction(classes, loaded, out_dir / "predictions")
+            fmt.write_prediction(classes, loaded, out_dir / "predictions", objects=cells)
 
     from pdeseg.viz.case_figures import case_panel, write_case_figures, write_cell_figure
 

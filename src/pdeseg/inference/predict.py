@@ -37,7 +37,7 @@ import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -52,9 +52,10 @@ from pdeseg.data.files import blocking_path, describe_blocker
 from pdeseg.data.formats import DataFormat, get_format
 from pdeseg.data.pipeline.preprocess import Preprocessing
 from pdeseg.errors import CheckpointError, ConfigError, DataError, PdesegError, RunFolderError
+from pdeseg.data.pipeline.representations import Representation
 from pdeseg.inference.options import InferenceOptions
 from pdeseg.inference.postprocess import PostProcessing
-from pdeseg.nn.output import (OutputHead, background_logits, class_probabilities, head_of, logits_from_probabilities,
+from pdeseg.nn.output import (OutputHead, background_logits, class_probabilities, extra_maps, head_of, mean_output,
                               predicted_classes)
 from pdeseg.progress import counter, track
 from pdeseg.runtime import autocast, compile_model, resolve_device
@@ -92,6 +93,21 @@ def flip_sets(spatial_dims: int) -> list[tuple[int, ...]]:
     return [dims for r in range(spatial_dims + 1) for dims in itertools.combinations(axes, r)]
 
 
+@dataclass
+class Segmentation:
+    """What :meth:`Predictor.segment` makes of one case, on the case's own grid.
+
+    Attributes:
+        classes: ``(*spatial)`` uint8 post-processed class map.
+        probabilities: ``(K, *spatial)`` float32 class probabilities, when asked for.
+        instances: ``(*spatial)`` int32 cells (0 background) of a cell model, else None.
+    """
+
+    classes: np.ndarray
+    probabilities: np.ndarray | None = None
+    instances: np.ndarray | None = None
+
+
 class Predictor:
     """A model with the preprocessing and sampling it was trained with.
 
@@ -125,6 +141,7 @@ class Predictor:
         self.channels_last = spec.spatial_dims == 2
         self.format: DataFormat = get_format(spec.format)
         self.head: OutputHead = head_of(spec)
+        self.representation = Representation.of(spec, self.format.object_metrics)  # cell models: how output becomes cells
         self.postprocessing = PostProcessing()  # off; from_checkpoint takes the checkpoint's
         self.config: ExperimentConfig | None = None
 
@@ -236,13 +253,11 @@ class Predictor:
         spatial axes (see the module docstring)."""
         if not self.tta:
             return self.logits(x)
-        sets = flip_sets(x.dim() - 2)
-        total = None
-        for dims in sets:
-            probs = class_probabilities(self.logits(x.flip(dims) if dims else x), self.head)
-            probs = probs.flip(dims) if dims else probs
-            total = probs if total is None else total.add_(probs)
-        return logits_from_probabilities(total / len(sets), self.head)
+        outputs = []
+        for dims in flip_sets(x.dim() - 2):
+            out = self.logits(x.flip(dims) if dims else x)
+            outputs.append((out.flip(dims) if dims else out, dims))
+        return mean_output(outputs, self.head)
 
     @torch.no_grad()
     def predict_logits(self, image: np.ndarray, progress: bool = False) -> torch.Tensor:
@@ -330,11 +345,7 @@ class Predictor:
         axes = list(self.spec.slice_axes)
         if len(axes) == 1:
             return self._along(image, axes[0], progress)
-        total = None
-        for axis in axes:
-            probs = class_probabilities(self._along(image, axis, progress)[None], self.head)
-            total = probs if total is None else total.add_(probs)
-        return logits_from_probabilities(total / len(axes), self.head)[0]
+        return mean_output([(self._along(image, axis, progress)[None], ()) for axis in axes], self.head)[0]
 
     def _along(self, image: np.ndarray, axis: int, progress: bool) -> torch.Tensor:
         """Logits ``(K, X, Y, Z)`` of the slices along ``axis``; with ``options.skip_empty`` the
@@ -388,7 +399,7 @@ class Predictor:
         return loaded, self.preprocess(loaded)
 
     def predict_case(self, case, progress: bool = False, with_probabilities: bool = False,
-                     prepared: tuple[LoadedCase, np.ndarray] | None = None):
+                     prepared: tuple[LoadedCase, np.ndarray] | None = None) -> tuple[LoadedCase, Segmentation]:
         """Read (images only: labels are not needed, so a broken label file cannot stop a
         prediction), preprocess and segment one case (of the spec's data format, or any format
         whose cases give the model's channels, such as DICOM series).
@@ -400,30 +411,49 @@ class Predictor:
                 background thread while the case before it was segmented).
 
         Returns:
-            ``(loaded case without label, classes (*spatial))``, and the probabilities with
-            ``with_probabilities``.
+            ``(loaded case without label, its Segmentation)``.
 
         Raises:
             DataError: a file of the case is unreadable or inconsistent, or its channels do
                 not match the model's.
         """
         loaded, image = prepared if prepared is not None else self.read(case)
-        return (loaded, *self.segment(loaded, image, progress, with_probabilities))
+        return loaded, self.segment(loaded, image, progress, with_probabilities)
 
     def segment(self, loaded: LoadedCase, image: np.ndarray, progress: bool = False,
-                with_probabilities: bool = False) -> tuple[np.ndarray, ...]:
-        """The label map of a read case on its own grid, from its normalised ``image``
-        (:meth:`read`): ``(classes,)`` post-processed, and with ``with_probabilities`` also the
-        class probabilities ``(K, *spatial)`` float32 before post-processing. A model trained at
-        a ``target_spacing`` has its logits resampled back to the input's grid first."""
+                with_probabilities: bool = False) -> Segmentation:
+        """The segmentation of a read case on its own grid, from its normalised ``image``
+        (:meth:`read`): the post-processed classes, the cells of a cell model
+        (:meth:`cells`), and with ``with_probabilities`` the class probabilities ``(K,
+        *spatial)`` float32 before post-processing. A model trained at a ``target_spacing``
+        has its logits resampled back to the input's grid first."""
         logits = self.predict_logits(image, progress)[None]
         shape = tuple(loaded.image.shape[1:])
         if tuple(logits.shape[2:]) != shape:  # trained at target_spacing: logits back to the input's grid
             logits = F.interpolate(logits, size=shape, mode="trilinear" if len(shape) == 3 else "bilinear", align_corners=False)
         classes = self.finish(predicted_classes(logits, self.head)[0].numpy().astype(np.uint8))
-        if with_probabilities:
-            return classes, class_probabilities(logits, self.head)[0].numpy().astype(np.float32)
-        return (classes,)
+        probabilities = class_probabilities(logits, self.head)[0].numpy().astype(np.float32) if with_probabilities else None
+        return Segmentation(classes, probabilities, self.cells(logits[0], classes))
+
+    def cells(self, logits: torch.Tensor, classes: np.ndarray, min_size: int | None = None) -> np.ndarray | None:
+        """The instances ``(X, Y, Z)`` int32 of a cell model's output, slice by slice, by its
+        representation (:mod:`pdeseg.data.pipeline.representations`; ids restart at 1 in
+        each slice); None for a model of a format without objects.
+
+        Args:
+            logits: ``(K + M, X, Y, Z)`` the whole case's output on the classes' grid.
+            classes: ``(X, Y, Z)`` its post-processed class map.
+            min_size: drop cells under this many pixels (None: the representation's rule).
+        """
+        if self.representation is None:
+            return None
+        rep = self.representation if min_size is None else replace(self.representation, min_size=int(min_size))
+        cell = 1 - class_probabilities(logits[None], self.head)[0, 0].numpy()
+        maps = extra_maps(logits[None], self.head)[0].numpy()
+        out = np.zeros(classes.shape, np.int32)
+        for z in range(classes.shape[-1]):
+            out[..., z] = rep.instances(cell[..., z], classes[..., z], maps[..., z])
+        return out
 
     def finish(self, classes: np.ndarray) -> np.ndarray:
         """A whole case's label map after the predictor's post-processing (unchanged when off)."""
@@ -571,24 +601,26 @@ def _placeable(cases: list, skipped: dict[str, str]) -> list:
     return kept
 
 
-def _write_dicom(predictor: Predictor, classes: np.ndarray, loaded: LoadedCase, out_dir: Path, write_options: dict,
-                 probabilities: list) -> Path:
+def _write_dicom(predictor: Predictor, seg: Segmentation, loaded: LoadedCase, out_dir: Path, write_options: dict) -> Path:
     """Write a DICOM case's prediction (SEG segments named by the model's classes or regions)."""
     from pdeseg.data.readers.dicom_seg import segments_for, write_prediction
 
     spec = predictor.spec
     segments = segments_for(spec.class_names, spec.regions, spec.output)
     try:
-        return write_prediction(classes, loaded, out_dir, segments=segments, probabilities=probabilities[0] if probabilities
-                                else None, description=f"pdeseg {predictor.name}", **write_options)
+        return write_prediction(seg.classes, loaded, out_dir, segments=segments, probabilities=seg.probabilities,
+                                description=f"pdeseg {predictor.name}", **write_options)
     except OSError as exc:
         raise RunFolderError(f"cannot write the prediction of {loaded.case.case_id} under {out_dir}: {exc}") from exc
 
 
-def _write(fmt: DataFormat, classes: np.ndarray, loaded: LoadedCase, out_dir: Path, write_options: dict) -> Path:
-    """Write one prediction; an OSError (disk full, permissions) stops the run as a RunFolderError."""
+def _write(fmt: DataFormat, seg: Segmentation, loaded: LoadedCase, out_dir: Path, write_options: dict) -> Path:
+    """Write one prediction (a cell format also gets the model's own cells); an OSError (disk
+    full, permissions) stops the run as a RunFolderError."""
     try:
-        return fmt.write_prediction(classes, loaded, out_dir, **write_options)
+        if fmt.object_metrics and seg.instances is not None:
+            return fmt.write_prediction(seg.classes, loaded, out_dir, objects=seg.instances, **write_options)
+        return fmt.write_prediction(seg.classes, loaded, out_dir, **write_options)
     except OSError as exc:
         raise RunFolderError(f"cannot write the prediction of {loaded.case.case_id} under {out_dir}: {exc}") from exc
 
@@ -659,11 +691,7 @@ class EnsembleModel(nn.Module):
         self.head = head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        total = None
-        for member in self.members:
-            probs = class_probabilities(member(x).float(), self.head)
-            total = probs if total is None else total + probs
-        return logits_from_probabilities(total / len(self.members), self.head)
+        return mean_output([(member(x).float(), ()) for member in self.members], self.head)
 
 
 def read_ahead(read, items: Sequence) -> Iterator[Future]:
@@ -766,27 +794,28 @@ def predict_folder(
     fractional = dicom and write_options.get("seg_type") == "fractional"
     for case, read in zip(track(cases, "predicting", "case", enabled=progress), read_ahead(predictor.read, cases)):
         try:
-            loaded, classes, *probabilities = predictor.predict_case(case, progress, with_probabilities=fractional,
-                                                                     prepared=read.result())
+            loaded, seg = predictor.predict_case(case, progress, with_probabilities=fractional, prepared=read.result())
         except PdesegError as exc:
             _skip(report, case.case_id, str(exc))
             continue
         try:
             if dicom:
                 try:
-                    path = _write_dicom(predictor, classes, loaded, out_dir, write_options, probabilities)
+                    path = _write_dicom(predictor, seg, loaded, out_dir, write_options)
                 except DataError as exc:  # the source headers do not allow a SEG (reported, the others go on)
                     _skip(report, case.case_id, str(exc))
                     continue
             else:
-                path = _write(fmt, classes, loaded, out_dir, write_options)
+                path = _write(fmt, seg, loaded, out_dir, write_options)
         except RunFolderError as exc:
             if not report.written:
                 raise  # nothing written: the run is refused as a whole (exit 2)
             _stop_after_fault(report, cases, case.case_id, exc)
             break
-        counts = np.bincount(classes.ravel(), minlength=predictor.spec.num_classes)
-        log.info("%s -> %s (%s)", case.case_id, path, ", ".join(f"{n}: {v}" for n, v in zip(predictor.spec.class_names, counts)))
+        counts = np.bincount(seg.classes.ravel(), minlength=predictor.spec.num_classes)
+        cells = f", {int(seg.instances.max(initial=0))} cells" if seg.instances is not None and fmt.object_metrics else ""
+        log.info("%s -> %s (%s%s)", case.case_id, path,
+                 ", ".join(f"{n}: {v}" for n, v in zip(predictor.spec.class_names, counts)), cells)
         report.written.append(path)
     if report.skipped:
         log.warning("%s", report.summary())

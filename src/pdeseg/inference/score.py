@@ -91,7 +91,7 @@ def score(
     with_hd95: bool = False,
     batch_size: int | None = None,
     progress: bool = False,
-    each_case: Callable[[CachedCase, np.ndarray], None] | None = None,
+    each_case: Callable[[CachedCase, np.ndarray, np.ndarray | None], None] | None = None,
     surface_tolerance_mm: float | None = None,
 ) -> Scores:
     """Per-case metrics of ``predictor`` on cached, labelled ``cases``.
@@ -103,8 +103,9 @@ def score(
         surface_tolerance_mm: add the surface Dice per region at this tolerance (volume
             scope; in the units of the case spacing).
         batch_size: slices per batch in slices scope (default: the predictor's).
-        each_case: volume scope: called with each case and its predicted classes, so that
-            callers can draw or save them without segmenting the case again.
+        each_case: volume scope: called with each case, its predicted classes and its
+            predicted cells (a cell model's instances, else None), so that callers can draw or
+            save them without segmenting the case again.
 
     Raises:
         ConfigError: an unknown scope, slices scope for a non-slice model, HD95 or surface
@@ -142,7 +143,8 @@ def _score_slices(predictor: Predictor, cases: list[CachedCase], loss_fn, batch_
         logits = predictor.predict_batch(batch["image"])
         y = batch["label"].to(logits.device)
         if loss_fn is not None:
-            total += float(loss_fn(logits, y)) * y.shape[0]
+            maps = {"maps": batch["maps"].to(logits.device)} if "maps" in batch else {}
+            total += float(loss_fn(logits, y, **maps)) * y.shape[0]
             count += y.shape[0]
         pred, (y, keep) = predicted_classes(logits, predictor.head), split_ignored(y)  # outside a field of view: not scored
         acc.update(pred if keep is None else pred * keep, y, list(batch["case"]))
@@ -150,7 +152,7 @@ def _score_slices(predictor: Predictor, cases: list[CachedCase], loss_fn, batch_
 
 
 def _score_volumes(predictor: Predictor, cases: list[CachedCase], loss_fn, with_hd95: bool, progress: bool,
-                   each_case: Callable[[CachedCase, np.ndarray], None] | None = None,
+                   each_case: Callable[[CachedCase, np.ndarray, np.ndarray | None], None] | None = None,
                    surface_tolerance_mm: float | None = None) -> Scores:
     rules = scoring_rules(predictor.spec)
     objects = get_format(predictor.spec.format).object_metrics
@@ -161,13 +163,25 @@ def _score_volumes(predictor: Predictor, cases: list[CachedCase], loss_fn, with_
         if loss_fn is not None:
             outside = _outside(case)
             target = label.astype(np.int64) if outside is None else np.where(outside, IGNORE_LABEL, label)
-            losses.append(float(loss_fn(logits, torch.from_numpy(target)[None])))
+            losses.append(float(loss_fn(logits, torch.from_numpy(target)[None], **_map_targets(predictor, case))))
         classes = predictor.finish(predicted_classes(logits, predictor.head)[0].numpy().astype(np.uint8))
-        rows.append(case_row(rules, objects, case, classes, label, with_hd95, surface_tolerance_mm))
+        cells = predictor.cells(logits[0], classes) if objects else None
+        rows.append(case_row(rules, objects, case, classes, label, with_hd95, surface_tolerance_mm, cells))
         if each_case is not None:
-            each_case(case, classes)
+            each_case(case, classes, cells)
         units += image.shape[-1] if predictor.spec.mode == "slices" else 1
     return Scores(rows, float(np.mean(losses)) if losses else None, units=units)
+
+
+def _map_targets(predictor: Predictor, case: CachedCase) -> dict[str, torch.Tensor]:
+    """``{"maps": (1, M, X, Y, Z)}``: the targets of a cell model's extra maps for a whole case,
+    slice by slice from its objects (the loss's keyword argument), or ``{}`` without maps."""
+    rep = predictor.representation
+    if rep is None or not rep.maps or case.instances is None:
+        return {}
+    objects = np.asarray(case.instances)  # (Z, X, Y)
+    maps = np.stack([rep.targets(objects[z])[1] for z in range(objects.shape[0])], axis=-1)  # (M, X, Y, Z)
+    return {"maps": torch.from_numpy(maps)[None]}
 
 
 def _outside(case: CachedCase) -> np.ndarray | None:
@@ -176,8 +190,8 @@ def _outside(case: CachedCase) -> np.ndarray | None:
 
 
 def case_row(rules: ScoringRules, objects: bool, case: CachedCase, classes: np.ndarray, label: np.ndarray,
-             with_hd95: bool = False,
-             surface_tolerance_mm: float | None = None) -> dict[str, Any]:
+             with_hd95: bool = False, surface_tolerance_mm: float | None = None,
+             cells: np.ndarray | None = None) -> dict[str, Any]:
     """The metrics of one whole case's predicted label map: the one place where a label map
     becomes a score row.
 
@@ -189,6 +203,8 @@ def case_row(rules: ScoringRules, objects: bool, case: CachedCase, classes: np.n
     Args:
         classes: uint8 ``(X, Y, Z)`` on the cached case's grid.
         label: the case's true classes, same shape (:func:`~pdeseg.data.pipeline.sampling.case_volume`).
+        cells: the predicted instances ``(X, Y, 1)`` as the model's representation found them
+            (:meth:`~pdeseg.inference.predict.Predictor.cells`), or None: found from ``classes``.
 
     Returns:
         ``{"case": id, metric: value, ...}``.
@@ -198,7 +214,9 @@ def case_row(rules: ScoringRules, objects: bool, case: CachedCase, classes: np.n
         classes[outside], label = 0, np.where(outside, 0, label).astype(label.dtype)
     row = {"case": case.case_id, **rules.case_metrics(classes, label, case.meta["spacing"], with_hd95, surface_tolerance_mm)}
     if objects:
-        row.update(object_metrics(classes, label, case))
+        if outside is not None and cells is not None:
+            cells = np.where(outside, 0, cells)
+        row.update(object_metrics(classes, label, case, cells))
     return row
 
 
@@ -228,11 +246,13 @@ def score_label_maps(spec: TaskSpec, cases: list[CachedCase], label_map: Callabl
     return Scores(rows, units=len(rows))
 
 
-def object_metrics(classes: np.ndarray, label: np.ndarray, case: CachedCase) -> dict[str, Any]:
+def object_metrics(classes: np.ndarray, label: np.ndarray, case: CachedCase,
+                   cells: np.ndarray | None = None) -> dict[str, Any]:
     """Dice of the foreground (``dice_fg``: every non-background class counts, so the
     cells' Dice for semantic and boundary outputs alike), its boundary F1 at 1, 2 and 3 px
-    and, when ``case`` has objects, the instance metrics of the predicted cells, for a
-    one-slice case ``(X, Y, 1)``."""
+    and, when ``case`` has objects, the instance metrics of the predicted cells (``cells``
+    ``(X, Y, 1)``, or None: :func:`~pdeseg.data.pipeline.label_geometry.predicted_instances`
+    of the class map), for a one-slice case ``(X, Y, 1)``."""
     from pdeseg.data.pipeline.label_geometry import predicted_instances
     from pdeseg.metrics.instances import boundary_f1_scores, instance_metrics
 
@@ -245,7 +265,7 @@ def object_metrics(classes: np.ndarray, label: np.ndarray, case: CachedCase) -> 
         truth = np.asarray(case.instances[0])
         if case.valid is not None:
             truth = np.where(np.asarray(case.valid[0]), truth, 0)
-        row.update(instance_metrics(predicted_instances(pred), truth))
+        row.update(instance_metrics(predicted_instances(pred) if cells is None else cells[..., 0], truth))
     return row
 
 

@@ -439,8 +439,8 @@ def _spec(job: TiledJob):
 def predict_task(job: TiledJob, t: tuple[int, int]) -> tuple[int, np.ndarray]:
     """Pass 2: segment tile ``t`` in its window.
 
-    Cells: the window's cells (:func:`~pdeseg.data.pipeline.label_geometry.predicted_instances`
-    over the window, local ids) within ``band`` of the core go to the scratch chunk of the tile.
+    Cells: the window's cells (:meth:`~pdeseg.inference.predict.Predictor.cells`, the model's
+    representation, over the window, local ids) within ``band`` of the core go to the scratch chunk of the tile.
     Classes: the core's classes go to the output.
 
     Returns:
@@ -470,7 +470,9 @@ def predict_task(job: TiledJob, t: tuple[int, int]) -> tuple[int, np.ndarray]:
         out = _zarr_array(str(Path(job.scratch) / "labels.zarr"))
         out[cy0:cy1, cx0:cx1] = classes[cy0 - wy0: cy1 - wy0, cx0 - wx0: cx1 - wx0]
         return 0, np.zeros(0, np.int64)
-    cells = predicted_instances(classes, MIN_OBJECT_PIXELS if job.min_size is None else job.min_size)
+    found = p.cells(logits, classes[..., None], job.min_size)  # the model's representation, over the window
+    cells = found[..., 0] if found is not None else predicted_instances(
+        classes, MIN_OBJECT_PIXELS if job.min_size is None else job.min_size)
     ky0, ky1, kx0, kx1 = g.keep(t)
     oy, ox = g.keep_origin(t)
     chunk = np.zeros((g.keep_chunk, g.keep_chunk), dtype=np.uint32)

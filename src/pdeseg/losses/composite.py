@@ -78,13 +78,18 @@ class CompositeLoss(nn.Module):
         schedules: one ``(start_epoch, ramp_epochs)`` pair per term (see :func:`warmup_factor`),
             or None: no schedule. The factors apply once :meth:`set_epoch` has been called;
             until then (and for terms without a schedule) the weights are the given ones.
+        class_channels: the output's class-logit channels when extra maps follow them (a cell
+            representation's regression channels; terms with ``uses_maps = True`` get them
+            with their targets), else None.
 
     Shapes:
         ``output`` as in the module docstring, ``target (B, *spatial)`` -> scalar.
     """
 
-    def __init__(self, terms: Sequence[tuple[str, float, nn.Module]], schedules: Sequence[tuple[int, int]] | None = None):
+    def __init__(self, terms: Sequence[tuple[str, float, nn.Module]], schedules: Sequence[tuple[int, int]] | None = None,
+                 class_channels: int | None = None):
         super().__init__()
+        self.class_channels = class_channels  # the output's class-logit channels (None: all of them)
         if not terms:
             raise ValueError("a loss needs at least one term")
         self.names = [n for n, _, _ in terms]
@@ -122,7 +127,11 @@ class CompositeLoss(nn.Module):
                 out[name if self.names.count(name) == 1 else f"{name}_{i}"] = factor
         return out
 
-    def forward(self, output: Any, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, output: Any, target: torch.Tensor, maps: torch.Tensor | None = None) -> torch.Tensor:
+        """The weighted loss of ``output`` against the class ``target`` and, for a head with
+        extra maps (a cell representation's regression channels), their targets ``maps (B, M,
+        *spatial)``: terms that set ``uses_maps = True`` get the whole output and ``maps``;
+        every other term the class logits only."""
         aux: dict[str, Any] = {}
         if isinstance(output, Mapping):
             aux = {k: v for k, v in output.items() if k != "logits"}
@@ -138,13 +147,23 @@ class CompositeLoss(nn.Module):
                 total = total + 0.0 * logits.float().sum()
                 continue
             y = _downsample_target(target, logits.shape[2:])
+            m = maps
+            if maps is not None and tuple(maps.shape[2:]) != tuple(logits.shape[2:]):  # a deep-supervision head
+                m = F.interpolate(maps.float(), size=tuple(logits.shape[2:]), mode="bilinear" if maps.dim() == 4 else "trilinear")
+            classes = logits[:, :self.class_channels] if self.class_channels else logits
             if not any(weights):  # every term off: 0, still a function of the logits (a zero gradient)
                 loss = 0.0 * logits.float().sum()
             else:
                 loss = logits.new_zeros((), dtype=torch.float32)
                 for weight, term in zip(weights, self.terms):
-                    if weight:  # a term weighted 0 (or not yet switched on) is not computed
-                        value = term(logits, y, aux=aux) if getattr(term, "uses_aux", False) else term(logits, y)
+                    if not weight:  # a term weighted 0 (or not yet switched on) is not computed
+                        continue
+                    if getattr(term, "uses_maps", False):
+                        value = term(logits, y, m)
+                    elif getattr(term, "uses_aux", False):
+                        value = term(classes, y, aux=aux)
+                    else:
+                        value = term(classes, y)
                         loss = loss + weight * value
             total = total + (loss if len(heads) == 1 else head_weight * loss)
         return total

@@ -163,3 +163,42 @@ class SoftDiceLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return soft_dice_loss(logits, target, self.eps, self.include_background, self.head)
+
+
+class InstanceMapsLoss(nn.Module):
+    """Mean squared error of a cell representation's extra maps (the channels after the class
+    logits; :mod:`pdeseg.data.pipeline.representations`): ``mean((z_maps - t)^2)`` over maps
+    and pixels, with ``t`` the targets the representation made from the augmented instance
+    image (e.g. Cellpose-style flows at 5x unit length, or normalised distances). Pixels
+    carrying :data:`~pdeseg.config.IGNORE_LABEL` in the class target are left out.
+
+    Args:
+        head: the output head (set by the run); it must have maps.
+
+    Shapes:
+        ``logits (B, K + M, *spatial)``, ``target (B, *spatial)``, ``maps (B, M, *spatial)`` -> scalar.
+    """
+
+    uses_maps = True
+
+    def __init__(self, head: OutputHead | None = None):
+        super().__init__()
+        if head is not None and not head.maps:
+            raise ValueError("instance_maps trains the extra maps of data.format_options.targets distance or flows; "
+                             "this task's output has none")
+        self.head = head
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, maps: torch.Tensor | None = None) -> torch.Tensor:
+        if maps is None:
+            raise ValueError("instance_maps needs the maps' targets (batches from a cell data set with targets distance "
+                             "or flows)")
+        k = self.head.class_channels if self.head is not None else logits.shape[1] - maps.shape[1]
+        pred = logits[:, k:].float()
+        if pred.shape != maps.shape:
+            raise ValueError(f"instance_maps: the output has maps of shape {tuple(pred.shape)}, the targets {tuple(maps.shape)}")
+        per_pixel = (pred - maps.float()).pow(2)
+        ignored = target == IGNORE_LABEL
+        if not bool(ignored.any()):
+            return per_pixel.mean()
+        keep = (~ignored)[:, None].to(per_pixel.dtype)
+        return (per_pixel * keep).sum() / (keep.sum() * per_pixel.shape[1]).clamp(min=1)

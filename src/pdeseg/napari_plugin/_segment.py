@@ -90,8 +90,6 @@ def segment_layer(segmenter, data, *, rgb: bool = False, name: str = "image", sc
     Raises:
         DataError: a layer the model cannot take.
     """
-    from pdeseg.data.pipeline.label_geometry import predicted_instances
-
     say = progress or (lambda f, m: None)
     dims = segmenter.spatial_dims
     image, planes = layer_channels(data, rgb, segmenter.modalities, name, dims)
@@ -105,41 +103,41 @@ def segment_layer(segmenter, data, *, rgb: bool = False, name: str = "image", sc
         spacing = tuple(s[1:] + s[:1]) if planes else tuple(s)
     if dims == 3:
         say(0.05, "segmenting the stack")
-        out = segmenter.predict(image, spacing=spacing, probabilities=probabilities)
+        out = segmenter.predict(image, spacing=spacing, probabilities=probabilities, cells=cells)
         labels, probs = out if probabilities else (out, None)
         labels, probs = np.moveaxis(labels, -1, 0), (np.moveaxis(probs, -1, 1) if probs is not None else None)
         say(0.9, "labelling")
-        result = labels.astype(np.uint8)
-        if cells:
-            result = _stack_instances(labels, predicted_instances)
+        result = _stack_instances(labels) if cells else labels.astype(np.uint8)
         return Segmentation(result, cells, _probability_maps(probs, classes))
     if planes == 0:
         say(0.05, "segmenting")
-        out = segmenter.predict(image, spacing=spacing, probabilities=probabilities)
+        out = segmenter.predict(image, spacing=spacing, probabilities=probabilities, cells=cells)
         labels, probs = out if probabilities else (out, None)
         say(0.9, "labelling")
-        result = predicted_instances(labels).astype(np.uint32) if cells else labels.astype(np.uint8)
+        result = labels.astype(np.uint32) if cells else labels.astype(np.uint8)
         return Segmentation(result, cells, _probability_maps(probs, classes))
     out_labels, out_probs = [], []
     for z in range(planes):
         say(z / planes, f"plane {z + 1}/{planes}")
-        out = segmenter.predict(image[..., z], spacing=spacing[:2] if spacing else None, probabilities=probabilities)
+        out = segmenter.predict(image[..., z], spacing=spacing[:2] if spacing else None, probabilities=probabilities,
+                                cells=cells)
         labels, probs = out if probabilities else (out, None)
         out_labels.append(labels)
         if probs is not None:
             out_probs.append(probs)
     labels = np.stack(out_labels)
-    result = _stack_instances(labels, predicted_instances) if cells else labels.astype(np.uint8)
+    result = _stack_instances(labels) if cells else labels.astype(np.uint8)
     probs = np.stack(out_probs, axis=1) if out_probs else None
     return Segmentation(result, cells, _probability_maps(probs, classes))
 
 
-def _stack_instances(classes: np.ndarray, predicted_instances) -> np.ndarray:
-    """Cells of each plane of a ``(Z, Y, X)`` class stack, ids unique over the stack."""
-    out = np.zeros(classes.shape, np.uint32)
+def _stack_instances(planes: np.ndarray) -> np.ndarray:
+    """A ``(Z, Y, X)`` stack of per-plane cells (ids 1..N in each plane) with ids unique over
+    the stack."""
+    out = np.zeros(planes.shape, np.uint32)
     top = 0
-    for z in range(classes.shape[0]):
-        cells = predicted_instances(classes[z]).astype(np.uint32)
+    for z in range(planes.shape[0]):
+        cells = planes[z].astype(np.uint32)
         out[z] = np.where(cells > 0, cells + top, 0)
         top = int(out[z].max(initial=top))
     return out

@@ -22,6 +22,12 @@ about the three heads.
   Because ``m_k`` is a sum of class probabilities, averaging class probabilities (test-time
   augmentation, ensembles) averages region probabilities, and the rule applies unchanged.
 
+A head may also carry **extra maps** (``maps``: per-pixel regression outputs of a cell
+representation, e.g. Cellpose-style flows, see :mod:`pdeseg.data.pipeline.representations`):
+``M`` more channels after the ``K`` class-logit channels. Every function here reads the
+class channels only (:func:`class_logits`); :func:`extra_maps` returns the others, and
+:func:`map_flip_signs` says how each map changes when the input is mirrored.
+
 Losses, metrics, prediction and figures all go through these functions with the run's
 :class:`OutputHead` (or, for the first two heads, with none: a one-channel logits tensor is a
 sigmoid head, more channels a softmax head).
@@ -30,7 +36,7 @@ sigmoid head, more channels a softmax head).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Union
 
 import torch
@@ -50,6 +56,7 @@ class OutputHead:
         region_names: their names (``WT``, ``TC``, ``ET``).
         levels: ``regions`` only: the class of each depth, ``levels[0]`` background and
             ``levels[k]`` the own class of region ``k`` (1-based), a tuple of ``K + 1`` ids.
+        maps: names of the extra regression maps after the class logits (none by default).
     """
 
     kind: str
@@ -57,11 +64,17 @@ class OutputHead:
     regions: tuple[tuple[int, ...], ...] = ()
     region_names: tuple[str, ...] = ()
     levels: tuple[int, ...] = ()
+    maps: tuple[str, ...] = ()
+
+    @property
+    def class_channels(self) -> int:
+        """Class-logit channels ``K``."""
+        return {"softmax": self.num_classes, "sigmoid": 1, "regions": len(self.regions)}[self.kind]
 
     @property
     def channels(self) -> int:
-        """Logit channels ``K``."""
-        return {"softmax": self.num_classes, "sigmoid": 1, "regions": len(self.regions)}[self.kind]
+        """All output channels: ``K`` class logits, then the extra maps."""
+        return self.class_channels + len(self.maps)
 
 
 HeadLike = Union[OutputHead, str, None]
@@ -108,8 +121,49 @@ def make_head(output: str, num_classes: int, regions: Mapping[str, Sequence[int]
 
 
 def head_of(spec: Any) -> OutputHead:
-    """The head of a preprocessing spec (anything with ``output``, ``num_classes``, ``regions``)."""
-    return make_head(getattr(spec, "output", "softmax"), spec.num_classes, getattr(spec, "regions", None))
+    """The head of a task spec (anything with ``output``, ``num_classes``, ``regions`` and
+    optionally ``maps``)."""
+    head = make_head(getattr(spec, "output", "softmax"), spec.num_classes, getattr(spec, "regions", None))
+    maps = tuple(getattr(spec, "maps", None) or ())
+    return replace(head, maps=maps) if maps else head
+
+
+def class_logits(output: torch.Tensor, head: HeadLike) -> torch.Tensor:
+    """The class-logit channels ``(B, K, *S)`` of an output ``(B, K + M, *S)``."""
+    return output[:, :head.class_channels] if isinstance(head, OutputHead) and head.maps else output
+
+
+def extra_maps(output: torch.Tensor, head: OutputHead) -> torch.Tensor:
+    """The extra maps ``(B, M, *S)`` of an output ``(B, K + M, *S)`` (``M = 0``: empty)."""
+    return output[:, head.class_channels:]
+
+
+def map_flip_signs(head: OutputHead, dims: Sequence[int]) -> torch.Tensor:
+    """``(M,)`` signs of the extra maps of an output mirrored along tensor dims ``dims`` (2
+    and up are spatial): a map named ``flow_k`` is a vector component along spatial axis
+    ``k`` and changes sign when that axis is mirrored; every other map is a scalar field."""
+    signs = torch.ones(len(head.maps))
+    for i, name in enumerate(head.maps):
+        if name.startswith("flow_") and int(name[5:]) + 2 in tuple(dims):
+            signs[i] = -1.0
+    return signs
+
+
+def mean_output(outputs: Sequence[tuple[torch.Tensor, Sequence[int]]], head: OutputHead) -> torch.Tensor:
+    """The output whose class probabilities are the mean of those of ``outputs`` and whose extra
+    maps are their mean, each ``(output (B, K + M, *S), dims it was mirrored along)``, already
+    mirrored back: vector maps are turned back too (:func:`map_flip_signs`). For test-time
+    augmentation, ensembles and several slice axes."""
+    probs = maps = None
+    for out, dims in outputs:
+        p = class_probabilities(out, head)
+        probs = p if probs is None else probs.add_(p)
+        if head.maps:
+            m = extra_maps(out, head).float() * map_flip_signs(head, dims).to(out.device).view(1, -1, *[1] * (out.dim() - 2))
+            maps = m if maps is None else maps.add_(m)
+    n = len(outputs)
+    logits = logits_from_probabilities(probs / n, head)
+    return torch.cat([logits, maps / n], dim=1) if head.maps else logits
 
 
 def _resolve(head: HeadLike, logits_or_probs: torch.Tensor) -> OutputHead:
@@ -164,7 +218,7 @@ def class_probabilities(logits: torch.Tensor, head: HeadLike = None) -> torch.Te
     head: the chain of the module docstring.
     """
     h = _resolve(head, logits)
-    z = _float(logits)
+    z = _float(class_logits(logits, h))
     if h.kind == "sigmoid":
         p = torch.sigmoid(z)
         return torch.cat([1 - p, p], dim=1)
@@ -200,6 +254,8 @@ def background_logits(head: HeadLike, channels: int, spatial: Sequence[int]) -> 
     out = torch.full((channels, *spatial), -CERTAIN)
     if kind == "softmax":
         out[0] = 0.0
+    if isinstance(head, OutputHead) and head.maps:  # extra maps: 0 (no distance, no flow)
+        out[head.class_channels:] = 0.0
     return out
 
 
@@ -240,6 +296,7 @@ def predicted_classes(logits: torch.Tensor, head: HeadLike = None) -> torch.Tens
     """``(B, K, *S)`` logits -> ``(B, *S)`` int64 labels (``z > 0`` for a sigmoid head, argmax
     for softmax, the region rule of the module docstring for a region head)."""
     h = _resolve(head, logits)
+    logits = class_logits(logits, h)
     if h.kind == "sigmoid":
         return (logits[:, 0] > 0).long()
     if h.kind == "softmax":

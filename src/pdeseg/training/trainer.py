@@ -65,7 +65,7 @@ def train_step(model: nn.Module, batch: dict, loss_fn: nn.Module, optimizer: tor
     optimizer.zero_grad(set_to_none=True)
     with autocast(device, precision):
         out = model(x)
-    loss = loss_fn(_float(out), y)
+    loss = loss_fn(_float(out), y, **maps_of(batch, device))
     if not torch.isfinite(loss):
         raise FloatingPointError("non-finite training loss; lower train.lr or use train.precision: 32")
     scaler.scale(loss).backward()
@@ -75,6 +75,12 @@ def train_step(model: nn.Module, batch: dict, loss_fn: nn.Module, optimizer: tor
     scaler.step(optimizer)
     scaler.update()
     return loss.detach(), main_logits(out).detach(), y
+
+
+def maps_of(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
+    """``{"maps": (B, M, *spatial)}``: the targets of a cell representation's extra maps, when the
+    batch has them (keyword arguments of the loss), else ``{}``."""
+    return {"maps": batch["maps"].to(device, non_blocking=True)} if "maps" in batch else {}
 
 
 def _float(out: Any) -> Any:

@@ -28,7 +28,7 @@ def case_panel(loaded, classes) -> dict[str, Any]:
 
 
 def write_cell_figure(predictor: Predictor, case, path: Path, classes: np.ndarray | None = None, loaded=None,
-                      title: str | None = None) -> Path:
+                      title: str | None = None, cells: np.ndarray | None = None) -> Path:
     """The figure of one 2D object image (:func:`pdeseg.viz.cells.plot_cell_case`): image,
     boundary errors at 2 px, foreground probability and the PDE penalty maps, with the
     penalty options of the run's loss terms.
@@ -43,6 +43,8 @@ def write_cell_figure(predictor: Predictor, case, path: Path, classes: np.ndarra
             as in the scoring.
         loaded: the read case, whose raw image is shown (default: the normalised cached one).
         title: default ``"<case>, <domain>: <model>"``.
+        cells: the predicted cells ``(H, W, 1)`` as scored (outlined); default: the model's
+            cells of the same logits.
     """
     from pdeseg.data.pipeline.sampling import case_volume
     from pdeseg.nn.output import class_probabilities, predicted_classes
@@ -52,6 +54,8 @@ def write_cell_figure(predictor: Predictor, case, path: Path, classes: np.ndarra
     logits = predictor.predict_logits(image)[None]
     probabilities = class_probabilities(logits, predictor.head)[0, ..., 0]  # (C, H, W)
     pred = np.asarray(classes if classes is not None else predicted_classes(logits, predictor.head)[0].numpy())[..., 0]
+    if cells is None:
+        cells = predictor.cells(logits[0], pred[..., None].astype(np.uint8))
     truth = np.asarray(label[..., 0])
     if case.valid is not None:  # as the scoring: nothing outside the field of view is scored
         inside = np.asarray(case.valid[0])
@@ -60,7 +64,8 @@ def write_cell_figure(predictor: Predictor, case, path: Path, classes: np.ndarra
     domain = f", {case.domain}" if getattr(case, "domain", "") else ""
     return plot_cell_case(case_image(shown, predictor.modalities), truth, pred, probabilities, path,
                           title=title or f"{case.case_id}{domain}: {predictor.name}",
-                          penalty_options=penalty_options_from_config(predictor.config))
+                          penalty_options=penalty_options_from_config(predictor.config),
+                          instances=np.asarray(cells)[..., 0] if cells is not None else True)
 
 
 def write_case_figures(panels: list[dict[str, Any]], fmt, out_dir: Path, class_names) -> list[Path]:

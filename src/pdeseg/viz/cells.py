@@ -127,7 +127,7 @@ def case_image(image: Any, modalities: Any = None) -> np.ndarray:
 
 
 def boundary_error_overlay(image: Any, truth_classes: Any, pred_classes: Any, tolerance: float = 2,
-                           instances: bool = False) -> np.ndarray:
+                           instances: bool | np.ndarray = False) -> np.ndarray:
     """The image with the boundary errors of the foreground (classes ``> 0``, as the case's
     ``bf1_*`` are scored) drawn on it: :data:`MATCHED` green, :data:`FALSE` red,
     :data:`MISSED` blue.
@@ -136,9 +136,10 @@ def boundary_error_overlay(image: Any, truth_classes: Any, pred_classes: Any, to
         image: ``(H, W)`` grey (any range) or ``(H, W, 3)`` RGB.
         truth_classes, pred_classes: ``(H, W)`` integer class maps (0 background).
         tolerance: matching distance in pixels (see :func:`boundary_errors`).
-        instances: first draw the outlines of the predicted cells as the scoring finds them
-            (:func:`pdeseg.data.pipeline.label_geometry.predicted_instances`) in :data:`OUTLINE` yellow; the
-            error colours are drawn over them, so yellow shows where touching predicted
+        instances: first draw the outlines of the predicted cells in :data:`OUTLINE` yellow:
+            these cells ``(H, W)`` (the model's own, as scored), or with True the cells of
+            the class map (:func:`pdeseg.data.pipeline.label_geometry.predicted_instances`);
+            the error colours are drawn over them, so yellow shows where touching predicted
             cells meet.
 
     Returns:
@@ -153,7 +154,9 @@ def boundary_error_overlay(image: Any, truth_classes: Any, pred_classes: Any, to
         raise ValueError(f"boundary_error_overlay: image {rgb.shape[:2]}, truth {truth.shape} and prediction "
                          f"{pred.shape} differ")
     errors = boundary_errors(truth > 0, pred > 0, tolerance)
-    if instances:
+    if isinstance(instances, np.ndarray):
+        rgb[boundary_pixels(instances.reshape(pred.shape))] = OUTLINE
+    elif instances:
         rgb[boundary_pixels(predicted_instances(pred))] = OUTLINE
     rgb[errors.matched] = MATCHED
     rgb[errors.false] = FALSE
@@ -259,7 +262,8 @@ def _bare(ax) -> None:
 
 
 def plot_cell_case(image: Any, truth: Any, pred: Any, probabilities: Any, path: str | Path, title: str = "",
-                   tolerance: float = 2, penalty_options: dict[str, Any] | None = None, instances: bool = True) -> Path:
+                   tolerance: float = 2, penalty_options: dict[str, Any] | None = None,
+                   instances: bool | np.ndarray = True) -> Path:
     """One row: image | boundary errors | foreground probability | phase-field energy density |
     reaction–diffusion residual, with colour bars; the boundary F1 at ``tolerance`` (as
     the case's ``bf1_*``: foreground of truth and prediction) and the penalties' integrals
@@ -274,7 +278,8 @@ def plot_cell_case(image: Any, truth: Any, pred: Any, probabilities: Any, path: 
         title: figure title (e.g. the case and model).
         tolerance: boundary matching distance in pixels.
         penalty_options: keyword arguments of :func:`penalty_maps` (default :data:`PENALTY_DEFAULTS`).
-        instances: outline the predicted cells in the boundary panel.
+        instances: outline the predicted cells in the boundary panel (True: the class map's
+            cells; or the model's cells ``(H, W)``, see :func:`boundary_error_overlay`).
 
     Returns:
         ``path``.
@@ -297,7 +302,7 @@ def plot_cell_case(image: Any, truth: Any, pred: Any, probabilities: Any, path: 
     axes[0].set_title("image", fontsize=9)
     axes[1].imshow(overlay, interpolation="nearest")
     axes[1].set_title(f"boundary errors, BF1@{tolerance:g}px = {f1:.3f}", fontsize=9)
-    handles = [Patch(color=np.array(c) / 255, label=label) for c, label in LEGEND[: 4 if instances else 3]]
+    handles = [Patch(color=np.array(c) / 255, label=label) for c, label in LEGEND[: 4 if instances is not False else 3]]
     axes[1].legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=2, fontsize=7,
                    frameon=False, handlelength=1.0)
     im = axes[2].imshow(maps["foreground"], cmap="viridis", vmin=0, vmax=1, interpolation="nearest")

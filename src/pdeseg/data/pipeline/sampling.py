@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from pdeseg.config import IGNORE_LABEL, AugmentConfig, DataConfig, TaskSpec
 from pdeseg.data.pipeline.cache import CachedCase
+from pdeseg.data.pipeline.representations import Representation
 from pdeseg.data.pipeline.transforms import build_train_transform
 from pdeseg.errors import ConfigError, DataError
 
@@ -195,6 +196,10 @@ class SliceDataset(PerItemDraws, Dataset):
 
     Each item is ``{"image": (C, H, W) float32, "label": (H, W) int64, "case": str, "z": int}``;
     pixels outside a case's field of view (DRIVE) carry :data:`~pdeseg.config.IGNORE_LABEL`.
+    With a cell ``representation`` and cases with objects, the *instance image* is cut and
+    augmented with the image, and the classes (and ``"maps": (M, H, W)`` float32 for
+    representations with extra maps) are made from it afterwards
+    (:meth:`~pdeseg.data.pipeline.representations.Representation.targets`).
     With ``context = n`` (2.5D) the image is ``(C (2n + 1), H, W)``: the modalities of slices
     ``z - n .. z + n`` (see :func:`context_indices`), the label that of slice ``z``.
 
@@ -212,6 +217,7 @@ class SliceDataset(PerItemDraws, Dataset):
         axes: the volume axes ``(X, Y, Z)`` to cut slices along, ``(2,)`` axial only; with
             several, every selected slice along each axis is an item (one model sees the
             three orientations), cut by :func:`slice_stack`.
+        representation: a cell task's instance representation (see above), or None.
 
     Raises:
         DataError: no cases, no slices selected, or slices of different sizes to batch.
@@ -229,6 +235,7 @@ class SliceDataset(PerItemDraws, Dataset):
         repeats: int = 1,
         context: int = 0,
         axes: Sequence[int] = (2,),
+        representation: Representation | None = None,
     ):
         if crop not in ("center", "random"):
             raise ConfigError(f"crop must be center or random, got {crop!r}")
@@ -246,6 +253,7 @@ class SliceDataset(PerItemDraws, Dataset):
             )
         self.cases = cases
         self.spatial_size, self.resize, self.transform = spatial_size, resize, transform
+        self.representation = representation
         self.items = [(i, a, z) for i, c in enumerate(cases) for a in self.axes
                       for z in axis_slices(c, a, selection, slice_range)] * int(repeats)
         if not self.items:
@@ -261,7 +269,9 @@ class SliceDataset(PerItemDraws, Dataset):
             image = torch.from_numpy(stack_rows(case.image, z, self.context)[0])
         else:
             image = torch.from_numpy(slice_stack(np.asarray(case.image).transpose(1, 2, 3, 0), axis, z, self.context)[0])
-        label = torch.from_numpy(np.take(np.asarray(case.label).transpose(1, 2, 0), z, axis=axis).astype(np.int64))
+        from_objects = self.representation is not None and case.instances is not None and case.valid is None
+        source = case.instances if from_objects else case.label  # cells: the objects are cut and augmented
+        label = torch.from_numpy(np.take(np.asarray(source).transpose(1, 2, 0), z, axis=axis).astype(np.int64))
         if case.valid is not None:  # outside the field of view: seen by no loss (IGNORE_LABEL)
             inside = np.take(np.asarray(case.valid).transpose(1, 2, 0), z, axis=axis).astype(bool)
             label = label.masked_fill(~torch.from_numpy(inside), IGNORE_LABEL)
@@ -270,7 +280,14 @@ class SliceDataset(PerItemDraws, Dataset):
             image, label = random_window(image, label, self.spatial_size, rng)
         image, label = fit_spatial(image, label, self.spatial_size, self.resize)
         image, label = self.augment_item(rng, image, label)
-        return {"image": image.contiguous(), "label": label.contiguous(), "case": case.case_id, "z": z, "axis": axis}
+        item = {"image": image.contiguous(), "case": case.case_id, "z": z, "axis": axis}
+        if not from_objects:
+            return {**item, "label": label.contiguous()}
+        classes, maps = self.representation.targets(label.numpy())  # targets of the cut, augmented objects
+        item["label"] = torch.from_numpy(classes)
+        if maps.shape[0]:
+            item["maps"] = torch.from_numpy(maps)
+        return item
 
 
 def case_volume(case: CachedCase) -> tuple[np.ndarray, np.ndarray | None]:
@@ -384,7 +401,7 @@ def training_dataset(cases: list[CachedCase], spec: TaskSpec, data: DataConfig, 
     if spec.mode == "slices":
         ds = SliceDataset(cases, spec.slices, spec.slice_range, spec.spatial_size, spec.resize, crop=data.crop,
                           repeats=data.samples_per_case if data.crop == "random" else 1, context=spec.context_slices,
-                          axes=spec.slice_axes)
+                          axes=spec.slice_axes, representation=Representation.of(spec))
         size = spec.spatial_size or list(ds[0]["image"].shape[1:])
         ds.transform, ds.seed = _train_transform(data.augment, spec.spatial_dims, size), seed
         return ds
@@ -405,4 +422,4 @@ def _train_transform(augment: AugmentConfig, spatial_dims: int, size: Sequence[i
 def evaluation_slices(cases: list[CachedCase], spec: TaskSpec) -> SliceDataset:
     """The slices the config selects, fitted as in training, without augmentation."""
     return SliceDataset(cases, spec.slices, spec.slice_range, spec.spatial_size, spec.resize, context=spec.context_slices,
-                        axes=spec.slice_axes)
+                        axes=spec.slice_axes, representation=Representation.of(spec))

@@ -17,7 +17,10 @@ A case holds:
     object's own pixels that touch the background or another object (4-neighbourhood,
     :func:`pdeseg.data.pipeline.label_geometry.boundary_targets`). Touching cells are then separated by
     a line of boundary class, and :func:`pdeseg.data.pipeline.label_geometry.instances_from_boundary_classes`
-    splits a prediction back into cells by watershed;
+    splits a prediction back into cells by watershed (``boundary_width`` pixels thick, the
+    ``format_options.boundary_width`` read option, default 1);
+  - ``distance``, ``flows``: 0 background, 1 cell, plus regression maps made from the objects
+    after augmentation (:mod:`pdeseg.data.pipeline.representations`);
 
 * its ``domain`` (cell type or imaging modality), so that splits can group by it;
 * optionally a field-of-view mask (DRIVE), ``(H, W, 1)`` bool: pixels outside it are left out
@@ -37,15 +40,19 @@ import numpy as np
 
 from pdeseg.data.case import LoadedCase
 from pdeseg.data.files import write_atomically
+from pdeseg.data.pipeline.representations import CLASS_NAMES as REPRESENTATION_CLASSES
+from pdeseg.data.pipeline.representations import TARGETS as REPRESENTATIONS
+from pdeseg.data.pipeline.representations import Representation
 from pdeseg.errors import DataError
 
 #: Channels a microscopy case can offer.
 CHANNELS = ("grey", "red", "green", "blue")
-#: How object masks become training classes (see the module docstring).
-TARGETS = ("semantic", "boundary")
-CLASS_NAMES = {"semantic": ("background", "cell"), "boundary": ("background", "interior", "boundary")}
+#: How object masks become training targets: the instance representations of
+#: :mod:`pdeseg.data.pipeline.representations` (the class names are theirs).
+TARGETS = REPRESENTATIONS
+CLASS_NAMES = REPRESENTATION_CLASSES
 #: Evaluation regions per target rule: the cell region joins interior and boundary.
-REGIONS = {"semantic": {}, "boundary": {"cell": (1, 2)}}
+REGIONS = {"semantic": {}, "boundary": {"cell": (1, 2)}, "distance": {}, "flows": {}}
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".gif", ".bmp")
 
 
@@ -186,13 +193,9 @@ def instances_from_label_image(pixels: np.ndarray, path: Path, kind: str = "auto
     return out if pixels.min() == 0 else out + 1
 
 
-def classes_from_instances(instances: np.ndarray, targets: str) -> np.ndarray:
+def classes_from_instances(instances: np.ndarray, targets: str, boundary_width: int = 1) -> np.ndarray:
     """Training classes ``(H, W)`` uint8 from an instance image (see the module docstring)."""
-    if check_targets(targets) == "semantic":
-        return (instances > 0).astype(np.uint8)
-    from pdeseg.data.pipeline.label_geometry import boundary_targets
-
-    return boundary_targets(instances).astype(np.uint8)
+    return Representation(check_targets(targets), boundary_width).classes(instances).astype(np.uint8)
 
 
 @dataclass
@@ -204,11 +207,12 @@ class ImageCase:
         folder: the folder the files are in (for messages and the cache).
         image: the image file.
         domain: cell type or imaging modality ('' when unknown).
-        targets: ``semantic`` or ``boundary`` (see the module docstring).
+        targets: an instance representation (:data:`TARGETS`, see the module docstring).
         objects: ``(H, W) -> int32 instances`` reader of the labels, or None (no labels).
         label_files: the files ``objects`` reads (for the cache key and messages).
         fov: a field-of-view mask file (0 outside), or None.
         semantic_only: the labels are a semantic mask (DRIVE's vessels): no instance metrics.
+        boundary_width: ``boundary`` targets: the boundary's thickness in pixels.
     """
 
     case_id: str
@@ -221,10 +225,11 @@ class ImageCase:
     fov: Path | None = None
     semantic_only: bool = False
     extra: dict = field(default_factory=dict)
+    boundary_width: int = 1
 
     @property
     def convention(self) -> str:
-        return f"cells-{self.targets}"
+        return f"cells-{self.targets}" + (f"-w{self.boundary_width}" if self.boundary_width != 1 else "")
 
     def source_files(self, modalities: Sequence[str] = ("grey",)) -> list[Path]:
         return [self.image, *self.label_files, *([self.fov] if self.fov else [])]
@@ -245,7 +250,7 @@ class ImageCase:
             if instances.shape != shape:
                 raise CellDataError(f"{self.label_files[0] if self.label_files else self.folder}: labels of size "
                                     f"{instances.shape} for an image of size {shape} ({self.image.name})")
-            label = classes_from_instances(instances, self.targets)[..., None]
+            label = classes_from_instances(instances, self.targets, self.boundary_width)[..., None]
             instances = None if self.semantic_only else instances[..., None].astype(np.int32)
         valid = None
         if self.fov is not None:
@@ -291,9 +296,12 @@ def output_paths(case_id: str, out_dir: Path, instances: bool = True) -> list[Pa
     return [out_dir / f"{case_id}_mask.png"] + ([out_dir / f"{case_id}_instances.tif"] if instances else [])
 
 
-def write_prediction(classes: np.ndarray, loaded: LoadedCase, out_dir: Path, instances: bool = True) -> Path:
+def write_prediction(classes: np.ndarray, loaded: LoadedCase, out_dir: Path, instances: bool = True,
+                     objects: np.ndarray | None = None) -> Path:
     """Write a predicted class map ``(H, W, 1)`` at the image's own size: a 0/255 mask of the
-    cells and, when ``instances``, the cells as a label image (:func:`predicted_instances`).
+    cells and, when ``instances``, the cells as a label image: ``objects`` ``(H, W[, 1])``
+    as the model's representation found them, or (None) :func:`predicted_instances` of the
+    class map.
 
     Returns:
         the mask file.
@@ -310,7 +318,7 @@ def write_prediction(classes: np.ndarray, loaded: LoadedCase, out_dir: Path, ins
 
         from pdeseg.data.pipeline.label_geometry import predicted_instances
 
-        objects = predicted_instances(cls)
+        objects = predicted_instances(cls) if objects is None else np.asarray(objects).reshape(cls.shape)
         dtype = np.uint16 if objects.max(initial=0) < 65536 else np.uint32
         write_atomically(paths[1], lambda tmp: tifffile.imwrite(tmp, objects.astype(dtype)))
     return paths[0]
