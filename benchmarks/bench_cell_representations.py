@@ -81,6 +81,11 @@ def run(cmd: list[str], log: Path) -> float:
     return time.perf_counter() - t0
 
 
+def run_dir(folder: Path) -> Path:
+    """Where ``pdeseg train --out folder/run`` puts the run of ``configs/cells_dsb.yaml``."""
+    return folder / "run" / "cells_dsb" / "unet"
+
+
 def train_and_score(rep: str, seed: int, args) -> tuple[list[dict], dict]:
     """The test images' rows of one (representation, seed) and its run facts."""
     folder = Path(args.out) / rep / f"seed{seed}"
@@ -95,7 +100,7 @@ def train_and_score(rep: str, seed: int, args) -> tuple[list[dict], dict]:
         facts_file.write_text(json.dumps(facts))
     per_case = folder / "eval" / "per_case.csv"
     if not per_case.is_file():
-        facts["eval_s"] = run([*pdeseg, "evaluate", "--checkpoint", str(folder / "run" / "best.pt"), "--split", "test",
+        facts["eval_s"] = run([*pdeseg, "evaluate", "--checkpoint", str(run_dir(folder) / "best.pt"), "--split", "test",
                                "--out", str(folder / "eval"), "--figures", "0"], folder / "eval.log")
         facts_file.write_text(json.dumps(facts))
     with open(per_case) as f:

@@ -209,3 +209,23 @@ def _matched_at_half(pred: np.ndarray, true: np.ndarray) -> int:
 
     iou = match_instances(pred, true)
     return int((iou > 0.5).any(axis=0).sum()) if iou.size else 0
+
+
+def test_every_term_counts_in_the_composite_loss():
+    """The maps term and the class terms add up: the loss of a head with maps is the weighted
+    sum of each term's own value (a term left out of the sum would train nothing)."""
+    from pdeseg.config import LossConfig
+    from pdeseg.build import build_loss
+
+    head = OutputHead("softmax", 2, maps=("flow_0", "flow_1"))
+    cfg = LossConfig.model_validate({"terms": [{"name": "ce", "weight": 1.0}, {"name": "dice", "weight": 0.5},
+                                               {"name": "instance_maps", "weight": 2.0}]})
+    loss = build_loss(cfg, head)
+    g = torch.Generator().manual_seed(0)
+    out = torch.randn(2, 4, 16, 16, generator=g)
+    target = (torch.rand(2, 16, 16, generator=g) > 0.5).long()
+    maps = torch.randn(2, 2, 16, 16, generator=g)
+    parts = [t(out[:, :2], target) for t in loss.terms[:2]] + [loss.terms[2](out, target, maps)]
+    expected = parts[0] + 0.5 * parts[1] + 2.0 * parts[2]
+    assert torch.allclose(loss(out, target, maps=maps), expected)
+    assert float(parts[2]) > 0.5  # random maps are far from random targets

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = ["Segmenter", "__version__", "create_model", "export", "list_models", "load", "read_dicom", "train"]
 

@@ -164,6 +164,6 @@ class CompositeLoss(nn.Module):
                         value = term(classes, y, aux=aux)
                     else:
                         value = term(classes, y)
-                        loss = loss + weight * value
+                    loss = loss + weight * value
             total = total + (loss if len(heads) == 1 else head_weight * loss)
         return total
