@@ -159,8 +159,11 @@ def main() -> None:
         per_method[name] = (means, dom)
         print(f"| {name} | {train_s:.0f} | {pred_s:.2f} | " + " | ".join(mean_sd(means[m]) for m in metrics) + " | "
               + " | ".join(mean_sd(dom[d]) for d in domains) + " |")
-    ratio = [np.mean(per_method["pdeseg"][0][m]) / max(np.mean(per_method["cellpose"][0][m]), 1e-9) for m in metrics]
-    print("| ratio pdeseg / cellpose | | | " + " | ".join(f"{r:.2f}x" for r in ratio) + " |" + " |" * len(domains))
+    def ratio(m: str) -> str:
+        theirs = float(np.mean(per_method["cellpose"][0][m]))
+        return f"{np.mean(per_method['pdeseg'][0][m]) / theirs:.2f}x" if theirs > 0 else "n/a (Cellpose 0)"
+
+    print("| ratio pdeseg / cellpose | | | " + " | ".join(ratio(m) for m in metrics) + " |" + " |" * len(domains))
     print("\ncellpose steps per seed: " + ", ".join(f"{results[s]['cellpose_steps']} ({results[s]['cellpose_epochs']} epochs)"
                                                     for s in args.seeds))
     from pdeseg.experiments.stats import paired_comparison
