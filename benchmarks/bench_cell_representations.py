@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import subprocess
 import sys
 import time
@@ -55,20 +54,14 @@ SETTINGS = {
 
 
 def machine() -> str:
-    import platform
-
+    """The machine line of every benchmark (:func:`_common.machine`: CPU model, flags, count;
+    device), with the torch version and thread count."""
     import torch
 
-    flags = ""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        have = set(next(line for line in text.splitlines() if line.startswith("flags")).split(":")[1].split())
-        flags = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in have)
-    except (OSError, StopIteration):
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} " \
-           f"({torch.get_num_threads()} threads), flags: {flags or 'n/a'}, {gpu}"
+    from _common import machine as machine_lines
+
+    dev, cpu = machine_lines(torch.device("cuda" if torch.cuda.is_available() else "cpu"), torch)
+    return f"{cpu}; {dev}; torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
 def run(cmd: list[str], log: Path) -> float:

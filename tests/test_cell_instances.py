@@ -5,6 +5,7 @@ the boundary class was predicted nowhere, so every cluster of touching cells was
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -187,7 +188,7 @@ def test_touching_cells_come_out_separate_after_training(clustered, tmp_path):
     targets = shipped["data"]["format_options"]["targets"]
     run = pdeseg.train(_config(clustered, tmp_path / "cache", targets, 10, samples=16), tmp_path / "run", progress=False)
     predictor = Predictor.from_checkpoint(Path(run.run_dir) / "best.pt")
-    split = __import__("json").loads((Path(run.run_dir) / "split.json").read_text())
+    split = json.loads((Path(run.run_dir) / "split.json").read_text())
     from pdeseg.data.readers.livecell import find_livecell_cases
 
     cases = {c.case_id: c for c in find_livecell_cases(clustered)}

@@ -249,7 +249,7 @@ class Segmenter:
     def _segment(self, loaded: LoadedCase, probabilities: bool, cells: bool = False):
         """Labels or cells (and probabilities) of a case on its own grid (:meth:`Predictor.segment`)."""
         p = self.predictor
-        seg = p.segment(loaded, p.preprocess(loaded), with_probabilities=probabilities)
+        seg = p.segment(loaded, p.preprocess(loaded), with_probabilities=probabilities, with_cells=cells)
         first = seg.instances if cells else seg.classes
         return (first, seg.probabilities) if probabilities else first
 

@@ -421,10 +421,10 @@ class Predictor:
         return loaded, self.segment(loaded, image, progress, with_probabilities)
 
     def segment(self, loaded: LoadedCase, image: np.ndarray, progress: bool = False,
-                with_probabilities: bool = False) -> Segmentation:
+                with_probabilities: bool = False, with_cells: bool = True) -> Segmentation:
         """The segmentation of a read case on its own grid, from its normalised ``image``
-        (:meth:`read`): the post-processed classes, the cells of a cell model
-        (:meth:`cells`), and with ``with_probabilities`` the class probabilities ``(K,
+        (:meth:`read`): the post-processed classes, with ``with_cells`` the cells of a cell
+        model (:meth:`cells`), and with ``with_probabilities`` the class probabilities ``(K,
         *spatial)`` float32 before post-processing. A model trained at a ``target_spacing``
         has its logits resampled back to the input's grid first."""
         logits = self.predict_logits(image, progress)[None]
@@ -433,7 +433,7 @@ class Predictor:
             logits = F.interpolate(logits, size=shape, mode="trilinear" if len(shape) == 3 else "bilinear", align_corners=False)
         classes = self.finish(predicted_classes(logits, self.head)[0].numpy().astype(np.uint8))
         probabilities = class_probabilities(logits, self.head)[0].numpy().astype(np.float32) if with_probabilities else None
-        return Segmentation(classes, probabilities, self.cells(logits[0], classes))
+        return Segmentation(classes, probabilities, self.cells(logits[0], classes) if with_cells else None)
 
     def cells(self, logits: torch.Tensor, classes: np.ndarray, min_size: int | None = None) -> np.ndarray | None:
         """The instances ``(X, Y, Z)`` int32 of a cell model's output, slice by slice, by its
