@@ -84,3 +84,25 @@ def cell_checkpoint(tmp_path_factory) -> Path:
     from cell_model import train_cell_model
 
     return train_cell_model(tmp_path_factory.mktemp("cell_model"))
+
+
+# --- test lanes: `pytest -m "not slow"` is the quick lane (CONTRIBUTING.md) -----------------------------------
+# Tests that train or take seconds are listed in tests/slow_tests.txt (one `file::test` or a whole `file` per line,
+# parameters ignored), so that the lanes are kept in one place rather than in marks across every test file.
+_SLOW_LIST = Path(__file__).with_name("slow_tests.txt")
+
+
+def _slow_entries() -> set[str]:
+    if not _SLOW_LIST.is_file():
+        return set()
+    lines = (line.split("#", 1)[0].strip() for line in _SLOW_LIST.read_text(encoding="utf-8").splitlines())
+    return {line for line in lines if line}
+
+
+def pytest_collection_modifyitems(config, items):
+    slow = _slow_entries()
+    for item in items:
+        path = Path(str(item.fspath)).name
+        test = item.nodeid.split("::", 1)[1].split("[", 1)[0] if "::" in item.nodeid else ""
+        if path in slow or f"{path}::{test}" in slow:
+            item.add_marker(pytest.mark.slow)
