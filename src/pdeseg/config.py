@@ -86,9 +86,9 @@ class DomainSplit(Section):
     ``counts`` (usually ``[0.9, 0.1, 0.0]``: validation drawn from the training domains), the
     cases of ``val`` domains (optional) are validation cases, and other domains are left out."""
 
-    train: Annotated[list[str], Field(min_length=1)]
-    test: Annotated[list[str], Field(min_length=1)]
-    val: list[str] = Field(default_factory=list)
+    train: Annotated[list[str], Field(min_length=1)]  # domains whose cases are split into train (and validation)
+    test: Annotated[list[str], Field(min_length=1)]  # domains whose every case is a test case (the unseen domains)
+    val: list[str] = Field(default_factory=list)  # domains whose every case is a validation case (optional)
 
     @model_validator(mode="after")
     def _disjoint(self) -> DomainSplit:
@@ -110,10 +110,12 @@ class SplitConfig(Section):
     of the training domains only.
     """
 
+    # train / validation / test shares of the cases (patients), summing to 1; null when counts are given
     fractions: Annotated[list[NonNegativeFloat], Field(min_length=3, max_length=3)] | None = [0.8, 0.1, 0.1]
+    # train / validation / test numbers of cases, e.g. paper 003's [250, 74, 45]; needs fractions: null
     counts: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=3, max_length=3)] | None = None
-    scale_counts: bool = True
-    seed: Annotated[int, Field(ge=0)] = 0
+    scale_counts: bool = True  # scale counts to the data set's number of cases; false: the counts must match exactly
+    seed: Annotated[int, Field(ge=0)] = 0  # seed of the split (the same seed gives the same patients on each side)
     domains: DomainSplit | None = None
 
     @model_validator(mode="after")
@@ -140,12 +142,12 @@ class AugmentConfig(Section):
     the elastic deformation's strength is fixed (see :mod:`pdeseg.data.pipeline.transforms`).
     """
 
-    enabled: bool = True
+    enabled: bool = True  # false: no augmentation at all
     flip_prob: Probability = 0.5  # per spatial axis
-    rotate_deg: Annotated[float, Field(ge=0, le=180)] = 15.0
+    rotate_deg: Annotated[float, Field(ge=0, le=180)] = 15.0  # affine rotation, degrees either way (about each axis in 3D)
     shift_frac: Annotated[float, Field(ge=0, le=0.5)] = 0.05  # affine shift, fraction of the size
     scale_range: Annotated[float, Field(ge=0, lt=1)] = 0.1  # affine zoom in [1 - r, 1 + r]
-    affine_prob: Probability = 0.5
+    affine_prob: Probability = 0.5  # probability of the affine transform (rotation, shift, zoom together)
     brightness: NonNegativeFloat = 0.1  # additive, in units of the normalised intensity
     contrast: NonNegativeFloat = 0.1  # multiplicative, 1 +- contrast
     gamma: Annotated[float, Field(ge=0, lt=1)] = 0.0  # gamma in [1 - g, 1 + g] (intensity statistics kept); 0: off
@@ -153,7 +155,7 @@ class AugmentConfig(Section):
     intensity_prob: Probability = 0.5  # probability of each intensity transform
     invert_prob: Probability = 0.0  # negate the normalised image (contrast inversion for z-scored data); 0: off
     elastic: bool = False  # smooth random elastic deformation (slow in 3D: a smoothed displacement field per patch)
-    elastic_prob: Probability = 0.2
+    elastic_prob: Probability = 0.2  # probability of the elastic deformation when elastic is on
 
 
 class DataConfig(Section):
@@ -164,18 +166,24 @@ class DataConfig(Section):
     volumes, optionally cropped/padded to ``spatial_size``).
     """
 
-    root: str = ""
+    root: str = ""  # the data folder (or --data on the command line)
     format: str = "brats"  # a registered data format (pdeseg.data.formats.FORMATS)
     format_options: dict[str, Any] = Field(default_factory=dict)  # the format's reading options, e.g. label_convention
-    cache_dir: str = "~/.cache/pdeseg"
+    cache_dir: str = "~/.cache/pdeseg"  # cache of preprocessed cases, keyed by the files and the settings; damaged entries are rebuilt
     modalities: Annotated[list[str], Field(min_length=1)] | None = None  # None: every channel of the format
-    mode: Literal["slices", "patches", "whole"] = "slices"
+    mode: Literal["slices", "patches", "whole"] = "slices"  # see the section's description above
     spatial_dims: Literal[2, 3] | None = None  # None: 2 for slices, the data's own otherwise
+    # zscore: per channel over the non-zero voxels (skull-stripped MRI); zscore_all: over every voxel; minmax: the
+    # 0.5-99.5 percentiles of the non-zero voxels to [0, 1]; scale255: x / 255; ct: see ct_window
     normalization: Literal["zscore", "zscore_all", "minmax", "scale255", "ct"] = "zscore"
     # ct: [lo, hi] HU; None: the 0.5/99.5 percentiles of the training foreground, with its mean and sd (nnU-Net)
     ct_window: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None
+    # slices mode, which slices train: middle (one per case, paper 000), tumour_middle, range (slice_range), brain
+    # (any non-zero voxel), tumour (any labelled voxel), all
     slices: Literal["middle", "tumour_middle", "range", "brain", "tumour", "all"] = "tumour"
-    slice_range: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=2, max_length=2)] | None = None
+    slice_range: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=2, max_length=2)] | None = None  # [first, last] for slices: range
+    # slices: [H, W] centre crop/pad (or resize) for training; patches: the patch size [X, Y, Z]; whole: optional
+    # crop/pad. Models pad and crop internally, so no size must be a multiple of anything
     spatial_size: Annotated[list[Annotated[int, Field(ge=8)]], Field(min_length=2, max_length=3)] | None = None
     resize: bool = False  # resize to spatial_size instead of centre crop/pad (slices mode)
     # slices mode, training: how a slice larger than spatial_size is cut to it: "center" crop, or a "random"
@@ -198,7 +206,7 @@ class DataConfig(Section):
     # voxels (nnU-Net style; small classes as often as large ones); "any" uniformly among all labelled voxels
     foreground_sampling: Literal["classes", "any"] = "classes"
     train_cases: Annotated[float, Field(gt=0)] | None = None  # count (>= 1) or fraction (< 1) of the training side
-    num_workers: Annotated[int, Field(ge=0)] = 0
+    num_workers: Annotated[int, Field(ge=0)] = 0  # data-loader worker processes (0: load in the training process)
     split: SplitConfig = Field(default_factory=SplitConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
@@ -238,8 +246,8 @@ class DataConfig(Section):
 class ModelConfig(Section):
     """A registered model name and its keyword arguments (``pdeseg models`` lists names)."""
 
-    name: str = "unet"
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    name: str = "unet"  # a registered model (pdeseg models)
+    kwargs: dict[str, Any] = Field(default_factory=dict)  # the model's keyword arguments, e.g. features, activation, dropout
 
     def __init__(self, name: str = "unet", kwargs: dict[str, Any] | None = None, **data: Any):
         super().__init__(name=name, kwargs=kwargs or {}, **data)
@@ -272,8 +280,8 @@ class LossTerm(BaseModel):
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
 
-    name: str
-    weight: NonNegativeFloat = 1.0
+    name: str  # a registered loss term: ce, dice, tv, phase_field, reaction_diffusion, pde_consistency, instance_maps
+    weight: NonNegativeFloat = 1.0  # the term's weight in the sum
     start_epoch: Annotated[int, Field(ge=0)] = 0  # weight 0 before this epoch (0-based)
     ramp_epochs: Annotated[int, Field(ge=0)] = 0  # then linear from 1/ramp_epochs to 1 over this many epochs
 
@@ -333,22 +341,24 @@ class PostprocessConfig(Section):
 
 
 class TrainConfig(Section):
-    epochs: PositiveInt = 10
-    batch_size: PositiveInt = 8
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    """Optimisation, precision, device and the checkpoint rule of a training run."""
+
+    epochs: PositiveInt = 10  # passes over the training cases (slices, patches or images)
+    batch_size: PositiveInt = 8  # per process (several GPUs: each process takes this many)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"  # sgd: with momentum 0.9; weight_decay applies to each
     lr: PositiveFloat = 1e-3  # peak learning rate of the one-cycle schedule
     pde_lr_mult: PositiveFloat = 1.0  # PDE coefficients learn at lr * pde_lr_mult (1 = paper)
     weight_decay: NonNegativeFloat = 0.0  # never applied to norms, biases and PDE coefficients
-    scheduler: Literal["onecycle", "cosine", "none"] = "onecycle"
+    scheduler: Literal["onecycle", "cosine", "none"] = "onecycle"  # stepped per batch; cosine ends at 0, none is constant
     warmup_epochs: NonNegativeFloat = 0.0  # cosine/none: linear warm-up to lr over this many epochs' steps
     precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = "auto"  # auto: bf16 on GPUs and bf16 CPUs
     channels_last: bool = True  # 2D models only (no effect on 3D)
     compile: bool = False  # run the network through torch.compile while training (compiled at the first step)
-    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
-    seed: Annotated[int, Field(ge=0)] = 0
-    grad_clip: PositiveFloat | None = None
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"  # auto: the GPU when there is one
+    seed: Annotated[int, Field(ge=0)] = 0  # seed of the weights, the sampling and the augmentation
+    grad_clip: PositiveFloat | None = None  # clip the gradient norm to this value; null: no clipping
     monitor: str = "dice_mean"  # validation metric that picks best.pt (higher is better), or train_loss
-    val_batch_size: PositiveInt = 16
+    val_batch_size: PositiveInt = 16  # batch size of validation passes
 
     @field_validator("precision", mode="before")
     @classmethod
@@ -372,7 +382,7 @@ class AblationConfig(Section):
     a dotted key is a config path (``loss.terms``, ``train.lr``); any other key is a keyword
     of the variant's model. The first variant is the baseline of the paired tests."""
 
-    variants: Annotated[list[dict[str, Any]], Field(min_length=2)]
+    variants: Annotated[list[dict[str, Any]], Field(min_length=2)]  # each {name: ..., setting: value, ...}; the first is the baseline
 
     @field_validator("variants", mode="before")
     @classmethod
@@ -396,8 +406,10 @@ class AblationConfig(Section):
 
 
 class ExperimentConfig(Section):
-    name: Annotated[str, Field(min_length=1)] = "experiment"
-    output_dir: str = "runs"
+    """A whole experiment, as read from YAML (``configs/``) with ``--set`` overrides and saved with every run."""
+
+    name: Annotated[str, Field(min_length=1)] = "experiment"  # run folders are <output_dir>/<name>/<model>/
+    output_dir: str = "runs"  # the folder that holds the experiment's run folders
     num_classes: Annotated[int, Field(ge=2)] | None = None  # None: the data set's own classes
     # sigmoid: one logit channel, binary tasks; regions: one sigmoid per nested region (BraTS WT/TC/ET)
     output: Literal["softmax", "sigmoid", "regions"] = "softmax"
