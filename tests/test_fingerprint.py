@@ -109,7 +109,7 @@ def test_cli_refusals_exit_2(tmp_path, caplog):
     root0 = _write_task(tmp_path / "Dataset004_Json", [((16, 16, 16), (1, 1, 1), [(1, np.s_[2:5, 2:5, 2:5])], 9.0)] * 2)
     assert main(["fingerprint", "--data", str(root0), "--json", str(tmp_path / "afile" / "fp.json"), "--no-progress",
                  "--cache-dir", str(tmp_path / "c")]) == 2
-    assert "cannot write" in caplog.text
+    assert "afile is a file, not a folder; choose another --json" in caplog.text  # before the data set is measured
     # mixed channel counts: an MSD v1 task whose cases hold 1 and 2 channels
     root = tmp_path / "Task09_Mixed"
     (root / "imagesTr").mkdir(parents=True)

@@ -126,10 +126,30 @@ def _plan_args(args: argparse.Namespace):
                         cache_dir=args.cache_dir, progress=not args.no_progress)
 
 
+def _check_output_file(path: str | None, args: argparse.Namespace, what: str) -> None:
+    """Before any work: the file ``path`` (``what`` names its option) lies outside the data set
+    ``args.data`` and replaces an existing file only with ``--overwrite`` and only when pdeseg
+    wrote it (:mod:`pdeseg.data.outputs`).
+
+    Raises:
+        RunFolderError: the file lies inside the data set, or exists (see above).
+    """
+    from pdeseg.data.files import check_output_folder
+    from pdeseg.data.outputs import check_outside, check_replaceable
+
+    if path is None:
+        return
+    check_outside(path, [args.data], what)
+    check_replaceable(Path(path).expanduser(), args.overwrite, what)
+    check_output_folder(Path(path).expanduser().parent, what)
+
+
 def cmd_fingerprint(args: argparse.Namespace) -> int:
+    from pdeseg import __version__
     from pdeseg.data.detect import detect_format
     from pdeseg.data.fingerprint import fingerprint_dataset
 
+    _check_output_file(args.json, args, "--json")
     fmt = args.format or detect_format(args.data)
     fp = fingerprint_dataset(fmt, args.data, None, _format_options(args), args.cache_dir, progress=not args.no_progress,
                              refresh=args.refresh)
@@ -140,19 +160,21 @@ def cmd_fingerprint(args: argparse.Namespace) -> int:
         from pdeseg.data.files import write_atomically
         from pdeseg.errors import RunFolderError
 
+        data = {"written_by": f"pdeseg {__version__} fingerprint", **fp.to_dict()}
         try:
-            write_atomically(Path(args.json), lambda tmp: tmp.write_text(json.dumps(fp.to_dict(), indent=1)))
+            write_atomically(Path(args.json).expanduser(), lambda tmp: tmp.write_text(json.dumps(data, indent=1)))
         except OSError as exc:
             raise RunFolderError(f"--json {args.json}: cannot write ({exc.strerror or exc})") from None
-        print(f"fingerprint: {Path(args.json).resolve()}")
+        print(f"fingerprint: {Path(args.json).expanduser().resolve()}")
     return 0
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from pdeseg.planning import write_plan
 
+    _check_output_file(args.out, args, "--out")
     plan = _plan_args(args)
-    out = write_plan(plan, args.out)
+    out = write_plan(plan, Path(args.out).expanduser())
     print(plan.summary())
     print(f"plan: {out.resolve()}")
     print(f"train it: pdeseg train --config {out}")
@@ -633,7 +655,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True, help="data folder (any format pdeseg reads; detected from its layout)")
     _add_format_options(s, plan=False)
     s.add_argument("--refresh", action="store_true", help="measure again instead of reading the cached fingerprint")
-    s.add_argument("--json", metavar="PATH", help="also write the fingerprint as JSON")
+    s.add_argument("--json", metavar="PATH", help="also write the fingerprint as JSON (outside the data set)")
+    s.add_argument("--overwrite", action="store_true", help="replace an earlier --json of pdeseg fingerprint")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_fingerprint)
 
@@ -641,7 +664,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "beside every choice, and the expected time")
     s.add_argument("--data", required=True, help="data folder (any format pdeseg reads; detected from its layout)")
     _add_format_options(s, plan=True)
-    s.add_argument("--out", default="plan.yaml", help="the config to write (default plan.yaml)")
+    s.add_argument("--out", default="plan.yaml", help="the config to write, outside the data set (default plan.yaml)")
+    s.add_argument("--overwrite", action="store_true", help="replace an earlier plan of pdeseg plan in --out")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_plan)
 

@@ -124,6 +124,7 @@ class Fingerprint:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Fingerprint:
         data = dict(data)
+        data.pop("written_by", None)  # the marker of pdeseg fingerprint --json
         data["channels"] = [ChannelStats(**c) for c in data["channels"]]
         data["classes"] = [ClassStats(**c) for c in data["classes"]]
         return cls(**data)

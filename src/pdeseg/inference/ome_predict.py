@@ -9,8 +9,13 @@ Where results go:
 * ``zarr`` (OME-Zarr inputs only): a multiscale ``labels/<name>`` group inside the input image
   (``ome-zarr`` and napari open it as labels over the image).
 
-Every output is checked before any image is read (an existing one is replaced only with
-``overwrite``; an input is never replaced).
+Every output is checked before any image is read: the labels name is one plain name
+(:func:`pdeseg.data.outputs.check_name`), an OME-TIFF output lies outside every input image,
+and an existing output is replaced only with ``overwrite`` and only when pdeseg wrote it (its
+marker, :func:`pdeseg.data.outputs.written_by_pdeseg`), so someone else's label layer is never
+deleted. Scratch stores of the tiles live beside the output (``<output>/`` for OME-TIFF,
+``<image>/labels/`` for OME-Zarr), are removed on every exit Python sees, and a scratch folder
+left by a killed run is reclaimed by the next run (:func:`pdeseg.inference.tiled.reclaim_scratch`).
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pdeseg.data.files import blocking_path, describe_blocker
+from pdeseg.data.files import blocking_path, describe_blocker, make_folders, remove_empty
+from pdeseg.data.outputs import check_name, check_outside, check_replaceable, written_by_pdeseg
 from pdeseg.data.readers.ome import OmeImage, find_ome_images, open_ome, plane_shape, write_ome_tiff, write_ome_zarr_labels
 from pdeseg.errors import ConfigError, DataError, PdesegError, RunFolderError
 from pdeseg.inference.shard import select_shard
@@ -71,7 +77,11 @@ def plan_image(predictor, image: Path, out_dir: Path | None, *, channels: Sequen
     Raises:
         DataError: a channel or level the image does not have, a Z stack or time series, or
             no level as fine as the model's training resolution.
+        ConfigError: ``name`` is not a plain name (zarr output).
     """
+    kind = output_kind(image, output)
+    if kind == "zarr":
+        check_name(name, "--labels-name")
     ome = open_ome(image)
     wanted = None
     if level is None and predictor.spec.target_spacing is not None:
@@ -80,7 +90,6 @@ def plan_image(predictor, image: Path, out_dir: Path | None, *, channels: Sequen
     shape = plane_shape(ome, chosen)
     made_of = ome.channel_indices(predictor.modalities, channels)
     source = OmeSource(str(image), chosen, tuple(tuple(c) for c in made_of), shape, str(ome.dtype))
-    kind = output_kind(image, output)
     if kind == "zarr":
         target = image / "labels" / name
     else:
@@ -91,16 +100,28 @@ def plan_image(predictor, image: Path, out_dir: Path | None, *, channels: Sequen
 
 
 def _check_targets(plans: list[_Plan], overwrite: bool) -> None:
+    """Every target can be written, outside the inputs (OME-TIFF) or as ``labels/<name>`` of
+    its own image (OME-Zarr), and replaces only an earlier output of pdeseg.
+
+    Raises:
+        RunFolderError: see :func:`pdeseg.data.outputs.check_replaceable` and
+            :func:`pdeseg.data.outputs.check_outside`.
+    """
+    targets = [p.target.resolve() for p in plans]
     for plan in plans:
         folder = plan.target.parent
         blocker = blocking_path(folder)
         if blocker is not None:
             raise RunFolderError(f"{blocker} {describe_blocker(blocker)}, so {folder} cannot be created; choose another --output")
-        if plan.target.exists() and not overwrite:
-            raise RunFolderError(f"{plan.target} already exists; pass --overwrite to replace it, or choose another "
-                                 + ("--labels-name" if plan.kind == "zarr" else "--output"))
-        if plan.kind == "tiff" and plan.target.resolve() in {p.image.resolve() for p in plans}:
-            raise RunFolderError(f"{plan.target} is an input image; choose another --output")
+        what = "--labels-name" if plan.kind == "zarr" else "--output"
+        if plan.kind == "tiff":
+            check_outside(plan.target, [p.image for p in plans], "--output")
+        elif plan.target.resolve().parent != (plan.image / "labels").resolve():
+            raise RunFolderError(f"{plan.target} does not lie in {plan.image / 'labels'} (a symbolic link?); choose another "
+                                 "--labels-name")
+        if targets.count(plan.target.resolve()) > 1:
+            raise RunFolderError(f"two images would write {plan.target}; segment them into separate --output folders")
+        check_replaceable(plan.target, overwrite, what)
 
 
 def _tiles_in_order(labels, tile: int):
@@ -129,6 +150,8 @@ def export(result, plan: _Plan, tile: int) -> Path:
     if plan.target.exists():
         import shutil
 
+        if not written_by_pdeseg(plan.target):  # checked before any work; checked again before deleting
+            raise RunFolderError(f"{plan.target} was not written by pdeseg; it is not replaced")
         shutil.rmtree(plan.target)
     return write_ome_zarr_labels(plan.image, plan.target.name, da.from_zarr(labels), pixel, chunk=min(tile, 1024))
 
@@ -188,27 +211,24 @@ def predict_ome(checkpoint, input_path: str | Path, output_dir: str | Path | Non
         plans.append(plan_image(predictor, image, out_dir, channels=channels, level=level, output=output,
                                 name=labels_name, instances=instances))
     _check_targets(plans, overwrite)
-    if out_dir is not None and any(p.kind == "tiff" for p in plans):
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise RunFolderError(f"--output {out_dir}: cannot create the folder ({exc})") from exc
     runner = DaskRunner(dask_workers, 1, dask_address) if (dask_workers or dask_address) else LocalRunner()
+    created: list[Path] = []
     try:
         for plan in plans:
             log.info("%s: level %d (%s), channels %s", plan.image.name, plan.level,
                      "x".join(map(str, plan.source.shape)), plan.source.channels)
+            scratch_dir = plan.target.parent  # the output's own place, never beside the input image
+            created += make_folders(scratch_dir, "--output" if plan.kind == "tiff" else "labels group")
             try:
                 result = predict_tiled(checkpoint, plan.source, options=options,
                                        predictor=predictor, tile=tile, halo=halo, instances=instances, runner=runner,
-                                       scratch_dir=(out_dir if out_dir is not None and plan.kind == "tiff" else plan.image.parent),
-                                       progress=progress)
+                                       scratch_dir=scratch_dir, progress=progress)
             except PdesegError as exc:
                 report.skipped[plan.image.name] = str(exc)
                 log.warning("skipped %s: %s", plan.image.name, exc)
                 continue
             try:
-                path = export(result, plan, tile)
+                path = export(result, plan, result.grid.tile)
             except OSError as exc:
                 raise RunFolderError(f"cannot write {plan.target}: {exc}") from exc
             finally:
@@ -219,4 +239,6 @@ def predict_ome(checkpoint, input_path: str | Path, output_dir: str | Path | Non
     finally:
         if isinstance(runner, DaskRunner):
             runner.close()
+        if not report.written:
+            remove_empty(created)
     return report

@@ -32,11 +32,14 @@ Semantic models (no cells) skip passes 3 and 4: each core's classes are written 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -53,6 +56,8 @@ DEFAULT_TILE = 1024
 DEFAULT_HALO = 64
 #: Half-width of the strip along a seam in which two tiles' cells are matched.
 DEFAULT_BAND = 16
+#: Seconds to wait for a ``dask_address`` scheduler before giving up.
+CONNECT_TIMEOUT_S = 10
 #: Tile sizes must be multiples of this (TIFF tiles; the pooling grid of the networks here).
 TILE_MULTIPLE = 16
 
@@ -97,8 +102,11 @@ class TileGrid:
                               f"are multiples of {TILE_MULTIPLE}), got {self.tile}")
         if self.halo < 0 or self.halo % m:
             raise ConfigError(f"halo must be a multiple of {m} pixels >= 0 (the network's pooling grid), got {self.halo}")
-        if self.band < 1 or self.band > self.halo:
-            raise ConfigError(f"band must be between 1 and the halo ({self.halo}) pixels, got {self.band}")
+        if self.band < 1:
+            raise ConfigError(f"band must be a whole number of pixels >= 1, got {self.band}")
+        if self.halo < self.band:
+            raise ConfigError(f"halo (--halo) must be at least {self.band} pixels: neighbouring tiles' cells are matched in "
+                              f"a strip of {self.band} pixels along each seam, inside the halo; got {self.halo}")
         if self.height < 1 or self.width < 1:
             raise DataError(f"an image of {self.height}x{self.width} pixels has nothing to tile")
 
@@ -617,7 +625,12 @@ class DaskRunner:
         logging.getLogger("distributed").setLevel(max(logging.WARNING, logging.getLogger("distributed").level))
         self.cluster = None
         if address:
-            self.client = Client(address)
+            try:
+                self.client = Client(address, timeout=CONNECT_TIMEOUT_S)
+            except (OSError, ValueError, TypeError, TimeoutError) as exc:
+                raise ConfigError(f"--dask-scheduler {address}: cannot connect to a dask.distributed scheduler there "
+                                  f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no reason given'}); "
+                                  "give its address as tcp://host:8786") from None
         else:
             n = workers or max(os.cpu_count() // max(threads, 1), 1)
             self.cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
@@ -691,6 +704,68 @@ def _make_runner(runner: Any, dask_workers: int | None, dask_address: str | None
     if dask_workers or dask_address:
         return DaskRunner(dask_workers, threads or 1, dask_address), True
     return LocalRunner(), False
+
+
+def _fit_tile(grid: TileGrid) -> TileGrid:
+    """``grid`` with its tile cut to the smallest valid size covering the image (a tile larger
+    than the image only costs memory)."""
+    step = math.lcm(TILE_MULTIPLE, grid.multiple)
+    hy, _, hx, _ = grid.canvas
+    cap = -(-max(hy, hx) // step) * step
+    if grid.tile <= cap:
+        return grid
+    log.info("tile %d is larger than the %dx%d image: tiles of %d instead", grid.tile, grid.height, grid.width, cap)
+    return replace(grid, tile=cap)
+
+
+#: A scratch folder without an owner file this old (seconds) is a leftover of an older pdeseg.
+_ORPHAN_AGE_S = 3600.0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def reclaim_scratch(folder: str | Path) -> list[Path]:
+    """Remove the scratch folders (``.pdeseg-tiles-*``) in ``folder`` that a killed run left:
+    its owner process (``owner.json``: host and pid) is gone from this host, or it has no owner
+    file and is older than an hour. Returns the folders removed."""
+    from pdeseg.data.outputs import SCRATCH_PREFIX
+
+    removed = []
+    for path in Path(folder).glob(SCRATCH_PREFIX + "*"):
+        if not path.is_dir() or path.is_symlink():
+            continue
+        try:
+            owner = json.loads((path / "owner.json").read_text())
+            stale = owner.get("host") == socket.gethostname() and not _alive(int(owner["pid"]))
+        except FileNotFoundError:
+            stale = time.time() - path.stat().st_mtime > _ORPHAN_AGE_S
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+        if stale:
+            shutil.rmtree(path, ignore_errors=True)
+            log.info("removed %s, the scratch folder of a run that was killed", path)
+            removed.append(path)
+    return removed
+
+
+def make_scratch(folder: str | Path | None) -> Path:
+    """A new scratch folder ``.pdeseg-tiles-*`` in ``folder`` (default: the system's temporary
+    folder), with ``owner.json`` (host, pid); leftovers of killed runs there are reclaimed first."""
+    from pdeseg.data.outputs import SCRATCH_PREFIX
+
+    where = Path(folder) if folder else Path(tempfile.gettempdir())
+    reclaim_scratch(where)
+    scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=str(where)))
+    (scratch / "owner.json").write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+    return scratch
 
 
 def check_tileable(predictor) -> None:
@@ -781,25 +856,27 @@ def predict_tiled(
     if instances is None:
         instances = bool(predictor.format.object_metrics and predictor.format.name != "drive")
     grid = TileGrid(source.shape[0], source.shape[1], tile, halo, band, size_multiple(predictor.model))
-    scratch = Path(tempfile.mkdtemp(prefix=".pdeseg-tiles-", dir=str(scratch_dir) if scratch_dir else None))
+    grid = _fit_tile(grid)
+    paths = [str(p) for p in ([checkpoint] if isinstance(checkpoint, (str, Path)) else (checkpoint or []))]
+    engine, owned = _make_runner(runner, dask_workers, dask_address, threads)
+    if isinstance(engine, DaskRunner) and not paths:
+        if owned:
+            engine.close()
+        raise ConfigError("a Dask run needs the checkpoint file(s): workers load the model themselves")
+    scratch = make_scratch(scratch_dir)
     import zarr
 
     labels = zarr.create_array(store=str(scratch / "labels.zarr"), shape=(grid.height, grid.width),
-                               chunks=(min(tile, grid.height), min(tile, grid.width)),
+                               chunks=(min(grid.tile, grid.height), min(grid.tile, grid.width)),
                                dtype=np.uint32 if instances else np.uint8, fill_value=0)
     if instances:
         ny, nx = grid.shape
         zarr.create_array(store=str(scratch / "keep.zarr"), shape=(ny * grid.keep_chunk, nx * grid.keep_chunk),
                           chunks=(grid.keep_chunk, grid.keep_chunk), dtype=np.uint32, fill_value=0)
-    paths = [str(p) for p in ([checkpoint] if isinstance(checkpoint, (str, Path)) else (checkpoint or []))]
     job = TiledJob(paths, options, source, grid, str(scratch), instances, predictor=predictor)
-    engine, owned = _make_runner(runner, dask_workers, dask_address, threads)
-    if isinstance(engine, DaskRunner) and not paths:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise ConfigError("a Dask run needs the checkpoint file(s): workers load the model themselves")
     tiles = grid.tiles()
     log.info("%s: %dx%d pixels in %d tiles of %d (+%d halo), on %s", predictor.name, grid.height, grid.width,
-             len(tiles), tile, halo, engine.name)
+             len(tiles), grid.tile, grid.halo, engine.name)
     try:
         spec = predictor.spec
         if spec.normalization in _NEEDS_STATS and not (spec.normalization == "ct" and spec.ct_stats is not None):

@@ -411,9 +411,12 @@ def write_ome_tiff(path: str | Path, tiles: Iterable[np.ndarray], shape: tuple[i
         pixel_size: ``(y, x)`` in mm, written as micrometres.
 
     Returns:
-        ``path`` (written through a temporary name).
+        ``path`` (written through a temporary name), with the TIFF ``Software`` tag ``pdeseg``
+        (the marker by which ``--overwrite`` knows pdeseg wrote it).
     """
     import tifffile
+
+    from pdeseg.data.outputs import MARKER
 
     from pdeseg.data.files import write_atomically
 
@@ -424,9 +427,22 @@ def write_ome_tiff(path: str | Path, tiles: Iterable[np.ndarray], shape: tuple[i
 
     def write(tmp: Path) -> None:
         tifffile.imwrite(tmp, tiles, shape=tuple(shape), dtype=dtype, tile=(tile, tile), ome=True, metadata=metadata,
-                         compression="zlib")
+                         compression="zlib", software=MARKER)
 
     return write_atomically(Path(path), write)
+
+
+def _dedupe_label_names(labels_group) -> None:
+    """The ``labels`` list of an OME-Zarr labels group with each name once (ome-zarr appends
+    the name again when a layer is written anew)."""
+    attrs = labels_group.attrs.asdict()
+    for holder in (attrs.get("ome"), attrs):
+        if isinstance(holder, dict) and isinstance(holder.get("labels"), list):
+            names = list(dict.fromkeys(holder["labels"]))
+            if names != holder["labels"]:
+                holder["labels"] = names
+                labels_group.attrs.update(attrs)
+            return
 
 
 def write_ome_zarr_labels(image_path: str | Path, name: str, labels, pixel_size: Sequence[float] | None,
@@ -437,11 +453,20 @@ def write_ome_zarr_labels(image_path: str | Path, name: str, labels, pixel_size:
     its scale, written chunk by chunk.
 
     Returns:
-        the labels group folder.
+        the labels group folder; its attributes carry ``"pdeseg"`` (the marker by which
+        ``--overwrite`` knows pdeseg wrote it).
+
+    Raises:
+        ConfigError: ``name`` is not a plain name (:func:`pdeseg.data.outputs.check_name`).
     """
     import dask.array as da
     import zarr
     from ome_zarr.writer import write_multiscale_labels
+
+    from pdeseg import __version__
+    from pdeseg.data.outputs import MARKER, check_name
+
+    check_name(name, "labels name")
 
     base = labels if isinstance(labels, da.Array) else da.from_array(labels, chunks=chunk)
     pyramid = [base]
@@ -452,4 +477,7 @@ def write_ome_zarr_labels(image_path: str | Path, name: str, labels, pixel_size:
     group = zarr.open_group(str(Path(image_path)), mode="a")
     write_multiscale_labels([p.rechunk(chunk) for p in pyramid], group, name=name, axes=axes,
                             coordinate_transformations=transforms)
+    _dedupe_label_names(zarr.open_group(str(Path(image_path) / "labels"), mode="a"))
+    zarr.open_group(str(Path(image_path) / "labels" / name), mode="a").attrs[MARKER] = {
+        "written_by": f"pdeseg {__version__}", "image": Path(image_path).name}
     return Path(image_path) / "labels" / name
