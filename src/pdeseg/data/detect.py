@@ -9,7 +9,9 @@ format         marker
 msd            ``dataset.json`` beside ``imagesTr/``
 dsb2018        ``stage1_train/`` (or ``domains.tsv`` with image folders holding ``images/`` and ``masks/``)
 drive          ``1st_manual/`` in the folder or in its ``training/``
-livecell       ``images/`` beside a ``*.json`` file (COCO annotations)
+livecell       ``images/`` beside a ``*.json`` file (COCO annotations) in the folder or in
+               ``annotations/`` or one folder below it (LIVECell's release keeps
+               ``annotations/LIVECell/livecell_coco_{train,val,test}.json``)
 isbi_em        ``images/`` and ``labels/``
 cell_folder    ``images/`` and ``masks/``
 lgg            folders holding ``*_mask.tif`` files (or ``kaggle_3m/``)
@@ -63,7 +65,7 @@ def detect_format(root: str | Path) -> str:
     if (root / "1st_manual").is_dir() or (root / "training" / "1st_manual").is_dir():
         return "drive"
     if (root / "images").is_dir():
-        if next(root.glob("*.json"), None) is not None or next((root / "annotations").glob("*.json"), None) is not None:
+        if any(next(root.glob(p), None) is not None for p in ("*.json", "annotations/*.json", "annotations/*/*.json")):
             return "livecell"
         if (root / "labels").is_dir():
             return "isbi_em"

@@ -12,7 +12,10 @@ Scopes:
   3 px of the foreground and, where the case has objects, the instance metrics of the
   predicted cells (:func:`pdeseg.data.pipeline.label_geometry.predicted_instances`: watershed on the boundary
   class, or connected components; specks below 10 pixels dropped): DSB score,
-  AP50, split and merged cells (:mod:`pdeseg.metrics.instances`). Pixels outside a case's
+  AP50, split and merged cells (:mod:`pdeseg.metrics.instances`), and LIVECell's COCO mask
+  AP, AP50 and AP75 (:mod:`pdeseg.metrics.coco`: each image's own, in its row, and the
+  split's pooled AP in :attr:`Scores.pooled`, as LIVECell publishes it; a cell's confidence
+  is its mean cell probability where the model's output is at hand). Pixels outside a case's
   field of view (DRIVE) are set to background in truth and prediction before any metric.
 
 Under ``torchrun`` every process scores its share of the cases and the per-case rows are
@@ -39,7 +42,7 @@ from pdeseg.errors import ConfigError, DataError
 from pdeseg.inference.predict import Predictor
 from pdeseg.losses.segmentation import split_ignored
 from pdeseg.metrics.segmentation import ScoringRules, summarize
-from pdeseg.nn.output import predicted_classes
+from pdeseg.nn.output import class_probabilities, predicted_classes
 from pdeseg.progress import track
 
 SCOPES = ("slices", "volume")
@@ -67,12 +70,17 @@ class Scores:
         loss: mean loss over slices (``slices`` scope) or cases (``volume``), if a loss was given.
         seconds: wall time of the model and metrics.
         units: slices (or cases) segmented, for a per-unit time.
+        pooled: split-level numbers that are not a mean over cases: the COCO mask AP of every
+            image together (``mask_ap``, ``mask_ap50``, ``mask_ap75``), for cell models scored
+            in volume scope; empty otherwise.
     """
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     loss: float | None = None
     seconds: float = 0.0
     units: int = 0
+    pooled: dict[str, float] = field(default_factory=dict)
+    mask_ap_images: Any = field(default=None, repr=False)  # the CocoMaskAP behind ``pooled`` (for gathering)
 
     def summary(self) -> dict[str, dict[str, float]]:
         """Mean, sd, median and count of every metric over cases."""
@@ -133,6 +141,32 @@ def score(
     return _gather(result, [c.case_id for c in cases])
 
 
+class _MaskAP:
+    """The COCO mask AP of the images one scoring call sees: each image is added as it is
+    scored; :meth:`finish` writes every image's own AP into its row and returns the pooled AP."""
+
+    def __init__(self):
+        from pdeseg.metrics.coco import CocoMaskAP
+
+        self.acc, self.cases = CocoMaskAP(), []
+
+    def add(self, case_id: str, pred_inst: np.ndarray, true_inst: np.ndarray, cell_prob: np.ndarray | None) -> None:
+        from pdeseg.metrics.coco import instance_confidences
+
+        confidences = None if cell_prob is None else instance_confidences(pred_inst, cell_prob)
+        self.acc.add(pred_inst, true_inst, confidences)
+        self.cases.append(case_id)
+
+    def finish(self, rows: list[dict[str, Any]]) -> dict[str, float]:
+        if not self.cases:
+            return {}
+        pooled, per_image = self.acc.results()
+        by_case = dict(zip(self.cases, per_image))
+        for row in rows:
+            row.update(by_case.get(row["case"], {}))
+        return pooled
+
+
 def _score_slices(predictor: Predictor, cases: list[CachedCase], loss_fn, batch_size: int, progress: bool) -> Scores:
     acc = scoring_rules(predictor.spec).accumulator()
     if not cases:
@@ -157,6 +191,7 @@ def _score_volumes(predictor: Predictor, cases: list[CachedCase], loss_fn, with_
     rules = scoring_rules(predictor.spec)
     objects = get_format(predictor.spec.format).object_metrics
     rows, losses, units = [], [], 0
+    mask_ap = _MaskAP() if objects else None
     for case in track(cases, "scoring", "case", enabled=progress):
         image, label = case_volume(case)
         logits = predictor.predict_logits(image)[None]
@@ -166,11 +201,15 @@ def _score_volumes(predictor: Predictor, cases: list[CachedCase], loss_fn, with_
             losses.append(float(loss_fn(logits, torch.from_numpy(target)[None], **_map_targets(predictor, case))))
         classes = predictor.finish(predicted_classes(logits, predictor.head)[0].numpy().astype(np.uint8))
         cells = predictor.cells(logits[0], classes) if objects else None
-        rows.append(case_row(rules, objects, case, classes, label, with_hd95, surface_tolerance_mm, cells))
+        cell_prob = 1 - class_probabilities(logits, predictor.head)[0, 0].numpy() if objects else None
+        rows.append(case_row(rules, objects, case, classes, label, with_hd95, surface_tolerance_mm, cells,
+                             mask_ap, cell_prob))
         if each_case is not None:
             each_case(case, classes, cells)
         units += image.shape[-1] if predictor.spec.mode == "slices" else 1
-    return Scores(rows, float(np.mean(losses)) if losses else None, units=units)
+    pooled = mask_ap.finish(rows) if mask_ap is not None else {}
+    return Scores(rows, float(np.mean(losses)) if losses else None, units=units, pooled=pooled,
+                  mask_ap_images=mask_ap.acc if mask_ap is not None else None)
 
 
 def _map_targets(predictor: Predictor, case: CachedCase) -> dict[str, torch.Tensor]:
@@ -191,7 +230,8 @@ def _outside(case: CachedCase) -> np.ndarray | None:
 
 def case_row(rules: ScoringRules, objects: bool, case: CachedCase, classes: np.ndarray, label: np.ndarray,
              with_hd95: bool = False, surface_tolerance_mm: float | None = None,
-             cells: np.ndarray | None = None) -> dict[str, Any]:
+             cells: np.ndarray | None = None, mask_ap: _MaskAP | None = None,
+             cell_prob: np.ndarray | None = None) -> dict[str, Any]:
     """The metrics of one whole case's predicted label map: the one place where a label map
     becomes a score row.
 
@@ -205,6 +245,10 @@ def case_row(rules: ScoringRules, objects: bool, case: CachedCase, classes: np.n
         label: the case's true classes, same shape (:func:`~pdeseg.data.pipeline.sampling.case_volume`).
         cells: the predicted instances ``(X, Y, 1)`` as the model's representation found them
             (:meth:`~pdeseg.inference.predict.Predictor.cells`), or None: found from ``classes``.
+        mask_ap: where given, a case with objects is added to it (its COCO mask AP is written
+            into the row by :meth:`_MaskAP.finish`).
+        cell_prob: ``(X, Y, 1)`` the model's cell probability, the predicted cells' confidence
+            for the mask AP (None: every cell 1).
 
     Returns:
         ``{"case": id, metric: value, ...}``.
@@ -216,7 +260,7 @@ def case_row(rules: ScoringRules, objects: bool, case: CachedCase, classes: np.n
     if objects:
         if outside is not None and cells is not None:
             cells = np.where(outside, 0, cells)
-        row.update(object_metrics(classes, label, case, cells))
+        row.update(object_metrics(classes, label, case, cells, mask_ap, cell_prob))
     return row
 
 
@@ -237,17 +281,21 @@ def score_label_maps(spec: TaskSpec, cases: list[CachedCase], label_map: Callabl
     """
     rules, objects = scoring_rules(spec), get_format(spec.format).object_metrics
     rows = []
+    mask_ap = _MaskAP() if objects else None
     for case in track(cases, "scoring", "case", enabled=progress):
         classes = np.array(label_map(case), dtype=np.uint8)
         _, label = case_volume(case)
         if classes.shape != label.shape:
             raise DataError(f"case {case.case_id}: the label map is {classes.shape}, the case {label.shape}")
-        rows.append(case_row(rules, objects, case, classes, label, with_hd95, surface_tolerance_mm))
-    return Scores(rows, units=len(rows))
+        rows.append(case_row(rules, objects, case, classes, label, with_hd95, surface_tolerance_mm,
+                             mask_ap=mask_ap))
+    pooled = mask_ap.finish(rows) if mask_ap is not None else {}
+    return Scores(rows, units=len(rows), pooled=pooled)
 
 
 def object_metrics(classes: np.ndarray, label: np.ndarray, case: CachedCase,
-                   cells: np.ndarray | None = None) -> dict[str, Any]:
+                   cells: np.ndarray | None = None, mask_ap: _MaskAP | None = None,
+                   cell_prob: np.ndarray | None = None) -> dict[str, Any]:
     """Dice of the foreground (``dice_fg``: every non-background class counts, so the
     cells' Dice for semantic and boundary outputs alike), its boundary F1 at 1, 2 and 3 px
     and, when ``case`` has objects, the instance metrics of the predicted cells (``cells``
@@ -265,7 +313,10 @@ def object_metrics(classes: np.ndarray, label: np.ndarray, case: CachedCase,
         truth = np.asarray(case.instances[0])
         if case.valid is not None:
             truth = np.where(np.asarray(case.valid[0]), truth, 0)
-        row.update(instance_metrics(predicted_instances(pred) if cells is None else cells[..., 0], truth))
+        found = predicted_instances(pred) if cells is None else cells[..., 0]
+        row.update(instance_metrics(found, truth))
+        if mask_ap is not None:
+            mask_ap.add(case.case_id, found, truth, None if cell_prob is None else cell_prob[..., 0])
     return row
 
 
@@ -282,8 +333,14 @@ def _gather(result: Scores, order: list[str]) -> Scores:
         return result
     world = torch.distributed.get_world_size()
     parts: list[Any] = [None] * world
-    torch.distributed.all_gather_object(parts, (result.rows, result.loss, result.units))
+    torch.distributed.all_gather_object(parts, (result.rows, result.loss, result.units, result.mask_ap_images))
     rows = {r["case"]: r for p in parts for r in p[0]}
     weighted = [(p[1], p[2]) for p in parts if p[1] is not None and p[2]]
     loss = sum(l * n for l, n in weighted) / sum(n for _, n in weighted) if weighted else None
-    return Scores([rows[c] for c in order if c in rows], loss, result.seconds, sum(p[2] for p in parts))
+    pooled: dict[str, float] = {}
+    images = [p[3] for p in parts if p[3] is not None]
+    if images:  # the pooled AP of every process's images together
+        for more in images[1:]:
+            images[0].merge(more)
+        pooled = images[0].result()
+    return Scores([rows[c] for c in order if c in rows], loss, result.seconds, sum(p[2] for p in parts), pooled)

@@ -179,7 +179,8 @@ def decode_instances(annotations: Sequence[tuple[Any, Any]], shape: tuple[int, i
     if not annotations:
         return out
     rles = [_rle(seg, shape, f"{json_path}: annotation {ann_id} of image {image_id}") for ann_id, seg in annotations]
-    areas = mask_utils.area(rles).astype(np.int64)
+    # one RLE at a time: pycocotools' area() of a list keeps the list length in a uint8 and fails past 255
+    areas = np.array([int(mask_utils.area(r)) for r in rles], np.int64)
     empty = [i for i in range(len(rles)) if areas[i] == 0]
     if empty:
         described = [f"{json_path}: annotation {annotations[i][0]} of image {image_id} covers no pixel of the "
