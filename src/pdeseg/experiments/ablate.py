@@ -55,11 +55,12 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 #: Table columns per split: loss plus paper 003's metrics.
 #: Object data (microscopy) add boundary F1 and the instance scores (see pdeseg.inference.score).
-OBJECT_SCORES = ("dice_fg", "bf1_1", "bf1_2", "bf1_3", "dsb_score", "ap50", "n_split", "n_merged")
+OBJECT_SCORES = ("dice_fg", "bf1_1", "bf1_2", "bf1_3", "dsb_score", "ap50", "mask_ap", "mask_ap50", "mask_ap75",
+                 "n_split", "n_merged")
 SCORES = ("loss",) + EPOCH_METRICS + ("hd95_mean",) + OBJECT_SCORES
 #: Paired tests of each variant against the baseline on test cases: (row key, label).
 PAIRED_METRICS = (("dice_mean", "Dice"), ("hd95_mean", "HD95 (mm)"), ("dice_fg", "cell Dice"), ("bf1_2", "boundary F1@2px"),
-                  ("dsb_score", "DSB score"))
+                  ("dsb_score", "DSB score"), ("mask_ap", "COCO mask AP"))
 
 
 # --------------------------------------------------------------------------------------
