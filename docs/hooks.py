@@ -102,8 +102,15 @@ def cli_markdown(parser: argparse.ArgumentParser) -> str:
 
 # --- config ------------------------------------------------------------------------------------------------------
 
-_CONSTRAINTS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "min_length": "at least {} items",
-                "max_length": "at most {} items", "pattern": "matches `{}`"}
+_CONSTRAINTS = {
+    "gt": ">",
+    "ge": ">=",
+    "lt": "<",
+    "le": "<=",
+    "min_length": "at least {} items",
+    "max_length": "at most {} items",
+    "pattern": "matches `{}`",
+}
 
 
 def _constraint_text(metadata: list[Any]) -> list[str]:
@@ -149,8 +156,7 @@ def field_comments(cls: type) -> dict[str, str]:
     above: list[str] = []
     found: dict[str, str] = {}
     lines = source.splitlines()
-    comments = {tok.start[0]: tok.string for tok in tokenize.generate_tokens(io.StringIO(source).readline)
-                if tok.type == tokenize.COMMENT}
+    comments = {tok.start[0]: tok.string for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
     for number, line in enumerate(lines, start=1):
         stripped = line.strip()
         if stripped.startswith("#"):
@@ -215,8 +221,7 @@ def config_rows(model: type, prefix: str = "", seen: set[type] | None = None) ->
             description = (inspect.getdoc(sections[0]) or "").split("\n\n")[0]
         constraints = _constraint_text(list(field.metadata))
         kind = type_text(field.annotation) + (f" ({', '.join(constraints)})" if constraints else "")
-        rows.append({"key": key, "type": kind, "default": _default_text(field),
-                     "description": description, "section": bool(sections)})
+        rows.append({"key": key, "type": kind, "default": _default_text(field), "description": description, "section": bool(sections)})
         for section in sections:
             rows += config_rows(section, f"{key}[]." if list_of else f"{key}.", seen | {model})
     return rows
@@ -232,8 +237,9 @@ def config_markdown(model: type) -> str:
         key = f"**`{row['key']}`**" if row["section"] else f"`{row['key']}`"
         out.append(f"| {key} | {_cell(row['type'])} | {_cell(row['default'])} | {_cell(row['description'])} |")
     if missing:
-        log.warning("config fields without a description (add a comment or Field(description=...) in "
-                    "src/pdeseg/config.py): %s", ", ".join(missing))
+        log.warning(
+            "config fields without a description (add a comment or Field(description=...) in src/pdeseg/config.py): %s", ", ".join(missing)
+        )
     return "\n".join(out) + "\n"
 
 
@@ -243,13 +249,15 @@ def config_markdown(model: type) -> str:
 def formats_markdown() -> str:
     from pdeseg.data.formats import FORMATS
 
-    out = ["| `data.format` | what it reads | channels | classes | reading options (`data.format_options`) |",
-           "|---|---|---|---|---|"]
+    out = ["| `data.format` | what it reads | channels | classes | reading options (`data.format_options`) |", "|---|---|---|---|---|"]
     for name, f in sorted(FORMATS.items()):
-        options = ", ".join(f"`{k}`" + (f": {' / '.join(map(str, v))}" if isinstance(v, (tuple, list)) else "")
-                            for k, v in (f.read_options or {}).items())
-        out.append(f"| `{name}` | {_cell(f.description)} | {_cell(', '.join(f.modalities) or 'from the data')} | "
-                   f"{_cell(', '.join(f.class_names) or 'from the data')} | {_cell(options)} |")
+        options = ", ".join(
+            f"`{k}`" + (f": {' / '.join(map(str, v))}" if isinstance(v, (tuple, list)) else "") for k, v in (f.read_options or {}).items()
+        )
+        out.append(
+            f"| `{name}` | {_cell(f.description)} | {_cell(', '.join(f.modalities) or 'from the data')} | "
+            f"{_cell(', '.join(f.class_names) or 'from the data')} | {_cell(options)} |"
+        )
     return "\n".join(out) + "\n"
 
 
