@@ -91,7 +91,6 @@ def _predictors(name, dims, in_ch, classes, spec_kwargs, features):
 
 
 def _time(predictor, image, repeats):
-    import torch
 
     times, out = [], None
     for _ in range(repeats):
@@ -109,7 +108,6 @@ def main() -> int:
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
 
-    import numpy as np
     import onnxruntime as ort
     import torch
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -77,7 +77,7 @@ class OutputHead:
         return self.class_channels + len(self.maps)
 
 
-HeadLike = Union[OutputHead, str, None]
+HeadLike = OutputHead | str | None
 
 
 def make_head(output: str, num_classes: int, regions: Mapping[str, Sequence[int]] | None = None) -> OutputHead:
@@ -107,7 +107,7 @@ def make_head(output: str, num_classes: int, regions: Mapping[str, Sequence[int]
         raise ValueError(f"output: regions needs an outermost region with every class but background; "
                          f"{named[0][0]} holds {sorted(sets[0])} of classes 0..{num_classes - 1}")
     levels = [outer_missing.pop()]
-    for (name, ids), (inner_name, _), s, inner in zip(named, named[1:], sets, sets[1:]):
+    for (name, _ids), (inner_name, _), s, inner in zip(named, named[1:], sets, sets[1:]):
         if not inner < s or len(s - inner) != 1:
             raise ValueError(f"output: regions needs nested regions, each one class larger than the next; "
                              f"{inner_name} {sorted(inner)} is not {name} {sorted(s)} less one class")

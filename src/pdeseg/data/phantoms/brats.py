@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import nibabel as nib
 import numpy as np

@@ -87,7 +87,7 @@ def _cluster(rng: np.random.Generator) -> list[np.ndarray]:
         dist = 0.8 * (radii[base] + r)  # blobs overlap: the union is split between them
         centres.append(centres[base] + dist * np.array([np.sin(phi), np.cos(phi)]))
         radii.append(r)
-    for r in radii:
+    for _r in radii:
         shapes.append([(k, rng.uniform(0, 0.12), rng.uniform(0, 2 * np.pi)) for k in (2, 3, 4)])
     pts = np.array(centres)
     lo = np.floor(pts.min(0) - max(radii) * 1.5) - 1
