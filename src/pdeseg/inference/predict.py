@@ -48,7 +48,7 @@ from torch import nn
 from pdeseg.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint, preprocessing_spec
 from pdeseg.config import ExperimentConfig, TaskSpec
 from pdeseg.data.case import LoadedCase
-from pdeseg.data.files import blocking_path, describe_blocker
+from pdeseg.data.files import blocking_path, describe_blocker, make_folders, remove_empty
 from pdeseg.data.formats import DataFormat, get_format
 from pdeseg.data.pipeline.preprocess import Preprocessing
 from pdeseg.errors import CheckpointError, ConfigError, DataError, PdesegError, RunFolderError
@@ -636,13 +636,6 @@ def _stop_after_fault(report: PredictionReport, cases: list, failed: str, exc: E
         report.skipped[case_id] = f"not written: {exc}" if case_id == failed else "not written: the run stopped at an earlier fault"
 
 
-def _make_folder(out_dir: Path) -> None:
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RunFolderError(f"--output {out_dir}: cannot create the folder ({exc})") from exc
-
-
 def ensemble_members(checkpoints: Sequence[str | Path] | str | Path) -> list[Path]:
     """The checkpoint files named: files as given, a folder as every ``best.pt`` below it
     (sorted).
@@ -789,8 +782,28 @@ def predict_folder(
     for case_id, reason in report.skipped.items():
         log.warning("skipped case %s: %s", case_id, _first_line(reason))
     check_outputs(fmt, cases, predictor.modalities, out_dir, overwrite, **write_options)
-    if cases:
-        _make_folder(out_dir)
+    created = make_folders(out_dir, "--output") if cases else []
+    try:
+        _predict_cases(predictor, fmt, cases, out_dir, write_options, report, progress)
+    finally:
+        if not report.written:  # every case skipped (or the run refused): leave no empty output folder
+            remove_empty(created)
+    if report.skipped:
+        log.warning("%s", report.summary())
+    else:
+        log.info("%s", report.summary())
+    return report
+
+
+def _predict_cases(predictor, fmt, cases: list, out_dir: Path, write_options: dict, report: PredictionReport,
+                   progress: bool) -> None:
+    """Segment and write ``cases`` one by one into ``report`` (a bad case is skipped; a write
+    fault after some were written stops the run, see :func:`_stop_after_fault`).
+
+    Raises:
+        RunFolderError: the first write fails (nothing written yet).
+    """
+    dicom = fmt.name == "dicom"
     fractional = dicom and write_options.get("seg_type") == "fractional"
     for case, read in zip(track(cases, "predicting", "case", enabled=progress), read_ahead(predictor.read, cases)):
         try:
@@ -817,8 +830,3 @@ def predict_folder(
         log.info("%s -> %s (%s%s)", case.case_id, path,
                  ", ".join(f"{n}: {v}" for n, v in zip(predictor.spec.class_names, counts)), cells)
         report.written.append(path)
-    if report.skipped:
-        log.warning("%s", report.summary())
-    else:
-        log.info("%s", report.summary())
-    return report

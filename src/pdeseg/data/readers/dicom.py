@@ -57,6 +57,7 @@ import numpy as np
 
 from pdeseg.data.case import LoadedCase
 from pdeseg.errors import ConfigError, DataError
+from pdeseg.logs import library_logs_at_debug
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,7 @@ class DicomSeries:
 
     Attributes:
         uid, description, number, modality, study_uid, frame_of_reference: the series' tags.
+        patient_id, study_id: ``PatientID`` and ``StudyID`` (or ``StudyDate``), for readable case names.
         sop_class: its SOP class name (``MR Image Storage``, ...).
         files: the files, sorted by name.
         frames: the images in stack order (after :meth:`check`).
@@ -143,6 +145,8 @@ class DicomSeries:
     sop_class: str
     files: list[Path]
     frames: list[Frame] = field(default_factory=list)
+    patient_id: str = ""
+    study_id: str = ""
     thickness: float | None = None
     photometric: str = "MONOCHROME2"
     samples_per_pixel: int = 1
@@ -170,6 +174,9 @@ class DicomSeries:
         """
         if self._checked:
             return
+        if not self.sop_class:
+            raise self.error(f"{self.files[0].name}: its header has no SOPClassUID (the file is cut short, or is not a "
+                             "DICOM image)")
         if not self.sop_class.endswith("Image Storage"):
             raise self.error(f"SOP class {self.sop_class!r} is not an image storage class (no volume to read)")
         if self.samples_per_pixel != 1:
@@ -182,6 +189,10 @@ class DicomSeries:
         if missing:
             raise self.error(f"{missing[0].path.name}: no ImagePositionPatient, ImageOrientationPatient or PixelSpacing "
                              "(a projection image or secondary capture cannot be placed in 3D)")
+        bad = next((f for f in frames if len(f.spacing) != 2 or not all(math.isfinite(v) and v > 0 for v in f.spacing)), None)
+        if bad is not None:
+            raise self.error(f"PixelSpacing {list(bad.spacing)} in {_frame_name(bad)}: must be two sizes > 0 mm (row "
+                             "spacing, column spacing); the header is corrupt")
         orientations = _distinct([f.orientation for f in frames])
         if len(orientations) > 1:
             counts = ", ".join(f"{n} image(s) with {np.round(o, 4).tolist()}" for o, n in orientations)
@@ -297,8 +308,9 @@ class DicomSeries:
             if frame.path not in cache:
                 cache.clear()  # keep one file's pixels at a time (multi-frame files: all frames)
                 try:
-                    ds = pydicom.dcmread(frame.path)
-                    pixels = ds.pixel_array
+                    with library_logs_at_debug("pydicom"):  # its handlers' errors: explained below in one line
+                        ds = pydicom.dcmread(frame.path)
+                        pixels = ds.pixel_array
                 except Exception as exc:  # pydicom and the handlers raise many types for bad pixel data
                     syntax = _transfer_syntax(frame.path)
                     raise self.error(f"{frame.path.name}: cannot read its pixel data ({syntax}): {type(exc).__name__}: "
@@ -312,11 +324,28 @@ class DicomSeries:
                                      f"{frame.number_of_frames} frame(s) of {frame.rows}x{frame.columns}")
                 cache[frame.path] = pixels
             plane = cache[frame.path][frame.index].astype(np.float64) * frame.slope + frame.intercept
+            _check_representable(self, frame, plane)
             volume[:, :, k] = plane.T
         affine, zooms = self.geometry()
         if self.resampled:
             volume = resample_tilt(volume, self.inplane_shifts())
         return volume, affine, zooms
+
+
+#: The largest magnitude a rescaled value may have: float32's.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _check_representable(series: DicomSeries, frame: Frame, plane: np.ndarray) -> None:
+    """Raises DicomSeriesError when the rescaled values of ``frame`` are NaN, infinite or too
+    large for float32 (a corrupt ``RescaleSlope`` / ``RescaleIntercept``), as the NIfTI reader
+    refuses non-finite intensities."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        bad = ~np.isfinite(plane) | (np.abs(plane) > _FLOAT32_MAX)
+    if bad.any():
+        raise series.error(f"{_frame_name(frame)}: RescaleSlope {frame.slope!r} and RescaleIntercept {frame.intercept!r} "
+                           f"make {int(bad.sum())} of its {plane.size} values NaN, infinite or beyond float32; the "
+                           "file's rescale is corrupt (fix RescaleSlope / RescaleIntercept)")
 
 
 def resample_tilt(volume: np.ndarray, shifts: np.ndarray, order: int = 1, fill: float | None = None) -> np.ndarray:
@@ -407,7 +436,7 @@ def _frames_of(ds, path: Path) -> list[Frame]:
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     if per_frame is None and "SharedFunctionalGroupsSequence" not in ds:
         pos, ori, sp = (_value(ds, k) for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"))
-        slope, inter = float(_value(ds, "RescaleSlope", 1.0)), float(_value(ds, "RescaleIntercept", 0.0))
+        slope, inter = _number_or_nan(_value(ds, "RescaleSlope", 1.0)), _number_or_nan(_value(ds, "RescaleIntercept", 0.0))
         frames = []
         for index in range(n):  # a classic multi-frame file without functional groups: one position for all frames
             frames.append(Frame(path, index, np.asarray(_float_list(pos)) if pos is not None else None,
@@ -425,9 +454,17 @@ def _frames_of(ds, path: Path) -> list[Frame]:
         frames.append(Frame(path, index, np.asarray(_float_list(pos)) if pos is not None else None,
                             np.asarray(_float_list(ori)) if ori is not None else None,
                             tuple(_float_list(sp)) if sp is not None else None,
-                            float(slope) if slope not in (None, "") else 1.0,
-                            float(inter) if inter not in (None, "") else 0.0, rows, cols, uid, n))
+                            _number_or_nan(slope) if slope not in (None, "") else 1.0,
+                            _number_or_nan(inter) if inter not in (None, "") else 0.0, rows, cols, uid, n))
     return frames
+
+
+def _number_or_nan(value: Any) -> float:
+    """``float(value)``, or NaN for a value that is not a number (refused when the pixels are read)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def _thickness(ds) -> float | None:
@@ -481,7 +518,7 @@ def scan_series(root: str | Path) -> tuple[list[DicomSeries], list[Path]]:
             others.append(path)
             continue
         sop = ds.get("SOPClassUID")
-        sop_name = getattr(sop, "name", str(sop))
+        sop_name = getattr(sop, "name", str(sop)) if sop else ""
         if sop_name == "Media Storage Directory Storage" or path.name.upper() == "DICOMDIR":
             continue
         uid = str(_value(ds, "SeriesInstanceUID", f"(no SeriesInstanceUID: {path})"))
@@ -492,7 +529,8 @@ def scan_series(root: str | Path) -> tuple[list[DicomSeries], list[Path]]:
                 modality=str(_value(ds, "Modality", "")), study_uid=str(_value(ds, "StudyInstanceUID", "")),
                 frame_of_reference=str(_value(ds, "FrameOfReferenceUID", "")), sop_class=sop_name, files=[],
                 thickness=_thickness(ds), photometric=str(_value(ds, "PhotometricInterpretation", "MONOCHROME2")),
-                samples_per_pixel=int(_value(ds, "SamplesPerPixel", 1)))
+                samples_per_pixel=int(_value(ds, "SamplesPerPixel", 1)), patient_id=str(_value(ds, "PatientID", "")),
+                study_id=str(_value(ds, "StudyID", _value(ds, "StudyDate", ""))))
         elif s.sop_class != sop_name and s.sop_class.endswith("Image Storage"):
             s.sop_class = sop_name if not sop_name.endswith("Image Storage") else s.sop_class
         s.files.append(path)
@@ -522,8 +560,11 @@ def parse_series_rules(rules: Any) -> dict[str, tuple[str, ...]] | None:
     Raises:
         ConfigError: a rule without ``=`` or without patterns.
     """
-    if not rules:
+    if rules is None or (isinstance(rules, (str, Mapping, list, tuple)) and not rules):
         return None
+    if not isinstance(rules, (str, Mapping, list, tuple)):
+        raise ConfigError(f"series rules must be a mapping channel -> patterns or 'channel=PATTERN[,PATTERN]' strings, "
+                          f"got {type(rules).__name__} {rules!r}")
     if isinstance(rules, Mapping):
         items = [(str(k), [v] if isinstance(v, str) else list(v)) for k, v in rules.items()]
     else:
@@ -541,6 +582,23 @@ def parse_series_rules(rules: Any) -> dict[str, tuple[str, ...]] | None:
             raise ConfigError(f"series rule for channel {channel!r} names no pattern")
         out[channel] = out.get(channel, ()) + tuple(patterns)
     return out
+
+
+def series_rules(series: Any, modalities: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """The rules that assign a study's series to ``modalities``: the user's ``series`` rules
+    (tried first, in the order given) followed by the built-in ones
+    (:data:`DEFAULT_SERIES_RULES`) for the channels the model reads, so user rules add to the
+    built-in ones; a channel's user patterns come before its built-in patterns.
+
+    Raises:
+        ConfigError: bad ``series`` rules (see :func:`parse_series_rules`).
+    """
+    user = parse_series_rules(series) or {}
+    rules = {m: tuple(p) for m, p in user.items()}
+    for m, patterns in DEFAULT_SERIES_RULES.items():
+        if m in modalities:
+            rules[m] = rules.get(m, ()) + tuple(p for p in patterns if p not in rules.get(m, ()))
+    return rules
 
 
 def channel_of(description: str, rules: Mapping[str, Sequence[str]]) -> str | None:
@@ -561,7 +619,8 @@ class DicomCase:
     """One case: a series (one-channel models) or a study's series, one per channel.
 
     Attributes:
-        case_id: from the series' folder (and series number when a folder holds several).
+        case_id: from the series' folder (and series number when a folder holds several), made
+            unique by patient, study and a hash of the UID (:func:`unique_case_names`).
         folder: the folder of the (first channel's) files.
         channels: channel name -> series, in the model's channel order.
         gantry_tilt: how a tilted stack is handled (``refuse`` or ``resample``).
@@ -663,14 +722,15 @@ def find_dicom_cases(root: str | Path, modalities: Sequence[str], require_label:
     modalities = list(modalities)
     if len(modalities) <= 1 and not series:
         channel = modalities[0] if modalities else "image"
+        names = unique_case_names([(s.uid, _case_id(root, s, folder_count), _qualifiers([s])) for s in found])
         for s in found:
-            cid = _case_id(root, s, folder_count)
+            cid = names[s.uid]
             if s.uid in refused:
                 problems[cid] = refused[s.uid][1]
             else:
                 cases.append(DicomCase(cid, s.files[0].parent, {channel: s}, tilt))
     else:
-        rules = parse_series_rules(series) or {m: DEFAULT_SERIES_RULES[m] for m in DEFAULT_SERIES_RULES if m in modalities}
+        rules = series_rules(series, modalities)
         unruled = [m for m in modalities if m not in rules]
         if unruled:
             raise ConfigError(f"no series rule for channel(s) {unruled}: give SeriesDescription patterns, e.g. "
@@ -678,8 +738,9 @@ def find_dicom_cases(root: str | Path, modalities: Sequence[str], require_label:
         studies: dict[str, list[DicomSeries]] = {}
         for s in found:
             studies.setdefault(s.study_uid, []).append(s)
+        names = unique_case_names([(uid, _study_id(root, members), _qualifiers(members)) for uid, members in studies.items()])
         for study_uid, members in studies.items():
-            cid = _study_id(root, members)
+            cid = names[study_uid]
             chosen: dict[str, list[DicomSeries]] = {m: [] for m in modalities}
             for s in members:
                 ch = channel_of(s.description, rules)
@@ -726,7 +787,48 @@ def _study_id(root: Path, members: list[DicomSeries]) -> str:
     import os
 
     common = Path(os.path.commonpath([str(s.files[0].parent) for s in members]))
-    return _safe(_relative(root if root.is_dir() else root.parent, common)) + f"_{members[0].study_uid[-8:].replace('.', '')}"
+    return _safe(_relative(root if root.is_dir() else root.parent, common))
+
+
+def _qualifiers(members: list[DicomSeries]) -> list[str]:
+    """Readable parts that tell a case from another of the same name: patient, then study."""
+    s = members[0]
+    return [f"p{_safe(s.patient_id)}" if s.patient_id else "", f"st{_safe(s.study_id)}" if s.study_id else ""]
+
+
+def unique_case_names(entries: Sequence[tuple[str, str, Sequence[str]]]) -> dict[str, str]:
+    """One distinct, readable case name per identity (a SeriesInstanceUID, or a
+    StudyInstanceUID for several channels), the same whatever subset of the folder is read.
+
+    Args:
+        entries: ``(uid, base name, qualifiers)``: the base name is the folder (and series
+            number); while two uids share a name, the qualifiers (patient, study) that tell
+            them apart are added in order, and a short hash of the uid last.
+
+    Returns:
+        uid -> name.
+    """
+    import hashlib
+
+    names = {uid: base for uid, base, _ in entries}
+    quals = {uid: list(q) for uid, _, q in entries}
+    for level in range(max((len(q) for q in quals.values()), default=0) + 1):
+        groups: dict[str, list[str]] = {}
+        for uid, name in names.items():
+            groups.setdefault(name, []).append(uid)
+        clashes = [uids for uids in groups.values() if len(uids) > 1]
+        if not clashes:
+            break
+        for uids in clashes:
+            if level < len(quals[uids[0]]):
+                parts = {u: quals[u][level] if level < len(quals[u]) else "" for u in uids}
+                if len(set(parts.values())) > 1:  # this qualifier tells (some of) them apart
+                    for u in uids:
+                        names[u] = f"{names[u]}_{parts[u]}" if parts[u] else names[u]
+            else:
+                for u in uids:
+                    names[u] = f"{names[u]}_u{hashlib.sha1(u.encode()).hexdigest()[:8]}"
+    return names
 
 
 def is_dicom_folder(root: str | Path, limit: int = 64) -> bool:
