@@ -763,7 +763,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read --input as DICOM series (default: DICOM when it holds DICOM files, else the model's format)")
     s.add_argument("--series", action="append", metavar="CHANNEL=PATTERN[,PATTERN]",
                    help="DICOM, several channels: SeriesDescription glob patterns (case-insensitive) of a channel's series "
-                        "in each study (repeat per channel; default rules for the BraTS channels flair, t1, t1ce, t2)")
+                        "in each study (repeat per channel; tried before the built-in rules for the BraTS channels flair, t1, t1ce, "
+                        "t2, which still apply)")
     s.add_argument("--gantry-tilt", choices=FORMATS["dicom"].read_options["gantry_tilt"],
                    help="DICOM: refuse a gantry-tilted stack (default) or resample it onto an orthogonal grid")
     s.add_argument("--output-format", choices=FORMATS["dicom"].write_options["output_format"],
