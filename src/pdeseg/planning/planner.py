@@ -36,7 +36,11 @@ and keeps a one-line reason beside each (written as YAML comments by
    such classes, so there is none (on Hippocampus, mirroring cost 0.034 / 0.028 Dice, p < 1e-7
    over 40 test cases, issue 27).
 8. **Output, sampling, post-processing.** Softmax classes (region heads measured worse at
-   CPU budgets, issue 13); a third of patches centred on a foreground class (nnU-Net);
+   CPU budgets, issue 13); for instance data (objects counted per image: cells, nuclei) of a
+   format with a ``targets`` option and none chosen, Cellpose-style ``flows`` with their
+   ``instance_maps`` loss and ``best.pt`` by the DSB score, since touching objects must come
+   apart (flows beat a boundary class by +0.149 DSB score on DSB 2018, issue 23); a third
+   of patches centred on a foreground class (nnU-Net);
    removal of components under 10 % of the largest when the foreground is mostly one
    object (median share of the largest component >= 0.9).
 9. **Epochs from the time budget.** The measured step time (times :data:`LOADER_OVERHEAD`
@@ -215,6 +219,32 @@ def _search(dims: int, shape: list[float], batch_start: int, cost: Costs, budget
         patch[i] -= m
 
 
+#: A plan's split needs one case each for training, validation and test.
+MIN_CASES = 3
+
+
+def plan_split_counts(n_cases: int) -> tuple[int, int, int]:
+    """``(train, validation, test)`` cases of the plan's split (:data:`SPLIT`) of ``n_cases``,
+    as :func:`pdeseg.data.pipeline.splits.split_cases` draws it."""
+    from pdeseg.data.pipeline.splits import split_cases
+
+    parts = split_cases([str(i) for i in range(n_cases)], list(SPLIT))
+    return len(parts["train"]), len(parts["val"]), len(parts["test"])
+
+
+def check_trainable(fp: Fingerprint) -> None:
+    """Raises DataError when the data set of ``fp`` cannot train a planned run: fewer than
+    :data:`MIN_CASES` labelled cases (the split needs one case for each of training,
+    validation and test), or no foreground voxel in any label (nothing to learn)."""
+    if fp.n_cases < MIN_CASES:
+        raise DataError(f"{fp.root}: {fp.n_cases} labelled case(s); a plan needs at least {MIN_CASES} (one each for "
+                        "training, validation and test); add cases, or write a config by hand with split.counts")
+    if len(fp.classes) > 1 and not any(c.cases_present for c in fp.classes[1:]):
+        raise DataError(f"{fp.root}: no label of its {fp.n_cases} case(s) holds any foreground (classes "
+                        f"{', '.join(c.name for c in fp.classes[1:])} never occur); there is nothing to learn: check the "
+                        "label files")
+
+
 def plan_from_fingerprint(fp: Fingerprint, cost: Costs, budget_s: float, memory_bytes: float,
                           device_name: str = "cpu") -> Plan:
     """The plan for ``fp`` (see the module docstring for the rules).
@@ -227,11 +257,13 @@ def plan_from_fingerprint(fp: Fingerprint, cost: Costs, budget_s: float, memory_
     Raises:
         ConfigError: the budget is too short for one epoch.
         DeviceError: not even the smallest patch fits the device's memory.
+        DataError: fewer than :data:`MIN_CASES` labelled cases, or no foreground in any label
+            (:func:`check_trainable`).
     """
+    check_trainable(fp)
     reasons: dict[str, str] = {}
     names = [c.name for c in fp.classes]
-    n_train = max(1, round(fp.n_cases * SPLIT[0]))
-    n_val = max(1, round(fp.n_cases * SPLIT[1]))
+    n_train, n_val, n_test = plan_split_counts(fp.n_cases)
     shape3 = list(fp.shape_median[:3])
     data: dict[str, Any] = {"root": fp.root, "format": fp.format}
     if fp.format_options:
@@ -359,7 +391,7 @@ def plan_from_fingerprint(fp: Fingerprint, cost: Costs, budget_s: float, memory_
     data["foreground_sampling"] = "classes"
     reasons["data.foreground_prob"] = "a third of the patches centred on a foreground class, chosen uniformly (nnU-Net)"
     data["split"] = {"fractions": list(SPLIT), "seed": 0}
-    reasons["data.split"] = f"by case: {n_train} train / {n_val} validation / {fp.n_cases - n_train - n_val} test"
+    reasons["data.split"] = f"by case: {n_train} train / {n_val} validation / {n_test} test"
 
     # 9: epochs from the budget
     overhead = LOADER_OVERHEAD[choice.dims]
@@ -430,6 +462,15 @@ def plan_from_fingerprint(fp: Fingerprint, cost: Costs, budget_s: float, memory_
     reasons["output"] = ("softmax classes; region heads (nested regions) measured worse at CPU budgets (issue 13)"
                          if any(len(v) > 1 for v in _regions(fp)) else "softmax classes")
     reasons["loss"] = "cross-entropy + soft Dice (nnU-Net's default)"
+    if _instance_data(fp):
+        data["format_options"] = {**data.get("format_options", {}), "targets": "flows"}
+        config["loss"]["terms"].append({"name": "instance_maps", "weight": 1.0})
+        train["monitor"] = "dsb_score"
+        reasons["data.format_options"] = (f"{fp.objects_per_image:g} objects per image (median), median area "
+                                          f"{fp.object_area_median:g} px: Cellpose-style flows separate touching objects "
+                                          "(+0.149 DSB score over a boundary class on DSB 2018, issue 23)")
+        reasons["loss"] += "; instance_maps trains the flows"
+        reasons["train.monitor"] = "best.pt by the validation images' DSB score (the objects, not the pixels)"
     estimate = {"step_s": choice.step_s, "step_eff_s": step_eff, "steps_per_epoch": float(steps_per_epoch), "val_s": val_s,
                 "epoch_s": epoch_s, "epochs": float(epochs), "total_s": epochs * epoch_s, "budget_s": budget_s,
                 "peak_mib": choice.peak / 2**20 if math.isfinite(choice.peak) else float("nan"), "device": device_name}
@@ -453,6 +494,15 @@ def _regions(fp: Fingerprint) -> list[list[int]]:
         return [list(v) for v in get_format(fp.format).dataset_info(fp.root, fp.format_options).regions.values()]
     except (ConfigError, DataError):  # only a reason's wording depends on it
         return []
+
+
+def _instance_data(fp: Fingerprint) -> bool:
+    """Objects are counted per image and the format lets the plan choose how they are learnt
+    (a ``targets`` read option), and the user chose nothing."""
+    from pdeseg.data.formats import get_format
+
+    return (fp.objects_per_image is not None and "targets" in get_format(fp.format).read_options
+            and not (fp.format_options or {}).get("targets"))
 
 
 def _safe_name(name: str) -> str:
