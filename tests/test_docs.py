@@ -187,3 +187,35 @@ def test_relative_links_outside_the_site_resolve(name):
         if re.match(r"^[a-z]+:", target) or target.startswith("#"):
             continue
         assert (path.parent / target.split("#")[0]).exists(), f"{name} links to {target}, which does not exist"
+
+
+def _documented_commands() -> list[tuple[str, str]]:
+    found = []
+    for path in [README, *sorted(DOCS.rglob("*.md"))]:
+        for block in re.findall(r"```bash\n(.*?)```", path.read_text(encoding="utf-8"), re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                line = re.split(r"\s+#", line)[0].strip()
+                if line.startswith("pdeseg "):
+                    found.append((str(path.relative_to(ROOT)), line))
+    return found
+
+
+def test_every_documented_pdeseg_command_parses(capsys):
+    """Every `pdeseg ...` line of the README and the docs is accepted by today's parser: a renamed or removed option
+    or a newly required one fails here, not in a user's terminal."""
+    import argparse
+    import shlex
+
+    from pdeseg.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    lines = _documented_commands()
+    assert len(lines) > 40
+    bad = []
+    for where, line in lines:
+        args = shlex.split(line)[1:]
+        try:
+            commands[args[0]].parse_args(args[1:])
+        except (SystemExit, KeyError):
+            bad.append(f"{where}: {line}\n    {capsys.readouterr().err.strip().splitlines()[-1:]}")
+    assert not bad, "documented commands the CLI refuses:\n" + "\n".join(bad)
