@@ -136,7 +136,7 @@ def _rle(segmentation: Any, shape: tuple[int, int], where: str) -> dict:
         if isinstance(counts, list):
             return mask_utils.frPyObjects({"size": size, "counts": counts}, h, w)
         return {"size": size, "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-    parts = [[float(v) for v in part] for part in segmentation]
+    parts = [np.asarray(part, dtype=np.float64) for part in segmentation]  # lists, or compacted arrays
     return mask_utils.merge(mask_utils.frPyObjects(parts, h, w))
 
 
@@ -252,6 +252,15 @@ def check_segmentation(segmentation: Any, size: tuple[int, int] | None, where: s
             raise CellDataError(f"{where}: RLE counts must be a list of run lengths or a compressed string, "
                                 f"got {type(counts).__name__}")
         return
+    if isinstance(segmentation, tuple) and segmentation and all(isinstance(p, np.ndarray) for p in segmentation):
+        for part in segmentation:  # a polygon compacted by the json reader (pdeseg.data.readers.coco_json)
+            if not np.isfinite(part).all():
+                raise CellDataError(f"{where}: polygon coordinates must be finite numbers")
+            if len(part) % 2:
+                raise CellDataError(f"{where}: a polygon needs x, y pairs, got {len(part)} numbers")
+            if len(part) < 6:
+                raise CellDataError(f"{where}: a polygon needs at least 3 points, got {len(part) // 2}")
+        return
     if isinstance(segmentation, list) and segmentation and all(isinstance(p, list) for p in segmentation):
         for part in segmentation:
             if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in part):
@@ -335,9 +344,10 @@ def read_coco(path: Path) -> tuple[list[dict], dict[Any, list[tuple[Any, Any]]]]
             an unknown image, or (when the file has ``categories``) whose ``category_id`` is
             not one of them.
     """
+    from pdeseg.data.readers.coco_json import load_coco
+
     try:
-        with open(path, "rb") as f:
-            data = json.load(f)
+        data = load_coco(path)  # annotations compacted as they are parsed (LIVECell's files are large)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CellDataError(f"{path}: not a JSON file ({exc})") from None
     except OSError as exc:
