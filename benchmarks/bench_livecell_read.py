@@ -119,7 +119,7 @@ def main() -> None:
               f"in {time.perf_counter() - t0:.0f} s")
         rows = [measure(label, code, path, root) for label, code in CHILD.items()]
     base = rows[0]
-    print(f"\n| what | s | x json.load | peak MiB | x json.load | peak / file size |\n|---|---|---|---|---|---|")
+    print("\n| what | s | x json.load | peak MiB | x json.load | peak / file size |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['what']} | {r['seconds']:.1f} | {r['seconds'] / base['seconds']:.2f} | {r['peak_mib']:.0f} | "
               f"{r['peak_mib'] / base['peak_mib']:.2f} | {r['peak_mib'] * 2**20 / size:.2f} |")

@@ -168,3 +168,23 @@ def test_parse_duration(text, seconds):
 def test_parse_duration_refuses(text):
     with pytest.raises(ConfigError):
         parse_duration(text)
+
+
+def test_instance_data_is_planned_with_flows_and_judged_by_its_objects():
+    """Cells counted per image (LIVECell: 155 per 704x520 image, many touching): the plan learns
+    flows that separate them, trains the maps, and keeps best.pt by the DSB score; a user's own
+    choice of targets stands, and data without objects keep plain classes."""
+    costs, _ = _cost()
+    cells = _fp(fmt="livecell", dims=2, shape=(520, 704, 1), kinds=("grey8",), names=("background", "cell"), n=14,
+                known=False, channel_names=["grey"], polarity=0.14, largest=0.24)
+    plain = plan_from_fingerprint(cells, costs, 3600, 8 * 2**30).config
+    assert "format_options" not in plain["data"] and plain["train"]["monitor"] == "dice_mean"  # no objects counted
+    cells.objects_per_image, cells.object_area_median = 155.0, 704.0
+    plan = plan_from_fingerprint(cells, costs, 3600, 8 * 2**30)
+    assert plan.config["data"]["format_options"] == {"targets": "flows"}
+    assert {"name": "instance_maps", "weight": 1.0} in plan.config["loss"]["terms"]
+    assert plan.config["train"]["monitor"] == "dsb_score"
+    assert "155 objects per image" in plan.reasons["data.format_options"]
+    _check(plan)
+    cells.format_options = {"targets": "boundary"}
+    assert plan_from_fingerprint(cells, costs, 3600, 8 * 2**30).config["data"]["format_options"] == {"targets": "boundary"}
