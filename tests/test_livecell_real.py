@@ -128,3 +128,31 @@ def test_fingerprint_train_evaluate_on_livecell_without_format(tmp_path):
     assert set(summary["pooled"]) == {"mask_ap", "mask_ap50", "mask_ap75"}
     for key in ("mask_ap", "mask_ap50", "dsb_score", "bf1_2"):
         assert key in summary["metrics"]
+
+
+def test_augmentation_and_flow_decoding_keep_hundreds_of_cells():
+    """The training augmentation resamples instance ids by nearest neighbour (no id is invented or
+    wrapped past 65,535), and the flows decode finds more than 255 cells in one image."""
+    import torch
+
+    from pdeseg.config import AugmentConfig
+    from pdeseg.data.pipeline.instance_maps import instances_from_flows
+    from pdeseg.data.pipeline.representations import FLOW_SCALE, Representation
+    from pdeseg.data.pipeline.transforms import build_train_transform
+
+    inst = np.zeros((160, 160), np.int64)
+    for k in range(400):  # 400 cells of 6x6 px, ids 65,400 + 3k (past 65,535 from k = 46)
+        y, x = (k // 20) * 8, (k % 20) * 8
+        inst[y + 1:y + 7, x + 1:x + 7] = 65_400 + 3 * k
+    transform = build_train_transform(AugmentConfig(enabled=True, rotate_deg=30, scale_range=0.1, affine_prob=1.0),
+                                      (160, 160))
+    transform.set_random_state(0)
+    out = transform({"image": torch.rand(1, 160, 160), "label": torch.from_numpy(inst)[None].float()})
+    label = np.asarray(out["label"])[0]
+    assert set(np.unique(label).astype(np.int64)) <= set(np.unique(inst))  # nearest: only ids that were there
+    assert len(np.unique(label)) - 1 > 300
+
+    classes, maps = Representation("flows").targets(inst)
+    found = instances_from_flows(classes > 0, maps / FLOW_SCALE)  # the targets' own flows, unit length
+    assert found.dtype == np.int32 and found.max() == len(np.unique(found)) - 1
+    assert found.max() >= 390  # every cell but a few at the image's edge
