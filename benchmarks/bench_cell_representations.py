@@ -1,5 +1,6 @@
-"""Instance representations head to head on the shared DSB 2018 nuclei: which output separates
-touching nuclei best at the same data, split and training budget.
+"""Instance representations head to head on the shared DSB 2018 nuclei (or, with ``--config``,
+LIVECell's phase-contrast cells): which output separates touching cells best at the same data,
+split and training budget.
 
 For each representation (``data.format_options.targets``) and seed, it trains
 ``configs/cells_dsb.yaml`` (the same split by image, 70/10/20 % over all three imaging
@@ -24,6 +25,12 @@ Finished runs and evaluations are reused, so an interrupted benchmark continues.
 Run (about 4 min of training per run on a 2-core CPU at the default 8 epochs)::
 
     python benchmarks/bench_cell_representations.py --data ../shared/data/dsb2018 --out bench_out/cell_reps
+
+On LIVECell, the unseen-type protocol's config and split (``--set`` adds overrides to every run)::
+
+    python benchmarks/bench_cell_representations.py --data ../shared/data/livecell --out bench_out/lc_reps \
+        --config configs/cells_livecell_unseen_type.yaml --epochs 16 --representations boundary flows \
+        --set 'data.split.domains={train: [A172, BT474], test: [SKOV3]}'
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "cells_dsb.yaml"
-METRICS = ("dsb_score", "ap50", "bf1_2", "dice_fg")
+METRICS = ("dsb_score", "ap50", "mask_ap", "bf1_2", "dice_fg")
 #: ``--set`` overrides of each representation (the config's own is ``flows``).
 SETTINGS = {
     "semantic": ["data.format_options={targets: semantic}",
@@ -74,9 +81,11 @@ def run(cmd: list[str], log: Path) -> float:
     return time.perf_counter() - t0
 
 
-def run_dir(folder: Path) -> Path:
-    """Where ``pdeseg train --out folder/run`` puts the run of ``configs/cells_dsb.yaml``."""
-    return folder / "run" / "cells_dsb" / "unet"
+def run_dir(folder: Path, config: Path) -> Path:
+    """Where ``pdeseg train --out folder/run`` puts the run of ``config`` (its ``name``, model ``unet``)."""
+    import yaml
+
+    return folder / "run" / yaml.safe_load(config.read_text())["name"] / "unet"
 
 
 def train_and_score(rep: str, seed: int, args) -> tuple[list[dict], dict]:
@@ -87,13 +96,14 @@ def train_and_score(rep: str, seed: int, args) -> tuple[list[dict], dict]:
     facts_file = folder / "facts.json"
     facts = json.loads(facts_file.read_text()) if facts_file.is_file() else {}
     if "train_s" not in facts:
-        sets = [*SETTINGS[rep], f"train.seed={seed}", f"train.epochs={args.epochs}", f"data.cache_dir={Path(args.out) / 'cache'}"]
-        facts["train_s"] = run([*pdeseg, "train", "--config", str(CONFIG), "--data", args.data, "--out", str(folder / "run"),
-                                "--set", *sets], folder / "train.log")
+        sets = [*SETTINGS[rep], f"train.seed={seed}", f"train.epochs={args.epochs}", f"data.cache_dir={Path(args.out) / 'cache'}",
+                *args.set]
+        facts["train_s"] = run([*pdeseg, "train", "--config", str(args.config), "--data", args.data, "--out",
+                                str(folder / "run"), "--no-progress", "--set", *sets], folder / "train.log")
         facts_file.write_text(json.dumps(facts))
     per_case = folder / "eval" / "per_case.csv"
     if not per_case.is_file():
-        facts["eval_s"] = run([*pdeseg, "evaluate", "--checkpoint", str(run_dir(folder) / "best.pt"), "--split", "test",
+        facts["eval_s"] = run([*pdeseg, "evaluate", "--checkpoint", str(run_dir(folder, Path(args.config)) / "best.pt"), "--split", "test",
                                "--out", str(folder / "eval"), "--figures", "0"], folder / "eval.log")
         facts_file.write_text(json.dumps(facts))
     with open(per_case) as f:
@@ -108,7 +118,9 @@ def mean_sd(values: list[float]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="the DSB 2018 folder (stage1_train/, domains.tsv)")
+    p.add_argument("--data", required=True, help="the DSB 2018 folder (stage1_train/, domains.tsv), or LIVECell's")
+    p.add_argument("--config", default=str(CONFIG), help="the cell config every run trains (default: cells_dsb.yaml)")
+    p.add_argument("--set", nargs="*", default=[], help="more overrides for every run (a split, a data subset)")
     p.add_argument("--out", default="bench_out/cell_reps")
     p.add_argument("--representations", nargs="+", default=["boundary", "distance", "flows"], choices=sorted(SETTINGS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -123,7 +135,7 @@ def main() -> None:
             results[rep][seed], f = train_and_score(rep, seed, args)
             facts[rep].append(f)
     print(f"\nmachine: {machine()}")
-    print(f"config {CONFIG.name}, {args.epochs} epochs, seeds {args.seeds}; test images: "
+    print(f"config {Path(args.config).name} {' '.join(args.set)}, {args.epochs} epochs, seeds {args.seeds}; test images: "
           f"{len(next(iter(results.values()))[args.seeds[0]])}")
     domains = sorted({r.get("domain", "") for rows in results[args.representations[0]].values() for r in rows})
     header = "| targets | train s/run | " + " | ".join(METRICS) + " | " + " | ".join(f"DSB {d}" for d in domains) + " |"
@@ -142,7 +154,7 @@ def main() -> None:
         for rep in args.representations:
             if rep == args.baseline:
                 continue
-            for m in ("dsb_score", "ap50"):
+            for m in ("dsb_score", "ap50", "mask_ap"):
                 grid = lambda name: np.array([[float(r[m]) for r in sorted(results[name][s], key=lambda r: r["case"])]
                                               for s in args.seeds])
                 res = paired_comparison(grid(rep), grid(args.baseline), rep, args.baseline, m)
