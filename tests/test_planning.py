@@ -188,3 +188,127 @@ def test_instance_data_is_planned_with_flows_and_judged_by_its_objects():
     _check(plan)
     cells.format_options = {"targets": "boundary"}
     assert plan_from_fingerprint(cells, costs, 3600, 8 * 2**30).config["data"]["format_options"] == {"targets": "boundary"}
+
+
+# --- issue 36: a plan within its budget -------------------------------------------------------
+
+_TOO_SHORT = r"give --time-budget (\S+) or more"
+
+
+class _SlowDevice:
+    """A fake device for :class:`CostModel`: a step of ``seconds(vox, width)`` advances a fake clock
+    (no sleeping); counts the steps run."""
+
+    def __init__(self, per_mvox: float = 30.0, floor: float = 0.1):
+        self.now, self.steps, self.per_mvox, self.floor = 0.0, 0, per_mvox, floor
+
+    def clock(self) -> float:
+        return self.now
+
+    def runner(self, dims, features, patch, batch):
+        seconds = self.floor + self.per_mvox * batch * math.prod(patch) / 1e6 * (features[0] / 32) ** 2
+
+        def step():
+            self.now += seconds
+            self.steps += 1
+
+        return step, lambda: 1e3 * batch * math.prod(patch)
+
+
+def _model(device: _SlowDevice, budget_s: float):
+    from pdeseg.planning.cost import CostModel
+
+    import torch
+
+    return CostModel(torch.device("cpu"), "32", 1, 3, budget_s=budget_s, clock=device.clock, runner=device.runner)
+
+
+def test_measuring_stops_within_its_budget_and_the_plan_says_what_it_predicted():
+    """Steps of 3-6 s (a busy CPU): with a 10 s measuring budget the cost model measures the first
+    network's probe at batch 1 (two timed steps: a third would pass the budget), then predicts
+    (batch 2 through the origin, other widths scaled from it, candidates from its line), and the
+    plan says so; without a budget the same model measures for far longer."""
+    from pdeseg.planning.cost import TIMED_STEPS, WARMUP_STEPS
+
+    slow = _SlowDevice()
+    cm = _model(slow, 10.0)
+    plan = plan_from_fingerprint(_fp(), Costs(cm.predict, cm.cost), 3 * 3600, 8 * 2**30)
+    assert cm.spent_s == pytest.approx(slow.now) and cm.spent_s <= 10.0
+    assert len(cm.log) == 1 and cm.log[0]["batch"] == 1 and cm.log[0]["timed_steps"] == 2 < TIMED_STEPS
+    assert plan.estimate["step_measured"] is False
+    assert "predicted, not measured" in plan.reasons["models"] and "predicted, not measured" in plan.summary()
+    assert "1 step size measured in 8 s (measuring budget 10 s)" in cm.account() and "predicted" in cm.account()
+    _check(plan)
+    free = _SlowDevice()
+    unbounded = _model(free, math.inf)
+    plan_from_fingerprint(_fp(), Costs(unbounded.predict, unbounded.cost), 3 * 3600, 8 * 2**30)
+    assert free.now > 3 * slow.now and len(unbounded.log) > len(cm.log)
+    assert all(e["timed_steps"] == TIMED_STEPS for e in unbounded.log)
+    assert free.steps == (WARMUP_STEPS + TIMED_STEPS) * len(unbounded.log)
+
+
+def test_a_measuring_budget_shorter_than_one_step_still_measures_the_first_probe_once():
+    """Nothing can be predicted without one figure: the first probe gets its warm-up and one timed
+    step however slow; nothing else is measured, every other figure is predicted."""
+    slow = _SlowDevice(per_mvox=300.0)  # about 27 s a step
+    cm = _model(slow, 5.0)
+    plan_from_fingerprint(_fp(), Costs(cm.predict, cm.cost), 48 * 3600, 8 * 2**30)
+    assert len(cm.log) == 1 and cm.log[0]["timed_steps"] == 1 and slow.steps == 2
+
+
+def test_measuring_budget_is_a_small_share_of_the_time_budget():
+    from pdeseg.planning.cost import measuring_budget
+
+    assert measuring_budget(600) == pytest.approx(30.0)  # 5 % of 10 minutes
+    assert measuring_budget(60) == pytest.approx(3.0)
+    assert measuring_budget(4 * 3600) == pytest.approx(60.0)  # at most a minute
+
+
+@pytest.mark.parametrize("fp, budget, what", [
+    (_fp(), 5, "too short for a useful training run"),
+    (_fp(shape=(512, 512, 512), n=1000), 200, "too short for one epoch"),  # validation alone outlasts the budget
+])
+def test_a_budget_too_short_names_the_shortest_budget_that_plans(fp, budget, what):
+    import re
+
+    costs, _ = _cost(seconds_per_mvox=0.01 if fp.n_cases == 1000 else 0.5)
+    with pytest.raises(ConfigError, match=what) as info:
+        plan_from_fingerprint(fp, costs, budget, 64 * 2**30)
+    message = str(info.value)
+    assert "\n" not in message and "the shortest budget" in message
+    arg = re.search(_TOO_SHORT, message).group(1)
+    shortest = parse_duration(arg)
+    assert shortest > budget
+    plan = plan_from_fingerprint(fp, costs, shortest, 64 * 2**30)  # given back, it plans
+    assert plan.estimate["total_s"] <= shortest
+    step = 1.0 if shortest < 120 else 60.0  # and it is the shortest at the resolution it is written in
+    with pytest.raises(ConfigError, match=_TOO_SHORT):
+        plan_from_fingerprint(fp, costs, shortest - step, 64 * 2**30)
+
+
+def test_a_busy_cpu_gets_a_smaller_plan_instead_of_a_refusal():
+    """Where fewer than MIN_STEPS steps fit, an idle CPU is refused (with the shortest budget), a busy
+    one gets a plan of at least about BUSY_MIN_STEPS steps within its budget, with the reason; below
+    that floor a busy CPU is refused too, naming its own shortest budget. Where MIN_STEPS fit, the
+    busy rule changes nothing."""
+    import re
+
+    from pdeseg.planning.planner import BUSY_MIN_STEPS
+
+    costs, _ = _cost(seconds_per_mvox=200.0)
+    busy = "load average 6.5 on 2 CPUs"
+    with pytest.raises(ConfigError, match=_TOO_SHORT) as idle:
+        plan_from_fingerprint(_fp(), costs, 600, 8 * 2**30)
+    plan = plan_from_fingerprint(_fp(), costs, 600, 8 * 2**30, busy=busy)
+    steps = plan.estimate["steps"]
+    assert 0.9 * BUSY_MIN_STEPS <= steps < MIN_STEPS and plan.estimate["total_s"] <= 600
+    assert busy in plan.reasons["train.epochs"] and f"fewer than the {MIN_STEPS}" in plan.reasons["train.epochs"]
+    _check(plan)
+    with pytest.raises(ConfigError, match=_TOO_SHORT) as refused:
+        plan_from_fingerprint(_fp(), costs, 60, 8 * 2**30, busy=busy)
+    busy_shortest = parse_duration(re.search(_TOO_SHORT, str(refused.value)).group(1))
+    assert busy_shortest < parse_duration(re.search(_TOO_SHORT, str(idle.value)).group(1))
+    assert plan_from_fingerprint(_fp(), costs, busy_shortest, 8 * 2**30, busy=busy).estimate["steps"] < MIN_STEPS
+    fast, _ = _cost()
+    same = [plan_from_fingerprint(_fp(), fast, 3600, 8 * 2**30, busy=b).config for b in ("", busy)]
+    assert same[0] == same[1]

@@ -3,8 +3,9 @@
 :func:`plan_dataset` is the front door (``pdeseg plan``, and ``pdeseg train --data`` without a
 config): it detects the data format (unless given), fingerprints the data set
 (:mod:`pdeseg.data.fingerprint`), measures real training steps on the device
-(:mod:`pdeseg.planning.cost`), applies the rules of :mod:`pdeseg.planning.planner` and
-validates the result with the same resolve step every config goes through.
+(:mod:`pdeseg.planning.cost`) within a measuring budget (5 % of the time budget or 60 s,
+whichever is less), applies the rules of :mod:`pdeseg.planning.planner` and validates the
+result with the same resolve step every config goes through.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ def plan_dataset(root: str | Path, fmt: str | None = None, device: str = "auto",
     from pdeseg.data.detect import detect_format
     from pdeseg.data.fingerprint import fingerprint_dataset
     from pdeseg.errors import ConfigError
-    from pdeseg.planning.cost import CostModel, memory_budget
-    from pdeseg.planning.planner import Costs, plan_from_fingerprint
+    from pdeseg.planning.cost import CostModel, measuring_budget, memory_budget
+    from pdeseg.planning.planner import MIN_STEPS, Costs, plan_from_fingerprint
     from pdeseg.runtime import resolve_device, resolve_precision
 
     if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
@@ -48,26 +49,38 @@ def plan_dataset(root: str | Path, fmt: str | None = None, device: str = "auto",
     log.info("fingerprint:\n%s", fp.summary())
     dev = resolve_device(device)
     precision = resolve_precision("auto", dev)
-    _warn_if_busy(dev)
-    cost = CostModel(dev, precision, len(fp.channels), len(fp.classes))
-    plan = plan_from_fingerprint(fp, Costs(cost.predict, cost.cost), budget_s, memory_budget(dev), dev.type)
+    busy = _warn_if_busy(dev)
+    cost = CostModel(dev, precision, len(fp.channels), len(fp.classes), budget_s=measuring_budget(budget_s), busy=bool(busy))
+    try:
+        plan = plan_from_fingerprint(fp, Costs(cost.predict, cost.cost), budget_s, memory_budget(dev), dev.type, busy)
+    finally:
+        log.info("planning measured steps for %.1f s (measuring budget %.0f s: 5%% of %s, at most 60 s): %s",
+                 cost.spent_s, cost.budget_s, fmt_duration(budget_s), cost.account())
+    if busy and plan.estimate["steps"] < MIN_STEPS:
+        log.warning("the CPU is busy (%s): the plan trains %d steps, fewer than the %d a plan on an idle CPU needs; "
+                    "plan on an idle machine, or give a longer --time-budget, for more", busy, plan.estimate["steps"],
+                    MIN_STEPS)
     plan.config["data"]["cache_dir"] = cache_dir
     plan.measurements = cost.log
+    plan.measuring = cost.account()
     resolve(config_from_dict(plan.config))  # the plan passes every check a hand-written config does
     return plan
 
 
-def _warn_if_busy(device) -> None:
+def _warn_if_busy(device) -> str:
     """The plan measures real steps: on a CPU shared with other work they are slower, and the
-    plan is then sized for a busy machine. Say so."""
+    plan is then sized for a busy machine. Say so; returns what says it is busy (``"load average
+    6.5 on 2 CPUs"``), or ``""``."""
     import os
 
     if device.type != "cpu" or not hasattr(os, "getloadavg"):
-        return
+        return ""
     load, cpus = os.getloadavg()[0], os.cpu_count() or 1
     if load > 0.5 * cpus:
         log.warning("the CPU is busy (load average %.1f on %d CPUs): the measured step times, and so the plan's "
                     "epochs and sizes, assume it stays this busy; plan on an idle machine for a faster plan", load, cpus)
+        return f"load average {load:.1f} on {cpus} CPUs"
+    return ""
 
 
 def write_plan(plan: Plan, path: str | Path) -> Path:
@@ -81,8 +94,10 @@ def write_plan(plan: Plan, path: str | Path) -> Path:
 
     fp, e = plan.fingerprint, plan.estimate
     header = [f"planned by pdeseg plan from {fp.n_cases} cases of {fp.root} ({fp.format})",
-              f"device {e['device']}: {e['step_s']:.2f} s per training step (measured), about {fmt_duration(e['epoch_s'])} "
+              f"device {e['device']}: {e['step_s']:.2f} s per training step "
+              f"({'measured' if e.get('step_measured', True) else 'predicted, not measured'}), about {fmt_duration(e['epoch_s'])} "
               f"per epoch, {fmt_duration(e['total_s'])} in all for a budget of {fmt_duration(e['budget_s'])}",
+              *([f"step times: {plan.measuring}"] if plan.measuring else []),
               "edit freely, then: pdeseg train --config THIS_FILE", ""]
     from pdeseg.errors import RunFolderError
 

@@ -67,6 +67,9 @@ from pdeseg.errors import ConfigError, DataError, DeviceError
 
 #: Fewest optimiser steps a plan accepts within its time budget.
 MIN_STEPS = 600
+#: On a busy CPU (other work holds more than half of it), the fewest steps a plan accepts: it is sized
+#: for the time actually available rather than refused, down to this floor (see rule 5).
+BUSY_MIN_STEPS = 150
 #: Loading, augmentation and logging on top of the measured network step.
 LOADER_OVERHEAD = {3: 1.3, 2: 1.2}
 #: Inference of one sample over a training step per sample (forward only, no gradients).
@@ -132,6 +135,8 @@ class Plan:
     estimate: dict[str, float]
     fingerprint: Fingerprint
     measurements: list[dict] = field(default_factory=list)
+    #: What was measured, in how long, and what predicted (:meth:`pdeseg.planning.cost.CostModel.account`).
+    measuring: str = ""
 
     def summary(self) -> str:
         d, t, m = self.config["data"], self.config["train"], self.config["models"][0]
@@ -140,8 +145,13 @@ class Plan:
         what = f"3D patches {size}" if d["mode"] == "patches" else f"2D {'images' if self.fingerprint.spatial_dims == 2 else 'slices'} {size}"
         return (f"plan: {what}, batch {t['batch_size']}, {m['name']} widths {m['kwargs']['features']}, "
                 f"normalisation {d['normalization']}, {t['epochs']} epochs of {e['steps_per_epoch']:.0f} steps\n"
-                f"expected on {e['device']}: {e['step_s']:.2f} s per step (measured), about {fmt_duration(e['epoch_s'])} "
-                f"per epoch with validation, {fmt_duration(e['total_s'])} in all (budget {fmt_duration(e['budget_s'])})")
+                f"expected on {e['device']}: {e['step_s']:.2f} s per step ({_measured(e)}), about "
+                f"{fmt_duration(e['epoch_s'])} per epoch with validation, {fmt_duration(e['total_s'])} in all (budget "
+                f"{fmt_duration(e['budget_s'])})" + (f"\nstep times: {self.measuring}" if self.measuring else ""))
+
+
+def _measured(estimate: dict) -> str:
+    return "measured" if estimate.get("step_measured", True) else "predicted, not measured"
 
 
 def fmt_duration(seconds: float) -> str:
@@ -178,7 +188,7 @@ def _round_up(v: float, m: int) -> int:
 
 
 def _search(dims: int, shape: list[float], batch_start: int, cost: Costs, budget_s: float, memory: float,
-            useful: Callable[[tuple[int, ...]], bool], epoch_items: float | None = None
+            useful: Callable[[tuple[int, ...]], bool], epoch_items: float | None = None, min_steps: int = MIN_STEPS
             ) -> tuple[_Choice | None, str, str]:
     """The first candidate of rule 5 that fits, or None; the limit the last candidate hit
     (``memory`` or ``time``) and why. ``epoch_items``: the samples of one epoch where that is
@@ -197,10 +207,10 @@ def _search(dims: int, shape: list[float], batch_start: int, cost: Costs, budget
             limit, why = "memory", f"{size} needs {c.peak_bytes / 2**30:.1f} GiB of {memory / 2**30:.1f} GiB"
             return False
         steps = budget_s * (1 - VAL_SHARE) / (c.seconds * overhead)
-        need = max(MIN_STEPS, math.ceil(epoch_items / batch) if epoch_items else 0)
+        need = max(min_steps, math.ceil(epoch_items / batch) if epoch_items else 0)
         if steps < need:
             limit, why = "time", (f"{size} at widths from {features[0]} gives {steps:.0f} steps in the budget (< {need}"
-                   + (", one epoch)" if need > MIN_STEPS else ")"))
+                   + (", one epoch)" if need > min_steps else ")"))
             return False
         return True
 
@@ -245,21 +255,100 @@ def check_trainable(fp: Fingerprint) -> None:
                         "label files")
 
 
+class _TooShort(ConfigError):
+    """The budget is too short (the message's first half; :func:`plan_from_fingerprint` adds the
+    shortest budget that plans)."""
+
+
 def plan_from_fingerprint(fp: Fingerprint, cost: Costs, budget_s: float, memory_bytes: float,
-                          device_name: str = "cpu") -> Plan:
+                          device_name: str = "cpu", busy: str = "") -> Plan:
     """The plan for ``fp`` (see the module docstring for the rules).
 
     Args:
         cost: measured step costs (:class:`~pdeseg.planning.cost.CostModel`).
         budget_s: wall-clock training budget (seconds).
         memory_bytes: what one training step may use.
+        busy: where the CPU is shared with other work, what says so (``"load average 6.5 on 2
+            CPUs"``): the plan then accepts down to :data:`BUSY_MIN_STEPS` steps (rule 5).
 
     Raises:
-        ConfigError: the budget is too short for one epoch.
+        ConfigError: the budget is too short for a useful run or for one epoch; the message
+            names the shortest budget that plans (:func:`shortest_budget`).
         DeviceError: not even the smallest patch fits the device's memory.
         DataError: fewer than :data:`MIN_CASES` labelled cases, or no foreground in any label
             (:func:`check_trainable`).
     """
+    try:
+        return _plan_any(fp, cost, budget_s, memory_bytes, device_name, busy)
+    except _TooShort as exc:
+        shortest = shortest_budget(fp, cost, budget_s, memory_bytes, device_name, busy)
+        if shortest is None:
+            raise ConfigError(f"{exc}; no budget up to {fmt_duration(MAX_BUDGET_S)} plans a run on this device") from None
+        arg = budget_arg(shortest)
+        raise ConfigError(f"{exc}; the shortest budget that plans on this device is about {fmt_duration(shortest)}: "
+                          f"give --time-budget {arg} or more") from None
+
+
+#: The longest budget :func:`shortest_budget` looks at (30 days).
+MAX_BUDGET_S = 30 * 86400.0
+
+
+def budget_arg(seconds: float) -> str:
+    """``seconds`` as a ``--time-budget`` value: ``45s``, ``7m``, ``2h5m``."""
+    s = math.ceil(seconds)
+    if s < 120:
+        return f"{s}s"
+    h, m = divmod(math.ceil(s / 60), 60)
+    return f"{h}h{m}m" if h and m else f"{h}h" if h else f"{m}m"
+
+
+def shortest_budget(fp: Fingerprint, cost: Costs, budget_s: float, memory_bytes: float, device_name: str = "cpu",
+                    busy: str = "") -> float | None:
+    """The shortest budget above ``budget_s`` for which the rules plan a run, searched on predicted
+    step costs (``cost.predict``: no new candidate is measured), rounded up to whole seconds
+    under 2 minutes and whole minutes above (as :func:`budget_arg` writes it); None where none
+    up to :data:`MAX_BUDGET_S` does."""
+    predicted = Costs(cost.predict, cost.predict)
+
+    def plans(b: float) -> bool:
+        try:
+            _plan_any(fp, predicted, b, memory_bytes, device_name, busy)
+            return True
+        except _TooShort:
+            return False
+
+    lo, hi = budget_s, 2 * budget_s
+    while not plans(hi):
+        lo, hi = hi, 2 * hi
+        if hi > MAX_BUDGET_S:
+            return None
+    while hi - lo > max(1.0, 0.002 * hi):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if plans(mid) else (mid, hi)
+    step = 1.0 if hi < 120 else 60.0
+    for k in range(1, 10):  # rounded up; the rules are monotone in the budget but for rounding at the edges
+        rounded = step * math.ceil(hi / step) + (k - 1) * step
+        if plans(rounded):
+            return rounded
+    return hi
+
+
+def _plan_any(fp: Fingerprint, cost: Costs, budget_s: float, memory_bytes: float, device_name: str, busy: str) -> Plan:
+    """The plan with :data:`MIN_STEPS`, or on a busy CPU where that is too short, with
+    :data:`BUSY_MIN_STEPS` (a plan that a busy machine can train rather than a refusal; an idle plan
+    is never traded for fewer steps)."""
+    try:
+        return _plan(fp, cost, budget_s, memory_bytes, device_name, busy, MIN_STEPS)
+    except _TooShort:
+        if not busy:
+            raise
+    return _plan(fp, cost, budget_s, memory_bytes, device_name, busy, BUSY_MIN_STEPS)
+
+
+def _plan(fp: Fingerprint, cost: Costs, budget_s: float, memory_bytes: float, device_name: str, busy: str,
+          min_steps: int) -> Plan:
+    """:func:`plan_from_fingerprint` at one step floor, without the shortest budget; raises
+    :class:`_TooShort`."""
     check_trainable(fp)
     reasons: dict[str, str] = {}
     names = [c.name for c in fp.classes]
@@ -308,7 +397,7 @@ def plan_from_fingerprint(fp: Fingerprint, cost: Costs, budget_s: float, memory_
         def useful(p: tuple[int, ...]) -> bool:
             return math.prod(p) >= median_voxels / 8 or min(p) >= 96
 
-        choice, _, why3 = _search(3, shape_t, start, cost, budget_s, memory_bytes, useful)
+        choice, _, why3 = _search(3, shape_t, start, cost, budget_s, memory_bytes, useful, min_steps=min_steps)
         if choice is None:
             mode, slice_axis = "slices", 2
             reasons["data.mode"] = f"no useful 3D patch fits ({why3}): 2D slices"
@@ -323,12 +412,12 @@ def plan_from_fingerprint(fp: Fingerprint, cost: Costs, budget_s: float, memory_
         items = n_train * max(1.0, n_slices)
         start = int(min(MAX_BATCH[2], max(2, math.floor(0.05 * fp.n_cases * math.prod(shape3) / math.prod(shape2)))))
         fixed = items if fp.spatial_dims == 3 else None  # every slice once per epoch; 2D images: windows per image
-        choice, limit, why2 = _search(2, shape2, start, cost, budget_s, memory_bytes, lambda p: min(p) >= 64, fixed)
+        choice, limit, why2 = _search(2, shape2, start, cost, budget_s, memory_bytes, lambda p: min(p) >= 64, fixed,
+                                      min_steps)
         if choice is None:
             if limit == "memory":
                 raise DeviceError(f"the device cannot fit the smallest 2D patch ({why2}); free memory or use another device")
-            raise ConfigError(f"time budget {fmt_duration(budget_s)} is too short for a useful training run ({why2}); "
-                              "give a longer --time-budget")
+            raise _TooShort(f"time budget {fmt_duration(budget_s)} is too short for a useful training run ({why2})")
         reasons["data.spatial_size"] = _patch_reason(choice, shape2, MAX_PATCH[2], "image")
     data["mode"] = mode
     data["spatial_size"] = list(choice.patch)
@@ -411,7 +500,7 @@ def plan_from_fingerprint(fp: Fingerprint, cost: Costs, budget_s: float, memory_
         epochs = max(1, min(1000, math.floor(budget_s * VAL_SHARE / max(val_s, 1e-9)),
                             math.floor(budget_s / (50 * step_eff))))
         steps = max(1, math.floor((budget_s / epochs - val_s) / step_eff))
-        per_unit = max(1, round(steps * choice.batch / units))
+        per_unit = max(1, math.floor(steps * choice.batch / units))  # rounded down: the epoch stays within its share
         data["samples_per_case"] = per_unit
         steps_per_epoch = math.ceil(units * per_unit / choice.batch)
         reasons["data.samples_per_case"] = (f"{per_unit} per {'case' if units == n_train else 'slice'} and epoch: "
@@ -423,13 +512,15 @@ def plan_from_fingerprint(fp: Fingerprint, cost: Costs, budget_s: float, memory_
     epoch_s = steps_per_epoch * step_eff + val_s
     epochs = math.floor(budget_s / epoch_s)
     if epochs < 1:
-        raise ConfigError(f"time budget {fmt_duration(budget_s)} is too short for one epoch, which takes about "
-                          f"{fmt_duration(epoch_s)} on this device; give --time-budget {fmt_duration(1.2 * epoch_s)} or more")
+        raise _TooShort(f"time budget {fmt_duration(budget_s)} is too short for one epoch, which takes about "
+                        f"{fmt_duration(epoch_s)} on this device")
     epochs = min(epochs, 1000)
     features = list(choice.features)
     reasons["models"] = (f"unet3d, {len(features)} levels (bottleneck {min(choice.patch) // 2 ** (len(features) - 1)}+ voxels "
-                         f"on the smallest axis), widths from {features[0]} (measured {choice.step_s:.2f} s per step at batch "
-                         f"{choice.batch}" + (")" if choice.measured else ", predicted from smaller probes)")
+                         f"on the smallest axis), widths from {features[0]} ("
+                         + (f"measured {choice.step_s:.2f} s per step at batch {choice.batch})" if choice.measured else
+                            f"{choice.step_s:.2f} s per step at batch {choice.batch}, predicted, not measured: "
+                            f"{_how(cost, choice)})")
                          + ", deep supervision")
     train = {
         "epochs": int(epochs), "batch_size": int(choice.batch), "optimizer": "adamw", "lr": 0.002, "weight_decay": 0.0001,
@@ -437,11 +528,18 @@ def plan_from_fingerprint(fp: Fingerprint, cost: Costs, budget_s: float, memory_
         "device": device_name if device_name in ("cpu", "cuda") else "auto", "seed": 0, "monitor": "dice_mean",
         "val_batch_size": int(choice.batch),
     }
-    reasons["train.epochs"] = (f"{epochs} epochs x {steps_per_epoch} steps at {step_eff:.2f} s (measured step x "
+    measured = "measured" if choice.measured else "predicted"
+    reasons["train.epochs"] = (f"{epochs} epochs x {steps_per_epoch} steps at {step_eff:.2f} s ({measured} step x "
                                f"{overhead} for loading) + {fmt_duration(val_s)} validation fit {fmt_duration(budget_s)}")
+    total_steps = int(epochs * steps_per_epoch)
+    if min_steps < MIN_STEPS:
+        reasons["train.epochs"] += (f"; {total_steps} steps, fewer than the {MIN_STEPS} a plan on an idle CPU needs: the CPU "
+                                    f"is busy ({busy}), so the plan is sized for the time it actually gets (about "
+                                    f"{BUSY_MIN_STEPS} steps or more) rather than refused; plan on an idle machine or give a "
+                                    "longer budget for more")
     reasons["train.batch_size"] = (f"{choice.batch}: nnU-Net's cap (5% of the data set's voxels per batch, at least 2), "
-                                   f"lowered until {MIN_STEPS}+ steps fit the budget" if choice.dims == 3 else
-                                   f"{choice.batch}: the largest that gives {MIN_STEPS}+ steps in the budget")
+                                   f"lowered until {min_steps}+ steps fit the budget" if choice.dims == 3 else
+                                   f"{choice.batch}: the largest that gives {min_steps}+ steps in the budget")
     reasons["train.optimizer"] = ("AdamW + cosine with 1 warm-up epoch: at budgets of thousands of steps it beat nnU-Net's "
                                   "SGD + polynomial schedule (Hippocampus, issue 27)")
     post: dict[str, Any] = {}
@@ -473,8 +571,18 @@ def plan_from_fingerprint(fp: Fingerprint, cost: Costs, budget_s: float, memory_
         reasons["train.monitor"] = "best.pt by the validation images' DSB score (the objects, not the pixels)"
     estimate = {"step_s": choice.step_s, "step_eff_s": step_eff, "steps_per_epoch": float(steps_per_epoch), "val_s": val_s,
                 "epoch_s": epoch_s, "epochs": float(epochs), "total_s": epochs * epoch_s, "budget_s": budget_s,
-                "peak_mib": choice.peak / 2**20 if math.isfinite(choice.peak) else float("nan"), "device": device_name}
+                "peak_mib": choice.peak / 2**20 if math.isfinite(choice.peak) else float("nan"), "device": device_name,
+                "step_measured": bool(choice.measured), "steps": float(total_steps)}
     return Plan(config, reasons, estimate, fp)
+
+
+def _how(cost: Costs, choice: _Choice) -> str:
+    """How the chosen network's figures were predicted, where the cost functions can say."""
+    how = getattr(getattr(cost.measure, "__self__", None), "how", None)
+    text = how(choice.dims, choice.features) if how else ""
+    if not text or text.startswith("measured"):
+        return "from the line through its network's measured probes"
+    return text
 
 
 def _patch_reason(choice: _Choice, shape: list[float], cap: int, what: str) -> str:
