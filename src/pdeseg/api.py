@@ -55,13 +55,17 @@ def load(
     overlap: float = 0.5,
     postprocess: bool = True,
     backend: str = "torch",
+    diameter: float | str | None = None,
 ) -> Segmenter:
     """Load a trained pdeseg model for prediction.
 
     Args:
-        checkpoint: a pdeseg checkpoint (``best.pt`` or ``last.pt`` of a run folder); a
-            list of them, or a folder (every ``best.pt`` below it, e.g. the folds of
-            ``pdeseg train --folds``): an ensemble whose class probabilities are averaged.
+        checkpoint: a shipped model's name (``"nuclei"``, ``"hippocampus"``; ``pdeseg models``
+            lists them; a local path of the same name is written ``"./nuclei"``), a model
+            folder (``weights.pt`` + ``card.yaml``), a pdeseg checkpoint (``best.pt`` or
+            ``last.pt`` of a run folder); a list of them, or a folder (every ``best.pt`` below
+            it, e.g. the folds of ``pdeseg train --folds``): an ensemble whose class
+            probabilities are averaged.
         device: ``auto`` (the GPU when there is one, else the CPU), ``cpu``, ``cuda`` or
             ``cuda:N``.
         precision: ``auto`` (bf16 autocast on GPUs and bf16-capable CPUs, else fp32),
@@ -74,22 +78,31 @@ def load(
             ``postprocess`` section) to every label map.
         backend: ``torch``, or ``onnxruntime`` (the network exported to ONNX and run by
             ONNX Runtime on the CPU, fp32).
+        diameter: cell models: the objects' size in pixels, so that each image is rescaled
+            to the object size the model was trained at and the cells mapped back; ``"auto"``
+            estimates it in each image; ``"off"`` segments at the image's own scale. None:
+            ``auto`` for a model that states its training object size (the shipped ones),
+            else ``off`` (see :mod:`pdeseg.inference.size`).
 
     Returns:
         A :class:`Segmenter`.
 
     Raises:
         CheckpointError: unreadable, not a pdeseg checkpoint, a folder without ``best.pt``,
-            or ensemble members that do not agree (preprocessing, classes, output).
+            ensemble members that do not agree (preprocessing, classes, output), or a shipped
+            model whose weights are not installed.
         DeviceError: ``device`` is not available here.
-        ConfigError: a bad ``overlap`` or ``tta``.
+        ConfigError: a bad ``overlap``, ``tta`` or ``diameter``, or an unknown model name.
     """
     from pdeseg.inference.options import InferenceOptions
     from pdeseg.inference.predict import Predictor
 
+    from pdeseg.pretrained import resolve
+
     options = InferenceOptions(device=device, precision=precision, overlap=overlap, tta=tta, postprocess=postprocess,
-                               backend=backend)
-    return Segmenter(Predictor.from_checkpoints(checkpoint, options))
+                               backend=backend, diameter=diameter)
+    named = [checkpoint] if isinstance(checkpoint, (str, os.PathLike)) else list(checkpoint)
+    return Segmenter(Predictor.from_checkpoints([resolve(c) for c in named], options))
 
 
 @dataclass

@@ -4,7 +4,10 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts::
 
     format, format_version, pdeseg_version
     model:         {"name": registry name, "kwargs": constructor kwargs}
-    state_dict:    model weights (contiguous fp32 tensors)
+    state_dict:    model weights (contiguous fp32 tensors; float16 in a shipped model's
+                   ``weights.pt``, cast back to float32 when loaded)
+    object_diameter: (optional) median object diameter in pixels of a cell model's training
+                   data, the size :mod:`pdeseg.inference.size` rescales images to
     preprocessing: a :class:`~pdeseg.config.TaskSpec` as a dict (format, modalities,
                    normalisation, sampling mode, spatial dims and size, classes, regions)
     config:        the resolved experiment config
@@ -200,6 +203,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     missing = [k for k in ("model", "state_dict", "preprocessing") if k not in ckpt]
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    if isinstance(ckpt["state_dict"], dict):  # shipped models store weights in float16 (pdeseg.pretrained)
+        ckpt["state_dict"] = {k: v.float() if torch.is_tensor(v) and v.dtype in (torch.float16, torch.bfloat16) else v
+                              for k, v in ckpt["state_dict"].items()}
     model = ckpt["model"]
     if not (isinstance(model, dict) and isinstance(model.get("name"), str) and isinstance(model.get("kwargs"), dict)):
         raise CheckpointError(f"{path}: checkpoint's model entry must be {{name, kwargs}}, got {model!r:.200}")

@@ -23,6 +23,28 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    from pdeseg import pretrained
+
+    if args.name is not None:  # one shipped model's card
+        pretrained.entry(args.name)
+        installed = pretrained.PRETRAINED[args.name].installed
+        print(pretrained.card_text(pretrained.read_card(args.name)), end="")
+        print(f"\nweights: {pretrained.PRETRAINED[args.name].weights}" if installed
+              else f"\nweights: not installed ({pretrained.not_installed_message(args.name)})")
+        return 0
+    print("pretrained models (predict --model NAME, pdeseg.load(NAME), train --init NAME; pdeseg models NAME shows the card):")
+    for name, e in pretrained.PRETRAINED.items():
+        try:
+            summary = pretrained.card_summary(pretrained.read_card(name))
+        except pretrained.CheckpointError as exc:
+            summary = f"no readable card ({exc})"
+        state = "installed" if e.installed else "weights not installed"
+        print(f"  {name:<12} [{state}] {e.description}\n  {'':<12} {summary}")
+    print()
+    return _list_architectures()
+
+
+def _list_architectures() -> int:
     from pdeseg.registry import FORMATS, LOSSES, MODELS, build_model, count_parameters
 
     width = max(12, *(len(name) for name in MODELS))
@@ -232,6 +254,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pdeseg.training.run import train_model
     from pdeseg.viz.figures import plot_epoch_metrics
 
+    if args.config is None and args.init is not None:
+        args.config = _init_config(args)
+    elif args.init is not None:
+        args.set = [*(args.set or []), f"train.init={args.init}"]
     if args.config is None:
         if not args.data:
             raise ConfigError("train needs --config FILE, or --data DIR to plan a run from the data (pdeseg plan)")
@@ -276,13 +302,47 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _init_config(args: argparse.Namespace) -> str:
+    """``train --init X`` without ``--config``: the weights' own training config (their task
+    spec, network and schedule), named ``<name>_finetune``, with ``train.init`` set, written
+    beside the run folders as ``<out>/<name>_finetune.yaml``; returns its path."""
+    import yaml
+
+    from pdeseg.config import ConfigError
+    from pdeseg.pretrained.init import init_checkpoint
+
+    if not args.data:
+        raise ConfigError("train --init without --config needs --data DIR: the images to fine-tune on")
+    if args.time_budget is not None or args.format_option or args.device is not None:
+        raise ConfigError("train --init keeps the model's task spec: --time-budget, --device and --format-option do not "
+                          "apply (set train.epochs, train.device with --set)")
+    where, ckpt = init_checkpoint(args.init)
+    stored = ckpt.get("config")
+    if not isinstance(stored, dict):
+        raise ConfigError(f"--init {args.init}: {where} carries no training config; give --config")
+    data = {**stored, "name": f"{stored.get('name', 'model')}_finetune",
+            "train": {**stored.get("train", {}), "init": args.init}}
+    data["data"] = {k: v for k, v in stored.get("data", {}).items() if k != "cache_dir"}  # the default cache
+    if args.format is not None:
+        data["data"]["format"] = args.format
+    out = Path(args.out or data.get("output_dir") or "runs")
+    path = out / f"{data['name']}.yaml"
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    print(f"fine-tuning config: {path.resolve()} (the weights' own; edit it and train with --config to change it)",
+          flush=True)
+    args.format = None
+    return str(path)
+
+
 def _inference_options(args: argparse.Namespace):
     """The one :class:`~pdeseg.inference.options.InferenceOptions` of a predict or evaluate call."""
     from pdeseg.inference.options import InferenceOptions
 
     return InferenceOptions(device=args.device, precision=args.precision, batch_size=getattr(args, "batch_size", 16),
                             overlap=args.overlap, tta=args.tta, stitch=args.stitch, postprocess=not args.no_postprocess,
-                            skip_empty=not args.segment_empty_slices, compile=args.compile, backend=args.backend)
+                            skip_empty=not args.segment_empty_slices, compile=args.compile, backend=args.backend,
+                            diameter=getattr(args, "diameter", None))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -311,6 +371,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from pdeseg.inference.shard import parse_shard
 
     shard = parse_shard(args.shard)
+    if args.model is not None:  # a shipped model: its weights file (an unknown or missing one exits 2, named)
+        from pdeseg.pretrained import weights_of
+
+        args.checkpoint = [str(weights_of(args.model))]
     if args.input_format is None and find_ome_images(args.input):
         return _predict_ome(args, shard)
     ome_set = [f"--{k.replace('_', '-')}" for k in ("channel", "level", "dask_workers", "dask_scheduler")
@@ -496,10 +560,27 @@ _overlap = _checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)",
 _distance_mm = _checked(float, lambda v: math.isfinite(v) and v >= 0, "a distance in mm", "must be a finite distance >= 0 (mm)")
 
 
-def _add_checkpoints(s: argparse.ArgumentParser, note: str = "") -> None:
-    s.add_argument("--checkpoint", required=True, nargs="+", metavar="CKPT",
-                   help="a checkpoint; several, or a folder of runs (every best.pt below it, e.g. the folds of "
-                        f"train --folds), for an ensemble whose class probabilities are averaged{note}")
+def _add_checkpoints(s: argparse.ArgumentParser, note: str = "", pretrained: bool = False) -> None:
+    where = s.add_mutually_exclusive_group(required=True) if pretrained else s
+    where.add_argument("--checkpoint", required=not pretrained, nargs="+", metavar="CKPT",
+                       help="a checkpoint; several, or a folder of runs (every best.pt below it, e.g. the folds of "
+                            f"train --folds), for an ensemble whose class probabilities are averaged{note}")
+    if pretrained:
+        where.add_argument("--model", metavar="NAME",
+                           help="a pretrained model shipped with pdeseg (nuclei, hippocampus; pdeseg models lists them "
+                                "with their cards), in place of --checkpoint")
+
+
+def _diameter(text: str):
+    if text in ("auto", "off"):
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: give the objects' diameter in pixels (> 0), auto or off")
+    return value
 
 
 def _add_inference_options(s: argparse.ArgumentParser) -> None:
@@ -700,6 +781,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=2")
     s.add_argument("--overwrite", action="store_true", help="start afresh in run folders that already hold a run")
     s.add_argument("--stop-after", type=_positive_int, metavar="N", help="stop after N epochs in this call (continue later with --resume)")
+    s.add_argument("--init", metavar="NAME|CKPT",
+                   help="fine-tune: start from a pretrained model's weights (pdeseg models) or a checkpoint's (train.init); "
+                        "the config's network and task spec must match them. Without --config, the model's own training "
+                        "config is used (with --data and --set)")
     s.add_argument("--folds", type=_folds, metavar="K",
                    help="patient-level K-fold cross-validation: train K runs in <run>/cv<K>/fold<i>/ and score every case "
                         "once, out of fold (rerun the same command to continue)")
@@ -743,7 +828,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("predict", help="segment volumes into <case>_seg.nii.gz, or slices into mask images")
-    _add_checkpoints(s)
+    _add_checkpoints(s, pretrained=True)
+    s.add_argument("--diameter", type=_diameter, metavar="PX|auto|off",
+                   help="cell models: the objects' diameter in pixels; each image is rescaled so that its objects have "
+                        "the size the model was trained at, and the cells mapped back. auto: estimated in each image "
+                        "(the default for models that state their training object size, such as the shipped ones); "
+                        "off: segment at the image's own scale (the default for other checkpoints)")
     s.add_argument("--input", required=True, help="a case folder or a folder of case folders")
     s.add_argument("--output", required=True)
     s.add_argument("--device", default="auto")
@@ -787,7 +877,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_inspect)
 
-    s = sub.add_parser("models", help="list registered models and parameter counts")
+    s = sub.add_parser("models", help="list the pretrained models shipped with pdeseg, the registered networks and "
+                                      "their parameter counts; with a NAME, print that pretrained model's card")
+    s.add_argument("name", nargs="?", metavar="NAME", help="a pretrained model (e.g. nuclei): print its model card")
     s.set_defaults(func=cmd_models)
     return p
 

@@ -358,6 +358,7 @@ class TrainConfig(Section):
     seed: Annotated[int, Field(ge=0)] = 0  # seed of the weights, the sampling and the augmentation
     grad_clip: PositiveFloat | None = None  # clip the gradient norm to this value; null: no clipping
     monitor: str = "dice_mean"  # validation metric that picks best.pt (higher is better), or train_loss
+    init: str | None = None  # start from these weights: a shipped model's name (pdeseg models) or a checkpoint; its model and task spec must be this config's
     val_batch_size: PositiveInt = 16  # batch size of validation passes
 
     @field_validator("precision", mode="before")

@@ -49,6 +49,11 @@ class InferenceOptions:
             (:mod:`pdeseg.inference.export`, checked against PyTorch) and run by ONNX Runtime on
             the CPU in fp32; everything around it (preprocessing, windows, TTA, stitching) is
             the same.
+        diameter: cell models: the objects' diameter in pixels, ``"auto"`` (estimated in each
+            image) or ``"off"``; the image is rescaled so that its objects have the size the
+            model was trained at, and the cells are mapped back
+            (:mod:`pdeseg.inference.size`). None: ``auto`` when the checkpoint states its
+            training object size (``object_diameter``, the shipped models), else ``off``.
 
     Raises:
         ConfigError: (when made) a value outside the ranges above, naming the option.
@@ -64,6 +69,7 @@ class InferenceOptions:
     skip_empty: bool = True
     compile: bool = False
     backend: str = "torch"
+    diameter: float | str | None = None
 
     def __post_init__(self) -> None:
         b = self.batch_size
@@ -88,6 +94,17 @@ class InferenceOptions:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not isinstance(self.device, str) or not self.device:
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        d = self.diameter
+        if isinstance(d, str) and d not in ("auto", "off"):
+            try:
+                d = float(d)
+            except ValueError:
+                d = self.diameter
+        if d is not None and d not in ("auto", "off") and (
+                isinstance(d, (bool, str)) or not isinstance(d, (int, float, np.integer, np.floating))
+                or not math.isfinite(d) or d <= 0):
+            raise ConfigError(f"diameter must be the objects' size in pixels (> 0), auto or off, got {self.diameter!r}")
+        object.__setattr__(self, "diameter", float(d) if d is not None and d not in ("auto", "off") else d)
         object.__setattr__(self, "batch_size", int(b))
         object.__setattr__(self, "overlap", float(o))
         object.__setattr__(self, "tta", bool(self.tta))

@@ -144,6 +144,8 @@ class Predictor:
         self.representation = Representation.of(spec, self.format.object_metrics)  # cell models: how output becomes cells
         self.postprocessing = PostProcessing()  # off; from_checkpoint takes the checkpoint's
         self.config: ExperimentConfig | None = None
+        self.object_diameter: float | None = None  # cell models: training object size in px (checkpoint's)
+        self.last_diameter: float | None = None  # the object size used for the last segmented case (px)
 
     precision = property(lambda self: self.options.precision)
     batch_size = property(lambda self: self.options.batch_size)
@@ -174,7 +176,9 @@ class Predictor:
         model = _on_backend(model_from_checkpoint(ckpt, where=path).to(dev), spec, options, dev)
         if spec.spatial_dims == 2 and options.backend == "torch":
             model = model.to(memory_format=torch.channels_last)
-        return cls(model, spec, dev, options, ckpt["model"]["name"])._take_config(config)
+        predictor = cls(model, spec, dev, options, ckpt["model"]["name"])._take_config(config)
+        predictor.object_diameter = _object_diameter(ckpt, path)
+        return predictor
 
     @classmethod
     def from_checkpoints(cls, checkpoints: Sequence[str | Path] | str | Path,
@@ -217,6 +221,7 @@ class Predictor:
         names = sorted({c["model"]["name"] for c in ckpts})
         predictor = cls(EnsembleModel(members, head_of(specs[0])), specs[0], dev, options,
                         f"ensemble of {len(members)} ({', '.join(names)})")
+        predictor.object_diameter = _object_diameter(ckpts[0], paths[0])
         return predictor._take_config(configs[0])
 
     @property
@@ -426,14 +431,73 @@ class Predictor:
         (:meth:`read`): the post-processed classes, with ``with_cells`` the cells of a cell
         model (:meth:`cells`), and with ``with_probabilities`` the class probabilities ``(K,
         *spatial)`` float32 before post-processing. A model trained at a ``target_spacing``
-        has its logits resampled back to the input's grid first."""
-        logits = self.predict_logits(image, progress)[None]
+        has its logits resampled back to the input's grid first.
+
+        A cell model segments at its training object size when the options' ``diameter`` (or
+        its default, see :class:`~pdeseg.inference.options.InferenceOptions`) asks for it: the
+        image is rescaled, and the logits mapped back before the cells are found
+        (:mod:`pdeseg.inference.size`); :attr:`last_diameter` is the size used."""
+        from pdeseg.inference import size
+
+        diameter = self._diameter()
+        self.last_diameter = None
+        if diameter == "off":
+            return self._segment_at(loaded, image, 1.0, progress, with_probabilities, with_cells)
+        if diameter == "auto":
+            first = self._segment_at(loaded, image, 1.0, progress, with_probabilities, True)
+            estimate = size.median_diameter(first.instances)
+            if estimate is None:
+                log.warning("%s: no object found to estimate the object size from; segmented at the image's own scale "
+                            "(give --diameter PX to rescale)", loaded.case.case_id)
+                return first
+            self.last_diameter = estimate
+            factor = size.scale_for(self.object_diameter, estimate)
+            log.info("%s: objects about %.1f px across (median of %d found), trained at %.1f px: %s",
+                     loaded.case.case_id, estimate, size.equivalent_diameters(first.instances).size, self.object_diameter,
+                     "kept" if max(factor, 1 / factor) < size.KEEP_WITHIN else f"segmented again at x{factor:.2f}")
+            if max(factor, 1 / factor) < size.KEEP_WITHIN:
+                return first
+        else:
+            self.last_diameter = float(diameter)
+            factor = size.scale_for(self.object_diameter, float(diameter))
+        return self._segment_at(loaded, image, factor, progress, with_probabilities, with_cells)
+
+    def _diameter(self) -> float | str:
+        """``off``, ``auto`` or a size in px, from the options and what the checkpoint states.
+
+        Raises:
+            ConfigError: a size (or auto) asked of a model that cannot use it.
+        """
+        asked = self.options.diameter
+        if asked is None:
+            return "auto" if self.representation is not None and self.object_diameter else "off"
+        if asked == "off":
+            return asked
+        if self.representation is None or self.spec.spatial_dims != 2:
+            raise ConfigError(f"diameter {asked}: {self.name} is not a 2D cell model; object size applies to cell models")
+        if not self.object_diameter:
+            raise ConfigError(f"diameter {asked}: {self.name}'s checkpoint does not state the object size it was trained at "
+                              "(object_diameter; scripts/make_pretrained.py writes it); leave diameter out")
+        return asked
+
+    def _segment_at(self, loaded: LoadedCase, image: np.ndarray, factor: float, progress: bool,
+                    with_probabilities: bool, with_cells: bool) -> Segmentation:
+        """:meth:`segment` with the image's planes resized by ``factor`` for the network."""
+        from pdeseg.inference.size import rescale_planes
+
+        logits = self.predict_logits(rescale_planes(image, factor) if factor != 1 else image, progress)[None]
         shape = tuple(loaded.image.shape[1:])
-        if tuple(logits.shape[2:]) != shape:  # trained at target_spacing: logits back to the input's grid
+        if tuple(logits.shape[2:]) != shape:  # target_spacing or object size: logits back to the input's grid
             logits = F.interpolate(logits, size=shape, mode="trilinear" if len(shape) == 3 else "bilinear", align_corners=False)
         classes = self.finish(predicted_classes(logits, self.head)[0].numpy().astype(np.uint8))
         probabilities = class_probabilities(logits, self.head)[0].numpy().astype(np.float32) if with_probabilities else None
-        return Segmentation(classes, probabilities, self.cells(logits[0], classes) if with_cells else None)
+        min_size = None
+        if factor != 1 and self.representation is not None:  # the decoder's smallest cell, in the input's pixels
+            from pdeseg.data.pipeline.label_geometry import MIN_OBJECT_PIXELS
+
+            base = MIN_OBJECT_PIXELS if self.representation.min_size is None else self.representation.min_size
+            min_size = max(1, round(base / factor ** 2))
+        return Segmentation(classes, probabilities, self.cells(logits[0], classes, min_size) if with_cells else None)
 
     def cells(self, logits: torch.Tensor, classes: np.ndarray, min_size: int | None = None) -> np.ndarray | None:
         """The instances ``(X, Y, Z)`` int32 of a cell model's output, slice by slice, by its
@@ -658,6 +722,20 @@ def ensemble_members(checkpoints: Sequence[str | Path] | str | Path) -> list[Pat
     if not paths:
         raise CheckpointError("no checkpoint given")
     return paths
+
+
+def _object_diameter(ckpt: dict, path) -> float | None:
+    """The training object size a checkpoint states (``object_diameter``, px), or None.
+
+    Raises:
+        CheckpointError: a value that is not a size > 0.
+    """
+    value = ckpt.get("object_diameter")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise CheckpointError(f"{path}: object_diameter must be a size in pixels > 0, got {value!r}")
+    return float(value)
 
 
 def _postprocess_rules(config: ExperimentConfig | None) -> dict:

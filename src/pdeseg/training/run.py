@@ -129,6 +129,11 @@ def train_model(
     resolve_precision(exp.cfg.train.precision, device)  # and a precision it cannot run
     if exp.cfg.train.compile:
         check_compile(device, "train.compile")  # and a torch.compile that cannot work here
+    if exp.cfg.train.init and not resume:  # weights that are not this network or task: refused before any data are read
+        from pdeseg.pretrained.init import check_compatible, init_checkpoint
+
+        where, ckpt = init_checkpoint(exp.cfg.train.init)
+        check_compatible(ckpt, where, exp.spec, model_cfg.name, exp.model_kwargs(model_cfg))
     with _locked_run_folder(run_dir) if launch_rank() == 0 else contextlib.nullcontext():
         return _train(exp, model_cfg, run_dir, device, resume, data, progress, stop_after, overwrite)
 
@@ -162,7 +167,12 @@ def _train(exp: Experiment, model_cfg: ModelConfig, run_dir: Path, device: torch
     log.info("training %s on %d %s, validating on %d cases (%s, precision %s)", model_cfg.name, len(train_set),
              spec.mode, len(data.split["val"]), device, precision)
     seed_everything(t.seed)
-    model = build_network(exp, model_cfg).to(device)
+    model = build_network(exp, model_cfg)
+    if t.init and state is None:  # fine-tuning: start from trained weights (a resumed run has its own in last.pt)
+        from pdeseg.pretrained.init import load_init
+
+        load_init(model, t.init, spec, model_cfg.name, exp.model_kwargs(model_cfg))
+    model = model.to(device)
     channels_last = t.channels_last and spec.spatial_dims == 2
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
