@@ -173,6 +173,19 @@ def test_train_init_starts_from_the_weights(in_table, cell_checkpoint, tmp_path)
     assert torch.allclose(tuned["state_dict"][key], start[key], atol=1e-3)
 
 
+def test_train_init_without_config_fine_tunes_with_the_models_own_config(in_table, cell_checkpoint, tmp_path, capsys):
+    from pdeseg.checkpoint import load_checkpoint
+
+    out = tmp_path / "runs"
+    assert main(["train", "--init", "tinycells", "--data", str(cell_checkpoint.parents[1] / "cells"), "--out", str(out),
+                 "--set", "train.epochs=1", "--no-progress"]) == 0
+    config = out / "tiny_cells_finetune.yaml"
+    assert str(config.resolve()) in capsys.readouterr().out
+    tuned = load_checkpoint(out / "tiny_cells_finetune" / "unet" / "best.pt")
+    assert tuned["config"]["train"]["init"] == "tinycells"
+    assert tuned["preprocessing"] == load_checkpoint(in_table / WEIGHTS)["preprocessing"]  # the model's task spec
+
+
 @pytest.mark.parametrize("change,message", [
     ({"models": [{"name": "unet", "kwargs": {"features": [4, 8, 16, 32, 64]}}]}, "model kwarg features"),
     ({"data.format_options": {"targets": "semantic"}}, "instance_targets"),
