@@ -333,3 +333,13 @@ def test_each_shipped_model_reproduces_its_card(name, tmp_path):
     assert summary["cases"] == held["cases"]
     for metric, value in held["scores"].items():
         assert summary["metrics"][metric]["mean"] == pytest.approx(value, abs=0.005), metric
+
+
+def test_the_napari_model_list_offers_installed_models_after_the_checkpoint_entry(monkeypatch, tmp_path):
+    from pdeseg.napari_plugin._segment import CHECKPOINT_FILE, model_choices
+
+    (tmp_path / WEIGHTS).write_bytes(b"")
+    monkeypatch.setitem(PRETRAINED, "here", Pretrained("here", "installed", tmp_path))
+    monkeypatch.setitem(PRETRAINED, "gone", Pretrained("gone", "not installed", tmp_path / "nothing"))
+    choices = model_choices()
+    assert choices[0] == CHECKPOINT_FILE and "here" in choices and "gone" not in choices

@@ -24,6 +24,17 @@ TILED_ABOVE_PIXELS = 4096 * 4096
 
 Progress = Callable[[float, str], None]
 
+#: The widget's model-list entry that means "the checkpoint file given below it" (the default).
+CHECKPOINT_FILE = "checkpoint file ..."
+
+
+def model_choices() -> list[str]:
+    """The widget's model list: :data:`CHECKPOINT_FILE` first, then the shipped models whose
+    weights are installed (:data:`pdeseg.pretrained.PRETRAINED`, ``pdeseg models``)."""
+    from pdeseg.pretrained import installed_models
+
+    return [CHECKPOINT_FILE, *installed_models()]
+
 
 @dataclass
 class Segmentation:

@@ -1,4 +1,5 @@
-"""The dock widget: choose a checkpoint and an image layer, press Segment.
+"""The dock widget: choose a shipped model (``pdeseg models``) or a checkpoint and an image
+layer, press Segment.
 
 The work runs in a napari worker thread (the GUI stays responsive), reports its progress in
 the widget's bar, and ends by adding a Labels layer (cells or classes, with the image's
@@ -10,11 +11,11 @@ error notification; nothing is raised into napari.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-
 import numpy as np
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QProgressBar,
                             QPushButton, QVBoxLayout, QWidget)
+
+from pdeseg.napari_plugin._segment import CHECKPOINT_FILE, model_choices
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,9 @@ class SegmentWidget(QWidget):
         self.viewer = napari_viewer
         self.worker = None
         self._segmenters: dict = {}
+        self.model = QComboBox()  # the shipped models whose weights are installed, or a checkpoint file
+        self.model.addItems(model_choices())
+        self.model.currentTextChanged.connect(self._model_chosen)
         self.checkpoint = QLineEdit()
         self.checkpoint.setPlaceholderText("best.pt of a pdeseg run")
         browse = QPushButton("...")
@@ -54,6 +58,7 @@ class SegmentWidget(QWidget):
         self.progress.setRange(0, 100)
         self.status = QLabel("")
         form = QFormLayout()
+        form.addRow("model", self.model)
         form.addRow("checkpoint", row)
         form.addRow("image layer", self.layer)
         layout = QVBoxLayout()
@@ -71,6 +76,9 @@ class SegmentWidget(QWidget):
         self._refresh_layers()
 
     # --- choices -------------------------------------------------------------------------
+
+    def _model_chosen(self, text: str) -> None:
+        self.checkpoint.setEnabled(text == CHECKPOINT_FILE)
 
     def _browse(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "pdeseg checkpoint", "", "checkpoints (*.pt);;all files (*)")
@@ -111,7 +119,8 @@ class SegmentWidget(QWidget):
         if layer is None:
             self._error("pdeseg: choose an image layer to segment")
             return None
-        checkpoint = self.checkpoint.text().strip()
+        chosen = self.model.currentText()
+        checkpoint = self.checkpoint.text().strip() if chosen in ("", CHECKPOINT_FILE) else chosen
         if not checkpoint:
             self._error("pdeseg: choose a checkpoint (best.pt of a pdeseg run)")
             return None
@@ -131,7 +140,9 @@ class SegmentWidget(QWidget):
     def _segmenter(self, checkpoint: str, tta: bool):
         import pdeseg
 
-        key = (str(Path(checkpoint).expanduser().resolve()), tta)
+        from pdeseg.pretrained import resolve
+
+        key = (str(resolve(checkpoint).expanduser().resolve()), tta)
         if key not in self._segmenters:
             self._segmenters.clear()
             self._segmenters[key] = pdeseg.load(checkpoint, tta=tta)
