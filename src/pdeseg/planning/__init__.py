@@ -54,8 +54,8 @@ def plan_dataset(root: str | Path, fmt: str | None = None, device: str = "auto",
     try:
         plan = plan_from_fingerprint(fp, Costs(cost.predict, cost.cost), budget_s, memory_budget(dev), dev.type, busy)
     finally:
-        log.info("planning measured steps for %.1f s (measuring budget %.0f s: 5%% of %s, at most 60 s): %s",
-                 cost.spent_s, cost.budget_s, fmt_duration(budget_s), cost.account())
+        log.info("step times: %s; the measuring budget is 5%% of the %s time budget, at most 60 s", cost.account(),
+                 fmt_duration(budget_s))
     if busy and plan.estimate["steps"] < MIN_STEPS:
         log.warning("the CPU is busy (%s): the plan trains %d steps, fewer than the %d a plan on an idle CPU needs; "
                     "plan on an idle machine, or give a longer --time-budget, for more", busy, plan.estimate["steps"],

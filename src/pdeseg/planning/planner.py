@@ -26,6 +26,16 @@ and keeps a one-line reason beside each (written as YAML comments by
    :data:`MIN_STEPS` optimiser steps. Measured candidates are tried in this order: base
    width 32, 24, 16, each with the batch falling from its start to 2; then the patch shrinks
    (largest axis first, one multiple at a time) and the widths and batches are tried again.
+   **A busy CPU** (load average over half the CPUs): where nothing gives :data:`MIN_STEPS`
+   steps, the search runs again accepting down to :data:`BUSY_MIN_STEPS` (a quarter), with
+   the reason and a warning, rather than refusing. The step times were measured under that
+   load, so the plan is sized for the time the run will actually get; a short run that trains
+   is worth more to the user than a refusal they cannot act on (the load is not theirs to
+   remove), and a quarter of the idle floor still gives a few epochs of a few dozen steps
+   each. Below that floor, or on an idle CPU below :data:`MIN_STEPS`, the run would not
+   learn enough to be worth its time: refused. An idle plan is never traded for fewer steps.
+   **A refusal** names the shortest budget that plans (:func:`shortest_budget`: the rules
+   re-run on the predicted step costs, bisecting the budget), as a ``--time-budget`` value.
 6. **Normalisation.** CT: clip to the 0.5 / 99.5 percentiles of the training foreground,
    then z-score with its mean and sd (nnU-Net). MR and other images with many zero voxels
    (>= 25 %, skull-stripped or padded): z-score over the non-zero voxels; without: over
