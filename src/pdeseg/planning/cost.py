@@ -380,9 +380,17 @@ class CostModel:
         n = len(self.log)
         text = (f"{n} step size{'s' if n != 1 else ''} measured in {self.spent_s:.0f} s (measuring budget "
                 + (f"{self.budget_s:.0f} s)" if math.isfinite(self.budget_s) else "none)"))
+        sizes = [f"{'x'.join(map(str, e['patch']))} x{e['batch']} at widths from {e['features'][0]}: {e['seconds']:.2f} s"
+                 for e in self.log]
+        if sizes:
+            text += ": " + ", ".join(sizes[:4]) + (f" and {len(sizes) - 4} more" if len(sizes) > 4 else "")
         scaled = [f"widths from {k[1][0]} ({k[0]}D)" for k, (_, how) in self._lines.items() if how.startswith("predicted")]
         if scaled:
             text += f"; networks predicted from a measured one, scaled by multiply-adds: {', '.join(scaled)}"
+        half = [f"widths from {k[1][0]} ({k[0]}D)" for k, (_, how) in self._lines.items() if how == "measured at batch 1 only"]
+        if half:
+            text += f"; measured at batch 1 only (larger batches predicted through the origin): {', '.join(half)}"
         if self._predicted:
-            text += f"; {len(self._predicted)} candidate sizes predicted from their network's line, not measured"
+            k = len(self._predicted)
+            text += f"; {k} candidate size{'s' if k != 1 else ''} predicted from {'their' if k != 1 else 'its'} network's line, not measured"
         return text
