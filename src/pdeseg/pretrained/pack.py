@@ -71,8 +71,9 @@ def training_object_diameter(entries: list) -> float:
 
 def compare_precision(full: Path, half: Path, entries: list) -> dict[str, Any]:
     """float16 against float32 weights on cached cases (fp32 compute on the CPU, see the module
-    docstring): ``max_prob_diff``, ``label_agreement`` (share of pixels), ``cells_dsb_vs_fp32``
-    (mean over cases; cell models) and ``cases``."""
+    docstring): ``max_prob_diff``, ``label_agreement`` (share of pixels), ``cases``; cell models
+    also ``cells_dsb_vs_fp32`` and ``dsb_score_fp32`` / ``dsb_score_fp16`` (against the truth;
+    means over images)."""
     from pdeseg.inference.options import InferenceOptions
     from pdeseg.inference.predict import Predictor
     from pdeseg.metrics.instances import dsb_score
@@ -80,7 +81,7 @@ def compare_precision(full: Path, half: Path, entries: list) -> dict[str, Any]:
 
     options = InferenceOptions(device="cpu", precision="32", postprocess=False, diameter="off")
     a, b = Predictor.from_checkpoint(full, options), Predictor.from_checkpoint(half, options)
-    max_diff, same, total, dsb = 0.0, 0, 0, []
+    max_diff, same, total, dsb, truth_dsb = 0.0, 0, 0, [], ([], [])
     for entry in entries:
         image = np.ascontiguousarray(np.moveaxis(np.asarray(entry.image, np.float32), 0, -1))  # (C, X, Y, Z)
         la, lb = a.predict_logits(image)[None], b.predict_logits(image)[None]
@@ -91,9 +92,17 @@ def compare_precision(full: Path, half: Path, entries: list) -> dict[str, Any]:
         if a.representation is not None:
             ia, ib = a.cells(la[0], ca.astype(np.uint8)), b.cells(lb[0], cb.astype(np.uint8))
             dsb += [dsb_score(ib[..., z], ia[..., z]) for z in range(ia.shape[-1]) if ia[..., z].any()]
+            if entry.instances is not None:  # both against the truth: what the rounding costs in score
+                truth = np.moveaxis(np.asarray(entry.instances), 0, -1)
+                for z in range(truth.shape[-1]):
+                    truth_dsb[0].append(dsb_score(ia[..., z], truth[..., z]))
+                    truth_dsb[1].append(dsb_score(ib[..., z], truth[..., z]))
     out = {"max_prob_diff": round(max_diff, 6), "label_agreement": round(same / max(total, 1), 6), "cases": len(entries)}
     if dsb:
         out["cells_dsb_vs_fp32"] = round(float(np.mean(dsb)), 4)
+    if truth_dsb[0]:
+        out["dsb_score_fp32"] = round(float(np.mean(truth_dsb[0])), 4)
+        out["dsb_score_fp16"] = round(float(np.mean(truth_dsb[1])), 4)
     return out
 
 
