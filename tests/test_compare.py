@@ -98,7 +98,7 @@ def test_table_columns_follow_the_data_set_not_brats():
     assert default_scope(spec("brats", "patches")) == "volume" and default_scope(spec("brats", "slices")) == "slices"
     assert default_scope(spec("dsb2018", "slices")) == "volume"  # microscopy: whole images with object metrics
     assert [k for _, k in table_columns(["background", "cell"], {}, objects=True)][4:] == [
-        "test_dice_fg", "test_bf1_2", "test_dsb_score", "test_ap50"]
+        "test_dice_fg", "test_bf1_2", "test_dsb_score", "test_ap50", "test_mask_ap"]
     rows = [{"model": "m", "seed": s, "split": sp, "case": c, "dice_mean": 0.5 + 0.1 * s, "iou_mean": 0.4,
              "dice_Anterior": 0.6 + 0.1 * s, "dice_Posterior": 0.7}
             for s in (0, 1) for sp in ("val", "test") for c in ("a", "b")]

@@ -18,12 +18,14 @@ import numpy as np
 from pdeseg.experiments.stats import mean_ci, seed_means
 
 #: Test columns of object data (microscopy): Dice of the cells (all foreground classes),
-#: boundary F1 at 2 px, DSB score, AP50.
-OBJECT_COLUMNS = (("test cell Dice", "test_dice_fg"), ("test BF1@2px", "test_bf1_2"), ("test DSB score", "test_dsb_score"), ("test AP50", "test_ap50"))
+#: boundary F1 at 2 px, DSB score, AP50, COCO mask AP (each image's own; pdeseg.metrics.coco).
+OBJECT_COLUMNS = (("test cell Dice", "test_dice_fg"), ("test BF1@2px", "test_bf1_2"), ("test DSB score", "test_dsb_score"),
+                  ("test AP50", "test_ap50"), ("test mask AP", "test_mask_ap"))
 
 
 #: Columns of :func:`domain_table`: (heading, per-case row key).
-DOMAIN_COLUMNS = (("cell Dice", "dice_fg"), ("BF1@2px", "bf1_2"), ("DSB score", "dsb_score"), ("AP50", "ap50"))
+DOMAIN_COLUMNS = (("cell Dice", "dice_fg"), ("BF1@2px", "bf1_2"), ("DSB score", "dsb_score"), ("AP50", "ap50"),
+                  ("mask AP", "mask_ap"))
 DOMAIN_HEADING = "Test metrics per domain"
 NO_DOMAIN = "(none)"
 
@@ -79,8 +81,9 @@ def _domain_cell(value: float | None) -> str:
 
 
 DOMAIN_NOTE = ("Test cases grouped by their domain (cell type or imaging modality): each seed's mean over the "
-               "domain's cases, averaged over seeds; BF1@2px = boundary F1 of the foreground at 2 px; DSB score "
-               "and AP50 of the predicted cells (- where the cases have no objects).")
+               "domain's cases, averaged over seeds; BF1@2px = boundary F1 of the foreground at 2 px; DSB score, "
+               "AP50 and COCO mask AP (IoU 0.50:0.95, each image's own) of the predicted cells (- where the cases "
+               "have no objects).")
 
 
 def domain_columns(by: str = "model") -> list[tuple[str, str]]:
