@@ -394,10 +394,14 @@ def create_model(name: str, **kwargs: Any) -> torch.nn.Module:
         check_model(name, dims, kwargs)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    for key in ("in_channels", "out_channels"):
+        value = kwargs.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"model {name!r}: {key} must be a whole number >= 1, got {value!r}")
     try:
         return build_model(name, **kwargs)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"model {name!r}: {exc}") from exc
+    except (TypeError, ValueError, RuntimeError) as exc:  # torch refuses impossible sizes with RuntimeError
+        raise ConfigError(f"model {name!r} cannot be built with {kwargs}: {str(exc).splitlines()[0]}") from exc
 
 
 def train(

@@ -275,8 +275,11 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out_dir: str | Path, ove
     Returns:
         the two files written.
 
+    Args:
+        checkpoint: a checkpoint file, or a run folder (its ``best.pt``).
+
     Raises:
-        CheckpointError: not a usable pdeseg checkpoint.
+        CheckpointError: not a usable pdeseg checkpoint, or a folder without ``best.pt``.
         ExportError: the export does not reproduce PyTorch's logits, or an exporter is missing.
         RunFolderError: the files exist (without ``overwrite``) or cannot be written.
     """
@@ -285,6 +288,10 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out_dir: str | Path, ove
     if fmt not in EXPORT_FORMATS:
         raise ExportError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
     path = Path(checkpoint).expanduser()
+    if path.is_dir():  # a run folder, as predict takes it
+        if not (path / "best.pt").is_file():
+            raise CheckpointError(f"--checkpoint {path} is a folder without best.pt; give a run folder or a checkpoint file")
+        path = path / "best.pt"
     ckpt = load_checkpoint(path)
     spec = preprocessing_spec(ckpt, path)
     out = Path(out_dir).expanduser()

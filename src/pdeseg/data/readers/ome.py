@@ -35,6 +35,7 @@ import numpy as np
 
 from pdeseg.data.readers.cells import CHANNELS
 from pdeseg.errors import DataError
+from pdeseg.logs import library_logs_at_debug
 
 #: A wanted pixel size may be this much finer than the level chosen (5%: rounding in the
 #: metadata, not a real change of resolution).
@@ -238,7 +239,14 @@ class OmeImage:
             else:  # t (checked by plane_index to be 1 long)
                 index.append(0)
         # in this thread (also inside a Dask worker, where the default would ship the graph to the cluster)
-        block = np.asarray(arr[tuple(index)].compute(scheduler="synchronous"))
+        try:
+            with library_logs_at_debug("tifffile", "ome_zarr"):
+                block = np.asarray(arr[tuple(index)].compute(scheduler="synchronous"))
+        except Exception as exc:  # a cut-short file or corrupt chunk: zlib, tifffile, zarr and numcodecs raise many types
+            raise DataError(f"{self.path}: cannot read the pixels of level {level} at "
+                            f"{[(w.start, w.stop) for w in window]} ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else 'no reason given'}); the file is damaged or cut "
+                            "short") from None
         if "c" in order:
             block = np.moveaxis(block, order.index("c"), 0)
         else:
@@ -289,9 +297,10 @@ def open_ome(path: str | Path) -> OmeImage:
     if not p.exists():
         raise DataError(f"{p}: no such file or folder")
     try:
-        if p.is_file():
-            return _open_tiff(p)
-        return _open_zarr(p)
+        with library_logs_at_debug("tifffile", "ome_zarr"):  # their records of a broken file: explained below
+            if p.is_file():
+                return _open_tiff(p)
+            return _open_zarr(p)
     except DataError:
         raise
     except Exception as exc:  # tifffile, zarr and ome-zarr raise many types for broken files
