@@ -127,7 +127,8 @@ def resolve(cfg: ExperimentConfig) -> Experiment:
         format=fmt.name, modalities=modalities, normalization=d.normalization, ct_window=d.ct_window, mode=d.mode,
         spatial_dims=dims, spatial_size=d.spatial_size, resize=d.resize, tile_inference=d.tile_inference,
         context_slices=d.context_slices, slice_axes=list(d.slice_axes),
-        target_spacing=d.target_spacing, slices=d.slices, slice_range=d.slice_range,
+        target_spacing=d.target_spacing, crop_nonzero=crop_nonzero(d, info.spatial_dims), crop_margin=d.crop_margin,
+        slices=d.slices, slice_range=d.slice_range,
         num_classes=info.num_classes, output=cfg.output, class_names=list(info.class_names),
         regions={k: list(v) for k, v in info.regions.items()},
         instance_targets=representation.name if representation else None,
@@ -151,6 +152,15 @@ def resolve(cfg: ExperimentConfig) -> Experiment:
     _check_instance_maps(exp)
     _check_loss_schedule(exp.cfg)
     return exp
+
+
+def crop_nonzero(d, case_dims: int) -> bool:
+    """``data.crop_nonzero`` resolved: as set, or (None) on for 3D volumes whose samples have a
+    fixed size without resizing (patches, or slices / whole cases with a ``spatial_size`` and
+    no ``resize``); 2D images, and slices resized or of their case's own size, stay whole."""
+    if d.crop_nonzero is not None:
+        return bool(d.crop_nonzero)
+    return case_dims == 3 and d.spatial_size is not None and not d.resize
 
 
 def _representation(fmt: DataFormat, options: Mapping[str, Any], slice_axes: Sequence[int], output: str):

@@ -342,7 +342,7 @@ def _inference_options(args: argparse.Namespace):
     return InferenceOptions(device=args.device, precision=args.precision, batch_size=getattr(args, "batch_size", 16),
                             overlap=args.overlap, tta=args.tta, stitch=args.stitch, postprocess=not args.no_postprocess,
                             skip_empty=not args.segment_empty_slices, compile=args.compile, backend=args.backend,
-                            diameter=getattr(args, "diameter", None))
+                            diameter=getattr(args, "diameter", None), crop=getattr(args, "crop", None))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -605,6 +605,9 @@ def _add_inference_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--compile", action="store_true",
                    help="run the network through torch.compile (compiled at the first batch; pays on long runs, see "
                         "benchmarks/bench_predict.py)")
+    s.add_argument("--no-crop", dest="crop", action="store_const", const=False, default=None,
+                   help="segment the whole case, not only its non-zero box (a model trained with data.crop_nonzero "
+                        "is cropped as in training by default; the result is pasted back on the input grid either way)")
     s.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
                    help="run the network in PyTorch, or export it to ONNX when loaded and run it in ONNX Runtime (CPU, "
                         "fp32; faster on CPUs, see benchmarks/bench_onnx.py)")

@@ -192,6 +192,13 @@ class DataConfig(Section):
     # slices mode, inference: segment a slice larger than spatial_size by overlapping windows of that size
     # (Gaussian-weighted, as in patches mode) instead of in one pass; bounds memory on large images
     tile_inference: bool = False
+    # crop every case to the bounding box of its non-zero voxels (any channel; plus crop_margin voxels) before the
+    # network, in training and in prediction (the prediction is pasted back on the input grid as background), as
+    # nnU-Net does: skull-stripped MRI has no information outside it. None: on for 3D volumes with a spatial_size
+    # and no resize (2D images, resized or variable-size slices stay whole); false: never. An image without zero
+    # background gets the whole image as its box
+    crop_nonzero: bool | None = None
+    crop_margin: Annotated[int, Field(ge=0)] = 0  # voxels kept around the non-zero box on each side (crop_nonzero)
     # slices mode: 2.5D input, the n slices above and below each slice as extra channels (edges repeat the last
     # slice); the model sees len(modalities) x (2n + 1) channels, neighbours first-to-last, modalities within each
     context_slices: Annotated[int, Field(ge=0)] = 0
@@ -238,6 +245,9 @@ class DataConfig(Section):
             raise ValueError("slices: range counts axial slices; it does not combine with other slice_axes")
         if self.mode == "patches" and self.spatial_size is None:
             raise ValueError("mode: patches needs spatial_size (the patch size)")
+        if self.crop_nonzero and self.mode != "patches" and self.spatial_size is None:
+            raise ValueError(f"crop_nonzero: true gives every case its own size, so mode: {self.mode} needs a spatial_size "
+                             "to batch them (or crop_nonzero: false)")
         if self.train_cases is not None and self.train_cases >= 1 and self.train_cases != int(self.train_cases):
             raise ValueError(f"train_cases must be a whole count (>= 1) or a fraction in (0, 1), got {self.train_cases}")
         return self
@@ -452,6 +462,8 @@ class TaskSpec(Section):
     context_slices: int = 0
     slice_axes: list[int] = Field(default_factory=lambda: [2])
     target_spacing: list[float] | None = None
+    crop_nonzero: bool = False  # cases cropped to their non-zero box (data.crop_nonzero resolved; older models: False)
+    crop_margin: Annotated[int, Field(ge=0)] = 0
     slices: Literal["middle", "tumour_middle", "range", "brain", "tumour", "all"] = "tumour"
     slice_range: list[int] | None = None
     num_classes: Annotated[int, Field(ge=2)]

@@ -340,8 +340,10 @@ def _score_cases(predictor: Predictor, cases: list[CachedCase]):
 
 def preprocessed_case(template: CachedCase, raw: np.ndarray, spacing: Sequence[float], prep: Preprocessing) -> CachedCase:
     """``raw (C, X, Y, Z)`` intensities of ``template``'s case through ``prep`` (as the cache
-    does it), held in memory as the same cached case (:meth:`CachedCase.with_image`)."""
-    image, _, _ = prep.apply(raw, spacing)
+    does it, cropped to the template's box when it was cropped), held in memory as the same
+    cached case (:meth:`CachedCase.with_image`)."""
+    box = template.meta.get("crop_box")
+    image, _, _ = prep.apply(raw, spacing, box=tuple(tuple(b) for b in box) if box else None)
     return template.with_image(image)
 
 

@@ -54,6 +54,10 @@ class InferenceOptions:
             model was trained at, and the cells are mapped back
             (:mod:`pdeseg.inference.size`). None: ``auto`` when the checkpoint states its
             training object size (``object_diameter``, the shipped models), else ``off``.
+        crop: crop each case to its non-zero box before the network and paste the result back
+            (:mod:`pdeseg.data.pipeline.preprocess`); None: as the model was trained (the spec's
+            ``crop_nonzero``), False: the whole case (slower, same field the network never saw
+            in training), True: crop a model trained without it.
 
     Raises:
         ConfigError: (when made) a value outside the ranges above, naming the option.
@@ -70,6 +74,7 @@ class InferenceOptions:
     compile: bool = False
     backend: str = "torch"
     diameter: float | str | None = None
+    crop: bool | None = None
 
     def __post_init__(self) -> None:
         b = self.batch_size
@@ -80,6 +85,8 @@ class InferenceOptions:
                 or not 0 <= o < 1:
             raise ConfigError(f"overlap must be a number with 0 <= overlap < 1 (share of a window shared with its "
                               f"neighbour), got {o!r}")
+        if self.crop is not None and not isinstance(self.crop, (bool, np.bool_)):
+            raise ConfigError(f"crop must be true, false or None (as trained), got {self.crop!r}")
         for name in ("tta", "postprocess", "skip_empty", "compile"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")

@@ -13,6 +13,11 @@ the preprocessing; no training code. How a case is segmented follows the spec's 
   (``stitch``);
 * ``whole``: the whole case in one forward pass.
 
+With the spec's ``crop_nonzero`` (the model was trained on cases cropped to their non-zero
+box, :mod:`pdeseg.data.pipeline.preprocess`) a case is cropped the same way before the network
+and its classes (and probabilities, cells) are pasted back into the input's grid, background
+outside the box; ``options.crop`` can turn that off (or on) for one call.
+
 Test-time augmentation (``tta``) wraps the forward pass itself, so it works the same in the
 three modes: each batch (of slices, of windows, or the whole case) is segmented as is and
 mirrored along every combination of its spatial axes (4 passes for 2D slices, 8 for 3D), the
@@ -34,6 +39,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -50,7 +56,8 @@ from pdeseg.config import ExperimentConfig, TaskSpec
 from pdeseg.data.case import LoadedCase
 from pdeseg.data.files import blocking_path, describe_blocker, make_folders, remove_empty
 from pdeseg.data.formats import DataFormat, get_format
-from pdeseg.data.pipeline.preprocess import Preprocessing
+from pdeseg.data.outputs import check_distinct, check_replaceable
+from pdeseg.data.pipeline.preprocess import Box, Preprocessing, box_slices
 from pdeseg.errors import CheckpointError, ConfigError, DataError, PdesegError, RunFolderError
 from pdeseg.data.pipeline.representations import Representation
 from pdeseg.inference.options import InferenceOptions
@@ -134,8 +141,13 @@ class Predictor:
 
     def __init__(self, model: nn.Module, spec: TaskSpec, device: torch.device,
                  options: InferenceOptions | None = None, name: str = "model"):
-        self.model, self.spec, self.device, self.name = model, spec, device, name
         self.options = options or InferenceOptions()
+        if self.options.crop is not None and self.options.crop != spec.crop_nonzero:
+            spec = spec.model_copy(update={"crop_nonzero": self.options.crop})
+        self.model, self.spec, self.device, self.name = model, spec, device, name
+        self.preprocessing = Preprocessing.of(spec)  # the cache's, crop included (options.crop: this call's)
+        self._boxes: dict[int, tuple[np.ndarray, Box]] = {}  # id(raw image) -> (image, its crop box), see preprocess
+        self._boxes_lock = threading.Lock()
         self.network = compile_model(model, device) if self.options.compile else model  # what runs the batches
         self.compile_seconds: float | None = None  # the first (compiling) call, with options.compile
         self.channels_last = spec.spatial_dims == 2
@@ -230,10 +242,32 @@ class Predictor:
 
     def preprocess(self, loaded: LoadedCase) -> np.ndarray:
         """Normalised image ``(C, *grid)`` float32, exactly as the training cache holds it
-        (same :class:`~pdeseg.data.pipeline.preprocess.Preprocessing`, resampled to the spec's
-        ``target_spacing`` if it has one, float16 storage), so that predict and evaluate agree."""
-        image, _, _ = Preprocessing.of(self.spec).apply(loaded.image, loaded.spacing)
-        return image.astype(np.float16).astype(np.float32)
+        (same :class:`~pdeseg.data.pipeline.preprocess.Preprocessing`, cropped to the non-zero box
+        with the spec's ``crop_nonzero``, resampled to the spec's ``target_spacing`` if it has one,
+        float16 storage), so that predict and evaluate agree. The crop box is remembered for
+        :meth:`segment` of the same ``loaded`` case."""
+        prepared = self.preprocessing.prepare(loaded.image, loaded.spacing)
+        if prepared.box is not None:
+            with self._boxes_lock:  # read-ahead prepares the next case in another thread
+                self._boxes[id(loaded.image)] = (loaded.image, prepared.box)
+                while len(self._boxes) > 8:
+                    self._boxes.pop(next(iter(self._boxes)))
+        return prepared.image.astype(np.float16).astype(np.float32)
+
+    def crop_box(self, loaded: LoadedCase, image: np.ndarray) -> Box | None:
+        """The box of ``loaded`` that ``image`` (its normalised image) was cropped to, or None when
+        it covers the whole case (no crop, a box as large as the case, or an image a caller
+        prepared without the crop)."""
+        if not self.preprocessing.crop_nonzero:
+            return None
+        with self._boxes_lock:
+            kept = self._boxes.pop(id(loaded.image), None)
+        box = kept[1] if kept is not None and kept[0] is loaded.image else self.preprocessing.box(loaded.image)
+        shape = tuple(loaded.image.shape[1:])
+        inner = tuple(b - a for a, b in box)
+        if inner == shape or tuple(image.shape[1:]) != self.preprocessing.grid(inner, loaded.spacing)[0]:
+            return None
+        return box
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -431,7 +465,9 @@ class Predictor:
         (:meth:`read`): the post-processed classes, with ``with_cells`` the cells of a cell
         model (:meth:`cells`), and with ``with_probabilities`` the class probabilities ``(K,
         *spatial)`` float32 before post-processing. A model trained at a ``target_spacing``
-        has its logits resampled back to the input's grid first.
+        has its logits resampled back to the input's grid first; a case cropped to its non-zero
+        box (:meth:`crop_box`) has its results pasted back into the input's grid, background
+        outside the box.
 
         A cell model segments at its training object size when the options' ``diameter`` (or
         its default, see :class:`~pdeseg.inference.options.InferenceOptions`) asks for it: the
@@ -485,19 +521,47 @@ class Predictor:
         """:meth:`segment` with the image's planes resized by ``factor`` for the network."""
         from pdeseg.inference.size import rescale_planes
 
+        box = self.crop_box(loaded, image)
         logits = self.predict_logits(rescale_planes(image, factor) if factor != 1 else image, progress)[None]
-        shape = tuple(loaded.image.shape[1:])
+        full = tuple(loaded.image.shape[1:])
+        shape = tuple(b - a for a, b in box) if box is not None else full
         if tuple(logits.shape[2:]) != shape:  # target_spacing or object size: logits back to the input's grid
             logits = F.interpolate(logits, size=shape, mode="trilinear" if len(shape) == 3 else "bilinear", align_corners=False)
-        classes = self.finish(predicted_classes(logits, self.head)[0].numpy().astype(np.uint8))
+        classes = predicted_classes(logits, self.head)[0].numpy().astype(np.uint8)
         probabilities = class_probabilities(logits, self.head)[0].numpy().astype(np.float32) if with_probabilities else None
+        if box is not None:  # pasted back into the input's grid: background outside the box
+            classes, probabilities = self._paste(box, full, classes, probabilities)
+        classes = self.finish(classes)
         min_size = None
         if factor != 1 and self.representation is not None:  # the decoder's smallest cell, in the input's pixels
             from pdeseg.data.pipeline.label_geometry import MIN_OBJECT_PIXELS
 
             base = MIN_OBJECT_PIXELS if self.representation.min_size is None else self.representation.min_size
             min_size = max(1, round(base / factor ** 2))
-        return Segmentation(classes, probabilities, self.cells(logits[0], classes, min_size) if with_cells else None)
+        cells = None
+        if with_cells and self.representation is not None:
+            cut = box_slices(box) if box is not None else (slice(None),) * len(full)
+            inner = self.cells(logits[0], np.ascontiguousarray(classes[cut]), min_size)
+            cells = inner if box is None else np.zeros(full, np.int32)
+            if box is not None:
+                cells[cut] = inner
+        return Segmentation(classes, probabilities, cells)
+
+    def _paste(self, box: Box, shape: tuple[int, ...], classes: np.ndarray, probabilities: np.ndarray | None
+               ) -> tuple[np.ndarray, np.ndarray | None]:
+        """``classes`` (and ``probabilities``) of the box placed in a case of ``shape``: class 0
+        and background's probabilities outside the box."""
+        cut = box_slices(box)
+        out = np.zeros(shape, np.uint8)
+        out[cut] = classes
+        if probabilities is None:
+            return out, None
+        spatial = (1,) * len(shape)
+        outside = class_probabilities(background_logits(self.head, self._logit_channels(), spatial)[None], self.head)[0]
+        probs = np.empty((probabilities.shape[0], *shape), np.float32)
+        probs[...] = outside.numpy().astype(np.float32)
+        probs[(slice(None), *cut)] = probabilities
+        return out, probs
 
     def cells(self, logits: torch.Tensor, classes: np.ndarray, min_size: int | None = None) -> np.ndarray | None:
         """The instances ``(X, Y, Z)`` int32 of a cell model's output, slice by slice, by its
@@ -581,6 +645,8 @@ def _check_existing(planned: dict[str, list[Path]], overwrite: bool) -> None:
     if existing and not overwrite:
         raise RunFolderError(f"{existing[0]} already exists ({len(existing)} of the {len(paths)} output files exist); "
                              "pass --overwrite to replace them, or choose another --output")
+    for path in existing:  # --overwrite replaces only pdeseg's own earlier outputs (their marker)
+        check_replaceable(path, overwrite, "--output")
 
 
 def check_outputs(fmt: DataFormat, cases: list, modalities: list[str], out_dir: str | Path, overwrite: bool = False,
@@ -600,8 +666,9 @@ def check_outputs(fmt: DataFormat, cases: list, modalities: list[str], out_dir: 
 
     Raises:
         RunFolderError: an output is one of the input cases' files (even with ``overwrite``),
-            already exists (without ``overwrite``) or is a folder, or the output folder lies
-            below a file.
+            is planned for two cases, already exists (without ``overwrite``; with it, when it
+            lacks pdeseg's marker, see :mod:`pdeseg.data.outputs`) or is a folder, or the
+            output folder lies below a file.
         ConfigError: an output option the format does not take or allow.
     """
     out_dir = Path(out_dir).expanduser()
@@ -609,6 +676,7 @@ def check_outputs(fmt: DataFormat, cases: list, modalities: list[str], out_dir: 
     inputs = {f.resolve(): case.case_id for case in cases for f in case.source_files(modalities)}
     _check_folders(out_dir, [p for ps in planned.values() for p in ps])
     _check_inputs_untouched(planned, inputs)
+    check_distinct(planned)
     _check_existing(planned, overwrite)
     return planned
 

@@ -16,10 +16,12 @@ Each case becomes a folder ``<cache_dir>/<case_id>-<key>/`` holding
   order, and the cap they were drawn with).
 
 ``key`` hashes the source paths, sizes and modification times and the preprocessing
-(modalities, normalisation with its CT window and statistics, target spacing: see
-:class:`~pdeseg.data.pipeline.preprocess.Preprocessing`), so a changed file or setting gets a fresh
+(modalities, normalisation with its CT window and statistics, target spacing, the non-zero
+crop: see :class:`~pdeseg.data.pipeline.preprocess.Preprocessing`), so a changed file or setting gets a fresh
 entry; with a target spacing the arrays are on the resampled grid and ``meta`` keeps the
-``source_shape`` and ``source_spacing``. Entries are written to a
+``source_shape`` and ``source_spacing``; with ``crop_nonzero`` the arrays (label, objects and
+field of view too) cover the case's non-zero box only, ``meta["crop_box"]`` is that box in the
+source's voxels (``[[start, stop], ...]``, None when not cropped). Entries are written to a
 temporary folder and renamed into place (atomic), and are read with memory mapping. An
 entry is checked when it is opened (readable meta, arrays of the recorded shape and type);
 a damaged one (including a ``fg_locations.npy`` that is missing, unreadable or disagrees
@@ -42,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pdeseg.data.pipeline.preprocess import Preprocessing
+from pdeseg.data.pipeline.preprocess import Preprocessing, box_slices
 from pdeseg.errors import DataError
 from pdeseg.progress import track
 
@@ -190,7 +192,8 @@ def cache_case(case, cache_dir: str | Path, preprocessing) -> CachedCase:
         raise DataError(f"cannot create the cache folder {cache_dir} ({exc.strerror}); set data.cache_dir to a writable folder") from None
     loaded = case.load(modalities)
     warn_about_signal(case.case_id, loaded.image, loaded.label, modalities)
-    image, label, mask = prep.apply(loaded.image, loaded.spacing, loaded.label)
+    prepared = prep.prepare(loaded.image, loaded.spacing, loaded.label)
+    image, label, mask, box = prepared.image, prepared.label, prepared.mask, prepared.box
     _, spacing = prep.grid(loaded.image.shape[1:], loaded.spacing)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{case.case_id}-", dir=cache_dir))
@@ -209,6 +212,7 @@ def cache_case(case, cache_dir: str | Path, preprocessing) -> CachedCase:
             "spacing": list(spacing),
             "source_shape": list(loaded.image.shape[1:]),
             "source_spacing": list(loaded.spacing),
+            "crop_box": [list(b) for b in box] if box is not None else None,
             "convention": loaded.convention,
             "domain": loaded.domain,
             "has_label": loaded.label is not None,
@@ -228,10 +232,11 @@ def cache_case(case, cache_dir: str | Path, preprocessing) -> CachedCase:
             locations, classes, counts = foreground_locations(label, case.case_id)
             np.save(tmp / "fg_locations.npy", locations)
             meta["fg_classes"], meta["fg_counts"] = classes, counts
-        same_grid = tuple(image.shape[1:]) == tuple(loaded.image.shape[1:])  # objects are kept on the source grid only
+        cut = box_slices(box) if box is not None else (slice(None),) * (loaded.image.ndim - 1)
+        same_grid = tuple(image.shape[1:]) == tuple(loaded.image[(0, *cut)].shape)  # not resampled
         for name, extra, dtype in (("instances", loaded.instances, np.int32), ("valid", loaded.valid, bool)):
-            if extra is not None and same_grid:
-                np.save(tmp / f"{name}.npy", np.ascontiguousarray(np.asarray(extra, dtype).transpose(2, 0, 1)))
+            if extra is not None and same_grid:  # objects are kept on the source grid (cropped as the image) only
+                np.save(tmp / f"{name}.npy", np.ascontiguousarray(np.asarray(extra, dtype)[cut].transpose(2, 0, 1)))
                 meta[f"has_{name}"] = True
         (tmp / "meta.json").write_text(json.dumps(meta))
         try:

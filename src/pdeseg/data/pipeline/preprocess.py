@@ -15,6 +15,14 @@ Methods (``data.normalization``):
   window alone each case is z-scored over its own voxels inside the window.
 
 A channel that is constant where it is measured becomes 0.
+
+Cropping (``crop_nonzero``, as nnU-Net crops every case before training and inference): the
+case is cut to the bounding box of its non-zero voxels (any channel) plus ``crop_margin``
+voxels per side (:func:`nonzero_box`), after the normalisation statistics are taken on the
+whole case, so a voxel inside the box gets the value it would get without the crop. Training
+(the cache) and prediction cut the same box; prediction pastes its result back into the
+input's grid with background outside the box (:class:`Prepared` keeps the box). An image
+without zero background has the whole image as its box.
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 
 METHODS = ("zscore", "zscore_all", "minmax", "scale255", "ct")
+#: A crop box: ``(start, stop)`` voxel indices per spatial axis, half-open.
+Box = tuple[tuple[int, int], ...]
 
 
 def nonzero_mask(image: np.ndarray) -> np.ndarray:
@@ -37,6 +47,33 @@ def nonzero_mask(image: np.ndarray) -> np.ndarray:
         bool ``(*spatial)``.
     """
     return (image != 0).any(axis=0)
+
+
+def nonzero_box(mask: np.ndarray, margin: int = 0, label: np.ndarray | None = None) -> Box:
+    """The bounding box of ``mask`` (and of ``label > 0``, so that no labelled voxel is ever cut
+    off), widened by ``margin`` voxels per side and clipped to the array.
+
+    Args:
+        mask: bool ``(*spatial)``, e.g. :func:`nonzero_mask`.
+        margin: voxels added on each side of every axis (>= 0).
+        label: ``(*spatial)`` classes, or None.
+
+    Returns:
+        ``((start, stop), ...)`` per axis, half-open; the whole array when nothing is set.
+    """
+    keep = mask if label is None else (mask | (np.asarray(label) > 0))
+    box = []
+    for axis, n in enumerate(keep.shape):
+        hit = np.flatnonzero(keep.any(axis=tuple(a for a in range(keep.ndim) if a != axis)))
+        if hit.size == 0:
+            return tuple((0, int(s)) for s in keep.shape)
+        box.append((max(0, int(hit[0]) - margin), min(int(n), int(hit[-1]) + 1 + margin)))
+    return tuple(box)
+
+
+def box_slices(box: Box) -> tuple[slice, ...]:
+    """``box`` as index slices of the spatial axes."""
+    return tuple(slice(a, b) for a, b in box)
 
 
 def normalize(image: np.ndarray, method: str = "zscore", ct_window: Sequence[float] | None = None,
@@ -173,6 +210,30 @@ def resample(array: np.ndarray, size: Sequence[int], kind: str = "image") -> np.
     return F.interpolate(t, size=size, mode=mode, align_corners=False)[0].numpy()
 
 
+@dataclass
+class Prepared:
+    """A case after :meth:`Preprocessing.prepare`.
+
+    Attributes:
+        image: float32 ``(C, *grid)`` normalised (cropped, resampled) image.
+        label: uint8 ``(*grid)`` classes, or None.
+        mask: bool ``(*grid)`` non-zero voxels.
+        box: ``((start, stop), ...)`` of the crop in the input's voxels, or None (not cropped).
+        shape: the input's spatial shape (what a prediction is pasted back into).
+    """
+
+    image: np.ndarray
+    label: np.ndarray | None
+    mask: np.ndarray
+    box: Box | None
+    shape: tuple[int, ...]
+
+
+#: Normalisations whose value at a voxel does not depend on voxels outside the non-zero box
+#: (statistics over the non-zero voxels, or none): the crop can come before them.
+_BOX_LOCAL = ("zscore", "minmax", "scale255")
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """Everything that turns a read case into the arrays a model sees, in one object shared
@@ -183,6 +244,8 @@ class Preprocessing:
         normalization: one of :data:`METHODS`; ``ct_window`` / ``ct_stats`` as for :func:`normalize`.
         target_spacing: resample every case to this voxel size (mm, one per spatial axis)
             after normalising, or None to keep each case's own grid.
+        crop_nonzero: cut every case to its non-zero box (plus ``crop_margin`` voxels per
+            side) before resampling (see the module docstring).
     """
 
     modalities: tuple[str, ...]
@@ -190,6 +253,8 @@ class Preprocessing:
     ct_window: tuple[float, ...] | None = None
     ct_stats: tuple[float, ...] | None = None
     target_spacing: tuple[float, ...] | None = None
+    crop_nonzero: bool = False
+    crop_margin: int = 0
 
     @classmethod
     def of(cls, spec_or_modalities) -> Preprocessing:
@@ -201,11 +266,21 @@ class Preprocessing:
             return cls(tuple(spec_or_modalities))
         s = spec_or_modalities
         opt = lambda v: tuple(float(x) for x in v) if v is not None else None  # noqa: E731
-        return cls(tuple(s.modalities), s.normalization, opt(s.ct_window), opt(s.ct_stats), opt(s.target_spacing))
+        return cls(tuple(s.modalities), s.normalization, opt(s.ct_window), opt(s.ct_stats), opt(s.target_spacing),
+                   bool(getattr(s, "crop_nonzero", False)), int(getattr(s, "crop_margin", 0)))
 
     def key(self) -> str:
-        """The settings as text, for cache keys."""
-        return f"{self.modalities}|{self.normalization}|{self.ct_window}|{self.ct_stats}|{self.target_spacing}"
+        """The settings as text, for cache keys (a cropped entry's key names the crop; an uncropped
+        one's is what it was before cropping existed)."""
+        crop = f"|crop{self.crop_margin}" if self.crop_nonzero else ""
+        return f"{self.modalities}|{self.normalization}|{self.ct_window}|{self.ct_stats}|{self.target_spacing}{crop}"
+
+    def box(self, image: np.ndarray, label: np.ndarray | None = None) -> Box | None:
+        """The crop box of a raw ``image (C, *spatial)`` (with its ``label``: never cut), or None
+        when this preprocessing does not crop."""
+        if not self.crop_nonzero:
+            return None
+        return nonzero_box(nonzero_mask(image), self.crop_margin, label)
 
     def grid(self, shape: Sequence[int], spacing: Sequence[float]) -> tuple[tuple[int, ...], tuple[float, ...]]:
         """``(shape, spacing)`` of a case of this ``shape`` and ``spacing`` after preprocessing."""
@@ -213,22 +288,44 @@ class Preprocessing:
             return tuple(int(s) for s in shape), tuple(float(s) for s in spacing)
         return resampled_shape(shape, spacing, self.target_spacing), tuple(self.target_spacing)
 
-    def apply(self, image: np.ndarray, spacing: Sequence[float], label: np.ndarray | None = None
-              ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-        """Normalise (on the case's own grid), then resample to ``target_spacing``.
+    def apply(self, image: np.ndarray, spacing: Sequence[float], label: np.ndarray | None = None,
+              box: Box | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """:meth:`prepare` as ``(image float32 (C, *grid), label uint8 (*grid) or None, non-zero
+        mask bool (*grid))``."""
+        p = self.prepare(image, spacing, label, box)
+        return p.image, p.label, p.mask
+
+    def prepare(self, image: np.ndarray, spacing: Sequence[float], label: np.ndarray | None = None,
+                box: Box | None = None) -> Prepared:
+        """Normalise (statistics of the whole case, on its own grid), crop to the non-zero box
+        (``crop_nonzero``), then resample to ``target_spacing``.
 
         Args:
             image: ``(C, *spatial)`` raw intensities; spacing: its voxel size.
-            label: ``(*spatial)`` classes, or None.
-
-        Returns:
-            ``(image float32 (C, *grid), label uint8 (*grid) or None, non-zero mask bool (*grid))``.
+            label: ``(*spatial)`` classes, or None (a label widens the box: none of it is cut).
+            box: crop to this box instead of the image's own (with ``crop_nonzero``), e.g. a
+                perturbed copy of a cached case.
         """
-        mask = nonzero_mask(image)
+        shape = tuple(int(s) for s in image.shape[1:])
+        if self.crop_nonzero and box is None:
+            box = self.box(image, label)
+        elif not self.crop_nonzero:
+            box = None
+        cut = box_slices(box) if box is not None else None
+        mask = nonzero_mask(image) if cut is None or self.normalization not in _BOX_LOCAL else None
+        if cut is not None and self.normalization in _BOX_LOCAL:  # same values as cropping after
+            image = image[(slice(None), *cut)]
         out = normalize(image, self.normalization, self.ct_window, self.ct_stats)
-        size, _ = self.grid(image.shape[1:], spacing)
-        if size != tuple(image.shape[1:]):
+        if cut is not None:
+            if self.normalization in _BOX_LOCAL:
+                mask = nonzero_mask(image)
+            else:
+                out, mask = out[(slice(None), *cut)], mask[cut]
+            label = label[cut] if label is not None else None
+        out = np.ascontiguousarray(out)
+        size, _ = self.grid(out.shape[1:], spacing)
+        if size != tuple(out.shape[1:]):
             out = resample(out, size)
             label = resample(label, size, "label") if label is not None else None
             mask = resample(mask.astype(np.uint8), size, "label").astype(bool)
-        return out, label, mask
+        return Prepared(out, label, mask, box, shape)
