@@ -92,7 +92,7 @@ def test_predict_backend_onnxruntime_writes_the_torch_labels(tmp_path, phantom_r
     case = sorted(p for p in phantom_root.iterdir() if p.is_dir())[0]
     common = ["predict", "--checkpoint", str(ckpt), "--input", str(case), "--device", "cpu", "--precision", "32",
               "--no-progress"]
-    assert main([*common, "--output", str(tmp_path / "torch")]) == 0
+    assert main([*common, "--output", str(tmp_path / "torch"), "--backend", "torch"]) == 0
     assert main([*common, "--output", str(tmp_path / "ort"), "--backend", "onnxruntime"]) == 0
     (a,) = (tmp_path / "torch").glob("*.nii.gz")
     b = tmp_path / "ort" / a.name

@@ -608,9 +608,10 @@ def _add_inference_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--no-crop", dest="crop", action="store_const", const=False, default=None,
                    help="segment the whole case, not only its non-zero box (a model trained with data.crop_nonzero "
                         "is cropped as in training by default; the result is pasted back on the input grid either way)")
-    s.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
+    s.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto",
                    help="run the network in PyTorch, or export it to ONNX when loaded and run it in ONNX Runtime (CPU, "
-                        "fp32; faster on CPUs, see benchmarks/bench_onnx.py)")
+                        "fp32; faster on CPUs, see benchmarks/bench_predict.py); auto (default): ONNX Runtime on a CPU "
+                        "where it is installed and the export reproduces PyTorch's logits, else PyTorch")
 
 
 def _add_ome_options(s: argparse.ArgumentParser) -> None:
@@ -847,7 +848,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mask-format", choices=FORMATS["lgg"].write_options["mask_format"],
                    help="per-slice masks for slice data sets such as LGG (default png; 0/255 for binary tasks)")
     s.add_argument("--overwrite", action="store_true",
-                   help="replace existing output files (an input case's own files are never replaced)")
+                   help="replace output files that an earlier pdeseg predict wrote (they carry its marker); a file "
+                        "pdeseg did not write, and an input case's own files, are never replaced")
     s.add_argument("--shard", metavar="I/N",
                    help="segment only shard I of N (0 <= I < N) of the inputs: round robin over the sorted names, so N "
                         "copies (e.g. a SLURM array, --shard $SLURM_ARRAY_TASK_ID/N) share a folder with no file twice")

@@ -18,9 +18,10 @@ from pdeseg.errors import ConfigError
 
 #: Default overlap of neighbouring windows in sliding-window inference (patches mode).
 WINDOW_OVERLAP = 0.5
-#: What runs the network: PyTorch, or its ONNX export in ONNX Runtime (CPU, fp32; measured faster
-#: on CPUs by ``benchmarks/bench_onnx.py``).
-BACKENDS = ("torch", "onnxruntime")
+#: What runs the network: ``auto`` (ONNX Runtime where it can run and the export is verified, else
+#: PyTorch), PyTorch, or its ONNX export in ONNX Runtime (CPU, fp32; measured faster on CPUs by
+#: ``benchmarks/bench_onnx.py`` and ``benchmarks/bench_predict.py``).
+BACKENDS = ("auto", "torch", "onnxruntime")
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,9 @@ class InferenceOptions:
         backend: ``torch``, or ``onnxruntime``: the network is exported to ONNX when loaded
             (:mod:`pdeseg.inference.export`, checked against PyTorch) and run by ONNX Runtime on
             the CPU in fp32; everything around it (preprocessing, windows, TTA, stitching) is
-            the same.
+            the same. ``auto`` (default): ``onnxruntime`` on a CPU where onnx and onnxruntime
+            are installed, without ``compile`` or a ``precision`` other than auto / 32, when
+            the export reproduces PyTorch's logits; else ``torch`` (the reason logged once).
         diameter: cell models: the objects' diameter in pixels, ``"auto"`` (estimated in each
             image) or ``"off"``; the image is rescaled so that its objects have the size the
             model was trained at, and the cells are mapped back
@@ -72,7 +75,7 @@ class InferenceOptions:
     postprocess: bool = True
     skip_empty: bool = True
     compile: bool = False
-    backend: str = "torch"
+    backend: str = "auto"
     diameter: float | str | None = None
     crop: bool | None = None
 

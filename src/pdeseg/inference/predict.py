@@ -186,7 +186,7 @@ class Predictor:
         spec, config = preprocessing_spec(ckpt, path), checkpoint_config(ckpt, path)
         dev = resolve_device(options.device)
         model = _on_backend(model_from_checkpoint(ckpt, where=path).to(dev), spec, options, dev)
-        if spec.spatial_dims == 2 and options.backend == "torch":
+        if spec.spatial_dims == 2 and _is_torch(model):
             model = model.to(memory_format=torch.channels_last)
         predictor = cls(model, spec, dev, options, ckpt["model"]["name"])._take_config(config)
         predictor.object_diameter = _object_diameter(ckpt, path)
@@ -228,7 +228,7 @@ class Predictor:
                                           f"{paths[0]}'s ({rules[0].get(differs[0])!r}); an ensemble needs one "
                                           "post-processing: pass --no-postprocess, or use members trained with the same rules")
         members = [_on_backend(model_from_checkpoint(c, where=p).to(dev), specs[0], options, dev) for c, p in zip(ckpts, paths)]
-        if specs[0].spatial_dims == 2 and options.backend == "torch":
+        if specs[0].spatial_dims == 2 and all(_is_torch(m) for m in members):
             members = [m.to(memory_format=torch.channels_last) for m in members]
         names = sorted({c["model"]["name"] for c in ckpts})
         predictor = cls(EnsembleModel(members, head_of(specs[0])), specs[0], dev, options,
@@ -687,24 +687,76 @@ def _skip(report: PredictionReport, case_id: str, reason: str) -> None:
 
 
 def _on_backend(model: nn.Module, spec: TaskSpec, options: InferenceOptions, device: torch.device) -> nn.Module:
-    """``model`` itself, or (``options.backend == "onnxruntime"``) its checked ONNX export in an
-    ONNX Runtime session (CPU only) that stands in for it.
+    """``model`` itself, or its checked ONNX export in an ONNX Runtime session (CPU only) that
+    stands in for it: with ``options.backend == "onnxruntime"``, and with ``auto`` wherever
+    that can run (:func:`torch_reason` gives none) and the export reproduces PyTorch's logits
+    on probe inputs (:func:`~pdeseg.inference.export.export_model`); otherwise ``auto`` keeps
+    PyTorch and says why, once per process.
 
     Raises:
         ConfigError: onnxruntime with a non-CPU device.
-        ExportError: onnx / onnxruntime missing, or the export does not reproduce the logits.
+        ExportError: (onnxruntime) onnx / onnxruntime missing, or the export does not reproduce the logits.
     """
     if options.backend == "torch":
         return model
-    from pdeseg.inference.export import OnnxRuntimeModel, export_model, onnx_session
+    from pdeseg.inference.export import ExportError
 
+    if options.backend == "auto":
+        why = torch_reason(options, device)
+        if why is None:
+            try:
+                return _onnx_runtime(model, spec)
+            except ExportError as exc:
+                why = f"its ONNX export is not usable ({_first_line(str(exc))})"
+        _log_once(f"backend auto: PyTorch, since {why}")
+        return model
     if device.type != "cpu":
         raise ConfigError(f"the onnxruntime backend runs on the CPU; pass --device cpu (got {device})")
+    return _onnx_runtime(model, spec)
+
+
+def torch_reason(options: InferenceOptions, device: torch.device) -> str | None:
+    """Why ``backend: auto`` keeps PyTorch for these options on ``device``, or None when ONNX
+    Runtime can run the network (the faster one on CPUs, ``benchmarks/bench_predict.py``)."""
+    import importlib.util
+
+    if device.type != "cpu":
+        return f"the device is {device} (ONNX Runtime runs on the CPU here)"
+    if options.compile:
+        return "--compile asks for torch.compile"
+    if options.precision not in ("auto", "32"):
+        return f"--precision {options.precision} is a PyTorch autocast"
+    missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        return f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed (pip install 'pdeseg[deploy]')"
+    return None
+
+
+def _onnx_runtime(model: nn.Module, spec: TaskSpec) -> nn.Module:
+    """The checked ONNX export of ``model`` in an ONNX Runtime session with torch's thread count."""
+    from pdeseg.inference.export import OnnxRuntimeModel, export_model, onnx_session
+
     in_channels = len(spec.modalities) * (2 * spec.context_slices + 1)
+    t0 = time.perf_counter()
     graph, check = export_model(model, "onnx", in_channels, spec.spatial_dims, spec.spatial_size)
-    log.info("onnxruntime backend: exported %s, logits within %.2g of PyTorch's", type(model).__name__,
-             check["max_relative_difference"])
+    log.info("onnxruntime backend: exported %s in %.1f s, logits within %.2g of PyTorch's (relative) on probe inputs",
+             type(model).__name__, time.perf_counter() - t0, check["max_relative_difference"])
     return OnnxRuntimeModel(onnx_session(graph, threads=torch.get_num_threads()))
+
+
+_LOGGED: set[str] = set()
+
+
+def _log_once(message: str) -> None:
+    if message not in _LOGGED:
+        _LOGGED.add(message)
+        log.info("%s", message)
+
+
+def _is_torch(model: nn.Module) -> bool:
+    from pdeseg.inference.export import OnnxRuntimeModel
+
+    return not isinstance(model, OnnxRuntimeModel)
 
 
 def _input_format(predictor: Predictor, input_dir: str | Path, name: str | None) -> DataFormat:

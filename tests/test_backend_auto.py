@@ -1,0 +1,78 @@
+"""``backend: auto`` (issue 36): ONNX Runtime where it can run and its export reproduces
+PyTorch's logits, PyTorch otherwise, with the reason logged once."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from pdeseg.inference import predict as predict_module
+from pdeseg.inference.options import InferenceOptions
+from pdeseg.inference.predict import Predictor, torch_reason
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    from test_export import _checkpoint
+
+    return _checkpoint(tmp_path / "best.pt")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_log_once(monkeypatch):
+    monkeypatch.setattr(predict_module, "_LOGGED", set())
+
+
+def _is_onnx(predictor: Predictor) -> bool:
+    from pdeseg.inference.export import OnnxRuntimeModel
+
+    return isinstance(predictor.model, OnnxRuntimeModel)
+
+
+def test_auto_is_the_default_and_runs_the_verified_export_in_onnx_runtime(checkpoint):
+    assert InferenceOptions().backend == "auto"
+    auto = Predictor.from_checkpoint(checkpoint, InferenceOptions(device="cpu"))
+    plain = Predictor.from_checkpoint(checkpoint, InferenceOptions(device="cpu", precision="32", backend="torch"))
+    assert _is_onnx(auto) and not _is_onnx(plain)
+    x = torch.randn(2, 4, 37, 29)
+    assert float((auto.logits(x) - plain.logits(x)).abs().max()) < 1e-4
+
+
+@pytest.mark.parametrize("options, reason", [
+    ({"precision": "bf16-mixed"}, "--precision bf16-mixed"),
+    ({"compile": True}, "--compile"),
+])
+def test_auto_keeps_pytorch_where_onnx_runtime_cannot_do_what_was_asked(checkpoint, options, reason, caplog):
+    with caplog.at_level(logging.INFO, logger="pdeseg.inference.predict"):
+        for _ in range(2):
+            predictor = Predictor.from_checkpoint(checkpoint, InferenceOptions(device="cpu", **options))
+    assert not _is_onnx(predictor)
+    said = [r.getMessage() for r in caplog.records if "backend auto" in r.getMessage()]
+    assert len(said) == 1 and reason in said[0]  # once per process
+
+
+def test_auto_keeps_pytorch_when_onnx_runtime_is_missing_or_the_export_differs(checkpoint, monkeypatch, caplog):
+    import importlib.util
+
+    from pdeseg.inference import export
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    assert "onnxruntime is not installed" in torch_reason(InferenceOptions(), torch.device("cpu"))
+    monkeypatch.setattr(importlib.util, "find_spec", real)
+
+    def differs(*args, **kwargs):
+        raise export.ExportError("the exported onnx network's logits differ from PyTorch's by 0.3 (relative)")
+
+    monkeypatch.setattr(export, "export_model", differs)
+    with caplog.at_level(logging.INFO, logger="pdeseg.inference.predict"):
+        predictor = Predictor.from_checkpoint(checkpoint, InferenceOptions(device="cpu"))
+    assert not _is_onnx(predictor)
+    assert any("its ONNX export is not usable" in r.getMessage() and "differ" in r.getMessage() for r in caplog.records)
+    with pytest.raises(export.ExportError):  # asked for by name, the fault is an error
+        Predictor.from_checkpoint(checkpoint, InferenceOptions(device="cpu", backend="onnxruntime"))
