@@ -5,6 +5,10 @@ image is cut to the image instead of allocating memory for its full size."""
 from __future__ import annotations
 
 import logging
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +45,7 @@ def test_a_tile_larger_than_the_image_is_cut_to_it(cell_checkpoint, image, tmp_p
     assert "tiles of 96 instead" in caplog.text
 
 
-def test_a_cut_short_ome_tiff_is_named(cell_checkpoint, tmp_path, caplog):
+def _cut_short_ome_tiff(tmp_path: Path) -> Path:
     from pdeseg.data.phantoms.cells import make_cell_image
 
     grey = make_cell_image("round", np.random.default_rng(3), (256, 256))[0].astype(np.uint16)
@@ -49,13 +53,33 @@ def test_a_cut_short_ome_tiff_is_named(cell_checkpoint, tmp_path, caplog):
     src.parent.mkdir()
     tifffile.imwrite(src, grey, tile=(64, 64), ome=True, metadata={"axes": "YX"}, compression="zlib")
     src.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
+    return src
+
+
+def test_a_cut_short_ome_tiff_is_named(cell_checkpoint, tmp_path, caplog):
+    src = _cut_short_ome_tiff(tmp_path)
     before = checksums(src.parent)
     code, errors = run(["predict", "--checkpoint", cell_checkpoint, "--input", src, "--output", tmp_path / "out",
                         "--no-progress", "--no-postprocess", "--tile", "64", "--halo", "32"], caplog)
     ours = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("pdeseg")]
     assert code == 2 and len(ours) == 1 and "cut.ome.tif" in ours[0] and "cut short" in ours[0], errors
-    # (tifffile still logs its own records of the broken tag while the tiles are opened: see issue 32's note)
     assert checksums(src.parent) == before and not list(tmp_path.rglob(".pdeseg-tiles-*"))
+
+
+def test_a_cut_short_ome_tiff_gives_only_pdeseg_lines_on_the_console(cell_checkpoint, tmp_path):
+    """tifffile's own ERROR records of the broken tag (logged while the tiles are opened) stay off
+    the console: stderr holds pdeseg's records only, and one error line, naming the file."""
+    src = _cut_short_ome_tiff(tmp_path)
+    child = subprocess.run([sys.executable, "-m", "pdeseg", "predict", "--checkpoint", str(cell_checkpoint), "--input",
+                            str(src), "--output", str(tmp_path / "out"), "--no-progress", "--no-postprocess", "--tile",
+                            "64", "--halo", "32"], capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lines = child.stderr.strip().splitlines()
+    assert child.returncode == 2, child.stderr
+    assert all(re.match(r"\d\d:\d\d:\d\d [A-Z]+ pdeseg[.:]", line) for line in lines), child.stderr
+    assert "tifffile" not in child.stderr and "Traceback" not in child.stderr, child.stderr
+    errors = [line for line in lines if " ERROR " in line]
+    assert len(errors) == 1 and "cut.ome.tif" in errors[0] and "cut short" in errors[0], child.stderr
 
 
 def test_export_takes_a_run_folder_as_predict_does(cell_checkpoint, tmp_path, caplog):
@@ -65,3 +89,19 @@ def test_export_takes_a_run_folder_as_predict_does(cell_checkpoint, tmp_path, ca
     (tmp_path / "empty").mkdir()
     refused_unchanged(["export", "--checkpoint", tmp_path / "empty", "--format", "torchscript", "--out",
                        tmp_path / "exp2"], caplog, tmp_path, "empty", "best.pt")
+
+
+def test_library_logs_at_debug_gives_a_logger_back_only_when_the_last_block_ends():
+    """Tiled reads run blocks in several threads at once: A enters, B enters, A ends, B ends."""
+    from pdeseg.logs import library_logs_at_debug
+
+    logger, own = logging.getLogger("pdeseg_test_lib"), logging.NullHandler()
+    logger.addHandler(own)
+    a, b = library_logs_at_debug("pdeseg_test_lib"), library_logs_at_debug("pdeseg_test_lib")
+    a.__enter__()
+    b.__enter__()
+    a.__exit__(None, None, None)
+    assert own not in logger.handlers and not logger.propagate  # B still runs
+    b.__exit__(None, None, None)
+    assert logger.handlers == [own] and logger.propagate
+    logger.removeHandler(own)

@@ -9,16 +9,29 @@
   only when pdeseg wrote it (:func:`written_by_pdeseg`: the marker each writer leaves, see
   :data:`MARKER`), so ``--overwrite`` never deletes someone else's file or label layer.
 
-Markers: JSON files carry a top-level ``"written_by": "pdeseg ..."``; YAML plans start with
-``# planned by pdeseg``; OME-TIFF outputs have the TIFF ``Software`` tag ``pdeseg``; Zarr
-groups (OME-Zarr label layers) carry the attribute ``"pdeseg": {...}``.
+* :func:`check_distinct`: no file is planned for two cases of one run (the second would
+  replace the first), names that differ only in case included.
+
+Markers, each in the file's own metadata (one helper per kind for the writers):
+
+* JSON files: a top-level ``"written_by": "pdeseg ..."``; YAML plans: the first line
+  ``# planned by pdeseg``;
+* TIFF (OME-TIFF, instance images, LGG ``.tif`` masks): the ``Software`` tag ``pdeseg``
+  (:data:`TIFF_MARKER`, keyword arguments of ``tifffile.imwrite``);
+* PNG masks: a ``tEXt`` chunk ``Software`` = ``pdeseg`` (:func:`png_marker`);
+* NIfTI label volumes: the header's ``descrip`` ``pdeseg <version>`` (:func:`mark_nifti`);
+* DICOM-SEG: ``Manufacturer`` ``pdeseg`` (:data:`DICOM_MANUFACTURER`, which the SEG
+  writer also uses for its content creator);
+* Zarr groups (OME-Zarr label layers): the attribute ``"pdeseg": {...}``.
+
+A file of any other kind, or one that cannot be read, counts as someone else's.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from pdeseg.errors import ConfigError, RunFolderError
@@ -27,6 +40,28 @@ from pdeseg.errors import ConfigError, RunFolderError
 MARKER = "pdeseg"
 #: Prefix of pdeseg's scratch folders (tiled prediction).
 SCRATCH_PREFIX = ".pdeseg-tiles-"
+#: ``tifffile.imwrite`` keyword arguments that mark a TIFF as pdeseg's (the ``Software`` tag).
+TIFF_MARKER = {"software": MARKER}
+#: The ``Manufacturer`` of pdeseg's DICOM-SEG files.
+DICOM_MANUFACTURER = MARKER
+
+
+def png_marker():
+    """``PIL.PngImagePlugin.PngInfo`` with the ``tEXt`` chunk ``Software`` = ``pdeseg``; pass it
+    as ``pnginfo=`` to ``Image.save``."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("Software", MARKER)
+    return info
+
+
+def mark_nifti(header) -> None:
+    """Set a NIfTI header's ``descrip`` (80 bytes) to ``pdeseg <version>`` (the label volume's
+    own description; the input's is not a description of the prediction)."""
+    from pdeseg import __version__
+
+    header["descrip"] = f"{MARKER} {__version__}".encode()
 
 
 def check_name(name: object, what: str) -> str:
@@ -110,9 +145,67 @@ def written_by_pdeseg(path: str | Path) -> bool:
 
             with tifffile.TiffFile(path) as tif:
                 return tif.pages.first.software == MARKER
-    except (OSError, ValueError, UnicodeDecodeError):
+        if name.endswith(".png"):
+            from PIL import Image
+
+            with Image.open(path) as img:
+                return img.format == "PNG" and getattr(img, "text", {}).get("Software") == MARKER
+        if name.endswith((".nii", ".nii.gz")):
+            return _nifti_marked(path)
+        if name.endswith(".dcm"):
+            return _dicom_marked(path)
+    except (OSError, ValueError, UnicodeDecodeError, EOFError, KeyError):
         return False
     return False
+
+
+def _nifti_marked(path: Path) -> bool:
+    import nibabel as nib
+    from nibabel.filebasedimages import ImageFileError
+    from nibabel.spatialimages import HeaderDataError
+
+    try:
+        descrip = nib.load(str(path)).header.get("descrip")
+    except (ImageFileError, HeaderDataError):
+        return False
+    words = bytes(descrip).split(b"\0", 1)[0].decode("ascii", "replace").split() if descrip is not None else []
+    return bool(words) and words[0] == MARKER
+
+
+def _dicom_marked(path: Path) -> bool:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Manufacturer"])
+    except InvalidDicomError:
+        return False
+    return str(ds.get("Manufacturer", "")) == DICOM_MANUFACTURER
+
+
+def check_distinct(planned: Mapping[str, Iterable[str | Path]], what: str = "--output") -> None:
+    """Refuse a plan in which two cases would write one file (the second would replace the first),
+    counting names that differ only in case as one file (the output may be on a file system
+    that ignores case).
+
+    Args:
+        planned: case id -> the files its prediction would write.
+        what: the option that chose the folder (named in the message).
+
+    Raises:
+        RunFolderError: a file planned for two cases; the message names it and both cases.
+    """
+    owner: dict[str, tuple[str, Path]] = {}
+    for case, paths in planned.items():
+        for path in paths:
+            key = os.path.abspath(Path(path).expanduser()).casefold()
+            first, first_path = owner.setdefault(key, (case, Path(path)))
+            if first != case:
+                same = "" if Path(path) == first_path else (f" (on a file system that ignores case, as macOS, Windows "
+                                                             f"and most network shares do, {first_path.name} is the same file)")
+                raise RunFolderError(f"{path} would be written for two cases, {first} and {case}{same}; the second would "
+                                     f"replace the first, so nothing was written: rename one of them or predict them into "
+                                     f"separate {what} folders")
 
 
 def check_replaceable(path: str | Path, overwrite: bool, what: str) -> None:

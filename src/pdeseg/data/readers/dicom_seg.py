@@ -26,6 +26,7 @@ import numpy as np
 
 from pdeseg.data.case import LoadedCase
 from pdeseg.data.files import write_atomically
+from pdeseg.data.outputs import DICOM_MANUFACTURER
 from pdeseg.errors import DataError
 
 #: ``predict --output-format`` for DICOM input.
@@ -190,7 +191,7 @@ def build_seg(classes: np.ndarray, loaded: LoadedCase, segments: Sequence[Segmen
             segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL if seg_type == "fractional"
             else hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=_series_number(src),
-            sop_instance_uid=hd.UID(), instance_number=1, manufacturer="pdeseg", manufacturer_model_name=description[:64],
+            sop_instance_uid=hd.UID(), instance_number=1, manufacturer=DICOM_MANUFACTURER, manufacturer_model_name=description[:64],
             software_versions=__version__, device_serial_number="0", series_description=f"{description} segmentation"[:64],
             content_description=f"{description} prediction"[:64], content_creator_name="pdeseg^", **kwargs)
     except (ValueError, TypeError, AttributeError) as exc:

@@ -7,8 +7,11 @@ Layout (``stage1_train``, with the community mask fixes)::
       stage1_train/
         <id>/images/<id>.png             RGBA or RGB (the alpha channel is dropped)
         <id>/masks/<mask-id>.png         one 0/255 mask per nucleus
+      stage1_test/                       (prediction input) <id>/images/<id>.png, no masks
 
-One image folder is one case (:class:`~pdeseg.data.readers.cells.ImageCase`, id = the folder name).
+The dsb2018 folder is read as its ``stage1_train``, or, without one, as its only stage folder
+(``stage1_test``); with several stage folders and no ``stage1_train`` the reader asks for one
+of them. One image folder is one case (:class:`~pdeseg.data.readers.cells.ImageCase`, id = the folder name).
 Its objects are the nuclei: the mask files, in sorted file-name order, become ids 1..N of one
 instance image (:class:`DsbNuclei`). Rules:
 
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,7 +61,9 @@ log = logging.getLogger(__name__)
 
 DOMAINS_FILE = "domains.tsv"
 _LAYOUT = ("stage1_train/<id>/images/<id>.png and stage1_train/<id>/masks/<mask-id>.png "
-           "(root = the dsb2018 folder, its stage1_train, or one <id> folder)")
+           "(root = the dsb2018 folder, one stage folder such as stage1_train or stage1_test, or one <id> folder)")
+#: The download's stage folders (``stage1_train``, ``stage1_test``, ``stage2_test_final``).
+_STAGE = re.compile(r"stage\d+_\w+")
 
 
 @dataclass(frozen=True)
@@ -216,7 +222,11 @@ def _case_from_folder(folder: Path, require_label: bool, targets: str) -> ImageC
     image_id = folder.name
     images_dir = folder / "images"
     if not images_dir.is_dir():
-        raise CellDataError(f"{images_dir}: missing images/ folder (expected images/{image_id}.png)")
+        if any((sub / "images").is_dir() for sub in folder.iterdir() if sub.is_dir()):
+            raise CellDataError(f"{folder} is a folder of DSB image folders (<id>/images/<id>.png), not one image "
+                                f"folder: pass {folder} itself as the input")
+        raise CellDataError(f"{images_dir}: missing images/ folder (a DSB image folder <id> holds "
+                            f"images/<id>.png, here images/{image_id}.png, as in stage1_train/<id>/images/<id>.png)")
     files = find_image_files(images_dir)
     if not files:
         raise CellDataError(f"{images_dir}: no image file (expected {image_id}.png)")
@@ -235,11 +245,30 @@ def _case_from_folder(folder: Path, require_label: bool, targets: str) -> ImageC
                      label_files=masks)
 
 
+def _stage_folder(root: Path) -> Path:
+    """The folder of image folders below ``root``: ``stage1_train`` when there is one (the
+    labelled images), else the only stage folder (``stage1_test``, ...), else ``root`` itself.
+
+    Raises:
+        CellDataError: several stage folders and no ``stage1_train`` (the message names them).
+    """
+    stages = [f for f in sorted(root.iterdir()) if f.is_dir() and _STAGE.fullmatch(f.name)]
+    if (root / "stage1_train").is_dir():
+        if len(stages) > 1:
+            log.info("%s: reading stage1_train (pass another stage folder itself to read it instead)", root)
+        return root / "stage1_train"
+    if len(stages) > 1:
+        raise CellDataError(f"{root} holds the DSB stage folders {', '.join(f.name for f in stages)}: pass the one to "
+                            f"read as the input (e.g. {stages[0]})")
+    return stages[0] if stages else root
+
+
 def find_dsb_cases(root: str | Path, modalities: Sequence[str] = ("grey",), require_label: bool = True,
                    skipped: dict[str, str] | None = None, targets: str = "semantic",
                    domains: str | Path | None = None) -> list[ImageCase]:
-    """DSB 2018 images under ``root`` (the dsb2018 folder, its ``stage1_train``, or one image
-    folder), sorted by id.
+    """DSB 2018 images under ``root`` (the dsb2018 folder, one of its stage folders, or one image
+    folder), sorted by id. In the dsb2018 folder the images of ``stage1_train`` are read, or,
+    without it, those of its only stage folder (``stage1_test``, say).
 
     Args:
         modalities: channels (see :data:`pdeseg.data.readers.cells.CHANNELS`).
@@ -251,8 +280,9 @@ def find_dsb_cases(root: str | Path, modalities: Sequence[str] = ("grey",), requ
         domains: another domains table than ``domains.tsv`` (see the module docstring).
 
     Raises:
-        CellDataError: missing root or no images, a bad domains table, (without ``skipped``)
-            an inconsistent image folder.
+        CellDataError: missing root or no images, several stage folders and no
+            ``stage1_train``, a bad domains table, (without ``skipped``) an inconsistent image
+            folder.
         DataError: an unknown ``targets`` value.
     """
     check_targets(targets)
@@ -261,7 +291,7 @@ def find_dsb_cases(root: str | Path, modalities: Sequence[str] = ("grey",), requ
     if not root.is_dir():
         raise CellDataError(f"data folder not found: {root}")
     single = (root / "images").is_dir() and not (root / "stage1_train").is_dir()  # one image folder
-    stage = root.parent if single else root / "stage1_train" if (root / "stage1_train").is_dir() else root
+    stage = root.parent if single else _stage_folder(root)
     folders = [root] if single else [f for f in sorted(stage.iterdir()) if f.is_dir() and not f.name.startswith(".")]
     cases = []
     for folder in folders:

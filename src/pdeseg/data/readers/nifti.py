@@ -15,6 +15,7 @@ import numpy as np
 
 from pdeseg.data.case import LoadedCase
 from pdeseg.data.files import write_atomically
+from pdeseg.data.outputs import mark_nifti
 from pdeseg.errors import DataError
 
 #: Affines of one case's files may differ by this much (float rounding in headers).
@@ -105,6 +106,7 @@ def write_label_volume(labels: np.ndarray, loaded: LoadedCase, path: str | Path)
     header.set_data_dtype(dtype)
     img = nib.Nifti1Image(np.asarray(labels, dtype=dtype), loaded.affine, header)
     img.header.set_slope_inter(1, 0)
+    mark_nifti(img.header)  # what --overwrite recognises as pdeseg's own file
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_atomically(path, lambda tmp: nib.save(img, str(tmp)))

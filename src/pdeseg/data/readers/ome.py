@@ -127,7 +127,8 @@ class OmeImage:
         """The level as a lazy Dask array with axes :attr:`axes`."""
         self.level(level)
         if self._arrays is None:
-            self._arrays = _open_arrays(self)
+            with library_logs_at_debug("tifffile", "ome_zarr"):  # a broken file's records: explained when it is read
+                self._arrays = _open_arrays(self)
         return self._arrays[level]
 
     def level(self, index: int) -> OmeLevel:
