@@ -186,3 +186,23 @@ def test_a_folder_of_dsb_image_folders_below_the_input_is_named(tmp_path, caplog
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert f"{root / 'test'} is a folder of DSB image folders" in text and "pass" in text, text
     assert "missing images/ folder" not in text
+
+
+def test_a_users_file_saved_at_an_output_path_during_the_run_survives(tmp_path, caplog, monkeypatch):
+    from pdeseg.inference.predict import Predictor
+
+    _dsb_image(tmp_path / "dsb" / "stage1_test", "a1")
+    ckpt = _tiny_checkpoint(tmp_path / "m.pt", "unet", 2, _spec("dsb2018", ["grey"], ["background", "cell"], "zscore_all"), 1)
+    target = tmp_path / "out" / "a1_mask.png"
+    segment = Predictor.predict_case
+
+    def meanwhile(self, case, *args, **kwargs):  # after the outputs were checked, before they are written
+        result = segment(self, case, *args, **kwargs)
+        target.parent.mkdir(exist_ok=True)
+        Image.fromarray(np.full((8, 8), 255, np.uint8)).save(target)
+        return result
+
+    monkeypatch.setattr(Predictor, "predict_case", meanwhile)
+    code, errors = _predict(ckpt, tmp_path / "dsb" / "stage1_test", tmp_path / "out", caplog)
+    assert code == 2 and len(errors) == 1 and str(target) in errors[0] and NOT_OURS in errors[0], errors
+    assert np.array_equal(np.asarray(Image.open(target)), np.full((8, 8), 255, np.uint8))

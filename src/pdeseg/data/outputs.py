@@ -208,6 +208,19 @@ def check_distinct(planned: Mapping[str, Iterable[str | Path]], what: str = "--o
                                      f"separate {what} folders")
 
 
+def check_still_ours(paths: Iterable[str | Path], what: str = "--output") -> None:
+    """Just before a planned output is written: refuse when a file without pdeseg's marker has
+    appeared at one of ``paths`` since the run was checked (someone saved a file there meanwhile).
+
+    Raises:
+        RunFolderError: such a file (named; it is left as it is).
+    """
+    for path in map(Path, paths):
+        if (path.exists() or path.is_symlink()) and (path.is_symlink() or not written_by_pdeseg(path)):
+            raise RunFolderError(f"{path} appeared after the outputs were checked and was not written by pdeseg, so it "
+                                 f"is not replaced; move it or choose another {what}")
+
+
 def check_replaceable(path: str | Path, overwrite: bool, what: str) -> None:
     """Refuse to replace ``path`` unless ``overwrite`` is given and pdeseg wrote it.
 

@@ -56,7 +56,7 @@ from pdeseg.config import ExperimentConfig, TaskSpec
 from pdeseg.data.case import LoadedCase
 from pdeseg.data.files import blocking_path, describe_blocker, make_folders, remove_empty
 from pdeseg.data.formats import DataFormat, get_format
-from pdeseg.data.outputs import check_distinct, check_replaceable
+from pdeseg.data.outputs import check_distinct, check_replaceable, check_still_ours
 from pdeseg.data.pipeline.preprocess import Box, Preprocessing, box_slices
 from pdeseg.errors import CheckpointError, ConfigError, DataError, PdesegError, RunFolderError
 from pdeseg.data.pipeline.representations import Representation
@@ -1010,6 +1010,7 @@ def _predict_cases(predictor, fmt, cases: list, out_dir: Path, write_options: di
             _skip(report, case.case_id, str(exc))
             continue
         try:
+            check_still_ours(fmt.output_paths(case, out_dir, **write_options))  # a file saved there during the run
             if dicom:
                 try:
                     path = _write_dicom(predictor, seg, loaded, out_dir, write_options)
