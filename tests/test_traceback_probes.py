@@ -38,11 +38,22 @@ def test_tiled_options_are_one_line(extra, names, cell_checkpoint, image, tmp_pa
     refused_unchanged(argv, caplog, image.parent, *names)
 
 
-def test_a_tile_larger_than_the_image_is_cut_to_it(cell_checkpoint, image, tmp_path, caplog):
+def _address_space(limit: int):
+    def set_limit() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    return set_limit
+
+
+def test_a_tile_larger_than_the_image_is_cut_to_it(cell_checkpoint, image, tmp_path):
+    """Run in a child process held to 6 GiB of address space, so that a regression (a 37 GiB
+    tile) fails here with a MemoryError instead of taking a shared machine's memory."""
     argv = [a if a != "64" else "100000" for a in _predict(cell_checkpoint, image, tmp_path / "out", "--labels-name", "p")]
-    code, errors = run(argv, caplog)
-    assert code == 0, errors
-    assert "tiles of 96 instead" in caplog.text
+    child = subprocess.run([sys.executable, "-m", "pdeseg", *map(str, argv)], capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=_address_space(6 << 30))
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert "tiles of 96 instead" in child.stderr
 
 
 def _cut_short_ome_tiff(tmp_path: Path) -> Path:
