@@ -1,35 +1,39 @@
 #!/usr/bin/env python
 """Seconds per case of ``pdeseg predict``, split into read / preprocess / forward /
-post-process / write, for the prediction path before and after issue 26, eager and compiled.
+post-process / write, for the prediction path before and after issue 36 (the non-zero crop and
+the ONNX Runtime backend), and optionally compiled.
 
 Rows (each a shipped config's model with random weights: the speed does not depend on the
-weights, and empty slices are found from the data):
+weights, and empty slices and the non-zero box are found from the data):
 
-* ``brats 2D``: ``configs/pde_unet_brats_realistic.yaml`` (PDE-UNet, slices, its
+* ``brats 2D``: ``configs/pde_unet_brats_realistic.yaml``'s first model (slices, its
   post-processing) on real BraTS volumes (240 x 240 x 155, four gzipped NIfTI files each);
-* ``brats 3D``: ``configs/unet3d_brats.yaml`` (3D UNet, sliding windows) on the same volumes;
+* ``brats 3D``: ``configs/unet3d_brats.yaml`` (3D UNet, sliding windows) on the same volumes
+  (``--cases-3d``, default 1: minutes per case on a 2-core CPU);
 * ``hippocampus``: ``configs/unet3d_hippocampus.yaml`` on MSD Hippocampus cases;
 * ``microscopy``: ``configs/cells_dsb_unseen_domain.yaml`` (2D UNet, tiled windows) on a
   1024 x 1024 image made of real DSB 2018 nuclei images side by side.
 
-Paths, per row:
+Paths, per row (``--paths``; every path skips empty slices / windows and reads the next case
+ahead, as since issue 26):
 
-* ``before``: every slice segmented (``--segment-empty-slices``), each case read, segmented
-  and written one after the other (the path before issue 26);
-* ``after``: empty slices skipped, the next case read and normalised in a background thread
-  while this one is segmented (``predict_folder``'s read-ahead); ``compiled`` adds
-  ``torch.compile`` (its compile time reported apart: it is paid once per process and input
-  shape).
+* ``before``: the path before issue 36: PyTorch at ``--precision`` (auto: bf16 autocast where
+  the CPU has bf16 instructions), the whole case (``--no-crop``);
+* ``crop``: PyTorch, the case cropped to its non-zero box (as the config trains) and pasted back;
+* ``onnxruntime``: ONNX Runtime fp32, the whole case;
+* ``after``: the defaults after issue 36: ``--backend auto`` (ONNX Runtime here) and the crop;
+* ``compiled`` (``--compile``): PyTorch through ``torch.compile`` with the crop (its compile
+  time reported apart: it is paid once per process and input shape).
 
 The per-phase split is measured case by case without read-ahead (so that read time is
 visible); the ``end to end`` column is the whole folder through ``predict_folder`` (per
-case, model loading included), which is where read-ahead shows. Ratios are against ``before``,
-measured in the same run.
+case, model loading and the ONNX export included), which is where read-ahead shows. Ratios
+are against ``before``, measured in the same run.
 
 Usage (data: ``$PDESEG_SHARED_DATA`` or ``../shared/data``)::
 
     python benchmarks/bench_predict.py                    # brats 2D, hippocampus, microscopy; 2 BraTS cases
-    python benchmarks/bench_predict.py --rows brats2d --cases 4 --compile
+    python benchmarks/bench_predict.py --rows brats2d --cases 4 --paths before after
     python benchmarks/bench_predict.py --rows all --json predict.json
 """
 
@@ -168,13 +172,18 @@ def phases(ckpt: Path, root: Path, out: Path, options) -> tuple[dict[str, float]
         loaded = case.load(predictor.modalities, with_label=False)
         t1 = time.perf_counter()
         image = predictor.preprocess(loaded)
+        box = predictor.crop_box(loaded, image)
         t2 = time.perf_counter()
         logits = predictor.predict_logits(image)[None]
         t3 = time.perf_counter()  # with compile, a new input shape compiles again: counted here
-        shape = tuple(loaded.image.shape[1:])
+        full = tuple(loaded.image.shape[1:])
+        shape = tuple(b - a for a, b in box) if box is not None else full
         if tuple(logits.shape[2:]) != shape:
             logits = F.interpolate(logits, size=shape, mode="trilinear" if len(shape) == 3 else "bilinear", align_corners=False)
-        classes = predictor.finish(predicted_classes(logits, predictor.head)[0].numpy().astype(np.uint8))
+        classes = predicted_classes(logits, predictor.head)[0].numpy().astype(np.uint8)
+        if box is not None:
+            classes, _ = predictor._paste(box, full, classes, None)
+        classes = predictor.finish(classes)
         t4 = time.perf_counter()
         fmt.write_prediction(classes, loaded, out / f"phases_{i}")
         t5 = time.perf_counter()
@@ -184,76 +193,79 @@ def phases(ckpt: Path, root: Path, out: Path, options) -> tuple[dict[str, float]
     return {k: v / len(cases) for k, v in totals.items()}, len(cases), compile_s
 
 
-def end_to_end(ckpt: Path, root: Path, out: Path, options, read_ahead: bool) -> float:
-    """Seconds per case of the whole folder: ``predict_folder`` (read-ahead) or the same loop
-    with each case read after the one before was written (model loading included)."""
+def end_to_end(ckpt: Path, root: Path, out: Path, options) -> float:
+    """Seconds per case of the whole folder through ``predict_folder`` (read-ahead; model
+    loading and, for ONNX Runtime, the export and its check included)."""
     import pdeseg.inference.predict as predict
 
     if out.exists():
         shutil.rmtree(out)
-    real = predict.read_ahead
-    if not read_ahead:  # each read when its case's turn comes: the path before issue 26
-        predict.read_ahead = lambda read, items: (_Done(read, item) for item in items)
-    try:
-        t0 = time.perf_counter()
-        report = predict.predict_folder(ckpt, root, out, options, progress=False)
-        seconds = time.perf_counter() - t0
-    finally:
-        predict.read_ahead = real
+    t0 = time.perf_counter()
+    report = predict.predict_folder(ckpt, root, out, options, progress=False)
+    seconds = time.perf_counter() - t0
     return seconds / max(len(report.written), 1)
 
 
-class _Done:
-    """A finished 'future' that reads when asked (no thread)."""
+def path_options(precision: str) -> dict:
+    """The options of each path (see the module docstring)."""
+    from pdeseg.inference.options import InferenceOptions
 
-    def __init__(self, read, item):
-        self.read, self.item = read, item
-
-    def result(self):
-        return self.read(self.item)
+    return {"before": InferenceOptions(precision=precision, backend="torch", crop=False),
+            "crop": InferenceOptions(precision=precision, backend="torch"),
+            "onnxruntime": InferenceOptions(backend="onnxruntime", crop=False),
+            "after": InferenceOptions(),
+            "compiled": InferenceOptions(precision=precision, backend="torch", compile=True)}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", nargs="+", default=DEFAULT_ROWS, choices=list(CONFIGS) + ["all"])
     p.add_argument("--cases", type=int, default=2, help="cases per volume row (default 2)")
+    p.add_argument("--cases-3d", type=int, default=1, help="cases of the brats3d row (default 1)")
+    p.add_argument("--paths", nargs="+", default=["before", "crop", "onnxruntime", "after"],
+                   choices=["before", "crop", "onnxruntime", "after", "compiled"])
     p.add_argument("--compile", action="store_true", help="also the compiled path (torch.compile; minutes of compiling)")
+    p.add_argument("--no-phases", action="store_true", help="end to end only (not the case-by-case phases)")
     p.add_argument("--precision", default="auto")
     p.add_argument("--json", metavar="PATH")
     args = p.parse_args(argv)
     rows = list(CONFIGS) if "all" in args.rows else args.rows
+    paths = list(dict.fromkeys(args.paths + (["compiled"] if args.compile else [])))
+    if "before" not in paths:
+        paths.insert(0, "before")
 
     import torch
 
-    from pdeseg.inference.options import InferenceOptions
-
     print(machine_line(), flush=True)
     results = []
+    options = path_options(args.precision)
     with tempfile.TemporaryDirectory(prefix="pdeseg-bench-predict-") as tmp:
         work = Path(tmp)
         for name in rows:
-            ckpt, root, what = row_setup(name, work, args.cases)
-            paths = [("before", InferenceOptions(precision=args.precision, skip_empty=False), False),
-                     ("after", InferenceOptions(precision=args.precision), True)]
-            if args.compile:
-                paths.append(("after, compiled", InferenceOptions(precision=args.precision, compile=True), True))
-            for label, options, ahead in paths:
+            ckpt, root, what = row_setup(name, work, args.cases_3d if name == "brats3d" else args.cases)
+            for label in paths:
                 torch.manual_seed(0)
-                split, n, compile_s = phases(ckpt, root, work / f"out_{name}", options)
-                total = end_to_end(ckpt, root, work / f"e2e_{name}", options, ahead)
+                load0 = os.getloadavg()[0]
+                if args.no_phases:
+                    split, n, compile_s = dict.fromkeys(("read", "preprocess", "forward", "postprocess", "write"),
+                                                        float("nan")), 0, None
+                else:
+                    split, n, compile_s = phases(ckpt, root, work / f"out_{name}", options[label])
+                total = end_to_end(ckpt, root, work / f"e2e_{name}", options[label])
+                load = max(load0, os.getloadavg()[0])
                 results.append({"row": name, "what": what, "path": label, "cases": n, **split,
-                                "sum": sum(split.values()), "end_to_end": total, "compile_s": compile_s})
-                print(f"  {name} / {label}: {total:.2f} s per case end to end", flush=True)
+                                "sum": sum(split.values()), "end_to_end": total, "compile_s": compile_s, "load": load})
+                print(f"  {name} / {label}: {total:.2f} s per case end to end (load average {load:.1f})", flush=True)
     print()
     print("| row | path | read | preprocess | forward | post-process | write | sum of phases | end to end (s/case) "
-          "| end to end / before | compile (s, once) |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| before / this | compile (s, once) | load average |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         compiled = "-" if r["compile_s"] is None else f"{r['compile_s']:.0f}"
         base = next(b for b in results if b["row"] == r["row"] and b["path"] == "before")
         print(f"| {r['what']} | {r['path']} | {r['read']:.2f} | {r['preprocess']:.2f} | {r['forward']:.2f} | "
               f"{r['postprocess']:.2f} | {r['write']:.2f} | {r['sum']:.2f} | {r['end_to_end']:.2f} | "
-              f"{r['end_to_end'] / base['end_to_end']:.2f} | {compiled} |")
+              f"{base['end_to_end'] / r['end_to_end']:.2f}x | {compiled} | {r['load']:.1f} |")
     counts = ", ".join(f"{row}: {n}" for row, n in {x["row"]: x["cases"] for x in results}.items())
     print(f"\nphases: seconds per case, case by case without read-ahead ({counts} cases); "
           "end to end: predict_folder over the folder, model loading and the first forward included")
