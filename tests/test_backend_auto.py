@@ -34,9 +34,14 @@ def _is_onnx(predictor: Predictor) -> bool:
     return isinstance(predictor.model, OnnxRuntimeModel)
 
 
-def test_auto_is_the_default_and_runs_the_verified_export_in_onnx_runtime(checkpoint):
-    assert InferenceOptions().backend == "auto"
-    auto = Predictor.from_checkpoint(checkpoint, InferenceOptions(device="cpu"))
+def test_auto_is_the_command_line_default_and_runs_the_verified_export_in_onnx_runtime(checkpoint):
+    from pdeseg.cli import _inference_options, build_parser
+
+    for command in ("predict", "evaluate"):
+        args = build_parser().parse_args([command, "--checkpoint", str(checkpoint), "--input", "x", "--output", "y"]
+                                         if command == "predict" else [command, "--checkpoint", str(checkpoint)])
+        assert _inference_options(args).backend == "auto"
+    auto = Predictor.from_checkpoint(checkpoint, InferenceOptions(device="cpu", backend="auto"))
     plain = Predictor.from_checkpoint(checkpoint, InferenceOptions(device="cpu", precision="32", backend="torch"))
     assert _is_onnx(auto) and not _is_onnx(plain)
     x = torch.randn(2, 4, 37, 29)
@@ -50,7 +55,7 @@ def test_auto_is_the_default_and_runs_the_verified_export_in_onnx_runtime(checkp
 def test_auto_keeps_pytorch_where_onnx_runtime_cannot_do_what_was_asked(checkpoint, options, reason, caplog):
     with caplog.at_level(logging.INFO, logger="pdeseg.inference.predict"):
         for _ in range(2):
-            predictor = Predictor.from_checkpoint(checkpoint, InferenceOptions(device="cpu", **options))
+            predictor = Predictor.from_checkpoint(checkpoint, InferenceOptions(device="cpu", backend="auto", **options))
     assert not _is_onnx(predictor)
     said = [r.getMessage() for r in caplog.records if "backend auto" in r.getMessage()]
     assert len(said) == 1 and reason in said[0]  # once per process
@@ -63,7 +68,7 @@ def test_auto_keeps_pytorch_when_onnx_runtime_is_missing_or_the_export_differs(c
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
-    assert "onnxruntime is not installed" in torch_reason(InferenceOptions(), torch.device("cpu"))
+    assert "onnxruntime is not installed" in torch_reason(InferenceOptions(backend="auto"), torch.device("cpu"))
     monkeypatch.setattr(importlib.util, "find_spec", real)
 
     def differs(*args, **kwargs):
@@ -71,7 +76,7 @@ def test_auto_keeps_pytorch_when_onnx_runtime_is_missing_or_the_export_differs(c
 
     monkeypatch.setattr(export, "export_model", differs)
     with caplog.at_level(logging.INFO, logger="pdeseg.inference.predict"):
-        predictor = Predictor.from_checkpoint(checkpoint, InferenceOptions(device="cpu"))
+        predictor = Predictor.from_checkpoint(checkpoint, InferenceOptions(device="cpu", backend="auto"))
     assert not _is_onnx(predictor)
     assert any("its ONNX export is not usable" in r.getMessage() and "differ" in r.getMessage() for r in caplog.records)
     with pytest.raises(export.ExportError):  # asked for by name, the fault is an error

@@ -49,9 +49,11 @@ class InferenceOptions:
         backend: ``torch``, or ``onnxruntime``: the network is exported to ONNX when loaded
             (:mod:`pdeseg.inference.export`, checked against PyTorch) and run by ONNX Runtime on
             the CPU in fp32; everything around it (preprocessing, windows, TTA, stitching) is
-            the same. ``auto`` (default): ``onnxruntime`` on a CPU where onnx and onnxruntime
-            are installed, without ``compile`` or a ``precision`` other than auto / 32, when
-            the export reproduces PyTorch's logits; else ``torch`` (the reason logged once).
+            the same. ``auto`` (the default of ``pdeseg predict`` and ``evaluate``):
+            ``onnxruntime`` on a CPU where onnx and onnxruntime are installed, without
+            ``compile`` or a ``precision`` other than auto / 32, when the export reproduces
+            PyTorch's logits; else ``torch`` (the reason logged once). The default here stays
+            ``torch``, so that studies and validation score with PyTorch's exact logits.
         diameter: cell models: the objects' diameter in pixels, ``"auto"`` (estimated in each
             image) or ``"off"``; the image is rescaled so that its objects have the size the
             model was trained at, and the cells are mapped back
@@ -75,7 +77,7 @@ class InferenceOptions:
     postprocess: bool = True
     skip_empty: bool = True
     compile: bool = False
-    backend: str = "auto"
+    backend: str = "torch"
     diameter: float | str | None = None
     crop: bool | None = None
 
