@@ -213,7 +213,7 @@ def path_options(precision: str) -> dict:
     return {"before": InferenceOptions(precision=precision, backend="torch", crop=False),
             "crop": InferenceOptions(precision=precision, backend="torch"),
             "onnxruntime": InferenceOptions(backend="onnxruntime", crop=False),
-            "after": InferenceOptions(),
+            "after": InferenceOptions(backend="auto"),  # predict's defaults
             "compiled": InferenceOptions(precision=precision, backend="torch", compile=True)}
 
 
