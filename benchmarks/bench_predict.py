@@ -180,10 +180,9 @@ def phases(ckpt: Path, root: Path, out: Path, options) -> tuple[dict[str, float]
         shape = tuple(b - a for a, b in box) if box is not None else full
         if tuple(logits.shape[2:]) != shape:
             logits = F.interpolate(logits, size=shape, mode="trilinear" if len(shape) == 3 else "bilinear", align_corners=False)
-        classes = predicted_classes(logits, predictor.head)[0].numpy().astype(np.uint8)
-        if box is not None:
+        classes = predictor.finish(predicted_classes(logits, predictor.head)[0].numpy().astype(np.uint8))
+        if box is not None:  # as Predictor.segment: post-processed on the box, pasted back
             classes, _ = predictor._paste(box, full, classes, None)
-        classes = predictor.finish(classes)
         t4 = time.perf_counter()
         fmt.write_prediction(classes, loaded, out / f"phases_{i}")
         t5 = time.perf_counter()

@@ -291,7 +291,7 @@ def test_hippocampus_case_as_dicom_series_binary_and_fractional_seg(tmp_path):
                          str(tmp_path / "out_frac"), "--seg-type", "fractional"]) == 0
     seg, fractions = read_seg_masks(tmp_path / "out_frac" / "hippo.seg.dcm", sop_to_k, classes.shape)
     assert seg.SegmentationType == "FRACTIONAL"
-    predictor = Predictor.from_checkpoint(ckpt, InferenceOptions(device="cpu", precision="32"))
+    predictor = Predictor.from_checkpoint(ckpt, InferenceOptions(device="cpu", precision="32", backend="auto"))  # predict's
     (case,) = find_dicom_cases(tmp_path / "dicom", ["MRI"])
     probs = predictor.predict_case(case, with_probabilities=True)[1].probabilities
     assert np.abs(fractions - probs[1:]).max() <= 0.5 / 255 + 1e-6  # stored as round(255 p)

@@ -527,24 +527,21 @@ class Predictor:
         shape = tuple(b - a for a, b in box) if box is not None else full
         if tuple(logits.shape[2:]) != shape:  # target_spacing or object size: logits back to the input's grid
             logits = F.interpolate(logits, size=shape, mode="trilinear" if len(shape) == 3 else "bilinear", align_corners=False)
-        classes = predicted_classes(logits, self.head)[0].numpy().astype(np.uint8)
+        # post-processing and cells on the box: outside it is background, which neither changes
+        classes = self.finish(predicted_classes(logits, self.head)[0].numpy().astype(np.uint8))
         probabilities = class_probabilities(logits, self.head)[0].numpy().astype(np.float32) if with_probabilities else None
-        if box is not None:  # pasted back into the input's grid: background outside the box
-            classes, probabilities = self._paste(box, full, classes, probabilities)
-        classes = self.finish(classes)
         min_size = None
         if factor != 1 and self.representation is not None:  # the decoder's smallest cell, in the input's pixels
             from pdeseg.data.pipeline.label_geometry import MIN_OBJECT_PIXELS
 
             base = MIN_OBJECT_PIXELS if self.representation.min_size is None else self.representation.min_size
             min_size = max(1, round(base / factor ** 2))
-        cells = None
-        if with_cells and self.representation is not None:
-            cut = box_slices(box) if box is not None else (slice(None),) * len(full)
-            inner = self.cells(logits[0], np.ascontiguousarray(classes[cut]), min_size)
-            cells = inner if box is None else np.zeros(full, np.int32)
-            if box is not None:
-                cells[cut] = inner
+        cells = self.cells(logits[0], classes, min_size) if with_cells else None
+        if box is not None:  # pasted back into the input's grid: background outside the box
+            classes, probabilities = self._paste(box, full, classes, probabilities)
+            if cells is not None:
+                inner, cells = cells, np.zeros(full, np.int32)
+                cells[box_slices(box)] = inner
         return Segmentation(classes, probabilities, cells)
 
     def _paste(self, box: Box, shape: tuple[int, ...], classes: np.ndarray, probabilities: np.ndarray | None
