@@ -161,3 +161,16 @@ def test_a_caller_s_uncropped_image_is_segmented_whole():
     p = Predictor(_Pointwise(3).eval(), spec, torch.device("cpu"), InferenceOptions(precision="32", postprocess=False))
     normalised, _, _ = Preprocessing(tuple(MODALITIES)).apply(image, (1.0, 1.0, 1.0))
     assert p.segment(_loaded(image), normalised).classes.shape == image.shape[1:]
+
+
+def test_a_perturbed_copy_of_a_cropped_case_keeps_its_box(phantom_root, tmp_path):
+    from pdeseg.experiments.robustness import preprocessed_case
+
+    case = find_cases(phantom_root)[0]
+    prep = Preprocessing(tuple(MODALITIES), crop_nonzero=True)
+    template = cache_case(case, tmp_path, prep)
+    loaded = case.load(MODALITIES)
+    noisy = loaded.image + np.random.default_rng(0).normal(size=loaded.image.shape).astype(np.float32)  # no zero left
+    copy = preprocessed_case(template, noisy, loaded.spacing, prep)
+    z, _, x, y = copy.image.shape  # the cache's (Z, C, X, Y)
+    assert [x, y, z] == template.meta["shape"] != list(loaded.image.shape[1:])
