@@ -4,8 +4,10 @@ what pdeseg wrote.
 * every predict output carries pdeseg's marker in its own metadata (NIfTI ``descrip``, PNG
   ``tEXt`` Software, TIFF Software tag, DICOM-SEG Manufacturer);
 * ``--overwrite`` replaces pdeseg's own earlier output, and refuses (exit 2, one line naming
-  the file) a user's own file of the same kind at an output path: every file of the output
-  folder keeps its checksum;
+  the file) a user's own file of the same kind at an output path, and pdeseg's output corrected
+  by hand and saved with its metadata (marker) kept: every file of the output folder keeps its
+  checksum;
+* a user's file saved at an output path while the run is going is not replaced either;
 * two cases that would write one file (names that differ only in case included) are refused
   before anything is written, naming both cases;
 * ``--input`` at the root of the DSB test layout (``stage1_test/<id>/images/<id>.png``) is read
@@ -92,6 +94,32 @@ def _users_file(path: Path) -> None:
         raise AssertionError(name)
 
 
+def _corrected_copy(ours: Path, path: Path) -> None:
+    """pdeseg's output ``ours`` corrected by hand (one pixel changed) and saved at ``path`` by a tool
+    that keeps the file's metadata, pdeseg's marker included."""
+    path.unlink()
+    if path.name.endswith(".nii.gz"):
+        img = nib.load(ours)
+        data = np.asanyarray(img.dataobj).copy()
+        data.flat[0] ^= 1
+        nib.save(nib.Nifti1Image(data, img.affine, img.header), str(path))
+        assert bytes(nib.load(path).header["descrip"]).startswith(b"pdeseg")
+    elif path.name.endswith(".png"):
+        from PIL.PngImagePlugin import PngInfo
+
+        with Image.open(ours) as img:
+            data, info = np.asarray(img).copy(), PngInfo()
+            info.add_text("Software", img.text["Software"])
+        data.flat[0] ^= 1
+        Image.fromarray(data).save(path, pnginfo=info)
+    else:
+        with tifffile.TiffFile(ours) as tif:
+            data, software = tif.asarray().copy(), tif.pages.first.software
+        data.flat[0] ^= 1
+        tifffile.imwrite(path, data, software=software)
+        assert software.startswith("pdeseg")
+
+
 def _corrected_seg(ours: Path, path: Path) -> None:
     """A radiologist's corrected copy of pdeseg's SEG ``ours``, saved by another tool at ``path``."""
     import pydicom
@@ -126,18 +154,21 @@ def test_overwrite_replaces_pdeseg_outputs_and_never_a_users_file(kind, phantom_
     assert all(f.stat().st_ino != inodes[f] for f in files)
 
     kinds = {"".join(f.suffixes[-2:]) if f.name.endswith(".nii.gz") else f.suffix: f for f in files}
-    for target in kinds.values():  # one file of each kind, made by someone else
+    for target in kinds.values():  # one file of each kind: someone's own, or pdeseg's corrected by hand
         ours = tmp_path / "ours" / target.name
         ours.parent.mkdir(exist_ok=True)
         shutil.copy2(target, ours)
-        _corrected_seg(ours, target) if target.name.endswith(".dcm") else _users_file(target)
-        assert not written_by_pdeseg(target)
-        before = checksums(out)
-        code, errors = _predict(ckpt, src, out, caplog, "--overwrite", *extra)
-        assert code == 2, (target, errors)
-        assert len(errors) == 1 and str(target) in errors[0] and NOT_OURS in errors[0], errors
-        assert checksums(out) == before  # the user's file and every other output untouched
-        shutil.copy2(ours, target)  # back to pdeseg's own
+        makers = [_corrected_seg] if target.name.endswith(".dcm") else [lambda _, t: _users_file(t), _corrected_copy]
+        for make in makers:
+            make(ours, target)
+            assert not written_by_pdeseg(target)
+            before = checksums(out)
+            code, errors = _predict(ckpt, src, out, caplog, "--overwrite", *extra)
+            assert code == 2, (target, make, errors)
+            assert len(errors) == 1 and str(target) in errors[0] and NOT_OURS in errors[0], errors
+            assert checksums(out) == before  # the user's file and every other output untouched
+            shutil.copy2(ours, target)  # back to pdeseg's own
+    assert _predict(ckpt, src, out, caplog, "--overwrite", *extra)[0] == 0
 
 
 def test_two_cases_writing_one_file_are_refused_before_anything_is_written(tmp_path, caplog):

@@ -19,7 +19,7 @@ import numpy as np
 
 from pdeseg.data.case import LoadedCase
 from pdeseg.data.files import write_atomically
-from pdeseg.data.outputs import TIFF_MARKER, png_marker
+from pdeseg.data.outputs import png_marker, tiff_marker
 from pdeseg.errors import ConfigError
 
 #: ``read_options`` value for an option that takes any integer >= 1 (e.g. a boundary width).
@@ -403,11 +403,11 @@ def _write_mask(mask: np.ndarray, path: Path, ext: str) -> None:
     if ext == "png":
         from PIL import Image
 
-        Image.fromarray(mask).save(path, format="PNG", pnginfo=png_marker())
+        Image.fromarray(mask).save(path, format="PNG", pnginfo=png_marker(mask))
     else:
         import tifffile
 
-        tifffile.imwrite(path, mask, **TIFF_MARKER)
+        tifffile.imwrite(path, mask, **tiff_marker(mask))
 
 
 def write_slice_masks(

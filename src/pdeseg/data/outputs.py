@@ -16,23 +16,28 @@ Markers, each in the file's own metadata (one helper per kind for the writers):
 
 * JSON files: a top-level ``"written_by": "pdeseg ..."``; YAML plans: the first line
   ``# planned by pdeseg``;
-* TIFF (OME-TIFF, instance images, LGG ``.tif`` masks): the ``Software`` tag ``pdeseg``
-  (:data:`TIFF_MARKER`, keyword arguments of ``tifffile.imwrite``);
-* PNG masks: a ``tEXt`` chunk ``Software`` = ``pdeseg`` (:func:`png_marker`);
-* NIfTI label volumes: the header's ``descrip`` ``pdeseg <version>`` (:func:`mark_nifti`);
+* TIFF (OME-TIFF, instance images, LGG ``.tif`` masks): the ``Software`` tag ``pdeseg ...``
+  (:func:`tiff_marker`, keyword arguments of ``tifffile.imwrite``);
+* PNG masks: a ``tEXt`` chunk ``Software`` = ``pdeseg ...`` (:func:`png_marker`);
+* NIfTI label volumes: the header's ``descrip`` ``pdeseg ...`` (:func:`mark_nifti`);
 * DICOM-SEG: ``Manufacturer`` ``pdeseg`` (:data:`DICOM_MANUFACTURER`, which the SEG
   writer also uses for its content creator);
 * Zarr groups (OME-Zarr label layers): the attribute ``"pdeseg": {...}``.
 
-A file of any other kind, or one that cannot be read, counts as someone else's.
+The NIfTI, PNG and non-OME TIFF markers also hold a digest of the values written
+(:func:`marker_text`): a copy corrected by hand and saved with the marker kept counts as
+someone else's. A file of any other kind, or one that cannot be read, counts as someone else's.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+
+import numpy as np
 
 from pdeseg.errors import ConfigError, RunFolderError
 
@@ -40,28 +45,58 @@ from pdeseg.errors import ConfigError, RunFolderError
 MARKER = "pdeseg"
 #: Prefix of pdeseg's scratch folders (tiled prediction).
 SCRATCH_PREFIX = ".pdeseg-tiles-"
-#: ``tifffile.imwrite`` keyword arguments that mark a TIFF as pdeseg's (the ``Software`` tag).
-TIFF_MARKER = {"software": MARKER}
 #: The ``Manufacturer`` of pdeseg's DICOM-SEG files.
 DICOM_MANUFACTURER = MARKER
 
 
-def png_marker():
-    """``PIL.PngImagePlugin.PngInfo`` with the ``tEXt`` chunk ``Software`` = ``pdeseg``; pass it
-    as ``pnginfo=`` to ``Image.save``."""
+def content_digest(data) -> str:
+    """16 hex digits of the SHA-256 of an array's values, shape and dtype (byte order aside)."""
+    a = np.asarray(data)
+    a = np.ascontiguousarray(a.astype(a.dtype.newbyteorder("="), copy=False))
+    digest = hashlib.sha256(f"{a.dtype.name}{a.shape}".encode())
+    digest.update(a.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def marker_text(data=None) -> str:
+    """``pdeseg <version>``, and with ``data`` `` sha256:<digest>`` of the values written: a file
+    whose values were changed after pdeseg wrote it (a segmentation corrected by hand and saved
+    keeping its metadata, as ITK-based editors keep a NIfTI ``descrip``) no longer counts as
+    pdeseg's."""
+    from pdeseg import __version__
+
+    return f"{MARKER} {__version__}" + ("" if data is None else f" sha256:{content_digest(data)}")
+
+
+def tiff_marker(data=None) -> dict:
+    """``tifffile.imwrite`` keyword arguments that mark a TIFF as pdeseg's: the ``Software`` tag
+    :func:`marker_text` of ``data`` (the array written)."""
+    return {"software": marker_text(data)}
+
+
+def png_marker(data=None):
+    """``PIL.PngImagePlugin.PngInfo`` with the ``tEXt`` chunk ``Software`` = :func:`marker_text`
+    of ``data`` (the array written); pass it as ``pnginfo=`` to ``Image.save``."""
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
-    info.add_text("Software", MARKER)
+    info.add_text("Software", marker_text(data))
     return info
 
 
-def mark_nifti(header) -> None:
-    """Set a NIfTI header's ``descrip`` (80 bytes) to ``pdeseg <version>`` (the label volume's
-    own description; the input's is not a description of the prediction)."""
-    from pdeseg import __version__
+def mark_nifti(header, data=None) -> None:
+    """Set a NIfTI header's ``descrip`` (80 bytes) to :func:`marker_text` of ``data`` (the
+    volume written; the input's description does not describe the prediction)."""
+    header["descrip"] = marker_text(data).encode()
 
-    header["descrip"] = f"{MARKER} {__version__}".encode()
+
+def _carries_marker(text: object, values: Callable[[], object]) -> bool:
+    """``text`` is a marker, and when it holds a digest, ``values()`` still has it."""
+    words = str(text or "").split()
+    if not words or words[0] != MARKER:
+        return False
+    digests = [w.removeprefix("sha256:") for w in words if w.startswith("sha256:")]
+    return not digests or content_digest(values()) == digests[0]
 
 
 def check_name(name: object, what: str) -> str:
@@ -144,12 +179,13 @@ def written_by_pdeseg(path: str | Path) -> bool:
             import tifffile
 
             with tifffile.TiffFile(path) as tif:
-                return tif.pages.first.software == MARKER
+                return _carries_marker(tif.pages.first.software, tif.asarray)
         if name.endswith(".png"):
             from PIL import Image
 
             with Image.open(path) as img:
-                return img.format == "PNG" and getattr(img, "text", {}).get("Software") == MARKER
+                return img.format == "PNG" and _carries_marker(getattr(img, "text", {}).get("Software"),
+                                                               lambda: np.asarray(img))
         if name.endswith((".nii", ".nii.gz")):
             return _nifti_marked(path)
         if name.endswith(".dcm"):
@@ -165,11 +201,12 @@ def _nifti_marked(path: Path) -> bool:
     from nibabel.spatialimages import HeaderDataError
 
     try:
-        descrip = nib.load(str(path)).header.get("descrip")
+        img = nib.load(str(path))
+        descrip = img.header.get("descrip")
+        text = bytes(descrip).split(b"\0", 1)[0].decode("ascii", "replace") if descrip is not None else ""
+        return _carries_marker(text, lambda: np.asanyarray(img.dataobj.get_unscaled()))
     except (ImageFileError, HeaderDataError):
         return False
-    words = bytes(descrip).split(b"\0", 1)[0].decode("ascii", "replace").split() if descrip is not None else []
-    return bool(words) and words[0] == MARKER
 
 
 def _dicom_marked(path: Path) -> bool:

@@ -40,7 +40,7 @@ import numpy as np
 
 from pdeseg.data.case import LoadedCase
 from pdeseg.data.files import write_atomically
-from pdeseg.data.outputs import TIFF_MARKER, png_marker
+from pdeseg.data.outputs import png_marker, tiff_marker
 from pdeseg.data.pipeline.representations import CLASS_NAMES as REPRESENTATION_CLASSES
 from pdeseg.data.pipeline.representations import TARGETS as REPRESENTATIONS
 from pdeseg.data.pipeline.representations import Representation
@@ -313,13 +313,13 @@ def write_prediction(classes: np.ndarray, loaded: LoadedCase, out_dir: Path, ins
     cls = np.asarray(classes)[..., 0] if classes.ndim == 3 else np.asarray(classes)
     paths = output_paths(loaded.case.case_id, out_dir, instances)
     mask = ((cls > 0) * 255).astype(np.uint8)
-    write_atomically(paths[0], lambda tmp: Image.fromarray(mask).save(tmp, format="PNG", pnginfo=png_marker()))
+    write_atomically(paths[0], lambda tmp: Image.fromarray(mask).save(tmp, format="PNG", pnginfo=png_marker(mask)))
     if instances:
         import tifffile
 
         from pdeseg.data.pipeline.label_geometry import predicted_instances
 
         objects = predicted_instances(cls) if objects is None else np.asarray(objects).reshape(cls.shape)
-        dtype = np.uint16 if objects.max(initial=0) < 65536 else np.uint32
-        write_atomically(paths[1], lambda tmp: tifffile.imwrite(tmp, objects.astype(dtype), **TIFF_MARKER))
+        objects = objects.astype(np.uint16 if objects.max(initial=0) < 65536 else np.uint32)
+        write_atomically(paths[1], lambda tmp: tifffile.imwrite(tmp, objects, **tiff_marker(objects)))
     return paths[0]

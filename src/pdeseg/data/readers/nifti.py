@@ -104,9 +104,10 @@ def write_label_volume(labels: np.ndarray, loaded: LoadedCase, path: str | Path)
     dtype = np.uint8 if labels.size == 0 or int(labels.max()) <= 255 else np.int16
     header = loaded.header.copy()
     header.set_data_dtype(dtype)
-    img = nib.Nifti1Image(np.asarray(labels, dtype=dtype), loaded.affine, header)
+    labels = np.asarray(labels, dtype=dtype)
+    img = nib.Nifti1Image(labels, loaded.affine, header)
     img.header.set_slope_inter(1, 0)
-    mark_nifti(img.header)  # what --overwrite recognises as pdeseg's own file
+    mark_nifti(img.header, labels)  # what --overwrite recognises as pdeseg's own file
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_atomically(path, lambda tmp: nib.save(img, str(tmp)))
