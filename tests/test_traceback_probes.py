@@ -116,3 +116,31 @@ def test_library_logs_at_debug_gives_a_logger_back_only_when_the_last_block_ends
     b.__exit__(None, None, None)
     assert logger.handlers == [own] and logger.propagate
     logger.removeHandler(own)
+
+
+def test_a_refused_dask_scheduler_leaves_dask_usable_in_the_process():
+    """A distributed Client that failed to connect stayed dask's default scheduler, so every later
+    dask compute in the process (here the next test's OME-Zarr writing) waited forever."""
+    import threading
+
+    import dask.array as da
+
+    from pdeseg.inference.tiled import DaskRunner
+
+    with pytest.raises(ConfigError, match="--dask-scheduler not an address"):
+        DaskRunner(address="not an address")
+    result: list = []
+    worker = threading.Thread(target=lambda: result.append(int(da.ones(10, chunks=5).sum().compute())), daemon=True)
+    worker.start()
+    worker.join(60)
+    assert result == [10], "a dask compute after the refused scheduler did not finish within 60 s"
+
+
+def test_a_refused_dask_scheduler_is_one_line_and_no_traceback_at_exit(cell_checkpoint, image, tmp_path):
+    argv = _predict(cell_checkpoint, image, tmp_path / "out", "--labels-name", "p", "--dask-scheduler", "not an address")
+    child = subprocess.run([sys.executable, "-m", "pdeseg", *map(str, argv)], capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert child.returncode == 2, child.stderr
+    errors = [line for line in child.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "--dask-scheduler" in errors[0], child.stderr
+    assert "Traceback" not in child.stderr and "Exception ignored" not in child.stderr, child.stderr

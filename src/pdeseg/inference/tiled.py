@@ -612,6 +612,27 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _probe_scheduler(address: str) -> None:
+    """Open and close one connection to the scheduler at ``address`` (in a thread of its own, so
+    that it also works where an event loop is running, as in Jupyter or napari).
+
+    Raises:
+        ValueError, TypeError: not an address; OSError, TimeoutError: nobody answers there
+            within :data:`CONNECT_TIMEOUT_S`.
+    """
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from distributed.comm import connect
+
+    async def probe() -> None:
+        comm = await connect(address, timeout=CONNECT_TIMEOUT_S)
+        await comm.close()
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, probe()).result()
+
+
 class DaskRunner:
     """Runs tasks on a ``dask.distributed`` scheduler: a ``LocalCluster`` of ``workers``
     processes (``threads`` torch threads each) made here, or the scheduler at ``address``
@@ -624,9 +645,12 @@ class DaskRunner:
 
         logging.getLogger("distributed").setLevel(max(logging.WARNING, logging.getLogger("distributed").level))
         self.cluster = None
+        # never the process's default scheduler: a Client made default sets dask's scheduler to
+        # itself before it connects, so one that failed to connect hung every later dask compute
         if address:
             try:
-                self.client = Client(address, timeout=CONNECT_TIMEOUT_S)
+                _probe_scheduler(address)  # a Client that fails to connect hangs 20 s on exit, then prints a traceback
+                self.client = Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
             except (OSError, ValueError, TypeError, TimeoutError) as exc:
                 raise ConfigError(f"--dask-scheduler {address}: cannot connect to a dask.distributed scheduler there "
                                   f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no reason given'}); "
@@ -635,7 +659,7 @@ class DaskRunner:
             n = workers or max(os.cpu_count() // max(threads, 1), 1)
             self.cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
                                         silence_logs=logging.WARNING)
-            self.client = Client(self.cluster)
+            self.client = Client(self.cluster, set_as_default=False)
         self.threads = threads
         self.name = f"Dask ({len(self.client.scheduler_info()['workers'])} workers)"
 
@@ -651,7 +675,7 @@ class DaskRunner:
         index = {f.key: i for i, f in enumerate(futures)}
         out: list = [None] * len(items)
         with counter(desc, "tile", len(items), enabled=progress) as bar:
-            for fut in as_completed(futures):
+            for fut in as_completed(futures, loop=self.client.loop):  # this client's (it is not the default)
                 out[index[fut.key]] = fut.result()
                 bar.update(1)
         return out
