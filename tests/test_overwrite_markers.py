@@ -237,3 +237,17 @@ def test_a_users_file_saved_at_an_output_path_during_the_run_survives(tmp_path, 
     code, errors = _predict(ckpt, tmp_path / "dsb" / "stage1_test", tmp_path / "out", caplog)
     assert code == 2 and len(errors) == 1 and str(target) in errors[0] and NOT_OURS in errors[0], errors
     assert np.array_equal(np.asarray(Image.open(target)), np.full((8, 8), 255, np.uint8))
+
+
+def test_two_ome_images_writing_one_file_are_refused_naming_both(tmp_path, caplog):
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("slide1.ome.tif", "Slide1.ome.tif"):  # one output name on a file system that ignores case
+        tifffile.imwrite(images / name, rng.integers(0, 255, (64, 64), dtype=np.uint8), ome=True, metadata={"axes": "YX"})
+    ckpt = _tiny_checkpoint(tmp_path / "m.pt", "unet", 2, _spec("livecell", ["grey"], ["background", "cell"], "zscore_all"), 1)
+    before = checksums(images)
+    code, errors = _predict(ckpt, images, tmp_path / "out", caplog, "--tile", "64", "--halo", "32")
+    assert code == 2 and len(errors) == 1, errors
+    assert "slide1.ome.tif" in errors[0] and "Slide1.ome.tif" in errors[0] and "two images" in errors[0], errors[0]
+    assert checksums(images) == before and not (tmp_path / "out").exists()

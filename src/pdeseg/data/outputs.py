@@ -220,14 +220,15 @@ def _dicom_marked(path: Path) -> bool:
     return str(ds.get("Manufacturer", "")) == DICOM_MANUFACTURER
 
 
-def check_distinct(planned: Mapping[str, Iterable[str | Path]], what: str = "--output") -> None:
+def check_distinct(planned: Mapping[str, Iterable[str | Path]], what: str = "--output", items: str = "cases") -> None:
     """Refuse a plan in which two cases would write one file (the second would replace the first),
     counting names that differ only in case as one file (the output may be on a file system
     that ignores case).
 
     Args:
-        planned: case id -> the files its prediction would write.
+        planned: case id (or image) -> the files its prediction would write.
         what: the option that chose the folder (named in the message).
+        items: what the keys are, for the message (``cases``, ``images``).
 
     Raises:
         RunFolderError: a file planned for two cases; the message names it and both cases.
@@ -240,7 +241,7 @@ def check_distinct(planned: Mapping[str, Iterable[str | Path]], what: str = "--o
             if first != case:
                 same = "" if Path(path) == first_path else (f" (on a file system that ignores case, as macOS, Windows "
                                                              f"and most network shares do, {first_path.name} is the same file)")
-                raise RunFolderError(f"{path} would be written for two cases, {first} and {case}{same}; the second would "
+                raise RunFolderError(f"{path} would be written for two {items}, {first} and {case}{same}; the second would "
                                      f"replace the first, so nothing was written: rename one of them or predict them into "
                                      f"separate {what} folders")
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from pdeseg.data.files import blocking_path, describe_blocker, make_folders, remove_empty
-from pdeseg.data.outputs import check_name, check_outside, check_replaceable, written_by_pdeseg
+from pdeseg.data.outputs import check_distinct, check_name, check_outside, check_replaceable, written_by_pdeseg
 from pdeseg.data.readers.ome import OmeImage, find_ome_images, open_ome, plane_shape, write_ome_tiff, write_ome_zarr_labels
 from pdeseg.errors import ConfigError, DataError, PdesegError, RunFolderError
 from pdeseg.inference.shard import select_shard
@@ -107,7 +107,7 @@ def _check_targets(plans: list[_Plan], overwrite: bool) -> None:
         RunFolderError: see :func:`pdeseg.data.outputs.check_replaceable` and
             :func:`pdeseg.data.outputs.check_outside`.
     """
-    targets = [p.target.resolve() for p in plans]
+    check_distinct({str(p.image): [p.target.resolve()] for p in plans}, items="images")  # case differences count as one
     for plan in plans:
         folder = plan.target.parent
         blocker = blocking_path(folder)
@@ -119,8 +119,6 @@ def _check_targets(plans: list[_Plan], overwrite: bool) -> None:
         elif plan.target.resolve().parent != (plan.image / "labels").resolve():
             raise RunFolderError(f"{plan.target} does not lie in {plan.image / 'labels'} (a symbolic link?); choose another "
                                  "--labels-name")
-        if targets.count(plan.target.resolve()) > 1:
-            raise RunFolderError(f"two images would write {plan.target}; segment them into separate --output folders")
         check_replaceable(plan.target, overwrite, what)
 
 
