@@ -18,7 +18,6 @@ import logging
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from conftest import shared_data
