@@ -258,7 +258,7 @@ def _rows():
                 row = {"model": model, "seed": seed, "split": "test", "case": case, "domain": domain,
                        "dice_fg": dice + offset + 0.1 * seed, "bf1_2": 0.4 + seed * 0.2}
                 if domain == "nuclei":
-                    row.update(dsb_score=0.3 * (seed + 1), ap50=0.6)
+                    row.update(dsb_score=0.3 * (seed + 1), ap50=0.6, mask_ap=0.3 + 0.2 * seed)
                 rows.append(row)
             rows.append({"model": model, "seed": seed, "split": "val", "case": "v", "domain": "nuclei", "dice_fg": 0.0})
     return rows
@@ -275,12 +275,12 @@ def test_domain_table_means_over_seeds_of_case_means():
     assert nuclei["dice_fg"] == pytest.approx(0.65)  # seeds 0.6 and 0.7; the val case is left out
     assert em["dice_fg"] == pytest.approx(0.25) and table[2]["dice_fg"] == pytest.approx(0.35)
     assert nuclei["bf1_2"] == pytest.approx(0.5) and nuclei["dsb_score"] == pytest.approx(0.45)
-    assert nuclei["ap50"] == pytest.approx(0.6)
+    assert nuclei["ap50"] == pytest.approx(0.6) and nuclei["mask_ap"] == pytest.approx(0.4)
     assert em["dsb_score"] is None and em["ap50"] is None  # no objects: no instance metrics
     assert domain_table(_rows(), "model", names=["pde", "unet"])[0]["model"] == "pde"
     text = domain_markdown(table)
-    assert "Test metrics per domain" in text and "| unet | nuclei | 0.650 | 0.500 | 0.450 | 0.600 | 2 |" in text
-    assert "| unet | em | 0.250 | 0.500 | - | - | 1 |" in text
+    assert "Test metrics per domain" in text and "| unet | nuclei | 0.650 | 0.500 | 0.450 | 0.600 | 0.400 | 2 |" in text
+    assert "| unet | em | 0.250 | 0.500 | - | - | - | 1 |" in text
     plain = [{k: v for k, v in r.items() if k != "domain"} for r in _rows()]
     assert domain_table(plain) == [] and domain_markdown([]) == ""
     blank = [{**r, "domain": ""} for r in _rows()]
