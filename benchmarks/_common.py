@@ -322,6 +322,19 @@ def report_load(t_start: float, load0: float, device, consequence: str) -> tuple
     return load
 
 
+def run_logged(cmd: list[str], log) -> float:
+    """Run a command (a ``pdeseg`` call) with its output to the file ``log``; returns the wall
+    time in seconds, or exits naming the command and its log when it fails."""
+    import subprocess
+
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+    if proc.returncode:
+        sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}; see {log}")
+    return time.perf_counter() - t0
+
+
 def save_json(path: str, payload: dict) -> None:
     with open(path, "w") as f:
         json.dump(payload, f, indent=2)

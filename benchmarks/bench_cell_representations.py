@@ -38,13 +38,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import subprocess
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+
+from _common import run_logged
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "cells_dsb.yaml"
@@ -71,16 +71,6 @@ def machine() -> str:
     return f"{cpu}; {dev}; torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
-def run(cmd: list[str], log: Path) -> float:
-    """Run a pdeseg command, its output to ``log``; returns the wall time (s)."""
-    t0 = time.perf_counter()
-    with open(log, "w") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
-    if proc.returncode:
-        sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}; see {log}")
-    return time.perf_counter() - t0
-
-
 def run_dir(folder: Path, config: Path) -> Path:
     """Where ``pdeseg train --out folder/run`` puts the run of ``config`` (its ``name``, model ``unet``)."""
     import yaml
@@ -98,12 +88,12 @@ def train_and_score(rep: str, seed: int, args) -> tuple[list[dict], dict]:
     if "train_s" not in facts:
         sets = [*SETTINGS[rep], f"train.seed={seed}", f"train.epochs={args.epochs}", f"data.cache_dir={Path(args.out) / 'cache'}",
                 *args.set]
-        facts["train_s"] = run([*pdeseg, "train", "--config", str(args.config), "--data", args.data, "--out",
+        facts["train_s"] = run_logged([*pdeseg, "train", "--config", str(args.config), "--data", args.data, "--out",
                                 str(folder / "run"), "--no-progress", "--set", *sets], folder / "train.log")
         facts_file.write_text(json.dumps(facts))
     per_case = folder / "eval" / "per_case.csv"
     if not per_case.is_file():
-        facts["eval_s"] = run([*pdeseg, "evaluate", "--checkpoint", str(run_dir(folder, Path(args.config)) / "best.pt"), "--split", "test",
+        facts["eval_s"] = run_logged([*pdeseg, "evaluate", "--checkpoint", str(run_dir(folder, Path(args.config)) / "best.pt"), "--split", "test",
                                "--out", str(folder / "eval"), "--figures", "0"], folder / "eval.log")
         facts_file.write_text(json.dumps(facts))
     with open(per_case) as f:

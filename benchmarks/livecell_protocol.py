@@ -29,12 +29,12 @@ import argparse
 import csv
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+
+from _common import run_logged
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "cells_livecell_unseen_type.yaml"
@@ -47,15 +47,6 @@ METRICS = ("mask_ap", "mask_ap50", "mask_ap75", "dsb_score", "ap50", "bf1_2", "d
 PAIRED = ("mask_ap", "dsb_score", "bf1_2")
 
 
-def run(cmd: list[str], log: Path) -> float:
-    t0 = time.perf_counter()
-    with open(log, "w") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
-    if proc.returncode:
-        sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}; see {log}")
-    return time.perf_counter() - t0
-
-
 def ms(values) -> str:
     a = np.asarray(list(values), float)
     return f"{a.mean():.3f} ± {a.std(ddof=1) if a.size > 1 else 0.0:.3f}"
@@ -65,7 +56,7 @@ def job(name: str, args) -> None:
     domains, extra = JOBS[name]
     out = Path(args.out) / name
     pdeseg = [sys.executable, "-m", "pdeseg"]
-    wall = run([*pdeseg, "ablate", "--config", str(CONFIG), "--data", args.data, "--seeds", str(args.seeds), "--out",
+    wall = run_logged([*pdeseg, "ablate", "--config", str(CONFIG), "--data", args.data, "--seeds", str(args.seeds), "--out",
                 str(out), "--no-progress", "--set", f"data.split.domains={domains}", *extra], out.parent / f"{name}.log")
     with open(out / "test_cases.csv") as f:
         rows = [r for r in csv.DictReader(f) if r["split"] == "test"]
@@ -80,7 +71,7 @@ def job(name: str, args) -> None:
         for s in seeds:
             ev = out / "runs" / v / f"seed{s}" / "eval_test"
             if not (ev / "summary.json").is_file():
-                run([*pdeseg, "evaluate", "--checkpoint", str(out / "runs" / v / f"seed{s}" / "best.pt"), "--split", "test",
+                run_logged([*pdeseg, "evaluate", "--checkpoint", str(out / "runs" / v / f"seed{s}" / "best.pt"), "--split", "test",
                      "--out", str(ev), "--no-progress"], ev.parent / "eval_test.log")
             pooled[v, s] = json.loads((ev / "summary.json").read_text())["pooled"]
     print(f"\n## {name}: train {domains}{' ' + ' '.join(extra) if extra else ''}; {len(cases)} unseen test images, "

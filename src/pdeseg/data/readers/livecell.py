@@ -252,18 +252,11 @@ def check_segmentation(segmentation: Any, size: tuple[int, int] | None, where: s
             raise CellDataError(f"{where}: RLE counts must be a list of run lengths or a compressed string, "
                                 f"got {type(counts).__name__}")
         return
-    if isinstance(segmentation, tuple) and segmentation and all(isinstance(p, np.ndarray) for p in segmentation):
-        for part in segmentation:  # a polygon compacted by the json reader (pdeseg.data.readers.coco_json)
-            if not np.isfinite(part).all():
-                raise CellDataError(f"{where}: polygon coordinates must be finite numbers")
-            if len(part) % 2:
-                raise CellDataError(f"{where}: a polygon needs x, y pairs, got {len(part)} numbers")
-            if len(part) < 6:
-                raise CellDataError(f"{where}: a polygon needs at least 3 points, got {len(part) // 2}")
-        return
-    if isinstance(segmentation, list) and segmentation and all(isinstance(p, list) for p in segmentation):
-        for part in segmentation:
-            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in part):
+    compacted = isinstance(segmentation, tuple) and segmentation and all(isinstance(p, np.ndarray) for p in segmentation)
+    if compacted or (isinstance(segmentation, list) and segmentation and all(isinstance(p, list) for p in segmentation)):
+        for part in segmentation:  # lists as parsed, or float arrays compacted by pdeseg.data.readers.coco_json
+            numbers = compacted or all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in part)
+            if not numbers or not np.isfinite(np.asarray(part, dtype=np.float64)).all():
                 raise CellDataError(f"{where}: polygon coordinates must be finite numbers")
             if len(part) % 2:
                 raise CellDataError(f"{where}: a polygon needs x, y pairs, got {len(part)} numbers")
