@@ -1,5 +1,6 @@
-"""``backend: auto`` (issue 36): ONNX Runtime where it can run and its export reproduces
-PyTorch's logits, PyTorch otherwise, with the reason logged once."""
+"""``backend: auto`` (issue 36): ONNX Runtime where PyTorch would run fp32 on a CPU and the export
+reproduces PyTorch's logits; PyTorch otherwise (bf16 autocast on CPUs with bf16 instructions,
+measured faster), with the reason logged once."""
 
 from __future__ import annotations
 
@@ -41,11 +42,23 @@ def test_auto_is_the_command_line_default_and_runs_the_verified_export_in_onnx_r
         args = build_parser().parse_args([command, "--checkpoint", str(checkpoint), "--input", "x", "--output", "y"]
                                          if command == "predict" else [command, "--checkpoint", str(checkpoint)])
         assert _inference_options(args).backend == "auto"
-    auto = Predictor.from_checkpoint(checkpoint, InferenceOptions(device="cpu", backend="auto"))
+    auto = Predictor.from_checkpoint(checkpoint, InferenceOptions(device="cpu", precision="32", backend="auto"))
     plain = Predictor.from_checkpoint(checkpoint, InferenceOptions(device="cpu", precision="32", backend="torch"))
     assert _is_onnx(auto) and not _is_onnx(plain)
     x = torch.randn(2, 4, 37, 29)
     assert float((auto.logits(x) - plain.logits(x)).abs().max()) < 1e-4
+
+
+@pytest.mark.parametrize("fast_bf16", [False, True])
+def test_auto_takes_onnx_runtime_where_pytorch_would_run_fp32_and_pytorch_bf16_where_the_cpu_has_it(
+        checkpoint, monkeypatch, fast_bf16):
+    import pdeseg.runtime
+
+    monkeypatch.setattr(pdeseg.runtime, "cpu_has_fast_bf16", lambda: fast_bf16)
+    predictor = Predictor.from_checkpoint(checkpoint, InferenceOptions(device="cpu", backend="auto"))
+    assert _is_onnx(predictor) is not fast_bf16
+    why = torch_reason(InferenceOptions(backend="auto"), torch.device("cpu"))
+    assert (why is None) is not fast_bf16 and (why is None or "bf16 instructions" in why)
 
 
 @pytest.mark.parametrize("options, reason", [
@@ -68,7 +81,8 @@ def test_auto_keeps_pytorch_when_onnx_runtime_is_missing_or_the_export_differs(c
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
-    assert "onnxruntime is not installed" in torch_reason(InferenceOptions(backend="auto"), torch.device("cpu"))
+    assert "onnxruntime is not installed" in torch_reason(InferenceOptions(precision="32", backend="auto"),
+                                                          torch.device("cpu"))
     monkeypatch.setattr(importlib.util, "find_spec", real)
 
     def differs(*args, **kwargs):
@@ -76,7 +90,7 @@ def test_auto_keeps_pytorch_when_onnx_runtime_is_missing_or_the_export_differs(c
 
     monkeypatch.setattr(export, "export_model", differs)
     with caplog.at_level(logging.INFO, logger="pdeseg.inference.predict"):
-        predictor = Predictor.from_checkpoint(checkpoint, InferenceOptions(device="cpu", backend="auto"))
+        predictor = Predictor.from_checkpoint(checkpoint, InferenceOptions(device="cpu", precision="32", backend="auto"))
     assert not _is_onnx(predictor)
     assert any("its ONNX export is not usable" in r.getMessage() and "differ" in r.getMessage() for r in caplog.records)
     with pytest.raises(export.ExportError):  # asked for by name, the fault is an error

@@ -610,8 +610,9 @@ def _add_inference_options(s: argparse.ArgumentParser) -> None:
                         "is cropped as in training by default; the result is pasted back on the input grid either way)")
     s.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto",
                    help="run the network in PyTorch, or export it to ONNX when loaded and run it in ONNX Runtime (CPU, "
-                        "fp32; faster on CPUs, see benchmarks/bench_predict.py); auto (default): ONNX Runtime on a CPU "
-                        "where it is installed and the export reproduces PyTorch's logits, else PyTorch")
+                        "fp32); auto (default): the faster measured, ONNX Runtime on a CPU that PyTorch would run in "
+                        "fp32 (installed, its export reproducing PyTorch's logits), else PyTorch (bf16 on CPUs with bf16 "
+                        "instructions); see benchmarks/bench_predict.py")
 
 
 def _add_ome_options(s: argparse.ArgumentParser) -> None:

@@ -49,11 +49,13 @@ class InferenceOptions:
         backend: ``torch``, or ``onnxruntime``: the network is exported to ONNX when loaded
             (:mod:`pdeseg.inference.export`, checked against PyTorch) and run by ONNX Runtime on
             the CPU in fp32; everything around it (preprocessing, windows, TTA, stitching) is
-            the same. ``auto`` (the default of ``pdeseg predict`` and ``evaluate``):
-            ``onnxruntime`` on a CPU where onnx and onnxruntime are installed, without
-            ``compile`` or a ``precision`` other than auto / 32, when the export reproduces
-            PyTorch's logits; else ``torch`` (the reason logged once). The default here stays
-            ``torch``, so that studies and validation score with PyTorch's exact logits.
+            the same. ``auto`` (the default of ``pdeseg predict`` and ``evaluate``): the
+            faster one measured: ``onnxruntime`` on a CPU where PyTorch would run fp32 (no bf16
+            instructions, or ``precision: 32``), onnx and onnxruntime are installed, there is no
+            ``compile``, and the export reproduces PyTorch's logits; else ``torch`` (on a CPU
+            with bf16 instructions PyTorch's bf16 autocast was measured faster than ONNX
+            Runtime's fp32), the reason logged once. The default here stays ``torch``, so that
+            studies and validation score with PyTorch's exact logits.
         diameter: cell models: the objects' diameter in pixels, ``"auto"`` (estimated in each
             image) or ``"off"``; the image is rescaled so that its objects have the size the
             model was trained at, and the cells are mapped back

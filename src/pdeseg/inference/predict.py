@@ -714,8 +714,13 @@ def _on_backend(model: nn.Module, spec: TaskSpec, options: InferenceOptions, dev
 
 def torch_reason(options: InferenceOptions, device: torch.device) -> str | None:
     """Why ``backend: auto`` keeps PyTorch for these options on ``device``, or None when ONNX
-    Runtime can run the network (the faster one on CPUs, ``benchmarks/bench_predict.py``)."""
+    Runtime runs the network: on a CPU where PyTorch would run fp32 (ONNX Runtime's fp32 was
+    measured 1.39x faster there, ``benchmarks/bench_onnx.py``). Where ``precision: auto`` gives
+    bf16 autocast (a CPU with bf16 instructions), PyTorch stays: its bf16 forward was measured
+    1.4-1.5x faster than ONNX Runtime's fp32 (``benchmarks/bench_predict.py``, issue 36)."""
     import importlib.util
+
+    from pdeseg.runtime import resolve_precision
 
     if device.type != "cpu":
         return f"the device is {device} (ONNX Runtime runs on the CPU here)"
@@ -723,6 +728,9 @@ def torch_reason(options: InferenceOptions, device: torch.device) -> str | None:
         return "--compile asks for torch.compile"
     if options.precision not in ("auto", "32"):
         return f"--precision {options.precision} is a PyTorch autocast"
+    if options.precision == "auto" and resolve_precision("auto", device) == "bf16-mixed":
+        return ("this CPU has bf16 instructions, where PyTorch's bf16 autocast was measured faster than ONNX Runtime's "
+                "fp32 (--backend onnxruntime or --precision 32 to run ONNX Runtime)")
     missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
     if missing:
         return f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed (pip install 'pdeseg[deploy]')"
