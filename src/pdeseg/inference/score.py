@@ -336,7 +336,7 @@ def _gather(result: Scores, order: list[str]) -> Scores:
     torch.distributed.all_gather_object(parts, (result.rows, result.loss, result.units, result.mask_ap_images))
     rows = {r["case"]: r for p in parts for r in p[0]}
     weighted = [(p[1], p[2]) for p in parts if p[1] is not None and p[2]]
-    loss = sum(l * n for l, n in weighted) / sum(n for _, n in weighted) if weighted else None
+    loss = sum(value * n for value, n in weighted) / sum(n for _, n in weighted) if weighted else None
     pooled: dict[str, float] = {}
     images = [p[3] for p in parts if p[3] is not None]
     if images:  # the pooled AP of every process's images together

@@ -40,7 +40,7 @@ pixels outside the image are not neighbours, so an object cut by the image frame
 boundary along the frame, and a mask that fills the whole image has no boundary at all
 (:func:`boundary_f1` can count the frame instead, ``image_border=True``).
 
-Dependencies: numpy, scipy (``ndimage``, ``optimize``) and scikit-image (``segmentation``).
+Dependencies: numpy, scipy (``ndimage``, ``optimize``); scikit-image through :mod:`pdeseg.data.pipeline.label_geometry`.
 """
 
 from __future__ import annotations
@@ -52,10 +52,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 from scipy.optimize import linear_sum_assignment
-from skimage.segmentation import find_boundaries, watershed
 
 from pdeseg.data.pipeline.label_geometry import (
-    _binary,
     _boundary,
     _labels,
     _relabel,
@@ -64,7 +62,6 @@ from pdeseg.data.pipeline.label_geometry import (
     instances_from_mask,
 )
 from pdeseg.metrics.segmentation import _check_spacing as segmentation_spacing
-from pdeseg.metrics.segmentation import _to_numpy
 
 __all__ = [
     "DSB_THRESHOLDS",
