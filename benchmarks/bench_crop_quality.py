@@ -9,6 +9,7 @@ format's empty-mask rule). Variants (``--variants``; the first is the reference 
 table):
 
 * ``nocrop``: the model trained without the crop (``--nocrop``), PyTorch fp32, no crop;
+* ``nocrop-crop``: that model cropped at inference only (``InferenceOptions(crop=True)``);
 * ``crop``: the model trained with the crop (``--crop``), PyTorch fp32, cropped as trained;
 * ``crop-off``: that model on the whole case (``--no-crop``);
 * ``crop-m8``: that model cropped with an 8-voxel margin;
@@ -40,7 +41,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-ALL = ["nocrop", "crop", "crop-off", "crop-m8", "bf16", "ort", "ort-int8-dyn", "ort-int8-static"]
+ALL = ["nocrop", "nocrop-crop", "crop", "crop-off", "crop-m8", "bf16", "ort", "ort-int8-dyn", "ort-int8-static"]
 
 
 def _onnx_graph(predictor) -> bytes:
@@ -116,6 +117,8 @@ def _predictor(variant: str, crop_ckpt: Path, nocrop_ckpt: Path | None, calibrat
     fp32 = InferenceOptions(device="cpu", precision="32", backend="torch")
     if variant == "nocrop":
         return Predictor.from_checkpoint(nocrop_ckpt, fp32)
+    if variant == "nocrop-crop":
+        return Predictor.from_checkpoint(nocrop_ckpt, fp32.replace(crop=True))
     if variant == "crop":
         return Predictor.from_checkpoint(crop_ckpt, fp32)
     if variant == "crop-off":
@@ -175,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, speed = [], {}
     with tempfile.TemporaryDirectory(prefix="pdeseg-crop-quality-") as tmp:
         for variant in args.variants:
-            if variant == "nocrop" and args.nocrop is None:
+            if variant.startswith("nocrop") and args.nocrop is None:
                 continue
             try:
                 predictor = _predictor(variant, args.crop, args.nocrop, calibration_cases, Path(tmp))

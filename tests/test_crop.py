@@ -81,17 +81,27 @@ def _cfg(**data):
     return config_from_dict({"data": {"root": "", **data}})
 
 
-def test_crop_default_resolves_on_for_volumes_with_a_fixed_sample_size():
+def test_crop_is_off_by_default_and_applies_to_volumes_only():
     from pdeseg.build import crop_nonzero
 
-    assert crop_nonzero(_cfg(mode="patches", spatial_size=[8, 8, 8]).data, 3)
-    assert crop_nonzero(_cfg(mode="slices", spatial_size=[64, 64]).data, 3)
-    assert not crop_nonzero(_cfg(mode="slices").data, 3)  # slices of each case's own size: no batch of cropped ones
-    assert not crop_nonzero(_cfg(mode="slices", spatial_size=[64, 64], resize=True).data, 3)  # would change the scale
-    assert not crop_nonzero(_cfg(mode="slices", spatial_size=[64, 64]).data, 2)  # 2D images stay whole
-    assert not crop_nonzero(_cfg(mode="patches", spatial_size=[8, 8, 8], crop_nonzero=False).data, 3)
+    assert not crop_nonzero(_cfg(mode="patches", spatial_size=[8, 8, 8]).data, 3)  # not shown to keep quality in training
+    assert crop_nonzero(_cfg(mode="patches", spatial_size=[8, 8, 8], crop_nonzero=True).data, 3)
+    assert crop_nonzero(_cfg(mode="slices", spatial_size=[64, 64], crop_nonzero=True).data, 3)
+    assert not crop_nonzero(_cfg(mode="slices", spatial_size=[64, 64], crop_nonzero=True).data, 2)  # 2D images stay whole
     assert TaskSpec(format="brats", modalities=MODALITIES, normalization="zscore", mode="slices", spatial_dims=2,
                     num_classes=4, class_names=CLASSES).crop_nonzero is False  # a checkpoint from before: not cropped
+
+
+def test_predict_crop_flags():
+    from pdeseg.cli import _inference_options, build_parser
+
+    def crop(*flags):
+        return _inference_options(build_parser().parse_args(["predict", "--checkpoint", "c", "--input", "i",
+                                                             "--output", "o", *flags])).crop
+
+    assert crop() is None and crop("--crop") is True and crop("--no-crop") is False
+    with pytest.raises(SystemExit):
+        crop("--crop", "--no-crop")
 
 
 def test_crop_without_a_sample_size_is_refused_in_one_line():

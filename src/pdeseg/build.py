@@ -155,12 +155,9 @@ def resolve(cfg: ExperimentConfig) -> Experiment:
 
 
 def crop_nonzero(d, case_dims: int) -> bool:
-    """``data.crop_nonzero`` resolved: as set, or (None) on for 3D volumes whose samples have a
-    fixed size without resizing (patches, or slices / whole cases with a ``spatial_size`` and
-    no ``resize``); 2D images, and slices resized or of their case's own size, stay whole."""
-    if d.crop_nonzero is not None:
-        return bool(d.crop_nonzero)
-    return case_dims == 3 and d.spatial_size is not None and not d.resize
+    """``data.crop_nonzero`` as the task spec records it: cropping applies to 3D volumes only (a
+    2D image is never cropped, see :mod:`pdeseg.data.pipeline.preprocess`)."""
+    return bool(d.crop_nonzero) and case_dims == 3
 
 
 def _representation(fmt: DataFormat, options: Mapping[str, Any], slice_axes: Sequence[int], output: str):

@@ -605,9 +605,13 @@ def _add_inference_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--compile", action="store_true",
                    help="run the network through torch.compile (compiled at the first batch; pays on long runs, see "
                         "benchmarks/bench_predict.py)")
-    s.add_argument("--no-crop", dest="crop", action="store_const", const=False, default=None,
-                   help="segment the whole case, not only its non-zero box (a model trained with data.crop_nonzero "
-                        "is cropped as in training by default; the result is pasted back on the input grid either way)")
+    crop = s.add_mutually_exclusive_group()
+    crop.add_argument("--crop", dest="crop", action="store_const", const=True, default=None,
+                      help="segment only each case's non-zero box (the brain of a skull-stripped scan) and paste the "
+                           "result back on the input grid; same Dice, about 2.4x faster on BraTS (default: as the model "
+                           "was trained, data.crop_nonzero)")
+    crop.add_argument("--no-crop", dest="crop", action="store_const", const=False,
+                      help="segment the whole case, also for a model trained with data.crop_nonzero")
     s.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto",
                    help="run the network in PyTorch, or export it to ONNX when loaded and run it in ONNX Runtime (CPU, "
                         "fp32); auto (default): the faster measured, ONNX Runtime on a CPU that PyTorch would run in "
