@@ -19,9 +19,10 @@ ahead, as since issue 26):
 
 * ``before``: the path before issue 36: PyTorch at ``--precision`` (auto: bf16 autocast where
   the CPU has bf16 instructions), the whole case (``--no-crop``);
-* ``crop``: PyTorch, the case cropped to its non-zero box (as the config trains) and pasted back;
+* ``crop``: PyTorch, the case cropped to its non-zero box (``--crop``) and pasted back;
 * ``onnxruntime``: ONNX Runtime fp32, the whole case;
-* ``after``: the defaults after issue 36: ``--backend auto`` (ONNX Runtime here) and the crop;
+* ``after``: ``predict --crop`` with the other defaults after issue 36 (``--backend auto``: PyTorch bf16 on
+  CPUs with bf16 instructions, else ONNX Runtime);
 * ``compiled`` (``--compile``): PyTorch through ``torch.compile`` with the crop (its compile
   time reported apart: it is paid once per process and input shape).
 
@@ -210,10 +211,10 @@ def path_options(precision: str) -> dict:
     from pdeseg.inference.options import InferenceOptions
 
     return {"before": InferenceOptions(precision=precision, backend="torch", crop=False),
-            "crop": InferenceOptions(precision=precision, backend="torch"),
+            "crop": InferenceOptions(precision=precision, backend="torch", crop=True),
             "onnxruntime": InferenceOptions(backend="onnxruntime", crop=False),
-            "after": InferenceOptions(backend="auto"),  # predict's defaults
-            "compiled": InferenceOptions(precision=precision, backend="torch", compile=True)}
+            "after": InferenceOptions(backend="auto", crop=True),  # predict --crop, otherwise its defaults
+            "compiled": InferenceOptions(precision=precision, backend="torch", compile=True, crop=True)}
 
 
 def main(argv: list[str] | None = None) -> int:
