@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from conftest import tiny_config_dict
 
-from pdeseg.config import ConfigError, config_from_dict
+from pdeseg.config import config_from_dict
+from pdeseg.errors import ConfigError
 from pdeseg.experiments.ablate import grid_variants, parse_grid, run_ablation, variant_config
 from pdeseg.experiments.stats import seed_noise_comparison
 from pdeseg.viz.report import referenced_files

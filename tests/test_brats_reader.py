@@ -202,7 +202,8 @@ def test_mixed_case_naming_needs_a_stated_convention(tmp_path):
 
 def test_format_options_are_checked_against_the_format(tmp_path):
     from pdeseg.build import resolve
-    from pdeseg.config import ConfigError, config_from_dict
+    from pdeseg.config import config_from_dict
+    from pdeseg.errors import ConfigError
 
     assert resolve(config_from_dict({"data": {"format_options": {"label_convention": "brats2023"}}}))
     with pytest.raises(ConfigError, match="label_convention must be one of brats2020, brats2023"):

@@ -15,7 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pdeseg.config import ConfigError, TaskSpec, config_from_dict
+from pdeseg.config import TaskSpec, config_from_dict
+from pdeseg.errors import ConfigError
 from pdeseg.data.pipeline.splits import split_by_domain
 from pdeseg.inference.options import InferenceOptions
 

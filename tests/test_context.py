@@ -11,7 +11,8 @@ import yaml
 from conftest import tiny_config_dict
 from pdeseg.build import resolve
 from pdeseg.cli import main
-from pdeseg.config import ConfigError, config_from_dict
+from pdeseg.config import config_from_dict
+from pdeseg.errors import ConfigError
 from pdeseg.data.pipeline.sampling import SliceDataset, context_indices
 from pdeseg.inference.options import InferenceOptions
 

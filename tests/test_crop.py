@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from pdeseg.config import ConfigError, TaskSpec, config_from_dict
+from pdeseg.config import TaskSpec, config_from_dict
+from pdeseg.errors import ConfigError
 from pdeseg.data.case import LoadedCase
 from pdeseg.data.pipeline.cache import cache_case
 from pdeseg.data.pipeline.preprocess import Preprocessing, box_slices, nonzero_box, nonzero_mask

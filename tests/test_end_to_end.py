@@ -151,7 +151,7 @@ def test_checkpoint_round_trip_through_the_predictor_gives_identical_logits(phan
 
 
 def test_no_validation_split_needs_monitor_train_loss(phantom_root, tmp_path):
-    from pdeseg.config import ConfigError
+    from pdeseg.errors import ConfigError
 
     data = tiny_config_dict(phantom_root, tmp_path, epochs=1)
     data["data"]["split"] = {"fractions": [0.75, 0.0, 0.25]}

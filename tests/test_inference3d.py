@@ -17,7 +17,8 @@ import pytest
 import torch
 from torch import nn
 
-from pdeseg.config import ConfigError, TaskSpec
+from pdeseg.config import TaskSpec
+from pdeseg.errors import ConfigError
 from pdeseg.inference.options import InferenceOptions
 from pdeseg.inference.predict import (
     AUTO_STITCH_SHARE,

@@ -11,7 +11,8 @@ from torch import nn
 
 from conftest import tiny_config_dict
 from pdeseg.build import build_loss
-from pdeseg.config import ConfigError, LossTerm, apply_overrides, config_from_dict
+from pdeseg.config import LossTerm, apply_overrides, config_from_dict
+from pdeseg.errors import ConfigError
 from pdeseg.losses.composite import CompositeLoss, warmup_factor
 from pdeseg.losses.segmentation import CrossEntropyLoss, SoftDiceLoss
 from pdeseg.registry import LOSSES, LossEntry

@@ -29,7 +29,7 @@ def test_weights_combine_terms():
     ce = torch.nn.functional.cross_entropy(logits, target)
     dice = soft_dice_loss(logits, target)
     assert float(CEDiceLoss(2.0, 0.5)(logits, target)) == pytest.approx(float(2 * ce + 0.5 * dice), rel=1e-5)
-    from pdeseg.config import ConfigError
+    from pdeseg.errors import ConfigError
 
     with pytest.raises(ConfigError, match="weight 0"):
         CEDiceLoss(0.0, 0.0)

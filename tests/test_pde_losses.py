@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pdeseg.config import ConfigError, load_config
+from pdeseg.config import load_config
+from pdeseg.errors import ConfigError
 from pdeseg.experiments.ablate import config_variants, variant_config
 from pdeseg.losses.composite import CompositeLoss
 from pdeseg.losses.pde import PDEConsistencyLoss, TotalVariationLoss, total_variation

@@ -20,8 +20,8 @@ from torch import nn
 from conftest import shared_data
 from pdeseg import pretrained
 from pdeseg.cli import main
-from pdeseg.config import ConfigError, TaskSpec
-from pdeseg.errors import CheckpointError
+from pdeseg.config import TaskSpec
+from pdeseg.errors import CheckpointError, ConfigError
 from pdeseg.inference.options import InferenceOptions
 from pdeseg.pretrained import CARD, PRETRAINED, SPLIT, WEIGHTS, Pretrained
 

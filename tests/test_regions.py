@@ -14,7 +14,8 @@ import yaml
 from conftest import tiny_config_dict
 from pdeseg.build import build_loss, resolve
 from pdeseg.cli import main
-from pdeseg.config import ConfigError, config_from_dict
+from pdeseg.config import config_from_dict
+from pdeseg.errors import ConfigError
 from pdeseg.inference.options import InferenceOptions
 from pdeseg.losses.segmentation import region_bce_loss, soft_dice_loss
 from pdeseg.nn.output import (class_probabilities, logits_from_probabilities, make_head, predicted_classes,

@@ -10,7 +10,8 @@ import yaml
 
 from conftest import tiny_config_dict
 from pdeseg.cli import main
-from pdeseg.config import ConfigError, config_from_dict, load_config
+from pdeseg.config import config_from_dict, load_config
+from pdeseg.errors import ConfigError
 from pdeseg.data.phantoms.brats import write_phantom_dataset
 from pdeseg.data.pipeline.prepare import PreparedData
 from pdeseg.data.pipeline.perturb import KINDS, bias_log_field, check_kind, check_level, intensity_scale, perturb, perturbation_rng

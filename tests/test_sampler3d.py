@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import pdeseg.data.pipeline.cache as cache_mod
-from pdeseg.config import AugmentConfig, ConfigError, config_from_dict
+from pdeseg.config import AugmentConfig, config_from_dict
+from pdeseg.errors import ConfigError
 from pdeseg.data.phantoms.brats import write_phantom_dataset
 from pdeseg.data.pipeline.cache import cache_case, foreground_locations
 from pdeseg.data.pipeline.sampling import PatchDataset

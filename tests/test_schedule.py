@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from pdeseg.build import build_optimizer, build_scheduler
-from pdeseg.config import ConfigError, TrainConfig, config_from_dict
+from pdeseg.config import TrainConfig, config_from_dict
+from pdeseg.errors import ConfigError
 from pdeseg.nn.pde.cable import CableBlock
 
 

@@ -31,7 +31,8 @@ def _pdeseg_imports(path: Path) -> set[str]:
 
 
 def test_import_layering():
-    assert _pdeseg_imports(SRC / "config.py") == set(), "config.py is the leaf: it imports nothing from pdeseg"
+    assert _pdeseg_imports(SRC / "errors.py") == set(), "errors.py is a leaf: it imports nothing from pdeseg"
+    assert _pdeseg_imports(SRC / "config.py") == {"pdeseg.errors"}, "config.py imports nothing from pdeseg but errors"
     lower = ("nn", "losses", "metrics", "data")
     upper = ("pdeseg.training", "pdeseg.inference", "pdeseg.experiments", "pdeseg.viz", "pdeseg.build", "pdeseg.cli")
     for package in lower:

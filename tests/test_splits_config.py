@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 
 from pdeseg.build import resolve
-from pdeseg.config import ConfigError, load_config
+from pdeseg.config import load_config
+from pdeseg.errors import ConfigError
 from pdeseg.data.pipeline.splits import split_cases
 
 IDS = [f"case_{i:03d}" for i in range(20)]
@@ -102,7 +103,8 @@ def test_paper_003_config_protocol():
 
 
 def test_format_config_errors_are_clear():
-    from pdeseg.config import ConfigError, config_from_dict
+    from pdeseg.config import config_from_dict
+    from pdeseg.errors import ConfigError
 
     check = lambda d: resolve(config_from_dict(d))  # noqa: E731
     with pytest.raises(ConfigError, match="data.format"):

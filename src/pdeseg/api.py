@@ -30,8 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pdeseg.config import ConfigError
-from pdeseg.errors import DataError, PdesegError
+from pdeseg.errors import ConfigError, DataError, PdesegError
 
 if TYPE_CHECKING:
     import torch

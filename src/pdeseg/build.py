@@ -24,7 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from pdeseg.config import ConfigError, ExperimentConfig, LossConfig, ModelConfig, TaskSpec, TrainConfig
+from pdeseg.config import ExperimentConfig, LossConfig, ModelConfig, TaskSpec, TrainConfig
+from pdeseg.errors import ConfigError
 from pdeseg.data.formats import DataFormat, DatasetInfo, get_format
 from pdeseg.losses.composite import CompositeLoss
 from pdeseg.nn.output import OutputHead, head_of, make_head, output_channels

@@ -37,8 +37,8 @@ from torch import nn
 from pydantic import ValidationError
 
 from pdeseg import __version__
-from pdeseg.config import ConfigError, ExperimentConfig, TaskSpec, config_from_dict
-from pdeseg.errors import CheckpointError, RunFolderError
+from pdeseg.config import ExperimentConfig, TaskSpec, config_from_dict
+from pdeseg.errors import CheckpointError, ConfigError, RunFolderError
 from pdeseg.registry import build_model
 
 log = logging.getLogger(__name__)

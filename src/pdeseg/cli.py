@@ -71,7 +71,7 @@ def _list_architectures() -> int:
 
 
 def cmd_phantom(args: argparse.Namespace) -> int:
-    from pdeseg.config import ConfigError
+    from pdeseg.errors import ConfigError
     from pdeseg.data.files import check_output_folder
     from pdeseg.data.phantoms.brats import write_lgg_phantom_dataset, write_phantom_dataset
 
@@ -128,7 +128,7 @@ def _load_cfg(args: argparse.Namespace):
 
 def _format_options(args: argparse.Namespace) -> dict | None:
     """``--format-option key=value ...`` as a dict (None when none is given)."""
-    from pdeseg.config import ConfigError
+    from pdeseg.errors import ConfigError
 
     options = {}
     for item in args.format_option or []:
@@ -222,7 +222,7 @@ def cmd_export_nnunet(args: argparse.Namespace) -> int:
 
     if args.config:
         if args.format:
-            from pdeseg.config import ConfigError
+            from pdeseg.errors import ConfigError
 
             raise ConfigError("--format with --config: the config's data.format decides")
         d = load_config(args.config, [f"data.root={args.data}"]).data
@@ -249,7 +249,7 @@ def cmd_export_nnunet(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from pdeseg.build import resolve
-    from pdeseg.config import ConfigError
+    from pdeseg.errors import ConfigError
     from pdeseg.runtime import is_main_process
     from pdeseg.training.run import train_model
     from pdeseg.viz.figures import plot_epoch_metrics
@@ -308,7 +308,7 @@ def _init_config(args: argparse.Namespace) -> str:
     beside the run folders as ``<out>/<name>_finetune.yaml``; returns its path."""
     import yaml
 
-    from pdeseg.config import ConfigError
+    from pdeseg.errors import ConfigError
     from pdeseg.pretrained.init import init_checkpoint
 
     if not args.data:

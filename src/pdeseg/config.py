@@ -1,10 +1,10 @@
 """Typed experiment configuration: YAML in, a validated schema out, resolved YAML saved with each run.
 
-This module is the package's leaf: it imports nothing from ``pdeseg``. It checks what can
-be checked from the config alone (types, ranges, choices, list lengths, unknown keys);
-the cross-checks against the registries and the data set (the model exists and supports
-the data's dimensions, the classes match the data set, the modalities exist) run in one
-resolve step, :func:`pdeseg.build.resolve`, once the data format is known.
+This module is a leaf: it imports nothing from ``pdeseg`` but :mod:`pdeseg.errors` (itself a
+leaf). It checks what can be checked from the config alone (types, ranges, choices, list
+lengths, unknown keys); the cross-checks against the registries and the data set (the model
+exists and supports the data's dimensions, the classes match the data set, the modalities
+exist) run in one resolve step, :func:`pdeseg.build.resolve`, once the data format is known.
 
 Override any field from the command line with dotted keys, e.g.
 ``--set train.epochs=2 train.lr=1e-3 data.root=/data/BraTS2020``; values are parsed as YAML
@@ -23,16 +23,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-
-class PdesegError(Exception):
-    """Base class of every error caused by a user's input (config, data, checkpoint, device,
-    files). The command line reports these in one line with exit code 2; anything else is a
-    bug and shows its traceback. Defined here because this module is the package's leaf;
-    :mod:`pdeseg.errors` holds the whole family."""
-
-
-class ConfigError(PdesegError, ValueError):
-    """A configuration key or value is invalid; the message names it and what is allowed."""
+from pdeseg.errors import ConfigError
 
 
 #: Target value of pixels that no loss or training metric sees (outside a field of view).

@@ -4,15 +4,23 @@ The command line reports any :class:`PdesegError` in one line (the message names
 key or value and what to do) with exit code 2. Every other exception is a bug in pdeseg
 and is shown with its traceback.
 
-:class:`PdesegError` and :class:`ConfigError` are defined in :mod:`pdeseg.config` (the
-package's leaf module, which imports nothing from pdeseg) and re-exported here.
+This module is a leaf: it imports nothing from pdeseg, so every layer (the leaf
+:mod:`pdeseg.config` included) can raise these.
 """
 
 from __future__ import annotations
 
-from pdeseg.config import ConfigError, PdesegError
-
 __all__ = ["CheckpointError", "ConfigError", "DataError", "DeviceError", "PdesegError", "RunFolderError"]
+
+
+class PdesegError(Exception):
+    """Base class of every error caused by a user's input (config, data, checkpoint, device,
+    files). The command line reports these in one line with exit code 2; anything else is a
+    bug and shows its traceback."""
+
+
+class ConfigError(PdesegError, ValueError):
+    """A configuration key or value is invalid; the message names it and what is allowed."""
 
 
 class DataError(PdesegError, ValueError):

@@ -33,7 +33,8 @@ import numpy as np
 import yaml
 
 from pdeseg.build import EPOCH_METRICS, Experiment, build_loss, resolve
-from pdeseg.config import ConfigError, ExperimentConfig, ModelConfig, apply_overrides, config_from_dict
+from pdeseg.config import ExperimentConfig, ModelConfig, apply_overrides, config_from_dict
+from pdeseg.errors import ConfigError
 from pdeseg.data.pipeline.prepare import PreparedData
 from pdeseg.experiments.stats import (
     PairedResult,

@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 
 from pdeseg.build import Experiment, resolve
-from pdeseg.config import ConfigError, ExperimentConfig, ModelConfig
+from pdeseg.config import ExperimentConfig, ModelConfig
+from pdeseg.errors import ConfigError
 from pdeseg.data.pipeline.prepare import PreparedData, prepare_data
 from pdeseg.data.pipeline.splits import kfold_splits
 from pdeseg.experiments.study import Study

@@ -77,7 +77,8 @@ from typing import Any
 import numpy as np
 
 from pdeseg.build import resolve
-from pdeseg.config import ConfigError, ExperimentConfig
+from pdeseg.config import ExperimentConfig
+from pdeseg.errors import ConfigError
 from pdeseg.data.pipeline.cache import CachedCase
 from pdeseg.data.formats import get_format
 from pdeseg.data.pipeline.perturb import KINDS, check_kind, check_level, perturb, perturbation_region

@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from pdeseg.config import ConfigError
+from pdeseg.errors import ConfigError
 
 T = TypeVar("T")
 

@@ -29,8 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pdeseg.config import ConfigError
-from pdeseg.errors import CheckpointError
+from pdeseg.errors import CheckpointError, ConfigError
 
 ROOT = Path(__file__).resolve().parent
 WEIGHTS = "weights.pt"

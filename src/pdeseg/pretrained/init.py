@@ -11,7 +11,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pdeseg.config import ConfigError, TaskSpec
+from pdeseg.config import TaskSpec
+from pdeseg.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pdeseg.config import ConfigError, DataConfig, TaskSpec
+from pdeseg.config import DataConfig, TaskSpec
 from pdeseg.data.files import write_atomically
 from pdeseg.data.formats import get_format
 from pdeseg.data.pipeline.cache import CachedCase, write_cache
 from pdeseg.data.pipeline.splits import load_split, split_by_domain, split_cases
-from pdeseg.errors import DataError
+from pdeseg.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
