@@ -70,7 +70,7 @@ class _Worker(WorkerBase):
         import pdeseg.nn.baselines  # noqa: F401
         from pdeseg.build import build_loss
         from pdeseg.config import LossConfig
-        from pdeseg.registry import build_model, count_parameters
+        from pdeseg.nn.models import build_model, count_parameters
         from pdeseg.runtime import autocast
 
         self._setup(opts)

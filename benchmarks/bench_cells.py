@@ -148,7 +148,7 @@ class _StepWorker(WorkerBase):
 
         from pdeseg.build import build_loss
         from pdeseg.config import LossConfig
-        from pdeseg.registry import build_model, count_parameters
+        from pdeseg.nn.models import build_model, count_parameters
 
         self._setup(opts)
         device, precision, k, b, s = self.device, opts["precision"], len(CLASSES[name]), opts["batch"], opts["size"]
@@ -197,7 +197,7 @@ class _InferWorker(WorkerBase):
         from pdeseg.config import TaskSpec
         from pdeseg.inference.options import InferenceOptions
         from pdeseg.inference.predict import Predictor, window_count
-        from pdeseg.registry import build_model
+        from pdeseg.nn.models import build_model
 
         self._setup(opts)
         size, mode = name.split(":")

@@ -35,7 +35,7 @@ def build(name: str, args):
 
     from pdeseg.build import build_loss
     from pdeseg.config import LossConfig, LossTerm
-    from pdeseg.registry import build_model
+    from pdeseg.nn.models import build_model
 
     torch.manual_seed(0)
     if name in ("unet", "pde_unet"):

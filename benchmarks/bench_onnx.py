@@ -73,7 +73,7 @@ def _predictors(name, dims, in_ch, classes, spec_kwargs, features):
     from pdeseg.inference.export import OnnxRuntimeModel, export_model, onnx_session
     from pdeseg.inference.options import InferenceOptions
     from pdeseg.inference.predict import Predictor
-    from pdeseg.registry import build_model
+    from pdeseg.nn.models import build_model
 
     torch.manual_seed(0)
     model = build_model(name, spatial_dims=dims, in_channels=in_ch, out_channels=classes, features=features).eval()

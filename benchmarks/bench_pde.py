@@ -106,7 +106,7 @@ class _Worker(WorkerBase):
         import torch
 
         from pdeseg.build import build_loss
-        from pdeseg.registry import build_model, count_parameters
+        from pdeseg.nn.models import build_model, count_parameters
         from pdeseg.runtime import autocast
 
         self._setup(opts)

@@ -85,7 +85,7 @@ def test_failing_series_give_one_line_naming_the_series(sub):
 def _tiny_checkpoint(path: Path, name: str, dims: int, spec: dict, in_channels: int, seed: int = 0) -> Path:
     from pdeseg.checkpoint import plain_state_dict, save_checkpoint
     from pdeseg.config import TaskSpec
-    from pdeseg.registry import build_model
+    from pdeseg.nn.models import build_model
 
     torch.manual_seed(seed)
     kwargs = {"spatial_dims": dims, "in_channels": in_channels, "out_channels": spec["num_classes"], "features": [4, 8, 16, 32, 64]}

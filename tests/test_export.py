@@ -21,7 +21,7 @@ MODELS = [("unet", 2), ("pde_unet", 2), ("unet3d", 3), ("pde3d_unet", 3)]
 
 
 def _model(name: str, dims: int, in_ch: int = 2, out: int = 3):
-    from pdeseg.registry import build_model
+    from pdeseg.nn.models import build_model
 
     torch.manual_seed(0)
     model = build_model(name, spatial_dims=dims, in_channels=in_ch, out_channels=out, features=TINY)

@@ -250,7 +250,7 @@ def test_bad_stitch_tta_or_batch_size_raise_config_error():
 
 def test_from_checkpoint_checks_options_before_reading_and_keeps_them(tmp_path):
     from pdeseg.checkpoint import plain_state_dict, save_checkpoint
-    from pdeseg.registry import build_model
+    from pdeseg.nn.models import build_model
 
     with pytest.raises(ConfigError, match="overlap"):  # the file does not even exist
         Predictor.from_checkpoint(tmp_path / "missing.pt", InferenceOptions(overlap=1.0))
@@ -310,7 +310,7 @@ def test_cli_predict_and_evaluate_a_3d_patch_model_with_tta_on_files(tmp_path, c
     from pdeseg.checkpoint import plain_state_dict, save_checkpoint
     from pdeseg.cli import main
     from pdeseg.data.phantoms.brats import write_phantom_dataset
-    from pdeseg.registry import build_model
+    from pdeseg.nn.models import build_model
 
     root = tmp_path / "data"
     write_phantom_dataset(root, n_cases=2, seed=1, shape=(20, 18, 16))

@@ -15,7 +15,7 @@ from pdeseg.config import LossTerm, apply_overrides, config_from_dict
 from pdeseg.errors import ConfigError
 from pdeseg.losses.composite import CompositeLoss, warmup_factor
 from pdeseg.losses.segmentation import CrossEntropyLoss, SoftDiceLoss
-from pdeseg.registry import LOSSES, LossEntry
+from pdeseg.losses.registry import LOSSES, LossEntry
 
 
 class CountingLoss(nn.Module):

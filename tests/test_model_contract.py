@@ -14,7 +14,7 @@ from pdeseg.nn.padding import crop_to, pad_to_multiple
 from pdeseg.nn.params import NORM_LAYERS, parameter_groups
 from pdeseg.nn.pde.cable import CableBlock
 from pdeseg.nn.unet import UNet
-from pdeseg.registry import MODELS, build_model, check_model
+from pdeseg.nn.models import MODELS, build_model, check_model
 
 TINY = [4, 8, 16, 32, 64]
 IN, OUT, BATCH = 3, 5, 2

@@ -4,7 +4,7 @@ import torch
 from conftest import model_marks, tiny_model_kwargs
 from pdeseg.losses.composite import main_logits
 from pdeseg.nn.params import parameter_groups
-from pdeseg.registry import MODELS, build_model, count_parameters
+from pdeseg.nn.models import MODELS, build_model, count_parameters
 
 TINY = [8, 16, 32, 64, 128]
 #: Every registered model that runs on 2D slices (all but 3D-only ones).

@@ -16,7 +16,7 @@ from pdeseg.losses.segmentation import CrossEntropyLoss, SoftDiceLoss
 from pdeseg.nn.baselines import MonaiAttentionUnet, MonaiDynUNet, MonaiSegResNet, MonaiVNet
 from pdeseg.nn.padding import crop_scaled, pad_to_multiple
 from pdeseg.nn.unet3d import UNet3D
-from pdeseg.registry import MODELS, build_model, check_model, count_parameters
+from pdeseg.nn.models import MODELS, build_model, check_model, count_parameters
 
 NEW = ("unet3d", "monai_dynunet", "monai_vnet", "monai_swinunetr", "monai_segresnet", "monai_attentionunet")
 SMALL = (4, 8, 16)

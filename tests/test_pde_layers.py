@@ -346,7 +346,7 @@ def test_the_fused_step_equals_the_step_term_by_term(d, solver, operator, kernel
 def test_the_default_pde3d_unet_gives_the_same_logits_and_gradients_fused_or_not():
     """float32, as trained: the default model's logits agree to 1e-6 and every gradient to
     1e-5 (relative to the largest entry) whichever way its PDE layer takes a step."""
-    from pdeseg.registry import build_model
+    from pdeseg.nn.models import build_model
 
     torch.manual_seed(0)
     model = build_model("pde3d_unet", spatial_dims=3, in_channels=1, out_channels=3, features=[8, 16, 32, 64])

@@ -208,7 +208,7 @@ def test_layer_input_follows_the_sampling_mode():
 
 def _checkpoint(path, name: str, kwargs: dict, mode: str = "patches", dims: int = 3, size=(16, 16, 8)):
     from pdeseg.checkpoint import plain_state_dict, save_checkpoint
-    from pdeseg.registry import build_model
+    from pdeseg.nn.models import build_model
 
     torch.manual_seed(0)
     model = build_model(name, **kwargs)

@@ -11,7 +11,7 @@ from pdeseg.config import TaskSpec
 from pdeseg.errors import DeviceError
 from pdeseg.inference.options import InferenceOptions
 from pdeseg.inference.predict import Predictor, read_ahead
-from pdeseg.registry import build_model
+from pdeseg.nn.models import build_model
 
 SPEC = TaskSpec(format="brats", modalities=["flair", "t1", "t1ce", "t2"], normalization="zscore", mode="slices",
                 spatial_dims=2, num_classes=4, class_names=["background", "NCR", "ED", "ET"])

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from pdeseg.nn.unet import BLOCKS, UNet
-from pdeseg.registry import build_model, count_parameters
+from pdeseg.nn.models import build_model, count_parameters
 
 TINY = [8, 16, 32, 64, 128]
 

@@ -354,7 +354,7 @@ def export(checkpoint: PathLike, format: str, out: PathLike, *, overwrite: bool 
 
 def list_models() -> list[str]:
     """Names of the registered models (``pdeseg models`` describes them), sorted."""
-    from pdeseg.registry import MODELS
+    from pdeseg.nn.models import MODELS
 
     return sorted(MODELS)
 
@@ -381,7 +381,7 @@ def create_model(name: str, **kwargs: Any) -> torch.nn.Module:
     """
     import inspect
 
-    from pdeseg.registry import MODELS, build_model, check_model
+    from pdeseg.nn.models import MODELS, build_model, check_model
 
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; registered models: {', '.join(sorted(MODELS))}")

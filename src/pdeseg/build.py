@@ -30,7 +30,8 @@ from pdeseg.data.formats import DataFormat, DatasetInfo, get_format
 from pdeseg.losses.composite import CompositeLoss
 from pdeseg.nn.output import OutputHead, head_of, make_head, output_channels
 from pdeseg.nn.params import parameter_groups
-from pdeseg.registry import LOSSES, build_model, check_model, count_parameters
+from pdeseg.losses.registry import LOSSES
+from pdeseg.nn.models import build_model, check_model, count_parameters
 from pdeseg.runtime import resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,8 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts::
     training:      {"epoch", "global_step", "best_score", "best_epoch", "history"}
     optimizer, scheduler, scaler, rng   (only in ``last.pt``, for resuming exactly)
 
-Loading needs only :mod:`pdeseg.registry` and the network modules, never the trainer, so
-both training and inference use this module.
+Loading needs only the model table (:mod:`pdeseg.nn.models`) and the network modules, never
+the trainer, so both training and inference use this module.
 
 A checkpoint is written to a hidden temporary file ``.<name>.XXXXXXXX`` beside its target
 and renamed over it, so a reader never sees half a checkpoint. A process killed during the
@@ -39,7 +39,7 @@ from pydantic import ValidationError
 from pdeseg import __version__
 from pdeseg.config import ExperimentConfig, TaskSpec, config_from_dict
 from pdeseg.errors import CheckpointError, ConfigError, RunFolderError
-from pdeseg.registry import build_model
+from pdeseg.nn.models import build_model
 
 log = logging.getLogger(__name__)
 

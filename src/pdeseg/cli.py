@@ -45,7 +45,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def _list_architectures() -> int:
-    from pdeseg.registry import FORMATS, LOSSES, MODELS, build_model, count_parameters
+    from pdeseg.data.formats import FORMATS
+    from pdeseg.losses.registry import LOSSES
+    from pdeseg.nn.models import MODELS, build_model, count_parameters
 
     width = max(12, *(len(name) for name in MODELS))
     print(f"{'model':<{width}} {'dims':<6} {'parameters':>12}  description (parameters: default widths, 2D unless "

@@ -260,7 +260,7 @@ class ModelConfig(Section):
 
 
 class LossTerm(BaseModel):
-    """One weighted term of the loss: a registered loss name (``pdeseg.registry.LOSSES``), its
+    """One weighted term of the loss: a registered loss name (``pdeseg.losses.registry.LOSSES``), its
     weight, an optional warm-up schedule, and its own options (checked against the loss's
     constructor when resolved).
 

@@ -2,7 +2,7 @@
 nuclei``, ``pdeseg train --init nuclei``, ``pdeseg models nuclei``.
 
 Each shipped model is one folder of this package, named in :data:`PRETRAINED` (an explicit
-table, as :mod:`pdeseg.registry` names networks: nothing is found by scanning folders and
+table, as :mod:`pdeseg.nn.models` names networks: nothing is found by scanning folders and
 nothing is downloaded)::
 
     pretrained/<name>/

@@ -1,10 +1,9 @@
-"""Name -> constructor tables (explicit; no filesystem scanning): models, loss terms, and the
-data formats (which live in :mod:`pdeseg.data.formats` and are re-exported here).
+"""The model table: registry name -> network constructor (explicit; no filesystem scanning).
 
 A checkpoint stores the model's registry name and keyword arguments, so
-``build_model(name, **kwargs)`` rebuilds it without any training code. A config's
-``loss.terms: [{name, weight, ...options}]`` picks entries of :data:`LOSSES`. Command-line
-choices come from these tables.
+``build_model(name, **kwargs)`` rebuilds it without any training code. Command-line choices
+and ``pdeseg.list_models()`` come from :data:`MODELS`; :func:`check_model` checks a config's
+model entry without building it.
 """
 
 from __future__ import annotations
@@ -17,9 +16,6 @@ from typing import Any
 
 from torch import nn
 
-from pdeseg.data.formats import FORMATS  # noqa: F401  (re-exported: the data-format registry)
-from pdeseg.losses.pde import PDEConsistencyLoss, PhaseFieldLoss, ReactionDiffusionLoss, TotalVariationLoss
-from pdeseg.losses.segmentation import CrossEntropyLoss, InstanceMapsLoss, SoftDiceLoss
 from pdeseg.nn.pde3d_unet import PDE3DUNet
 from pdeseg.nn.pde_unet import PDEUNet
 from pdeseg.nn.unet import UNet
@@ -245,27 +241,3 @@ def _named_parameters(func: Callable[..., Any]) -> set[str]:
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
     """Number of (trainable, unless ``trainable_only=False``) parameters of ``model``."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
-
-
-@dataclass(frozen=True)
-class LossEntry:
-    """A registered loss term.
-
-    Attributes:
-        build: the constructor; its keyword arguments are the term's options in a config.
-        description: one line for listings.
-    """
-
-    build: Callable[..., nn.Module]
-    description: str
-
-
-LOSSES: dict[str, LossEntry] = {
-    "ce": LossEntry(CrossEntropyLoss, "cross-entropy (binary CE for a one-channel sigmoid head); option class_weights"),
-    "dice": LossEntry(SoftDiceLoss, "soft Dice with squared denominators (paper 000 eq. 4); options eps, include_background"),
-    "pde_consistency": LossEntry(PDEConsistencyLoss, "PDE layers' implicit-step residual reported by the model (paper 001); 0 without PDE layers"),
-    "tv": LossEntry(TotalVariationLoss, "smoothed isotropic total variation of the foreground probabilities; options eps, channels (classes|union)"),
-    "phase_field": LossEntry(PhaseFieldLoss, "Modica-Mortola interface energy of the foreground probabilities (paper 004); options eps, channels (classes|union)"),
-    "instance_maps": LossEntry(InstanceMapsLoss, "mean squared error of the extra maps of cell targets distance or flows (the representation's regression channels)"),
-    "reaction_diffusion": LossEntry(ReactionDiffusionLoss, "squared residual of D lap(p) + f(p), Allen-Cahn or Fisher-KPP (paper 004); options diffusion, a, reaction, channels"),
-}
