@@ -7,7 +7,4 @@
   registry of data formats), :mod:`.detect` (which format a folder holds), :mod:`.files`
   (atomic writes, output folders), and the data-set level tools :mod:`.fingerprint` and
   :mod:`.export_nnunet`.
-
-The other modules directly in this package are the old paths (before 0.2), each re-exporting
-its new module for one release.
 """
