@@ -228,16 +228,22 @@ def test_evaluate_figures_of_an_object_format_draw_the_cell_figure(cell_case, tm
     case, cached, predictor = cell_case
     monkeypatch.setattr(evaluate.Predictor, "from_checkpoint", classmethod(lambda cls, *a, **k: predictor))
     monkeypatch.setattr(evaluate, "load_cached_cases", lambda *a, **k: [(case, cached)])
-    out = tmp_path / "eval"
-    summary = evaluate.evaluate_checkpoint(tmp_path / "none.pt", out, split="all", figures=1, progress=False)
-    assert summary["cases"] == 1 and "bf1_2" in summary["metrics"]
-    figure = out / "figures" / "cells" / "c1.png"
-    assert figure.read_bytes()[:8] == PNG
-    assert "nuclei" in (out / "per_case.csv").read_text()
+    monkeypatch.setattr(evaluate, "input_cases", lambda *a, **k: [case])
+    tables = {}
+    for grid in ("cache", "input"):  # nothing resampled or cropped: the two grids are one
+        out = tmp_path / f"eval_{grid}"
+        summary = evaluate.evaluate_checkpoint(tmp_path / "none.pt", out, split="all", figures=1, progress=False,
+                                               grid=grid)
+        assert summary["cases"] == 1 and "bf1_2" in summary["metrics"] and summary["grid"] == grid
+        figure = out / "figures" / "cells" / "c1.png"
+        assert figure.read_bytes()[:8] == PNG
+        tables[grid] = (out / "per_case.csv").read_text()
+        assert "nuclei" in tables[grid]
+    assert tables["cache"] == tables["input"]
 
 
 def test_compare_cell_figures_one_per_model(cell_case, tmp_path):
-    from pdeseg.viz.study_figures import cell_figures
+    from pdeseg.experiments.figures import cell_figures
 
     _, cached, predictor = cell_case
     figures = cell_figures(tmp_path, {"tiny unet": predictor, "other": predictor}, cached, seed=0)

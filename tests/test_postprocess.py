@@ -11,8 +11,9 @@ import pytest
 from conftest import tiny_config_dict
 from pdeseg.build import resolve
 from pdeseg.cli import main
-from pdeseg.config import ConfigError, config_from_dict
-from pdeseg.inference.postprocess import (PostProcessing, choose_min_innermost_voxels, keep_main_components,
+from pdeseg.config import config_from_dict
+from pdeseg.errors import ConfigError
+from pdeseg.nn.postprocess import (PostProcessing, choose_min_innermost_voxels, keep_main_components,
                                           region_chain, relabel_small_innermost)
 from pdeseg.metrics.segmentation import region_masks
 

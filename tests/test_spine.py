@@ -45,6 +45,11 @@ def test_import_layering():
     for package in ("data",):
         for path in (SRC / package).rglob("*.py"):
             assert not any(m.startswith("pdeseg.metrics") for m in _pdeseg_imports(path)), f"{path.name} imports metrics"
+    for path in (SRC / "viz").rglob("*.py"):  # drawing takes arrays and never runs a model
+        bad = sorted(m for m in _pdeseg_imports(path) if m.startswith(("pdeseg.inference", "pdeseg.checkpoint")))
+        assert not bad, f"{path.relative_to(SRC)} imports {bad}"
+    decode = _pdeseg_imports(SRC / "inference" / "decode.py")  # the decode step sits below inference orchestration
+    assert not [m for m in decode if m.startswith("pdeseg.inference")], f"inference/decode.py imports {sorted(decode)}"
 
 
 BAD_VALUES = [

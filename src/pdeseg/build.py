@@ -107,7 +107,7 @@ def resolve(cfg: ExperimentConfig) -> Experiment:
     except ValueError as exc:
         raise ConfigError(f"{exc} (data.format {fmt.name})") from None
     if cfg.postprocess.min_innermost_voxels is not None:
-        from pdeseg.inference.postprocess import region_chain
+        from pdeseg.nn.postprocess import region_chain
 
         try:
             region_chain(info.num_classes, info.regions)

@@ -356,7 +356,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.checkpoint, out, _inference_options(args), data_root=args.data, split=args.split, scope=args.scope,
         with_hd95=args.hd95, save_predictions=args.save_predictions, progress=not args.no_progress,
         figures=args.figures, figure_cases=args.figure_cases.split(",") if args.figure_cases else None,
-        surface_tolerance_mm=args.surface_tolerance,
+        surface_tolerance_mm=args.surface_tolerance, grid=args.grid,
     )
     print(summary_markdown(summary))
     print(f"per-case metrics: {Path(out) / 'per_case.csv'}\nsummary: {Path(out) / 'summary.json'}")
@@ -824,6 +824,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     s.add_argument("--scope", default="volume", choices=["volume", "slices"],
                    help="volume: whole volumes in 3D; slices: the config's slice selection")
+    s.add_argument("--grid", choices=["input", "cache"], default=None,
+                   help="input (default in volume scope): each case segmented as predict writes it and scored against "
+                        "its original label on its own grid and spacing; cache: on the normalised, cropped and resampled "
+                        "cache grid that training validates on (faster where data.target_spacing resamples; slices "
+                        "scope always scores there)")
     s.add_argument("--hd95", action="store_true", help="also compute HD95 (mm) per region (slower)")
     s.add_argument("--surface-tolerance", type=_distance_mm, metavar="MM",
                    help="also compute the surface Dice per region at this tolerance in mm (slower)")

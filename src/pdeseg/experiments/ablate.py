@@ -474,8 +474,8 @@ def _histories(result: AblationResult) -> dict[str, list[list[dict[str, Any]]]]:
 
 
 def make_figures(result: AblationResult, cfg: ExperimentConfig, data: PreparedData) -> list[tuple[str, str]]:
-    """The figures of :func:`pdeseg.viz.study_figures.ablation_figures` for the best variant."""
-    from pdeseg.viz.study_figures import ablation_figures
+    """The figures of :func:`pdeseg.experiments.figures.ablation_figures` for the best variant."""
+    from pdeseg.experiments.figures import ablation_figures
 
     best = next((v for v in result.variants if v.name == result.best), result.variants[0])
     seed0 = min(r["seed"] for r in result.runs)

@@ -124,7 +124,7 @@ def run_compare(
     write_outputs(result, scope)
     seed_runs = {name: {r.seed: r.run_dir for r in runs if r.condition == name} for name in names}
     shown = data.cases("test")[:4] or data.cases("val")[:4]
-    from pdeseg.viz.study_figures import compare_figures
+    from pdeseg.experiments.figures import compare_figures
 
     write_report(result, compare_figures(study.out, exp.cfg, scope, seed_runs, shown), exp.cfg, scope, seeds)
     return result

@@ -17,7 +17,7 @@ Outputs in ``<out>``: ``folds.json``, ``oof_cases.csv`` (one row per case: fold 
 
 :func:`rescore_crossval` (``pdeseg crossval DIR``) then measures inference-time choices on the
 same out-of-fold cases without training again: test-time augmentation (the fold models run
-again), the post-processing rules of :mod:`pdeseg.inference.postprocess` (on the saved label
+again), the post-processing rules of :mod:`pdeseg.nn.postprocess` (on the saved label
 maps), and a paired comparison with another out-of-fold table (``--against``). The small-ET
 threshold can be chosen per fold on the *other* folds' cases (``auto``), so no case takes part
 in choosing the rule applied to it.
@@ -244,10 +244,10 @@ def rescore_crossval(cv_dir: str | Path, name: str, tta: bool = False, min_compo
             the maps are kept in ``predictions_tta/`` for later calls; otherwise the saved
             ``predictions/`` are used (where a case has none, its fold's model segments it
             again, and the map is kept).
-        min_component_fraction: see :class:`~pdeseg.inference.postprocess.PostProcessing`.
+        min_component_fraction: see :class:`~pdeseg.nn.postprocess.PostProcessing`.
         min_innermost_voxels: a whole number, or ``"auto"``: for fold ``i`` the threshold that
             maximises the innermost region's mean Dice over the other folds' cases
-            (:func:`~pdeseg.inference.postprocess.choose_min_innermost_voxels`).
+            (:func:`~pdeseg.nn.postprocess.choose_min_innermost_voxels`).
         against: the reference table for the paired comparisons (a folder with
             ``oof_cases.csv`` or the csv); default the cross-validation's own.
         data_root: the data folder, if not the one the runs were trained on.
@@ -260,9 +260,8 @@ def rescore_crossval(cv_dir: str | Path, name: str, tta: bool = False, min_compo
     from pdeseg.data.pipeline.sampling import case_volume
     from pdeseg.inference.evaluate import cases_of
     from pdeseg.experiments.stats import paired_comparison
-    from pdeseg.inference.postprocess import PostProcessing, choose_min_innermost_voxels, region_chain
+    from pdeseg.nn.postprocess import PostProcessing, choose_min_innermost_voxels, region_chain
     from pdeseg.inference.score import score_label_maps
-    from pdeseg.nn.output import predicted_classes
     from pdeseg.progress import track
 
     cv = Path(cv_dir)
@@ -302,7 +301,7 @@ def rescore_crossval(cv_dir: str | Path, name: str, tta: bool = False, min_compo
                 classes = load_labels(saved)
             else:  # the fold's model segments again (with tta, or for a cross-validation that kept no maps)
                 image, _ = case_volume(entry)
-                classes = predicted_classes(predictor.predict_logits(image)[None], predictor.head)[0].numpy().astype(np.uint8)
+                classes = predictor.decode(predictor.predict_logits(image), with_cells=False).classes  # rules off
                 save_labels(saved, classes)
             cases[entry.case_id] = (i, entry, fixed.apply(classes, spec.num_classes, spec.regions))
     missing = sorted(set(cases) - set(reference))

@@ -1,10 +1,20 @@
 """Evaluate a checkpoint on a split or a folder: per-case CSV and a summary (JSON + Markdown).
 
+Two grids (``grid``):
+
+* ``input`` (default): every case is segmented exactly as ``predict`` writes it (logits
+  resampled back from the model's ``target_spacing``, a crop box pasted back,
+  post-processing) and scored against its original label file on the input's own grid and
+  spacing (nnU-Net's rule: the number a user reads is the number of the files they get);
+* ``cache``: the cases as training validates them, normalised, cropped and resampled into
+  the cache (faster where ``data.target_spacing`` resamples; the same where nothing is
+  resampled or cropped).
+
 Two scopes:
 
 * ``volume`` (default): every case is segmented whole, slice by slice, and scored in 3D;
 * ``slices``: only the slices the training config selects (e.g. the paper's middle slice),
-  scored per case over those slices.
+  scored per case over those slices (on the cache grid, as fitted in training).
 
 ``dice_mean``, ``iou_mean``, ``precision_mean`` and ``recall_mean`` average the foreground
 classes (BraTS: NCR, ED and ET; binary: the one foreground class), background excluded;
@@ -22,6 +32,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 
 from pdeseg.config import DataConfig
 from pdeseg.data.files import check_output_folder
@@ -30,7 +41,10 @@ from pdeseg.data.pipeline.splits import load_split
 from pdeseg.errors import ConfigError, DataError
 from pdeseg.inference.options import WINDOW_OVERLAP, InferenceOptions
 from pdeseg.inference.predict import Predictor, ensemble_members
-from pdeseg.inference.score import score
+from pdeseg.inference.score import score, score_inputs
+
+#: The grids ``evaluate`` scores on (see the module docstring).
+GRIDS = ("input", "cache")
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +62,56 @@ def cases_of(predictor: Predictor, root: str | Path, case_ids: list[str] | None,
     same_root = cfg is not None and str(root) == str(data.root)
     return load_cached_cases(root, predictor.spec, data.cache_dir, case_ids, progress,
                              data.format_options if same_root else None)
+
+
+def input_cases(predictor: Predictor, root: str | Path, case_ids: list[str] | None) -> list:
+    """The labelled reader cases of ``case_ids`` (None: every case) under ``root``, in that
+    order, found with the format options the model was trained with when ``root`` is its
+    training folder (nothing cached: :func:`~pdeseg.inference.score.score_inputs` reads them).
+
+    Raises:
+        DataError: bad data, or ids that are not under ``root``.
+    """
+    cfg = predictor.config
+    data = cfg.data if cfg is not None else DataConfig()
+    same_root = cfg is not None and str(root) == str(data.root)
+    cases = predictor.format.find_cases(root, predictor.modalities, True,
+                                        **((data.format_options or {}) if same_root else {}))
+    if case_ids is None:
+        return cases
+    by_id = {c.case_id: c for c in cases}
+    missing = [i for i in case_ids if i not in by_id]
+    if missing:
+        raise DataError(f"{root}: cases not found: {missing[:5]}")
+    return [by_id[i] for i in case_ids]
+
+
+def draw_cell_case(predictor: Predictor, case, path: Path, classes: np.ndarray | None = None, loaded=None,
+                   title: str | None = None, cells: np.ndarray | None = None) -> Path:
+    """The cell figure (:func:`pdeseg.viz.case_figures.write_cell_figure`) of a cached one-slice
+    case ``(H, W, 1)``: the model's logits of it give the probabilities (one more forward pass,
+    only for the cases drawn), and the classes and cells where not given (as scored).
+
+    Args:
+        classes, cells: ``(H, W, 1)`` as scored; default: the decode of the same logits.
+        loaded: the read case, whose raw image is shown where it has the case's size
+            (default: the normalised cached image).
+        title: default ``"<case>, <domain>: <model>"``.
+    """
+    from pdeseg.data.pipeline.sampling import case_volume
+    from pdeseg.viz.case_figures import write_cell_figure
+    from pdeseg.viz.cells import penalty_options_from_config
+
+    image, label = case_volume(case)
+    seg = predictor.decode(predictor.predict_logits(image), with_probabilities=True, with_cells=classes is None)
+    if classes is None:
+        classes, cells = seg.classes, seg.instances
+    shown = loaded.image if loaded is not None and tuple(loaded.image.shape[1:]) == tuple(label.shape) else image
+    domain = f", {case.domain}" if getattr(case, "domain", "") else ""
+    valid = None if case.valid is None else np.asarray(case.valid).transpose(1, 2, 0)
+    return write_cell_figure(path, shown, label, classes, seg.probabilities, modalities=predictor.modalities,
+                             title=title or f"{case.case_id}{domain}: {predictor.name}",
+                             penalty_options=penalty_options_from_config(predictor.config), cells=cells, valid=valid)
 
 
 def _case_ids(checkpoint: Path, split: str) -> list[str] | None:
@@ -73,19 +137,27 @@ def evaluate_checkpoint(
     figures: int = 0,
     figure_cases: list[str] | None = None,
     surface_tolerance_mm: float | None = None,
+    grid: str | None = None,
 ) -> dict[str, Any]:
     """Score ``checkpoint`` and write ``per_case.csv``, ``summary.json``, ``summary.md`` to ``out_dir``.
 
-    Cases are read, normalised and cached exactly as in training, then scored through the
-    one scoring path (:func:`pdeseg.inference.score.score`), so ``evaluate`` and ``compare``
-    give one checkpoint the same numbers.
+    On the ``input`` grid (the default in volume scope) each case is segmented as ``predict``
+    writes it and scored against its original label on its own grid and spacing
+    (:func:`pdeseg.inference.score.score_inputs`). On the ``cache`` grid (``grid="cache"``, and
+    always in slices scope) cases are read, normalised and cached exactly as in training, then
+    scored through :func:`pdeseg.inference.score.score`, the path of training's validation,
+    ``compare`` and ``ablate``. Both build their rows with the one
+    :func:`~pdeseg.inference.score.case_row`; where nothing is resampled or cropped the two grids
+    are one and give the same numbers.
 
     ``figures=N`` (volume scope) also writes, for the first N cases, the slice with the most
     true foreground: ``figures/overlays/<case>_z<z>.png`` (truth red, prediction green; paper
     002) and ``figures/class_masks.png`` (image, manual mask, each predicted class and the
     composite; paper 003 Fig. 3). ``figure_cases`` names the cases to draw instead. For 2D
     object images (microscopy formats) each drawn case also gets ``figures/cells/<case>.png``
-    (:func:`write_cell_figure`: boundary errors at 2 px and the PDE penalty maps).
+    (boundary errors at 2 px and the PDE penalty maps). ``save_predictions`` writes each
+    case's prediction under ``predictions/`` in the input's format (on the input grid: the
+    very file ``predict`` writes).
 
     ``options`` are the inference options (:class:`~pdeseg.inference.options.InferenceOptions`;
     its ``postprocess`` applies the checkpoint config's post-processing to whole cases in volume
@@ -93,13 +165,14 @@ def evaluate_checkpoint(
 
     Returns:
         the summary: ``metrics`` (``{metric: {mean, std, median, n}}``) plus ``cases``,
-        ``scope``, ``split``, ``checkpoint`` and the ``inference`` options used.
+        ``scope``, ``grid``, ``split``, ``checkpoint`` and the ``inference`` options used.
 
     Raises:
-        ConfigError: a bad inference option or tolerance, figures or distance metrics
-            outside volume scope, or no data folder.
+        ConfigError: a bad inference option, grid or tolerance, figures or distance metrics
+            outside volume scope, the input grid in slices scope, or no data folder.
         RunFolderError: ``out_dir`` cannot be created or written (checked before scoring).
     """
+    grid = _grid(grid, scope)
     members = ensemble_members(checkpoint)
     if len(members) > 1 and split != "all":
         raise ConfigError(f"{len(members)} checkpoints (an ensemble) have no common held-out split {split!r}: every case "
@@ -115,46 +188,107 @@ def evaluate_checkpoint(
     if (figures or figure_cases) and scope != "volume":
         raise ConfigError("figures are drawn from whole volumes: use scope volume")
     check_output_folder(out_dir, "--out")  # before the scoring, not after it
-    fmt = predictor.format
-    entries = cases_of(predictor, root, _case_ids(checkpoint, split), progress)
-    if not entries:
+    if grid == "input":
+        cases = input_cases(predictor, root, _case_ids(checkpoint, split))
+        ids = [c.case_id for c in cases]
+    else:
+        entries = cases_of(predictor, root, _case_ids(checkpoint, split), progress)
+        ids = [c.case_id for c, _ in entries]
+    if not ids:
         raise DataError(f"no cases to evaluate in split {split!r}")
-    unknown = sorted(set(figure_cases or []) - {c.case_id for c, _ in entries})
+    unknown = sorted(set(figure_cases or []) - set(ids))
     if unknown:
         raise ConfigError(f"figure cases {unknown} are not among the cases of split {split!r}")
-    drawn = {c.case_id for c, _ in entries if c.case_id in figure_cases} if figure_cases else {c.case_id for c, _ in entries[:figures]}
-    reader_case = {entry.case_id: case for case, entry in entries}
-    panels = []
-
-    def draw_or_save(entry, classes, cells) -> None:  # each case is segmented once, by the scoring itself
-        if entry.case_id not in drawn and not save_predictions:
-            return
-        loaded = reader_case[entry.case_id].load(predictor.modalities)
-        if entry.case_id in drawn:
-            panels.append(case_panel(loaded, classes))
-            if fmt.object_metrics:
-                write_cell_figure(predictor, entry, out_dir / "figures" / "cells" / f"{entry.case_id}.png", classes, loaded,
-                                  cells=cells)
-        if save_predictions:
-            fmt.write_prediction(classes, loaded, out_dir / "predictions", objects=cells)
-
-    from pdeseg.viz.case_figures import case_panel, write_case_figures, write_cell_figure
-
-    result = score(predictor, [e for _, e in entries], scope, with_hd95=with_hd95, progress=progress,
-                   each_case=draw_or_save if scope == "volume" else None, surface_tolerance_mm=surface_tolerance_mm)
+    drawn = set(figure_cases) if figure_cases else set(ids[:figures])
+    panels: list[dict[str, Any]] = []
+    if grid == "input":
+        result = score_inputs(predictor, cases, with_hd95=with_hd95, progress=progress, surface_tolerance_mm=surface_tolerance_mm,
+                              each_case=_input_drawer(predictor, out_dir, drawn, save_predictions, panels))
+    else:
+        result = score(predictor, [e for _, e in entries], scope, with_hd95=with_hd95, progress=progress,
+                       each_case=_cache_drawer(predictor, out_dir, drawn, save_predictions, panels, entries)
+                       if scope == "volume" else None, surface_tolerance_mm=surface_tolerance_mm)
     rows = result.rows
     if panels:
-        write_case_figures(panels, fmt, out_dir / "figures", predictor.spec.class_names)
+        from pdeseg.viz.case_figures import write_case_figures
+
+        write_case_figures(panels, predictor.format, out_dir / "figures", predictor.spec.class_names)
     inference = {"tta": predictor.tta, "overlap": predictor.overlap, "stitch": predictor.stitch,
                  "precision": predictor.precision, "surface_tolerance_mm": surface_tolerance_mm, "postprocess": predictor.postprocessing.describe(),
                  "models": predictor.name}
     named = str(checkpoint) if len(members) == 1 else [str(m) for m in members]
-    summary = {"scope": scope, "split": split, "checkpoint": named, "cases": len(rows), "inference": inference,
-               "metrics": result.summary()}
+    summary = {"scope": scope, "grid": grid, "split": split, "checkpoint": named, "cases": len(rows),
+               "inference": inference, "metrics": result.summary()}
     if result.pooled:
         summary["pooled"] = result.pooled
     write_results(rows, summary, out_dir)
     return summary
+
+
+def _grid(grid: str | None, scope: str) -> str:
+    """The grid scored: ``input`` by default, ``cache`` for slices scope (slices are scored as
+    fitted in training).
+
+    Raises:
+        ConfigError: an unknown grid, or the input grid asked for in slices scope.
+    """
+    if grid is None:
+        return "cache" if scope == "slices" else "input"
+    if grid not in GRIDS:
+        raise ConfigError(f"grid must be one of {', '.join(GRIDS)}, got {grid!r}")
+    if grid == "input" and scope == "slices":
+        raise ConfigError("scope slices scores the slices as training fits them, on the cache grid: use --grid cache "
+                          "(or scope volume for the input's own grid)")
+    return grid
+
+
+def _input_drawer(predictor: Predictor, out_dir: Path, drawn: set[str], save_predictions: bool, panels: list):
+    """``each_case`` of :func:`~pdeseg.inference.score.score_inputs`: draws the cases in
+    ``drawn`` and saves every prediction (the case is segmented once, by the scoring itself)."""
+    fmt = predictor.format
+
+    def each_case(loaded, seg) -> None:
+        case_id = loaded.case.case_id
+        if case_id in drawn:
+            from pdeseg.viz.case_figures import case_panel, write_cell_figure
+            from pdeseg.viz.cells import penalty_options_from_config
+
+            panels.append(case_panel(loaded, seg.classes))
+            if fmt.object_metrics:
+                domain = f", {loaded.domain}" if loaded.domain else ""
+                write_cell_figure(out_dir / "figures" / "cells" / f"{case_id}.png", loaded.image, loaded.label, seg.classes,
+                                  seg.probabilities, modalities=predictor.modalities,
+                                  title=f"{case_id}{domain}: {predictor.name}",
+                                  penalty_options=penalty_options_from_config(predictor.config), cells=seg.instances,
+                                  valid=loaded.valid)
+        if save_predictions:
+            fmt.write_prediction(seg.classes, loaded, out_dir / "predictions", objects=seg.instances)
+
+    return each_case
+
+
+def _cache_drawer(predictor: Predictor, out_dir: Path, drawn: set[str], save_predictions: bool, panels: list,
+                  entries: list):
+    """``each_case`` of :func:`~pdeseg.inference.score.score` (cache grid): as :func:`_input_drawer`
+    with the cached case's classes (the cell figure's probabilities come from one more forward
+    pass of the drawn case)."""
+    fmt, reader_case = predictor.format, {entry.case_id: case for case, entry in entries}
+
+    def each_case(entry, classes, cells) -> None:
+        if entry.case_id not in drawn and not save_predictions:
+            return
+        loaded = reader_case[entry.case_id].load(predictor.modalities)
+        if entry.case_id in drawn:
+            from pdeseg.viz.case_figures import case_panel
+
+            panels.append(case_panel(loaded, classes))
+            if fmt.object_metrics:
+                draw_cell_case(predictor, entry, out_dir / "figures" / "cells" / f"{entry.case_id}.png", classes, loaded,
+                               cells=cells)
+        if save_predictions:
+            fmt.write_prediction(classes, loaded, out_dir / "predictions", objects=cells)
+
+    return each_case
 
 
 def write_results(rows: list[dict[str, Any]], summary: dict[str, Any], out_dir: Path) -> None:
@@ -175,7 +309,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     lines = [
         f"# Evaluation of `{summary['checkpoint']}`",
         "",
-        f"Split **{summary['split']}**, {summary['cases']} cases, scope **{summary['scope']}**. "
+        f"Split **{summary['split']}**, {summary['cases']} cases, scope **{summary['scope']}**{_grid_note(summary)}. "
         "Mean Dice/IoU/precision/recall average the foreground classes (background excluded; `iou_mean_all` "
         "includes it); a class or region absent from both truth and prediction scores 1; HD95 and surface distances "
         "are in mm from the voxel spacing." + _inference_note(summary.get("inference")),
@@ -191,6 +325,15 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                   "| metric | pooled |", "|---|---|"]
         lines += [f"| {k} | {v:.4f} |" for k, v in summary["pooled"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _grid_note(summary: dict[str, Any]) -> str:
+    grid = summary.get("grid")
+    if grid == "input":
+        return ", on each input's own grid (as predict writes it)"
+    if grid == "cache":
+        return ", on the cache grid (as training validates)"
+    return ""
 
 
 def _inference_note(inference: dict[str, Any] | None) -> str:

@@ -43,7 +43,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -57,13 +57,14 @@ from pdeseg.data.case import LoadedCase
 from pdeseg.data.files import blocking_path, describe_blocker, make_folders, remove_empty
 from pdeseg.data.formats import DataFormat, get_format
 from pdeseg.data.outputs import check_distinct, check_replaceable, check_still_ours
-from pdeseg.data.pipeline.preprocess import Box, Preprocessing, box_slices
+from pdeseg.data.pipeline.preprocess import Box, Preprocessing
 from pdeseg.errors import CheckpointError, ConfigError, DataError, PdesegError, RunFolderError
 from pdeseg.data.pipeline.representations import Representation
+from pdeseg.inference.decode import Segmentation, decode
+from pdeseg.inference.decode import cells as decode_cells
 from pdeseg.inference.options import InferenceOptions
-from pdeseg.inference.postprocess import PostProcessing
-from pdeseg.nn.output import (OutputHead, background_logits, class_probabilities, extra_maps, head_of, mean_output,
-                              predicted_classes)
+from pdeseg.nn.output import OutputHead, background_logits, head_of, mean_output
+from pdeseg.nn.postprocess import PostProcessing
 from pdeseg.progress import counter, track
 from pdeseg.runtime import autocast, compile_model, resolve_device
 
@@ -98,21 +99,6 @@ def flip_sets(spatial_dims: int) -> list[tuple[int, ...]]:
     sets, the empty one first): the mirrorings that test-time augmentation averages over."""
     axes = range(2, 2 + spatial_dims)
     return [dims for r in range(spatial_dims + 1) for dims in itertools.combinations(axes, r)]
-
-
-@dataclass
-class Segmentation:
-    """What :meth:`Predictor.segment` makes of one case, on the case's own grid.
-
-    Attributes:
-        classes: ``(*spatial)`` uint8 post-processed class map.
-        probabilities: ``(K, *spatial)`` float32 class probabilities, when asked for.
-        instances: ``(*spatial)`` int32 cells (0 background) of a cell model, else None.
-    """
-
-    classes: np.ndarray
-    probabilities: np.ndarray | None = None
-    instances: np.ndarray | None = None
 
 
 class Predictor:
@@ -429,7 +415,14 @@ class Predictor:
         Returns:
             classes ``(*spatial)`` uint8, post-processed (use :meth:`predict_logits` for the scores).
         """
-        return self.finish(predicted_classes(self.predict_logits(image, progress)[None], self.head)[0].numpy().astype(np.uint8))
+        return self.decode(self.predict_logits(image, progress), with_cells=False).classes
+
+    def decode(self, logits: torch.Tensor, **kwargs) -> Segmentation:
+        """:func:`~pdeseg.inference.decode.decode` of one case's ``logits (K + M, *spatial)`` with
+        this predictor's head, post-processing, data-set regions and cell representation
+        (``kwargs``: the output grid, crop box, what to return; see there)."""
+        return decode(logits, self.head, regions=self.spec.regions, postprocessing=self.postprocessing,
+                      representation=self.representation, **kwargs)
 
     def read(self, case) -> tuple[LoadedCase, np.ndarray]:
         """Read one case (images only) and preprocess it: ``(loaded case, normalised image
@@ -522,63 +515,31 @@ class Predictor:
         from pdeseg.inference.size import rescale_planes
 
         box = self.crop_box(loaded, image)
-        logits = self.predict_logits(rescale_planes(image, factor) if factor != 1 else image, progress)[None]
+        logits = self.predict_logits(rescale_planes(image, factor) if factor != 1 else image, progress)
         full = tuple(loaded.image.shape[1:])
         shape = tuple(b - a for a, b in box) if box is not None else full
-        if tuple(logits.shape[2:]) != shape:  # target_spacing or object size: logits back to the input's grid
-            logits = F.interpolate(logits, size=shape, mode="trilinear" if len(shape) == 3 else "bilinear", align_corners=False)
-        # post-processing and cells on the box: outside it is background, which neither changes
-        classes = self.finish(predicted_classes(logits, self.head)[0].numpy().astype(np.uint8))
-        probabilities = class_probabilities(logits, self.head)[0].numpy().astype(np.float32) if with_probabilities else None
         min_size = None
         if factor != 1 and self.representation is not None:  # the decoder's smallest cell, in the input's pixels
             from pdeseg.data.pipeline.label_geometry import MIN_OBJECT_PIXELS
 
             base = MIN_OBJECT_PIXELS if self.representation.min_size is None else self.representation.min_size
             min_size = max(1, round(base / factor ** 2))
-        cells = self.cells(logits[0], classes, min_size) if with_cells else None
-        if box is not None:  # pasted back into the input's grid: background outside the box
-            classes, probabilities = self._paste(box, full, classes, probabilities)
-            if cells is not None:
-                inner, cells = cells, np.zeros(full, np.int32)
-                cells[box_slices(box)] = inner
-        return Segmentation(classes, probabilities, cells)
-
-    def _paste(self, box: Box, shape: tuple[int, ...], classes: np.ndarray, probabilities: np.ndarray | None
-               ) -> tuple[np.ndarray, np.ndarray | None]:
-        """``classes`` (and ``probabilities``) of the box placed in a case of ``shape``: class 0
-        and background's probabilities outside the box."""
-        cut = box_slices(box)
-        out = np.zeros(shape, np.uint8)
-        out[cut] = classes
-        if probabilities is None:
-            return out, None
-        spatial = (1,) * len(shape)
-        outside = class_probabilities(background_logits(self.head, self._logit_channels(), spatial)[None], self.head)[0]
-        probs = np.empty((probabilities.shape[0], *shape), np.float32)
-        probs[...] = outside.numpy().astype(np.float32)
-        probs[(slice(None), *cut)] = probabilities
-        return out, probs
+        # logits back to the input's grid (target_spacing, object size); post-processing and cells on the box,
+        # then pasted back into the input's grid (outside it is background, which neither changes)
+        return self.decode(logits, out_shape=shape, box=box, full_shape=full, with_probabilities=with_probabilities,
+                           with_cells=with_cells, min_size=min_size)
 
     def cells(self, logits: torch.Tensor, classes: np.ndarray, min_size: int | None = None) -> np.ndarray | None:
         """The instances ``(X, Y, Z)`` int32 of a cell model's output, slice by slice, by its
-        representation (:mod:`pdeseg.data.pipeline.representations`; ids restart at 1 in
-        each slice); None for a model of a format without objects.
+        representation (:func:`pdeseg.inference.decode.cells`; ids restart at 1 in each
+        slice); None for a model of a format without objects.
 
         Args:
             logits: ``(K + M, X, Y, Z)`` the whole case's output on the classes' grid.
             classes: ``(X, Y, Z)`` its post-processed class map.
             min_size: drop cells under this many pixels (None: the representation's rule).
         """
-        if self.representation is None:
-            return None
-        rep = self.representation if min_size is None else replace(self.representation, min_size=int(min_size))
-        cell = 1 - class_probabilities(logits[None], self.head)[0, 0].numpy()
-        maps = extra_maps(logits[None], self.head)[0].numpy()
-        out = np.zeros(classes.shape, np.int32)
-        for z in range(classes.shape[-1]):
-            out[..., z] = rep.instances(cell[..., z], classes[..., z], maps[..., z])
-        return out
+        return decode_cells(logits, classes, self.head, self.representation, min_size)
 
     def finish(self, classes: np.ndarray) -> np.ndarray:
         """A whole case's label map after the predictor's post-processing (unchanged when off)."""

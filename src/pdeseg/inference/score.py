@@ -35,14 +35,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from pdeseg.config import IGNORE_LABEL, TaskSpec
+from pdeseg.data.case import LoadedCase
 from pdeseg.data.formats import get_format
 from pdeseg.data.pipeline.cache import CachedCase
 from pdeseg.data.pipeline.sampling import case_volume, evaluation_slices
 from pdeseg.errors import ConfigError, DataError
+from pdeseg.inference.decode import Segmentation, decode_batch
 from pdeseg.inference.predict import Predictor
 from pdeseg.losses.segmentation import split_ignored
 from pdeseg.metrics.segmentation import ScoringRules, summarize
-from pdeseg.nn.output import class_probabilities, predicted_classes
 from pdeseg.progress import track
 
 SCOPES = ("slices", "volume")
@@ -180,7 +181,7 @@ def _score_slices(predictor: Predictor, cases: list[CachedCase], loss_fn, batch_
             maps = {"maps": batch["maps"].to(logits.device)} if "maps" in batch else {}
             total += float(loss_fn(logits, y, **maps)) * y.shape[0]
             count += y.shape[0]
-        pred, (y, keep) = predicted_classes(logits, predictor.head), split_ignored(y)  # outside a field of view: not scored
+        pred, (y, keep) = decode_batch(logits, predictor.head), split_ignored(y)  # outside a field of view: not scored
         acc.update(pred if keep is None else pred * keep, y, list(batch["case"]))
     return Scores(acc.per_case(), total / count if count else None, units=len(loader.dataset))
 
@@ -194,22 +195,109 @@ def _score_volumes(predictor: Predictor, cases: list[CachedCase], loss_fn, with_
     mask_ap = _MaskAP() if objects else None
     for case in track(cases, "scoring", "case", enabled=progress):
         image, label = case_volume(case)
-        logits = predictor.predict_logits(image)[None]
+        logits = predictor.predict_logits(image)
         if loss_fn is not None:
             outside = _outside(case)
             target = label.astype(np.int64) if outside is None else np.where(outside, IGNORE_LABEL, label)
-            losses.append(float(loss_fn(logits, torch.from_numpy(target)[None], **_map_targets(predictor, case))))
-        classes = predictor.finish(predicted_classes(logits, predictor.head)[0].numpy().astype(np.uint8))
-        cells = predictor.cells(logits[0], classes) if objects else None
-        cell_prob = 1 - class_probabilities(logits, predictor.head)[0, 0].numpy() if objects else None
-        rows.append(case_row(rules, objects, case, classes, label, with_hd95, surface_tolerance_mm, cells,
-                             mask_ap, cell_prob))
+            losses.append(float(loss_fn(logits[None], torch.from_numpy(target)[None], **_map_targets(predictor, case))))
+        seg = predictor.decode(logits, with_probabilities=objects, with_cells=objects)
+        classes, cells = seg.classes, seg.instances
+        cell_prob = 1 - seg.probabilities[0] if objects else None
+        rows.append(case_row(rules, objects, CaseTruth.of_cached(case, label), classes, with_hd95, surface_tolerance_mm,
+                             cells, mask_ap, cell_prob))
         if each_case is not None:
             each_case(case, classes, cells)
         units += image.shape[-1] if predictor.spec.mode == "slices" else 1
     pooled = mask_ap.finish(rows) if mask_ap is not None else {}
     return Scores(rows, float(np.mean(losses)) if losses else None, units=units, pooled=pooled,
                   mask_ap_images=mask_ap.acc if mask_ap is not None else None)
+
+
+def score_inputs(
+    predictor: Predictor,
+    cases: list,
+    with_hd95: bool = False,
+    progress: bool = False,
+    each_case: Callable[[LoadedCase, Segmentation], None] | None = None,
+    surface_tolerance_mm: float | None = None,
+) -> Scores:
+    """Per-case metrics of ``predictor`` on the input's own grid (nnU-Net's rule): each reader
+    case is read with its label, segmented exactly as ``predict`` segments it for writing
+    (:meth:`~pdeseg.inference.predict.Predictor.segment`: logits resampled back from a
+    ``target_spacing``, a crop box pasted back, post-processing, cells), and scored against
+    its original classes at its own voxel spacing by the same rows as :func:`score`
+    (:func:`case_row`).
+
+    Args:
+        cases: reader cases (``case_id``, ``load(modalities, with_label=True)``) with labels.
+        each_case: called with each read case (label included) and its :class:`Segmentation`.
+        with_hd95, surface_tolerance_mm: as :func:`score`.
+
+    Raises:
+        ConfigError: a negative tolerance.
+        DataError: a case without a label, or unreadable.
+    """
+    if surface_tolerance_mm is not None and (isinstance(surface_tolerance_mm, bool)
+                                             or not isinstance(surface_tolerance_mm, (int, float))
+                                             or not np.isfinite(surface_tolerance_mm) or surface_tolerance_mm < 0):
+        raise ConfigError(f"surface tolerance must be a distance >= 0 (mm), got {surface_tolerance_mm!r}")
+    rules = scoring_rules(predictor.spec)
+    objects = get_format(predictor.spec.format).object_metrics
+    rows: list[dict[str, Any]] = []
+    mask_ap = _MaskAP() if objects else None
+    t0 = time.perf_counter()
+    for case in track(_my_share(cases), "scoring", "case", enabled=progress):
+        loaded = case.load(predictor.modalities, with_label=True)
+        if loaded.label is None:
+            raise DataError(f"case {case.case_id}: no label to score against")
+        seg = predictor.segment(loaded, predictor.preprocess(loaded), with_probabilities=objects, with_cells=objects)
+        classes = np.array(seg.classes, dtype=np.uint8)  # the scoring sets the field of view's outside to 0
+        cell_prob = 1 - seg.probabilities[0] if objects else None
+        rows.append(case_row(rules, objects, CaseTruth.of_loaded(loaded), classes, with_hd95, surface_tolerance_mm,
+                             seg.instances, mask_ap, cell_prob))
+        if each_case is not None:
+            each_case(loaded, seg)
+    pooled = mask_ap.finish(rows) if mask_ap is not None else {}
+    result = Scores(rows, units=len(rows), pooled=pooled, mask_ap_images=mask_ap.acc if mask_ap is not None else None)
+    result.seconds = time.perf_counter() - t0
+    return _gather(result, [c.case_id for c in cases])
+
+
+@dataclass
+class CaseTruth:
+    """What a score row needs of one case besides the predicted map, on the grid it is scored on.
+
+    Attributes:
+        case_id: the row's ``case``.
+        label: ``(X, Y, Z)`` true classes.
+        spacing: voxel size per axis (mm; pixels where the files do not say).
+        valid: ``(X, Y, Z)`` bool field of view (outside it nothing is scored), or None.
+        instances: ``(X, Y, Z)`` int32 true objects, or None.
+        domain: cell type or imaging modality ('' when none).
+    """
+
+    case_id: str
+    label: np.ndarray
+    spacing: tuple[float, ...]
+    valid: np.ndarray | None = None
+    instances: np.ndarray | None = None
+    domain: str = ""
+
+    @classmethod
+    def of_cached(cls, case: CachedCase, label: np.ndarray | None = None) -> CaseTruth:
+        """A cached case on the cache grid (``label``: its ``(X, Y, Z)`` classes, if at hand)."""
+        if label is None:
+            _, label = case_volume(case)
+        valid = None if case.valid is None else np.asarray(case.valid).transpose(1, 2, 0)
+        instances = None if case.instances is None else np.asarray(case.instances).transpose(1, 2, 0)
+        return cls(case.case_id, label, tuple(case.meta["spacing"]), valid, instances, case.domain)
+
+    @classmethod
+    def of_loaded(cls, loaded: LoadedCase) -> CaseTruth:
+        """A read case on the input's own grid."""
+        return cls(loaded.case.case_id, np.asarray(loaded.label), loaded.spacing,
+                   None if loaded.valid is None else np.asarray(loaded.valid, bool),
+                   None if loaded.instances is None else np.asarray(loaded.instances), loaded.domain)
 
 
 def _map_targets(predictor: Predictor, case: CachedCase) -> dict[str, torch.Tensor]:
@@ -228,23 +316,25 @@ def _outside(case: CachedCase) -> np.ndarray | None:
     return None if case.valid is None else ~np.asarray(case.valid).transpose(1, 2, 0)
 
 
-def case_row(rules: ScoringRules, objects: bool, case: CachedCase, classes: np.ndarray, label: np.ndarray,
+def case_row(rules: ScoringRules, objects: bool, truth: CaseTruth, classes: np.ndarray,
              with_hd95: bool = False, surface_tolerance_mm: float | None = None,
              cells: np.ndarray | None = None, mask_ap: _MaskAP | None = None,
              cell_prob: np.ndarray | None = None) -> dict[str, Any]:
     """The metrics of one whole case's predicted label map: the one place where a label map
-    becomes a score row.
+    becomes a score row (validation, ``evaluate`` on either grid, ``compare``, ``ablate``,
+    ``crossval``).
 
     Pixels outside the case's field of view are set to background in truth and in
     ``classes`` (in place, so that callers that keep the map keep what was scored); then the
-    class and region metrics of ``rules`` and, for 2D object images (``objects``), the
-    foreground's boundary F1 and the instance metrics (:func:`object_metrics`).
+    class and region metrics of ``rules`` at the truth's spacing and, for 2D object images
+    (``objects``), the foreground's boundary F1 and the instance metrics (:func:`object_metrics`).
 
     Args:
-        classes: uint8 ``(X, Y, Z)`` on the cached case's grid.
-        label: the case's true classes, same shape (:func:`~pdeseg.data.pipeline.sampling.case_volume`).
+        truth: the case's id, true classes ``(X, Y, Z)``, spacing, field of view and objects
+            on the grid scored (:meth:`CaseTruth.of_cached`, :meth:`CaseTruth.of_loaded`).
+        classes: uint8 ``(X, Y, Z)`` on the same grid.
         cells: the predicted instances ``(X, Y, 1)`` as the model's representation found them
-            (:meth:`~pdeseg.inference.predict.Predictor.cells`), or None: found from ``classes``.
+            (:func:`~pdeseg.inference.decode.decode`), or None: found from ``classes``.
         mask_ap: where given, a case with objects is added to it (its COCO mask AP is written
             into the row by :meth:`_MaskAP.finish`).
         cell_prob: ``(X, Y, 1)`` the model's cell probability, the predicted cells' confidence
@@ -252,15 +342,21 @@ def case_row(rules: ScoringRules, objects: bool, case: CachedCase, classes: np.n
 
     Returns:
         ``{"case": id, metric: value, ...}``.
+
+    Raises:
+        DataError: a map whose shape is not the truth's.
     """
-    outside = _outside(case)
+    label = truth.label
+    if classes.shape != label.shape:
+        raise DataError(f"case {truth.case_id}: the label map is {classes.shape}, the case {label.shape}")
+    outside = None if truth.valid is None else ~truth.valid
     if outside is not None:  # outside the field of view nothing is scored
         classes[outside], label = 0, np.where(outside, 0, label).astype(label.dtype)
-    row = {"case": case.case_id, **rules.case_metrics(classes, label, case.meta["spacing"], with_hd95, surface_tolerance_mm)}
+    row = {"case": truth.case_id, **rules.case_metrics(classes, label, truth.spacing, with_hd95, surface_tolerance_mm)}
     if objects:
         if outside is not None and cells is not None:
             cells = np.where(outside, 0, cells)
-        row.update(object_metrics(classes, label, case, cells, mask_ap, cell_prob))
+        row.update(object_metrics(classes, label, truth, cells, mask_ap, cell_prob))
     return row
 
 
@@ -284,39 +380,37 @@ def score_label_maps(spec: TaskSpec, cases: list[CachedCase], label_map: Callabl
     mask_ap = _MaskAP() if objects else None
     for case in track(cases, "scoring", "case", enabled=progress):
         classes = np.array(label_map(case), dtype=np.uint8)
-        _, label = case_volume(case)
-        if classes.shape != label.shape:
-            raise DataError(f"case {case.case_id}: the label map is {classes.shape}, the case {label.shape}")
-        rows.append(case_row(rules, objects, case, classes, label, with_hd95, surface_tolerance_mm,
+        rows.append(case_row(rules, objects, CaseTruth.of_cached(case), classes, with_hd95, surface_tolerance_mm,
                              mask_ap=mask_ap))
     pooled = mask_ap.finish(rows) if mask_ap is not None else {}
     return Scores(rows, units=len(rows), pooled=pooled)
 
 
-def object_metrics(classes: np.ndarray, label: np.ndarray, case: CachedCase,
+def object_metrics(classes: np.ndarray, label: np.ndarray, truth: CaseTruth,
                    cells: np.ndarray | None = None, mask_ap: _MaskAP | None = None,
                    cell_prob: np.ndarray | None = None) -> dict[str, Any]:
     """Dice of the foreground (``dice_fg``: every non-background class counts, so the
     cells' Dice for semantic and boundary outputs alike), its boundary F1 at 1, 2 and 3 px
-    and, when ``case`` has objects, the instance metrics of the predicted cells (``cells``
-    ``(X, Y, 1)``, or None: :func:`~pdeseg.data.pipeline.label_geometry.predicted_instances`
-    of the class map), for a one-slice case ``(X, Y, 1)``."""
+    and, when the case has objects (``truth.instances``), the instance metrics of the
+    predicted cells (``cells`` ``(X, Y, 1)``, or None:
+    :func:`~pdeseg.data.pipeline.label_geometry.predicted_instances` of the class map), for a
+    one-slice case ``(X, Y, 1)``."""
     from pdeseg.data.pipeline.label_geometry import predicted_instances
     from pdeseg.metrics.instances import boundary_f1_scores, instance_metrics
 
     pred, true = classes[..., 0], label[..., 0]
-    row: dict[str, Any] = {"domain": case.domain} if case.domain else {}
+    row: dict[str, Any] = {"domain": truth.domain} if truth.domain else {}
     both = np.count_nonzero(pred > 0) + np.count_nonzero(true > 0)  # Dice of the cells, whatever the classes
     row["dice_fg"] = 2 * np.count_nonzero((pred > 0) & (true > 0)) / both if both else 1.0
     row.update(boundary_f1_scores(pred > 0, true > 0, (1, 2, 3)))
-    if case.instances is not None:
-        truth = np.asarray(case.instances[0])
-        if case.valid is not None:
-            truth = np.where(np.asarray(case.valid[0]), truth, 0)
+    if truth.instances is not None:
+        objects = np.asarray(truth.instances[..., 0])
+        if truth.valid is not None:
+            objects = np.where(truth.valid[..., 0], objects, 0)
         found = predicted_instances(pred) if cells is None else cells[..., 0]
-        row.update(instance_metrics(found, truth))
+        row.update(instance_metrics(found, objects))
         if mask_ap is not None:
-            mask_ap.add(case.case_id, found, truth, None if cell_prob is None else cell_prob[..., 0])
+            mask_ap.add(truth.case_id, found, objects, None if cell_prob is None else cell_prob[..., 0])
     return row
 
 

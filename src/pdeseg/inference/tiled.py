@@ -447,7 +447,7 @@ def _spec(job: TiledJob):
 def predict_task(job: TiledJob, t: tuple[int, int]) -> tuple[int, np.ndarray]:
     """Pass 2: segment tile ``t`` in its window.
 
-    Cells: the window's cells (:meth:`~pdeseg.inference.predict.Predictor.cells`, the model's
+    Cells: the window's cells (:func:`~pdeseg.inference.decode.decode`, the model's
     representation, over the window, local ids) within ``band`` of the core go to the scratch chunk of the tile.
     Classes: the core's classes go to the output.
 
@@ -457,7 +457,7 @@ def predict_task(job: TiledJob, t: tuple[int, int]) -> tuple[int, np.ndarray]:
     import torch
 
     from pdeseg.data.pipeline.label_geometry import MIN_OBJECT_PIXELS, predicted_instances
-    from pdeseg.nn.output import predicted_classes
+    from pdeseg.inference.decode import decode
 
     p = _predictor(job)
     g = job.grid
@@ -469,16 +469,19 @@ def predict_task(job: TiledJob, t: tuple[int, int]) -> tuple[int, np.ndarray]:
     x[:, iy0 - wy0: iy1 - wy0, ix0 - wx0: ix1 - wx0] = job.norm.apply(raw).astype(np.float16).astype(np.float32)
     with torch.no_grad():
         logits = p.predict_logits(x[..., None])
-    classes = predicted_classes(logits[None], p.head)[0, ..., 0].numpy().astype(np.uint8)
-    inside = np.zeros(classes.shape, dtype=bool)
-    inside[iy0 - wy0: iy1 - wy0, ix0 - wx0: ix1 - wx0] = True
-    classes[~inside] = 0  # the padding is not image: as the whole image's logits are cropped
+    inside = np.zeros((*x.shape[1:], 1), dtype=bool)
+    inside[iy0 - wy0: iy1 - wy0, ix0 - wx0: ix1 - wx0] = True  # the padding is not image: as the whole image's logits are cropped
+    # the one decode step, over the window: classes, and the cells of the model's representation (no post-processing:
+    # tiled prediction refuses it, see check_tileable)
+    seg = decode(logits, p.head, regions=p.spec.regions, representation=p.representation, valid=inside,
+                 with_cells=job.instances, min_size=job.min_size)
+    classes = seg.classes[..., 0]
     cy0, cy1, cx0, cx1 = g.core(t)
     if not job.instances:
         out = _zarr_array(str(Path(job.scratch) / "labels.zarr"))
         out[cy0:cy1, cx0:cx1] = classes[cy0 - wy0: cy1 - wy0, cx0 - wx0: cx1 - wx0]
         return 0, np.zeros(0, np.int64)
-    found = p.cells(logits, classes[..., None], job.min_size)  # the model's representation, over the window
+    found = seg.instances
     cells = found[..., 0] if found is not None else predicted_instances(
         classes, MIN_OBJECT_PIXELS if job.min_size is None else job.min_size)
     ky0, ky1, kx0, kx1 = g.keep(t)

@@ -173,7 +173,7 @@ def _tiled(segmenter, image: np.ndarray, cells: bool, say: Progress) -> Segmenta
 
     import copy
 
-    from pdeseg.inference.postprocess import PostProcessing
+    from pdeseg.nn.postprocess import PostProcessing
 
     p = copy.copy(segmenter.predictor)
     note = f" (whole-image post-processing left out: {p.postprocessing.describe()})" if p.postprocessing.enabled else ""

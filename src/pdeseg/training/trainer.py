@@ -270,7 +270,7 @@ class Trainer:
                 writer.add_scalar(k, v, self.epoch)
         writer.flush()
         log.info("%s epoch %d/%d: train loss %.4f, %s %.4f%s (%.1f s)", self.name, self.epoch, self.t.epochs, row["train_loss"],
-                 self.t.monitor if self.t.monitor == "train_loss" else f"val {self.t.monitor}",
+                 self.t.monitor if self.t.monitor == "train_loss" else f"val {self.t.monitor} (cache grid)",
                  abs(score) if self.t.monitor == "train_loss" else score, "  *best*" if is_best else "", row["train_time_s"])
 
 

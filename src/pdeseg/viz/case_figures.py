@@ -1,6 +1,10 @@
 """Figures of single cases: overlays (truth red, prediction green), class-by-class masks, and
 the cell figure of a 2D object image (boundary errors, foreground probability, PDE penalty
-maps). Used by ``evaluate`` and by the studies' reports."""
+maps). Used by ``evaluate`` and by the studies' reports.
+
+Drawing takes arrays (images, labels, probabilities, cells) and never runs a model: the
+callers (:mod:`pdeseg.inference.evaluate`, :mod:`pdeseg.experiments.figures`) predict.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from pdeseg.inference.predict import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -27,45 +29,41 @@ def case_panel(loaded, classes) -> dict[str, Any]:
             "truth": loaded.label[..., z], "prediction": classes[..., z]}
 
 
-def write_cell_figure(predictor: Predictor, case, path: Path, classes: np.ndarray | None = None, loaded=None,
-                      title: str | None = None, cells: np.ndarray | None = None) -> Path:
+def write_cell_figure(path: Path, image: np.ndarray, truth: np.ndarray, classes: np.ndarray, probabilities: np.ndarray,
+                      *, modalities=None, title: str = "", penalty_options: dict[str, Any] | None = None,
+                      cells: np.ndarray | None = None, valid: np.ndarray | None = None) -> Path:
     """The figure of one 2D object image (:func:`pdeseg.viz.cells.plot_cell_case`): image,
-    boundary errors at 2 px, foreground probability and the PDE penalty maps, with the
-    penalty options of the run's loss terms.
+    boundary errors at 2 px, foreground probability and the PDE penalty maps.
 
     Args:
-        predictor: the model; its logits of the case give the probabilities (one more
-            forward pass where the caller has the classes already: only for the cases drawn).
-        case: the cached case (``(H, W, 1)`` as one slice).
         path: the PNG to write.
-        classes: the predicted classes ``(H, W, 1)`` as scored; default: the argmax of the
-            same logits. Outside a field of view both truth and prediction are background,
+        image: ``(C, H, W)`` or ``(C, H, W, 1)`` the channels shown (RGB when ``modalities``
+            are ``red, green, blue``, else the first).
+        truth: ``(H, W)`` or ``(H, W, 1)`` true classes.
+        classes: the predicted classes, same shape, as scored.
+        probabilities: ``(K, H, W)`` or ``(K, H, W, 1)`` class probabilities of the prediction.
+        modalities: the channel names of ``image``.
+        title: the figure's title.
+        penalty_options: the penalty maps' options (:func:`~pdeseg.viz.cells.penalty_options_from_config`).
+        cells: the predicted cells (outlined), same shape as ``classes``; None: the class map's cells.
+        valid: bool field of view, same shape: outside it truth and prediction are background,
             as in the scoring.
-        loaded: the read case, whose raw image is shown (default: the normalised cached one).
-        title: default ``"<case>, <domain>: <model>"``.
-        cells: the predicted cells ``(H, W, 1)`` as scored (outlined); default: the model's
-            cells of the same logits.
     """
-    from pdeseg.data.pipeline.sampling import case_volume
-    from pdeseg.nn.output import class_probabilities, predicted_classes
-    from pdeseg.viz.cells import case_image, penalty_options_from_config, plot_cell_case
+    from pdeseg.viz.cells import case_image, plot_cell_case
 
-    image, label = case_volume(case)
-    logits = predictor.predict_logits(image)[None]
-    probabilities = class_probabilities(logits, predictor.head)[0, ..., 0]  # (C, H, W)
-    pred = np.asarray(classes if classes is not None else predicted_classes(logits, predictor.head)[0].numpy())[..., 0]
-    if cells is None:
-        cells = predictor.cells(logits[0], pred[..., None].astype(np.uint8))
-    truth = np.asarray(label[..., 0])
-    if case.valid is not None:  # as the scoring: nothing outside the field of view is scored
-        inside = np.asarray(case.valid[0])
+    def plane(a):
+        a = np.asarray(a)
+        return a[..., 0] if a.ndim == 3 and a.shape[-1] == 1 else a
+
+    truth, pred = plane(truth), plane(classes)
+    probs = np.asarray(probabilities)
+    if probs.ndim == 4:
+        probs = probs[..., 0]
+    if valid is not None:  # as the scoring: nothing outside the field of view is scored
+        inside = plane(valid).astype(bool)
         truth, pred = np.where(inside, truth, 0), np.where(inside, pred, 0)
-    shown = loaded.image if loaded is not None and tuple(loaded.image.shape[1:3]) == truth.shape else image
-    domain = f", {case.domain}" if getattr(case, "domain", "") else ""
-    return plot_cell_case(case_image(shown, predictor.modalities), truth, pred, probabilities, path,
-                          title=title or f"{case.case_id}{domain}: {predictor.name}",
-                          penalty_options=penalty_options_from_config(predictor.config),
-                          instances=np.asarray(cells)[..., 0] if cells is not None else True)
+    return plot_cell_case(case_image(image, modalities), truth, pred, probs, path, title=title,
+                          penalty_options=penalty_options, instances=plane(cells) if cells is not None else True)
 
 
 def write_case_figures(panels: list[dict[str, Any]], fmt, out_dir: Path, class_names) -> list[Path]:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from pdeseg.config import ConfigError
+from pdeseg.errors import ConfigError
 from pdeseg.nn.output import OutputHead, make_head
 
 
