@@ -334,7 +334,7 @@ class LossConfig(Section):
 
 
 class PostprocessConfig(Section):
-    """Rules applied to whole-case label maps after prediction (:mod:`pdeseg.inference.postprocess`);
+    """Rules applied to whole-case label maps after prediction (:mod:`pdeseg.nn.postprocess`);
     None: off."""
 
     min_component_fraction: Annotated[float, Field(gt=0, le=1)] | None = None  # drop foreground islands < f x largest
