@@ -41,7 +41,7 @@ from pdeseg.data.pipeline.cache import CachedCase
 from pdeseg.data.pipeline.sampling import case_volume, evaluation_slices
 from pdeseg.errors import ConfigError, DataError
 from pdeseg.inference.decode import Segmentation, decode_batch
-from pdeseg.inference.predict import Predictor
+from pdeseg.inference.predict import Predictor, read_ahead
 from pdeseg.losses.segmentation import split_ignored
 from pdeseg.metrics.segmentation import ScoringRules, summarize
 from pdeseg.progress import track
@@ -246,11 +246,17 @@ def score_inputs(
     rows: list[dict[str, Any]] = []
     mask_ap = _MaskAP() if objects else None
     t0 = time.perf_counter()
-    for case in track(_my_share(cases), "scoring", "case", enabled=progress):
+    mine = _my_share(cases)
+
+    def read(case) -> tuple[LoadedCase, np.ndarray]:  # in a background thread while the case before is segmented
         loaded = case.load(predictor.modalities, with_label=True)
         if loaded.label is None:
             raise DataError(f"case {case.case_id}: no label to score against")
-        seg = predictor.segment(loaded, predictor.preprocess(loaded), with_probabilities=objects, with_cells=objects)
+        return loaded, predictor.preprocess(loaded)
+
+    for _, ahead in zip(track(mine, "scoring", "case", enabled=progress), read_ahead(read, mine)):
+        loaded, image = ahead.result()
+        seg = predictor.segment(loaded, image, with_probabilities=objects, with_cells=objects)
         classes = np.array(seg.classes, dtype=np.uint8)  # the scoring sets the field of view's outside to 0
         cell_prob = 1 - seg.probabilities[0] if objects else None
         rows.append(case_row(rules, objects, CaseTruth.of_loaded(loaded), classes, with_hd95, surface_tolerance_mm,
