@@ -42,3 +42,12 @@ def test_cli_train_evaluate_predict_round_trip(phantom_root, tmp_path):
     r = run("predict", "--checkpoint", str(ckpt), "--input", str(phantom_root), "--output", str(tmp_path / "seg"), "--no-progress")
     assert r.returncode == 0, r.stderr[-2000:]
     assert len(list((tmp_path / "seg").glob("*_seg.nii.gz"))) == 6
+
+
+def test_repeated_set_flags_add_up_rather_than_replace_each_other():
+    """``--set a=1 --set b=2`` keeps both overrides (argparse's default kept only the last one, silently)."""
+    from pdeseg.cli import build_parser
+
+    for command in (["train", "--config", "c.yaml"], ["compare", "--config", "c.yaml", "--out", "o"]):
+        args = build_parser().parse_args([*command, "--set", "train.epochs=16", "--set", "data.modalities=[red]", "x=1"])
+        assert args.set == ["train.epochs=16", "data.modalities=[red]", "x=1"], command

@@ -185,3 +185,18 @@ def test_a_perturbed_copy_of_a_cropped_case_keeps_its_box(phantom_root, tmp_path
     copy = preprocessed_case(template, noisy, loaded.spacing, prep)
     z, _, x, y = copy.image.shape  # the cache's (Z, C, X, Y)
     assert [x, y, z] == template.meta["shape"] != list(loaded.image.shape[1:])
+
+
+def test_brats_models_are_cropped_at_inference_by_default_and_others_are_not():
+    """A skull-stripped format (``crop_at_inference``) crops any of its models unless asked not to;
+    a format without zero background keeps the whole case unless asked to crop."""
+    brats = TaskSpec(format="brats", modalities=MODALITIES, normalization="zscore", mode="slices", spatial_dims=2,
+                     spatial_size=[8, 8], num_classes=4, class_names=CLASSES)  # trained without the crop
+    net = _Pointwise(2).eval()
+    cpu = torch.device("cpu")
+    assert Predictor(net, brats, cpu, InferenceOptions(precision="32")).preprocessing.crop_nonzero is True
+    assert Predictor(net, brats, cpu, InferenceOptions(precision="32", crop=False)).preprocessing.crop_nonzero is False
+    msd = TaskSpec(format="msd", modalities=["MRI"], normalization="zscore", mode="patches", spatial_dims=3,
+                   spatial_size=[8, 8, 8], num_classes=3, class_names=["background", "a", "b"])
+    assert Predictor(net, msd, cpu, InferenceOptions(precision="32")).preprocessing.crop_nonzero is False
+    assert Predictor(net, msd, cpu, InferenceOptions(precision="32", crop=True)).preprocessing.crop_nonzero is True

@@ -610,8 +610,8 @@ def _add_inference_options(s: argparse.ArgumentParser) -> None:
     crop = s.add_mutually_exclusive_group()
     crop.add_argument("--crop", dest="crop", action="store_const", const=True, default=None,
                       help="segment only each case's non-zero box (the brain of a skull-stripped scan) and paste the "
-                           "result back on the input grid; same Dice, about 2.4x faster on BraTS (default: as the model "
-                           "was trained, data.crop_nonzero)")
+                           "result back on the input grid; same Dice, about 2.4x faster on BraTS (default: on for a model "
+                           "trained with data.crop_nonzero and for skull-stripped BraTS models, off otherwise)")
     crop.add_argument("--no-crop", dest="crop", action="store_const", const=False,
                       help="segment the whole case, also for a model trained with data.crop_nonzero")
     s.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto",
@@ -686,7 +686,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scope", default=None, choices=["slices", "volume"],
                    help="score the config's slice selection or whole volumes (default: slices for slice models, "
                         "volume for patch and whole-volume models)")
-    s.add_argument("--set", nargs="*", metavar="KEY=VALUE")
+    s.add_argument("--set", nargs="*", action="extend", metavar="KEY=VALUE")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_compare)
 
@@ -702,7 +702,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", help="model to vary (default: the config's first)")
     s.add_argument("--seeds", type=_positive_int, default=1, help="seeds per variant (>= 2 to measure seed noise)")
     s.add_argument("--first-seed", type=_non_negative_int, default=0)
-    s.add_argument("--set", nargs="*", metavar="KEY=VALUE")
+    s.add_argument("--set", nargs="*", action="extend", metavar="KEY=VALUE")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_ablate)
 
@@ -722,7 +722,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fractions", metavar="F,...", help="training fractions in (0, 1] (default 0.1,0.25,0.5,1)")
     s.add_argument("--baseline", help="model the others are compared with (default: the first)")
     s.add_argument("--noise-seed", type=_non_negative_int, default=0, help="seed of the perturbations (with case id and kind)")
-    s.add_argument("--set", nargs="*", metavar="KEY=VALUE")
+    s.add_argument("--set", nargs="*", action="extend", metavar="KEY=VALUE")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_robustness)
 
@@ -789,7 +789,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="output folder (overrides output_dir)")
     s.add_argument("--model", help="train only this model of the config")
     s.add_argument("--resume", action="store_true", help="continue each run from its last.pt")
-    s.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=2")
+    s.add_argument("--set", nargs="*", action="extend", metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=2")
     s.add_argument("--overwrite", action="store_true", help="start afresh in run folders that already hold a run")
     s.add_argument("--stop-after", type=_positive_int, metavar="N", help="stop after N epochs in this call (continue later with --resume)")
     s.add_argument("--init", metavar="NAME|CKPT",

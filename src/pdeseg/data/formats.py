@@ -69,6 +69,10 @@ class DataFormat:
         object_metrics: 2D images of objects (microscopy): scoring adds boundary F1 at 1, 2
             and 3 px and, for cases with objects, the instance metrics (DSB score, AP50,
             split and merged cells); a case's field of view limits every metric.
+        crop_at_inference: its images are exactly zero outside the object (skull-stripped MRI),
+            so prediction crops each case to its non-zero box before the network and pastes the
+            result back, unless asked not to (``--no-crop``): measured to keep Dice on held-out
+            BraTS cases at about 2.4x the speed (docs: Fast prediction on a CPU).
 
     A read option whose allowed values are None takes any string (a file name, a list).
     """
@@ -89,6 +93,7 @@ class DataFormat:
     info: Callable[[Path | None, Mapping[str, Any]], DatasetInfo] | None = None
     default_modalities: tuple[str, ...] = ()
     object_metrics: bool = False
+    crop_at_inference: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -225,7 +230,7 @@ def _brats() -> DataFormat:
         modalities=brats.MODALITIES, class_names=brats.CLASS_NAMES, find_cases=_find_brats, write=_write_brats,
         outputs=_brats_outputs, write_options={"convention": tuple(brats.CONVENTIONS)},
         read_options={"label_convention": tuple(brats.CONVENTIONS)}, regions=dict(brats.REGIONS),
-        hd95_one_empty=brats.HD95_ONE_EMPTY_MM,
+        hd95_one_empty=brats.HD95_ONE_EMPTY_MM, crop_at_inference=True,
     )
 
 

@@ -62,9 +62,10 @@ class InferenceOptions:
             (:mod:`pdeseg.inference.size`). None: ``auto`` when the checkpoint states its
             training object size (``object_diameter``, the shipped models), else ``off``.
         crop: crop each case to its non-zero box before the network and paste the result back
-            (:mod:`pdeseg.data.pipeline.preprocess`); None: as the model was trained (the spec's
-            ``crop_nonzero``), False: the whole case (slower, same field the network never saw
-            in training), True: crop a model trained without it.
+            (:mod:`pdeseg.data.pipeline.preprocess`); None: cropped if the model was trained
+            cropped (the spec's ``crop_nonzero``) or its data format is zero outside the object
+            (``DataFormat.crop_at_inference``: BraTS), else whole; False: the whole case;
+            True: crop any model.
 
     Raises:
         ConfigError: (when made) a value outside the ranges above, naming the option.

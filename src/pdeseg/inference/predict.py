@@ -128,8 +128,10 @@ class Predictor:
     def __init__(self, model: nn.Module, spec: TaskSpec, device: torch.device,
                  options: InferenceOptions | None = None, name: str = "model"):
         self.options = options or InferenceOptions()
-        if self.options.crop is not None and self.options.crop != spec.crop_nonzero:
-            spec = spec.model_copy(update={"crop_nonzero": self.options.crop})
+        crop = self.options.crop if self.options.crop is not None else (
+            spec.crop_nonzero or get_format(spec.format).crop_at_inference)  # as trained, or the format's rule
+        if crop != spec.crop_nonzero:
+            spec = spec.model_copy(update={"crop_nonzero": crop})
         self.model, self.spec, self.device, self.name = model, spec, device, name
         self.preprocessing = Preprocessing.of(spec)  # the cache's, crop included (options.crop: this call's)
         self._boxes: dict[int, tuple[np.ndarray, Box]] = {}  # id(raw image) -> (image, its crop box), see preprocess
