@@ -38,6 +38,15 @@ def slice_prediction(predictor: Predictor, case: CachedCase, z: int) -> np.ndarr
     return predictor.predict_volume(image)[..., z]
 
 
+def cable_effect(block, image: np.ndarray) -> np.ndarray:
+    """The output ``(C, H, W)`` of a (trained) cable block on a normalised slice ``(C, H, W)``, for
+    :func:`pdeseg.viz.pde_effect.plot_cable_effect`."""
+    import torch
+
+    with torch.no_grad():
+        return block.float().eval()(torch.from_numpy(np.asarray(image, dtype=np.float32))[None])[0].numpy()
+
+
 def pde_layer_figures(
     out: Path,
     cfg: ExperimentConfig,
@@ -201,12 +210,9 @@ def compare_figures(out: Path, cfg: ExperimentConfig, scope: str, runs: dict[str
         name = cable_models[0]
         case = shown[0]
         z = display_slice(case, cfg, scope)
-        plot_cable_effect(
-            cable_block(predictors[name].model).cpu(),
-            np.asarray(case.image[z], dtype=np.float32),
-            list(cfg.data.modalities),
-            fig_dir / "cable_effect.png",
-        )
+        block = cable_block(predictors[name].model).cpu()
+        image = np.asarray(case.image[z], dtype=np.float32)
+        plot_cable_effect(image, cable_effect(block, image), block.physical(), list(cfg.data.modalities), fig_dir / "cable_effect.png")
         figures.append(
             (
                 "figures/cable_effect.png",

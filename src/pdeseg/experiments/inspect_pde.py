@@ -91,6 +91,7 @@ def inspect_checkpoint(checkpoint: str | Path, out_dir: str | Path, input_path: 
         RunFolderError: the output folder cannot be created.
         DeviceError: ``device`` is not available.
     """
+    from pdeseg.experiments.figures import cable_effect
     from pdeseg.viz.pde_effect import (cable_block, file_part, layer_input, pde_layer_summary, pde_layers, plot_cable_effect,
                                        plot_pde_features, plot_pde_kernels)
 
@@ -132,6 +133,8 @@ def inspect_checkpoint(checkpoint: str | Path, out_dir: str | Path, input_path: 
         written.append(coeffs)
         if image is not None:
             x = layer_input(image, predictor.spec)[0].numpy()  # (C, H, W): the slice the model sees
-            written.append(plot_cable_effect(cable.cpu().float(), x, predictor.modalities, out / "cable_effect.png"))
+            block = cable.cpu().float()
+            written.append(plot_cable_effect(x, cable_effect(block, x), block.physical(), predictor.modalities,
+                                             out / "cable_effect.png"))
     return written
 

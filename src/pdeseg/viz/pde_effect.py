@@ -31,18 +31,18 @@ from pdeseg.viz.figures import subplots as _subplots
 AXES = "xyz"
 
 
-@torch.no_grad()
-def plot_cable_effect(block: CableBlock, image: np.ndarray, modalities: list[str], path: str | Path) -> Path:
-    """Input, block output and their difference for each modality of one slice.
+def plot_cable_effect(image: np.ndarray, output: np.ndarray, coefficients: dict[str, list[float]], modalities: list[str],
+                      path: str | Path) -> Path:
+    """Input, block output and their difference for each modality of one slice (the caller runs
+    the block: :func:`pdeseg.experiments.figures.cable_effect`).
 
     Args:
-        block: a (trained) cable block.
         image: ``(C, H, W)`` normalised slice.
+        output: ``(C, H, W)`` the cable block's output of it.
+        coefficients: the block's ``physical()`` values (``phi``, ``psi``, ``tau`` per channel).
         modalities: channel names.
     """
-    x = torch.from_numpy(np.asarray(image, dtype=np.float32))[None]
-    y = block.float().eval()(x)[0].numpy()
-    phys = block.physical()
+    image, y, phys = np.asarray(image, dtype=np.float32), np.asarray(output, dtype=np.float32), coefficients
     fig, axes = _subplots(len(modalities), 3, figsize=(8, 2.6 * len(modalities)), squeeze=False)
     for c, mod in enumerate(modalities):
         diff = y[c] - image[c]
