@@ -212,3 +212,12 @@ def test_slices_scope_is_refused_on_the_input_grid(resampled_run, caplog):
     )
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert code == 2 and errors and "--grid cache" in errors[0], errors
+
+
+def test_object_size_options_are_refused_where_they_cannot_apply(resampled_run, caplog):
+    root, ckpt, tmp = resampled_run
+    base = ["evaluate", "--checkpoint", str(ckpt), "--split", "all", "--data", str(root), "--no-progress"]
+    assert main([*base, "--out", str(tmp / "e1"), "--grid", "cache", "--diameter", "20"]) == 2
+    assert main([*base, "--out", str(tmp / "e2"), "--diameter", "20"]) == 2  # not a cell model
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert "input grid" in errors[0] and "cell model" in errors[1], errors

@@ -829,6 +829,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "its original label on its own grid and spacing; cache: on the normalised, cropped and resampled "
                         "cache grid that training validates on (faster where data.target_spacing resamples; slices "
                         "scope always scores there)")
+    s.add_argument("--diameter", type=_diameter, metavar="PX|auto|off",
+                   help="cell models, input grid: the objects' diameter in pixels, as predict --diameter (each image "
+                        "rescaled to the training object size and the cells mapped back); default as predict: auto "
+                        "for models that state their training object size, off for others")
     s.add_argument("--hd95", action="store_true", help="also compute HD95 (mm) per region (slower)")
     s.add_argument("--surface-tolerance", type=_distance_mm, metavar="MM",
                    help="also compute the surface Dice per region at this tolerance in mm (slower)")

@@ -169,7 +169,8 @@ def evaluate_checkpoint(
 
     Raises:
         ConfigError: a bad inference option, grid or tolerance, figures or distance metrics
-            outside volume scope, the input grid in slices scope, or no data folder.
+            outside volume scope, the input grid in slices scope, a diameter on the cache grid,
+            or no data folder.
         RunFolderError: ``out_dir`` cannot be created or written (checked before scoring).
     """
     grid = _grid(grid, scope)
@@ -181,6 +182,9 @@ def evaluate_checkpoint(
     if surface_tolerance_mm is not None and scope != "volume":
         raise ConfigError("surface Dice needs whole volumes: use scope volume")
     predictor = Predictor.from_checkpoints(members, options)
+    if grid == "cache" and predictor.options.diameter not in (None, "off"):
+        raise ConfigError(f"diameter {predictor.options.diameter}: the cache grid scores the cached images as trained; "
+                          "object-size rescaling applies to the input grid (--grid input)")
     cfg = predictor.config
     root = data_root or (cfg.data.root if cfg is not None else None)
     if not root:
