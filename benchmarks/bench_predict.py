@@ -196,12 +196,12 @@ def phases(ckpt: Path, root: Path, out: Path, options) -> tuple[dict[str, float]
 def end_to_end(ckpt: Path, root: Path, out: Path, options) -> float:
     """Seconds per case of the whole folder through ``predict_folder`` (read-ahead; model
     loading and, for ONNX Runtime, the export and its check included)."""
-    import pdeseg.inference.predict as predict
+    from pdeseg.inference.folder import predict_folder
 
     if out.exists():
         shutil.rmtree(out)
     t0 = time.perf_counter()
-    report = predict.predict_folder(ckpt, root, out, options, progress=False)
+    report = predict_folder(ckpt, root, out, options, progress=False)
     seconds = time.perf_counter() - t0
     return seconds / max(len(report.written), 1)
 

@@ -9,9 +9,10 @@ import logging
 import pytest
 import torch
 
-from pdeseg.inference import predict as predict_module
+from pdeseg.inference import backend as backend_module
 from pdeseg.inference.options import InferenceOptions
-from pdeseg.inference.predict import Predictor, torch_reason
+from pdeseg.inference.backend import torch_reason
+from pdeseg.inference.predict import Predictor
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -26,7 +27,7 @@ def checkpoint(tmp_path):
 
 @pytest.fixture(autouse=True)
 def _fresh_log_once(monkeypatch):
-    monkeypatch.setattr(predict_module, "_LOGGED", set())
+    monkeypatch.setattr(backend_module, "_LOGGED", set())
 
 
 def _is_onnx(predictor: Predictor) -> bool:
@@ -66,7 +67,7 @@ def test_auto_takes_onnx_runtime_where_pytorch_would_run_fp32_and_pytorch_bf16_w
     ({"compile": True}, "--compile"),
 ])
 def test_auto_keeps_pytorch_where_onnx_runtime_cannot_do_what_was_asked(checkpoint, options, reason, caplog):
-    with caplog.at_level(logging.INFO, logger="pdeseg.inference.predict"):
+    with caplog.at_level(logging.INFO, logger="pdeseg.inference.backend"):
         for _ in range(2):
             predictor = Predictor.from_checkpoint(checkpoint, InferenceOptions(device="cpu", backend="auto", **options))
     assert not _is_onnx(predictor)
@@ -89,7 +90,7 @@ def test_auto_keeps_pytorch_when_onnx_runtime_is_missing_or_the_export_differs(c
         raise export.ExportError("the exported onnx network's logits differ from PyTorch's by 0.3 (relative)")
 
     monkeypatch.setattr(export, "export_model", differs)
-    with caplog.at_level(logging.INFO, logger="pdeseg.inference.predict"):
+    with caplog.at_level(logging.INFO, logger="pdeseg.inference.backend"):
         predictor = Predictor.from_checkpoint(checkpoint, InferenceOptions(device="cpu", precision="32", backend="auto"))
     assert not _is_onnx(predictor)
     assert any("its ONNX export is not usable" in r.getMessage() and "differ" in r.getMessage() for r in caplog.records)

@@ -108,7 +108,8 @@ def test_an_ensemble_averages_class_probabilities(phantom_root, tmp_path):
     import torch
 
     from pdeseg.errors import CheckpointError
-    from pdeseg.inference.predict import EnsembleModel, Predictor
+    from pdeseg.inference.ensemble import EnsembleModel
+    from pdeseg.inference.predict import Predictor
     from pdeseg.nn.output import class_probabilities
 
     cfg = tiny_config_dict(phantom_root, tmp_path)

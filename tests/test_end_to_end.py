@@ -17,7 +17,7 @@ from pdeseg.data.readers.brats import find_cases
 from pdeseg.errors import CheckpointError, RunFolderError
 from pdeseg.inference.evaluate import evaluate_checkpoint
 from pdeseg.inference.options import InferenceOptions
-from pdeseg.inference.predict import predict_folder
+from pdeseg.inference.folder import predict_folder
 from pdeseg.training.run import train_model
 
 
@@ -85,7 +85,7 @@ def test_prediction_needs_no_training_code(phantom_root, tmp_path):
         "import sys\n"
         "for banned in ('pdeseg.training', 'pdeseg.training.trainer', 'pdeseg.training.run', 'pdeseg.build'):\n"
         "    sys.modules[banned] = None\n"
-        "from pdeseg.inference.predict import predict_folder\n"
+        "from pdeseg.inference.folder import predict_folder\n"
         f"predict_folder({str(tmp_path / 'run' / 'best.pt')!r}, {str(phantom_root)!r}, {str(tmp_path / 'p')!r}, progress=False)\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True)

@@ -265,20 +265,20 @@ def test_from_checkpoint_checks_options_before_reading_and_keeps_them(tmp_path):
 
 def test_cli_passes_inference_options_and_rejects_bad_ones(monkeypatch, tmp_path, capsys):
     import pdeseg.inference.evaluate as evaluate
-    import pdeseg.inference.predict as predict
+    import pdeseg.inference.folder as folder
     from pdeseg.cli import main
 
     seen = {}
 
     def fake_predict(checkpoint, input_dir, output_dir, options, **kwargs):
         seen["predict"] = vars(options)
-        return predict.PredictionReport(written=[tmp_path / "a"])
+        return folder.PredictionReport(written=[tmp_path / "a"])
 
     def fake_evaluate(checkpoint, out_dir, options, **kwargs):
         seen["evaluate"] = {**vars(options), **kwargs}
         return {"scope": "volume", "split": "test", "checkpoint": "c.pt", "cases": 0, "metrics": {}}
 
-    monkeypatch.setattr(predict, "predict_folder", fake_predict)
+    monkeypatch.setattr(folder, "predict_folder", fake_predict)
     monkeypatch.setattr(evaluate, "evaluate_checkpoint", fake_evaluate)
     base = ["predict", "--checkpoint", "c.pt", "--input", "in", "--output", str(tmp_path / "out")]
     assert main(base) == 0

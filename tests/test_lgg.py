@@ -150,7 +150,7 @@ def test_overlay_colours_truth_red_prediction_green_overlap_yellow():
 @pytest.mark.parametrize("output", ["sigmoid", "softmax"])
 def test_binary_mode_trains_evaluates_and_writes_masks(tmp_path, output):
     from pdeseg.inference.evaluate import evaluate_checkpoint
-    from pdeseg.inference.predict import predict_folder
+    from pdeseg.inference.folder import predict_folder
     from pdeseg.training.run import train_model
 
     write_lgg_phantom_dataset(tmp_path / "data", n_cases=4, seed=1, shape=(32, 32, 16))

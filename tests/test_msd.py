@@ -236,7 +236,7 @@ def test_ct_phantom_train_resume_predict_round_trip(tmp_path):
     from pdeseg.checkpoint import load_checkpoint
     from pdeseg.config import config_from_dict
     from pdeseg.data.phantoms.msd import write_msd_phantom_dataset
-    from pdeseg.inference.predict import predict_folder
+    from pdeseg.inference.folder import predict_folder
     from pdeseg.training.run import train_model
 
     root = write_msd_phantom_dataset(tmp_path / "ct", n_cases=4, kind="ct", shape=(40, 40, 16), n_test=1)

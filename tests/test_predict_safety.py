@@ -21,7 +21,7 @@ from pdeseg.config import config_from_dict
 from pdeseg.data.files import write_atomically
 from pdeseg.data.phantoms.brats import write_lgg_phantom_dataset
 from pdeseg.errors import RunFolderError
-from pdeseg.inference.predict import PredictionReport, predict_folder
+from pdeseg.inference.folder import PredictionReport, predict_folder
 from pdeseg.training.run import train_model
 
 

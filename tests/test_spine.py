@@ -132,7 +132,7 @@ def test_3d_patches_train_evaluate_and_predict_in_the_input_geometry(phantom_roo
     from pdeseg.build import resolve
     from pdeseg.config import config_from_dict
     from pdeseg.inference.evaluate import evaluate_checkpoint
-    from pdeseg.inference.predict import predict_folder
+    from pdeseg.inference.folder import predict_folder
     from pdeseg.training.run import train_model
 
     d = tiny_config_dict(phantom_root, tmp_path, epochs=2)

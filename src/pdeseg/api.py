@@ -203,7 +203,7 @@ class Segmenter:
                 raise DataError(f"{path}: not a file of a {fmt.name} case this model can read ({exc})") from None
         if len(cases) != 1:
             raise DataError(f"{path} holds {len(cases)} {fmt.name} cases; give one case folder or file "
-                            f"(pdeseg.inference.predict.predict_folder segments a folder of cases)")
+                            f"(pdeseg.inference.folder.predict_folder segments a folder of cases)")
         return cases[0].load(modalities, with_label=False)
 
     def _cases_beside(self, path: Path, error: Exception) -> list:

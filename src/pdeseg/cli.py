@@ -369,7 +369,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """Exit 0 when every case was written, 1 when some were skipped (bad input files) and
     others written, 2 when none could be written (or the run was refused)."""
     from pdeseg.data.readers.ome import find_ome_images
-    from pdeseg.inference.predict import predict_folder
+    from pdeseg.inference.folder import predict_folder
     from pdeseg.inference.shard import parse_shard
 
     shard = parse_shard(args.shard)

@@ -180,7 +180,7 @@ def predict_ome(checkpoint, input_path: str | Path, output_dir: str | Path | Non
         progress: show progress.
 
     Returns:
-        a :class:`~pdeseg.inference.predict.PredictionReport`.
+        a :class:`~pdeseg.inference.folder.PredictionReport`.
 
     Raises:
         DataError: no OME image there, or one without the asked channel or a suitable level.
@@ -188,7 +188,8 @@ def predict_ome(checkpoint, input_path: str | Path, output_dir: str | Path | Non
         ConfigError: bad options.
     """
     from pdeseg.inference.options import InferenceOptions
-    from pdeseg.inference.predict import PredictionReport, Predictor
+    from pdeseg.inference.folder import PredictionReport
+    from pdeseg.inference.predict import Predictor
 
     options = options or InferenceOptions()
     images = find_ome_images(input_path)

@@ -1,5 +1,7 @@
-"""Whole-case prediction with the preprocessing a model was trained with, and writing the
-result in the input's own format and geometry (the data format decides how).
+"""Whole-case prediction with the preprocessing a model was trained with: the
+:class:`Predictor` engine (folders of cases are segmented and written by
+:mod:`pdeseg.inference.folder`, ensembles are made in :mod:`pdeseg.inference.ensemble`, the
+ONNX Runtime backend chosen in :mod:`pdeseg.inference.backend`).
 
 Needs only the checkpoint (model name, kwargs, weights, preprocessing spec), the reader and
 the preprocessing; no training code. How a case is segmented follows the spec's mode:
@@ -28,10 +30,6 @@ result one over-confident pass can dominate. The mean is handed on as logits aga
 for softmax, log(p / (1 - p)) for a sigmoid head), so that every caller (argmax, losses,
 stitching) keeps receiving logits. Averaging over the whole group of mirrorings makes the
 result exactly mirror-equivariant, which identity plus one flip per axis would not.
-
-:func:`predict_folder` never replaces an input file, replaces existing outputs only when
-asked to (``overwrite``), checks both before any case is read, writes every file through a
-temporary name, and skips (and reports) cases that cannot be read or segmented.
 """
 
 from __future__ import annotations
@@ -41,9 +39,8 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -54,14 +51,14 @@ from torch import nn
 from pdeseg.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint, preprocessing_spec
 from pdeseg.config import ExperimentConfig, TaskSpec
 from pdeseg.data.case import LoadedCase
-from pdeseg.data.files import blocking_path, describe_blocker, make_folders, remove_empty
 from pdeseg.data.formats import DataFormat, get_format
-from pdeseg.data.outputs import check_distinct, check_replaceable, check_still_ours
 from pdeseg.data.pipeline.preprocess import Box, Preprocessing
-from pdeseg.errors import CheckpointError, ConfigError, DataError, PdesegError, RunFolderError
+from pdeseg.errors import CheckpointError, ConfigError, DataError
 from pdeseg.data.pipeline.representations import Representation
+from pdeseg.inference.backend import is_torch, on_backend
 from pdeseg.inference.decode import Segmentation, decode
 from pdeseg.inference.decode import cells as decode_cells
+from pdeseg.inference.ensemble import EnsembleModel, ensemble_members, object_diameter, postprocess_rules
 from pdeseg.inference.options import InferenceOptions
 from pdeseg.nn.output import OutputHead, background_logits, head_of, mean_output
 from pdeseg.nn.postprocess import PostProcessing
@@ -173,11 +170,11 @@ class Predictor:
         ckpt = load_checkpoint(path)
         spec, config = preprocessing_spec(ckpt, path), checkpoint_config(ckpt, path)
         dev = resolve_device(options.device)
-        model = _on_backend(model_from_checkpoint(ckpt, where=path).to(dev), spec, options, dev)
-        if spec.spatial_dims == 2 and _is_torch(model):
+        model = on_backend(model_from_checkpoint(ckpt, where=path).to(dev), spec, options, dev)
+        if spec.spatial_dims == 2 and is_torch(model):
             model = model.to(memory_format=torch.channels_last)
         predictor = cls(model, spec, dev, options, ckpt["model"]["name"])._take_config(config)
-        predictor.object_diameter = _object_diameter(ckpt, path)
+        predictor.object_diameter = object_diameter(ckpt, path)
         return predictor
 
     @classmethod
@@ -208,20 +205,20 @@ class Predictor:
                 raise CheckpointError(f"{path}: its {differs[0]} ({spec.model_dump()[differs[0]]!r}) differs from "
                                       f"{paths[0]}'s ({first[differs[0]]!r}); an ensemble needs one preprocessing and output")
         if options.postprocess:  # the rules change the output as much as the preprocessing does
-            rules = [_postprocess_rules(c) for c in configs]
+            rules = [postprocess_rules(c) for c in configs]
             for rule, path in zip(rules[1:], paths[1:]):
                 differs = sorted(k for k in {*rules[0], *rule} if rules[0].get(k) != rule.get(k))
                 if differs:
                     raise CheckpointError(f"{path}: its postprocess.{differs[0]} ({rule.get(differs[0])!r}) differs from "
                                           f"{paths[0]}'s ({rules[0].get(differs[0])!r}); an ensemble needs one "
                                           "post-processing: pass --no-postprocess, or use members trained with the same rules")
-        members = [_on_backend(model_from_checkpoint(c, where=p).to(dev), specs[0], options, dev) for c, p in zip(ckpts, paths)]
-        if specs[0].spatial_dims == 2 and all(_is_torch(m) for m in members):
+        members = [on_backend(model_from_checkpoint(c, where=p).to(dev), specs[0], options, dev) for c, p in zip(ckpts, paths)]
+        if specs[0].spatial_dims == 2 and all(is_torch(m) for m in members):
             members = [m.to(memory_format=torch.channels_last) for m in members]
         names = sorted({c["model"]["name"] for c in ckpts})
         predictor = cls(EnsembleModel(members, head_of(specs[0])), specs[0], dev, options,
                         f"ensemble of {len(members)} ({', '.join(names)})")
-        predictor.object_diameter = _object_diameter(ckpts[0], paths[0])
+        predictor.object_diameter = object_diameter(ckpts[0], paths[0])
         return predictor._take_config(configs[0])
 
     @property
@@ -550,309 +547,6 @@ class Predictor:
         return self.postprocessing.apply(classes, self.spec.num_classes, self.spec.regions)
 
 
-@dataclass
-class PredictionReport:
-    """What :func:`predict_folder` did.
-
-    Attributes:
-        written: for each segmented case, in order, the file or case folder written.
-        skipped: case -> reason, for each case that could not be read or segmented, or was not
-            written because a write failed (disk full) after earlier cases were written.
-    """
-
-    written: list[Path] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)
-
-    def summary(self) -> str:
-        """One line: ``wrote N, skipped M: case A (reason), ...``."""
-        line = f"wrote {len(self.written)}, skipped {len(self.skipped)}"
-        if self.skipped:
-            line += ": " + ", ".join(f"{case} ({_first_line(reason)})" for case, reason in self.skipped.items())
-        return line
-
-
-def _first_line(text: str) -> str:
-    return str(text).strip().splitlines()[0] if str(text).strip() else ""
-
-
-def _check_folders(out_dir: Path, outputs: Iterable[Path]) -> None:
-    """Raises RunFolderError when ``out_dir`` or an output's folder lies below a file (or a
-    link to nothing)."""
-    for folder in dict.fromkeys([out_dir, *(p.parent for p in outputs)]):
-        blocker = blocking_path(folder)
-        if blocker is not None:
-            raise RunFolderError(f"--output {out_dir}: {blocker} {describe_blocker(blocker)}, so {folder} cannot be "
-                                 "created; choose another --output")
-
-
-def _check_inputs_untouched(planned: dict[str, list[Path]], inputs: dict[Path, str]) -> None:
-    """Raises RunFolderError when a planned output is one of the input cases' files."""
-    for paths in planned.values():
-        for path in paths:
-            owner = inputs.get(path.resolve())
-            if owner is not None:
-                raise RunFolderError(f"{path} is an input file of case {owner}; the prediction would replace it "
-                                     "(refused even with --overwrite): choose another --output")
-
-
-def _check_existing(planned: dict[str, list[Path]], overwrite: bool) -> None:
-    """Raises RunFolderError when planned outputs exist (and ``overwrite`` is off) or are folders."""
-    paths = [p for ps in planned.values() for p in ps]
-    folders = [p for p in paths if p.is_dir()]
-    if folders:
-        raise RunFolderError(f"{folders[0]} is a folder where a prediction file would go; move it or choose another --output")
-    existing = [p for p in paths if p.exists() or p.is_symlink()]
-    if existing and not overwrite:
-        raise RunFolderError(f"{existing[0]} already exists ({len(existing)} of the {len(paths)} output files exist); "
-                             "pass --overwrite to replace them, or choose another --output")
-    for path in existing:  # --overwrite replaces only pdeseg's own earlier outputs (their marker)
-        check_replaceable(path, overwrite, "--output")
-
-
-def check_outputs(fmt: DataFormat, cases: list, modalities: list[str], out_dir: str | Path, overwrite: bool = False,
-                  **write_options) -> dict[str, list[Path]]:
-    """Every file a prediction of ``cases`` would write, checked before any case is read.
-
-    Args:
-        fmt: the data format (it names the outputs).
-        cases: the input cases (their files are never replaced).
-        modalities: the channels the model reads (their files count as input files).
-        out_dir: the output folder.
-        overwrite: allow replacing existing output files (never input files).
-        write_options: the format's output options.
-
-    Returns:
-        case id -> the files its prediction would write.
-
-    Raises:
-        RunFolderError: an output is one of the input cases' files (even with ``overwrite``),
-            is planned for two cases, already exists (without ``overwrite``; with it, when it
-            lacks pdeseg's marker, see :mod:`pdeseg.data.outputs`) or is a folder, or the
-            output folder lies below a file.
-        ConfigError: an output option the format does not take or allow.
-    """
-    out_dir = Path(out_dir).expanduser()
-    planned = {case.case_id: fmt.output_paths(case, out_dir, **write_options) for case in cases}
-    inputs = {f.resolve(): case.case_id for case in cases for f in case.source_files(modalities)}
-    _check_folders(out_dir, [p for ps in planned.values() for p in ps])
-    _check_inputs_untouched(planned, inputs)
-    check_distinct(planned)
-    _check_existing(planned, overwrite)
-    return planned
-
-
-def _skip(report: PredictionReport, case_id: str, reason: str) -> None:
-    report.skipped[case_id] = reason
-    log.warning("skipped case %s: %s", case_id, _first_line(reason))
-
-
-def _on_backend(model: nn.Module, spec: TaskSpec, options: InferenceOptions, device: torch.device) -> nn.Module:
-    """``model`` itself, or its checked ONNX export in an ONNX Runtime session (CPU only) that
-    stands in for it: with ``options.backend == "onnxruntime"``, and with ``auto`` wherever
-    that can run (:func:`torch_reason` gives none) and the export reproduces PyTorch's logits
-    on probe inputs (:func:`~pdeseg.inference.export.export_model`); otherwise ``auto`` keeps
-    PyTorch and says why, once per process.
-
-    Raises:
-        ConfigError: onnxruntime with a non-CPU device.
-        ExportError: (onnxruntime) onnx / onnxruntime missing, or the export does not reproduce the logits.
-    """
-    if options.backend == "torch":
-        return model
-    from pdeseg.inference.export import ExportError
-
-    if options.backend == "auto":
-        why = torch_reason(options, device)
-        if why is None:
-            try:
-                return _onnx_runtime(model, spec)
-            except ExportError as exc:
-                why = f"its ONNX export is not usable ({_first_line(str(exc))})"
-        _log_once(f"backend auto: PyTorch, since {why}")
-        return model
-    if device.type != "cpu":
-        raise ConfigError(f"the onnxruntime backend runs on the CPU; pass --device cpu (got {device})")
-    return _onnx_runtime(model, spec)
-
-
-def torch_reason(options: InferenceOptions, device: torch.device) -> str | None:
-    """Why ``backend: auto`` keeps PyTorch for these options on ``device``, or None when ONNX
-    Runtime runs the network: on a CPU where PyTorch would run fp32 (ONNX Runtime's fp32 was
-    measured 1.39x faster there, ``benchmarks/bench_onnx.py``). Where ``precision: auto`` gives
-    bf16 autocast (a CPU with bf16 instructions), PyTorch stays: its bf16 forward was measured
-    1.4-1.5x faster than ONNX Runtime's fp32 (``benchmarks/bench_predict.py``, issue 36)."""
-    import importlib.util
-
-    from pdeseg.runtime import resolve_precision
-
-    if device.type != "cpu":
-        return f"the device is {device} (ONNX Runtime runs on the CPU here)"
-    if options.compile:
-        return "--compile asks for torch.compile"
-    if options.precision not in ("auto", "32"):
-        return f"--precision {options.precision} is a PyTorch autocast"
-    if options.precision == "auto" and resolve_precision("auto", device) == "bf16-mixed":
-        return ("this CPU has bf16 instructions, where PyTorch's bf16 autocast was measured faster than ONNX Runtime's "
-                "fp32 (--backend onnxruntime or --precision 32 to run ONNX Runtime)")
-    missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
-    if missing:
-        return f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed (pip install 'pdeseg[deploy]')"
-    return None
-
-
-def _onnx_runtime(model: nn.Module, spec: TaskSpec) -> nn.Module:
-    """The checked ONNX export of ``model`` in an ONNX Runtime session with torch's thread count."""
-    from pdeseg.inference.export import OnnxRuntimeModel, export_model, onnx_session
-
-    in_channels = len(spec.modalities) * (2 * spec.context_slices + 1)
-    t0 = time.perf_counter()
-    graph, check = export_model(model, "onnx", in_channels, spec.spatial_dims, spec.spatial_size)
-    log.info("onnxruntime backend: exported %s in %.1f s, logits within %.2g of PyTorch's (relative) on probe inputs",
-             type(model).__name__, time.perf_counter() - t0, check["max_relative_difference"])
-    return OnnxRuntimeModel(onnx_session(graph, threads=torch.get_num_threads()))
-
-
-_LOGGED: set[str] = set()
-
-
-def _log_once(message: str) -> None:
-    if message not in _LOGGED:
-        _LOGGED.add(message)
-        log.info("%s", message)
-
-
-def _is_torch(model: nn.Module) -> bool:
-    from pdeseg.inference.export import OnnxRuntimeModel
-
-    return not isinstance(model, OnnxRuntimeModel)
-
-
-def _input_format(predictor: Predictor, input_dir: str | Path, name: str | None) -> DataFormat:
-    """The format the input is read with: ``name``, else DICOM for a folder of DICOM files,
-    else the checkpoint's. A DICOM case gives any model its channels; other formats must be
-    the checkpoint's own (their classes and label values are the model's)."""
-    from pdeseg.data.readers.dicom import is_dicom_folder
-
-    if name is None:
-        name = "dicom" if predictor.format.name != "dicom" and is_dicom_folder(input_dir) else predictor.format.name
-    if name not in ("dicom", predictor.format.name):
-        raise ConfigError(f"input format {name!r}: this model reads {predictor.format.name} cases (or DICOM series)")
-    return get_format(name)
-
-
-def _placeable(cases: list, skipped: dict[str, str]) -> list:
-    """The DICOM cases a SEG can be derived from (the reference series has a frame of
-    reference); the others are put in ``skipped`` before any is segmented."""
-    kept = []
-    for case in cases:
-        if not case.reference.frame_of_reference:
-            skipped[case.case_id] = (f"{case.reference.label}: no FrameOfReferenceUID, so a DICOM-SEG cannot be placed on "
-                                     "it; use --output-format nifti")
-        else:
-            kept.append(case)
-    return kept
-
-
-def _write_dicom(predictor: Predictor, seg: Segmentation, loaded: LoadedCase, out_dir: Path, write_options: dict) -> Path:
-    """Write a DICOM case's prediction (SEG segments named by the model's classes or regions)."""
-    from pdeseg.data.readers.dicom_seg import segments_for, write_prediction
-
-    spec = predictor.spec
-    segments = segments_for(spec.class_names, spec.regions, spec.output)
-    try:
-        return write_prediction(seg.classes, loaded, out_dir, segments=segments, probabilities=seg.probabilities,
-                                description=f"pdeseg {predictor.name}", **write_options)
-    except OSError as exc:
-        raise RunFolderError(f"cannot write the prediction of {loaded.case.case_id} under {out_dir}: {exc}") from exc
-
-
-def _write(fmt: DataFormat, seg: Segmentation, loaded: LoadedCase, out_dir: Path, write_options: dict) -> Path:
-    """Write one prediction (a cell format also gets the model's own cells); an OSError (disk
-    full, permissions) stops the run as a RunFolderError."""
-    try:
-        if fmt.object_metrics and seg.instances is not None:
-            return fmt.write_prediction(seg.classes, loaded, out_dir, objects=seg.instances, **write_options)
-        return fmt.write_prediction(seg.classes, loaded, out_dir, **write_options)
-    except OSError as exc:
-        raise RunFolderError(f"cannot write the prediction of {loaded.case.case_id} under {out_dir}: {exc}") from exc
-
-
-def _stop_after_fault(report: PredictionReport, cases: list, failed: str, exc: Exception) -> None:
-    """A write failed (disk full, folder gone) after some cases were written: the case and
-    every one after it are reported as not written (the run then exits 1, not 2, since
-    files were written), and the error names what was written."""
-    ids = [c.case_id for c in cases]
-    left = ids[ids.index(failed):]
-    log.error("%s; stopped after writing %d of %d case(s); not written: %s", exc, len(report.written), len(ids), ", ".join(left))
-    for case_id in left:
-        report.skipped[case_id] = f"not written: {exc}" if case_id == failed else "not written: the run stopped at an earlier fault"
-
-
-def ensemble_members(checkpoints: Sequence[str | Path] | str | Path) -> list[Path]:
-    """The checkpoint files named: files as given, a folder as every ``best.pt`` below it
-    (sorted).
-
-    Raises:
-        CheckpointError: nothing named, or a folder holding no ``best.pt``.
-    """
-    items = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
-    paths: list[Path] = []
-    for item in items:
-        path = Path(item).expanduser()
-        if path.is_dir():
-            found = sorted(path.rglob("best.pt"))
-            if not found:
-                raise CheckpointError(f"{path}: a folder given as a checkpoint must hold best.pt files (e.g. the fold*/ "
-                                      "runs of pdeseg train --folds), found none")
-            paths += found
-        else:
-            paths.append(path)
-    if not paths:
-        raise CheckpointError("no checkpoint given")
-    return paths
-
-
-def _object_diameter(ckpt: dict, path) -> float | None:
-    """The training object size a checkpoint states (``object_diameter``, px), or None.
-
-    Raises:
-        CheckpointError: a value that is not a size > 0.
-    """
-    value = ckpt.get("object_diameter")
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise CheckpointError(f"{path}: object_diameter must be a size in pixels > 0, got {value!r}")
-    return float(value)
-
-
-def _postprocess_rules(config: ExperimentConfig | None) -> dict:
-    """The post-processing rules a checkpoint's config turns on (unset rules left out)."""
-    rules = config.postprocess.model_dump() if config is not None else {}
-    return {k: v for k, v in rules.items() if v is not None}
-
-
-class EnsembleModel(nn.Module):
-    """Several trained models of one preprocessing spec used as one: the logits of the mean of
-    their class probabilities (softmax, or sigmoid for a one-channel head), as test-time
-    augmentation averages its passes (see the module docstring), so stitching, mirroring and
-    argmax work unchanged.
-
-    Shapes:
-        ``x (B, C, *S)`` -> logits ``(B, K, *S)``.
-    """
-
-    def __init__(self, members: Sequence[nn.Module], head: OutputHead):
-        super().__init__()
-        if not members:
-            raise ValueError("an ensemble needs at least one model")
-        self.members = nn.ModuleList(members)
-        self.head = head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return mean_output([(member(x).float(), ()) for member in self.members], self.head)
-
-
 def read_ahead(read, items: Sequence) -> Iterator[Future]:
     """Futures of ``read(item)`` in order, each started in a background thread while the
     caller works on the item before it (one item ahead: reading and decompressing the next
@@ -868,132 +562,3 @@ def read_ahead(read, items: Sequence) -> Iterator[Future]:
         yield ahead
 
 
-def predict_folder(
-    checkpoint: str | Path | Sequence[str | Path],
-    input_dir: str | Path,
-    output_dir: str | Path,
-    options: InferenceOptions | None = None,
-    progress: bool = True,
-    overwrite: bool = False,
-    input_format: str | None = None,
-    read_options: dict | None = None,
-    shard: tuple[int, int] | None = None,
-    **write_options,
-) -> PredictionReport:
-    """Segment one case folder or a folder of cases, writing each in the input's own format
-    (BraTS: ``<output>/<case>_seg.nii.gz`` with the input's affine, header and label values;
-    LGG: ``<output>/<case>/<case>_<n>_mask.<png|tif>``).
-
-    Before any case is read, every output path is computed and checked: none may be an
-    input case's own file (image or label, even with ``overwrite``), none may exist unless
-    ``overwrite``, and the output folder may not lie below a file. Each file is written to a
-    temporary name in its folder and then renamed. A case that cannot be found consistently,
-    read or segmented (a :class:`~pdeseg.errors.PdesegError`) is logged, skipped and
-    reported; the others are written. Labels are never read.
-
-    Args:
-        checkpoint: a pdeseg checkpoint (model, weights, preprocessing, data format), or
-            several, or a folder of runs: an ensemble (:meth:`Predictor.from_checkpoints`).
-        input_dir: a case folder or a folder of cases.
-        output_dir: where predictions go (created).
-        options: device, precision, batch size, overlap, tta, stitching and post-processing
-            (:class:`~pdeseg.inference.options.InferenceOptions`).
-        progress: show progress (over cases, and over the windows or slices of each case).
-        overwrite: replace existing output files (input files are never replaced).
-        input_format: ``dicom`` to read DICOM series (cases of the model's channels, see
-            :mod:`pdeseg.data.readers.dicom`); None: DICOM when the input folder holds DICOM
-            files, else the checkpoint's own data format.
-        read_options: the input format's reading options (DICOM: ``series`` rules,
-            ``gantry_tilt``); None values mean the default.
-        shard: ``(i, n)``: segment only shard ``i`` of ``n`` of the cases (round robin over the
-            sorted case ids, :mod:`pdeseg.inference.shard`).
-        write_options: the data format's output options (``convention`` for BraTS,
-            ``mask_format`` for LGG, ``output_format`` and ``seg_type`` for DICOM); None
-            values mean the default.
-
-    Returns:
-        the written files or case folders and the skipped cases with their reasons
-        (nothing written when every case was skipped).
-
-    Raises:
-        RunFolderError: see :func:`check_outputs`; or the first output cannot be written (a
-            later write that fails stops the run, and the case and those after it are
-            reported as skipped beside the written ones).
-        CheckpointError, DeviceError, ConfigError: unusable checkpoint, device or option.
-        DataError: the input folder is missing or holds no cases at all.
-    """
-    predictor = Predictor.from_checkpoints(checkpoint, options)
-    if predictor.postprocessing.enabled:
-        log.info("post-processing: %s", predictor.postprocessing.describe())
-    if isinstance(predictor.model, EnsembleModel):
-        log.info("%s: class probabilities averaged", predictor.name)
-    if predictor.tta:
-        log.info("test-time augmentation: probabilities averaged over %d mirrorings per forward pass",
-                 len(flip_sets(predictor.spec.spatial_dims)))
-    fmt, out_dir = _input_format(predictor, input_dir, input_format), Path(output_dir).expanduser()
-    read_options = {k: v for k, v in (read_options or {}).items() if v is not None}
-    fmt.check_read_options(read_options)
-    dicom = fmt.name == "dicom"
-    if dicom:
-        write_options = {"output_format": "dicom-seg", **{k: v for k, v in write_options.items() if v is not None}}
-        log.info("DICOM input: %s", "; ".join(f"{k}={v}" for k, v in {**read_options, **write_options}.items()))
-    report = PredictionReport()
-    cases = fmt.find_cases(input_dir, predictor.modalities, require_label=False, skipped=report.skipped, **read_options)
-    if shard is not None:  # this copy's share of the cases (pdeseg.inference.shard)
-        from pdeseg.inference.shard import shard_cases
-
-        cases, report.skipped = shard_cases(cases, report.skipped, shard)
-    if dicom and write_options["output_format"] != "nifti":
-        cases = _placeable(cases, report.skipped)
-    for case_id, reason in report.skipped.items():
-        log.warning("skipped case %s: %s", case_id, _first_line(reason))
-    check_outputs(fmt, cases, predictor.modalities, out_dir, overwrite, **write_options)
-    created = make_folders(out_dir, "--output") if cases else []
-    try:
-        _predict_cases(predictor, fmt, cases, out_dir, write_options, report, progress)
-    finally:
-        if not report.written:  # every case skipped (or the run refused): leave no empty output folder
-            remove_empty(created)
-    if report.skipped:
-        log.warning("%s", report.summary())
-    else:
-        log.info("%s", report.summary())
-    return report
-
-
-def _predict_cases(predictor, fmt, cases: list, out_dir: Path, write_options: dict, report: PredictionReport,
-                   progress: bool) -> None:
-    """Segment and write ``cases`` one by one into ``report`` (a bad case is skipped; a write
-    fault after some were written stops the run, see :func:`_stop_after_fault`).
-
-    Raises:
-        RunFolderError: the first write fails (nothing written yet).
-    """
-    dicom = fmt.name == "dicom"
-    fractional = dicom and write_options.get("seg_type") == "fractional"
-    for case, read in zip(track(cases, "predicting", "case", enabled=progress), read_ahead(predictor.read, cases)):
-        try:
-            loaded, seg = predictor.predict_case(case, progress, with_probabilities=fractional, prepared=read.result())
-        except PdesegError as exc:
-            _skip(report, case.case_id, str(exc))
-            continue
-        try:
-            check_still_ours(fmt.output_paths(case, out_dir, **write_options))  # a file saved there during the run
-            if dicom:
-                try:
-                    path = _write_dicom(predictor, seg, loaded, out_dir, write_options)
-                except DataError as exc:  # the source headers do not allow a SEG (reported, the others go on)
-                    _skip(report, case.case_id, str(exc))
-                    continue
-            else:
-                path = _write(fmt, seg, loaded, out_dir, write_options)
-        except RunFolderError as exc:
-            if not report.written:
-                raise  # nothing written: the run is refused as a whole (exit 2)
-            _stop_after_fault(report, cases, case.case_id, exc)
-            break
-        counts = np.bincount(seg.classes.ravel(), minlength=predictor.spec.num_classes)
-        cells = f", {int(seg.instances.max(initial=0))} cells" if seg.instances is not None and fmt.object_metrics else ""
-        log.info("%s -> %s (%s%s)", case.case_id, path,
-                 ", ".join(f"{n}: {v}" for n, v in zip(predictor.spec.class_names, counts)), cells)
-        report.written.append(path)
