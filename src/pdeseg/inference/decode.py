@@ -123,8 +123,9 @@ def decode_batch(logits: torch.Tensor, head: OutputHead) -> torch.Tensor:
     return predicted_classes(logits, head)
 
 
-def _cells(logits: torch.Tensor, classes: np.ndarray, head: OutputHead, representation: Representation | None,
-           min_size: int | None) -> np.ndarray | None:
+def _cells(
+    logits: torch.Tensor, classes: np.ndarray, head: OutputHead, representation: Representation | None, min_size: int | None
+) -> np.ndarray | None:
     """The instances ``(X, Y, Z)`` int32 of a cell model's output ``(K + M, X, Y, Z)`` on the
     classes' grid, slice by slice along the last axis; None without a representation."""
     if representation is None:
@@ -138,16 +139,18 @@ def _cells(logits: torch.Tensor, classes: np.ndarray, head: OutputHead, represen
     return out
 
 
-def cells(logits: torch.Tensor, classes: np.ndarray, head: OutputHead, representation: Representation | None,
-          min_size: int | None = None) -> np.ndarray | None:
+def cells(
+    logits: torch.Tensor, classes: np.ndarray, head: OutputHead, representation: Representation | None, min_size: int | None = None
+) -> np.ndarray | None:
     """The cells of given ``classes`` ``(X, Y, Z)`` from a cell model's logits ``(K + M, X, Y, Z)``
     on the same grid (the cell step of :func:`decode` alone, for callers that hold classes
     already); None without a representation."""
     return _cells(logits.float(), classes, head, representation, min_size)
 
 
-def _paste(box: Box, shape: tuple[int, ...], head: OutputHead, classes: np.ndarray, probabilities: np.ndarray | None,
-           found: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+def _paste(
+    box: Box, shape: tuple[int, ...], head: OutputHead, classes: np.ndarray, probabilities: np.ndarray | None, found: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """``classes`` (and probabilities, cells) of the box placed in a case of ``shape``: class 0,
     background's probabilities and no cell outside the box."""
     cut = box_slices(box)
