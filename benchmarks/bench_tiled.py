@@ -49,7 +49,7 @@ def child(args: argparse.Namespace) -> dict:
 
     from pdeseg.data.readers.ome import open_ome
     from pdeseg.inference.options import InferenceOptions
-    from pdeseg.inference.tiled import OmeSource, predict_tiled
+    from pdeseg.inference.tiling import OmeSource, predict_tiled
 
     options = InferenceOptions(device="cpu", precision=args.precision, postprocess=False)
     ome = open_ome(args.mosaic)
@@ -201,7 +201,7 @@ def main() -> None:
     import torch
 
     from pdeseg.data.phantoms.mosaic import Mosaic, dsb_tiles
-    from pdeseg.inference.tiled import TileGrid
+    from pdeseg.inference.tiling import TileGrid
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

@@ -158,7 +158,7 @@ def test_fingerprint_and_plan_replace_only_their_own_file_and_only_with_overwrit
 def test_a_killed_tiled_run_leaves_scratch_that_the_next_run_reclaims(tmp_path):
     """A scratch folder whose owner process is gone (here: a child that exited) is removed by
     the next run's :func:`make_scratch`; one of a live process is kept."""
-    from pdeseg.inference.tiled import make_scratch
+    from pdeseg.inference.tiling.scratch import make_scratch
 
     child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead = tmp_path / ".pdeseg-tiles-dead"

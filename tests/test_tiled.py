@@ -1,4 +1,4 @@
-"""Tiled prediction of images larger than memory (pdeseg.inference.tiled): the grid, the
+"""Tiled prediction of images larger than memory (pdeseg.inference.tiling): the grid, the
 normalisation over the whole image, equality with whole-image prediction (classes exactly;
 cells away from the seams), cells cut by a seam joined, ids unique, windows read one at a time,
 and the same labels from a 2-worker Dask LocalCluster."""
@@ -17,7 +17,8 @@ from pdeseg.data.pipeline.preprocess import normalize
 from pdeseg.errors import ConfigError
 from pdeseg.inference.options import InferenceOptions
 from pdeseg.inference.predict import Predictor
-from pdeseg.inference.tiled import Normalisation, TileGrid, _combine_stats, _stats_of_block, predict_tiled
+from pdeseg.inference.tiling import TileGrid, predict_tiled
+from pdeseg.inference.tiling.statistics import Normalisation, _combine_stats, _stats_of_block
 from pdeseg.nn.output import predicted_classes
 
 OPTIONS = InferenceOptions(device="cpu", precision="32", postprocess=False)

@@ -125,7 +125,7 @@ def test_a_refused_dask_scheduler_leaves_dask_usable_in_the_process():
 
     import dask.array as da
 
-    from pdeseg.inference.tiled import DaskRunner
+    from pdeseg.inference.tiling import DaskRunner
 
     with pytest.raises(ConfigError, match="--dask-scheduler not an address"):
         DaskRunner(address="not an address")

@@ -1,5 +1,5 @@
 """``pdeseg predict`` on OME-TIFF / OME-Zarr images: tiled, so an image of any size is
-segmented in bounded memory (:mod:`pdeseg.inference.tiled`), in one process or on Dask.
+segmented in bounded memory (:mod:`pdeseg.inference.tiling`), in one process or on Dask.
 
 Where results go:
 
@@ -15,7 +15,7 @@ and an existing output is replaced only with ``overwrite`` and only when pdeseg 
 marker, :func:`pdeseg.data.outputs.written_by_pdeseg`), so someone else's label layer is never
 deleted. Scratch stores of the tiles live beside the output (``<output>/`` for OME-TIFF,
 ``<image>/labels/`` for OME-Zarr), are removed on every exit Python sees, and a scratch folder
-left by a killed run is reclaimed by the next run (:func:`pdeseg.inference.tiled.reclaim_scratch`).
+left by a killed run is reclaimed by the next run (:func:`pdeseg.inference.tiling.scratch.reclaim_scratch`).
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from pdeseg.data.outputs import check_distinct, check_name, check_outside, check
 from pdeseg.data.readers.ome import OmeImage, find_ome_images, open_ome, plane_shape, write_ome_tiff, write_ome_zarr_labels
 from pdeseg.errors import ConfigError, DataError, PdesegError, RunFolderError
 from pdeseg.inference.shard import select_shard
-from pdeseg.inference.tiled import (DEFAULT_HALO, DEFAULT_TILE, DaskRunner, LocalRunner, OmeSource, check_tileable,
-                                    predict_tiled)
+from pdeseg.inference.tiling import (DEFAULT_HALO, DEFAULT_TILE, DaskRunner, LocalRunner, OmeSource, check_tileable,
+                                     predict_tiled)
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def _tiles_in_order(labels, tile: int):
 
 
 def export(result, plan: _Plan, tile: int) -> Path:
-    """Copy a :class:`~pdeseg.inference.tiled.TiledResult` to the plan's target, chunk by chunk."""
+    """Copy a :class:`~pdeseg.inference.tiling.TiledResult` to the plan's target, chunk by chunk."""
     pixel = plan.ome.levels[plan.level].pixel_size
     labels = result.labels
     if plan.kind == "tiff":
@@ -173,7 +173,7 @@ def predict_ome(checkpoint, input_path: str | Path, output_dir: str | Path | Non
         output: ``auto`` (labels into an OME-Zarr input, an OME-TIFF beside the others),
             ``tiff`` or ``zarr``.
         labels_name: name of the labels group in an OME-Zarr.
-        tile, halo: see :func:`pdeseg.inference.tiled.predict_tiled`.
+        tile, halo: see :func:`pdeseg.inference.tiling.predict_tiled`.
         shard: ``(i, n)``: this copy's share of the images (:mod:`pdeseg.inference.shard`).
         overwrite: replace existing outputs.
         dask_workers, dask_address: run the tiles on Dask (a LocalCluster, or a scheduler).

@@ -161,7 +161,7 @@ def _probability_maps(probs: np.ndarray | None, classes: list[str]) -> dict[str,
 
 
 def _tiled(segmenter, image: np.ndarray, cells: bool, say: Progress) -> Segmentation:
-    from pdeseg.inference.tiled import LocalRunner, predict_tiled
+    from pdeseg.inference.tiling import LocalRunner, predict_tiled
 
     class Reporting(LocalRunner):
         def map(self, fn, items, desc, progress, job, **extra):
