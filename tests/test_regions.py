@@ -138,12 +138,13 @@ def test_a_region_model_trains_scores_and_writes_brats_labels(phantom_root, tmp_
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
     assert all(k in rows[-1] for k in ("val_dice_WT", "val_dice_TC", "val_dice_ET"))
     out = tmp_path / "seg"
-    assert main(["predict", "--checkpoint", str(ckpt), "--input", str(phantom_root), "--output", str(out), "--no-progress"]) == 0
+    assert main(["predict", "--checkpoint", str(ckpt), "--input", str(phantom_root), "--output", str(out), "--no-crop",
+                 "--no-progress"]) == 0
     import nibabel as nib
 
     from pdeseg.inference.predict import Predictor
 
-    predictor = Predictor.from_checkpoint(ckpt, InferenceOptions("cpu"))
+    predictor = Predictor.from_checkpoint(ckpt, InferenceOptions("cpu", crop=False))  # whole cases: logits of the same grid
     assert predictor.head.kind == "regions" and predictor.head.channels == 3
     case = predictor.format.find_cases(phantom_root, predictor.modalities, False)[0]
     loaded, seg = predictor.predict_case(case)

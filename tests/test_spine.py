@@ -154,7 +154,8 @@ def test_3d_patches_train_evaluate_and_predict_in_the_input_geometry(phantom_roo
 
 
 def test_one_checkpoint_scores_the_same_through_evaluate_and_compare(phantom_root, tmp_path):
-    """One scoring path: evaluate (reads the files) and compare's scorer (the cache) agree exactly."""
+    """One scoring path: evaluate on the cache grid (reads the files into its cache) and compare's
+    scorer (the training cache) agree exactly."""
     from pdeseg.build import resolve
     from pdeseg.config import config_from_dict
     from pdeseg.data.pipeline.prepare import prepare_data
@@ -167,7 +168,8 @@ def test_one_checkpoint_scores_the_same_through_evaluate_and_compare(phantom_roo
     exp = resolve(cfg)
     data = prepare_data(exp.cfg.data, exp.spec, tmp_path / "run" / "split.json", progress=False)
     rows, _ = score_run(tmp_path / "run" / "best.pt", data.cases("test"), "volume", "32")
-    summary = evaluate_checkpoint(tmp_path / "run" / "best.pt", tmp_path / "eval", InferenceOptions(precision="32"), split="test", progress=False)
+    summary = evaluate_checkpoint(tmp_path / "run" / "best.pt", tmp_path / "eval", InferenceOptions(precision="32"),
+                                  split="test", progress=False, grid="cache")  # the input grid scores predict's files
     for key in ("dice_mean", "dice_WT", "dice_ET", "accuracy"):
         assert summary["metrics"][key]["mean"] == pytest.approx(np.mean([r[key] for r in rows]), abs=0), key
 

@@ -52,7 +52,10 @@ log = logging.getLogger(__name__)
 def cases_of(predictor: Predictor, root: str | Path, case_ids: list[str] | None, progress: bool = False) -> list:
     """``(reader case, cached case)`` pairs of ``case_ids`` (None: every case) under ``root``,
     read and normalised as the predictor's model was trained (its config's cache folder, and
-    its format options when ``root`` is the folder it was trained on).
+    its format options when ``root`` is the folder it was trained on): the cache grid. Cropped to
+    the non-zero box as in training (``data.crop_nonzero``), unless the predictor's options ask
+    for a crop or none (``--crop`` / ``--no-crop``); a format's default crop at inference
+    (BraTS) is the input grid's, where it is pasted back.
 
     Raises:
         DataError: unreadable cases (see :func:`~pdeseg.data.pipeline.prepare.load_cached_cases`).
@@ -60,8 +63,10 @@ def cases_of(predictor: Predictor, root: str | Path, case_ids: list[str] | None,
     cfg = predictor.config
     data = cfg.data if cfg is not None else DataConfig()
     same_root = cfg is not None and str(root) == str(data.root)
-    return load_cached_cases(root, predictor.spec, data.cache_dir, case_ids, progress,
-                             data.format_options if same_root else None)
+    spec = predictor.spec
+    if predictor.options.crop is None and cfg is not None and spec.crop_nonzero != data.crop_nonzero:
+        spec = spec.model_copy(update={"crop_nonzero": data.crop_nonzero})  # the training cache's grid
+    return load_cached_cases(root, spec, data.cache_dir, case_ids, progress, data.format_options if same_root else None)
 
 
 def input_cases(predictor: Predictor, root: str | Path, case_ids: list[str] | None) -> list:
