@@ -3,7 +3,8 @@ and the same pipeline in 3D (patches, sliding window) as in 2D."""
 
 from __future__ import annotations
 
-import ast
+import functools
+import importlib.util
 import logging
 from pathlib import Path
 
@@ -20,14 +21,17 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "pdeseg"
 
 
 def _pdeseg_imports(path: Path) -> set[str]:
-    """Every ``pdeseg...`` module a file imports (top level or inside functions)."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pdeseg"):
-            found.add(node.module)
-        elif isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.startswith("pdeseg")}
-    return found
+    """Every ``pdeseg...`` module a file imports (top level or inside functions), as
+    ``scripts/import_graph.py`` (the graph a reader can print) reads them."""
+    return _import_graph().pdeseg_imports(path)
+
+
+@functools.cache
+def _import_graph():
+    spec = importlib.util.spec_from_file_location("import_graph", SRC.parents[1] / "scripts" / "import_graph.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_import_layering():
