@@ -13,12 +13,11 @@ from scipy import ndimage as ndi
 from conftest import shared_data
 from pdeseg.config import TaskSpec
 from pdeseg.data.pipeline.label_geometry import predicted_instances
-from pdeseg.data.pipeline.preprocess import normalize
+from pdeseg.data.pipeline.preprocess import apply_normalization, image_stats, merge_stats, normalize
 from pdeseg.errors import ConfigError
 from pdeseg.inference.options import InferenceOptions
 from pdeseg.inference.predict import Predictor
 from pdeseg.inference.tiling import TileGrid, predict_tiled
-from pdeseg.inference.tiling.statistics import Normalisation, _combine_stats, _stats_of_block
 from pdeseg.nn.output import predicted_classes
 
 OPTIONS = InferenceOptions(device="cpu", precision="32", postprocess=False)
@@ -52,24 +51,44 @@ def test_bad_tile_sizes_are_refused():
         TileGrid(100, 100, tile=64, halo=16, band=32)
 
 
-class _Spec:
-    def __init__(self, method):
-        self.normalization, self.ct_window, self.ct_stats = method, None, None
+_METHODS = [("zscore", None, None), ("zscore_all", None, None), ("minmax", None, None), ("scale255", None, None),
+            ("ct", (-100.0, 2500.0), None), ("ct", (-100.0, 2500.0), (900.0, 400.0)), ("ct", (5000.0, 6000.0), None)]
 
 
-@pytest.mark.parametrize("method", ["zscore", "zscore_all", "minmax", "scale255"])
-def test_tiles_are_normalised_exactly_as_the_whole_image(method):
+@pytest.mark.parametrize("method, window, ct_stats", _METHODS)
+def test_tiles_are_normalised_exactly_as_the_whole_image(method, window, ct_stats):
+    """Statistics merged over the tiles and the one apply step give each tile the values the
+    whole image gets (the last ct case: no pixel in the window, the fallback over every pixel)."""
     rng = np.random.default_rng(0)
     image = rng.integers(0, 4000, size=(2, 90, 130)).astype(np.uint16)
     image[:, :20] = 0  # background that z-score and minmax leave out
-    whole = normalize(image.astype(np.float32), method)
+    whole = normalize(image.astype(np.float32), method, window, ct_stats)
     g = TileGrid(90, 130, tile=32, halo=16, band=4)
-    blocks = [_stats_of_block(method, None, image[:, y0:y1, x0:x1].astype(np.float32))
+    blocks = [image_stats(image[:, y0:y1, x0:x1].astype(np.float32), method, window, ct_stats, mergeable=True)
               for y0, y1, x0, x1 in map(g.core, g.tiles())]
-    norm = _combine_stats(_Spec(method), blocks)
+    stats = merge_stats(blocks)
+    assert (stats is None) == (method == "scale255" or ct_stats is not None)
     for y0, y1, x0, x1 in map(g.core, g.tiles()):
-        np.testing.assert_array_equal(norm.apply(image[:, y0:y1, x0:x1].astype(np.float32)), whole[:, y0:y1, x0:x1])
-    assert isinstance(norm, Normalisation)
+        tile = apply_normalization(image[:, y0:y1, x0:x1].astype(np.float32), method, stats, window, ct_stats)
+        np.testing.assert_array_equal(tile, whole[:, y0:y1, x0:x1])
+
+
+@pytest.mark.parametrize("method", ["zscore", "zscore_all", "ct"])
+def test_float_tiles_merge_to_the_whole_image_statistics(method):
+    """A float image (no histogram needed): merged mean and sd agree with the whole image's to
+    rounding, and the tiles' values with the whole image's to float32 rounding."""
+    rng = np.random.default_rng(1)
+    image = rng.normal(300.0, 80.0, size=(3, 45, 61)).astype(np.float32)
+    image[:, :9] = 0
+    window = (100.0, 500.0) if method == "ct" else None
+    whole = image_stats(image, method, window)
+    merged = merge_stats(image_stats(image[:, y:y + 16], method, window, mergeable=True) for y in range(0, 45, 16))
+    for w, m in zip(whole.channels, merged.channels):
+        assert w.count == m.count and m.mean == pytest.approx(w.mean, rel=1e-12) and m.std == pytest.approx(w.std, rel=1e-12)
+    reference = normalize(image, method, window)
+    for y in range(0, 45, 16):
+        np.testing.assert_allclose(apply_normalization(image[:, y:y + 16], method, merged, window), reference[:, y:y + 16],
+                                   rtol=0, atol=1e-6)
 
 
 class _Threshold(torch.nn.Module):

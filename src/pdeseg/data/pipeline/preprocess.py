@@ -16,6 +16,16 @@ Methods (``data.normalization``):
 
 A channel that is constant where it is measured becomes 0.
 
+Statistics and their application are apart, so that a whole image and the tiles of one too
+large for memory are normalised by the same code: :func:`image_stats` takes what a method needs
+over an image or a block of it (:class:`ImageStats`, one :class:`ChannelStats` per channel:
+count, mean, squared deviations, and for ``minmax`` the values or a histogram of integer
+values), :meth:`ImageStats.merge` / :func:`merge_stats` add blocks up, and
+:func:`apply_normalization` applies a method with the whole image's statistics to the image
+or to any block of it. :func:`normalize` is both steps on one whole image (its numbers are
+NumPy's ``mean`` / ``std`` / ``percentile`` of the counted voxels, to the last bit);
+:mod:`pdeseg.inference.tiling` merges the tiles' statistics first.
+
 Cropping (``crop_nonzero``, as nnU-Net crops every case before training and inference): the
 case is cut to the bounding box of its non-zero voxels (any channel) plus ``crop_margin``
 voxels per side (:func:`nonzero_box`), after the normalisation statistics are taken on the
@@ -27,8 +37,9 @@ without zero background has the whole image as its box.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -76,9 +87,224 @@ def box_slices(box: Box) -> tuple[slice, ...]:
     return tuple(slice(a, b) for a, b in box)
 
 
+#: Integer pixels are counted in a histogram from this value (int16 images may be negative).
+HIST_OFFSET = -32768
+#: The percentiles ``minmax`` clips to.
+MINMAX_PERCENTILES = (0.5, 99.5)
+
+
+@dataclass(frozen=True)
+class ChannelStats:
+    """Statistics of one channel over the voxels a normalisation counts, mergeable over the
+    blocks (tiles) of an image: count, mean and the sum of squared deviations from it (merged
+    by Chan et al.'s pairwise rule), and for percentiles either the values themselves (one
+    block: exact, any dtype) or a histogram of integer values from :data:`HIST_OFFSET`
+    (blocks of an integer image: exact after merging).
+
+    A block's own statistics equal NumPy's ``values.mean()`` / ``values.std()`` /
+    ``np.percentile(values, q)`` to the last bit, so a whole image is normalised exactly as
+    before statistics could be merged.
+    """
+
+    count: int = 0
+    mean: np.float64 = np.float64(0.0)
+    m2: np.float64 = np.float64(0.0)
+    values: np.ndarray | None = field(default=None, repr=False)
+    histogram: np.ndarray | None = field(default=None, repr=False)
+
+    @classmethod
+    def of(cls, values: np.ndarray, percentiles: str | None = None) -> ChannelStats:
+        """The statistics of ``values`` (any shape); ``percentiles``: None, ``"values"`` (keep
+        them) or ``"histogram"`` (count integer values)."""
+        v = np.asarray(values).astype(np.float64).ravel()
+        if v.size == 0:
+            mean, m2 = np.float64(0.0), np.float64(0.0)
+        else:
+            mean = v.mean()
+            m2 = np.square(v - mean).sum()  # as np.var sums it: sqrt(m2 / n) == v.std()
+        kept = v if percentiles == "values" else None
+        hist = None
+        if percentiles == "histogram":
+            hist = np.bincount(v.astype(np.int64) - HIST_OFFSET) if v.size else np.zeros(0, np.int64)
+        return cls(int(v.size), mean, m2, kept, hist)
+
+    def merge(self, other: ChannelStats) -> ChannelStats:
+        """The statistics of both blocks' voxels together."""
+        if not other.count:
+            return self
+        if not self.count:
+            return other
+        n = self.count + other.count
+        delta = other.mean - self.mean
+        mean = np.float64(self.mean + delta * (other.count / n))
+        m2 = np.float64(self.m2 + other.m2 + delta * delta * (self.count * other.count / n))
+        values = np.concatenate([self.values, other.values]) if self.values is not None and other.values is not None else None
+        hist = None
+        if self.histogram is not None and other.histogram is not None:
+            hist = np.zeros(max(len(self.histogram), len(other.histogram)), np.int64)
+            hist[: len(self.histogram)] += self.histogram
+            hist[: len(other.histogram)] += other.histogram
+        return ChannelStats(n, mean, m2, values, hist)
+
+    @property
+    def std(self) -> np.float64:
+        return np.sqrt(self.m2 / self.count) if self.count else np.float64(0.0)
+
+    def percentiles(self, qs: Sequence[float]) -> list:
+        """``np.percentile`` (linear interpolation) of the counted values at each of ``qs``.
+
+        Raises:
+            ValueError: the statistics keep neither the values nor a histogram.
+        """
+        if self.values is not None:
+            return list(np.percentile(self.values, list(qs)))
+        if self.histogram is None:
+            raise ValueError("these statistics keep no values or histogram to take percentiles from")
+        return [_percentile_from_histogram(self.histogram, q) for q in qs]
+
+
+def _percentile_from_histogram(hist: np.ndarray, q: float) -> float:
+    """``np.percentile(values, q)`` (linear interpolation) of the values a histogram counts."""
+    n = int(hist.sum())
+    cum = np.cumsum(hist)
+    pos = q / 100 * (n - 1)
+    lo_i, hi_i = int(math.floor(pos)), int(math.ceil(pos))
+    v_lo = int(np.searchsorted(cum, lo_i, side="right")) + HIST_OFFSET
+    v_hi = int(np.searchsorted(cum, hi_i, side="right")) + HIST_OFFSET
+    return v_lo + (v_hi - v_lo) * (pos - lo_i)
+
+
+@dataclass(frozen=True)
+class ImageStats:
+    """The per-channel statistics a normalisation takes over an image (or over some of its
+    blocks, :meth:`merge` adding the others).
+
+    Attributes:
+        channels: one :class:`ChannelStats` per channel, over the voxels the method counts.
+        fallback: ``ct`` without data-set statistics: over every voxel, used when no voxel of
+            the image lies in the window (empty otherwise).
+    """
+
+    channels: tuple[ChannelStats, ...]
+    fallback: tuple[ChannelStats, ...] = ()
+
+    def merge(self, other: ImageStats) -> ImageStats:
+        join = lambda a, b: tuple(x.merge(y) for x, y in zip(a, b))  # noqa: E731
+        return ImageStats(join(self.channels, other.channels), join(self.fallback, other.fallback))
+
+
+def needs_stats(method: str, ct_stats: Sequence[float] | None = None) -> bool:
+    """Whether ``method`` takes statistics over each image (``scale255`` and ``ct`` with
+    data-set statistics do not)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown normalisation {method!r}; use one of {', '.join(METHODS)}")
+    return method in ("zscore", "zscore_all", "minmax") or (method == "ct" and ct_stats is None)
+
+
+def _window(ct_window: Sequence[float] | None) -> tuple[float, float]:
+    if ct_window is None:
+        raise ValueError("normalization ct needs ct_window [lo, hi]")
+    return float(ct_window[0]), float(ct_window[1])
+
+
+def image_stats(image: np.ndarray, method: str = "zscore", ct_window: Sequence[float] | None = None,
+                ct_stats: Sequence[float] | None = None, mergeable: bool = False) -> ImageStats | None:
+    """The statistics ``method`` takes over ``image`` (see the module docstring for the voxels
+    each counts), or None when it takes none (:func:`needs_stats`).
+
+    Args:
+        image: ``(C, *spatial)`` raw intensities (a whole image, or one block of it).
+        method, ct_window, ct_stats: as for :func:`normalize`.
+        mergeable: a block of an image whose statistics are merged (:meth:`ImageStats.merge`)
+            before normalising: ``minmax`` counts integer values in a histogram (exact
+            percentiles after merging, for integer images) instead of keeping them, and ``ct``
+            also keeps the fallback over every voxel.
+
+    Raises:
+        ValueError: unknown method, or ``ct`` without a window.
+    """
+    if not needs_stats(method, ct_stats):
+        return None
+    pct = ("histogram" if mergeable else "values") if method == "minmax" else None
+    if method == "ct":
+        lo, hi = _window(ct_window)
+        clipped = np.clip(image, lo, hi).astype(np.float32)
+        mask = ((image >= lo) & (image <= hi)).any(axis=0)
+        fallback = ()
+        if mergeable or not mask.any():
+            fallback = tuple(ChannelStats.of(clipped[c]) for c in range(image.shape[0]))
+        return ImageStats(tuple(ChannelStats.of(clipped[c][mask]) for c in range(image.shape[0])), fallback)
+    mask = np.ones(image.shape[1:], dtype=bool) if method == "zscore_all" else nonzero_mask(image)
+    return ImageStats(tuple(ChannelStats.of(image[c][mask], pct) for c in range(image.shape[0])))
+
+
+def merge_stats(blocks: Iterable[ImageStats | None]) -> ImageStats | None:
+    """The statistics of the blocks' voxels together (None when the method takes none)."""
+    merged = None
+    for block in blocks:
+        if block is not None:
+            merged = block if merged is None else merged.merge(block)
+    return merged
+
+
+def apply_normalization(image: np.ndarray, method: str, stats: ImageStats | None,
+                        ct_window: Sequence[float] | None = None, ct_stats: Sequence[float] | None = None) -> np.ndarray:
+    """Normalise ``image`` (a whole image, or a block of one) with the statistics ``stats`` of
+    the whole image (:func:`image_stats`, :func:`merge_stats`): the one place every method is
+    applied, for whole images (:func:`normalize`) and tiles alike.
+
+    Args:
+        image: ``(C, *spatial)`` raw intensities.
+        method, ct_window, ct_stats: as for :func:`normalize`.
+        stats: the whole image's statistics (None for methods that take none).
+
+    Returns:
+        float32 ``(C, *spatial)``.
+
+    Raises:
+        ValueError: unknown method, ``ct`` without a window, or statistics missing.
+    """
+    if not needs_stats(method, ct_stats):
+        if method == "scale255":
+            return (image / 255.0).astype(np.float32)
+        lo, hi = _window(ct_window)
+        mean, sd = float(ct_stats[0]), max(float(ct_stats[1]), 1e-8)
+        return ((np.clip(image, lo, hi).astype(np.float32) - mean) / sd).astype(np.float32)
+    if stats is None:
+        raise ValueError(f"normalization {method} needs the image's statistics (image_stats)")
+    out = np.zeros(image.shape, dtype=np.float32)
+    if method == "ct":  # z-score inside the window's statistics, the same affine map on every voxel
+        lo, hi = _window(ct_window)
+        clipped = np.clip(image, lo, hi).astype(np.float32)
+        channels = stats.channels if stats.channels[0].count else stats.fallback
+        for c, s in enumerate(channels):
+            std = s.std
+            if std > 0:
+                out[c] = (clipped[c] - s.mean) / std
+        return out
+    mask = np.ones(image.shape[1:], dtype=bool) if method == "zscore_all" else nonzero_mask(image)
+    if not mask.any():
+        return out
+    for c, s in enumerate(stats.channels):
+        values = image[c][mask].astype(np.float64)
+        if method == "minmax":
+            if not s.count:
+                continue
+            lo, hi = s.percentiles(MINMAX_PERCENTILES)
+            if hi > lo:
+                out[c][mask] = (np.clip(values, lo, hi) - lo) / (hi - lo)
+        else:
+            std = s.std
+            if std > 0:
+                out[c][mask] = (values - s.mean) / std
+    return out
+
+
 def normalize(image: np.ndarray, method: str = "zscore", ct_window: Sequence[float] | None = None,
               ct_stats: Sequence[float] | None = None) -> np.ndarray:
-    """Normalise each channel of ``image`` (see the module docstring for the methods).
+    """Normalise each channel of a whole ``image`` (see the module docstring for the methods):
+    its own statistics (:func:`image_stats`), then :func:`apply_normalization`, the step tiles
+    share with statistics merged over the whole image.
 
     Args:
         image: ``(C, *spatial)`` raw intensities.
@@ -92,54 +318,7 @@ def normalize(image: np.ndarray, method: str = "zscore", ct_window: Sequence[flo
     Raises:
         ValueError: unknown method, or ``ct`` without a window.
     """
-    if method == "scale255":
-        return (image / 255.0).astype(np.float32)
-    if method == "ct":
-        if ct_window is None:
-            raise ValueError("normalization ct needs ct_window [lo, hi]")
-        lo, hi = float(ct_window[0]), float(ct_window[1])
-        clipped = np.clip(image, lo, hi).astype(np.float32)
-        if ct_stats is not None:
-            mean, sd = float(ct_stats[0]), max(float(ct_stats[1]), 1e-8)
-            return ((clipped - mean) / sd).astype(np.float32)
-        inside = (image >= lo) & (image <= hi)
-        return _zscore(clipped, inside.any(axis=0) if inside.any() else np.ones(image.shape[1:], bool), fill_outside=False)
-    if method == "zscore_all":
-        return _zscore(image, np.ones(image.shape[1:], dtype=bool))
-    if method == "zscore":
-        return _zscore(image, nonzero_mask(image))
-    if method == "minmax":
-        return _minmax(image, nonzero_mask(image))
-    raise ValueError(f"unknown normalisation {method!r}; use one of {', '.join(METHODS)}")
-
-
-def _zscore(image: np.ndarray, mask: np.ndarray, fill_outside: bool = True) -> np.ndarray:
-    """Z-score with the statistics inside ``mask``; outside it 0 (``fill_outside``) or the same
-    affine map."""
-    out = np.zeros(image.shape, dtype=np.float32)
-    if not mask.any():
-        return out
-    for c in range(image.shape[0]):
-        values = image[c][mask].astype(np.float64)
-        std = values.std()
-        if std > 0:
-            if fill_outside:
-                out[c][mask] = (values - values.mean()) / std
-            else:
-                out[c] = (image[c] - values.mean()) / std
-    return out
-
-
-def _minmax(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    out = np.zeros(image.shape, dtype=np.float32)
-    if not mask.any():
-        return out
-    for c in range(image.shape[0]):
-        values = image[c][mask].astype(np.float64)
-        lo, hi = np.percentile(values, [0.5, 99.5])
-        if hi > lo:
-            out[c][mask] = (np.clip(values, lo, hi) - lo) / (hi - lo)
-    return out
+    return apply_normalization(image, method, image_stats(image, method, ct_window, ct_stats), ct_window, ct_stats)
 
 
 #: Foreground voxels sampled per case for the CT statistics (nnU-Net samples about as many).

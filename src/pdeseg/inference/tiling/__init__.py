@@ -7,8 +7,11 @@ independent tasks over tiles (run in a loop here, or as ``dask.distributed`` tas
 scheduler: a ``LocalCluster`` or a cluster's address):
 
 1. **statistics**: the normalisation the model was trained with is per image (z-score,
-   percentiles), so its statistics are summed over the whole image first (exactly, in
-   float64; percentiles exactly from a histogram for integer pixels);
+   percentiles), so its statistics are taken tile by tile and merged over the whole image
+   first (:class:`~pdeseg.data.pipeline.preprocess.ImageStats`: count, mean and squared
+   deviations in float64; percentiles exactly from a histogram for integer pixels), and every
+   tile is then normalised by :func:`~pdeseg.data.pipeline.preprocess.apply_normalization`,
+   the step whole images go through;
 2. **prediction**: each tile's *core* (``tile x tile``) is segmented in a window with a
    ``halo`` of context on every side. Cores and windows lie on the grid the network pools on
    over the whole image (the image zero-padded to the network's size multiple, split before
@@ -31,7 +34,7 @@ Semantic models (no cells) skip passes 3 and 4: each core's classes are written 
 
 The package, one module per part: :mod:`~pdeseg.inference.tiling.grid` (tiles on the pooling
 grid), :mod:`~pdeseg.inference.tiling.sources` (window readers),
-:mod:`~pdeseg.inference.tiling.statistics` (pass 1's sums), :mod:`~pdeseg.inference.tiling.tasks`
+:mod:`~pdeseg.inference.tiling.tasks`
 (the four passes' tasks and the union-find of pass 3), :mod:`~pdeseg.inference.tiling.runners`
 (a loop here, or Dask), :mod:`~pdeseg.inference.tiling.scratch` (scratch folders) and
 :mod:`~pdeseg.inference.tiling.driver` (:func:`predict_tiled`).

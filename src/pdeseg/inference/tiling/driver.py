@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 
+from pdeseg.data.pipeline.preprocess import merge_stats, needs_stats
 from pdeseg.errors import ConfigError, DataError
 from pdeseg.inference.tiling.grid import DEFAULT_BAND, DEFAULT_HALO, DEFAULT_TILE, TileGrid, fit_tile, size_multiple
 from pdeseg.inference.tiling.runners import DaskRunner, make_runner
 from pdeseg.inference.tiling.scratch import make_scratch
 from pdeseg.inference.tiling.sources import ArraySource
-from pdeseg.inference.tiling.statistics import _NEEDS_STATS, _combine_stats
 from pdeseg.inference.tiling.tasks import TiledJob, match_task, predict_task, reconcile, relabel_task, stats_task
 
 log = logging.getLogger(__name__)
@@ -163,14 +163,14 @@ def predict_tiled(
              len(tiles), grid.tile, grid.halo, engine.name)
     try:
         spec = predictor.spec
-        if spec.normalization in _NEEDS_STATS and not (spec.normalization == "ct" and spec.ct_stats is not None):
+        if needs_stats(spec.normalization, spec.ct_stats):
             if spec.normalization == "minmax" and not np.issubdtype(np.dtype(source.dtype), np.integer):
                 raise DataError("minmax normalisation takes percentiles of the whole image: tiled prediction computes them "
                                 "exactly for integer images only, and this one is float")
             blocks = engine.map(stats_task, tiles, "image statistics", progress, job=job)
         else:
             blocks = []
-        job.norm = _combine_stats(spec, blocks)
+        job.stats = merge_stats(blocks)  # the whole image's, as preprocess.normalize takes them
         results = engine.map(predict_task, tiles, "tiles", progress, job=job)
         n = 0
         if instances:

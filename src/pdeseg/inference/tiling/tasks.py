@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from pdeseg.data.pipeline.preprocess import ImageStats, apply_normalization, image_stats
 from pdeseg.inference.tiling.grid import TileGrid
-from pdeseg.inference.tiling.statistics import Normalisation, _stats_of_block
 
 
 @dataclass
@@ -25,7 +25,8 @@ class TiledJob:
         grid: the :class:`TileGrid`.
         scratch: folder of the scratch stores (``keep.zarr``, ``labels.zarr``).
         instances: cells (watershed, reconciliation) or classes.
-        norm: the normalisation with its image statistics (after pass 1).
+        stats: the whole image's normalisation statistics, merged over the tiles in pass 1
+            (None for a normalisation that takes none).
         threads: torch threads per task process (None: leave torch's default).
         predictor: a loaded predictor to use in this process instead of the checkpoints.
     """
@@ -36,7 +37,7 @@ class TiledJob:
     grid: TileGrid
     scratch: str
     instances: bool
-    norm: Normalisation | None = None
+    stats: ImageStats | None = None
     threads: int | None = None
     min_size: int | None = None
     predictor: Any = field(default=None, repr=False)
@@ -73,15 +74,22 @@ def _zarr_array(path: str, mode: str = "r+"):
     return zarr.open_array(path, mode=mode)
 
 
-def stats_task(job: TiledJob, t: tuple[int, int]) -> dict:
-    """Pass 1: the normalisation sums of tile ``t``'s core."""
+def stats_task(job: TiledJob, t: tuple[int, int]) -> ImageStats | None:
+    """Pass 1: the normalisation statistics of tile ``t``'s core, mergeable
+    (:func:`~pdeseg.data.pipeline.preprocess.image_stats`)."""
     y0, y1, x0, x1 = job.grid.core(t)
     spec = _spec(job)
-    return _stats_of_block(spec.normalization, spec.ct_window, job.source.read(y0, y1, x0, x1))
+    return image_stats(job.source.read(y0, y1, x0, x1), spec.normalization, spec.ct_window, spec.ct_stats, mergeable=True)
 
 
 def _spec(job: TiledJob):
     return _predictor(job).spec
+
+
+def _normalised(spec, raw: np.ndarray, stats: ImageStats | None) -> np.ndarray:
+    """A window's raw pixels normalised with the whole image's statistics: the same
+    :func:`~pdeseg.data.pipeline.preprocess.apply_normalization` that whole images go through."""
+    return apply_normalization(raw, spec.normalization, stats, spec.ct_window, spec.ct_stats)
 
 
 def predict_task(job: TiledJob, t: tuple[int, int]) -> tuple[int, np.ndarray]:
@@ -106,7 +114,7 @@ def predict_task(job: TiledJob, t: tuple[int, int]) -> tuple[int, np.ndarray]:
     iy0, iy1, ix0, ix1 = max(wy0, 0), min(wy1, H), max(wx0, 0), min(wx1, W)
     raw = job.source.read(iy0, iy1, ix0, ix1)
     x = np.zeros((raw.shape[0], wy1 - wy0, wx1 - wx0), dtype=np.float32)  # zeros: the network's own padding
-    x[:, iy0 - wy0: iy1 - wy0, ix0 - wx0: ix1 - wx0] = job.norm.apply(raw).astype(np.float16).astype(np.float32)
+    x[:, iy0 - wy0: iy1 - wy0, ix0 - wx0: ix1 - wx0] = _normalised(p.spec, raw, job.stats).astype(np.float16).astype(np.float32)
     with torch.no_grad():
         logits = p.predict_logits(x[..., None])
     inside = np.zeros((*x.shape[1:], 1), dtype=bool)
