@@ -257,3 +257,55 @@ def _best_iou(whole: np.ndarray, tiled: np.ndarray) -> dict[int, float]:
         if u and v:
             best[int(u)] = max(best.get(int(u), 0.0), c / (aw[u] + at[v] - c))
     return {u: best.get(u, 0.0) for u in range(1, whole.max() + 1) if aw[u]}
+
+
+def test_with_options_changes_a_copy_and_leaves_the_original_untouched():
+    p = Predictor(_Threshold(), _SPEC, torch.device("cpu"), OPTIONS.replace(skip_empty=True))
+    q = p.with_options(skip_empty=False, batch_size=3, crop=True)
+    assert (p.options.skip_empty, p.options.batch_size, p.spec.crop_nonzero) == (True, OPTIONS.batch_size, False)
+    assert (q.options.skip_empty, q.options.batch_size, q.spec.crop_nonzero) == (False, 3, True)
+    assert q.model is p.model and q.preprocessing.crop_nonzero and not p.preprocessing.crop_nonzero
+    assert q.with_options(crop=None).spec.crop_nonzero is False  # back to the trained spec, not the copy's
+    with pytest.raises(ConfigError, match="cannot change device"):
+        p.with_options(device="cuda")
+
+
+def test_tiled_runs_report_each_pass_to_a_callback_and_leave_the_predictor_as_given():
+    """The runners tell a callback after each task (napari's progress), and the tiles are
+    segmented without skip_empty on a copy: the predictor passed in keeps its options."""
+    p = Predictor(_Threshold(), _SPEC, torch.device("cpu"), OPTIONS.replace(skip_empty=True))
+    image = _blobs((160, 200), n=20)
+    image[:, :, :70] = 0  # a tile of zeros: segmented as its part of the whole image, not skipped
+    calls: list[tuple[str, int, int]] = []
+    result = predict_tiled(None, image, options=OPTIONS, predictor=p, tile=64, halo=32, band=8, instances=True,
+                           progress=False, callback=lambda *a: calls.append(a))
+    try:
+        n = len(result.grid.tiles())
+        passes = {desc: [c for c in calls if c[0] == desc] for desc in dict.fromkeys(c[0] for c in calls)}
+        assert list(passes) == ["image statistics", "tiles", "seams", "relabelling"]
+        assert [c[1] for c in passes["tiles"]] == list(range(1, n + 1)) and {c[2] for c in passes["tiles"]} == {n}
+    finally:
+        result.cleanup()
+    assert p.options.skip_empty is True
+
+
+def test_formats_say_whether_they_have_cells():
+    from pdeseg.data.formats import FORMATS
+
+    assert {name for name, fmt in FORMATS.items() if fmt.has_cells} == {"dsb2018", "isbi_em", "cell_folder", "livecell"}
+    assert FORMATS["drive"].object_metrics and not FORMATS["drive"].has_cells  # vessels: scored as objects, no cells
+
+
+def test_napari_tiled_layers_get_progress_from_the_runner_callback(monkeypatch):
+    """The napari widget's tiled path (no Qt needed) reports progress through predict_tiled's
+    callback, with the model's post-processing left out on a copy."""
+    from pdeseg.api import Segmenter
+    from pdeseg.napari_plugin import _segment
+
+    spec = _SPEC.model_copy(update={"format": "cell_folder"})
+    p = Predictor(_Threshold(), spec, torch.device("cpu"), OPTIONS)
+    monkeypatch.setattr(_segment, "TILED_ABOVE_PIXELS", 100 * 100)
+    said: list[tuple[float, str]] = []
+    out = _segment.segment_layer(Segmenter(p), _blobs((200, 240), n=30)[0], name="big", progress=lambda f, m: said.append((f, m)))
+    assert out.instances and out.labels.shape == (200, 240) and out.labels.max() > 0 and "tiles" in out.note
+    assert any(m.startswith("tiles: ") for _, m in said) and all(0 <= f <= 1 for f, _ in said)

@@ -69,6 +69,9 @@ class DataFormat:
         object_metrics: 2D images of objects (microscopy): scoring adds boundary F1 at 1, 2
             and 3 px and, for cases with objects, the instance metrics (DSB score, AP50,
             split and merged cells); a case's field of view limits every metric.
+        has_cells: its images hold separate objects (cells, nuclei) that a model of it segments one by
+            one: prediction writes their instance labels, tiled prediction joins them across seams,
+            napari shows them (DRIVE's vessels are one connected tree: scored as objects, no cells).
         crop_at_inference: its images are exactly zero outside the object (skull-stripped MRI),
             so prediction crops each case to its non-zero box before the network and pastes the
             result back, unless asked not to (``--no-crop``): measured to keep Dice on held-out
@@ -93,6 +96,7 @@ class DataFormat:
     info: Callable[[Path | None, Mapping[str, Any]], DatasetInfo] | None = None
     default_modalities: tuple[str, ...] = ()
     object_metrics: bool = False
+    has_cells: bool = False
     crop_at_inference: bool = False
 
     @property
@@ -297,7 +301,7 @@ def _write_cells(classes, loaded, out_dir: Path, objects=None) -> Path:
 
 
 def _cells_format(name: str, description: str, finder: str, read_options: Mapping[str, Any] | None = None,
-                  default_modalities: tuple[str, ...] = ("grey",)) -> DataFormat:
+                  default_modalities: tuple[str, ...] = ("grey",), has_cells: bool = True) -> DataFormat:
     """A 2D microscopy format (see :mod:`pdeseg.data.readers.cells`): one image per case, read as a
     stack of one slice; classes from the ``targets`` read option; predictions written as a
     0/255 mask and an instance label image at the image's own size."""
@@ -318,6 +322,7 @@ def _cells_format(name: str, description: str, finder: str, read_options: Mappin
         write=_write_cells, outputs=_cells_outputs,
         read_options={"targets": TARGETS, "boundary_width": POSITIVE_INT, **(read_options or {})},
         hd95_one_empty=math.inf, display_rotate=False, default_modalities=default_modalities, object_metrics=True,
+        has_cells=has_cells,
         info=lambda root, options: _cells_info(options, CHANNELS),
     )
 
@@ -329,7 +334,8 @@ def _microscopy() -> list[DataFormat]:
         _cells_format("isbi_em", "ISBI 2012 EM stack: images/NN.png + labels/NN.png (255 cell interior, 0 membrane)",
                       "pdeseg.data.readers.image_sets.find_isbi_cases"),
         _cells_format("drive", "DRIVE retinal vessels: images/*.tif, 1st_manual/*.gif, mask/*.gif (field of view)",
-                      "pdeseg.data.readers.image_sets.find_drive_cases", default_modalities=("red", "green", "blue")),
+                      "pdeseg.data.readers.image_sets.find_drive_cases", default_modalities=("red", "green", "blue"),
+                      has_cells=False),
         _cells_format("cell_folder", "generic image folder: images/ + masks/ with matching names (PNG/TIFF; binary "
                       "masks or label images), optional domains.tsv",
                       "pdeseg.data.readers.image_sets.find_folder_cases",

@@ -198,11 +198,9 @@ def predict_ome(checkpoint, input_path: str | Path, output_dir: str | Path | Non
     mine = select_shard(images, shard, key=lambda p: p.name)
     if shard is not None:
         log.info("shard %d/%d: %d of %d image(s)", shard[0], shard[1], len(mine), len(images))
-    if "skip_empty" in options.describe():  # a tile of zeros is still segmented, as in the whole image
-        options = options.replace(skip_empty=False)
     predictor = Predictor.from_checkpoints(checkpoint, options)
     check_tileable(predictor)
-    instances = bool(predictor.format.object_metrics and predictor.format.name != "drive")
+    instances = predictor.format.has_cells
     out_dir = Path(output_dir).expanduser() if output_dir is not None else None
     report = PredictionReport()
     plans = []

@@ -34,6 +34,7 @@ result exactly mirror-equivariant, which identity plus one flip per axis would n
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 import math
@@ -91,6 +92,13 @@ def stitch_bytes(spatial_shape: Sequence[int], out_channels: int, in_channels: i
     return (out_channels + 1 + in_channels) * math.prod(int(s) for s in spatial_shape) * 4
 
 
+def _with_crop(spec: TaskSpec, options: InferenceOptions) -> TaskSpec:
+    """``spec`` with the crop this call asks for (``options.crop``), else as trained or as its
+    format's rule says."""
+    crop = options.crop if options.crop is not None else (spec.crop_nonzero or get_format(spec.format).crop_at_inference)
+    return spec if crop == spec.crop_nonzero else spec.model_copy(update={"crop_nonzero": crop})
+
+
 def flip_sets(spatial_dims: int) -> list[tuple[int, ...]]:
     """Every combination of the spatial axes of a ``(B, C, *spatial)`` batch (``2 ** spatial_dims``
     sets, the empty one first): the mirrorings that test-time augmentation averages over."""
@@ -125,10 +133,8 @@ class Predictor:
     def __init__(self, model: nn.Module, spec: TaskSpec, device: torch.device,
                  options: InferenceOptions | None = None, name: str = "model"):
         self.options = options or InferenceOptions()
-        crop = self.options.crop if self.options.crop is not None else (
-            spec.crop_nonzero or get_format(spec.format).crop_at_inference)  # as trained, or the format's rule
-        if crop != spec.crop_nonzero:
-            spec = spec.model_copy(update={"crop_nonzero": crop})
+        self.trained_spec = spec  # as the checkpoint states it (spec: with this call's crop)
+        spec = _with_crop(spec, self.options)
         self.model, self.spec, self.device, self.name = model, spec, device, name
         self.preprocessing = Preprocessing.of(spec)  # the cache's, crop included (options.crop: this call's)
         self._boxes: dict[int, tuple[np.ndarray, Box]] = {}  # id(raw image) -> (image, its crop box), see preprocess
@@ -149,6 +155,34 @@ class Predictor:
     overlap = property(lambda self: self.options.overlap)
     tta = property(lambda self: self.options.tta)
     stitch = property(lambda self: self.options.stitch)
+
+    #: Options that change how the model itself is loaded or compiled: :meth:`with_options` refuses them.
+    RELOAD_OPTIONS = ("device", "backend", "compile")
+
+    def with_options(self, **changes) -> Predictor:
+        """A predictor sharing this one's model (weights, device, backend) with ``changes`` made
+        to its :class:`~pdeseg.inference.options.InferenceOptions` (precision, batch size,
+        overlap, tta, stitching, post-processing, skip_empty, diameter, crop); this one is left
+        as it is.
+
+        Raises:
+            ConfigError: a bad value, or a change of ``device``, ``backend`` or ``compile`` (they
+                need the model loaded again: :meth:`from_checkpoints` with those options).
+        """
+        options = self.options.replace(**changes)
+        reload = [k for k in self.RELOAD_OPTIONS if getattr(options, k) != getattr(self.options, k)]
+        if reload:
+            raise ConfigError(f"with_options cannot change {', '.join(reload)}: load the model again with them "
+                              "(Predictor.from_checkpoints(checkpoint, options))")
+        other = copy.copy(self)
+        other.options = options
+        other.spec = _with_crop(self.trained_spec, options)
+        other.preprocessing = Preprocessing.of(other.spec)
+        other._boxes, other._boxes_lock = {}, threading.Lock()
+        if options.postprocess != self.options.postprocess:
+            other.postprocessing = PostProcessing()
+            other._take_config(self.config)
+        return other
 
     def _take_config(self, config: ExperimentConfig | None) -> Predictor:
         """Keep the checkpoint's validated config, and its post-processing when asked for."""

@@ -54,11 +54,6 @@ class Segmentation:
     note: str = ""
 
 
-def _is_cells(segmenter) -> bool:
-    fmt = segmenter.predictor.format
-    return bool(fmt.object_metrics and fmt.name != "drive")
-
-
 def layer_channels(data, rgb: bool, modalities: Sequence[str], name: str, spatial_dims: int) -> tuple[np.ndarray, int]:
     """``(C, *plane, [Z])`` float32 raw intensities of a layer and how many planes it has.
 
@@ -104,7 +99,7 @@ def segment_layer(segmenter, data, *, rgb: bool = False, name: str = "image", sc
     say = progress or (lambda f, m: None)
     dims = segmenter.spatial_dims
     image, planes = layer_channels(data, rgb, segmenter.modalities, name, dims)
-    cells = _is_cells(segmenter)
+    cells = segmenter.predictor.format.has_cells
     classes = list(segmenter.classes)
     if planes == 0 and image.shape[1] * image.shape[2] > TILED_ABOVE_PIXELS and not probabilities:
         return _tiled(segmenter, image, cells, say)
@@ -161,24 +156,14 @@ def _probability_maps(probs: np.ndarray | None, classes: list[str]) -> dict[str,
 
 
 def _tiled(segmenter, image: np.ndarray, cells: bool, say: Progress) -> Segmentation:
-    from pdeseg.inference.tiling import LocalRunner, predict_tiled
+    from pdeseg.inference.tiling import predict_tiled
 
-    class Reporting(LocalRunner):
-        def map(self, fn, items, desc, progress, job, **extra):
-            out = []
-            for i, item in enumerate(items):
-                say(i / max(len(items), 1), f"{desc}: {i}/{len(items)}")
-                out.append(fn(job, item, *[a[i] if isinstance(a, list) else a for a in extra.values()]))
-            return out
-
-    import copy
-
-    from pdeseg.nn.postprocess import PostProcessing
-
-    p = copy.copy(segmenter.predictor)
-    note = f" (whole-image post-processing left out: {p.postprocessing.describe()})" if p.postprocessing.enabled else ""
-    p.postprocessing = PostProcessing()
-    result = predict_tiled(None, image, options=p.options, predictor=p, instances=cells, runner=Reporting(), progress=False)
+    original = segmenter.predictor
+    note = (f" (whole-image post-processing left out: {original.postprocessing.describe()})"
+            if original.postprocessing.enabled else "")
+    p = original.with_options(postprocess=False) if original.options.postprocess else original
+    result = predict_tiled(None, image, options=p.options, predictor=p, instances=cells, progress=False,
+                           callback=lambda desc, done, total: say(done / max(total, 1), f"{desc}: {done}/{total}"))
     try:
         labels = np.asarray(result.labels[:])
     finally:

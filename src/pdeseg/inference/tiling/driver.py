@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,6 +86,7 @@ def predict_tiled(
     threads: int | None = None,
     runner: Any = None,
     progress: bool = True,
+    callback: Callable[[str, int, int], None] | None = None,
 ) -> TiledResult:
     """Segment a large 2D image tile by tile (see the module docstring).
 
@@ -97,8 +98,8 @@ def predict_tiled(
         options: :class:`~pdeseg.inference.options.InferenceOptions` (default: the defaults).
         predictor: an already loaded predictor (one process only).
         tile, halo, band: core size, context and seam strip (pixels; see :class:`TileGrid`).
-        instances: cells (watershed + reconciliation) or classes; None: cells for microscopy
-            formats with objects, classes otherwise.
+        instances: cells (the model's representation + reconciliation) or classes; None: cells
+            when the model's data format has cells (:attr:`~pdeseg.data.formats.DataFormat.has_cells`).
         scratch_dir: where the scratch stores go (default: a temporary folder); on a cluster,
             a folder every worker sees.
         dask_workers: run on a new ``LocalCluster`` with this many worker processes.
@@ -106,6 +107,9 @@ def predict_tiled(
         threads: torch threads per Dask worker (default 1).
         runner: a runner object (:class:`LocalRunner`, :class:`DaskRunner`) to reuse.
         progress: show progress over tiles.
+        callback: called as ``callback(pass, done, total)`` after each task of each pass
+            (``pass``: ``image statistics``, ``tiles``, ``seams``, ``relabelling``), e.g. for a
+            progress bar of one's own (napari's).
 
     Returns:
         a :class:`TiledResult`; call its ``cleanup()`` when its labels have been copied out.
@@ -124,12 +128,11 @@ def predict_tiled(
             raise ConfigError("predict_tiled needs a checkpoint or a predictor")
         predictor = Predictor.from_checkpoints(checkpoint, options)
     check_tileable(predictor)
-    if "skip_empty" in options.describe() and options.skip_empty:  # a tile of zeros is segmented, as in the whole image
-        import copy
-
-        options = options.replace(skip_empty=False)
-        predictor = copy.copy(predictor)
-        predictor.options = predictor.options.replace(skip_empty=False)
+    # a tile of zeros is segmented (its plane in the whole image is not empty): skip_empty off here, and in the
+    # options Dask workers load the model with
+    options = options.replace(skip_empty=False)
+    if predictor.options.skip_empty:
+        predictor = predictor.with_options(skip_empty=False)
     if not hasattr(source, "read"):
         source = ArraySource(source)
     channels = getattr(source, "channels", None)
@@ -138,7 +141,7 @@ def predict_tiled(
         raise DataError(f"{predictor.name} reads {len(predictor.modalities)} channel(s) ({', '.join(predictor.modalities)}); "
                         f"the image gives {n_channels}")
     if instances is None:
-        instances = bool(predictor.format.object_metrics and predictor.format.name != "drive")
+        instances = predictor.format.has_cells
     grid = TileGrid(source.shape[0], source.shape[1], tile, halo, band, size_multiple(predictor.model))
     grid = fit_tile(grid)
     paths = [str(p) for p in ([checkpoint] if isinstance(checkpoint, (str, Path)) else (checkpoint or []))]
@@ -167,18 +170,18 @@ def predict_tiled(
             if spec.normalization == "minmax" and not np.issubdtype(np.dtype(source.dtype), np.integer):
                 raise DataError("minmax normalisation takes percentiles of the whole image: tiled prediction computes them "
                                 "exactly for integer images only, and this one is float")
-            blocks = engine.map(stats_task, tiles, "image statistics", progress, job=job)
+            blocks = engine.map(stats_task, tiles, "image statistics", progress, job=job, callback=callback)
         else:
             blocks = []
         job.stats = merge_stats(blocks)  # the whole image's, as preprocess.normalize takes them
-        results = engine.map(predict_task, tiles, "tiles", progress, job=job)
+        results = engine.map(predict_task, tiles, "tiles", progress, job=job, callback=callback)
         n = 0
         if instances:
             by_tile = dict(zip(tiles, results))
             pairs = grid.pairs()
-            matches = engine.map(match_task, pairs, "seams", progress, job=job) if pairs else []
+            matches = engine.map(match_task, pairs, "seams", progress, job=job, callback=callback) if pairs else []
             luts, n = reconcile(grid, by_tile, matches)
-            engine.map(relabel_task, tiles, "relabelling", progress, job=job, lut=[luts[t] for t in tiles])
+            engine.map(relabel_task, tiles, "relabelling", progress, job=job, callback=callback, lut=[luts[t] for t in tiles])
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise

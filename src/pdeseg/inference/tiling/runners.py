@@ -12,6 +12,9 @@ from typing import Any
 from pdeseg.errors import ConfigError
 from pdeseg.inference.tiling.tasks import TiledJob
 
+#: ``callback(pass, done, total)``: told after each task of a pass (see :func:`~pdeseg.inference.tiling.predict_tiled`).
+Callback = Callable[[str, int, int], None]
+
 #: Seconds to wait for a ``dask_address`` scheduler before giving up.
 CONNECT_TIMEOUT_S = 10
 
@@ -21,12 +24,17 @@ class LocalRunner:
 
     name = "1 process"
 
-    def map(self, fn: Callable, items: list, desc: str, progress: bool, job: TiledJob, **extra) -> list:
+    def map(self, fn: Callable, items: list, desc: str, progress: bool, job: TiledJob,
+            callback: Callback | None = None, **extra) -> list:
+        """``fn(job, item, *extra[i])`` for each item, in order; ``callback(desc, done, total)``
+        after each (and a progress bar with ``progress``)."""
         from pdeseg.progress import track
 
         out = []
         for i, item in enumerate(track(items, desc, "tile", enabled=progress)):
             out.append(fn(job, item, *[a[i] if isinstance(a, list) else a for a in extra.values()]))
+            if callback is not None:
+                callback(desc, i + 1, len(items))
         return out
 
 
@@ -87,7 +95,9 @@ class DaskRunner:
         self.threads = threads
         self.name = f"Dask ({len(self.client.scheduler_info()['workers'])} workers)"
 
-    def map(self, fn: Callable, items: list, desc: str, progress: bool, job: TiledJob, **extra) -> list:
+    def map(self, fn: Callable, items: list, desc: str, progress: bool, job: TiledJob,
+            callback: Callback | None = None, **extra) -> list:
+        """As :meth:`LocalRunner.map`, the tasks on the cluster (``callback`` as each one finishes)."""
         from distributed import as_completed
 
         from pdeseg.progress import counter
@@ -99,9 +109,11 @@ class DaskRunner:
         index = {f.key: i for i, f in enumerate(futures)}
         out: list = [None] * len(items)
         with counter(desc, "tile", len(items), enabled=progress) as bar:
-            for fut in as_completed(futures, loop=self.client.loop):  # this client's (it is not the default)
+            for done, fut in enumerate(as_completed(futures, loop=self.client.loop), 1):  # this client's (not the default)
                 out[index[fut.key]] = fut.result()
                 bar.update(1)
+                if callback is not None:
+                    callback(desc, done, len(items))
         return out
 
     def worker_peaks_mib(self) -> list[float]:
