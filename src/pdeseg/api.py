@@ -172,7 +172,10 @@ class Segmenter:
         Args:
             path: a case folder (BraTS ``<case>/``, an LGG patient folder, ...), a folder
                 holding exactly one case, or one file of a case (a BraTS modality file, an
-                MSD ``<case>_0000.nii.gz``, a microscopy image).
+                MSD ``<case>_0000.nii.gz``, a microscopy image); a DICOM series folder; or an
+                OME-TIFF file / OME-Zarr folder (2D models: read whole, at the pyramid level
+                of the model's training resolution; ``pdeseg predict`` segments large ones tile
+                by tile). :func:`pdeseg.data.detect.route_input` decides which.
 
         Returns:
             The case: ``image`` ``(C, *spatial)`` float32 raw intensities in the order of
@@ -185,13 +188,14 @@ class Segmenter:
         path = Path(path).expanduser()
         if not path.exists():
             raise DataError(f"{path}: no such file or folder")
+        from pdeseg.data.detect import route_input
+        from pdeseg.data.formats import get_format
+
         fmt, modalities = self.predictor.format, self.modalities
-        from pdeseg.data.readers.dicom import is_dicom_folder
-
-        if fmt.name != "dicom" and is_dicom_folder(path):  # a DICOM series (or study) gives any model its channels
-            from pdeseg.data.formats import get_format
-
-            fmt = get_format("dicom")
+        route = route_input(path, fmt.name)  # the one front door: OME, DICOM (any model's channels), or the model's own
+        if route.format == "ome":
+            return self._read_ome(path, route.kind)
+        fmt = get_format(route.format)
         try:
             cases = fmt.find_cases(path, modalities, require_label=False)
         except PdesegError as exc:
@@ -205,6 +209,28 @@ class Segmenter:
             raise DataError(f"{path} holds {len(cases)} {fmt.name} cases; give one case folder or file "
                             f"(pdeseg.inference.folder.predict_folder segments a folder of cases)")
         return cases[0].load(modalities, with_label=False)
+
+    def _read_ome(self, path: Path, kind: str) -> LoadedCase:
+        """An OME image as a one-slice case ``(C, Y, X, 1)`` of the model's channels (by name, or
+        a one-channel image's intensity), at the level of the model's training pixel size when
+        it was trained resampled (else level 0), with that level's pixel size as spacing."""
+        from pdeseg.data.readers.ome import find_ome_images, open_ome, plane_shape
+
+        if kind != "image":
+            n = len(find_ome_images(path))
+            raise DataError(f"{path} holds {n} OME image(s); give one image (pdeseg predict segments a folder of them)")
+        if self.spatial_dims != 2:
+            raise DataError(f"{path}: OME images are read as 2D planes; this is a 3D model")
+        ome = open_ome(path)
+        target = self.spec.target_spacing
+        level = ome.choose_level(None, tuple(target[:2]) if target is not None else None)
+        plane_shape(ome, level)  # one 2D plane (a Z stack or time series is refused, named)
+        pixels = np.asarray(ome.read(level, ome.channel_indices(self.modalities)), dtype=np.float32)
+        size = ome.level(level).pixel_size
+        spacing = (*(float(v) for v in size), 1.0) if size and len(size) == 2 else (1.0, 1.0, 1.0)
+        loaded = self._as_loaded(np.ascontiguousarray(pixels[..., None]), spacing)
+        loaded.case.case_id = path.name
+        return loaded
 
     def _cases_beside(self, path: Path, error: Exception) -> list:
         """The cases of the folder holding ``path`` (a file the reader does not take alone)."""

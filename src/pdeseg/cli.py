@@ -368,7 +368,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     """Exit 0 when every case was written, 1 when some were skipped (bad input files) and
     others written, 2 when none could be written (or the run was refused)."""
-    from pdeseg.data.readers.ome import find_ome_images
+    from pdeseg.data.detect import route_input
     from pdeseg.inference.folder import predict_folder
     from pdeseg.inference.shard import parse_shard
 
@@ -377,7 +377,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         from pdeseg.pretrained import weights_of
 
         args.checkpoint = [str(weights_of(args.model))]
-    if args.input_format is None and find_ome_images(args.input):
+    if args.input_format is None and Path(args.input).expanduser().exists() and route_input(args.input).format == "ome":
         return _predict_ome(args, shard)
     ome_set = [f"--{k.replace('_', '-')}" for k in ("channel", "level", "dask_workers", "dask_scheduler")
                if getattr(args, k) is not None]

@@ -129,13 +129,23 @@ def _skip(report: PredictionReport, case_id: str, reason: str) -> None:
 
 
 def _input_format(predictor: Predictor, input_dir: str | Path, name: str | None) -> DataFormat:
-    """The format the input is read with: ``name``, else DICOM for a folder of DICOM files,
-    else the checkpoint's. A DICOM case gives any model its channels; other formats must be
-    the checkpoint's own (their classes and label values are the model's)."""
-    from pdeseg.data.readers.dicom import is_dicom_folder
+    """The format the input is read with: ``name``, else where
+    :func:`~pdeseg.data.detect.route_input` sends it (DICOM for DICOM files, else the
+    checkpoint's). A DICOM case gives any model its channels; other formats must be the
+    checkpoint's own (their classes and label values are the model's).
+
+    Raises:
+        DataError: nothing at ``input_dir``.
+        ConfigError: another format named, or OME images (segmented tile by tile:
+            :func:`pdeseg.inference.ome_predict.predict_ome`, which ``pdeseg predict`` routes them to).
+    """
+    from pdeseg.data.detect import route_input
 
     if name is None:
-        name = "dicom" if predictor.format.name != "dicom" and is_dicom_folder(input_dir) else predictor.format.name
+        name = route_input(input_dir, predictor.format.name).format
+        if name == "ome":
+            raise ConfigError(f"{input_dir} holds OME-TIFF / OME-Zarr images: they are segmented tile by tile by "
+                              "pdeseg.inference.ome_predict.predict_ome (pdeseg predict routes them there)")
     if name not in ("dicom", predictor.format.name):
         raise ConfigError(f"input format {name!r}: this model reads {predictor.format.name} cases (or DICOM series)")
     return get_format(name)
