@@ -29,7 +29,8 @@ import numpy as np
 
 from pdeseg.data.files import blocking_path, describe_blocker, make_folders, remove_empty
 from pdeseg.data.outputs import check_distinct, check_name, check_outside, check_replaceable, written_by_pdeseg
-from pdeseg.data.readers.ome import OmeImage, find_ome_images, open_ome, plane_shape, write_ome_tiff, write_ome_zarr_labels
+from pdeseg.data.readers.ome import (OmeImage, find_ome_images, open_ome, plane_shape, require_ome, write_ome_tiff,
+                                     write_ome_zarr_labels)
 from pdeseg.errors import ConfigError, DataError, PdesegError, RunFolderError
 from pdeseg.inference.shard import select_shard
 from pdeseg.inference.tiling import (DEFAULT_HALO, DEFAULT_TILE, DaskRunner, LocalRunner, OmeSource, check_tileable,
@@ -186,6 +187,7 @@ def predict_ome(checkpoint, input_path: str | Path, output_dir: str | Path | Non
         DataError: no OME image there, or one without the asked channel or a suitable level.
         RunFolderError: an output exists (without ``overwrite``) or cannot be made.
         ConfigError: bad options.
+        MissingExtraError: the ``ome`` extra (or for Dask the ``distributed`` one) is not installed.
     """
     from pdeseg.inference.options import InferenceOptions
     from pdeseg.inference.folder import PredictionReport
@@ -195,6 +197,8 @@ def predict_ome(checkpoint, input_path: str | Path, output_dir: str | Path | Non
     images = find_ome_images(input_path)
     if not images:
         raise DataError(f"{input_path}: no OME-TIFF (.ome.tif) or OME-Zarr (.ome.zarr) image there")
+    for kind in sorted({"OME-Zarr" if p.is_dir() else "OME-TIFF" for p in images}):  # before any work: one line naming pdeseg[ome]
+        require_ome(kind, "predicting on")
     mine = select_shard(images, shard, key=lambda p: p.name)
     if shard is not None:
         log.info("shard %d/%d: %d of %d image(s)", shard[0], shard[1], len(mine), len(images))

@@ -98,6 +98,9 @@ class Mosaic:
                        levels: int = 1) -> Path:
         """Write the mosaic as a single-channel OME-Zarr image (``c, y, x``; chunks of one tile),
         built lazily (a Dask array over the tiles)."""
+        from pdeseg.data.readers.ome import require_ome
+
+        require_ome("OME-Zarr", "writing")
         import dask.array as da
         import zarr
         from ome_zarr.writer import write_image

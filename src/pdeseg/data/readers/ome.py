@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pdeseg._optional import require
 from pdeseg.data.readers.cells import CHANNELS
 from pdeseg.errors import DataError
 from pdeseg.logs import library_logs_at_debug
@@ -256,7 +257,15 @@ class OmeImage:
         return np.stack([block[list(ix)].mean(axis=0) if len(ix) > 1 else block[ix[0]] for ix in channels])
 
 
+def require_ome(kind: str, verb: str) -> None:
+    """:class:`~pdeseg._optional.MissingExtraError` naming ``pdeseg[ome]`` unless the packages
+    that read or write ``kind`` (``OME-TIFF`` / ``OME-Zarr``) are installed."""
+    modules = ("zarr", "dask.array") + (("ome_zarr.io", "ome_zarr.reader", "ome_zarr.writer") if kind == "OME-Zarr" else ())
+    require(*modules, extra="ome", feature=f"{verb} {kind}")
+
+
 def _open_arrays(image: OmeImage) -> list:
+    require_ome({"ome-tiff": "OME-TIFF", "ome-zarr": "OME-Zarr"}[image.kind], "reading")
     import dask.array as da
 
     if image.kind == "ome-tiff":
@@ -293,10 +302,12 @@ def open_ome(path: str | Path) -> OmeImage:
 
     Raises:
         DataError: not readable as either, no pixels, or a unit pdeseg cannot convert.
+        MissingExtraError: zarr, dask (or for OME-Zarr ome-zarr) is not installed (``pip install 'pdeseg[ome]'``).
     """
     p = Path(path).expanduser()
     if not p.exists():
         raise DataError(f"{p}: no such file or folder")
+    require_ome("OME-Zarr" if p.is_dir() else "OME-TIFF", "reading")
     try:
         with library_logs_at_debug("tifffile", "ome_zarr"):  # their records of a broken file: explained below
             if p.is_file():
@@ -468,7 +479,9 @@ def write_ome_zarr_labels(image_path: str | Path, name: str, labels, pixel_size:
 
     Raises:
         ConfigError: ``name`` is not a plain name (:func:`pdeseg.data.outputs.check_name`).
+        MissingExtraError: zarr, ome-zarr or dask is not installed (``pip install 'pdeseg[ome]'``).
     """
+    require_ome("OME-Zarr", "writing")
     import dask.array as da
     import zarr
     from ome_zarr.writer import write_multiscale_labels

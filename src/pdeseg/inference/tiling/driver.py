@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from pdeseg._optional import require
 from pdeseg.data.pipeline.preprocess import merge_stats, needs_stats
 from pdeseg.errors import ConfigError, DataError
 from pdeseg.inference.tiling.grid import DEFAULT_BAND, DEFAULT_HALO, DEFAULT_TILE, TileGrid, fit_tile, size_multiple
@@ -145,6 +146,7 @@ def predict_tiled(
     grid = TileGrid(source.shape[0], source.shape[1], tile, halo, band, size_multiple(predictor.model))
     grid = fit_tile(grid)
     paths = [str(p) for p in ([checkpoint] if isinstance(checkpoint, (str, Path)) else (checkpoint or []))]
+    require("zarr", extra="ome", feature="tiled prediction (its scratch stores)")
     engine, owned = make_runner(runner, dask_workers, dask_address, threads)
     if isinstance(engine, DaskRunner) and not paths:
         if owned:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from pdeseg._optional import require
 from pdeseg.errors import ConfigError
 from pdeseg.inference.tiling.tasks import TiledJob
 
@@ -73,6 +74,7 @@ class DaskRunner:
     Each worker loads the model once and keeps it for the tasks it is given."""
 
     def __init__(self, workers: int | None = None, threads: int = 1, address: str | None = None):
+        require("distributed", extra="distributed", feature="running tiles on Dask (--dask-workers / --dask-scheduler)")
         from distributed import Client, LocalCluster
 
         logging.getLogger("distributed").setLevel(max(logging.WARNING, logging.getLogger("distributed").level))
