@@ -29,3 +29,9 @@ def train_cell_model(out: Path, epochs: int = 2) -> Path:
     }
     result = pdeseg.train(cfg, out / "run", progress=False)
     return Path(result.run_dir) / "best.pt"
+
+
+def cell_data(checkpoint: Path) -> Path:
+    """The phantom data set the model of :func:`train_cell_model` was trained on (``<out>/cells``;
+    the checkpoint is ``<out>/run/<config name>/<model>/best.pt``)."""
+    return Path(checkpoint).parents[3] / "cells"

@@ -49,7 +49,7 @@ def example(tmp_path_factory):
 def test_readme_example_trains_loads_and_predicts(example):
     where, ns, printed = example
     seg, volume = ns["seg"], ns["volume"]
-    assert (where / "api_demo" / "run" / "best.pt").is_file()
+    assert (where / "api_demo" / "runs" / "api_demo" / "unet" / "best.pt").is_file()  # as pdeseg train --out writes it
     assert isinstance(seg, pdeseg.Segmenter)
     assert seg.modalities == ["flair", "t1", "t1ce", "t2"] and seg.spatial_dims == 2
     assert seg.classes == ["background", "NCR", "ED", "ET"]
@@ -170,6 +170,34 @@ def test_train_refuses_what_it_cannot_train(tmp_path):
     with pytest.raises(ConfigError, match="names model 'unet' twice"):
         pdeseg.train({"models": [{"name": "unet"}, {"name": "unet", "kwargs": {"dropout": 0.1}}]}, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+
+def test_train_writes_the_run_folders_pdeseg_train_writes(phantom_root, tmp_path, monkeypatch):
+    """pdeseg.train(config, out) and pdeseg train --config --out go through one code path
+    (training.run.train_models): the same run folder <out>/<config name>/<model>/ for every model."""
+    import yaml
+
+    from pdeseg.cli import main
+    from pdeseg.training import run
+    from pdeseg.training.trainer import TrainResult
+
+    seen: list[Path] = []
+
+    def fake_train_model(cfg, model_cfg, run_dir, **kwargs):
+        seen.append(Path(run_dir))
+        return TrainResult(Path(run_dir), 0.5, 1, [])
+
+    monkeypatch.setattr(run, "train_model", fake_train_model)
+    config = {"name": "same", "data": {"root": str(phantom_root), "cache_dir": str(tmp_path / "cache")},
+              "models": [{"name": "unet"}, {"name": "pde_unet"}], "train": {"epochs": 1, "device": "cpu"}}
+    results = pdeseg.train(config, tmp_path / "api", progress=False)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    assert main(["train", "--config", str(tmp_path / "config.yaml"), "--out", str(tmp_path / "cli"), "--no-progress"]) == 0
+    api, cli = seen[:2], seen[2:]
+    assert [p.relative_to(tmp_path / "api") for p in api] == [p.relative_to(tmp_path / "cli") for p in cli] \
+        == [Path("same/unet"), Path("same/pde_unet")]
+    assert {name: r.run_dir for name, r in results.items()} == dict(zip(["unet", "pde_unet"], api))
 
 
 _IMPORTS = r"""

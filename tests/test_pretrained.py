@@ -17,6 +17,7 @@ import yaml
 from scipy import ndimage
 from torch import nn
 
+from cell_model import cell_data
 from conftest import shared_data
 from pdeseg import pretrained
 from pdeseg.cli import main
@@ -32,7 +33,7 @@ def packed(cell_checkpoint, tmp_path_factory):
     from pdeseg.pretrained.pack import pack
 
     out = tmp_path_factory.mktemp("packed") / "tinycells"
-    card = pack(cell_checkpoint, out, name="tinycells", data_root=cell_checkpoint.parents[1] / "cells", split="val")
+    card = pack(cell_checkpoint, out, name="tinycells", data_root=cell_data(cell_checkpoint), split="val")
     return out, card
 
 
@@ -115,7 +116,7 @@ def test_the_packed_card_scores_are_those_evaluate_gives_the_shipped_file(packed
     folder, card = packed
     options = InferenceOptions(device="cpu", precision="32", diameter="off")  # as the card is measured
     summary = evaluate_checkpoint(folder / WEIGHTS, tmp_path / "eval", options,
-                                  data_root=str(cell_checkpoint.parents[1] / "cells"), split="val", progress=False)
+                                  data_root=str(cell_data(cell_checkpoint)), split="val", progress=False)
     for metric, value in card["held_out"]["scores"].items():
         assert summary["metrics"][metric]["mean"] == pytest.approx(value, abs=0.005), metric
 
@@ -138,7 +139,7 @@ def test_load_by_name_and_by_folder_gives_a_segmenter(in_table, cell_checkpoint)
 
 
 def test_predict_model_writes_instances(in_table, cell_checkpoint, tmp_path):
-    images = cell_checkpoint.parents[1] / "cells"
+    images = cell_data(cell_checkpoint)
     out = tmp_path / "out"
     assert main(["predict", "--model", "tinycells", "--input", str(images), "--output", str(out), "--device", "cpu",
                  "--no-progress", "--diameter", "off"]) == 0
@@ -178,7 +179,7 @@ def test_train_init_without_config_fine_tunes_with_the_models_own_config(in_tabl
     from pdeseg.checkpoint import load_checkpoint
 
     out = tmp_path / "runs"
-    assert main(["train", "--init", "tinycells", "--data", str(cell_checkpoint.parents[1] / "cells"), "--out", str(out),
+    assert main(["train", "--init", "tinycells", "--data", str(cell_data(cell_checkpoint)), "--out", str(out),
                  "--set", "train.epochs=1", "--no-progress"]) == 0
     config = out / "tiny_cells_finetune.yaml"
     assert str(config.resolve()) in capsys.readouterr().out

@@ -431,33 +431,33 @@ def create_model(name: str, **kwargs: Any) -> torch.nn.Module:
 
 def train(
     config: ExperimentConfig | Mapping[str, Any] | PathLike,
-    out: PathLike,
+    out: PathLike | None = None,
     *,
     resume: bool = False,
     progress: bool = True,
 ) -> TrainResult | dict[str, TrainResult]:
-    """Train the model(s) of a config, as ``pdeseg train --config`` does.
+    """Train the model(s) of a config, as ``pdeseg train --config [--out]`` does, into the same
+    run folders: ``<out>/<config name>/<model name>/``.
 
     Args:
         config: an :class:`~pdeseg.config.ExperimentConfig`, a dict of the same sections
             (``name``, ``data``, ``models``, ``loss``, ``train``, ...; see the README's
             config reference), or the path of a YAML config file. Relative paths in it are
             taken from the current directory.
-        out: the run folder. A config with one model trains it into ``out``; with several,
-            each into ``out/<model name>``.
+        out: the output folder (the config's ``output_dir`` when None), as ``--out``.
         resume: continue the run(s) from ``last.pt``.
         progress: show progress bars (log lines when not on a terminal).
 
     Returns:
         The :class:`~pdeseg.training.trainer.TrainResult` (``run_dir``, ``best_score``,
         ``best_epoch``, ``history``); with several models, ``{model name: TrainResult}``.
-        The run folder holds ``best.pt`` (load it with :func:`load`), ``last.pt``,
-        ``config.yaml``, ``split.json`` and ``metrics.csv``.
+        Each run folder holds ``best.pt`` (load it with :func:`load`), ``last.pt``,
+        ``config.yaml``, ``split.json``, ``metrics.csv`` and ``curves.png``.
 
     Raises:
         ConfigError: an invalid config (unknown key, bad value, missing file), or two
             models of one name.
-        RunFolderError: ``out`` already holds a run (and not ``resume``), or cannot be used.
+        RunFolderError: a run folder already holds a run (and not ``resume``), or cannot be used.
         DataError: the data cannot be read.
     """
     from pdeseg.config import ExperimentConfig, config_from_dict, load_config
@@ -470,18 +470,11 @@ def train(
         cfg = load_config(config)
     else:
         raise ConfigError(f"config must be an ExperimentConfig, a dict or a YAML path, got {type(config).__name__}")
-    names = [m.name for m in cfg.models]
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise ConfigError(f"the config names model {repeated[0]!r} twice; pdeseg.train puts each model in out/<name>: "
-                          "train them with separate configs")
+    if out is not None:
+        cfg = cfg.model_copy(update={"output_dir": str(Path(out).expanduser())})
 
-    from pdeseg.build import resolve
-    from pdeseg.training.run import train_model
+    from pdeseg.training.run import train_models
 
-    exp = resolve(cfg)
-    out = Path(out).expanduser()
-    runs = {m.name: out if len(cfg.models) == 1 else out / m.name for m in cfg.models}
-    results = {m.name: train_model(cfg=cfg, model_cfg=m, run_dir=runs[m.name], resume=resume, progress=progress, exp=exp)
-               for m in cfg.models}
+    runs = train_models(cfg, resume=resume, progress=progress)
+    results = {name: result for name, (_, result) in runs.items()}
     return next(iter(results.values())) if len(results) == 1 else results

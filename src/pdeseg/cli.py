@@ -253,8 +253,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pdeseg.build import resolve
     from pdeseg.errors import ConfigError
     from pdeseg.runtime import is_main_process
-    from pdeseg.training.run import train_model
-    from pdeseg.viz.figures import plot_epoch_metrics
+    from pdeseg.training.run import run_folder, train_models
 
     if args.config is None and args.init is not None:
         args.config = _init_config(args)
@@ -286,19 +285,17 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError("--folds continues its folds by itself (rerun the same command); it takes no --stop-after "
                               "or --overwrite: use another output folder to start afresh")
         for m in models:
-            out = Path(cfg.output_dir) / cfg.name / m.name / f"cv{args.folds}"
+            out = run_folder(cfg, m) / f"cv{args.folds}"
             run_crossval(cfg, m, out, args.folds, progress=not args.no_progress, exp=exp)
             if is_main_process():
                 print((out / "summary.md").read_text())
                 print(f"out-of-fold rows: {out / 'oof_cases.csv'}")
         return 0
+    runs = train_models(exp, models, resume=args.resume, progress=not args.no_progress, stop_after=args.stop_after,
+                        overwrite=args.overwrite)
     for m in models:
-        run_dir = Path(cfg.output_dir) / cfg.name / m.name
-        result = train_model(cfg, m, run_dir, resume=args.resume, progress=not args.no_progress, stop_after=args.stop_after,
-                             overwrite=args.overwrite, exp=exp)
+        run_dir, result = runs[m.name]
         if is_main_process():
-            if result.history:
-                plot_epoch_metrics(result.history, run_dir / "curves.png", title=f"{cfg.name}: {m.name}")
             shown = f"train loss {-result.best_score:.4f}" if cfg.train.monitor == "train_loss" else f"{cfg.train.monitor} {result.best_score:.4f}"
             print(f"{m.name}: best {shown} at epoch {result.best_epoch}; checkpoint {run_dir / 'best.pt'}")
     return 0

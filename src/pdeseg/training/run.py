@@ -85,6 +85,62 @@ def _locked_run_folder(run_dir: Path) -> Iterator[None]:
         raise
 
 
+def run_folder(cfg: ExperimentConfig, model_cfg: ModelConfig) -> Path:
+    """Where a model of ``cfg`` trains: ``<output_dir>/<config name>/<model name>/``, for
+    ``pdeseg train`` and :func:`pdeseg.train` alike."""
+    return Path(cfg.output_dir).expanduser() / cfg.name / model_cfg.name
+
+
+def train_models(
+    exp: Experiment | ExperimentConfig,
+    models: list[ModelConfig] | None = None,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+    overwrite: bool = False,
+) -> dict[str, tuple[Path, TrainResult]]:
+    """Train ``models`` (default: every model of the config) one after another, each into its
+    :func:`run_folder`, and draw its loss and metric curves there (``curves.png``): the one
+    code path of ``pdeseg train --config`` and :func:`pdeseg.train`.
+
+    Args:
+        exp: the resolved config (:func:`pdeseg.build.resolve`), or a config to resolve (after
+            the check of its model names).
+        models: a selection of ``exp.cfg.models``.
+        resume, progress, stop_after, overwrite: as for :func:`train_model`.
+
+    Returns:
+        model name -> ``(run folder, TrainResult)``, in the config's order.
+
+    Raises:
+        ConfigError: two models of one name (they would share a run folder); see also
+            :func:`train_model`.
+    """
+    from pdeseg.runtime import is_main_process
+
+    cfg = exp if isinstance(exp, ExperimentConfig) else exp.cfg
+    models = list(cfg.models) if models is None else list(models)
+    names = [m.name for m in models]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"the config names model {repeated[0]!r} twice; each model trains into "
+                          f"<output_dir>/{cfg.name}/<model name>: train them with separate configs")
+    if isinstance(exp, ExperimentConfig):
+        exp = resolve(exp)
+    out: dict[str, tuple[Path, TrainResult]] = {}
+    for m in models:
+        run_dir = run_folder(exp.cfg, m)
+        result = train_model(exp.cfg, m, run_dir, resume=resume, progress=progress, stop_after=stop_after,
+                             overwrite=overwrite, exp=exp)
+        if is_main_process() and result.history:
+            from pdeseg.viz.figures import plot_epoch_metrics
+
+            plot_epoch_metrics(result.history, run_dir / "curves.png", title=f"{exp.cfg.name}: {m.name}")
+        out[m.name] = (run_dir, result)
+    return out
+
+
 def train_model(
     cfg: ExperimentConfig,
     model_cfg: ModelConfig,
