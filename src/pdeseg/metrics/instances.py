@@ -61,7 +61,7 @@ from pdeseg.data.pipeline.label_geometry import (
     instances_from_boundary_classes,
     instances_from_mask,
 )
-from pdeseg.metrics.segmentation import _check_spacing as segmentation_spacing
+from pdeseg.metrics.segmentation._inputs import check_spacing as segmentation_spacing
 
 __all__ = [
     "DSB_THRESHOLDS",
@@ -114,7 +114,7 @@ def _check_fraction(value: Any, name: str, lo_open: bool = False) -> float:
 
 def _check_spacing(spacing: Any, ndim: int) -> np.ndarray:
     """One positive, finite voxel size per axis (``None`` -> all 1, distances in pixels); the
-    rules of :func:`pdeseg.metrics.segmentation` (one number for every axis, or one per axis)."""
+    rules of :func:`pdeseg.metrics.hd95` (one number for every axis, or one per axis)."""
     if spacing is None:
         return np.ones(ndim)
     return np.asarray(segmentation_spacing(spacing, ndim))
