@@ -15,7 +15,9 @@ import torch
 
 from conftest import shared_data
 from dicom_writer import read_seg_masks, write_series
-from pdeseg.data.readers.dicom import DicomSeriesError, find_dicom_cases, scan_series
+from pdeseg.data.readers.dicom import find_dicom_cases
+from pdeseg.data.readers.dicom_scan import scan_series
+from pdeseg.data.readers.dicom_series import DicomSeriesError
 from pdeseg.errors import ConfigError, DataError
 
 pydicom = pytest.importorskip("pydicom")

@@ -146,7 +146,7 @@ def build_seg(classes: np.ndarray, loaded: LoadedCase, segments: Sequence[Segmen
     import highdicom as hd
 
     from pdeseg import __version__
-    from pdeseg.data.readers.dicom import resample_tilt
+    from pdeseg.data.readers.dicom_series import resample_tilt
 
     series = getattr(loaded.case, "reference", None)
     if series is None:
