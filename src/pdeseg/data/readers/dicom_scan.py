@@ -45,35 +45,22 @@ def _frames_of(ds, path: Path) -> list[Frame]:
     uid = str(_value(ds, "SOPInstanceUID", path.name))
     rows, cols = int(_value(ds, "Rows", 0)), int(_value(ds, "Columns", 0))
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    classic = None
     if per_frame is None and "SharedFunctionalGroupsSequence" not in ds:
-        pos, ori, sp = (_value(ds, k) for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"))
-        slope, inter = _number_or_nan(_value(ds, "RescaleSlope", 1.0)), _number_or_nan(_value(ds, "RescaleIntercept", 0.0))
-        frames = []
-        for index in range(n):  # a classic multi-frame file without functional groups: one position for all frames
-            frames.append(
-                Frame(
-                    path,
-                    index,
-                    np.asarray(_float_list(pos)) if pos is not None else None,
-                    np.asarray(_float_list(ori)) if ori is not None else None,
-                    tuple(_float_list(sp)) if sp is not None else None,
-                    slope,
-                    inter,
-                    rows,
-                    cols,
-                    uid,
-                    n,
-                )
-            )
-        return frames
+        # a classic (multi-)frame file without functional groups: one position for all frames
+        keys = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "RescaleSlope", "RescaleIntercept")
+        classic = tuple(_value(ds, k) for k in keys)
     frames = []
     for index in range(n):
-        item = per_frame[index] if per_frame is not None and index < len(per_frame) else None
-        pos = _functional(ds, item, "PlanePositionSequence", "ImagePositionPatient")
-        ori = _functional(ds, item, "PlaneOrientationSequence", "ImageOrientationPatient")
-        sp = _functional(ds, item, "PixelMeasuresSequence", "PixelSpacing")
-        slope = _functional(ds, item, "PixelValueTransformationSequence", "RescaleSlope")
-        inter = _functional(ds, item, "PixelValueTransformationSequence", "RescaleIntercept")
+        if classic is not None:
+            pos, ori, sp, slope, inter = classic
+        else:
+            item = per_frame[index] if per_frame is not None and index < len(per_frame) else None
+            pos = _functional(ds, item, "PlanePositionSequence", "ImagePositionPatient")
+            ori = _functional(ds, item, "PlaneOrientationSequence", "ImageOrientationPatient")
+            sp = _functional(ds, item, "PixelMeasuresSequence", "PixelSpacing")
+            slope = _functional(ds, item, "PixelValueTransformationSequence", "RescaleSlope")
+            inter = _functional(ds, item, "PixelValueTransformationSequence", "RescaleIntercept")
         frames.append(
             Frame(
                 path,

@@ -33,43 +33,9 @@ array (for example ``nibabel``'s ``get_fdata()``, or network probabilities) is r
 with a message, never rounded silently.
 """
 
-from pdeseg.metrics.segmentation.overlap import (
-    confusion_counts,
-    confusion_matrix,
-    counts_from_confusion,
-    dice,
-    dice_from_counts,
-    iou,
-    iou_from_counts,
-    pixel_accuracy,
-    precision_from_counts,
-    recall_from_counts,
-    region_counts_from_confusion,
-    region_dice,
-    region_masks,
-)
-from pdeseg.metrics.segmentation.scoring import MetricAccumulator, ScoringRules, case_metrics, metrics_from_confusion, summarize
-from pdeseg.metrics.segmentation.surface import hd95, surface_dice
+from pdeseg.metrics.segmentation import overlap, scoring, surface
+from pdeseg.metrics.segmentation.overlap import *  # noqa: F403  (the names in overlap.__all__, and so on)
+from pdeseg.metrics.segmentation.scoring import *  # noqa: F403
+from pdeseg.metrics.segmentation.surface import *  # noqa: F403
 
-__all__ = [
-    "MetricAccumulator",
-    "ScoringRules",
-    "case_metrics",
-    "confusion_counts",
-    "confusion_matrix",
-    "counts_from_confusion",
-    "dice",
-    "dice_from_counts",
-    "hd95",
-    "iou",
-    "iou_from_counts",
-    "metrics_from_confusion",
-    "pixel_accuracy",
-    "precision_from_counts",
-    "recall_from_counts",
-    "region_counts_from_confusion",
-    "region_dice",
-    "region_masks",
-    "summarize",
-    "surface_dice",
-]
+__all__ = [*overlap.__all__, *surface.__all__, *scoring.__all__]

@@ -99,20 +99,19 @@ def metrics_from_confusion(
     counts = counts_from_confusion(cm)
     d = dice_from_counts(counts, empty)
     j = iou_from_counts(counts, empty)
+    prec, rec = precision_from_counts(counts, empty), recall_from_counts(counts, empty)
     out: dict[str, float] = {}
-    for i, n in enumerate(names):
-        out[f"dice_{n}"] = float(d[i])
-    for i, n in enumerate(names):
-        out[f"iou_{n}"] = float(j[i])
+
+    def per_class(**values: np.ndarray) -> None:
+        for metric, v in values.items():
+            out.update({f"{metric}_{n}": float(v[i]) for i, n in enumerate(names)})
+
+    per_class(dice=d, iou=j)
     out["dice_mean"] = float(d[1:].mean())
     out["iou_mean"] = float(j[1:].mean())
     out["iou_mean_all"] = float(j.mean())
     out["accuracy"] = float(np.trace(cm) / total)
-    prec, rec = precision_from_counts(counts, empty), recall_from_counts(counts, empty)
-    for i, n in enumerate(names):
-        out[f"precision_{n}"] = float(prec[i])
-    for i, n in enumerate(names):
-        out[f"recall_{n}"] = float(rec[i])
+    per_class(precision=prec, recall=rec)
     out["precision_mean"] = float(prec[1:].mean())
     out["recall_mean"] = float(rec[1:].mean())
     if regs:
