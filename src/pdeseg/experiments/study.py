@@ -249,9 +249,12 @@ class Study:
     def predictor(self, run: Run, options: InferenceOptions | None = None) -> Predictor:
         """The run's best checkpoint (with the run's precision and device unless ``options`` say
         otherwise); the last :data:`KEPT_PREDICTORS` loaded are kept, so that a study that
-        goes over cases and runs in turn loads each checkpoint once."""
+        goes over cases and runs in turn loads each checkpoint once. Studies score cached cases
+        (the cache grid), so the predictor crops as the run was trained (not by the format's
+        inference default), and the cases it preprocesses match the cache's."""
         t = run.exp.cfg.train
-        key = (run.best, options or InferenceOptions(device=t.device, precision=t.precision))
+        key = (run.best, options or InferenceOptions(device=t.device, precision=t.precision,
+                                                     crop=run.exp.spec.crop_nonzero))
         if key not in self._predictors:
             if len(self._predictors) >= KEPT_PREDICTORS:
                 del self._predictors[next(iter(self._predictors))]
