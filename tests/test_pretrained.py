@@ -146,6 +146,30 @@ def test_predict_model_writes_instances(in_table, cell_checkpoint, tmp_path):
     assert list(out.rglob("*_instances.tif"))
 
 
+def test_a_cell_model_segments_a_plain_folder_of_images_or_one_image_file(in_table, cell_checkpoint, tmp_path, caplog):
+    """A user's own images need no data-set layout: a folder of image files, or one file, is
+    segmented by any 2D cell model (its own format, LIVECell here, would need a COCO json), and
+    the masks may not be written among the images (they would be read as images next time)."""
+    import shutil
+
+    plain = tmp_path / "my images"
+    plain.mkdir()
+    sources = sorted((cell_data(cell_checkpoint) / "images").rglob("*.tif"))[:2]
+    for src in sources:
+        shutil.copy(src, plain / src.name)
+    args = ["--model", "tinycells", "--device", "cpu", "--no-progress", "--diameter", "off"]
+    assert main(["predict", *args, "--input", str(plain), "--output", str(tmp_path / "out")]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        f"{src.stem}{end}" for src in sources for end in ("_instances.tif", "_mask.png"))
+    assert main(["predict", *args, "--input", str(plain / sources[0].name), "--output", str(tmp_path / "one")]) == 0
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == [f"{sources[0].stem}_instances.tif",
+                                                                  f"{sources[0].stem}_mask.png"]
+    caplog.clear()
+    assert main(["predict", *args, "--input", str(plain), "--output", str(plain)]) == 2
+    assert "is the folder of the images to segment" in caplog.text
+    assert sorted(p.name for p in plain.iterdir()) == sorted(src.name for src in sources)  # nothing written there
+
+
 # --- fine-tuning ---------------------------------------------------------------------------------------------------
 
 

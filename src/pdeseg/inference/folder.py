@@ -141,14 +141,62 @@ def _input_format(predictor: Predictor, input_dir: str | Path, name: str | None)
     """
     from pdeseg.data.detect import route_input
 
+    own = predictor.format.name
+    cell_model = predictor.format.has_cells and predictor.spec.spatial_dims == 2
     if name is None:
-        name = route_input(input_dir, predictor.format.name).format
+        name = route_input(input_dir, own).format
         if name == "ome":
             raise ConfigError(f"{input_dir} holds OME-TIFF / OME-Zarr images: they are segmented tile by tile by "
                               "pdeseg.inference.ome_predict.predict_ome (pdeseg predict routes them there)")
-    if name not in ("dicom", predictor.format.name):
-        raise ConfigError(f"input format {name!r}: this model reads {predictor.format.name} cases (or DICOM series)")
-    return get_format(name)
+        if name == own and cell_model:
+            name = _cell_input(predictor, input_dir)
+    if name in ("dicom", own) or (cell_model and _is_cell_format(name)):
+        return get_format(name)
+    also = ", any 2D cell image layout or a folder of images" if cell_model else ""
+    raise ConfigError(f"input format {name!r}: this model reads {own} cases (or DICOM series{also})")
+
+
+def _is_cell_format(name: str | None) -> bool:
+    """A microscopy format of 2D object images (each case one image, read as a one-slice stack)."""
+    return name is not None and get_format(name).has_cells
+
+
+def _refuse_mixing_with_images(fmt: DataFormat, cases: list, modalities: Sequence[str], out_dir: Path) -> None:
+    """A microscopy format reads every image file of its image folder: segmentations written
+    into that folder would be read as images by the next run, so ``--output`` must be another.
+
+    Raises:
+        RunFolderError: the output folder holds some of the images to segment.
+    """
+    if not fmt.has_cells:
+        return
+    target = out_dir.resolve()
+    for case in cases:
+        if any(Path(f).resolve().parent == target for f in case.source_files(modalities)):
+            raise RunFolderError(f"--output {out_dir} is the folder of the images to segment: the masks written "
+                                 "there would be read as images next time; choose another --output folder")
+
+
+def _cell_input(predictor: Predictor, input_dir: str | Path) -> str:
+    """The format a 2D cell model reads ``input_dir`` with: its own format where that finds
+    cases there; else the layout of another 2D cell data set (LIVECell, an image folder with
+    masks); else ``cell_folder`` for plain images (a folder of PNG/TIFF files, or one file), so
+    that a user's own images need no particular layout."""
+    from pdeseg.data.detect import detect_format
+
+    path = Path(input_dir).expanduser()
+    if path.is_file():
+        return "cell_folder"
+    try:
+        if predictor.format.find_cases(path, predictor.modalities, require_label=False):
+            return predictor.format.name
+    except DataError:
+        pass
+    try:
+        found = detect_format(path)
+    except DataError:
+        found = None
+    return found if _is_cell_format(found) else "cell_folder"
 
 
 def _placeable(cases: list, skipped: dict[str, str]) -> list:
@@ -270,6 +318,7 @@ def predict_folder(
         log.info("DICOM input: %s", "; ".join(f"{k}={v}" for k, v in {**read_options, **write_options}.items()))
     report = PredictionReport()
     cases = fmt.find_cases(input_dir, predictor.modalities, require_label=False, skipped=report.skipped, **read_options)
+    _refuse_mixing_with_images(fmt, cases, predictor.modalities, out_dir)
     if shard is not None:  # this copy's share of the cases (pdeseg.inference.shard)
         from pdeseg.inference.shard import shard_cases
 

@@ -180,10 +180,21 @@ def resolve(name_or_path: str | Path) -> Path:
 
 
 def card_summary(card: dict[str, Any]) -> str:
-    """One line: task, inputs and the first held-out score (or that none is measured yet)."""
+    """One line: task, inputs and the headline held-out scores (or that none is measured yet): the
+    card's ``metric`` (with its spread over seeds), then the instance scores of a cell model
+    (AP50, mask AP) or the per-class Dice of a class model; ``pdeseg models NAME`` shows them all."""
     held = card.get("held_out") or {}
-    scores = held.get("scores") or {}
-    shown = ", ".join(f"{k} {v:.3f}" for k, v in scores.items() if isinstance(v, (int, float))) or "not measured yet"
+    scores = {k: v for k, v in (held.get("scores") or {}).items() if isinstance(v, (int, float))}
+    metric = held.get("metric") if held.get("metric") in scores else next(iter(scores), None)
+    keys = [metric] + [k for k in ("ap50", "mask_ap") if k in scores and k != metric]
+    if metric == "dice_mean":
+        keys += [k for k in scores if k.startswith("dice_") and k not in ("dice_mean", "dice_background", "dice_fg")]
+    shown = ", ".join(f"{k} {scores[k]:.3f}" for k in keys if k is not None)
+    if shown and isinstance(held.get("spread"), (int, float)):
+        shown = shown.replace(f"{metric} {scores[metric]:.3f}", f"{metric} {scores[metric]:.3f} +- {held['spread']:.3f}", 1)
+    if shown and held.get("cases"):
+        shown += f" ({held['cases']} {held.get('scored_on', 'held-out')} cases)"
+    shown = shown or "not measured yet"
     inputs = card.get("inputs") or {}
     what = ", ".join(str(inputs[k]) for k in ("modality", "channels") if inputs.get(k))
     return f"{card.get('task', '?')}; {what}; held-out {shown}"

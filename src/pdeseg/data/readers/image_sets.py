@@ -260,7 +260,8 @@ def find_folder_cases(root: str | Path, modalities: Sequence[str] = ("grey",), r
                       skipped: dict[str, str] | None = None, targets: str = "semantic", label_kind: str = "auto",
                       domains: str | Path | None = None) -> list[ImageCase]:
     """A folder of images with one mask each: ``images/`` and ``masks/`` (see the module
-    docstring); case id = the image stem.
+    docstring); case id = the image stem. For prediction (``require_label`` false) the images
+    may also lie straight in ``root``, or ``root`` may be one image file.
 
     Args:
         require_label: every image needs its mask (else images without one are unlabelled).
@@ -282,10 +283,17 @@ def find_folder_cases(root: str | Path, modalities: Sequence[str] = ("grey",), r
     if label_kind not in LABEL_KINDS:
         raise CellDataError(f"data.format_options.label_kind must be one of {', '.join(LABEL_KINDS)}, got {label_kind!r}")
     check_channels(modalities)
+    given = Path(root).expanduser()
+    if not require_label and given.is_file():  # one image to segment: the case is that file
+        if given.suffix.lower() not in IMAGE_SUFFIXES:
+            raise CellDataError(f"{given}: not an image file ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        return [ImageCase(given.stem, given.parent, given, "", targets, None, ())]
     root = _root_dir(root)
     images_dir, masks_dir = root / "images", root / "masks"
     if not images_dir.is_dir():
-        raise CellDataError(f"{images_dir}: missing images/ folder (expected {_FOLDER_LAYOUT})")
+        if require_label or not find_image_files(root):
+            raise CellDataError(f"{images_dir}: missing images/ folder (expected {_FOLDER_LAYOUT})")
+        images_dir = root  # images to segment, straight in the folder (no labels needed)
     images = _by_stem(images_dir, "image", skipped)
     masks = _folder_masks(masks_dir, images, skipped) if masks_dir.is_dir() else {}
 
