@@ -36,7 +36,7 @@ Results: ``<out>/finetune.csv`` (one row per run) and ``<out>/finetune.md`` (the
 Run (from the repository root; about 1 min per training run on an idle 2-core CPU, 24 runs + evaluations)::
 
     python benchmarks/bench_finetune.py --data ../shared/data/livecell --out bench_out/finetune --lr-sweep
-    python benchmarks/bench_finetune.py --data ../shared/data/livecell --out bench_out/finetune --lr 1e-3
+    python benchmarks/bench_finetune.py --data ../shared/data/livecell --out bench_out/finetune --lr 3e-3
 
 ``--init`` is a shipped model's name (default ``nuclei``) or a checkpoint path. ``--quick`` (n 1 and 3,
 seed 0, 1 epoch) only checks that everything runs.
@@ -267,7 +267,7 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, help="seeds: training draw and run (default 0 1 2)")
     p.add_argument("--epochs", type=int, help="epochs of every run (default: 12)")
     p.add_argument("--windows", type=int, default=120, help="training windows per epoch, whatever n (default 120: 15 steps of 8)")
-    p.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate (default 1e-3)")
+    p.add_argument("--lr", type=float, default=3e-3, help="fine-tuning learning rate (default 3e-3, the --lr-sweep choice)")
     p.add_argument("--scratch-lr", type=float, default=3e-3, help="from-scratch learning rate (default 3e-3)")
     p.add_argument(
         "--lr-sweep", action="store_true", help=f"instead of the table: n 5, seed 0, both starts at lr {', '.join(map(str, SWEEP_LRS))}"
