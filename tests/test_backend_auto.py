@@ -37,7 +37,8 @@ def _is_onnx(predictor: Predictor) -> bool:
 
 
 def test_auto_is_the_command_line_default_and_runs_the_verified_export_in_onnx_runtime(checkpoint):
-    from pdeseg.cli import _inference_options, build_parser
+    from pdeseg.cli import build_parser
+    from pdeseg.cli.inference_options import _inference_options
 
     for command in ("predict", "evaluate"):
         args = build_parser().parse_args([command, "--checkpoint", str(checkpoint), "--input", "x", "--output", "y"]

@@ -94,7 +94,8 @@ def test_crop_is_off_by_default_and_applies_to_volumes_only():
 
 
 def test_predict_crop_flags():
-    from pdeseg.cli import _inference_options, build_parser
+    from pdeseg.cli import build_parser
+    from pdeseg.cli.inference_options import _inference_options
 
     def crop(*flags):
         return _inference_options(build_parser().parse_args(["predict", "--checkpoint", "c", "--input", "i",

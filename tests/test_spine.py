@@ -109,11 +109,12 @@ def test_bad_config_files_exit_2(tmp_path, caplog):
 
 def test_internal_bugs_show_their_traceback(monkeypatch):
     import pdeseg.cli as cli
+    import pdeseg.cli.checkpoints as checkpoints
 
     def broken(args):
         raise RuntimeError("a bug, not a user mistake")
 
-    monkeypatch.setattr(cli, "cmd_models", broken)
+    monkeypatch.setattr(checkpoints, "cmd_models", broken)  # where the models parser takes its handler from
     with pytest.raises(RuntimeError, match="a bug"):
         cli.main(["models"])
 
