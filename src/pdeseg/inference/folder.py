@@ -181,7 +181,8 @@ def _cell_input(predictor: Predictor, input_dir: str | Path) -> str:
     """The format a 2D cell model reads ``input_dir`` with: its own format where that finds
     cases there; else the layout of another 2D cell data set (LIVECell, an image folder with
     masks); else ``cell_folder`` for plain images (a folder of PNG/TIFF files, or one file), so
-    that a user's own images need no particular layout."""
+    that a user's own images need no particular layout; else its own format, whose reader
+    names what is wrong."""
     from pdeseg.data.detect import detect_format
 
     path = Path(input_dir).expanduser()
@@ -196,7 +197,13 @@ def _cell_input(predictor: Predictor, input_dir: str | Path) -> str:
         found = detect_format(path)
     except DataError:
         found = None
-    return found if _is_cell_format(found) else "cell_folder"
+    if _is_cell_format(found) and found != predictor.format.name:
+        return found
+    from pdeseg.data.readers.cells import find_image_files
+
+    if path.is_dir() and find_image_files(path):
+        return "cell_folder"
+    return predictor.format.name  # its own reader says what is wrong with the folder
 
 
 def _placeable(cases: list, skipped: dict[str, str]) -> list:
