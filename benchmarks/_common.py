@@ -296,6 +296,15 @@ def machine(device, torch) -> tuple[str, str]:
     return dev, cpu_line
 
 
+def machine_line() -> str:
+    """One line: CPU model, flags and count, device, torch version and threads (:func:`machine`)."""
+    import torch
+
+    dev, cpu = machine(torch.device("cuda" if torch.cuda.is_available() else "cpu"), torch)
+    return (f"{cpu}; {dev}; torch {torch.__version__} ({torch.get_num_threads()} threads, "
+            f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})")
+
+
 def largest_spread(results: dict[str, dict], keys=("train_s", "infer_s")) -> float | None:
     """The largest ``(max - min) / median`` of any timed series with more than one value, or None."""
     spread = [(max(r[k]) - min(r[k])) / statistics.median(r[k]) for r in results.values() for k in keys if len(r.get(k, [])) > 1]

@@ -55,7 +55,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import report_load, run_logged
+from _common import machine_line as machine, report_load, run_logged
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "finetune_nuclei.yaml"
@@ -63,19 +63,6 @@ CONFIG = ROOT / "configs" / "finetune_nuclei.yaml"
 LIVECELL = ["data.format=livecell", "data.format_options={targets: flows, overlap: smallest}"]
 SWEEP_LRS = (3e-3, 1e-3, 3e-4)
 METRICS = ("dsb_score", "ap50", "mask_ap")
-
-
-def machine() -> str:
-    """CPU model, flags and count, device, torch version and threads (:func:`_common.machine`)."""
-    import torch
-
-    from _common import machine as machine_lines
-
-    dev, cpu = machine_lines(torch.device("cuda" if torch.cuda.is_available() else "cpu"), torch)
-    return (
-        f"{cpu}; {dev}; torch {torch.__version__} ({torch.get_num_threads()} threads, "
-        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})"
-    )
 
 
 def cell_types(data: str) -> dict[str, str]:

@@ -46,22 +46,9 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import report_load
+from _common import machine_line as machine, report_load
 
 CONDITIONS = ("off", "auto", "oracle")
-
-
-def machine() -> str:
-    """CPU model, flags and count, device, torch version and threads (:func:`_common.machine`)."""
-    import torch
-
-    from _common import machine as machine_lines
-
-    dev, cpu = machine_lines(torch.device("cuda" if torch.cuda.is_available() else "cpu"), torch)
-    return (
-        f"{cpu}; {dev}; torch {torch.__version__} ({torch.get_num_threads()} threads, "
-        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})"
-    )
 
 
 def rescaled(image: np.ndarray, instances: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
