@@ -170,6 +170,14 @@ def test_a_cell_model_segments_a_plain_folder_of_images_or_one_image_file(in_tab
     assert sorted(p.name for p in plain.iterdir()) == sorted(src.name for src in sources)  # nothing written there
 
 
+def test_evaluate_takes_a_shipped_model_and_writes_outside_the_package(in_table, cell_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", "--model", "tinycells", "--data", str(cell_data(cell_checkpoint)), "--split", "all",
+                 "--device", "cpu", "--no-progress", "--diameter", "off"]) == 0
+    assert (tmp_path / "eval_tinycells_all_volume" / "summary.json").is_file()
+    assert main(["evaluate", "--model", "nosuchmodel", "--no-progress"]) == 2
+
+
 # --- fine-tuning ---------------------------------------------------------------------------------------------------
 
 

@@ -18,7 +18,7 @@ log = logging.getLogger("pdeseg")
 
 def add_evaluate(sub) -> None:
     s = sub.add_parser("evaluate", help="score a checkpoint (or an ensemble) on a split or folder")
-    _add_checkpoints(s, " (then with --split all --data FOLDER)")
+    _add_checkpoints(s, " (then with --split all --data FOLDER)", pretrained=True)
     s.add_argument("--data", help="BraTS folder (default: the one the model was trained on)")
     s.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     s.add_argument(
@@ -68,8 +68,14 @@ def add_evaluate(sub) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pdeseg.inference.evaluate import evaluate_checkpoint, summary_markdown
 
-    first = Path(args.checkpoint[0])  # results go next to the checkpoint, or into the folder of runs
-    out = args.out or str((first if first.is_dir() else first.parent) / f"eval_{args.split}_{args.scope}")
+    if args.model is not None:  # a shipped model: its weights; results in the current folder, never the package's
+        from pdeseg.pretrained import weights_of
+
+        args.checkpoint = [str(weights_of(args.model))]
+        out = args.out or f"eval_{args.model}_{args.split}_{args.scope}"
+    else:
+        first = Path(args.checkpoint[0])  # results go next to the checkpoint, or into the folder of runs
+        out = args.out or str((first if first.is_dir() else first.parent) / f"eval_{args.split}_{args.scope}")
     summary = evaluate_checkpoint(
         args.checkpoint,
         out,
