@@ -369,6 +369,27 @@ def test_each_shipped_model_reproduces_its_card(name, tmp_path):
         assert summary["metrics"][metric]["mean"] == pytest.approx(value, abs=0.005), metric
 
 
+def test_the_shipped_models_segment_an_array_without_data_or_training():
+    """In a fresh clone: pdeseg.load(NAME).predict(array) gives a label map (hippocampus) and cells
+    (nuclei) from the package's own weights, nothing downloaded, no shared data needed."""
+    import pdeseg
+
+    for name in ("hippocampus", "nuclei"):
+        if not PRETRAINED[name].installed:
+            pytest.skip(f"the weights of {name!r} are not installed")
+    rng = np.random.default_rng(0)
+    hippo = pdeseg.load("hippocampus", device="cpu")
+    labels = hippo.predict(rng.normal(300, 60, (1, 35, 51, 35)).astype(np.float32))
+    assert labels.shape == (35, 51, 35) and labels.dtype == np.uint8 and set(np.unique(labels)) <= {0, 1, 2}
+    nuclei = pdeseg.load("nuclei", device="cpu")
+    image = np.full((1, 96, 96), 20.0, np.float32)
+    yy, xx = np.mgrid[:96, :96]
+    for cy, cx in ((24, 24), (24, 70), (70, 30), (68, 72)):  # four bright disks 18 px across
+        image[0][(yy - cy) ** 2 + (xx - cx) ** 2 <= 81] = 200.0
+    cells = nuclei.predict(image, cells=True)
+    assert cells.shape == (96, 96) and 3 <= len(np.unique(cells[cells > 0])) <= 5
+
+
 def test_the_napari_model_list_offers_installed_models_after_the_checkpoint_entry(monkeypatch, tmp_path):
     from pdeseg.napari_plugin._segment import CHECKPOINT_FILE, model_choices
 
