@@ -25,7 +25,7 @@ def test_old_module_path_is_removed_and_the_new_one_imports(old):
     importlib.import_module(f"pdeseg.data.{MOVED[old]}")
 
 
-def test_preprocess_spec_is_task_spec():
-    from pdeseg.config import PreprocessSpec, TaskSpec
+def test_the_old_name_of_task_spec_is_removed():
+    import pdeseg.config
 
-    assert PreprocessSpec is TaskSpec
+    assert not hasattr(pdeseg.config, "PreprocessSpec") and hasattr(pdeseg.config, "TaskSpec")

@@ -468,9 +468,6 @@ class TaskSpec(Section):
     maps: list[str] = Field(default_factory=list)
 
 
-#: The old name of :class:`TaskSpec` (it also carries classes, head, regions and sampling,
-#: not only preprocessing); kept for one release, then removed.
-PreprocessSpec = TaskSpec
 
 
 def _plain(v: Any) -> Any:
