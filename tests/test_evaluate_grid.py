@@ -96,49 +96,19 @@ def _rows(path: Path) -> dict[str, dict[str, str]]:
         return {r["case"]: r for r in csv.DictReader(fh)}
 
 
+FP32_CPU = ["--device", "cpu", "--precision", "32", "--no-progress"]
+
+
+def _evaluate(ckpt, root, out, *flags: str) -> int:
+    """``pdeseg evaluate`` of every case of ``root`` into ``out``."""
+    return main(["evaluate", "--checkpoint", str(ckpt), "--split", "all", "--data", str(root), "--out", str(out), *flags])
+
+
 def test_evaluate_per_case_dice_is_the_dice_of_predicts_files(resampled_run):
     root, ckpt, tmp = resampled_run
     out, pred = tmp / "eval", tmp / "pred"
-    assert (
-        main(
-            [
-                "evaluate",
-                "--checkpoint",
-                str(ckpt),
-                "--split",
-                "all",
-                "--data",
-                str(root),
-                "--out",
-                str(out),
-                "--device",
-                "cpu",
-                "--precision",
-                "32",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                "predict",
-                "--checkpoint",
-                str(ckpt),
-                "--input",
-                str(root / "imagesTr"),
-                "--output",
-                str(pred),
-                "--device",
-                "cpu",
-                "--precision",
-                "32",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert _evaluate(ckpt, root, out, *FP32_CPU) == 0
+    assert main(["predict", "--checkpoint", str(ckpt), "--input", str(root / "imagesTr"), "--output", str(pred), *FP32_CPU]) == 0
     rows = _rows(out / "per_case.csv")
     assert len(rows) == 5
     keys = [k for k in next(iter(rows.values())) if k.startswith("dice_") and k not in ("dice_background", "dice_mean")]
@@ -159,29 +129,7 @@ def test_evaluate_per_case_dice_is_the_dice_of_predicts_files(resampled_run):
 def test_the_cache_grid_stays_available_by_name_and_differs_here(resampled_run):
     root, ckpt, tmp = resampled_run
     out = tmp / "eval_cache"
-    assert (
-        main(
-            [
-                "evaluate",
-                "--checkpoint",
-                str(ckpt),
-                "--split",
-                "all",
-                "--data",
-                str(root),
-                "--out",
-                str(out),
-                "--grid",
-                "cache",
-                "--device",
-                "cpu",
-                "--precision",
-                "32",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert _evaluate(ckpt, root, out, "--grid", "cache", *FP32_CPU) == 0
     assert "cache grid" in (out / "summary.md").read_text()
     cache = _rows(out / "per_case.csv")
     inputs = _rows(tmp / "eval" / "per_case.csv") if (tmp / "eval").is_dir() else None
@@ -192,32 +140,14 @@ def test_the_cache_grid_stays_available_by_name_and_differs_here(resampled_run):
 
 def test_slices_scope_is_refused_on_the_input_grid(resampled_run, caplog):
     root, ckpt, tmp = resampled_run
-    code = main(
-        [
-            "evaluate",
-            "--checkpoint",
-            str(ckpt),
-            "--split",
-            "all",
-            "--data",
-            str(root),
-            "--out",
-            str(tmp / "eval_slices"),
-            "--scope",
-            "slices",
-            "--grid",
-            "input",
-            "--no-progress",
-        ]
-    )
+    code = _evaluate(ckpt, root, tmp / "eval_slices", "--scope", "slices", "--grid", "input", "--no-progress")
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert code == 2 and errors and "--grid cache" in errors[0], errors
 
 
 def test_object_size_options_are_refused_where_they_cannot_apply(resampled_run, caplog):
     root, ckpt, tmp = resampled_run
-    base = ["evaluate", "--checkpoint", str(ckpt), "--split", "all", "--data", str(root), "--no-progress"]
-    assert main([*base, "--out", str(tmp / "e1"), "--grid", "cache", "--diameter", "20"]) == 2
-    assert main([*base, "--out", str(tmp / "e2"), "--diameter", "20"]) == 2  # not a cell model
+    assert _evaluate(ckpt, root, tmp / "e1", "--grid", "cache", "--diameter", "20", "--no-progress") == 2
+    assert _evaluate(ckpt, root, tmp / "e2", "--diameter", "20", "--no-progress") == 2  # not a cell model
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert "input grid" in errors[0] and "cell model" in errors[1], errors
